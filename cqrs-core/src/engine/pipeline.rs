@@ -1,0 +1,322 @@
+//! The data-sync pipeline: apply a command to the data table (with history),
+//! then run every matching handler with bounded retries.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::future::join_all;
+use tracing::Instrument;
+
+use super::records::{context_of, data_item};
+use crate::context::InvocationContext;
+use crate::error::{Error, Result};
+use crate::handler::{DataSyncEvent, DataSyncHandler};
+use crate::keys::EntityKey;
+use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand, HandlerFailure};
+use crate::storage::{ApplyWrite, CommandWrite, Storage};
+
+/// The name recorded when applying a command itself failed (not a handler).
+pub const APPLY_STEP: &str = "pipeline:apply";
+
+/// How failing handlers (and retryable backend errors in the pipeline) are retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Runs of a handler before the command is marked failed (at least 1).
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled each time.
+    pub initial_backoff: Duration,
+    /// Longest wait between two runs.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: super::DEFAULT_INITIAL_BACKOFF,
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after run number `attempt` (1-based) failed.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+
+    /// Runs `op` until it succeeds, fails with a non-retryable error, or
+    /// `max_attempts` runs failed.
+    pub(crate) async fn run<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(e) if e.is_retryable() && attempt < self.max_attempts.max(1) => {
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+pub(crate) struct Pipeline {
+    pub(crate) storage: Arc<dyn Storage>,
+    handlers: Vec<Arc<dyn DataSyncHandler>>,
+    retry: RetryPolicy,
+}
+
+impl Pipeline {
+    pub(crate) fn new(storage: Arc<dyn Storage>, handlers: Vec<Arc<dyn DataSyncHandler>>, retry: RetryPolicy) -> Self {
+        Self {
+            storage,
+            handlers,
+            retry,
+        }
+    }
+
+    pub(crate) fn handler_names(&self) -> Vec<&str> {
+        self.handlers.iter().map(|h| h.name()).collect()
+    }
+
+    /// Brings the entity up to `version`, applying each missing version in
+    /// order and running its handlers. See [`Engine::process`](super::Engine::process).
+    pub(crate) async fn process(&self, key: &EntityKey, version: u64) -> Result<CommandStatus> {
+        let span = tracing::info_span!("process", pk = %key.pk, sk = %key.sk, version);
+        async {
+            let mut data = self.retry.run(|| self.storage.get_data(key)).await?;
+            let mut status = CommandStatus::Applied;
+            let current = data.as_ref().map_or(0, |d| d.version);
+            if current >= version {
+                // Already applied: a redelivery. Run the handlers again only
+                // when they never completed (crash between apply and handlers).
+                let command = self.command(key, version).await?;
+                return match command.status {
+                    CommandStatus::Applied => self.rerun(&command, None).await,
+                    done => Ok(done),
+                };
+            }
+            for v in current + 1..=version {
+                let command = self.command(key, v).await?;
+                match self.apply_published(&command, data.as_ref()).await {
+                    Ok(new) => {
+                        status = self.run_handlers(&command, data.as_ref(), &new, context_of(&command), None).await?;
+                        data = Some(new);
+                    }
+                    // Someone else applied it meanwhile (another processor, a
+                    // reprocess): their run owns the handlers.
+                    Err(Error::Conflict { actual: Some(actual), .. }) if actual >= v => {
+                        data = self.retry.run(|| self.storage.get_data(key)).await?;
+                        status = CommandStatus::Applied;
+                    }
+                    Err(e) => {
+                        self.record_failure(&command, vec![HandlerFailure {
+                            handler: APPLY_STEP.into(),
+                            error: e.to_string(),
+                            attempts: self.retry.max_attempts,
+                        }])
+                        .await?;
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(status)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn command(&self, key: &EntityKey, version: u64) -> Result<CommandRecord> {
+        self.retry
+            .run(|| self.storage.get_command(key, version))
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                key: format!("{}@{version}", key.id()),
+            })
+    }
+
+    /// Applies a stored (published) command over `previous`.
+    async fn apply_published(&self, command: &CommandRecord, previous: Option<&DataItem>) -> Result<DataItem> {
+        let new = data_item(command, previous);
+        let write = ApplyWrite {
+            command: CommandWrite::MarkApplied,
+            data: new.clone(),
+            expected_data_version: previous.map_or(0, |p| p.version),
+            history: previous.cloned(),
+        };
+        self.retry.run(|| self.storage.apply(std::slice::from_ref(&write))).await?;
+        tracing::debug!("applied");
+        Ok(new)
+    }
+
+    /// Runs the handlers of one applied command: `only` limits them to the
+    /// named ones (a reprocess of failed handlers). Records the outcome.
+    pub(crate) async fn run_handlers(
+        &self,
+        command: &CommandRecord,
+        old: Option<&DataItem>,
+        new: &DataItem,
+        context: InvocationContext,
+        only: Option<&[String]>,
+    ) -> Result<CommandStatus> {
+        let matching: Vec<_> = self
+            .handlers
+            .iter()
+            .filter(|h| h.interest().matches(command))
+            .filter(|h| only.is_none_or(|names| names.iter().any(|n| n == h.name())))
+            .collect();
+        if matching.is_empty() {
+            return Ok(CommandStatus::Applied);
+        }
+        let event = DataSyncEvent {
+            command: command.clone(),
+            old: old.cloned(),
+            new: new.clone(),
+            context,
+            attempt: 1,
+        };
+        let failures: Vec<HandlerFailure> = join_all(matching.iter().map(|h| self.run_handler(h.as_ref(), &event)))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let key = command.key();
+        if failures.is_empty() {
+            self.retry
+                .run(|| self.storage.set_command_status(&key, command.version, CommandStatus::Finished))
+                .await?;
+            self.retry.run(|| self.storage.delete_failure(&key, command.version)).await?;
+            Ok(CommandStatus::Finished)
+        } else {
+            self.record_failure(command, failures).await?;
+            Ok(CommandStatus::Failed)
+        }
+    }
+
+    /// Runs one handler with retries; the failure if every run failed.
+    async fn run_handler(&self, handler: &dyn DataSyncHandler, event: &DataSyncEvent) -> Option<HandlerFailure> {
+        let max = self.retry.max_attempts.max(1);
+        let mut event = event.clone();
+        for attempt in 1..=max {
+            event.attempt = attempt;
+            let span = tracing::info_span!("handler", name = handler.name(), attempt);
+            match handler.handle(&event).instrument(span).await {
+                Ok(()) => return None,
+                Err(error) if attempt == max => {
+                    tracing::error!(handler = handler.name(), %error, attempts = max, "handler failed; command marked failed");
+                    return Some(HandlerFailure {
+                        handler: handler.name().to_owned(),
+                        error: error.to_string(),
+                        attempts: max,
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(handler = handler.name(), %error, attempt, "handler failed; retrying");
+                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+                }
+            }
+        }
+        None
+    }
+
+    async fn record_failure(&self, command: &CommandRecord, failures: Vec<HandlerFailure>) -> Result<()> {
+        let key = command.key();
+        let failed = FailedCommand {
+            pk: command.pk.clone(),
+            sk: command.sk.clone(),
+            version: command.version,
+            tenant_code: command.tenant_code.clone(),
+            failures,
+            failed_at: Utc::now(),
+        };
+        self.retry.run(|| self.storage.put_failure(&failed)).await?;
+        self.retry
+            .run(|| self.storage.set_command_status(&key, command.version, CommandStatus::Failed))
+            .await
+    }
+
+    /// Runs the handlers of an applied version again, with its old and new
+    /// images rebuilt from the data and history rows.
+    pub(crate) async fn rerun(&self, command: &CommandRecord, only: Option<&[String]>) -> Result<CommandStatus> {
+        let key = command.key();
+        let version = command.version;
+        let data = self.storage.get_data(&key).await?;
+        let new = match data {
+            Some(d) if d.version == version => d,
+            _ => self.storage.get_history(&key, version).await?.ok_or_else(|| Error::NotFound {
+                key: format!("{}@{version} (history)", key.id()),
+            })?,
+        };
+        let old = match version {
+            1 => None,
+            v => self.storage.get_history(&key, v - 1).await?,
+        };
+        self.run_handlers(command, old.as_ref(), &new, context_of(command), only).await
+    }
+
+    /// A reprocess: applies the version if needed, else reruns the handlers
+    /// that failed for it (every matching one when none is recorded).
+    pub(crate) async fn reprocess(&self, key: &EntityKey, version: u64) -> Result<CommandStatus> {
+        let command = self.command(key, version).await?;
+        let applied = self.storage.get_data(key).await?.map_or(0, |d| d.version);
+        if applied < version {
+            return self.process(key, version).await;
+        }
+        let failure = self.storage.get_failure(key, version).await?;
+        let only: Option<Vec<String>> = failure
+            .map(|f| f.failures.into_iter().map(|h| h.handler).filter(|h| h != APPLY_STEP).collect())
+            .filter(|names: &Vec<String>| !names.is_empty());
+        self.rerun(&command, only.as_deref()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+        };
+        let waits: Vec<_> = (1..=5).map(|a| policy.backoff(a).as_millis()).collect();
+        assert_eq!(waits, [10, 20, 40, 50, 50]);
+    }
+
+    #[tokio::test]
+    async fn run_retries_only_retryable_errors() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+        };
+        let mut calls = 0;
+        let r: Result<()> = policy
+            .run(|| {
+                calls += 1;
+                async { Err(Error::backend("throttled", true)) }
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 3);
+        let mut calls = 0;
+        let r: Result<()> = policy
+            .run(|| {
+                calls += 1;
+                async { Err(Error::invalid("x", "y")) }
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+    }
+}

@@ -1,0 +1,207 @@
+//! Keys: partition key (`pk`), sort key (`sk`), ids, tenants and validation.
+//!
+//! Keys follow the reference framework's conventions so that tables can be
+//! shared with it: parts are joined with `#`, a command's version is appended
+//! to its sort key after `@`, and the tenant is the last `#`-separated part of
+//! the partition key (`TENANT#shop-a` belongs to tenant `shop-a`).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Separator between the parts of a key.
+pub const KEY_SEPARATOR: char = '#';
+/// Separator between a sort key and a command version (`ORDER#1@3`).
+pub const VERSION_SEPARATOR: char = '@';
+/// DynamoDB's limit on the size of a partition key, in bytes.
+pub const MAX_PK_BYTES: usize = 2048;
+/// DynamoDB's limit on the size of a sort key, in bytes.
+pub const MAX_SK_BYTES: usize = 1024;
+/// Prefix of [`tenant_pk`].
+pub const TENANT_PK_PREFIX: &str = "TENANT";
+
+/// The partition key of a tenant's entities: `TENANT#{tenant}`.
+///
+/// ```
+/// assert_eq!(cqrs_core::tenant_pk("shop-a"), "TENANT#shop-a");
+/// ```
+pub fn tenant_pk(tenant_code: &str) -> String {
+    format!("{TENANT_PK_PREFIX}{KEY_SEPARATOR}{tenant_code}")
+}
+
+/// The tenant a partition key belongs to: the text after its last `#`.
+///
+/// Returns `None` for a pk without `#` or with nothing after it.
+///
+/// ```
+/// assert_eq!(cqrs_core::tenant_of_pk("TENANT#shop-a"), Some("shop-a"));
+/// assert_eq!(cqrs_core::tenant_of_pk("MASTER"), None);
+/// ```
+pub fn tenant_of_pk(pk: &str) -> Option<&str> {
+    match pk.rsplit_once(KEY_SEPARATOR) {
+        Some((_, tenant)) if !tenant.is_empty() => Some(tenant),
+        _ => None,
+    }
+}
+
+/// The sort key of version `version` of a command: `{sk}@{version}`.
+pub fn command_sk(sk: &str, version: u64) -> String {
+    format!("{sk}{VERSION_SEPARATOR}{version}")
+}
+
+/// Splits a command sort key `{sk}@{version}` into its parts.
+pub fn parse_command_sk(command_sk: &str) -> Option<(&str, u64)> {
+    let (sk, version) = command_sk.rsplit_once(VERSION_SEPARATOR)?;
+    Some((sk, version.parse().ok()?))
+}
+
+/// The key of one entity: partition key and sort key (without version).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntityKey {
+    /// Partition key, e.g. `TENANT#shop-a`.
+    pub pk: String,
+    /// Sort key, e.g. `ORDER#ORD-000001`.
+    pub sk: String,
+}
+
+impl EntityKey {
+    /// Builds a key from its parts.
+    pub fn new(pk: impl Into<String>, sk: impl Into<String>) -> Self {
+        Self {
+            pk: pk.into(),
+            sk: sk.into(),
+        }
+    }
+
+    /// The entity id: `pk#sk`.
+    pub fn id(&self) -> String {
+        format!("{}{KEY_SEPARATOR}{}", self.pk, self.sk)
+    }
+
+    /// The tenant the key belongs to (see [`tenant_of_pk`]).
+    pub fn tenant(&self) -> Option<&str> {
+        tenant_of_pk(&self.pk)
+    }
+
+    /// Checks the key against the framework's and DynamoDB's rules.
+    ///
+    /// * pk and sk are non-empty and have no empty `#`-separated part,
+    /// * the pk names a tenant (`{TYPE}#{tenant}`),
+    /// * the sk contains no `@` (reserved for command versions),
+    /// * pk ≤ 2048 bytes, sk ≤ 1024 bytes once a command version is appended.
+    pub fn validate(&self) -> Result<()> {
+        validate_pk(&self.pk)?;
+        validate_sk(&self.sk)
+    }
+}
+
+impl fmt::Display for EntityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{KEY_SEPARATOR}{}", self.pk, self.sk)
+    }
+}
+
+/// Validates a partition key (see [`EntityKey::validate`]).
+pub fn validate_pk(pk: &str) -> Result<()> {
+    validate_parts("pk", pk)?;
+    if pk.len() > MAX_PK_BYTES {
+        return Err(Error::TooLarge {
+            what: "pk".into(),
+            size: pk.len(),
+            limit: MAX_PK_BYTES,
+        });
+    }
+    if tenant_of_pk(pk).is_none() {
+        return Err(Error::invalid(
+            "pk",
+            format!("'{pk}' names no tenant; expected '{{TYPE}}#{{tenant}}'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a sort key (see [`EntityKey::validate`]).
+pub fn validate_sk(sk: &str) -> Result<()> {
+    validate_parts("sk", sk)?;
+    if sk.contains(VERSION_SEPARATOR) {
+        return Err(Error::invalid(
+            "sk",
+            format!("'{sk}' contains '{VERSION_SEPARATOR}', which is reserved for versions"),
+        ));
+    }
+    // Room for the longest "@{version}" suffix of the command row.
+    let with_version = sk.len() + 1 + u64::MAX.to_string().len();
+    if with_version > MAX_SK_BYTES {
+        return Err(Error::TooLarge {
+            what: "sk".into(),
+            size: sk.len(),
+            limit: MAX_SK_BYTES - 1 - u64::MAX.to_string().len(),
+        });
+    }
+    Ok(())
+}
+
+fn validate_parts(what: &str, key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::invalid(what, "must not be empty"));
+    }
+    if key.split(KEY_SEPARATOR).any(str::is_empty) {
+        return Err(Error::invalid(
+            what,
+            format!("'{key}' has an empty '{KEY_SEPARATOR}'-separated part"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_and_tenant() {
+        let key = EntityKey::new(tenant_pk("shop-a"), "ORDER#ORD-000001");
+        assert_eq!(key.id(), "TENANT#shop-a#ORDER#ORD-000001");
+        assert_eq!(key.tenant(), Some("shop-a"));
+        assert_eq!(tenant_of_pk("A#B#c"), Some("c"));
+        assert_eq!(tenant_of_pk("TENANT#"), None);
+    }
+
+    #[test]
+    fn command_sk_round_trips() {
+        let sk = command_sk("ORDER#1", 42);
+        assert_eq!(sk, "ORDER#1@42");
+        assert_eq!(parse_command_sk(&sk), Some(("ORDER#1", 42)));
+        assert_eq!(parse_command_sk("ORDER#1"), None);
+        assert_eq!(parse_command_sk("ORDER#1@x"), None);
+    }
+
+    #[test]
+    fn validation_rejects_bad_keys() {
+        let bad = [
+            ("", "X"),
+            ("TENANT#a", ""),
+            ("TENANT", "X"),
+            ("TENANT#a", "X@1"),
+            ("TENANT##a", "X"),
+            ("TENANT#a", "X#"),
+        ];
+        for (pk, sk) in bad {
+            let err = EntityKey::new(pk, sk).validate().unwrap_err();
+            assert!(matches!(err, Error::InvalidInput { .. }), "{pk}/{sk}: {err}");
+        }
+        let long_pk = format!("TENANT#{}", "a".repeat(MAX_PK_BYTES));
+        assert!(matches!(
+            EntityKey::new(long_pk, "X").validate(),
+            Err(Error::TooLarge { .. })
+        ));
+        let long_sk = "s".repeat(MAX_SK_BYTES);
+        assert!(matches!(
+            EntityKey::new("TENANT#a", long_sk).validate(),
+            Err(Error::TooLarge { .. })
+        ));
+        EntityKey::new("TENANT#a", "ORDER#1").validate().unwrap();
+    }
+}

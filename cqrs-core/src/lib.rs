@@ -1,0 +1,38 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod context;
+mod engine;
+mod error;
+mod handler;
+mod keys;
+mod merge;
+mod model;
+mod query;
+mod sequence;
+mod services;
+mod storage;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use context::{InvocationContext, TenancyPolicy};
+pub use engine::{AsyncDispatch, Engine, EngineBuilder, EngineConfig, RetryPolicy};
+pub use error::{BoxError, Error, Result};
+pub use handler::{DataSyncEvent, DataSyncHandler, Interest};
+pub use keys::{
+    command_sk, parse_command_sk, tenant_of_pk, tenant_pk, validate_pk, validate_sk, EntityKey, KEY_SEPARATOR,
+    MAX_PK_BYTES, MAX_SK_BYTES, TENANT_PK_PREFIX, VERSION_SEPARATOR,
+};
+pub use merge::merge_patch;
+pub use model::{
+    CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, FailedCommand, HandlerFailure,
+    PartialUpdate, Published,
+};
+pub use query::{Cursor, Filter, ListQuery, Page, SkCondition, SortOrder, DEFAULT_LIMIT, MAX_LIMIT};
+pub use sequence::{fiscal_year, Rotation, SequenceRequest, SequenceValue, SEQUENCE_PK_PREFIX};
+pub use services::{CommandService, DataService, DataServiceExt, SequenceService, Typed};
+#[cfg(feature = "mock")]
+pub use services::{MockCommandService, MockDataService, MockSequenceService};
+pub use storage::{ApplyWrite, CommandWrite, RangePage, RangeQuery, Storage, StorageLimits};

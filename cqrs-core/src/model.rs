@@ -1,0 +1,606 @@
+//! The data model: commands in, stored commands (one per version), data items
+//! (the read model, one per entity) and history (each superseded data version).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::keys::{EntityKey, KEY_SEPARATOR};
+
+/// The version a command expects its entity to be at.
+///
+/// Serialized as the reference framework does: the version number, with `-1`
+/// for [`ExpectedVersion::Latest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// The entity must be at exactly this version; `0` means it must not exist yet.
+    Exactly(u64),
+    /// Last writer wins: apply on top of whatever version is current. Opt-in.
+    Latest,
+}
+
+impl ExpectedVersion {
+    /// The entity must not exist yet: the command creates it.
+    pub const NEW: ExpectedVersion = ExpectedVersion::Exactly(0);
+}
+
+impl Default for ExpectedVersion {
+    fn default() -> Self {
+        Self::NEW
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Exactly(v) => write!(f, "{v}"),
+            ExpectedVersion::Latest => f.write_str("latest"),
+        }
+    }
+}
+
+impl Serialize for ExpectedVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            ExpectedVersion::Exactly(v) => s.serialize_u64(*v),
+            ExpectedVersion::Latest => s.serialize_i64(-1),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpectedVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match i64::deserialize(d)? {
+            -1 => Ok(ExpectedVersion::Latest),
+            v if v >= 0 => Ok(ExpectedVersion::Exactly(v as u64)),
+            v => Err(serde::de::Error::custom(format!(
+                "version must be >= 0 or -1 (latest), got {v}"
+            ))),
+        }
+    }
+}
+
+/// A command to publish: the full new state of one entity.
+///
+/// `code`, `name` and `entity_type` default from the sort key
+/// (`ORDER#ORD-000001` gives code `ORD-000001`, type `ORDER`); the tenant is
+/// the pk's. The entity id is always `pk#sk`; `id` and `tenant_code`, when
+/// given, are checked against the key.
+///
+/// ```
+/// use cqrs_core::{CommandInput, ExpectedVersion};
+/// #[derive(serde::Serialize)]
+/// struct Product { price: u32 }
+///
+/// let cmd = CommandInput::new("TENANT#shop-a", "PRODUCT#PRD-001")
+///     .name("Wireless Mouse")
+///     .attributes_from(&Product { price: 2999 })?;
+/// assert_eq!(cmd.code, "PRD-001");
+/// assert_eq!(cmd.entity_type, "PRODUCT");
+/// assert_eq!(cmd.version, ExpectedVersion::NEW);
+/// # Ok::<(), cqrs_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandInput {
+    /// Partition key, `{TYPE}#{tenant}`.
+    pub pk: String,
+    /// Sort key, without version.
+    pub sk: String,
+    /// Entity id; when given it must be `pk#sk` (it is always stored as such).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Tenant of the entity; when given it must be the pk's tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_code: Option<String>,
+    /// Business code of the entity.
+    pub code: String,
+    /// Display name.
+    pub name: String,
+    /// The version the entity is expected to be at.
+    #[serde(default)]
+    pub version: ExpectedVersion,
+    /// Entity type.
+    #[serde(rename = "type")]
+    pub entity_type: String,
+    /// The entity's attributes.
+    #[serde(default)]
+    pub attributes: Value,
+    /// Soft-delete flag.
+    #[serde(default)]
+    pub is_deleted: bool,
+    /// Expiry of the data item, in seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<i64>,
+    /// Optional sequence number of the entity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+impl CommandInput {
+    /// A command creating (version 0) the entity at `pk`/`sk` with empty attributes.
+    pub fn new(pk: impl Into<String>, sk: impl Into<String>) -> Self {
+        let pk = pk.into();
+        let sk = sk.into();
+        let code = sk.rsplit(KEY_SEPARATOR).next().unwrap_or_default().to_owned();
+        let entity_type = sk.split(KEY_SEPARATOR).next().unwrap_or_default().to_owned();
+        Self {
+            pk,
+            id: None,
+            tenant_code: None,
+            name: code.clone(),
+            code,
+            sk,
+            version: ExpectedVersion::NEW,
+            entity_type,
+            attributes: Value::Object(Default::default()),
+            is_deleted: false,
+            ttl: None,
+            seq: None,
+        }
+    }
+
+    /// A command that replaces `item`'s state, expecting its current version.
+    pub fn update_of(item: &DataItem) -> Self {
+        Self {
+            pk: item.pk.clone(),
+            sk: item.sk.clone(),
+            id: None,
+            tenant_code: None,
+            code: item.code.clone(),
+            name: item.name.clone(),
+            version: ExpectedVersion::Exactly(item.version),
+            entity_type: item.entity_type.clone(),
+            attributes: item.attributes.clone(),
+            is_deleted: item.is_deleted,
+            ttl: item.ttl,
+            seq: item.seq,
+        }
+    }
+
+    /// The entity's key.
+    pub fn key(&self) -> EntityKey {
+        EntityKey::new(self.pk.clone(), self.sk.clone())
+    }
+
+    /// Sets the code.
+    pub fn code(mut self, code: impl Into<String>) -> Self {
+        self.code = code.into();
+        self
+    }
+
+    /// Sets the name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the entity type.
+    pub fn entity_type(mut self, entity_type: impl Into<String>) -> Self {
+        self.entity_type = entity_type.into();
+        self
+    }
+
+    /// Sets the expected version.
+    pub fn version(mut self, version: ExpectedVersion) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Sets the attributes from a JSON value.
+    pub fn attributes(mut self, attributes: Value) -> Self {
+        self.attributes = attributes;
+        self
+    }
+
+    /// Sets the attributes from any serializable value.
+    pub fn attributes_from<T: Serialize + ?Sized>(mut self, attributes: &T) -> Result<Self> {
+        self.attributes = to_attributes(attributes)?;
+        Ok(self)
+    }
+
+    /// Marks the entity deleted (or not).
+    pub fn deleted(mut self, is_deleted: bool) -> Self {
+        self.is_deleted = is_deleted;
+        self
+    }
+
+    /// Sets the expiry of the data item (seconds since the Unix epoch).
+    pub fn ttl(mut self, ttl: Option<i64>) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets the entity's sequence number.
+    pub fn seq(mut self, seq: Option<u64>) -> Self {
+        self.seq = seq;
+        self
+    }
+}
+
+/// A partial update: attributes to deep-merge over the entity's current state.
+///
+/// Objects merge key by key, recursively; any other value replaces what was
+/// there; `null` removes the key (JSON merge patch, RFC 7386).
+///
+/// ```
+/// use cqrs_core::{PartialUpdate, ExpectedVersion};
+/// let update = PartialUpdate::new("TENANT#shop-a", "ORDER#ORD-000001", ExpectedVersion::Exactly(1))
+///     .attributes(serde_json::json!({ "status": "confirmed" }));
+/// assert_eq!(update.attributes["status"], "confirmed");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartialUpdate {
+    /// Partition key.
+    pub pk: String,
+    /// Sort key.
+    pub sk: String,
+    /// The version the entity is expected to be at.
+    pub version: ExpectedVersion,
+    /// Merge patch applied to the current attributes.
+    #[serde(default)]
+    pub attributes: Value,
+    /// New name, if it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// New soft-delete flag, if it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_deleted: Option<bool>,
+}
+
+impl PartialUpdate {
+    /// An update of the entity at `pk`/`sk` expected at `version`, changing nothing yet.
+    pub fn new(pk: impl Into<String>, sk: impl Into<String>, version: ExpectedVersion) -> Self {
+        Self {
+            pk: pk.into(),
+            sk: sk.into(),
+            version,
+            attributes: Value::Object(Default::default()),
+            name: None,
+            is_deleted: None,
+        }
+    }
+
+    /// The entity's key.
+    pub fn key(&self) -> EntityKey {
+        EntityKey::new(self.pk.clone(), self.sk.clone())
+    }
+
+    /// Sets the merge patch.
+    pub fn attributes(mut self, patch: Value) -> Self {
+        self.attributes = patch;
+        self
+    }
+
+    /// Sets the merge patch from any serializable value.
+    pub fn attributes_from<T: Serialize + ?Sized>(mut self, patch: &T) -> Result<Self> {
+        self.attributes = to_attributes(patch)?;
+        Ok(self)
+    }
+
+    /// Sets a new name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the soft-delete flag.
+    pub fn deleted(mut self, is_deleted: bool) -> Self {
+        self.is_deleted = Some(is_deleted);
+        self
+    }
+}
+
+/// Where a stored command is in the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandStatus {
+    /// Stored, not yet applied to the data table (async publish).
+    Published,
+    /// Applied to the data table; handlers, if any, not yet confirmed.
+    Applied,
+    /// Applied and every matching handler succeeded.
+    Finished,
+    /// Applied, but a handler failed after its retries; see
+    /// [`CommandService::list_failures`](crate::CommandService::list_failures).
+    Failed,
+}
+
+/// A stored command: one per version of an entity, stored at `{sk}@{version}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandRecord {
+    /// Partition key.
+    pub pk: String,
+    /// Sort key of the entity, without version (the row's key is [`CommandRecord::command_sk`]).
+    pub sk: String,
+    /// Entity id, `pk#sk`.
+    pub id: String,
+    /// Business code.
+    pub code: String,
+    /// Display name.
+    pub name: String,
+    /// The version this command produces.
+    pub version: u64,
+    /// Tenant of the entity.
+    pub tenant_code: String,
+    /// Entity type.
+    #[serde(rename = "type")]
+    pub entity_type: String,
+    /// Attributes.
+    pub attributes: Value,
+    /// Soft-delete flag.
+    pub is_deleted: bool,
+    /// Expiry of the data item (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<i64>,
+    /// Sequence number of the entity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Pipeline status.
+    pub status: CommandStatus,
+    /// What produced the command (from the invocation context).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Request that published the command.
+    pub request_id: String,
+    /// When the command was published.
+    pub created_at: DateTime<Utc>,
+    /// Who published it.
+    pub created_by: String,
+    /// From which address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ip: Option<String>,
+}
+
+impl CommandRecord {
+    /// The entity's key.
+    pub fn key(&self) -> EntityKey {
+        EntityKey::new(self.pk.clone(), self.sk.clone())
+    }
+
+    /// The sort key of this command's row: `{sk}@{version}`.
+    pub fn command_sk(&self) -> String {
+        crate::keys::command_sk(&self.sk, self.version)
+    }
+
+    /// Deserializes the attributes.
+    pub fn attributes_as<T: DeserializeOwned>(&self) -> Result<T> {
+        from_attributes(&self.attributes)
+    }
+}
+
+/// An entity in the data (read) table: the state of its latest applied version.
+///
+/// History rows have the same shape: the snapshot of a superseded version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataItem {
+    /// Partition key.
+    pub pk: String,
+    /// Sort key (bare, without version).
+    pub sk: String,
+    /// Entity id, `pk#sk`.
+    pub id: String,
+    /// Business code.
+    pub code: String,
+    /// Display name.
+    pub name: String,
+    /// Current version (1 after creation).
+    pub version: u64,
+    /// Tenant of the entity.
+    pub tenant_code: String,
+    /// Entity type.
+    #[serde(rename = "type")]
+    pub entity_type: String,
+    /// Attributes.
+    pub attributes: Value,
+    /// Soft-delete flag.
+    pub is_deleted: bool,
+    /// Expiry (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<i64>,
+    /// Sequence number of the entity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Partition key of the command that produced this version.
+    pub cpk: String,
+    /// Sort key of the command that produced this version (`{sk}@{version}`).
+    pub csk: String,
+    /// Request that produced this version.
+    pub request_id: String,
+    /// When the entity was created (version 1).
+    pub created_at: DateTime<Utc>,
+    /// Who created it.
+    pub created_by: String,
+    /// From which address it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ip: Option<String>,
+    /// When this version was published.
+    pub updated_at: DateTime<Utc>,
+    /// Who published this version.
+    pub updated_by: String,
+    /// From which address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_ip: Option<String>,
+}
+
+impl DataItem {
+    /// The entity's key.
+    pub fn key(&self) -> EntityKey {
+        EntityKey::new(self.pk.clone(), self.sk.clone())
+    }
+
+    /// Deserializes the attributes.
+    ///
+    /// ```
+    /// # use cqrs_core::DataItem;
+    /// #[derive(serde::Deserialize)]
+    /// struct Stock { quantity: u32 }
+    /// # fn f(item: &DataItem) -> cqrs_core::Result<()> {
+    /// let stock: Stock = item.attributes_as()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn attributes_as<T: DeserializeOwned>(&self) -> Result<T> {
+        from_attributes(&self.attributes)
+    }
+
+    /// The value at a dotted path of the item as it is serialized:
+    /// `attributes.status`, `attributes.address.city`, `code`, `isDeleted`, ...
+    pub fn field(&self, path: &str) -> Option<Value> {
+        let (head, rest) = match path.split_once('.') {
+            Some((head, rest)) => (head, Some(rest)),
+            None => (path, None),
+        };
+        if head == "attributes" {
+            let mut value = &self.attributes;
+            for part in rest.into_iter().flat_map(|r| r.split('.')) {
+                value = match value {
+                    Value::Object(map) => map.get(part)?,
+                    Value::Array(items) => items.get(part.parse::<usize>().ok()?)?,
+                    _ => return None,
+                };
+            }
+            return Some(value.clone());
+        }
+        if rest.is_some() {
+            return None;
+        }
+        Some(match head {
+            "pk" => Value::from(self.pk.as_str()),
+            "sk" => Value::from(self.sk.as_str()),
+            "id" => Value::from(self.id.as_str()),
+            "code" => Value::from(self.code.as_str()),
+            "name" => Value::from(self.name.as_str()),
+            "version" => Value::from(self.version),
+            "tenantCode" => Value::from(self.tenant_code.as_str()),
+            "type" => Value::from(self.entity_type.as_str()),
+            "isDeleted" => Value::from(self.is_deleted),
+            "seq" => Value::from(self.seq?),
+            "ttl" => Value::from(self.ttl?),
+            "createdBy" => Value::from(self.created_by.as_str()),
+            "updatedBy" => Value::from(self.updated_by.as_str()),
+            _ => return None,
+        })
+    }
+}
+
+/// A handler that failed for one command, after its retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandlerFailure {
+    /// The handler's [`name`](crate::DataSyncHandler::name).
+    pub handler: String,
+    /// The last error it returned.
+    pub error: String,
+    /// How many times it was run.
+    pub attempts: u32,
+}
+
+/// A command whose data-sync handlers failed: queryable, and cleared by a
+/// successful [`reprocess`](crate::CommandService::reprocess).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedCommand {
+    /// Partition key of the entity.
+    pub pk: String,
+    /// Sort key of the entity.
+    pub sk: String,
+    /// Version of the failed command.
+    pub version: u64,
+    /// Tenant of the entity.
+    pub tenant_code: String,
+    /// The handlers that failed.
+    pub failures: Vec<HandlerFailure>,
+    /// When the command was marked failed.
+    pub failed_at: DateTime<Utc>,
+}
+
+impl FailedCommand {
+    /// The entity's key.
+    pub fn key(&self) -> EntityKey {
+        EntityKey::new(self.pk.clone(), self.sk.clone())
+    }
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub enum Published<T> {
+    /// A new version was written.
+    Written(T),
+    /// The command equals the entity's current state (the dirty check):
+    /// nothing was written. Carries the current state.
+    Unchanged(T),
+}
+
+impl<T> Published<T> {
+    /// The written value, `None` when nothing was written.
+    pub fn written(self) -> Option<T> {
+        match self {
+            Published::Written(value) => Some(value),
+            Published::Unchanged(_) => None,
+        }
+    }
+
+    /// `true` when the dirty check found nothing to write.
+    pub fn is_unchanged(&self) -> bool {
+        matches!(self, Published::Unchanged(_))
+    }
+
+    /// The entity's state after the publish, written or not.
+    pub fn into_inner(self) -> T {
+        match self {
+            Published::Written(value) | Published::Unchanged(value) => value,
+        }
+    }
+
+    /// A reference to the state after the publish.
+    pub fn get(&self) -> &T {
+        match self {
+            Published::Written(value) | Published::Unchanged(value) => value,
+        }
+    }
+}
+
+impl Published<DataItem> {
+    /// The data item after the publish, written or not.
+    pub fn into_item(self) -> DataItem {
+        self.into_inner()
+    }
+}
+
+pub(crate) fn to_attributes<T: Serialize + ?Sized>(value: &T) -> Result<Value> {
+    serde_json::to_value(value).map_err(|e| Error::invalid("attributes", e.to_string()))
+}
+
+pub(crate) fn from_attributes<T: DeserializeOwned>(value: &Value) -> Result<T> {
+    T::deserialize(value).map_err(|e| Error::invalid("attributes", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn expected_version_serializes_like_the_reference() {
+        assert_eq!(json!(ExpectedVersion::Exactly(3)), json!(3));
+        assert_eq!(json!(ExpectedVersion::Latest), json!(-1));
+        let v: ExpectedVersion = serde_json::from_value(json!(-1)).unwrap();
+        assert_eq!(v, ExpectedVersion::Latest);
+        assert!(serde_json::from_value::<ExpectedVersion>(json!(-2)).is_err());
+    }
+
+    #[test]
+    fn command_defaults_come_from_the_sort_key() {
+        let cmd = CommandInput::new("TENANT#a", "ORDER#ORD-1");
+        assert_eq!((cmd.code.as_str(), cmd.name.as_str()), ("ORD-1", "ORD-1"));
+        assert_eq!(cmd.entity_type, "ORDER");
+    }
+}

@@ -1,0 +1,295 @@
+//! Typed queries of the data table: sort-key conditions, attribute filters,
+//! order, limits and opaque cursors.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::model::DataItem;
+
+/// The default page size of [`ListQuery`].
+pub const DEFAULT_LIMIT: usize = 10;
+/// The largest page size a [`ListQuery`] may ask for.
+pub const MAX_LIMIT: usize = 1000;
+
+/// A condition on the sort key of a query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SkCondition {
+    /// `sk = value`
+    Equals(String),
+    /// `sk` starts with the value.
+    BeginsWith(String),
+    /// `low <= sk <= high`
+    Between(String, String),
+    /// `sk < value`
+    LessThan(String),
+    /// `sk <= value`
+    LessOrEqual(String),
+    /// `sk > value`
+    GreaterThan(String),
+    /// `sk >= value`
+    GreaterOrEqual(String),
+}
+
+impl SkCondition {
+    /// Whether `sk` satisfies the condition (byte-wise order, as DynamoDB compares strings).
+    pub fn matches(&self, sk: &str) -> bool {
+        match self {
+            SkCondition::Equals(v) => sk == v,
+            SkCondition::BeginsWith(v) => sk.starts_with(v.as_str()),
+            SkCondition::Between(low, high) => low.as_str() <= sk && sk <= high.as_str(),
+            SkCondition::LessThan(v) => sk < v.as_str(),
+            SkCondition::LessOrEqual(v) => sk <= v.as_str(),
+            SkCondition::GreaterThan(v) => sk > v.as_str(),
+            SkCondition::GreaterOrEqual(v) => sk >= v.as_str(),
+        }
+    }
+}
+
+/// An attribute filter, applied to items after the key condition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Filter {
+    /// The value at `path` equals `value`.
+    Equals {
+        /// Dotted path, e.g. `attributes.status` (see [`DataItem::field`]).
+        path: String,
+        /// The value to compare with.
+        value: Value,
+    },
+    /// The value at `path` differs from `value` (or is absent).
+    NotEquals {
+        /// Dotted path.
+        path: String,
+        /// The value to compare with.
+        value: Value,
+    },
+    /// The value at `path` is one of `values`.
+    In {
+        /// Dotted path.
+        path: String,
+        /// Accepted values.
+        values: Vec<Value>,
+    },
+    /// A value exists at `path`.
+    Exists {
+        /// Dotted path.
+        path: String,
+    },
+}
+
+impl Filter {
+    /// `path == value`
+    pub fn eq(path: impl Into<String>, value: impl Into<Value>) -> Self {
+        Filter::Equals {
+            path: path.into(),
+            value: value.into(),
+        }
+    }
+
+    /// `path != value`
+    pub fn ne(path: impl Into<String>, value: impl Into<Value>) -> Self {
+        Filter::NotEquals {
+            path: path.into(),
+            value: value.into(),
+        }
+    }
+
+    /// `path IN values`
+    pub fn is_in<V: Into<Value>>(path: impl Into<String>, values: impl IntoIterator<Item = V>) -> Self {
+        Filter::In {
+            path: path.into(),
+            values: values.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// `exists(path)`
+    pub fn exists(path: impl Into<String>) -> Self {
+        Filter::Exists { path: path.into() }
+    }
+
+    /// Whether `item` passes the filter.
+    pub fn matches(&self, item: &DataItem) -> bool {
+        match self {
+            Filter::Equals { path, value } => item.field(path).as_ref() == Some(value),
+            Filter::NotEquals { path, value } => item.field(path).as_ref() != Some(value),
+            Filter::In { path, values } => item.field(path).is_some_and(|v| values.contains(&v)),
+            Filter::Exists { path } => item.field(path).is_some(),
+        }
+    }
+}
+
+/// Order of the sort keys in a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SortOrder {
+    /// Smallest sort key first.
+    #[default]
+    Ascending,
+    /// Largest sort key first.
+    Descending,
+}
+
+/// A query of the items of one partition key.
+///
+/// ```
+/// use cqrs_core::{ListQuery, SkCondition, Filter};
+/// let query = ListQuery::new()
+///     .sk(SkCondition::BeginsWith("ORDER#".into()))
+///     .filter(Filter::eq("attributes.status", "pending"))
+///     .limit(20);
+/// assert_eq!(query.limit, 20);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    /// Condition on the sort key.
+    pub sk: Option<SkCondition>,
+    /// Filters an item must all pass.
+    pub filters: Vec<Filter>,
+    /// Page size, 1 to [`MAX_LIMIT`].
+    pub limit: usize,
+    /// Order of the page.
+    pub order: SortOrder,
+    /// Where the previous page ended.
+    pub cursor: Option<Cursor>,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        Self {
+            sk: None,
+            filters: Vec::new(),
+            limit: DEFAULT_LIMIT,
+            order: SortOrder::Ascending,
+            cursor: None,
+        }
+    }
+}
+
+impl ListQuery {
+    /// All items of the pk, ten at a time, ascending.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the sort-key condition.
+    pub fn sk(mut self, condition: SkCondition) -> Self {
+        self.sk = Some(condition);
+        self
+    }
+
+    /// Adds a filter.
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filters.push(filter);
+        self
+    }
+
+    /// Sets the page size.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Sets the order.
+    pub fn order(mut self, order: SortOrder) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// Continues after the page that returned `cursor`.
+    pub fn after(mut self, cursor: Option<Cursor>) -> Self {
+        self.cursor = cursor;
+        self
+    }
+}
+
+/// One page of a query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// Where to continue; `None` on the last page.
+    pub cursor: Option<Cursor>,
+}
+
+/// An opaque position in a query, handed to the client and back.
+///
+/// It is bound to the partition key it was issued for: a cursor of another
+/// pk (or tenant) is rejected as invalid input.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Cursor(String);
+
+#[derive(Serialize, Deserialize)]
+struct CursorBody {
+    pk: String,
+    sk: String,
+}
+
+impl Cursor {
+    pub(crate) fn encode(pk: &str, sk: &str) -> Self {
+        let body = CursorBody {
+            pk: pk.to_owned(),
+            sk: sk.to_owned(),
+        };
+        // Serializing two strings cannot fail.
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        Cursor(URL_SAFE_NO_PAD.encode(json))
+    }
+
+    /// The sort key after which the next page starts, checked against `pk`.
+    pub(crate) fn decode(&self, pk: &str) -> Result<String> {
+        let invalid = || Error::invalid("cursor", "not a cursor issued by this service");
+        let bytes = URL_SAFE_NO_PAD.decode(&self.0).map_err(|_| invalid())?;
+        let body: CursorBody = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+        if body.pk != pk {
+            return Err(Error::invalid("cursor", "issued for another partition key"));
+        }
+        Ok(body.sk)
+    }
+
+    /// The cursor as text, to hand to a client.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Cursor {
+    fn from(value: String) -> Self {
+        Cursor(value)
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_is_bound_to_its_pk() {
+        let cursor = Cursor::encode("TENANT#a", "ORDER#5");
+        assert_eq!(cursor.decode("TENANT#a").unwrap(), "ORDER#5");
+        assert!(cursor.decode("TENANT#b").is_err());
+        assert!(Cursor::from("garbage!".to_owned()).decode("TENANT#a").is_err());
+    }
+
+    #[test]
+    fn sk_conditions() {
+        assert!(SkCondition::BeginsWith("ORDER#".into()).matches("ORDER#1"));
+        assert!(!SkCondition::BeginsWith("ORDER#".into()).matches("PRODUCT#1"));
+        assert!(SkCondition::Between("B".into(), "D".into()).matches("D"));
+        assert!(!SkCondition::Between("B".into(), "D".into()).matches("DA"));
+        assert!(SkCondition::LessThan("B".into()).matches("A"));
+        assert!(!SkCondition::GreaterThan("B".into()).matches("B"));
+        assert!(SkCondition::GreaterOrEqual("B".into()).matches("B"));
+    }
+}

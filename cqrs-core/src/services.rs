@@ -1,0 +1,228 @@
+//! The service traits users program against, object-safe so they can be held
+//! as `Arc<dyn Trait>` and mocked (feature `mock`).
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+
+use crate::context::InvocationContext;
+use crate::error::Result;
+use crate::keys::EntityKey;
+use crate::model::{CommandInput, CommandRecord, CommandStatus, DataItem, FailedCommand, PartialUpdate, Published};
+use crate::query::{ListQuery, Page};
+use crate::sequence::{SequenceRequest, SequenceValue};
+
+/// Publishes commands: the write side.
+///
+/// ```
+/// use cqrs_core::{CommandInput, CommandService, ExpectedVersion, InvocationContext};
+///
+/// async fn rename(commands: &dyn CommandService, ctx: &InvocationContext) -> cqrs_core::Result<()> {
+///     let created = commands
+///         .publish_sync(CommandInput::new("TENANT#shop-a", "PRODUCT#PRD-001").name("Mouse"), ctx)
+///         .await?
+///         .into_item();
+///     let renamed = CommandInput::update_of(&created).name("Wireless Mouse");
+///     assert_eq!(renamed.version, ExpectedVersion::Exactly(1));
+///     commands.publish_sync(renamed, ctx).await?;
+///     Ok(())
+/// }
+/// ```
+///
+/// With the `mock` feature, `MockCommandService` stands in for it in unit
+/// tests of your own services:
+///
+/// ```
+/// # #[cfg(feature = "mock")]
+/// # {
+/// use cqrs_core::{CommandService, Error, ExpectedVersion, MockCommandService};
+///
+/// let mut commands = MockCommandService::new();
+/// commands.expect_publish_sync().returning(|cmd, _| {
+///     Err(Error::Conflict { key: cmd.key().id(), expected: cmd.version, actual: Some(7) })
+/// });
+/// let commands: std::sync::Arc<dyn CommandService> = std::sync::Arc::new(commands);
+/// # }
+/// ```
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait CommandService: Send + Sync {
+    /// Stores the command as version N+1 and returns; the data table is
+    /// updated later by the pipeline. One conditional write (after the dirty
+    /// check's read).
+    async fn publish_async(
+        &self,
+        command: CommandInput,
+        ctx: &InvocationContext,
+    ) -> Result<Published<CommandRecord>>;
+
+    /// Stores the command, applies it to the data table (with history, in one
+    /// atomic write) and runs the handlers before returning.
+    async fn publish_sync(
+        &self,
+        command: CommandInput,
+        ctx: &InvocationContext,
+    ) -> Result<Published<DataItem>>;
+
+    /// Deep-merges the update over the entity's latest state and publishes
+    /// the result asynchronously.
+    async fn publish_partial_update_async(
+        &self,
+        update: PartialUpdate,
+        ctx: &InvocationContext,
+    ) -> Result<Published<CommandRecord>>;
+
+    /// Deep-merges the update over the entity's current state and publishes
+    /// the result synchronously.
+    async fn publish_partial_update_sync(
+        &self,
+        update: PartialUpdate,
+        ctx: &InvocationContext,
+    ) -> Result<Published<DataItem>>;
+
+    /// Applies commands on different entities all-or-nothing: either every
+    /// one is written (each at its expected version) or none is. Handlers run
+    /// afterwards for each written command. Commands equal to their entity's
+    /// current state are left out, as by the dirty check.
+    async fn commit(
+        &self,
+        commands: Vec<CommandInput>,
+        ctx: &InvocationContext,
+    ) -> Result<Vec<Published<DataItem>>>;
+
+    /// The command that produced `version` of the entity.
+    async fn get_command(
+        &self,
+        key: &EntityKey,
+        version: u64,
+        ctx: &InvocationContext,
+    ) -> Result<Option<CommandRecord>>;
+
+    /// Every version of the entity, oldest first.
+    async fn list_versions(
+        &self,
+        key: &EntityKey,
+        ctx: &InvocationContext,
+    ) -> Result<Vec<CommandRecord>>;
+
+    /// Runs `version` of the entity through the pipeline again: applies it if
+    /// it is not yet applied, then runs the handlers that failed for it (all
+    /// matching handlers when none is recorded as failed).
+    ///
+    /// Returns the command's status afterwards: `Finished` (or `Applied` when
+    /// no handler matches) on success, `Failed` when a handler failed again.
+    async fn reprocess(
+        &self,
+        key: &EntityKey,
+        version: u64,
+        ctx: &InvocationContext,
+    ) -> Result<CommandStatus>;
+
+    /// Commands whose handlers failed, in the caller's tenant (in every
+    /// tenant for a cross-tenant role).
+    async fn list_failures(&self, ctx: &InvocationContext) -> Result<Vec<FailedCommand>>;
+}
+
+/// Reads the data (read) table.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait DataService: Send + Sync {
+    /// The current state of an entity.
+    async fn get_item(&self, key: &EntityKey, ctx: &InvocationContext)
+        -> Result<Option<DataItem>>;
+
+    /// A page of the items of partition `pk`.
+    async fn list_items(
+        &self,
+        pk: &str,
+        query: ListQuery,
+        ctx: &InvocationContext,
+    ) -> Result<Page<DataItem>>;
+
+    /// Every superseded version of an entity, oldest first.
+    async fn list_history(&self, key: &EntityKey, ctx: &InvocationContext)
+        -> Result<Vec<DataItem>>;
+}
+
+/// An item with its attributes deserialized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Typed<T> {
+    /// The attributes as `T`.
+    pub attributes: T,
+    /// The whole item.
+    pub item: DataItem,
+}
+
+impl<T: DeserializeOwned> Typed<T> {
+    /// Deserializes `item`'s attributes.
+    pub fn from_item(item: DataItem) -> Result<Self> {
+        Ok(Typed {
+            attributes: item.attributes_as()?,
+            item,
+        })
+    }
+}
+
+/// Typed reads over any [`DataService`].
+///
+/// ```
+/// use cqrs_core::{DataService, DataServiceExt, EntityKey, InvocationContext};
+/// #[derive(serde::Deserialize)]
+/// struct Inventory { quantity: i64 }
+///
+/// async fn stock(data: &dyn DataService, ctx: &InvocationContext) -> cqrs_core::Result<i64> {
+///     let key = EntityKey::new("TENANT#shop-a", "INVENTORY#PRD-001");
+///     Ok(data.get_typed::<Inventory>(&key, ctx).await?.map_or(0, |i| i.attributes.quantity))
+/// }
+/// ```
+#[async_trait]
+pub trait DataServiceExt: DataService {
+    /// [`DataService::get_item`] with the attributes deserialized.
+    async fn get_typed<T: DeserializeOwned + Send>(
+        &self,
+        key: &EntityKey,
+        ctx: &InvocationContext,
+    ) -> Result<Option<Typed<T>>> {
+        self.get_item(key, ctx).await?.map(Typed::from_item).transpose()
+    }
+
+    /// [`DataService::list_items`] with the attributes deserialized.
+    async fn list_typed<T: DeserializeOwned + Send>(
+        &self,
+        pk: &str,
+        query: ListQuery,
+        ctx: &InvocationContext,
+    ) -> Result<Page<Typed<T>>> {
+        let page = self.list_items(pk, query, ctx).await?;
+        Ok(Page {
+            items: page
+                .items
+                .into_iter()
+                .map(Typed::from_item)
+                .collect::<Result<_>>()?,
+            cursor: page.cursor,
+        })
+    }
+}
+
+impl<S: DataService + ?Sized> DataServiceExt for S {}
+
+/// Issues gap-free numbers (order numbers, invoice numbers, ...).
+///
+/// ```
+/// use cqrs_core::{InvocationContext, SequenceRequest, SequenceService};
+///
+/// async fn order_code(seq: &dyn SequenceService, ctx: &InvocationContext) -> cqrs_core::Result<String> {
+///     let value = seq.next(&SequenceRequest::new("ORDER").format("ORD-{no:06}"), ctx).await?;
+///     Ok(value.formatted) // "ORD-000001", "ORD-000002", ...
+/// }
+/// ```
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait SequenceService: Send + Sync {
+    /// The next number of the sequence, atomically.
+    async fn next(
+        &self,
+        request: &SequenceRequest,
+        ctx: &InvocationContext,
+    ) -> Result<SequenceValue>;
+}

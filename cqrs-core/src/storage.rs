@@ -1,0 +1,156 @@
+//! The storage primitives a backend implements.
+//!
+//! Every rule of the framework (versions, dirty check, merges, tenancy,
+//! history, handler dispatch, retries) lives in [`Engine`](crate::Engine), once.
+//! A backend only stores rows and enforces the conditions it is handed,
+//! atomically. The conformance suite (feature `testing`) proves a backend
+//! behaves like every other.
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::keys::EntityKey;
+use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand};
+use crate::query::{SkCondition, SortOrder};
+
+/// Sizes a backend can store. The engine checks them before writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageLimits {
+    /// Largest number of rows one [`Storage::apply`] may write (DynamoDB: 100).
+    pub max_transaction_items: usize,
+    /// Largest size of one stored item, in bytes of its JSON form (DynamoDB: 400 KB).
+    pub max_item_bytes: usize,
+}
+
+impl Default for StorageLimits {
+    /// DynamoDB's limits.
+    fn default() -> Self {
+        Self {
+            max_transaction_items: 100,
+            max_item_bytes: 400 * 1024,
+        }
+    }
+}
+
+/// What to do with the command row in an [`ApplyWrite`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandWrite {
+    /// Insert the command row, which must not exist yet (sync publish).
+    Insert(CommandRecord),
+    /// The command row exists (async publish): set its status to
+    /// [`CommandStatus::Applied`].
+    MarkApplied,
+}
+
+/// Applying one command to one entity: command row, data row and history row,
+/// written together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApplyWrite {
+    /// The command row.
+    pub command: CommandWrite,
+    /// The new data row; its `version` is the command's version.
+    pub data: DataItem,
+    /// The version the data row must be at before the write (`0`: it must not exist).
+    pub expected_data_version: u64,
+    /// The superseded data row, stored in history at `{sk}@{its version}`.
+    pub history: Option<DataItem>,
+}
+
+/// A range query over one partition of the data table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeQuery {
+    /// The partition key.
+    pub pk: String,
+    /// Condition on the sort key.
+    pub sk: Option<SkCondition>,
+    /// Order.
+    pub order: SortOrder,
+    /// Start strictly after this sort key (in the query's order).
+    pub start_after: Option<String>,
+    /// At most this many rows.
+    pub limit: usize,
+}
+
+/// One page of a [`RangeQuery`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangePage {
+    /// Rows in order.
+    pub items: Vec<DataItem>,
+    /// The sort key to continue after, `None` when the range is exhausted.
+    pub last_sk: Option<String>,
+}
+
+/// The primitives of a storage backend.
+///
+/// Implementations must make [`Storage::put_command`], [`Storage::apply`] and
+/// [`Storage::next_counter`] atomic and linearizable, and report failed
+/// conditions as [`Error::Conflict`](crate::Error::Conflict) carrying the
+/// version actually found. Reads that follow writes must see them.
+#[async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+    /// The backend's limits.
+    fn limits(&self) -> StorageLimits {
+        StorageLimits::default()
+    }
+
+    /// Stores a published command at `{sk}@{version}`, on two conditions
+    /// checked atomically with the write: no row exists at that version, and
+    /// when `version > 1` the row of `version - 1` exists.
+    ///
+    /// Fails with [`Error::Conflict`](crate::Error::Conflict) (expected
+    /// `version - 1`, actual: the latest stored version) otherwise.
+    async fn put_command(&self, command: &CommandRecord) -> Result<()>;
+
+    /// The command row of `version`.
+    async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>>;
+
+    /// The command row with the highest version.
+    async fn latest_command(&self, key: &EntityKey) -> Result<Option<CommandRecord>>;
+
+    /// Every command row of the entity, by ascending version.
+    async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>>;
+
+    /// Sets the status of an existing command row.
+    async fn set_command_status(
+        &self,
+        key: &EntityKey,
+        version: u64,
+        status: CommandStatus,
+    ) -> Result<()>;
+
+    /// Writes every [`ApplyWrite`] atomically: all or none.
+    ///
+    /// Conditions: each data row is at `expected_data_version` (absent for 0);
+    /// an inserted command row does not exist yet; a command row to mark
+    /// applied exists. On failure nothing is written and the error is the
+    /// conflict of the first failing entity (actual = its data version).
+    async fn apply(&self, writes: &[ApplyWrite]) -> Result<()>;
+
+    /// The data row of an entity.
+    async fn get_data(&self, key: &EntityKey) -> Result<Option<DataItem>>;
+
+    /// A page of the data rows of one partition, in sort-key order.
+    async fn query_data(&self, query: &RangeQuery) -> Result<RangePage>;
+
+    /// The history row of `version` (a superseded data version).
+    async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>>;
+
+    /// Every history row of the entity, by ascending version.
+    async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>>;
+
+    /// Atomically increments the counter at `pk`/`sk` (starting from 0) and
+    /// returns the new value.
+    async fn next_counter(&self, pk: &str, sk: &str) -> Result<u64>;
+
+    /// Records (or replaces) the failure of a command.
+    async fn put_failure(&self, failure: &FailedCommand) -> Result<()>;
+
+    /// Removes the failure record of a command, if any.
+    async fn delete_failure(&self, key: &EntityKey, version: u64) -> Result<()>;
+
+    /// The failure record of a command.
+    async fn get_failure(&self, key: &EntityKey, version: u64) -> Result<Option<FailedCommand>>;
+
+    /// Failure records of a tenant (every tenant when `None`), oldest first.
+    async fn list_failures(&self, tenant_code: Option<&str>) -> Result<Vec<FailedCommand>>;
+}
