@@ -530,7 +530,6 @@ impl FailedCommand {
 
 /// What a publish did.
 #[derive(Debug, Clone, PartialEq)]
-#[must_use]
 pub enum Published<T> {
     /// A new version was written.
     Written(T),

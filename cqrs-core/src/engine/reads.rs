@@ -8,7 +8,7 @@ use crate::context::InvocationContext;
 use crate::error::{Error, Result};
 use crate::keys::{validate_pk, EntityKey};
 use crate::model::DataItem;
-use crate::query::{Cursor, ListQuery, Page, MAX_LIMIT};
+use crate::query::{Cursor, ListQuery, Page, SkCondition, MAX_LIMIT};
 use crate::services::DataService;
 use crate::storage::RangeQuery;
 
@@ -28,6 +28,11 @@ impl DataService for Engine {
         self.tenancy().check_pk(ctx, pk)?;
         if !(1..=MAX_LIMIT).contains(&query.limit) {
             return Err(Error::invalid("limit", format!("must be 1 to {MAX_LIMIT}, got {}", query.limit)));
+        }
+        if let Some(SkCondition::Between(low, high)) = &query.sk {
+            if low > high {
+                return Err(Error::invalid("sk", format!("between '{low}' and '{high}': low is above high")));
+            }
         }
         let mut start_after = query.cursor.as_ref().map(|c| c.decode(pk)).transpose()?;
         // One match more than the page tells whether another page exists, so

@@ -1,0 +1,120 @@
+//! The conformance suite: the whole contract of the framework, as public
+//! async test functions that take a storage backend. Every backend runs it:
+//!
+//! ```ignore
+//! // tests/conformance.rs of a backend crate (dev-dependencies: cqrs-core
+//! // with feature "testing", tokio with "macros" and "rt-multi-thread")
+//! cqrs_core::conformance_tests!(|| async {
+//!     std::sync::Arc::new(my_backend::Store::new()) as std::sync::Arc<dyn cqrs_core::Storage>
+//! });
+//! ```
+//!
+//! The macro expands to one `#[tokio::test]` per check, so each passes or
+//! fails on its own. Each check asks the factory for fresh, empty storage.
+
+mod commits;
+mod fixtures;
+mod pipeline;
+mod queries;
+mod races;
+mod sequences;
+mod tenancy;
+mod validation;
+mod versioning;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::storage::Storage;
+
+pub use commits::*;
+pub use fixtures::{ctx, RecordingHandler};
+pub use pipeline::*;
+pub use queries::*;
+pub use races::*;
+pub use sequences::*;
+pub use tenancy::*;
+pub use validation::*;
+pub use versioning::*;
+
+/// Gives each check fresh, empty storage.
+#[async_trait]
+pub trait StorageFactory: Send + Sync {
+    /// New empty storage (for a shared server: a fresh table prefix).
+    async fn storage(&self) -> Arc<dyn Storage>;
+}
+
+#[async_trait]
+impl<F, Fut> StorageFactory for F
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Arc<dyn Storage>> + Send,
+{
+    async fn storage(&self) -> Arc<dyn Storage> {
+        self().await
+    }
+}
+
+/// Expands to one `#[tokio::test]` per check of the conformance suite, each
+/// calling the check with the given [`StorageFactory`] expression.
+///
+/// The calling crate needs `tokio` (features `macros`, `rt-multi-thread`)
+/// among its dev-dependencies.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@each $factory;
+            create_and_read_back,
+            create_twice_conflicts,
+            update_at_current_version,
+            stale_and_future_versions_conflict,
+            latest_is_last_writer_wins,
+            async_publish_follows_the_same_rules,
+            sync_publish_conflicts_with_pending_async_command,
+            dirty_check_writes_nothing,
+            partial_update_deep_merges,
+            versions_and_history_are_complete,
+            pagination_walks_every_item_once,
+            sort_key_conditions,
+            filters_on_nested_attributes,
+            cursors_and_limits_are_validated,
+            typed_reads,
+            sequences_count_from_one_per_key,
+            sequences_rotate_by_period,
+            sequences_format_numbers,
+            sequences_are_gap_free_under_concurrency,
+            handlers_receive_old_and_new_images,
+            interest_selects_commands,
+            async_pipeline_applies_each_entity_in_order,
+            failing_handler_is_retried,
+            failed_command_is_recorded_and_reprocessed,
+            async_failures_do_not_stall_later_versions,
+            redelivery_does_not_apply_twice,
+            process_catches_up_missing_versions,
+            writes_to_another_tenant_are_rejected,
+            reads_of_another_tenant_are_rejected,
+            common_tenant_and_cross_tenant_roles,
+            failures_are_listed_per_tenant,
+            commit_applies_every_command,
+            commit_is_all_or_nothing,
+            commit_limits,
+            invalid_keys_are_rejected_before_writing,
+            oversized_items_are_rejected,
+            concurrent_increments_are_exact,
+            concurrent_creates_have_one_winner,
+            concurrent_async_publishes_keep_versions_contiguous,
+            concurrent_commits_stay_consistent,
+        );
+    };
+    (@each $factory:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let factory = $factory;
+                $crate::testing::$check(&factory).await;
+            }
+        )*
+    };
+}
