@@ -133,7 +133,10 @@ impl TenancyPolicy {
     /// Checks that `ctx` may access partition key `pk`.
     pub fn check_pk(&self, ctx: &InvocationContext, pk: &str) -> Result<()> {
         let tenant = tenant_of_pk(pk).ok_or_else(|| {
-            Error::invalid("pk", format!("'{pk}' names no tenant; expected '{{TYPE}}#{{tenant}}'"))
+            Error::invalid(
+                "pk",
+                format!("'{pk}' names no tenant; expected '{{TYPE}}#{{tenant}}'"),
+            )
         })?;
         self.check_tenant(ctx, tenant)
     }

@@ -22,8 +22,8 @@ pub use engine::{AsyncDispatch, Engine, EngineBuilder, EngineConfig, RetryPolicy
 pub use error::{BoxError, Error, Result};
 pub use handler::{DataSyncEvent, DataSyncHandler, Interest};
 pub use keys::{
-    command_sk, parse_command_sk, tenant_of_pk, tenant_pk, validate_pk, validate_sk, EntityKey, KEY_SEPARATOR,
-    MAX_PK_BYTES, MAX_SK_BYTES, TENANT_PK_PREFIX, VERSION_SEPARATOR,
+    command_sk, parse_command_sk, tenant_of_pk, tenant_pk, validate_pk, validate_sk, EntityKey,
+    KEY_SEPARATOR, MAX_PK_BYTES, MAX_SK_BYTES, TENANT_PK_PREFIX, VERSION_SEPARATOR,
 };
 pub use merge::merge_patch;
 pub use model::{

@@ -31,8 +31,14 @@ mod tests {
     #[test]
     fn merges_nested_objects_and_removes_nulls() {
         let mut target = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1, 2], "f": "x"});
-        merge_patch(&mut target, &json!({"b": {"c": 20, "g": 4}, "e": [3], "f": null, "h": {"i": 1}}));
-        assert_eq!(target, json!({"a": 1, "b": {"c": 20, "d": 3, "g": 4}, "e": [3], "h": {"i": 1}}));
+        merge_patch(
+            &mut target,
+            &json!({"b": {"c": 20, "g": 4}, "e": [3], "f": null, "h": {"i": 1}}),
+        );
+        assert_eq!(
+            target,
+            json!({"a": 1, "b": {"c": 20, "d": 3, "g": 4}, "e": [3], "h": {"i": 1}})
+        );
     }
 
     #[test]

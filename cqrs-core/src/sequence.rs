@@ -141,7 +141,10 @@ pub(crate) fn counter_key(request: &SequenceRequest, tenant: &str, date: NaiveDa
     if request.sub_codes.len() > MAX_SUB_CODES {
         return Err(Error::invalid(
             "subCodes",
-            format!("at most {MAX_SUB_CODES} sub-codes, got {}", request.sub_codes.len()),
+            format!(
+                "at most {MAX_SUB_CODES} sub-codes, got {}",
+                request.sub_codes.len()
+            ),
         ));
     }
     for code in &request.sub_codes {
@@ -174,7 +177,12 @@ pub(crate) fn counter_key(request: &SequenceRequest, tenant: &str, date: NaiveDa
 }
 
 /// Formats number `no` of `request`.
-pub(crate) fn format_number(request: &SequenceRequest, tenant: &str, date: NaiveDate, no: u64) -> Result<String> {
+pub(crate) fn format_number(
+    request: &SequenceRequest,
+    tenant: &str,
+    date: NaiveDate,
+    no: u64,
+) -> Result<String> {
     render(&request.format, &FormatValues::new(request, tenant, date, no))
 }
 
@@ -207,9 +215,7 @@ fn period(rotation: Rotation, date: NaiveDate) -> Option<String> {
         Rotation::Yearly => Some(format!("{:04}", date.year())),
         Rotation::Monthly => Some(format!("{:04}{:02}", date.year(), date.month())),
         Rotation::Daily => Some(format!("{:04}{:02}{:02}", date.year(), date.month(), date.day())),
-        Rotation::FiscalYearly { start_month } => {
-            Some(format!("FY{:04}", fiscal_year(date, start_month)))
-        }
+        Rotation::FiscalYearly { start_month } => Some(format!("FY{:04}", fiscal_year(date, start_month))),
     }
 }
 
@@ -263,7 +269,13 @@ impl<'a> FormatValues<'a> {
                         return Err(unknown());
                     }
                     let code = self.request.sub_codes.get(index - 1).ok_or_else(|| {
-                        Error::invalid("format", format!("'{{{token}}}' but only {} sub-codes", self.request.sub_codes.len()))
+                        Error::invalid(
+                            "format",
+                            format!(
+                                "'{{{token}}}' but only {} sub-codes",
+                                self.request.sub_codes.len()
+                            ),
+                        )
                     })?;
                     write!(out, "{code}")
                 } else {
@@ -317,7 +329,10 @@ mod tests {
         let s = format_number(&req, "shop-a", day(2024, 1, 5), 42).unwrap();
         assert_eq!(s, "ORD-TKY-240105-000042 {x}");
         let plain = SequenceRequest::new("ORDER").format("ORD-{no:6}");
-        assert_eq!(format_number(&plain, "t", day(2024, 1, 5), 1).unwrap(), "ORD-000001");
+        assert_eq!(
+            format_number(&plain, "t", day(2024, 1, 5), 1).unwrap(),
+            "ORD-000001"
+        );
     }
 
     #[test]
@@ -325,7 +340,10 @@ mod tests {
         for format in ["{nope}", "{no", "x}", "{code1}", "{code6}", "{no:abc}"] {
             let req = SequenceRequest::new("ORDER").format(format);
             assert!(
-                matches!(counter_key(&req, "t", day(2024, 1, 1)), Err(Error::InvalidInput { .. })),
+                matches!(
+                    counter_key(&req, "t", day(2024, 1, 1)),
+                    Err(Error::InvalidInput { .. })
+                ),
                 "{format}"
             );
         }
@@ -341,7 +359,11 @@ mod tests {
     #[test]
     fn counter_keys_per_rotation() {
         let d = day(2024, 3, 9);
-        let key = |r| counter_key(&SequenceRequest::new("ORDER").rotation(r), "a", d).unwrap().sk;
+        let key = |r| {
+            counter_key(&SequenceRequest::new("ORDER").rotation(r), "a", d)
+                .unwrap()
+                .sk
+        };
         assert_eq!(key(Rotation::None), "ORDER");
         assert_eq!(key(Rotation::Yearly), "ORDER#2024");
         assert_eq!(key(Rotation::Monthly), "ORDER#202403");
@@ -356,7 +378,17 @@ mod tests {
         let d = day(2024, 3, 9);
         assert!(counter_key(&SequenceRequest::new(""), "a", d).is_err());
         assert!(counter_key(&SequenceRequest::new("A#B"), "a", d).is_err());
-        assert!(counter_key(&SequenceRequest::new("A").sub_codes(["1", "2", "3", "4", "5", "6"]), "a", d).is_err());
-        assert!(counter_key(&SequenceRequest::new("A").rotation(Rotation::FiscalYearly { start_month: 13 }), "a", d).is_err());
+        assert!(counter_key(
+            &SequenceRequest::new("A").sub_codes(["1", "2", "3", "4", "5", "6"]),
+            "a",
+            d
+        )
+        .is_err());
+        assert!(counter_key(
+            &SequenceRequest::new("A").rotation(Rotation::FiscalYearly { start_month: 13 }),
+            "a",
+            d
+        )
+        .is_err());
     }
 }

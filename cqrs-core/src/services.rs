@@ -7,7 +7,9 @@ use serde::de::DeserializeOwned;
 use crate::context::InvocationContext;
 use crate::error::Result;
 use crate::keys::EntityKey;
-use crate::model::{CommandInput, CommandRecord, CommandStatus, DataItem, FailedCommand, PartialUpdate, Published};
+use crate::model::{
+    CommandInput, CommandRecord, CommandStatus, DataItem, FailedCommand, PartialUpdate, Published,
+};
 use crate::query::{ListQuery, Page};
 use crate::sequence::{SequenceRequest, SequenceValue};
 
@@ -98,11 +100,7 @@ pub trait CommandService: Send + Sync {
     ) -> Result<Option<CommandRecord>>;
 
     /// Every version of the entity, oldest first.
-    async fn list_versions(
-        &self,
-        key: &EntityKey,
-        ctx: &InvocationContext,
-    ) -> Result<Vec<CommandRecord>>;
+    async fn list_versions(&self, key: &EntityKey, ctx: &InvocationContext) -> Result<Vec<CommandRecord>>;
 
     /// Runs `version` of the entity through the pipeline again: applies it if
     /// it is not yet applied, then runs the handlers that failed for it (all
@@ -127,20 +125,14 @@ pub trait CommandService: Send + Sync {
 #[async_trait]
 pub trait DataService: Send + Sync {
     /// The current state of an entity.
-    async fn get_item(&self, key: &EntityKey, ctx: &InvocationContext)
-        -> Result<Option<DataItem>>;
+    async fn get_item(&self, key: &EntityKey, ctx: &InvocationContext) -> Result<Option<DataItem>>;
 
     /// A page of the items of partition `pk`.
-    async fn list_items(
-        &self,
-        pk: &str,
-        query: ListQuery,
-        ctx: &InvocationContext,
-    ) -> Result<Page<DataItem>>;
+    async fn list_items(&self, pk: &str, query: ListQuery, ctx: &InvocationContext)
+        -> Result<Page<DataItem>>;
 
     /// Every superseded version of an entity, oldest first.
-    async fn list_history(&self, key: &EntityKey, ctx: &InvocationContext)
-        -> Result<Vec<DataItem>>;
+    async fn list_history(&self, key: &EntityKey, ctx: &InvocationContext) -> Result<Vec<DataItem>>;
 }
 
 /// An item with its attributes deserialized.
@@ -220,9 +212,5 @@ impl<S: DataService + ?Sized> DataServiceExt for S {}
 #[async_trait]
 pub trait SequenceService: Send + Sync {
     /// The next number of the sequence, atomically.
-    async fn next(
-        &self,
-        request: &SequenceRequest,
-        ctx: &InvocationContext,
-    ) -> Result<SequenceValue>;
+    async fn next(&self, request: &SequenceRequest, ctx: &InvocationContext) -> Result<SequenceValue>;
 }

@@ -36,7 +36,7 @@ impl Default for StorageLimits {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandWrite {
     /// Insert the command row, which must not exist yet (sync publish).
-    Insert(CommandRecord),
+    Insert(Box<CommandRecord>),
     /// The command row exists (async publish): set its status to
     /// [`CommandStatus::Applied`].
     MarkApplied,
@@ -111,12 +111,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>>;
 
     /// Sets the status of an existing command row.
-    async fn set_command_status(
-        &self,
-        key: &EntityKey,
-        version: u64,
-        status: CommandStatus,
-    ) -> Result<()>;
+    async fn set_command_status(&self, key: &EntityKey, version: u64, status: CommandStatus) -> Result<()>;
 
     /// Writes every [`ApplyWrite`] atomically: all or none.
     ///

@@ -1,1 +1,112 @@
-fn main(){}
+//! Throughput of the core operations on the in-memory backend.
+//!
+//! `cargo bench -p cqrs-memory --bench publish`
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cqrs_core::{
+    CommandInput, CommandService, DataService, EntityKey, ExpectedVersion, InvocationContext, ListQuery,
+    SequenceRequest, SequenceService, SkCondition,
+};
+use cqrs_memory::InMemory;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde_json::json;
+
+const PK: &str = "TENANT#shop-a";
+
+fn order_attributes(i: u64) -> serde_json::Value {
+    json!({
+        "customerId": format!("CUST-{i}"),
+        "items": [{"productCode": "PRD-001", "name": "Wireless Mouse", "quantity": 2, "price": 29.99}],
+        "shippingAddress": {"street": "123 Main St", "city": "Tokyo", "postalCode": "100-0001", "country": "JP"},
+        "paymentMethod": "credit_card",
+        "subtotal": 59.98, "tax": 6.0, "total": 65.98,
+        "status": "pending",
+    })
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ctx = InvocationContext::new("shop-a", "bench");
+    let mut group = c.benchmark_group("memory");
+    group.throughput(Throughput::Elements(1));
+
+    let engine = InMemory::engine().build();
+    let next = AtomicU64::new(0);
+    group.bench_function("publish_sync/create", |b| {
+        b.to_async(&rt).iter(|| async {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let command = CommandInput::new(PK, format!("ORDER#{i:08}")).attributes(order_attributes(i));
+            engine.publish_sync(command, &ctx).await.expect("publish")
+        })
+    });
+
+    let engine = InMemory::engine().build();
+    let key = EntityKey::new(PK, "ORDER#00000001");
+    rt.block_on(engine.publish_sync(
+        CommandInput::new(PK, &key.sk).attributes(order_attributes(0)),
+        &ctx,
+    ))
+    .expect("seed");
+    let version = AtomicU64::new(1);
+    group.bench_function("publish_sync/update", |b| {
+        b.to_async(&rt).iter(|| async {
+            let v = version.fetch_add(1, Ordering::Relaxed);
+            let command = CommandInput::new(PK, &key.sk)
+                .attributes(order_attributes(v))
+                .version(ExpectedVersion::Exactly(v));
+            engine.publish_sync(command, &ctx).await.expect("publish")
+        })
+    });
+
+    group.bench_function("get_item", |b| {
+        b.to_async(&rt)
+            .iter(|| async { engine.get_item(&key, &ctx).await.expect("get") })
+    });
+
+    let engine = InMemory::engine().build();
+    rt.block_on(async {
+        for i in 0..1000 {
+            let command = CommandInput::new(PK, format!("ORDER#{i:08}")).attributes(order_attributes(i));
+            engine.publish_sync(command, &ctx).await.expect("seed");
+        }
+    });
+    group.bench_function("list_items/page_of_20", |b| {
+        b.to_async(&rt).iter(|| async {
+            let query = ListQuery::new()
+                .sk(SkCondition::BeginsWith("ORDER#".into()))
+                .limit(20);
+            engine.list_items(PK, query, &ctx).await.expect("list")
+        })
+    });
+
+    let request = SequenceRequest::new("ORDER").format("ORD-{no:06}");
+    group.bench_function("sequence_next", |b| {
+        b.to_async(&rt)
+            .iter(|| async { engine.next(&request, &ctx).await.expect("next") })
+    });
+
+    let engine = InMemory::engine().build();
+    group.bench_function("publish_async+apply/create", |b| {
+        b.iter_batched(
+            || {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                CommandInput::new(PK, format!("ORDER#{i:08}")).attributes(order_attributes(i))
+            },
+            |command| {
+                rt.block_on(async {
+                    engine.publish_async(command, &ctx).await.expect("publish");
+                    engine.wait_idle().await;
+                })
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(publish, benches);
+criterion_main!(publish);

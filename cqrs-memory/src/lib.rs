@@ -96,7 +96,10 @@ impl Tables {
     }
 
     fn data_version(&self, key: &EntityKey) -> Option<u64> {
-        self.data.get(&key.pk).and_then(|p| p.get(&key.sk)).map(|d| d.version)
+        self.data
+            .get(&key.pk)
+            .and_then(|p| p.get(&key.sk))
+            .map(|d| d.version)
     }
 
     fn check(&self, write: &ApplyWrite) -> Result<()> {
@@ -146,16 +149,30 @@ impl Storage for InMemory {
                 actual: latest,
             });
         }
-        tables.commands.entry(key).or_default().insert(command.version, command.clone());
+        tables
+            .commands
+            .entry(key)
+            .or_default()
+            .insert(command.version, command.clone());
         Ok(())
     }
 
     async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>> {
-        Ok(self.read().commands.get(key).and_then(|v| v.get(&version)).cloned())
+        Ok(self
+            .read()
+            .commands
+            .get(key)
+            .and_then(|v| v.get(&version))
+            .cloned())
     }
 
     async fn latest_command(&self, key: &EntityKey) -> Result<Option<CommandRecord>> {
-        Ok(self.read().commands.get(key).and_then(|v| v.values().next_back()).cloned())
+        Ok(self
+            .read()
+            .commands
+            .get(key)
+            .and_then(|v| v.values().next_back())
+            .cloned())
     }
 
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
@@ -197,46 +214,84 @@ impl Storage for InMemory {
             let key = write.data.key();
             match &write.command {
                 CommandWrite::Insert(command) => {
-                    tables.commands.entry(key.clone()).or_default().insert(command.version, command.clone());
+                    tables
+                        .commands
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(command.version, (**command).clone());
                 }
                 CommandWrite::MarkApplied => {
-                    if let Some(command) = tables.commands.get_mut(&key).and_then(|v| v.get_mut(&write.data.version)) {
+                    if let Some(command) = tables
+                        .commands
+                        .get_mut(&key)
+                        .and_then(|v| v.get_mut(&write.data.version))
+                    {
                         command.status = CommandStatus::Applied;
                     }
                 }
             }
             if let Some(history) = &write.history {
-                tables.history.entry(key.clone()).or_default().insert(history.version, history.clone());
+                tables
+                    .history
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(history.version, history.clone());
             }
-            tables.data.entry(key.pk).or_default().insert(key.sk, write.data.clone());
+            tables
+                .data
+                .entry(key.pk)
+                .or_default()
+                .insert(key.sk, write.data.clone());
         }
         Ok(())
     }
 
     async fn get_data(&self, key: &EntityKey) -> Result<Option<DataItem>> {
-        Ok(self.read().data.get(&key.pk).and_then(|p| p.get(&key.sk)).cloned())
+        Ok(self
+            .read()
+            .data
+            .get(&key.pk)
+            .and_then(|p| p.get(&key.sk))
+            .cloned())
     }
 
     async fn query_data(&self, query: &RangeQuery) -> Result<RangePage> {
         let tables = self.read();
         let Some(partition) = tables.data.get(&query.pk) else {
-            return Ok(RangePage { items: Vec::new(), last_sk: None });
+            return Ok(RangePage {
+                items: Vec::new(),
+                last_sk: None,
+            });
         };
         let bounds = range::SkRange::new(query.sk.as_ref(), query.order, query.start_after.as_deref());
         let items: Vec<DataItem> = match (bounds.as_range(), query.order) {
             (None, _) => Vec::new(),
-            (Some(r), SortOrder::Ascending) => partition.range::<str, _>(r).take(query.limit).map(|(_, v)| v.clone()).collect(),
-            (Some(r), SortOrder::Descending) => {
-                partition.range::<str, _>(r).rev().take(query.limit).map(|(_, v)| v.clone()).collect()
-            }
+            (Some(r), SortOrder::Ascending) => partition
+                .range::<str, _>(r)
+                .take(query.limit)
+                .map(|(_, v)| v.clone())
+                .collect(),
+            (Some(r), SortOrder::Descending) => partition
+                .range::<str, _>(r)
+                .rev()
+                .take(query.limit)
+                .map(|(_, v)| v.clone())
+                .collect(),
         };
         // Like DynamoDB: a full page says "there may be more".
-        let last_sk = (items.len() == query.limit).then(|| items.last().map(|i| i.sk.clone())).flatten();
+        let last_sk = (items.len() == query.limit)
+            .then(|| items.last().map(|i| i.sk.clone()))
+            .flatten();
         Ok(RangePage { items, last_sk })
     }
 
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {
-        Ok(self.read().history.get(key).and_then(|h| h.get(&version)).cloned())
+        Ok(self
+            .read()
+            .history
+            .get(key)
+            .and_then(|h| h.get(&version))
+            .cloned())
     }
 
     async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>> {
@@ -256,7 +311,9 @@ impl Storage for InMemory {
     }
 
     async fn put_failure(&self, failure: &FailedCommand) -> Result<()> {
-        self.write().failures.insert((failure.key(), failure.version), failure.clone());
+        self.write()
+            .failures
+            .insert((failure.key(), failure.version), failure.clone());
         Ok(())
     }
 

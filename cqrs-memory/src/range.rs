@@ -103,11 +103,23 @@ mod tests {
 
     #[test]
     fn inverted_ranges_are_empty_not_panics() {
-        let r = SkRange::new(Some(&SkCondition::Between("b".into(), "a".into())), SortOrder::Ascending, None);
+        let r = SkRange::new(
+            Some(&SkCondition::Between("b".into(), "a".into())),
+            SortOrder::Ascending,
+            None,
+        );
         assert!(r.as_range().is_none());
-        let r = SkRange::new(Some(&SkCondition::Equals("a".into())), SortOrder::Ascending, Some("a"));
+        let r = SkRange::new(
+            Some(&SkCondition::Equals("a".into())),
+            SortOrder::Ascending,
+            Some("a"),
+        );
         assert!(r.as_range().is_none());
-        let r = SkRange::new(Some(&SkCondition::LessThan("a".into())), SortOrder::Descending, Some("0"));
+        let r = SkRange::new(
+            Some(&SkCondition::LessThan("a".into())),
+            SortOrder::Descending,
+            Some("0"),
+        );
         assert!(r.as_range().is_some());
     }
 }

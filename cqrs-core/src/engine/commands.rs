@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::keys::EntityKey;
 use crate::merge::merge_patch;
 use crate::model::{
-    CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, FailedCommand, PartialUpdate, Published,
+    CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, FailedCommand, PartialUpdate,
+    Published,
 };
 use crate::services::CommandService;
 use crate::storage::{ApplyWrite, CommandWrite};
@@ -57,7 +58,7 @@ impl Engine {
         check_size(&self.storage_ref().limits(), &data)?;
         Ok(Ok((
             ApplyWrite {
-                command: CommandWrite::Insert(record.clone()),
+                command: CommandWrite::Insert(Box::new(record.clone())),
                 data,
                 expected_data_version: base,
                 history: previous,
@@ -106,7 +107,11 @@ impl Engine {
         ctx: &InvocationContext,
     ) -> Result<Published<CommandRecord>> {
         let latest = command.version == ExpectedVersion::Latest;
-        let attempts = if latest { self.config().latest_attempts.max(1) } else { 1 };
+        let attempts = if latest {
+            self.config().latest_attempts.max(1)
+        } else {
+            1
+        };
         let mut base = base;
         for attempt in 1..=attempts {
             let base_version = match (command.version, &base) {
@@ -120,10 +125,19 @@ impl Engine {
             if base.is_none() && base_version > 0 {
                 base = self.storage_ref().get_command(&key, base_version).await?;
             }
-            if let Some(b) = base.take().filter(|b| b.version == base_version && b.content() == command.content()) {
+            if let Some(b) = base
+                .take()
+                .filter(|b| b.version == base_version && b.content() == command.content())
+            {
                 return Ok(Published::Unchanged(b));
             }
-            let record = command_record(command.clone(), base_version + 1, CommandStatus::Published, ctx, Utc::now());
+            let record = command_record(
+                command.clone(),
+                base_version + 1,
+                CommandStatus::Published,
+                ctx,
+                Utc::now(),
+            );
             check_size(&self.storage_ref().limits(), &record)?;
             match self.storage_ref().put_command(&record).await {
                 Ok(()) => {
@@ -178,13 +192,21 @@ impl CommandService for Engine {
     ) -> Result<Published<CommandRecord>> {
         let key = check_command(self.tenancy(), &command, ctx)?;
         let span = command_span(&key, ctx, "async");
-        self.publish_async_checked(key, command, None, ctx).instrument(span).await
+        self.publish_async_checked(key, command, None, ctx)
+            .instrument(span)
+            .await
     }
 
-    async fn publish_sync(&self, command: CommandInput, ctx: &InvocationContext) -> Result<Published<DataItem>> {
+    async fn publish_sync(
+        &self,
+        command: CommandInput,
+        ctx: &InvocationContext,
+    ) -> Result<Published<DataItem>> {
         let key = check_command(self.tenancy(), &command, ctx)?;
         let span = command_span(&key, ctx, "sync");
-        self.publish_sync_checked(key, command, ctx).instrument(span).await
+        self.publish_sync_checked(key, command, ctx)
+            .instrument(span)
+            .await
     }
 
     async fn publish_partial_update_async(
@@ -210,9 +232,14 @@ impl CommandService for Engine {
                 _ => Error::NotFound { key: key.id() },
             });
         };
-        let command = Self::merged(update, input_of_command(&base, ExpectedVersion::Exactly(base.version)));
+        let command = Self::merged(
+            update,
+            input_of_command(&base, ExpectedVersion::Exactly(base.version)),
+        );
         let span = command_span(&key, ctx, "async");
-        self.publish_async_checked(key, command, Some(base), ctx).instrument(span).await
+        self.publish_async_checked(key, command, Some(base), ctx)
+            .instrument(span)
+            .await
     }
 
     async fn publish_partial_update_sync(
@@ -275,7 +302,8 @@ impl CommandService for Engine {
             async move { self.prepare_sync(&key, command, ctx).await }
         }))
         .await?;
-        let (writes, records): (Vec<_>, Vec<_>) = prepared.iter().filter_map(|p| p.as_ref().ok()).cloned().unzip();
+        let (writes, records): (Vec<_>, Vec<_>) =
+            prepared.iter().filter_map(|p| p.as_ref().ok()).cloned().unzip();
         if !writes.is_empty() {
             self.storage_ref().apply(&writes).await?;
             tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
@@ -310,7 +338,12 @@ impl CommandService for Engine {
         self.storage_ref().list_commands(key).await
     }
 
-    async fn reprocess(&self, key: &EntityKey, version: u64, ctx: &InvocationContext) -> Result<CommandStatus> {
+    async fn reprocess(
+        &self,
+        key: &EntityKey,
+        version: u64,
+        ctx: &InvocationContext,
+    ) -> Result<CommandStatus> {
         check_key(self.tenancy(), key, ctx)?;
         self.inner.pipeline.reprocess(key, version).await
     }

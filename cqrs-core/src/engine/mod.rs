@@ -23,8 +23,8 @@ use crate::keys::EntityKey;
 use crate::model::CommandStatus;
 use crate::storage::Storage;
 
-pub use pipeline::RetryPolicy;
 use pipeline::Pipeline;
+pub use pipeline::RetryPolicy;
 use worker::Worker;
 
 /// Who applies commands published with `publish_async`.
@@ -147,7 +147,11 @@ impl EngineBuilder {
 
     /// Builds the engine. No task is started until the first async publish.
     pub fn build(self) -> Engine {
-        let pipeline = Arc::new(Pipeline::new(self.storage, self.handlers, self.config.retry.clone()));
+        let pipeline = Arc::new(Pipeline::new(
+            self.storage,
+            self.handlers,
+            self.config.retry.clone(),
+        ));
         Engine {
             inner: Arc::new(Inner {
                 pipeline,

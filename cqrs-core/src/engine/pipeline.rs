@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use std::panic::AssertUnwindSafe;
+
 use futures::future::join_all;
+use futures::FutureExt as _;
 use tracing::Instrument;
 
 use super::records::{context_of, data_item};
@@ -75,7 +78,11 @@ pub(crate) struct Pipeline {
 }
 
 impl Pipeline {
-    pub(crate) fn new(storage: Arc<dyn Storage>, handlers: Vec<Arc<dyn DataSyncHandler>>, retry: RetryPolicy) -> Self {
+    pub(crate) fn new(
+        storage: Arc<dyn Storage>,
+        handlers: Vec<Arc<dyn DataSyncHandler>>,
+        retry: RetryPolicy,
+    ) -> Self {
         Self {
             storage,
             handlers,
@@ -108,21 +115,28 @@ impl Pipeline {
                 let command = self.command(key, v).await?;
                 match self.apply_published(&command, data.as_ref()).await {
                     Ok(new) => {
-                        status = self.run_handlers(&command, data.as_ref(), &new, context_of(&command), None).await?;
+                        status = self
+                            .run_handlers(&command, data.as_ref(), &new, context_of(&command), None)
+                            .await?;
                         data = Some(new);
                     }
                     // Someone else applied it meanwhile (another processor, a
                     // reprocess): their run owns the handlers.
-                    Err(Error::Conflict { actual: Some(actual), .. }) if actual >= v => {
+                    Err(Error::Conflict {
+                        actual: Some(actual), ..
+                    }) if actual >= v => {
                         data = self.retry.run(|| self.storage.get_data(key)).await?;
                         status = CommandStatus::Applied;
                     }
                     Err(e) => {
-                        self.record_failure(&command, vec![HandlerFailure {
-                            handler: APPLY_STEP.into(),
-                            error: e.to_string(),
-                            attempts: self.retry.max_attempts,
-                        }])
+                        self.record_failure(
+                            &command,
+                            vec![HandlerFailure {
+                                handler: APPLY_STEP.into(),
+                                error: e.to_string(),
+                                attempts: self.retry.max_attempts,
+                            }],
+                        )
                         .await?;
                         return Err(e);
                     }
@@ -144,7 +158,11 @@ impl Pipeline {
     }
 
     /// Applies a stored (published) command over `previous`.
-    async fn apply_published(&self, command: &CommandRecord, previous: Option<&DataItem>) -> Result<DataItem> {
+    async fn apply_published(
+        &self,
+        command: &CommandRecord,
+        previous: Option<&DataItem>,
+    ) -> Result<DataItem> {
         let new = data_item(command, previous);
         let write = ApplyWrite {
             command: CommandWrite::MarkApplied,
@@ -152,7 +170,9 @@ impl Pipeline {
             expected_data_version: previous.map_or(0, |p| p.version),
             history: previous.cloned(),
         };
-        self.retry.run(|| self.storage.apply(std::slice::from_ref(&write))).await?;
+        self.retry
+            .run(|| self.storage.apply(std::slice::from_ref(&write)))
+            .await?;
         tracing::debug!("applied");
         Ok(new)
     }
@@ -183,17 +203,23 @@ impl Pipeline {
             context,
             attempt: 1,
         };
-        let failures: Vec<HandlerFailure> = join_all(matching.iter().map(|h| self.run_handler(h.as_ref(), &event)))
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        let failures: Vec<HandlerFailure> =
+            join_all(matching.iter().map(|h| self.run_handler(h.as_ref(), &event)))
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
         let key = command.key();
         if failures.is_empty() {
             self.retry
-                .run(|| self.storage.set_command_status(&key, command.version, CommandStatus::Finished))
+                .run(|| {
+                    self.storage
+                        .set_command_status(&key, command.version, CommandStatus::Finished)
+                })
                 .await?;
-            self.retry.run(|| self.storage.delete_failure(&key, command.version)).await?;
+            self.retry
+                .run(|| self.storage.delete_failure(&key, command.version))
+                .await?;
             Ok(CommandStatus::Finished)
         } else {
             self.record_failure(command, failures).await?;
@@ -202,13 +228,22 @@ impl Pipeline {
     }
 
     /// Runs one handler with retries; the failure if every run failed.
-    async fn run_handler(&self, handler: &dyn DataSyncHandler, event: &DataSyncEvent) -> Option<HandlerFailure> {
+    async fn run_handler(
+        &self,
+        handler: &dyn DataSyncHandler,
+        event: &DataSyncEvent,
+    ) -> Option<HandlerFailure> {
         let max = self.retry.max_attempts.max(1);
         let mut event = event.clone();
         for attempt in 1..=max {
             event.attempt = attempt;
             let span = tracing::info_span!("handler", name = handler.name(), attempt);
-            match handler.handle(&event).instrument(span).await {
+            // A panicking handler is a failing handler, not a dead processor.
+            let outcome = AssertUnwindSafe(handler.handle(&event).instrument(span))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(panic_message(panic.as_ref()).into()));
+            match outcome {
                 Ok(()) => return None,
                 Err(error) if attempt == max => {
                     tracing::error!(handler = handler.name(), %error, attempts = max, "handler failed; command marked failed");
@@ -239,27 +274,39 @@ impl Pipeline {
         };
         self.retry.run(|| self.storage.put_failure(&failed)).await?;
         self.retry
-            .run(|| self.storage.set_command_status(&key, command.version, CommandStatus::Failed))
+            .run(|| {
+                self.storage
+                    .set_command_status(&key, command.version, CommandStatus::Failed)
+            })
             .await
     }
 
     /// Runs the handlers of an applied version again, with its old and new
     /// images rebuilt from the data and history rows.
-    pub(crate) async fn rerun(&self, command: &CommandRecord, only: Option<&[String]>) -> Result<CommandStatus> {
+    pub(crate) async fn rerun(
+        &self,
+        command: &CommandRecord,
+        only: Option<&[String]>,
+    ) -> Result<CommandStatus> {
         let key = command.key();
         let version = command.version;
         let data = self.storage.get_data(&key).await?;
         let new = match data {
             Some(d) if d.version == version => d,
-            _ => self.storage.get_history(&key, version).await?.ok_or_else(|| Error::NotFound {
-                key: format!("{}@{version} (history)", key.id()),
-            })?,
+            _ => self
+                .storage
+                .get_history(&key, version)
+                .await?
+                .ok_or_else(|| Error::NotFound {
+                    key: format!("{}@{version} (history)", key.id()),
+                })?,
         };
         let old = match version {
             1 => None,
             v => self.storage.get_history(&key, v - 1).await?,
         };
-        self.run_handlers(command, old.as_ref(), &new, context_of(command), only).await
+        self.run_handlers(command, old.as_ref(), &new, context_of(command), only)
+            .await
     }
 
     /// A reprocess: applies the version if needed, else reruns the handlers
@@ -272,10 +319,26 @@ impl Pipeline {
         }
         let failure = self.storage.get_failure(key, version).await?;
         let only: Option<Vec<String>> = failure
-            .map(|f| f.failures.into_iter().map(|h| h.handler).filter(|h| h != APPLY_STEP).collect())
+            .map(|f| {
+                f.failures
+                    .into_iter()
+                    .map(|h| h.handler)
+                    .filter(|h| h != APPLY_STEP)
+                    .collect()
+            })
             .filter(|names: &Vec<String>| !names.is_empty());
         self.rerun(&command, only.as_deref()).await
     }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    format!("panicked: {text}")
 }
 
 #[cfg(test)]

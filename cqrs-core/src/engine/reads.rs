@@ -23,22 +23,37 @@ impl DataService for Engine {
         self.storage_ref().get_data(key).await
     }
 
-    async fn list_items(&self, pk: &str, query: ListQuery, ctx: &InvocationContext) -> Result<Page<DataItem>> {
+    async fn list_items(
+        &self,
+        pk: &str,
+        query: ListQuery,
+        ctx: &InvocationContext,
+    ) -> Result<Page<DataItem>> {
         validate_pk(pk)?;
         self.tenancy().check_pk(ctx, pk)?;
         if !(1..=MAX_LIMIT).contains(&query.limit) {
-            return Err(Error::invalid("limit", format!("must be 1 to {MAX_LIMIT}, got {}", query.limit)));
+            return Err(Error::invalid(
+                "limit",
+                format!("must be 1 to {MAX_LIMIT}, got {}", query.limit),
+            ));
         }
         if let Some(SkCondition::Between(low, high)) = &query.sk {
             if low > high {
-                return Err(Error::invalid("sk", format!("between '{low}' and '{high}': low is above high")));
+                return Err(Error::invalid(
+                    "sk",
+                    format!("between '{low}' and '{high}': low is above high"),
+                ));
             }
         }
         let mut start_after = query.cursor.as_ref().map(|c| c.decode(pk)).transpose()?;
         // One match more than the page tells whether another page exists, so
         // the last page never carries a cursor.
         let wanted = query.limit + 1;
-        let batch = if query.filters.is_empty() { wanted } else { wanted.max(FILTERED_BATCH) };
+        let batch = if query.filters.is_empty() {
+            wanted
+        } else {
+            wanted.max(FILTERED_BATCH)
+        };
         let mut items = Vec::with_capacity(wanted.min(FILTERED_BATCH));
         loop {
             let page = self

@@ -44,7 +44,11 @@ pub(crate) fn command_record(
 pub(crate) fn data_item(command: &CommandRecord, previous: Option<&DataItem>) -> DataItem {
     let (created_at, created_by, created_ip) = match previous {
         Some(p) => (p.created_at, p.created_by.clone(), p.created_ip.clone()),
-        None => (command.created_at, command.created_by.clone(), command.created_ip.clone()),
+        None => (
+            command.created_at,
+            command.created_by.clone(),
+            command.created_ip.clone(),
+        ),
     };
     DataItem {
         pk: command.pk.clone(),

@@ -21,6 +21,10 @@ impl SequenceService for Engine {
         let no = self.storage_ref().next_counter(&key.pk, &key.sk).await?;
         let formatted = format_number(request, tenant, date, no)?;
         tracing::debug!(tenant, sequence = %key.sk, no, "number issued");
-        Ok(SequenceValue { no, formatted, issued_at })
+        Ok(SequenceValue {
+            no,
+            formatted,
+            issued_at,
+        })
     }
 }

@@ -7,9 +7,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt as _;
 use tokio::sync::watch;
 
-use super::pipeline::Pipeline;
+use super::pipeline::{panic_message, Pipeline};
 use crate::keys::EntityKey;
 
 pub(crate) struct Worker {
@@ -77,9 +80,19 @@ async fn drain(shared: Arc<Shared>, key: EntityKey) {
                 }
             }
         };
-        if let Err(error) = shared.pipeline.process(&key, next).await {
-            // Recorded as a failure by the pipeline; reprocess picks it up.
-            tracing::error!(pk = %key.pk, sk = %key.sk, version = next, %error, "async command not processed");
+        let outcome = AssertUnwindSafe(shared.pipeline.process(&key, next))
+            .catch_unwind()
+            .await;
+        match outcome {
+            Ok(Ok(_)) => {}
+            // Recorded as a failure by the pipeline where it could be; reprocess picks it up.
+            Ok(Err(error)) => {
+                tracing::error!(pk = %key.pk, sk = %key.sk, version = next, %error, "async command not processed")
+            }
+            Err(panic) => {
+                let error = panic_message(panic.as_ref());
+                tracing::error!(pk = %key.pk, sk = %key.sk, version = next, %error, "async command not processed")
+            }
         }
         shared.pending.send_modify(|n| *n -= 1);
     }

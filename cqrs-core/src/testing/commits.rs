@@ -14,7 +14,12 @@ pub async fn commit_applies_every_command(factory: &dyn StorageFactory) {
     let engine = builder(factory).await.handler_arc(handler.clone()).build();
     let a = ctx("shop-a");
     let created = engine
-        .commit((1..=3).map(|i| cmd(PK_A, &format!("INVENTORY#{i}"), n(10))).collect(), &a)
+        .commit(
+            (1..=3)
+                .map(|i| cmd(PK_A, &format!("INVENTORY#{i}"), n(10)))
+                .collect(),
+            &a,
+        )
         .await
         .unwrap();
     assert_eq!(created.len(), 3);
@@ -30,13 +35,26 @@ pub async fn commit_applies_every_command(factory: &dyn StorageFactory) {
         )
         .await
         .unwrap();
-    assert_eq!(updated.iter().map(|p| p.get().version).collect::<Vec<_>>(), [2, 2, 1]);
+    assert_eq!(
+        updated.iter().map(|p| p.get().version).collect::<Vec<_>>(),
+        [2, 2, 1]
+    );
     assert!(updated[2].is_unchanged(), "an unchanged member is left out");
     for (i, expected) in [(1, n(9)), (2, n(8)), (3, n(10))] {
         let key = EntityKey::new(PK_A, format!("INVENTORY#{i}"));
-        assert_eq!(engine.get_item(&key, &a).await.unwrap().unwrap().attributes, expected);
+        assert_eq!(
+            engine.get_item(&key, &a).await.unwrap().unwrap().attributes,
+            expected
+        );
     }
-    assert_eq!(engine.list_history(&EntityKey::new(PK_A, "INVENTORY#1"), &a).await.unwrap().len(), 1);
+    assert_eq!(
+        engine
+            .list_history(&EntityKey::new(PK_A, "INVENTORY#1"), &a)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(handler.seen().len(), 5);
     assert!(engine.commit(Vec::new(), &a).await.unwrap().is_empty());
 }
@@ -51,7 +69,11 @@ pub async fn commit_is_all_or_nothing(factory: &dyn StorageFactory) {
     engine.publish_sync(cmd(PK_A, "B#1", n(1)), &a).await.unwrap();
     let attempts = [
         vec![cmd_at(PK_A, "A#1", 1, n(2)), cmd_at(PK_A, "B#1", 0, n(2))],
-        vec![cmd_at(PK_A, "A#1", 1, n(2)), cmd(PK_A, "C#1", n(1)), cmd_at(PK_A, "B#1", 7, n(2))],
+        vec![
+            cmd_at(PK_A, "A#1", 1, n(2)),
+            cmd(PK_A, "C#1", n(1)),
+            cmd_at(PK_A, "B#1", 7, n(2)),
+        ],
         vec![cmd(PK_A, "C#1", n(1)), cmd(PK_A, "A#1", n(2))],
     ];
     for commit in attempts {
@@ -78,13 +100,32 @@ pub async fn commit_limits(factory: &dyn StorageFactory) {
     let limit = engine.storage().limits().max_transaction_items;
     let fitting = limit / 3;
     let batch = |count: usize, prefix: &str| -> Vec<CommandInput> {
-        (0..count).map(|i| cmd(PK_A, &format!("{prefix}#{i}"), n(1))).collect()
+        (0..count)
+            .map(|i| cmd(PK_A, &format!("{prefix}#{i}"), n(1)))
+            .collect()
     };
     let err = engine.commit(batch(fitting + 1, "BIG"), &a).await.unwrap_err();
     assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
-    assert!(engine.get_item(&EntityKey::new(PK_A, "BIG#0"), &a).await.unwrap().is_none());
-    assert_eq!(engine.commit(batch(fitting, "FIT"), &a).await.unwrap().len(), fitting);
-    let twice = vec![cmd(PK_A, "D#1", n(1)), cmd(PK_A, "D#1", n(2)).version(ExpectedVersion::Latest)];
-    assert!(matches!(engine.commit(twice, &a).await.unwrap_err(), Error::InvalidInput { .. }));
-    assert!(engine.get_item(&EntityKey::new(PK_A, "D#1"), &a).await.unwrap().is_none());
+    assert!(engine
+        .get_item(&EntityKey::new(PK_A, "BIG#0"), &a)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        engine.commit(batch(fitting, "FIT"), &a).await.unwrap().len(),
+        fitting
+    );
+    let twice = vec![
+        cmd(PK_A, "D#1", n(1)),
+        cmd(PK_A, "D#1", n(2)).version(ExpectedVersion::Latest),
+    ];
+    assert!(matches!(
+        engine.commit(twice, &a).await.unwrap_err(),
+        Error::InvalidInput { .. }
+    ));
+    assert!(engine
+        .get_item(&EntityKey::new(PK_A, "D#1"), &a)
+        .await
+        .unwrap()
+        .is_none());
 }

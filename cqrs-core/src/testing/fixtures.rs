@@ -109,7 +109,10 @@ impl DataSyncHandler for RecordingHandler {
     }
 
     async fn handle(&self, event: &DataSyncEvent) -> Result<(), BoxError> {
-        self.events.lock().unwrap_or_else(PoisonError::into_inner).push(event.clone());
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(event.clone());
         let failing = self
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -16,7 +16,11 @@ pub async fn handlers_receive_old_and_new_images(factory: &dyn StorageFactory) {
     let handler = RecordingHandler::new("images", Interest::All);
     let engine = builder(factory).await.handler_arc(handler.clone()).build();
     let a = ctx("shop-a");
-    let v1 = engine.publish_sync(cmd(PK_A, "ORDER#1", json!({"status": "pending"})), &a).await.unwrap().into_item();
+    let v1 = engine
+        .publish_sync(cmd(PK_A, "ORDER#1", json!({"status": "pending"})), &a)
+        .await
+        .unwrap()
+        .into_item();
     let v2 = engine
         .publish_sync(cmd_at(PK_A, "ORDER#1", 1, json!({"status": "confirmed"})), &a)
         .await
@@ -38,7 +42,10 @@ pub async fn handlers_receive_old_and_new_images(factory: &dyn StorageFactory) {
     assert_eq!(command.status, CommandStatus::Finished);
 
     // The async pipeline gives the same images, with the publisher's context.
-    engine.publish_async(cmd_at(PK_A, "ORDER#1", 2, json!({"status": "shipped"})), &a).await.unwrap();
+    engine
+        .publish_async(cmd_at(PK_A, "ORDER#1", 2, json!({"status": "shipped"})), &a)
+        .await
+        .unwrap();
     engine.wait_idle().await;
     let events = handler.events();
     assert_eq!(events.len(), 3);
@@ -52,15 +59,33 @@ pub async fn handlers_receive_old_and_new_images(factory: &dyn StorageFactory) {
 pub async fn interest_selects_commands(factory: &dyn StorageFactory) {
     let orders = RecordingHandler::new("orders", Interest::SkPrefix("ORDER#".into()));
     let products = RecordingHandler::new("products", Interest::EntityType("PRODUCT".into()));
-    let engine = builder(factory).await.handler_arc(orders.clone()).handler_arc(products.clone()).build();
+    let engine = builder(factory)
+        .await
+        .handler_arc(orders.clone())
+        .handler_arc(products.clone())
+        .build();
     let a = ctx("shop-a");
     engine.publish_sync(cmd(PK_A, "ORDER#1", n(1)), &a).await.unwrap();
-    engine.publish_sync(cmd(PK_A, "PRODUCT#1", n(1)), &a).await.unwrap();
-    engine.publish_sync(cmd(PK_A, "INVENTORY#1", n(1)), &a).await.unwrap();
+    engine
+        .publish_sync(cmd(PK_A, "PRODUCT#1", n(1)), &a)
+        .await
+        .unwrap();
+    engine
+        .publish_sync(cmd(PK_A, "INVENTORY#1", n(1)), &a)
+        .await
+        .unwrap();
     assert_eq!(orders.seen(), [("ORDER#1".to_owned(), 1)]);
     assert_eq!(products.seen(), [("PRODUCT#1".to_owned(), 1)]);
-    let inventory = engine.get_command(&EntityKey::new(PK_A, "INVENTORY#1"), 1, &a).await.unwrap().unwrap();
-    assert_eq!(inventory.status, CommandStatus::Applied, "no handler matched: applied is final");
+    let inventory = engine
+        .get_command(&EntityKey::new(PK_A, "INVENTORY#1"), 1, &a)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        inventory.status,
+        CommandStatus::Applied,
+        "no handler matched: applied is final"
+    );
 }
 
 /// The background processor applies an entity's versions strictly in order,
@@ -75,7 +100,10 @@ pub async fn async_pipeline_applies_each_entity_in_order(factory: &dyn StorageFa
             let (engine, a) = (engine.clone(), a.clone());
             tokio::spawn(async move {
                 for v in 0..30 {
-                    engine.publish_async(cmd_at(PK_A, sk, v, n(v + 1)), &a).await.unwrap();
+                    engine
+                        .publish_async(cmd_at(PK_A, sk, v, n(v + 1)), &a)
+                        .await
+                        .unwrap();
                 }
             })
         })
@@ -94,7 +122,11 @@ pub async fn async_pipeline_applies_each_entity_in_order(factory: &dyn StorageFa
             assert_eq!(e.old.as_ref().map_or(0, |o| o.version), e.command.version - 1);
             assert_eq!(e.new.attributes, n(e.command.version));
         }
-        let item = engine.get_item(&EntityKey::new(PK_A, sk), &a).await.unwrap().unwrap();
+        let item = engine
+            .get_item(&EntityKey::new(PK_A, sk), &a)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(item.version, 30);
         assert_eq!(engine.list_history(&item.key(), &a).await.unwrap().len(), 29);
     }
@@ -106,7 +138,11 @@ pub async fn failing_handler_is_retried(factory: &dyn StorageFactory) {
     handler.fail_next(2);
     let engine = builder(factory).await.handler_arc(handler.clone()).build();
     let a = ctx("shop-a");
-    let item = engine.publish_sync(cmd(PK_A, "P#1", n(1)), &a).await.unwrap().into_item();
+    let item = engine
+        .publish_sync(cmd(PK_A, "P#1", n(1)), &a)
+        .await
+        .unwrap()
+        .into_item();
     let attempts: Vec<u32> = handler.events().iter().map(|e| e.attempt).collect();
     assert_eq!(attempts, [1, 2, 3]);
     let command = engine.get_command(&item.key(), 1, &a).await.unwrap().unwrap();
@@ -120,12 +156,23 @@ pub async fn failed_command_is_recorded_and_reprocessed(factory: &dyn StorageFac
     let broken = RecordingHandler::new("broken", Interest::All);
     let healthy = RecordingHandler::new("healthy", Interest::All);
     broken.fail_next(u32::MAX);
-    let engine = builder(factory).await.handler_arc(broken.clone()).handler_arc(healthy.clone()).build();
+    let engine = builder(factory)
+        .await
+        .handler_arc(broken.clone())
+        .handler_arc(healthy.clone())
+        .build();
     let a = ctx("shop-a");
-    let item = engine.publish_sync(cmd(PK_A, "P#1", n(1)), &a).await.unwrap().into_item();
+    let item = engine
+        .publish_sync(cmd(PK_A, "P#1", n(1)), &a)
+        .await
+        .unwrap()
+        .into_item();
     assert_eq!(item.version, 1, "the data is written even when a handler fails");
     let key = item.key();
-    assert_eq!(engine.get_command(&key, 1, &a).await.unwrap().unwrap().status, CommandStatus::Failed);
+    assert_eq!(
+        engine.get_command(&key, 1, &a).await.unwrap().unwrap().status,
+        CommandStatus::Failed
+    );
     let failures = engine.list_failures(&a).await.unwrap();
     assert_eq!(failures.len(), 1);
     assert_eq!((failures[0].key(), failures[0].version), (key.clone(), 1));
@@ -137,16 +184,33 @@ pub async fn failed_command_is_recorded_and_reprocessed(factory: &dyn StorageFac
     assert_eq!(healthy.events().len(), 1);
 
     // Still broken: reprocess reports it and keeps the record.
-    assert_eq!(engine.reprocess(&key, 1, &a).await.unwrap(), CommandStatus::Failed);
+    assert_eq!(
+        engine.reprocess(&key, 1, &a).await.unwrap(),
+        CommandStatus::Failed
+    );
     assert_eq!(engine.list_failures(&a).await.unwrap().len(), 1);
 
     broken.fail_next(0);
-    assert_eq!(engine.reprocess(&key, 1, &a).await.unwrap(), CommandStatus::Finished);
+    assert_eq!(
+        engine.reprocess(&key, 1, &a).await.unwrap(),
+        CommandStatus::Finished
+    );
     assert!(engine.list_failures(&a).await.unwrap().is_empty());
-    assert_eq!(engine.get_command(&key, 1, &a).await.unwrap().unwrap().status, CommandStatus::Finished);
+    assert_eq!(
+        engine.get_command(&key, 1, &a).await.unwrap().unwrap().status,
+        CommandStatus::Finished
+    );
     let last = broken.events().pop().unwrap();
-    assert_eq!((last.old, last.new.version), (None, 1), "reprocess rebuilds the images");
-    assert_eq!(healthy.events().len(), 1, "handlers that succeeded do not run again");
+    assert_eq!(
+        (last.old, last.new.version),
+        (None, 1),
+        "reprocess rebuilds the images"
+    );
+    assert_eq!(
+        healthy.events().len(),
+        1,
+        "handlers that succeeded do not run again"
+    );
     assert!(engine.reprocess(&key, 9, &a).await.unwrap_err().is_not_found());
 }
 
@@ -157,15 +221,27 @@ pub async fn async_failures_do_not_stall_later_versions(factory: &dyn StorageFac
     let engine = builder(factory).await.handler_arc(broken.clone()).build();
     let a = ctx("shop-a");
     engine.publish_async(cmd(PK_A, "P#1", n(1)), &a).await.unwrap();
-    engine.publish_async(cmd_at(PK_A, "P#1", 1, n(2)), &a).await.unwrap();
+    engine
+        .publish_async(cmd_at(PK_A, "P#1", 1, n(2)), &a)
+        .await
+        .unwrap();
     engine.wait_idle().await;
     let key = EntityKey::new(PK_A, "P#1");
     assert_eq!(engine.get_item(&key, &a).await.unwrap().unwrap().version, 2);
-    let failed: Vec<u64> = engine.list_failures(&a).await.unwrap().iter().map(|f| f.version).collect();
+    let failed: Vec<u64> = engine
+        .list_failures(&a)
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.version)
+        .collect();
     assert_eq!(failed, [1, 2]);
     broken.fail_next(0);
     for version in [1, 2] {
-        assert_eq!(engine.reprocess(&key, version, &a).await.unwrap(), CommandStatus::Finished);
+        assert_eq!(
+            engine.reprocess(&key, version, &a).await.unwrap(),
+            CommandStatus::Finished
+        );
     }
     // The reprocess of version 1 saw version 1's images, not the current item.
     let events = broken.events();
@@ -189,7 +265,10 @@ pub async fn redelivery_does_not_apply_twice(factory: &dyn StorageFactory) {
     assert!(engine.list_history(&key, &a).await.unwrap().is_empty());
     assert_eq!(handler.seen().len(), 1);
     // Concurrent deliveries of the same command still apply it once.
-    engine.publish_async(cmd_at(PK_A, "P#1", 1, n(2)), &a).await.unwrap();
+    engine
+        .publish_async(cmd_at(PK_A, "P#1", 1, n(2)), &a)
+        .await
+        .unwrap();
     let deliveries: Vec<_> = (0..4)
         .map(|_| {
             let (engine, key) = (engine.clone(), key.clone());
@@ -212,17 +291,31 @@ pub async fn process_catches_up_missing_versions(factory: &dyn StorageFactory) {
     let key = EntityKey::new(PK_A, "P#1");
     engine.publish_async(cmd(PK_A, "P#1", n(1)), &a).await.unwrap();
     for v in 1..3 {
-        engine.publish_async(cmd_at(PK_A, "P#1", v, n(v + 1)), &a).await.unwrap();
+        engine
+            .publish_async(cmd_at(PK_A, "P#1", v, n(v + 1)), &a)
+            .await
+            .unwrap();
     }
     let latest = cmd(PK_A, "P#1", n(4)).version(ExpectedVersion::Latest);
-    assert_eq!(engine.publish_async(latest, &a).await.unwrap().into_inner().version, 4);
+    assert_eq!(
+        engine
+            .publish_async(latest, &a)
+            .await
+            .unwrap()
+            .into_inner()
+            .version,
+        4
+    );
     assert!(engine.get_item(&key, &a).await.unwrap().is_none());
     engine.process(&key, 3).await.unwrap();
     assert_eq!(handler.seen().iter().map(|s| s.1).collect::<Vec<_>>(), [1, 2, 3]);
     // An older delivery arriving late changes nothing.
     engine.process(&key, 2).await.unwrap();
     engine.process(&key, 4).await.unwrap();
-    assert_eq!(handler.seen().iter().map(|s| s.1).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(
+        handler.seen().iter().map(|s| s.1).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
     let item = engine.get_item(&key, &a).await.unwrap().unwrap();
     assert_eq!((item.version, item.attributes), (4, n(4)));
 }

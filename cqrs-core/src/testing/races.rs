@@ -34,7 +34,10 @@ async fn increment(engine: &Engine, key: &EntityKey, by: i64) -> u32 {
 pub async fn concurrent_increments_are_exact(factory: &dyn StorageFactory) {
     let engine = engine(factory).await;
     let key = EntityKey::new(PK_A, "COUNTER#1");
-    engine.publish_sync(cmd(PK_A, "COUNTER#1", json!({"n": 0})), &ctx("shop-a")).await.unwrap();
+    engine
+        .publish_sync(cmd(PK_A, "COUNTER#1", json!({"n": 0})), &ctx("shop-a"))
+        .await
+        .unwrap();
     let conflicts = Arc::new(AtomicU32::new(0));
     let tasks: Vec<_> = (0..8)
         .map(|_| {
@@ -67,9 +70,15 @@ pub async fn concurrent_creates_have_one_winner(factory: &dyn StorageFactory) {
             tokio::spawn(async move {
                 let a = ctx("shop-a");
                 if i % 2 == 0 {
-                    engine.publish_sync(cmd(PK_A, "P#1", n(i)), &a).await.map(|p| p.into_item().attributes)
+                    engine
+                        .publish_sync(cmd(PK_A, "P#1", n(i)), &a)
+                        .await
+                        .map(|p| p.into_item().attributes)
                 } else {
-                    engine.publish_async(cmd(PK_A, "P#1", n(i)), &a).await.map(|p| p.into_inner().attributes)
+                    engine
+                        .publish_async(cmd(PK_A, "P#1", n(i)), &a)
+                        .await
+                        .map(|p| p.into_inner().attributes)
                 }
             })
         })
@@ -85,7 +94,11 @@ pub async fn concurrent_creates_have_one_winner(factory: &dyn StorageFactory) {
     assert_eq!(winners.len(), 1, "exactly one creation wins");
     engine.wait_idle().await;
     let a = ctx("shop-a");
-    let item = engine.get_item(&EntityKey::new(PK_A, "P#1"), &a).await.unwrap().unwrap();
+    let item = engine
+        .get_item(&EntityKey::new(PK_A, "P#1"), &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((item.version, &item.attributes), (1, &winners[0]));
 }
 
@@ -99,7 +112,14 @@ pub async fn concurrent_async_publishes_keep_versions_contiguous(factory: &dyn S
                 let mut versions = Vec::new();
                 for i in 0..20 {
                     let command = cmd(PK_A, "P#1", json!({"t": t, "i": i})).version(ExpectedVersion::Latest);
-                    versions.push(engine.publish_async(command, &ctx("shop-a")).await.unwrap().into_inner().version);
+                    versions.push(
+                        engine
+                            .publish_async(command, &ctx("shop-a"))
+                            .await
+                            .unwrap()
+                            .into_inner()
+                            .version,
+                    );
                 }
                 versions
             })
@@ -126,7 +146,13 @@ pub async fn concurrent_commits_stay_consistent(factory: &dyn StorageFactory) {
     let engine = engine(factory).await;
     let a = ctx("shop-a");
     engine
-        .commit(vec![cmd(PK_A, "STOCK#A", json!({"n": 100})), cmd(PK_A, "STOCK#B", json!({"n": 0}))], &a)
+        .commit(
+            vec![
+                cmd(PK_A, "STOCK#A", json!({"n": 100})),
+                cmd(PK_A, "STOCK#B", json!({"n": 0})),
+            ],
+            &a,
+        )
         .await
         .unwrap();
     let tasks: Vec<_> = (0..6)
@@ -136,9 +162,20 @@ pub async fn concurrent_commits_stay_consistent(factory: &dyn StorageFactory) {
                 let a = ctx("shop-a");
                 for _ in 0..10 {
                     loop {
-                        let from = engine.get_item(&EntityKey::new(PK_A, "STOCK#A"), &a).await.unwrap().unwrap();
-                        let to = engine.get_item(&EntityKey::new(PK_A, "STOCK#B"), &a).await.unwrap().unwrap();
-                        let (x, y) = (from.attributes["n"].as_i64().unwrap(), to.attributes["n"].as_i64().unwrap());
+                        let from = engine
+                            .get_item(&EntityKey::new(PK_A, "STOCK#A"), &a)
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        let to = engine
+                            .get_item(&EntityKey::new(PK_A, "STOCK#B"), &a)
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        let (x, y) = (
+                            from.attributes["n"].as_i64().unwrap(),
+                            to.attributes["n"].as_i64().unwrap(),
+                        );
                         let moves = vec![
                             CommandInput::update_of(&from).attributes(json!({"n": x - 1})),
                             CommandInput::update_of(&to).attributes(json!({"n": y + 1})),
@@ -156,8 +193,19 @@ pub async fn concurrent_commits_stay_consistent(factory: &dyn StorageFactory) {
     for task in tasks {
         task.await.expect("task");
     }
-    let from = engine.get_item(&EntityKey::new(PK_A, "STOCK#A"), &a).await.unwrap().unwrap();
-    let to = engine.get_item(&EntityKey::new(PK_A, "STOCK#B"), &a).await.unwrap().unwrap();
-    assert_eq!((from.attributes["n"].as_i64(), to.attributes["n"].as_i64()), (Some(40), Some(60)));
+    let from = engine
+        .get_item(&EntityKey::new(PK_A, "STOCK#A"), &a)
+        .await
+        .unwrap()
+        .unwrap();
+    let to = engine
+        .get_item(&EntityKey::new(PK_A, "STOCK#B"), &a)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (from.attributes["n"].as_i64(), to.attributes["n"].as_i64()),
+        (Some(40), Some(60))
+    );
     assert_eq!((from.version, to.version), (61, 61));
 }

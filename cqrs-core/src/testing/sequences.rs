@@ -20,8 +20,19 @@ pub async fn sequences_count_from_one_per_key(factory: &dyn StorageFactory) {
     for expected in 1..=3 {
         assert_eq!(engine.next(&order, &a).await.unwrap().no, expected);
     }
-    assert_eq!(engine.next(&order, &b).await.unwrap().no, 1, "tenants count separately");
-    assert_eq!(engine.next(&SequenceRequest::new("INVOICE"), &a).await.unwrap().no, 1);
+    assert_eq!(
+        engine.next(&order, &b).await.unwrap().no,
+        1,
+        "tenants count separately"
+    );
+    assert_eq!(
+        engine
+            .next(&SequenceRequest::new("INVOICE"), &a)
+            .await
+            .unwrap()
+            .no,
+        1
+    );
     let tokyo = SequenceRequest::new("ORDER").sub_codes(["TOKYO"]);
     assert_eq!(engine.next(&tokyo, &a).await.unwrap().no, 1);
     assert_eq!(engine.next(&tokyo, &a).await.unwrap().no, 2);
@@ -36,7 +47,9 @@ pub async fn sequences_rotate_by_period(factory: &dyn StorageFactory) {
         let engine = engine.clone();
         let a = a.clone();
         async move {
-            let request = SequenceRequest::new(format!("{rotation:?}").replace([' ', '{', '}', ':'], "")).rotation(rotation).date(date);
+            let request = SequenceRequest::new(format!("{rotation:?}").replace([' ', '{', '}', ':'], ""))
+                .rotation(rotation)
+                .date(date);
             engine.next(&request, &a).await.unwrap().no
         }
     };
@@ -78,14 +91,27 @@ pub async fn sequences_format_numbers(factory: &dyn StorageFactory) {
         .date(day(2025, 2, 3))
         .format("{code1}-{fiscal_year}-{year}{month}{day}-{no:04}");
     let value = engine.next(&invoice, &a).await.unwrap();
-    assert_eq!((value.no, value.formatted.as_str()), (1, "TKY-2024-20250203-0001"));
+    assert_eq!(
+        (value.no, value.formatted.as_str()),
+        (1, "TKY-2024-20250203-0001")
+    );
 
     let bad = SequenceRequest::new("CREDIT").format("CR-{nope}");
-    assert!(matches!(engine.next(&bad, &a).await, Err(Error::InvalidInput { .. })));
+    assert!(matches!(
+        engine.next(&bad, &a).await,
+        Err(Error::InvalidInput { .. })
+    ));
     let good = SequenceRequest::new("CREDIT").format("CR-{no}");
-    assert_eq!(engine.next(&good, &a).await.unwrap().formatted, "CR-1", "the bad call burnt no number");
+    assert_eq!(
+        engine.next(&good, &a).await.unwrap().formatted,
+        "CR-1",
+        "the bad call burnt no number"
+    );
     let bad_code = SequenceRequest::new("ORDER#X");
-    assert!(matches!(engine.next(&bad_code, &a).await, Err(Error::InvalidInput { .. })));
+    assert!(matches!(
+        engine.next(&bad_code, &a).await,
+        Err(Error::InvalidInput { .. })
+    ));
 }
 
 /// 200 concurrent callers get exactly 1..=200.

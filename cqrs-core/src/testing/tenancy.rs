@@ -19,7 +19,10 @@ fn assert_violation<T: std::fmt::Debug>(result: Result<T>) {
             caller_tenant,
             key_tenant,
         }) => {
-            assert_eq!((caller_tenant.as_str(), key_tenant.as_str()), ("shop-a", "shop-b"));
+            assert_eq!(
+                (caller_tenant.as_str(), key_tenant.as_str()),
+                ("shop-a", "shop-b")
+            );
         }
         other => panic!("expected a tenant violation, got {other:?}"),
     }
@@ -48,21 +51,36 @@ pub async fn writes_to_another_tenant_are_rejected(factory: &dyn StorageFactory)
     let theirs = engine.list_items(PK_B, ListQuery::new(), &b).await.unwrap();
     assert_eq!(theirs.items.len(), 1, "nothing was written for shop-b");
     assert_eq!(theirs.items[0].version, 1);
-    assert!(engine.get_item(&EntityKey::new(PK_A, "P#1"), &a).await.unwrap().is_none(), "the commit wrote nothing");
+    assert!(
+        engine
+            .get_item(&EntityKey::new(PK_A, "P#1"), &a)
+            .await
+            .unwrap()
+            .is_none(),
+        "the commit wrote nothing"
+    );
 }
 
 /// A caller cannot read another tenant's data, commands or history.
 pub async fn reads_of_another_tenant_are_rejected(factory: &dyn StorageFactory) {
     let engine = engine(factory).await;
     let (a, b) = (ctx("shop-a"), ctx("shop-b"));
-    let item = engine.publish_sync(cmd(PK_B, "ORDER#1", n(1)), &b).await.unwrap().into_item();
+    let item = engine
+        .publish_sync(cmd(PK_B, "ORDER#1", n(1)), &b)
+        .await
+        .unwrap()
+        .into_item();
     let key = item.key();
     assert_violation(engine.get_item(&key, &a).await);
     assert_violation(engine.list_items(PK_B, ListQuery::new(), &a).await);
     assert_violation(engine.list_history(&key, &a).await);
     assert_violation(engine.get_command(&key, 1, &a).await);
     assert_violation(engine.list_versions(&key, &a).await);
-    assert_violation(engine.next(&SequenceRequest::new("ORDER").tenant("shop-b"), &a).await);
+    assert_violation(
+        engine
+            .next(&SequenceRequest::new("ORDER").tenant("shop-b"), &a)
+            .await,
+    );
     assert_eq!(engine.get_item(&key, &b).await.unwrap(), Some(item));
 }
 
@@ -72,18 +90,42 @@ pub async fn common_tenant_and_cross_tenant_roles(factory: &dyn StorageFactory) 
     let storage = factory.storage().await;
     let engine = crate::Engine::builder(storage.clone()).build();
     let a = ctx("shop-a");
-    let common = engine.publish_sync(cmd("TENANT#common", "CATEGORY#1", n(1)), &a).await.unwrap().into_item();
+    let common = engine
+        .publish_sync(cmd("TENANT#common", "CATEGORY#1", n(1)), &a)
+        .await
+        .unwrap()
+        .into_item();
     assert_eq!(common.tenant_code, "common");
-    assert!(engine.get_item(&common.key(), &ctx("shop-b")).await.unwrap().is_some());
+    assert!(engine
+        .get_item(&common.key(), &ctx("shop-b"))
+        .await
+        .unwrap()
+        .is_some());
     let admin = ctx("shop-a").with_roles(["system_admin"]);
-    let theirs = engine.publish_sync(cmd(PK_B, "P#1", n(1)), &admin).await.unwrap().into_item();
+    let theirs = engine
+        .publish_sync(cmd(PK_B, "P#1", n(1)), &admin)
+        .await
+        .unwrap()
+        .into_item();
     assert_eq!(theirs.tenant_code, "shop-b");
-    assert_eq!(engine.next(&SequenceRequest::new("ORDER").tenant("shop-b"), &admin).await.unwrap().no, 1);
+    assert_eq!(
+        engine
+            .next(&SequenceRequest::new("ORDER").tenant("shop-b"), &admin)
+            .await
+            .unwrap()
+            .no,
+        1
+    );
 
-    let strict = crate::Engine::builder(storage).tenancy(TenancyPolicy::strict()).build();
+    let strict = crate::Engine::builder(storage)
+        .tenancy(TenancyPolicy::strict())
+        .build();
     let err = strict.get_item(&common.key(), &a).await.unwrap_err();
     assert!(matches!(err, Error::TenantViolation { .. }), "{err:?}");
-    let err = strict.publish_sync(cmd(PK_B, "P#2", n(1)), &admin).await.unwrap_err();
+    let err = strict
+        .publish_sync(cmd(PK_B, "P#2", n(1)), &admin)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::TenantViolation { .. }), "{err:?}");
 }
 

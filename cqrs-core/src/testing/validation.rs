@@ -19,25 +19,43 @@ pub async fn invalid_keys_are_rejected_before_writing(factory: &dyn StorageFacto
     let long_sk = "s".repeat(MAX_SK_BYTES);
     let mut bad_id = cmd(PK_A, "P#1", n(1));
     bad_id.id = Some("TENANT#shop-a#P#2".into());
-    let cases: Vec<(CommandInput, fn(&Error) -> bool)> = vec![
+    type IsExpected = fn(&Error) -> bool;
+    let cases: Vec<(CommandInput, IsExpected)> = vec![
         (cmd("", "P#1", n(1)), |e| matches!(e, Error::InvalidInput { .. })),
         (cmd(PK_A, "", n(1)), |e| matches!(e, Error::InvalidInput { .. })),
-        (cmd(PK_A, "P#1@2", n(1)), |e| matches!(e, Error::InvalidInput { .. })),
-        (cmd("TENANT", "P#1", n(1)), |e| matches!(e, Error::InvalidInput { .. })),
-        (cmd(PK_A, "P##1", n(1)), |e| matches!(e, Error::InvalidInput { .. })),
-        (cmd(&long_pk, "P#1", n(1)), |e| matches!(e, Error::TooLarge { .. })),
+        (cmd(PK_A, "P#1@2", n(1)), |e| {
+            matches!(e, Error::InvalidInput { .. })
+        }),
+        (cmd("TENANT", "P#1", n(1)), |e| {
+            matches!(e, Error::InvalidInput { .. })
+        }),
+        (cmd(PK_A, "P##1", n(1)), |e| {
+            matches!(e, Error::InvalidInput { .. })
+        }),
+        (cmd(&long_pk, "P#1", n(1)), |e| {
+            matches!(e, Error::TooLarge { .. })
+        }),
         (cmd(PK_A, &long_sk, n(1)), |e| matches!(e, Error::TooLarge { .. })),
         (bad_id, |e| matches!(e, Error::InvalidInput { .. })),
-        (cmd(PK_A, "P#1", n(1)).code(""), |e| matches!(e, Error::InvalidInput { .. })),
+        (cmd(PK_A, "P#1", n(1)).code(""), |e| {
+            matches!(e, Error::InvalidInput { .. })
+        }),
     ];
     for (command, expected) in cases {
-        let label = format!("{}/{}", command.pk.chars().take(20).collect::<String>(), command.sk.chars().take(20).collect::<String>());
+        let label = format!(
+            "{}/{}",
+            command.pk.chars().take(20).collect::<String>(),
+            command.sk.chars().take(20).collect::<String>()
+        );
         let err = engine.publish_sync(command.clone(), &a).await.unwrap_err();
         assert!(expected(&err), "sync {label}: {err:?}");
         let err = engine.publish_async(command, &a).await.unwrap_err();
         assert!(expected(&err), "async {label}: {err:?}");
     }
-    let err = engine.get_item(&EntityKey::new(PK_A, "X@1"), &a).await.unwrap_err();
+    let err = engine
+        .get_item(&EntityKey::new(PK_A, "X@1"), &a)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
     let page = engine.list_items(PK_A, ListQuery::new(), &a).await.unwrap();
     assert!(page.items.is_empty(), "nothing was written");
@@ -50,9 +68,18 @@ pub async fn oversized_items_are_rejected(factory: &dyn StorageFactory) {
     let limit = engine.storage().limits().max_item_bytes;
     let huge = json!({ "blob": "x".repeat(limit) });
     for result in [
-        engine.publish_sync(cmd(PK_A, "P#1", huge.clone()), &a).await.map(|_| ()),
-        engine.publish_async(cmd(PK_A, "P#1", huge.clone()), &a).await.map(|_| ()),
-        engine.commit(vec![cmd(PK_A, "P#2", n(1)), cmd(PK_A, "P#1", huge)], &a).await.map(|_| ()),
+        engine
+            .publish_sync(cmd(PK_A, "P#1", huge.clone()), &a)
+            .await
+            .map(|_| ()),
+        engine
+            .publish_async(cmd(PK_A, "P#1", huge.clone()), &a)
+            .await
+            .map(|_| ()),
+        engine
+            .commit(vec![cmd(PK_A, "P#2", n(1)), cmd(PK_A, "P#1", huge)], &a)
+            .await
+            .map(|_| ()),
     ] {
         match result {
             Err(Error::TooLarge { size, limit: l, .. }) => assert!(size > l && l == limit),
