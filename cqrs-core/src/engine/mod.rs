@@ -8,7 +8,7 @@
 mod commands;
 mod pipeline;
 mod reads;
-mod records;
+pub(crate) mod records;
 mod sequences;
 mod validate;
 mod worker;
@@ -60,7 +60,7 @@ impl Default for EngineConfig {
             tenancy: TenancyPolicy::default(),
             retry: RetryPolicy::default(),
             dispatch: AsyncDispatch::InProcess,
-            latest_attempts: 10,
+            latest_attempts: 100,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::StorageFactory;
+use super::{Interleaved, StorageFactory};
 use crate::context::InvocationContext;
 use crate::engine::{AsyncDispatch, Engine, EngineBuilder, RetryPolicy};
 use crate::error::BoxError;
@@ -30,8 +30,9 @@ pub(crate) fn fast_retry() -> RetryPolicy {
     }
 }
 
+/// An engine builder over fresh storage, wrapped so that concurrent tasks interleave.
 pub(crate) async fn builder(factory: &dyn StorageFactory) -> EngineBuilder {
-    Engine::builder(factory.storage().await).retry(fast_retry())
+    Engine::builder(Arc::new(Interleaved(factory.storage().await))).retry(fast_retry())
 }
 
 pub(crate) async fn engine(factory: &dyn StorageFactory) -> Engine {

@@ -14,10 +14,12 @@
 
 mod commits;
 mod fixtures;
+mod interleaved;
 mod pipeline;
 mod queries;
 mod races;
 mod sequences;
+mod storage_primitives;
 mod tenancy;
 mod validation;
 mod versioning;
@@ -31,10 +33,12 @@ use crate::storage::Storage;
 
 pub use commits::*;
 pub use fixtures::{ctx, RecordingHandler};
+pub use interleaved::Interleaved;
 pub use pipeline::*;
 pub use queries::*;
 pub use races::*;
 pub use sequences::*;
+pub use storage_primitives::*;
 pub use tenancy::*;
 pub use validation::*;
 pub use versioning::*;
@@ -106,6 +110,10 @@ macro_rules! conformance_tests {
             concurrent_creates_have_one_winner,
             concurrent_async_publishes_keep_versions_contiguous,
             concurrent_commits_stay_consistent,
+            storage_put_command_conditions,
+            storage_apply_is_conditional_and_atomic,
+            storage_query_ranges,
+            storage_counters,
         );
     };
     (@each $factory:expr; $($check:ident),* $(,)?) => {

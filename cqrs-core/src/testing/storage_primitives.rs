@@ -1,0 +1,220 @@
+//! The storage primitives themselves: every condition, and atomicity.
+//!
+//! The engine checks versions before writing, so an engine-level test rarely
+//! reaches a backend's conditions; these checks call them directly.
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::fixtures::{ctx, PK_A};
+use super::StorageFactory;
+use crate::engine::records::{command_record, data_item};
+use crate::error::Error;
+use crate::keys::EntityKey;
+use crate::model::{CommandInput, CommandRecord, CommandStatus, DataItem};
+use crate::query::{SkCondition, SortOrder};
+use crate::storage::{ApplyWrite, CommandWrite, RangeQuery};
+
+fn record(sk: &str, version: u64, status: CommandStatus) -> CommandRecord {
+    let input = CommandInput::new(PK_A, sk).attributes(json!({ "v": version }));
+    command_record(input, version, status, &ctx("shop-a"), Utc::now())
+}
+
+fn insert(sk: &str, version: u64, previous: Option<&DataItem>) -> ApplyWrite {
+    let command = record(sk, version, CommandStatus::Applied);
+    ApplyWrite {
+        data: data_item(&command, previous),
+        command: CommandWrite::Insert(Box::new(command)),
+        expected_data_version: previous.map_or(0, |p| p.version),
+        history: previous.cloned(),
+    }
+}
+
+fn conflict_actual(err: Error) -> Option<u64> {
+    match err {
+        Error::Conflict { actual, .. } => actual,
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+/// `put_command`: a version is stored once, and only after its predecessor.
+pub async fn storage_put_command_conditions(factory: &dyn StorageFactory) {
+    let storage = factory.storage().await;
+    let key = EntityKey::new(PK_A, "P#1");
+    let err = storage
+        .put_command(&record("P#1", 2, CommandStatus::Published))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_actual(err), None, "version 2 needs version 1");
+    storage
+        .put_command(&record("P#1", 1, CommandStatus::Published))
+        .await
+        .unwrap();
+    let err = storage
+        .put_command(&record("P#1", 1, CommandStatus::Published))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_actual(err), Some(1));
+    storage
+        .put_command(&record("P#1", 2, CommandStatus::Published))
+        .await
+        .unwrap();
+    let err = storage
+        .put_command(&record("P#1", 4, CommandStatus::Published))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_actual(err), Some(2));
+    let versions: Vec<u64> = storage
+        .list_commands(&key)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.version)
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    assert_eq!(storage.latest_command(&key).await.unwrap().unwrap().version, 2);
+    storage
+        .set_command_status(&key, 2, CommandStatus::Failed)
+        .await
+        .unwrap();
+    assert_eq!(
+        storage.get_command(&key, 2).await.unwrap().unwrap().status,
+        CommandStatus::Failed
+    );
+    assert!(storage
+        .set_command_status(&key, 3, CommandStatus::Failed)
+        .await
+        .unwrap_err()
+        .is_not_found());
+}
+
+/// `apply`: every condition is checked, and a failing write in a batch
+/// leaves every row of the batch untouched.
+pub async fn storage_apply_is_conditional_and_atomic(factory: &dyn StorageFactory) {
+    let storage = factory.storage().await;
+    let a = EntityKey::new(PK_A, "A#1");
+    storage.apply(&[insert("A#1", 1, None)]).await.unwrap();
+    let a1 = storage.get_data(&a).await.unwrap().unwrap();
+    assert_eq!(a1.version, 1);
+    assert_eq!(
+        storage.get_command(&a, 1).await.unwrap().unwrap().status,
+        CommandStatus::Applied
+    );
+
+    // The data row is not at the expected version.
+    let err = storage.apply(&[insert("A#1", 1, None)]).await.unwrap_err();
+    assert_eq!(conflict_actual(err), Some(1));
+    let mut stale = insert("A#1", 3, Some(&a1));
+    stale.expected_data_version = 2;
+    assert_eq!(
+        conflict_actual(storage.apply(&[stale]).await.unwrap_err()),
+        Some(1)
+    );
+
+    // The command row exists already (a pending async command owns the version).
+    storage
+        .put_command(&record("A#1", 2, CommandStatus::Published))
+        .await
+        .unwrap();
+    let err = storage.apply(&[insert("A#1", 2, Some(&a1))]).await.unwrap_err();
+    assert_eq!(conflict_actual(err), Some(2));
+
+    // Marking a command applied needs the command row.
+    let missing = record("B#1", 1, CommandStatus::Published);
+    let mark_missing = ApplyWrite {
+        data: data_item(&missing, None),
+        command: CommandWrite::MarkApplied,
+        expected_data_version: 0,
+        history: None,
+    };
+    assert!(storage.apply(&[mark_missing]).await.is_err());
+
+    // A batch whose last write fails writes nothing, not even its first.
+    let pending = storage.get_command(&a, 2).await.unwrap().unwrap();
+    let mark_a2 = ApplyWrite {
+        data: data_item(&pending, Some(&a1)),
+        command: CommandWrite::MarkApplied,
+        expected_data_version: 1,
+        history: Some(a1.clone()),
+    };
+    let c_new = insert("C#1", 1, None);
+    let a_stale = insert("A#1", 1, None);
+    assert!(storage
+        .apply(&[mark_a2.clone(), c_new.clone(), a_stale])
+        .await
+        .unwrap_err()
+        .is_conflict());
+    assert_eq!(storage.get_data(&a).await.unwrap().unwrap().version, 1);
+    assert_eq!(
+        storage.get_command(&a, 2).await.unwrap().unwrap().status,
+        CommandStatus::Published
+    );
+    assert!(storage.get_history(&a, 1).await.unwrap().is_none());
+    let c = EntityKey::new(PK_A, "C#1");
+    assert!(storage.get_data(&c).await.unwrap().is_none());
+    assert!(storage.get_command(&c, 1).await.unwrap().is_none());
+
+    // The same batch without the stale write goes through whole.
+    storage.apply(&[mark_a2, c_new]).await.unwrap();
+    assert_eq!(storage.get_data(&a).await.unwrap().unwrap().version, 2);
+    assert_eq!(
+        storage.get_command(&a, 2).await.unwrap().unwrap().status,
+        CommandStatus::Applied
+    );
+    assert_eq!(storage.get_history(&a, 1).await.unwrap(), Some(a1.clone()));
+    assert_eq!(storage.list_history(&a).await.unwrap(), vec![a1]);
+    assert_eq!(storage.get_data(&c).await.unwrap().unwrap().version, 1);
+}
+
+/// `query_data`: ranges, order, `start_after` and `last_sk`.
+pub async fn storage_query_ranges(factory: &dyn StorageFactory) {
+    let storage = factory.storage().await;
+    for sk in ["A#1", "A#2", "A#3", "B#1"] {
+        storage.apply(&[insert(sk, 1, None)]).await.unwrap();
+    }
+    let query = |sk: Option<SkCondition>, order, start_after: Option<&str>, limit| RangeQuery {
+        pk: PK_A.to_owned(),
+        sk,
+        order,
+        start_after: start_after.map(str::to_owned),
+        limit,
+    };
+    let sks = |items: Vec<DataItem>| items.into_iter().map(|i| i.sk).collect::<Vec<_>>();
+    let prefix = Some(SkCondition::BeginsWith("A#".into()));
+    let page = storage
+        .query_data(&query(prefix.clone(), SortOrder::Ascending, None, 2))
+        .await
+        .unwrap();
+    assert_eq!(page.last_sk.as_deref(), Some("A#2"));
+    assert_eq!(sks(page.items), ["A#1", "A#2"]);
+    let page = storage
+        .query_data(&query(prefix.clone(), SortOrder::Ascending, Some("A#2"), 2))
+        .await
+        .unwrap();
+    assert_eq!(sks(page.items), ["A#3"]);
+    assert_eq!(page.last_sk, None);
+    let page = storage
+        .query_data(&query(prefix.clone(), SortOrder::Descending, Some("A#3"), 5))
+        .await
+        .unwrap();
+    assert_eq!(sks(page.items), ["A#2", "A#1"]);
+    let page = storage
+        .query_data(&query(None, SortOrder::Descending, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(sks(page.items), ["B#1", "A#3", "A#2", "A#1"]);
+    let other = RangeQuery {
+        pk: "TENANT#nobody".into(),
+        ..query(None, SortOrder::Ascending, None, 10)
+    };
+    assert!(storage.query_data(&other).await.unwrap().items.is_empty());
+}
+
+/// Counters start at 1 and are independent per key.
+pub async fn storage_counters(factory: &dyn StorageFactory) {
+    let storage = factory.storage().await;
+    assert_eq!(storage.next_counter("SEQ#a", "ORDER").await.unwrap(), 1);
+    assert_eq!(storage.next_counter("SEQ#a", "ORDER").await.unwrap(), 2);
+    assert_eq!(storage.next_counter("SEQ#a", "INVOICE").await.unwrap(), 1);
+    assert_eq!(storage.next_counter("SEQ#b", "ORDER").await.unwrap(), 1);
+}
