@@ -18,7 +18,7 @@ mod storage;
 pub mod testing;
 
 pub use context::{InvocationContext, TenancyPolicy};
-pub use engine::{AsyncDispatch, Engine, EngineBuilder, EngineConfig, RetryPolicy};
+pub use engine::{AsyncDispatch, Engine, EngineBuilder, EngineConfig, RetryPolicy, APPLY_STEP};
 pub use error::{BoxError, Error, Result};
 pub use handler::{DataSyncEvent, DataSyncHandler, Interest};
 pub use keys::{
@@ -31,7 +31,9 @@ pub use model::{
     PartialUpdate, Published,
 };
 pub use query::{Cursor, Filter, ListQuery, Page, SkCondition, SortOrder, DEFAULT_LIMIT, MAX_LIMIT};
-pub use sequence::{fiscal_year, Rotation, SequenceRequest, SequenceValue, SEQUENCE_PK_PREFIX};
+pub use sequence::{
+    fiscal_year, Rotation, SequenceRequest, SequenceValue, DEFAULT_FORMAT, MAX_SUB_CODES, SEQUENCE_PK_PREFIX,
+};
 pub use services::{CommandService, DataService, DataServiceExt, SequenceService, Typed};
 #[cfg(feature = "mock")]
 pub use services::{MockCommandService, MockDataService, MockSequenceService};

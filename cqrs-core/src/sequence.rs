@@ -137,6 +137,7 @@ pub(crate) struct CounterKey {
 
 /// Validates `request` and computes its counter key for `tenant` on `date`.
 pub(crate) fn counter_key(request: &SequenceRequest, tenant: &str, date: NaiveDate) -> Result<CounterKey> {
+    validate_code("tenantCode", tenant)?;
     validate_code("typeCode", &request.type_code)?;
     if request.sub_codes.len() > MAX_SUB_CODES {
         return Err(Error::invalid(

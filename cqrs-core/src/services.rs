@@ -49,8 +49,8 @@ use crate::sequence::{SequenceRequest, SequenceValue};
 #[async_trait]
 pub trait CommandService: Send + Sync {
     /// Stores the command as version N+1 and returns; the data table is
-    /// updated later by the pipeline. One conditional write (after the dirty
-    /// check's read).
+    /// updated later by the pipeline. One conditional write, after one read
+    /// of the command at version N for the dirty check (none for version 0).
     async fn publish_async(
         &self,
         command: CommandInput,
@@ -59,6 +59,11 @@ pub trait CommandService: Send + Sync {
 
     /// Stores the command, applies it to the data table (with history, in one
     /// atomic write) and runs the handlers before returning.
+    ///
+    /// A failing handler does not fail the publish — the data is written by
+    /// then: the command is marked [`Failed`](crate::CommandStatus::Failed),
+    /// listed by [`list_failures`](CommandService::list_failures) and can be
+    /// [reprocessed](CommandService::reprocess).
     async fn publish_sync(
         &self,
         command: CommandInput,
@@ -198,7 +203,12 @@ pub trait DataServiceExt: DataService {
 
 impl<S: DataService + ?Sized> DataServiceExt for S {}
 
-/// Issues gap-free numbers (order numbers, invoice numbers, ...).
+/// Issues numbers (order numbers, invoice numbers, ...): each number of a
+/// sequence exactly once, in order, with no gap — a gap appears only where a
+/// caller takes a number and does not use it (its publish fails, say).
+///
+/// The date that picks the rotation period is today in UTC unless the
+/// request gives one.
 ///
 /// ```
 /// use cqrs_core::{InvocationContext, SequenceRequest, SequenceService};

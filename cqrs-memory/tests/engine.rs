@@ -80,3 +80,9 @@ async fn wait_idle_returns_at_once_without_async_work() {
     engine.wait_idle().await;
     assert!(format!("{engine:?}").contains("Engine"));
 }
+
+#[test]
+#[should_panic(expected = "two data-sync handlers are named 'panics'")]
+fn duplicate_handler_names_are_refused_at_build() {
+    let _ = InMemory::engine().handler(Panics).handler(Panics).build();
+}

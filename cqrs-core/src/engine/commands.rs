@@ -1,6 +1,8 @@
 //! The write side: [`CommandService`] over the storage primitives.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -20,6 +22,9 @@ use crate::model::{
 };
 use crate::services::CommandService;
 use crate::storage::{ApplyWrite, CommandWrite};
+
+/// Unit of the random backoff between last-writer-wins attempts.
+const LATEST_BACKOFF_UNIT: Duration = Duration::from_micros(200);
 
 fn command_span(key: &EntityKey, ctx: &InvocationContext, mode: &'static str) -> tracing::Span {
     tracing::info_span!("command", mode, tenant = %ctx.tenant_code, pk = %key.pk, sk = %key.sk, version = tracing::field::Empty)
@@ -67,97 +72,125 @@ impl Engine {
         )))
     }
 
-    async fn publish_sync_checked(
+    /// Runs `attempt` once, or — for a last-writer-wins publish — again on
+    /// every conflict, up to [`EngineConfig::latest_attempts`](super::EngineConfig::latest_attempts).
+    async fn retrying_latest<T, F, Fut>(&self, expected: ExpectedVersion, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let attempts = match expected {
+            ExpectedVersion::Latest => self.config().latest_attempts.max(1),
+            ExpectedVersion::Exactly(_) => 1,
+        };
+        let mut tries = 1;
+        loop {
+            match attempt().await {
+                Err(e) if e.is_conflict() && tries < attempts => {
+                    // Back off a little, at random, so that contending writers
+                    // (and a pipeline catching up) spread out instead of spinning.
+                    let ceiling = LATEST_BACKOFF_UNIT.saturating_mul(1 << tries.min(8));
+                    tokio::time::sleep(ceiling.mul_f64(fastrand::f64())).await;
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt of a sync publish: read, check, apply, run the handlers.
+    async fn publish_sync_once(
         &self,
-        key: EntityKey,
+        key: &EntityKey,
         command: CommandInput,
         ctx: &InvocationContext,
     ) -> Result<Published<DataItem>> {
-        let attempts = if command.version == ExpectedVersion::Latest {
-            self.config().latest_attempts.max(1)
-        } else {
-            1
+        let (write, record) = match self.prepare_sync(key, command, ctx).await? {
+            Ok(prepared) => prepared,
+            Err(unchanged) => return Ok(Published::Unchanged(unchanged)),
         };
-        let mut attempt = 1;
-        let (write, record) = loop {
-            let (write, record) = match self.prepare_sync(&key, command.clone(), ctx).await? {
-                Ok(prepared) => prepared,
-                Err(unchanged) => return Ok(Published::Unchanged(unchanged)),
-            };
-            match self.storage_ref().apply(std::slice::from_ref(&write)).await {
-                Ok(()) => break (write, record),
-                Err(e) if e.is_conflict() && attempt < attempts => attempt += 1,
-                Err(e) => return Err(e),
-            }
-        };
+        self.storage_ref().apply(std::slice::from_ref(&write)).await?;
         tracing::Span::current().record("version", record.version);
         tracing::info!("published (sync)");
-        self.inner
-            .pipeline
-            .run_handlers(&record, write.history.as_ref(), &write.data, ctx.clone(), None)
-            .await?;
+        self.run_handlers_after_write(&record, &write, ctx).await;
         Ok(Published::Written(write.data))
     }
 
-    async fn publish_async_checked(
+    /// Runs the handlers of a written command. The write stands whatever
+    /// happens here: a handler failure is recorded by the pipeline, and a
+    /// failure to record it is logged rather than returned, since the caller
+    /// could do nothing with it but retry a publish that already happened.
+    async fn run_handlers_after_write(
         &self,
-        key: EntityKey,
+        record: &CommandRecord,
+        write: &ApplyWrite,
+        ctx: &InvocationContext,
+    ) {
+        let outcome = self
+            .inner
+            .pipeline
+            .run_handlers(record, write.history.as_ref(), &write.data, ctx.clone(), None)
+            .await;
+        if let Err(error) = outcome {
+            tracing::error!(version = record.version, %error, "handler outcome not recorded");
+        }
+    }
+
+    /// The command an async publish builds on: the row at the expected
+    /// version, or the latest row.
+    async fn async_base(&self, key: &EntityKey, expected: ExpectedVersion) -> Result<Option<CommandRecord>> {
+        match expected {
+            ExpectedVersion::Exactly(0) => Ok(None),
+            ExpectedVersion::Exactly(v) => self.storage_ref().get_command(key, v).await,
+            ExpectedVersion::Latest => self.storage_ref().latest_command(key).await,
+        }
+    }
+
+    /// One attempt of an async publish of `command` on top of `base`.
+    async fn publish_async_on(
+        &self,
+        key: &EntityKey,
         command: CommandInput,
         base: Option<CommandRecord>,
         ctx: &InvocationContext,
     ) -> Result<Published<CommandRecord>> {
-        let latest = command.version == ExpectedVersion::Latest;
-        let attempts = if latest {
-            self.config().latest_attempts.max(1)
-        } else {
-            1
+        let base_version = match (&base, command.version) {
+            (Some(base), _) => base.version,
+            (None, ExpectedVersion::Exactly(v)) => v,
+            (None, ExpectedVersion::Latest) => 0,
         };
-        let mut base = base;
-        for attempt in 1..=attempts {
-            let base_version = match (command.version, &base) {
-                (ExpectedVersion::Exactly(v), _) => v,
-                (ExpectedVersion::Latest, Some(b)) => b.version,
-                (ExpectedVersion::Latest, None) => {
-                    base = self.storage_ref().latest_command(&key).await?;
-                    base.as_ref().map_or(0, |b| b.version)
-                }
+        if let Some(base) = base.filter(|b| b.content() == command.content()) {
+            // Equal to the base: unchanged only if the base is still the latest.
+            return match self.storage_ref().get_command(key, base.version + 1).await? {
+                None => Ok(Published::Unchanged(base)),
+                Some(_) => Err(Error::Conflict {
+                    key: key.id(),
+                    expected: command.version,
+                    actual: self.storage_ref().latest_command(key).await?.map(|l| l.version),
+                }),
             };
-            if base.is_none() && base_version > 0 {
-                base = self.storage_ref().get_command(&key, base_version).await?;
-            }
-            if let Some(b) = base
-                .take()
-                .filter(|b| b.version == base_version && b.content() == command.content())
-            {
-                return Ok(Published::Unchanged(b));
-            }
-            let record = command_record(
-                command.clone(),
-                base_version + 1,
-                CommandStatus::Published,
-                ctx,
-                Utc::now(),
-            );
-            check_size(&self.storage_ref().limits(), &record)?;
-            match self.storage_ref().put_command(&record).await {
-                Ok(()) => {
-                    tracing::Span::current().record("version", record.version);
-                    tracing::info!("published (async)");
-                    self.dispatch(key, record.version);
-                    return Ok(Published::Written(record));
-                }
-                Err(e) if latest && e.is_conflict() && attempt < attempts => continue,
-                Err(e) => return Err(e),
-            }
         }
-        unreachable!("the last attempt returns")
+        let record = command_record(
+            command,
+            base_version + 1,
+            CommandStatus::Published,
+            ctx,
+            Utc::now(),
+        );
+        // The row the pipeline will write is the data row, which is larger.
+        check_size(&self.storage_ref().limits(), &data_item(&record, None))?;
+        self.storage_ref().put_command(&record).await?;
+        tracing::Span::current().record("version", record.version);
+        tracing::info!("published (async)");
+        self.dispatch(key.clone(), record.version);
+        Ok(Published::Written(record))
     }
 
-    /// The entity's latest data item and the command built by merging `update` over it.
-    fn merged(update: PartialUpdate, mut base: CommandInput) -> CommandInput {
+    /// `update` merged over `base`.
+    fn merged(update: &PartialUpdate, mut base: CommandInput) -> CommandInput {
         merge_patch(&mut base.attributes, &update.attributes);
-        if let Some(name) = update.name {
-            base.name = name;
+        if let Some(name) = &update.name {
+            base.name = name.clone();
         }
         if let Some(is_deleted) = update.is_deleted {
             base.is_deleted = is_deleted;
@@ -192,9 +225,12 @@ impl CommandService for Engine {
     ) -> Result<Published<CommandRecord>> {
         let key = check_command(self.tenancy(), &command, ctx)?;
         let span = command_span(&key, ctx, "async");
-        self.publish_async_checked(key, command, None, ctx)
-            .instrument(span)
-            .await
+        self.retrying_latest(command.version, || async {
+            let base = self.async_base(&key, command.version).await?;
+            self.publish_async_on(&key, command.clone(), base, ctx).await
+        })
+        .instrument(span)
+        .await
     }
 
     async fn publish_sync(
@@ -204,9 +240,11 @@ impl CommandService for Engine {
     ) -> Result<Published<DataItem>> {
         let key = check_command(self.tenancy(), &command, ctx)?;
         let span = command_span(&key, ctx, "sync");
-        self.publish_sync_checked(key, command, ctx)
-            .instrument(span)
-            .await
+        self.retrying_latest(command.version, || {
+            self.publish_sync_once(&key, command.clone(), ctx)
+        })
+        .instrument(span)
+        .await
     }
 
     async fn publish_partial_update_async(
@@ -216,30 +254,27 @@ impl CommandService for Engine {
     ) -> Result<Published<CommandRecord>> {
         let key = update.key();
         check_key(self.tenancy(), &key, ctx)?;
-        let base = match update.version {
-            ExpectedVersion::Latest => self.storage_ref().latest_command(&key).await?,
-            ExpectedVersion::Exactly(0) => None,
-            ExpectedVersion::Exactly(v) => self.storage_ref().get_command(&key, v).await?,
-        };
-        let Some(base) = base else {
-            let latest = self.storage_ref().latest_command(&key).await?;
-            return Err(match (update.version, latest) {
-                (ExpectedVersion::Exactly(v), Some(l)) => Error::Conflict {
-                    key: key.id(),
-                    expected: ExpectedVersion::Exactly(v),
-                    actual: Some(l.version),
-                },
-                _ => Error::NotFound { key: key.id() },
-            });
-        };
-        let command = Self::merged(
-            update,
-            input_of_command(&base, ExpectedVersion::Exactly(base.version)),
-        );
         let span = command_span(&key, ctx, "async");
-        self.publish_async_checked(key, command, Some(base), ctx)
-            .instrument(span)
-            .await
+        self.retrying_latest(update.version, || async {
+            let Some(base) = self.async_base(&key, update.version).await? else {
+                let latest = self.storage_ref().latest_command(&key).await?;
+                return Err(match (update.version, latest) {
+                    (ExpectedVersion::Exactly(v), Some(latest)) => Error::Conflict {
+                        key: key.id(),
+                        expected: ExpectedVersion::Exactly(v),
+                        actual: Some(latest.version),
+                    },
+                    _ => Error::NotFound { key: key.id() },
+                });
+            };
+            let command = Self::merged(
+                &update,
+                input_of_command(&base, ExpectedVersion::Exactly(base.version)),
+            );
+            self.publish_async_on(&key, command, Some(base), ctx).await
+        })
+        .instrument(span)
+        .await
     }
 
     async fn publish_partial_update_sync(
@@ -249,28 +284,17 @@ impl CommandService for Engine {
     ) -> Result<Published<DataItem>> {
         let key = update.key();
         check_key(self.tenancy(), &key, ctx)?;
-        let attempts = if update.version == ExpectedVersion::Latest {
-            self.config().latest_attempts.max(1)
-        } else {
-            1
-        };
         let span = command_span(&key, ctx, "sync");
-        async {
-            for attempt in 1..=attempts {
-                let current = self
-                    .storage_ref()
-                    .get_data(&key)
-                    .await?
-                    .ok_or_else(|| Error::NotFound { key: key.id() })?;
-                check_version(&key, update.version, Some(current.version))?;
-                let command = Self::merged(update.clone(), CommandInput::update_of(&current));
-                match self.publish_sync_checked(key.clone(), command, ctx).await {
-                    Err(e) if e.is_conflict() && attempt < attempts => continue,
-                    other => return other,
-                }
-            }
-            unreachable!("the last attempt returns")
-        }
+        self.retrying_latest(update.version, || async {
+            let current = self
+                .storage_ref()
+                .get_data(&key)
+                .await?
+                .ok_or_else(|| Error::NotFound { key: key.id() })?;
+            check_version(&key, update.version, Some(current.version))?;
+            let command = Self::merged(&update, CommandInput::update_of(&current));
+            self.publish_sync_once(&key, command, ctx).await
+        })
         .instrument(span)
         .await
     }
@@ -292,7 +316,7 @@ impl CommandService for Engine {
         let limit = self.storage_ref().limits().max_transaction_items;
         if rows > limit {
             return Err(Error::TooLarge {
-                what: "transaction (rows: 3 per command)".into(),
+                what: "transaction".into(),
                 size: rows,
                 limit,
             });
@@ -309,10 +333,7 @@ impl CommandService for Engine {
             tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
         }
         for (write, record) in writes.iter().zip(&records) {
-            self.inner
-                .pipeline
-                .run_handlers(record, write.history.as_ref(), &write.data, ctx.clone(), None)
-                .await?;
+            self.run_handlers_after_write(record, write, ctx).await;
         }
         Ok(prepared
             .into_iter()

@@ -24,7 +24,7 @@ use crate::model::CommandStatus;
 use crate::storage::Storage;
 
 use pipeline::Pipeline;
-pub use pipeline::RetryPolicy;
+pub use pipeline::{RetryPolicy, APPLY_STEP};
 use worker::Worker;
 
 /// Who applies commands published with `publish_async`.
@@ -139,14 +139,35 @@ impl EngineBuilder {
         self
     }
 
-    /// Replaces the whole configuration.
+    /// Sets how often a last-writer-wins publish tries again after a conflict.
+    pub fn latest_attempts(mut self, attempts: u32) -> Self {
+        self.config.latest_attempts = attempts;
+        self
+    }
+
+    /// Replaces the whole configuration, including what earlier calls set.
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
         self
     }
 
-    /// Builds the engine. No task is started until the first async publish.
+    /// Builds the engine. No task is started until the first async publish
+    /// (which therefore must run inside a Tokio runtime).
+    ///
+    /// # Panics
+    ///
+    /// When two handlers have the same [`name`](DataSyncHandler::name):
+    /// failures are recorded and reprocessed by name, so names must be unique.
+    /// This is a programming error, caught at start-up.
     pub fn build(self) -> Engine {
+        let mut names = std::collections::HashSet::new();
+        for handler in &self.handlers {
+            assert!(
+                names.insert(handler.name()),
+                "two data-sync handlers are named '{}'; handler names must be unique",
+                handler.name()
+            );
+        }
         let pipeline = Arc::new(Pipeline::new(
             self.storage,
             self.handlers,
@@ -188,7 +209,9 @@ impl Engine {
     /// applied again (its handlers run again only if they never completed).
     ///
     /// This is what a stream processor or a Lambda function calls for each
-    /// inserted command row; the in-process processor calls it too.
+    /// inserted command row whose status is `published` (rows inserted by
+    /// `publish_sync` or `commit` have had their handlers run by the
+    /// publishing process already); the in-process processor calls it too.
     pub async fn process(&self, key: &EntityKey, version: u64) -> Result<CommandStatus> {
         self.inner.pipeline.process(key, version).await
     }

@@ -134,7 +134,11 @@ impl Pipeline {
                             vec![HandlerFailure {
                                 handler: APPLY_STEP.into(),
                                 error: e.to_string(),
-                                attempts: self.retry.max_attempts,
+                                attempts: if e.is_retryable() {
+                                    self.retry.max_attempts
+                                } else {
+                                    1
+                                },
                             }],
                         )
                         .await?;

@@ -110,6 +110,7 @@ macro_rules! conformance_tests {
             concurrent_creates_have_one_winner,
             concurrent_async_publishes_keep_versions_contiguous,
             concurrent_commits_stay_consistent,
+            concurrent_partial_updates_lose_nothing,
             storage_put_command_conditions,
             storage_apply_is_conditional_and_atomic,
             storage_query_ranges,

@@ -279,21 +279,34 @@ pub async fn dirty_check_writes_nothing(factory: &dyn StorageFactory) {
         .await
         .unwrap()
         .is_unchanged());
+    // Equal to version 1 but expecting it while version 2 exists: stale, not unchanged.
+    let v2 = engine
+        .publish_sync(cmd_at(PK_A, "P#1", 1, n(2)), &ctx)
+        .await
+        .unwrap()
+        .into_item();
+    let stale_equal = cmd_at(PK_A, "P#1", 1, n(1));
+    assert!(engine
+        .publish_sync(stale_equal.clone(), &ctx)
+        .await
+        .unwrap_err()
+        .is_conflict());
+    assert!(engine
+        .publish_async(stale_equal, &ctx)
+        .await
+        .unwrap_err()
+        .is_conflict());
+    let back = cmd_at(PK_A, "P#1", 2, n(1));
+    let v1 = engine.publish_sync(back, &ctx).await.unwrap().into_item();
+    assert_eq!((v2.version, v1.version), (2, 3));
     // A different name is a change.
-    let renamed = cmd_at(PK_A, "P#1", 1, n(1)).name("other");
-    assert_eq!(
-        engine
-            .publish_sync(renamed, &ctx)
-            .await
-            .unwrap()
-            .into_item()
-            .version,
-        2
-    );
+    let renamed = cmd_at(PK_A, "P#1", 3, n(1)).name("other");
+    let v4 = engine.publish_sync(renamed, &ctx).await.unwrap().into_item();
+    assert_eq!(v4.version, 4);
     engine.wait_idle().await;
-    assert_eq!(engine.list_versions(&key, &ctx).await.unwrap().len(), 2);
-    assert_eq!(engine.list_history(&key, &ctx).await.unwrap().len(), 1);
-    assert_eq!(handler.seen().len(), 2, "handlers run only for written versions");
+    assert_eq!(engine.list_versions(&key, &ctx).await.unwrap().len(), 4);
+    assert_eq!(engine.list_history(&key, &ctx).await.unwrap().len(), 3);
+    assert_eq!(handler.seen().len(), 4, "handlers run only for written versions");
 }
 
 /// Partial updates deep-merge over the latest state, sync and async.
