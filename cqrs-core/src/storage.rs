@@ -56,6 +56,16 @@ pub struct ApplyWrite {
     pub history: Option<DataItem>,
 }
 
+impl ApplyWrite {
+    /// The command row this write inserts (a sync publish), if any.
+    pub fn inserted_command(&self) -> Option<&CommandRecord> {
+        match &self.command {
+            CommandWrite::Insert(record) => Some(record),
+            CommandWrite::MarkApplied => None,
+        }
+    }
+}
+
 /// A range query over one partition of the data table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RangeQuery {

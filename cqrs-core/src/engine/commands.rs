@@ -43,33 +43,42 @@ fn check_version(key: &EntityKey, expected: ExpectedVersion, current: Option<u64
     }
 }
 
+/// What a sync publish will do, once the entity is read.
+// Short-lived, one per publish: boxing the write would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    /// Write this (its command is [`CommandWrite::Insert`]).
+    Write(ApplyWrite),
+    /// Nothing: the command equals the current item.
+    Unchanged(DataItem),
+}
+
 impl Engine {
     /// Reads the entity, checks the version and the dirty check, and builds
-    /// the write of `command` (or returns the unchanged item).
+    /// the write of `command`.
     async fn prepare_sync(
         &self,
         key: &EntityKey,
         command: CommandInput,
         ctx: &InvocationContext,
-    ) -> Result<Result<(ApplyWrite, CommandRecord), DataItem>> {
+    ) -> Result<Prepared> {
         let current = self.storage_ref().get_data(key).await?;
         let base = check_version(key, command.version, current.as_ref().map(|c| c.version))?;
         let previous = match current {
-            Some(current) if current.content() == command.content() => return Ok(Err(current)),
+            Some(current) if current.content() == command.content() => {
+                return Ok(Prepared::Unchanged(current))
+            }
             other => other,
         };
         let record = command_record(command, base + 1, CommandStatus::Applied, ctx, Utc::now());
         let data = data_item(&record, previous.as_ref());
         check_size(&self.storage_ref().limits(), &data)?;
-        Ok(Ok((
-            ApplyWrite {
-                command: CommandWrite::Insert(Box::new(record.clone())),
-                data,
-                expected_data_version: base,
-                history: previous,
-            },
-            record,
-        )))
+        Ok(Prepared::Write(ApplyWrite {
+            command: CommandWrite::Insert(Box::new(record)),
+            data,
+            expected_data_version: base,
+            history: previous,
+        }))
     }
 
     /// Runs `attempt` once, or — for a last-writer-wins publish — again on
@@ -105,14 +114,14 @@ impl Engine {
         command: CommandInput,
         ctx: &InvocationContext,
     ) -> Result<Published<DataItem>> {
-        let (write, record) = match self.prepare_sync(key, command, ctx).await? {
-            Ok(prepared) => prepared,
-            Err(unchanged) => return Ok(Published::Unchanged(unchanged)),
+        let write = match self.prepare_sync(key, command, ctx).await? {
+            Prepared::Write(write) => write,
+            Prepared::Unchanged(unchanged) => return Ok(Published::Unchanged(unchanged)),
         };
         self.storage_ref().apply(std::slice::from_ref(&write)).await?;
-        tracing::Span::current().record("version", record.version);
+        tracing::Span::current().record("version", write.data.version);
         tracing::info!("published (sync)");
-        self.run_handlers_after_write(&record, &write, ctx).await;
+        self.run_handlers_after_write(&write, ctx).await;
         Ok(Published::Written(write.data))
     }
 
@@ -120,12 +129,10 @@ impl Engine {
     /// happens here: a handler failure is recorded by the pipeline, and a
     /// failure to record it is logged rather than returned, since the caller
     /// could do nothing with it but retry a publish that already happened.
-    async fn run_handlers_after_write(
-        &self,
-        record: &CommandRecord,
-        write: &ApplyWrite,
-        ctx: &InvocationContext,
-    ) {
+    async fn run_handlers_after_write(&self, write: &ApplyWrite, ctx: &InvocationContext) {
+        let Some(record) = write.inserted_command() else {
+            return;
+        };
         let outcome = self
             .inner
             .pipeline
@@ -326,20 +333,25 @@ impl CommandService for Engine {
             async move { self.prepare_sync(&key, command, ctx).await }
         }))
         .await?;
-        let (writes, records): (Vec<_>, Vec<_>) =
-            prepared.iter().filter_map(|p| p.as_ref().ok()).cloned().unzip();
+        let writes: Vec<ApplyWrite> = prepared
+            .iter()
+            .filter_map(|p| match p {
+                Prepared::Write(write) => Some(write.clone()),
+                Prepared::Unchanged(_) => None,
+            })
+            .collect();
         if !writes.is_empty() {
             self.storage_ref().apply(&writes).await?;
             tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
         }
-        for (write, record) in writes.iter().zip(&records) {
-            self.run_handlers_after_write(record, write, ctx).await;
+        for write in &writes {
+            self.run_handlers_after_write(write, ctx).await;
         }
         Ok(prepared
             .into_iter()
             .map(|p| match p {
-                Ok((write, _)) => Published::Written(write.data),
-                Err(unchanged) => Published::Unchanged(unchanged),
+                Prepared::Write(write) => Published::Written(write.data),
+                Prepared::Unchanged(unchanged) => Published::Unchanged(unchanged),
             })
             .collect())
     }
