@@ -20,6 +20,9 @@ pub struct StorageLimits {
     pub max_transaction_items: usize,
     /// Largest size of one stored item, in bytes of its JSON form (DynamoDB: 400 KB).
     pub max_item_bytes: usize,
+    /// Rows one applied command writes in [`Storage::apply`]: command, data and
+    /// history (3), plus any the backend adds (e.g. a TTL on the superseded command).
+    pub rows_per_command: usize,
 }
 
 impl Default for StorageLimits {
@@ -28,6 +31,7 @@ impl Default for StorageLimits {
         Self {
             max_transaction_items: 100,
             max_item_bytes: 400 * 1024,
+            rows_per_command: 3,
         }
     }
 }

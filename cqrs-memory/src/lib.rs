@@ -198,10 +198,11 @@ impl Storage for InMemory {
     }
 
     async fn apply(&self, writes: &[ApplyWrite]) -> Result<()> {
-        if writes.len() * 3 > self.limits.max_transaction_items {
+        let rows = writes.len() * self.limits.rows_per_command;
+        if rows > self.limits.max_transaction_items {
             return Err(Error::TooLarge {
                 what: "transaction".into(),
-                size: writes.len() * 3,
+                size: rows,
                 limit: self.limits.max_transaction_items,
             });
         }

@@ -9,6 +9,7 @@ use chrono::Utc;
 use futures::future::try_join_all;
 use tracing::Instrument;
 
+use super::pipeline::HandlerRun;
 use super::records::{command_record, data_item};
 use super::validate::{check_command, check_key, check_size};
 use super::Engine;
@@ -136,7 +137,13 @@ impl Engine {
         let outcome = self
             .inner
             .pipeline
-            .run_handlers(record, write.history.as_ref(), &write.data, ctx.clone(), None)
+            .run_handlers(
+                record,
+                write.history.as_ref(),
+                &write.data,
+                ctx.clone(),
+                HandlerRun::SYNC,
+            )
             .await;
         if let Err(error) = outcome {
             tracing::error!(version = record.version, %error, "handler outcome not recorded");
@@ -318,9 +325,9 @@ impl CommandService for Engine {
                 return Err(Error::invalid("commit", format!("{key} appears more than once")));
             }
         }
-        // Command, data and history rows per entity.
-        let rows = commands.len() * 3;
-        let limit = self.storage_ref().limits().max_transaction_items;
+        let limits = self.storage_ref().limits();
+        let rows = commands.len() * limits.rows_per_command;
+        let limit = limits.max_transaction_items;
         if rows > limit {
             return Err(Error::TooLarge {
                 what: "transaction".into(),

@@ -71,6 +71,39 @@ impl RetryPolicy {
     }
 }
 
+/// What a successful handler run records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnSuccess {
+    /// Nothing: a sync publish, whose caller saw the handlers run. Saves a
+    /// write per command; a failure is still recorded.
+    KeepStatus,
+    /// Status `finished`, so a redelivered async command is not handled twice.
+    MarkFinished,
+    /// Status `finished`, and the failure record of a reprocessed command removed.
+    MarkFinishedAndClearFailure,
+}
+
+/// Which handlers a run includes and what its success records.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HandlerRun<'a> {
+    /// Only the handlers with these names (a reprocess of failed handlers).
+    pub only: Option<&'a [String]>,
+    pub on_success: OnSuccess,
+}
+
+impl HandlerRun<'_> {
+    /// Every matching handler, as the background pipeline runs them.
+    pub const ASYNC: HandlerRun<'static> = HandlerRun {
+        only: None,
+        on_success: OnSuccess::MarkFinished,
+    };
+    /// Every matching handler, inside a sync publish.
+    pub const SYNC: HandlerRun<'static> = HandlerRun {
+        only: None,
+        on_success: OnSuccess::KeepStatus,
+    };
+}
+
 pub(crate) struct Pipeline {
     pub(crate) storage: Arc<dyn Storage>,
     handlers: Vec<Arc<dyn DataSyncHandler>>,
@@ -107,7 +140,7 @@ impl Pipeline {
                 // when they never completed (crash between apply and handlers).
                 let command = self.command(key, version).await?;
                 return match command.status {
-                    CommandStatus::Applied => self.rerun(&command, None).await,
+                    CommandStatus::Applied => self.rerun(&command, HandlerRun::ASYNC).await,
                     done => Ok(done),
                 };
             }
@@ -116,7 +149,13 @@ impl Pipeline {
                 match self.apply_published(&command, data.as_ref()).await {
                     Ok(new) => {
                         status = self
-                            .run_handlers(&command, data.as_ref(), &new, context_of(&command), None)
+                            .run_handlers(
+                                &command,
+                                data.as_ref(),
+                                &new,
+                                context_of(&command),
+                                HandlerRun::ASYNC,
+                            )
                             .await?;
                         data = Some(new);
                     }
@@ -181,21 +220,21 @@ impl Pipeline {
         Ok(new)
     }
 
-    /// Runs the handlers of one applied command: `only` limits them to the
-    /// named ones (a reprocess of failed handlers). Records the outcome.
+    /// Runs the handlers of one applied command and records the outcome:
+    /// a failure always; a success as `run.on_success` says.
     pub(crate) async fn run_handlers(
         &self,
         command: &CommandRecord,
         old: Option<&DataItem>,
         new: &DataItem,
         context: InvocationContext,
-        only: Option<&[String]>,
+        run: HandlerRun<'_>,
     ) -> Result<CommandStatus> {
         let matching: Vec<_> = self
             .handlers
             .iter()
             .filter(|h| h.interest().matches(command))
-            .filter(|h| only.is_none_or(|names| names.iter().any(|n| n == h.name())))
+            .filter(|h| run.only.is_none_or(|names| names.iter().any(|n| n == h.name())))
             .collect();
         if matching.is_empty() {
             return Ok(CommandStatus::Applied);
@@ -213,22 +252,27 @@ impl Pipeline {
                 .into_iter()
                 .flatten()
                 .collect();
-        let key = command.key();
-        if failures.is_empty() {
-            self.retry
-                .run(|| {
-                    self.storage
-                        .set_command_status(&key, command.version, CommandStatus::Finished)
-                })
-                .await?;
-            self.retry
-                .run(|| self.storage.delete_failure(&key, command.version))
-                .await?;
-            Ok(CommandStatus::Finished)
-        } else {
+        if !failures.is_empty() {
             self.record_failure(command, failures).await?;
-            Ok(CommandStatus::Failed)
+            return Ok(CommandStatus::Failed);
         }
+        let key = command.key();
+        match run.on_success {
+            OnSuccess::KeepStatus => return Ok(command.status),
+            OnSuccess::MarkFinished => {}
+            OnSuccess::MarkFinishedAndClearFailure => {
+                self.retry
+                    .run(|| self.storage.delete_failure(&key, command.version))
+                    .await?
+            }
+        }
+        self.retry
+            .run(|| {
+                self.storage
+                    .set_command_status(&key, command.version, CommandStatus::Finished)
+            })
+            .await?;
+        Ok(CommandStatus::Finished)
     }
 
     /// Runs one handler with retries; the failure if every run failed.
@@ -287,11 +331,7 @@ impl Pipeline {
 
     /// Runs the handlers of an applied version again, with its old and new
     /// images rebuilt from the data and history rows.
-    pub(crate) async fn rerun(
-        &self,
-        command: &CommandRecord,
-        only: Option<&[String]>,
-    ) -> Result<CommandStatus> {
+    pub(crate) async fn rerun(&self, command: &CommandRecord, run: HandlerRun<'_>) -> Result<CommandStatus> {
         let key = command.key();
         let version = command.version;
         let data = self.storage.get_data(&key).await?;
@@ -309,7 +349,7 @@ impl Pipeline {
             1 => None,
             v => self.storage.get_history(&key, v - 1).await?,
         };
-        self.run_handlers(command, old.as_ref(), &new, context_of(command), only)
+        self.run_handlers(command, old.as_ref(), &new, context_of(command), run)
             .await
     }
 
@@ -331,7 +371,11 @@ impl Pipeline {
                     .collect()
             })
             .filter(|names: &Vec<String>| !names.is_empty());
-        self.rerun(&command, only.as_deref()).await
+        let run = HandlerRun {
+            only: only.as_deref(),
+            on_success: OnSuccess::MarkFinishedAndClearFailure,
+        };
+        self.rerun(&command, run).await
     }
 }
 

@@ -97,8 +97,8 @@ pub async fn commit_is_all_or_nothing(factory: &dyn StorageFactory) {
 pub async fn commit_limits(factory: &dyn StorageFactory) {
     let engine = engine(factory).await;
     let a = ctx("shop-a");
-    let limit = engine.storage().limits().max_transaction_items;
-    let fitting = limit / 3;
+    let limits = engine.storage().limits();
+    let fitting = limits.max_transaction_items / limits.rows_per_command;
     let batch = |count: usize, prefix: &str| -> Vec<CommandInput> {
         (0..count)
             .map(|i| cmd(PK_A, &format!("{prefix}#{i}"), n(1)))

@@ -39,7 +39,11 @@ pub async fn handlers_receive_old_and_new_images(factory: &dyn StorageFactory) {
     assert_eq!(events[1].idempotency_key(), "TENANT#shop-a#ORDER#1@2");
     assert_ne!(events[0].idempotency_key(), events[1].idempotency_key());
     let command = engine.get_command(&v2.key(), 2, &a).await.unwrap().unwrap();
-    assert_eq!(command.status, CommandStatus::Finished);
+    assert_eq!(
+        command.status,
+        CommandStatus::Applied,
+        "a sync publish records no extra status write on success"
+    );
 
     // The async pipeline gives the same images, with the publisher's context.
     engine
@@ -53,6 +57,8 @@ pub async fn handlers_receive_old_and_new_images(factory: &dyn StorageFactory) {
     assert_eq!(events[2].new.attributes, json!({"status": "shipped"}));
     assert_eq!(events[2].context.user_id, "user-1");
     assert_eq!(events[2].context.request_id, a.request_id);
+    let command = engine.get_command(&v2.key(), 3, &a).await.unwrap().unwrap();
+    assert_eq!(command.status, CommandStatus::Finished);
 }
 
 /// A handler sees only the commands it is interested in.
@@ -146,6 +152,19 @@ pub async fn failing_handler_is_retried(factory: &dyn StorageFactory) {
     let attempts: Vec<u32> = handler.events().iter().map(|e| e.attempt).collect();
     assert_eq!(attempts, [1, 2, 3]);
     let command = engine.get_command(&item.key(), 1, &a).await.unwrap().unwrap();
+    assert_eq!(command.status, CommandStatus::Applied);
+    assert!(engine.list_failures(&a).await.unwrap().is_empty());
+
+    // The same in the background pipeline, which marks the command finished.
+    handler.fail_next(2);
+    engine
+        .publish_async(cmd_at(PK_A, "P#1", 1, n(2)), &a)
+        .await
+        .unwrap();
+    engine.wait_idle().await;
+    let attempts: Vec<u32> = handler.events().iter().skip(3).map(|e| e.attempt).collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    let command = engine.get_command(&item.key(), 2, &a).await.unwrap().unwrap();
     assert_eq!(command.status, CommandStatus::Finished);
     assert!(engine.list_failures(&a).await.unwrap().is_empty());
 }
