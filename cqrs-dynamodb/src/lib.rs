@@ -1,0 +1,18 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod client;
+mod error;
+mod item;
+#[cfg(feature = "lambda")]
+#[cfg_attr(docsrs, doc(cfg(feature = "lambda")))]
+pub mod lambda;
+mod storage;
+pub mod stream;
+mod tables;
+
+pub use client::{http_client, local_client, local_config, local_streams_client, SDK_MAX_ATTEMPTS};
+pub use item::{item_size, Item, MAX_ITEM_BYTES};
+pub use storage::{DynamoDbStorage, MAX_TRANSACTION_ITEMS};
+pub use tables::{ensure_tables, TableNames, TableRole, TableSpec, TTL_ATTRIBUTE};

@@ -1,0 +1,664 @@
+//! [`DynamoDbStorage`]: the storage primitives on DynamoDB.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    Update,
+};
+use aws_sdk_dynamodb::Client;
+use chrono::Utc;
+use cqrs_core::{
+    command_sk, ApplyWrite, CommandRecord, CommandStatus, CommandWrite, DataItem, EntityKey, Error,
+    ExpectedVersion, FailedCommand, RangePage, RangeQuery, Result, SkCondition, SortOrder, Storage,
+    StorageLimits,
+};
+
+use crate::error::{is_retryable_code, sdk_error, shape_error};
+use crate::item::{
+    check_size, command_from_item, command_to_item, data_from_item, data_to_item, failure_from_item,
+    failure_key, failure_to_item, history_from_item, history_to_item, key, n, s, version_of, Item,
+    FAILURE_PK_PREFIX, MAX_ITEM_BYTES,
+};
+use crate::tables::{ensure_tables, TableNames};
+
+/// DynamoDB's limit on the number of items in one transaction.
+pub const MAX_TRANSACTION_ITEMS: usize = 100;
+
+/// The storage backend on DynamoDB.
+///
+/// Every write that must be atomic is one request: a conditional `PutItem`
+/// or one `TransactWriteItems`. Reads are strongly consistent. Cheap to
+/// clone (the SDK client is).
+///
+/// ```no_run
+/// # async fn run() -> cqrs_core::Result<()> {
+/// use std::sync::Arc;
+/// use cqrs_dynamodb::{DynamoDbStorage, TableNames};
+///
+/// let client = cqrs_dynamodb::local_client("http://127.0.0.1:8000");
+/// let storage = DynamoDbStorage::new(client, TableNames::new("dev", "shop", "order"));
+/// storage.ensure_tables().await?;
+/// let engine = cqrs_core::Engine::builder(Arc::new(storage)).build();
+/// # let _ = engine; Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct DynamoDbStorage {
+    client: Client,
+    tables: TableNames,
+    superseded_ttl: Option<Duration>,
+}
+
+/// What each item of an apply transaction is, to explain a cancellation.
+#[derive(Debug, Clone)]
+enum TxItem {
+    InsertCommand { key: EntityKey, version: u64 },
+    MarkApplied { key: EntityKey, version: u64 },
+    Data { key: EntityKey, expected: u64 },
+    Other,
+}
+
+impl DynamoDbStorage {
+    /// A backend over `tables`, using `client`.
+    pub fn new(client: Client, tables: TableNames) -> Self {
+        Self {
+            client,
+            tables,
+            superseded_ttl: None,
+        }
+    }
+
+    /// Gives superseded command rows and history rows a time to live, as the
+    /// reference framework does (off by default: everything is kept).
+    pub fn with_superseded_ttl(mut self, ttl: Duration) -> Self {
+        self.superseded_ttl = Some(ttl);
+        self
+    }
+
+    /// The table names.
+    pub fn tables(&self) -> &TableNames {
+        &self.tables
+    }
+
+    /// The SDK client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates the tables if they do not exist (see [`ensure_tables`]).
+    pub async fn ensure_tables(&self) -> Result<()> {
+        ensure_tables(&self.client, &self.tables).await
+    }
+
+    /// The expiry, in seconds since the epoch, of a row superseded now.
+    fn expiry(&self) -> Option<i64> {
+        self.superseded_ttl
+            .map(|ttl| Utc::now().timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2))
+    }
+
+    /// The highest stored command version, reading only the sort keys.
+    ///
+    /// Sort keys `{sk}@{n}` order as text (`@10` before `@9`), so every
+    /// version's key is read; the rows are small.
+    async fn latest_version(&self, key: &EntityKey) -> Result<Option<u64>> {
+        let prefix = command_sk(&key.sk, 0);
+        let prefix = &prefix[..prefix.len() - 1];
+        let mut latest = None;
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.tables.command)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(&key.pk))
+                .expression_attribute_values(":prefix", s(prefix))
+                .projection_expression("sk")
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            for item in page.items() {
+                if let Some(AttributeValue::S(sk)) = item.get("sk") {
+                    if let Some((_, v)) = cqrs_core::parse_command_sk(sk) {
+                        latest = latest.max(Some(v));
+                    }
+                }
+            }
+            match page.last_evaluated_key {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => return Ok(latest),
+            }
+        }
+    }
+
+    /// Every item of `table` under `pk` whose sort key starts with `prefix`.
+    async fn query_prefix(&self, table: &str, pk: &str, prefix: &str) -> Result<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(pk))
+                .expression_attribute_values(":prefix", s(prefix))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            items.extend(page.items.unwrap_or_default());
+            match page.last_evaluated_key {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    async fn get(&self, table: &str, pk: &str, sk: &str) -> Result<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(out.item)
+    }
+
+    fn conflict(key: &EntityKey, expected: u64, actual: Option<u64>) -> Error {
+        Error::Conflict {
+            key: key.id(),
+            expected: ExpectedVersion::Exactly(expected),
+            actual,
+        }
+    }
+
+    /// The transaction items of one apply, with what each one is.
+    fn apply_items(&self, write: &ApplyWrite, items: &mut Vec<(TransactWriteItem, TxItem)>) -> Result<()> {
+        let key_of = write.data.key();
+        let version = write.data.version;
+        let expiry = self.expiry();
+        let build = |e: aws_sdk_dynamodb::error::BuildError| Error::backend(e, false);
+        match &write.command {
+            CommandWrite::Insert(command) => {
+                let item = command_to_item(command)?;
+                check_size(&item)?;
+                let put = Put::builder()
+                    .table_name(&self.tables.command)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(build)?;
+                items.push((
+                    TransactWriteItem::builder().put(put).build(),
+                    TxItem::InsertCommand {
+                        key: key_of.clone(),
+                        version,
+                    },
+                ));
+            }
+            CommandWrite::MarkApplied => {
+                let update = Update::builder()
+                    .table_name(&self.tables.command)
+                    .set_key(Some(key(&key_of.pk, &command_sk(&key_of.sk, version))))
+                    .update_expression("SET #status = :applied")
+                    .condition_expression("attribute_exists(pk)")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":applied", s("applied"))
+                    .build()
+                    .map_err(build)?;
+                items.push((
+                    TransactWriteItem::builder().update(update).build(),
+                    TxItem::MarkApplied {
+                        key: key_of.clone(),
+                        version,
+                    },
+                ));
+            }
+        }
+        let data = data_to_item(&write.data)?;
+        check_size(&data)?;
+        let mut put = Put::builder()
+            .table_name(&self.tables.data)
+            .set_item(Some(data))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        put = match write.expected_data_version {
+            0 => put.condition_expression("attribute_not_exists(pk)"),
+            expected => put
+                .condition_expression("version = :expected")
+                .expression_attribute_values(":expected", n(expected)),
+        };
+        items.push((
+            TransactWriteItem::builder()
+                .put(put.build().map_err(build)?)
+                .build(),
+            TxItem::Data {
+                key: key_of.clone(),
+                expected: write.expected_data_version,
+            },
+        ));
+        if let Some(history) = &write.history {
+            let item = history_to_item(history, expiry)?;
+            check_size(&item)?;
+            let put = Put::builder()
+                .table_name(&self.tables.history)
+                .set_item(Some(item))
+                .build()
+                .map_err(build)?;
+            items.push((TransactWriteItem::builder().put(put).build(), TxItem::Other));
+        }
+        if let (Some(expiry), true) = (expiry, version > 1) {
+            // The superseded command row expires, as in the reference framework.
+            let update = Update::builder()
+                .table_name(&self.tables.command)
+                .set_key(Some(key(&key_of.pk, &command_sk(&key_of.sk, version - 1))))
+                .update_expression("SET #ttl = :ttl")
+                .expression_attribute_names("#ttl", "ttl")
+                .expression_attribute_values(":ttl", n(expiry))
+                .build()
+                .map_err(build)?;
+            items.push((TransactWriteItem::builder().update(update).build(), TxItem::Other));
+        }
+        Ok(())
+    }
+
+    /// Explains a cancelled apply transaction with the first failed condition.
+    async fn cancellation(&self, err: TransactWriteItemsError, items: &[TxItem]) -> Result<Error> {
+        let TransactWriteItemsError::TransactionCanceledException(cancelled) = &err else {
+            let retryable = err.code().is_some_and(is_retryable_code);
+            return Ok(Error::backend(err, retryable));
+        };
+        let reasons = cancelled.cancellation_reasons();
+        for (reason, item) in reasons.iter().zip(items) {
+            if reason.code() != Some("ConditionalCheckFailed") {
+                continue;
+            }
+            return Ok(match item {
+                TxItem::Data { key, expected } => {
+                    Self::conflict(key, *expected, reason.item().and_then(version_of))
+                }
+                TxItem::InsertCommand { key, version } => {
+                    Self::conflict(key, version - 1, self.latest_version(key).await?)
+                }
+                TxItem::MarkApplied { key, version } => Error::NotFound {
+                    key: format!("{}@{version}", key.id()),
+                },
+                TxItem::Other => Error::backend(err, false),
+            });
+        }
+        let retryable = reasons
+            .iter()
+            .filter_map(|r| r.code())
+            .any(|code| code == "TransactionConflict" || is_retryable_code(code));
+        Ok(Error::backend(err, retryable))
+    }
+}
+
+#[async_trait]
+impl Storage for DynamoDbStorage {
+    fn limits(&self) -> StorageLimits {
+        StorageLimits {
+            max_transaction_items: MAX_TRANSACTION_ITEMS,
+            max_item_bytes: MAX_ITEM_BYTES,
+            // Command, data, history, and the superseded command's TTL.
+            rows_per_command: if self.superseded_ttl.is_some() { 4 } else { 3 },
+        }
+    }
+
+    async fn put_command(&self, command: &CommandRecord) -> Result<()> {
+        let key_of = command.key();
+        let item = command_to_item(command)?;
+        check_size(&item)?;
+        let failed = if command.version == 1 {
+            match self
+                .client
+                .put_item()
+                .table_name(&self.tables.command)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .send()
+                .await
+            {
+                Ok(_) => false,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+                {
+                    true
+                }
+                Err(e) => return Err(sdk_error(e)),
+            }
+        } else {
+            let build = |e: aws_sdk_dynamodb::error::BuildError| Error::backend(e, false);
+            let predecessor = ConditionCheck::builder()
+                .table_name(&self.tables.command)
+                .set_key(Some(key(
+                    &key_of.pk,
+                    &command_sk(&key_of.sk, command.version - 1),
+                )))
+                .condition_expression("attribute_exists(pk)")
+                .build()
+                .map_err(build)?;
+            let put = Put::builder()
+                .table_name(&self.tables.command)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(build)?;
+            let sent = self
+                .client
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().condition_check(predecessor).build())
+                .transact_items(TransactWriteItem::builder().put(put).build())
+                .send()
+                .await;
+            match sent {
+                Ok(_) => false,
+                Err(e) => match e.into_service_error() {
+                    TransactWriteItemsError::TransactionCanceledException(c)
+                        if c.cancellation_reasons()
+                            .iter()
+                            .any(|r| r.code() == Some("ConditionalCheckFailed")) =>
+                    {
+                        true
+                    }
+                    other => {
+                        let retryable = other.code().is_some_and(is_retryable_code)
+                            || matches!(other, TransactWriteItemsError::TransactionCanceledException(_));
+                        return Err(Error::backend(other, retryable));
+                    }
+                },
+            }
+        };
+        if failed {
+            return Err(Self::conflict(
+                &key_of,
+                command.version - 1,
+                self.latest_version(&key_of).await?,
+            ));
+        }
+        Ok(())
+    }
+
+    async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>> {
+        self.get(&self.tables.command, &key.pk, &command_sk(&key.sk, version))
+            .await?
+            .map(command_from_item)
+            .transpose()
+    }
+
+    async fn latest_command(&self, key: &EntityKey) -> Result<Option<CommandRecord>> {
+        match self.latest_version(key).await? {
+            Some(version) => self.get_command(key, version).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
+        let prefix = format!("{}@", key.sk);
+        let mut commands = self
+            .query_prefix(&self.tables.command, &key.pk, &prefix)
+            .await?
+            .into_iter()
+            .map(command_from_item)
+            .collect::<Result<Vec<_>>>()?;
+        commands.sort_by_key(|c| c.version);
+        Ok(commands)
+    }
+
+    async fn set_command_status(&self, key: &EntityKey, version: u64, status: CommandStatus) -> Result<()> {
+        let status = serde_json::to_value(status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .ok_or_else(|| shape_error("status", "not a string"))?;
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.tables.command)
+            .set_key(Some(key_of_command(key, version)))
+            .update_expression("SET #status = :status")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":status", s(status))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Err(Error::NotFound {
+                    key: format!("{}@{version}", key.id()),
+                })
+            }
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+
+    async fn apply(&self, writes: &[ApplyWrite]) -> Result<()> {
+        let mut items = Vec::with_capacity(writes.len() * 4);
+        for write in writes {
+            self.apply_items(write, &mut items)?;
+        }
+        if items.len() > MAX_TRANSACTION_ITEMS {
+            return Err(Error::TooLarge {
+                what: "transaction".into(),
+                size: items.len(),
+                limit: MAX_TRANSACTION_ITEMS,
+            });
+        }
+        let (transact, roles): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(transact))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match e {
+                aws_sdk_dynamodb::error::SdkError::ServiceError(service) => {
+                    Err(self.cancellation(service.into_err(), &roles).await?)
+                }
+                other => Err(sdk_error(other)),
+            },
+        }
+    }
+
+    async fn get_data(&self, key: &EntityKey) -> Result<Option<DataItem>> {
+        self.get(&self.tables.data, &key.pk, &key.sk)
+            .await?
+            .map(data_from_item)
+            .transpose()
+    }
+
+    async fn query_data(&self, query: &RangeQuery) -> Result<RangePage> {
+        let mut request = self
+            .client
+            .query()
+            .table_name(&self.tables.data)
+            .expression_attribute_values(":pk", s(&query.pk))
+            .scan_index_forward(query.order == SortOrder::Ascending)
+            .limit(i32::try_from(query.limit).unwrap_or(i32::MAX))
+            .consistent_read(true);
+        let condition = match &query.sk {
+            None => "pk = :pk".to_owned(),
+            Some(condition) => {
+                let (expression, values) = sk_condition(condition);
+                for (name, value) in values {
+                    request = request.expression_attribute_values(name, s(value));
+                }
+                format!("pk = :pk AND {expression}")
+            }
+        };
+        request = request.key_condition_expression(condition);
+        if let Some(after) = &query.start_after {
+            request = request.set_exclusive_start_key(Some(key(&query.pk, after)));
+        }
+        let page = request.send().await.map_err(sdk_error)?;
+        let last_sk = match page.last_evaluated_key.as_ref().and_then(|k| k.get("sk")) {
+            Some(AttributeValue::S(sk)) => Some(sk.clone()),
+            _ => None,
+        };
+        let items = page
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(data_from_item)
+            .collect::<Result<_>>()?;
+        Ok(RangePage { items, last_sk })
+    }
+
+    async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {
+        self.get(&self.tables.history, &key.pk, &command_sk(&key.sk, version))
+            .await?
+            .map(history_from_item)
+            .transpose()
+    }
+
+    async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>> {
+        let prefix = format!("{}@", key.sk);
+        let mut history = self
+            .query_prefix(&self.tables.history, &key.pk, &prefix)
+            .await?
+            .into_iter()
+            .map(history_from_item)
+            .collect::<Result<Vec<_>>>()?;
+        history.sort_by_key(|h| h.version);
+        Ok(history)
+    }
+
+    async fn next_counter(&self, pk: &str, sk: &str) -> Result<u64> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tables.sequences)
+            .set_key(Some(key(pk, sk)))
+            .update_expression("ADD #counter :one")
+            .expression_attribute_names("#counter", "counter")
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        match out.attributes.as_ref().and_then(|a| a.get("counter")) {
+            Some(AttributeValue::N(value)) => value.parse().map_err(|e| shape_error("counter", e)),
+            _ => Err(shape_error("counter", "no number returned")),
+        }
+    }
+
+    async fn put_failure(&self, failure: &FailedCommand) -> Result<()> {
+        self.client
+            .put_item()
+            .table_name(&self.tables.sequences)
+            .set_item(Some(failure_to_item(failure)?))
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(())
+    }
+
+    async fn delete_failure(&self, key: &EntityKey, version: u64) -> Result<()> {
+        self.client
+            .delete_item()
+            .table_name(&self.tables.sequences)
+            .set_key(Some(failure_key(key, version)?))
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(())
+    }
+
+    async fn get_failure(&self, key: &EntityKey, version: u64) -> Result<Option<FailedCommand>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.sequences)
+            .set_key(Some(failure_key(key, version)?))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        out.item.map(failure_from_item).transpose()
+    }
+
+    async fn list_failures(&self, tenant_code: Option<&str>) -> Result<Vec<FailedCommand>> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            // A tenant's failures are one partition; every tenant's is a scan
+            // (an operator's query, and failure records are few).
+            let (page_items, next) = match tenant_code {
+                Some(tenant) => {
+                    let page = self
+                        .client
+                        .query()
+                        .table_name(&self.tables.sequences)
+                        .key_condition_expression("pk = :pk")
+                        .expression_attribute_values(":pk", s(format!("{FAILURE_PK_PREFIX}{tenant}")))
+                        .consistent_read(true)
+                        .set_exclusive_start_key(start)
+                        .send()
+                        .await
+                        .map_err(sdk_error)?;
+                    (page.items, page.last_evaluated_key)
+                }
+                None => {
+                    let page = self
+                        .client
+                        .scan()
+                        .table_name(&self.tables.sequences)
+                        .filter_expression("begins_with(pk, :prefix)")
+                        .expression_attribute_values(":prefix", s(FAILURE_PK_PREFIX))
+                        .consistent_read(true)
+                        .set_exclusive_start_key(start)
+                        .send()
+                        .await
+                        .map_err(sdk_error)?;
+                    (page.items, page.last_evaluated_key)
+                }
+            };
+            items.extend(page_items.unwrap_or_default());
+            match next {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => break,
+            }
+        }
+        let mut failures = items
+            .into_iter()
+            .map(failure_from_item)
+            .collect::<Result<Vec<_>>>()?;
+        failures.sort_by(|a, b| a.failed_at.cmp(&b.failed_at).then_with(|| a.key().cmp(&b.key())));
+        Ok(failures)
+    }
+}
+
+fn key_of_command(key: &EntityKey, version: u64) -> HashMap<String, AttributeValue> {
+    self::key(&key.pk, &command_sk(&key.sk, version))
+}
+
+/// A sort-key condition as a key condition expression and its values.
+fn sk_condition(condition: &SkCondition) -> (&'static str, Vec<(&'static str, &str)>) {
+    match condition {
+        SkCondition::Equals(v) => ("sk = :sk", vec![(":sk", v)]),
+        SkCondition::BeginsWith(v) => ("begins_with(sk, :sk)", vec![(":sk", v)]),
+        SkCondition::Between(low, high) => {
+            ("sk BETWEEN :low AND :high", vec![(":low", low), (":high", high)])
+        }
+        SkCondition::LessThan(v) => ("sk < :sk", vec![(":sk", v)]),
+        SkCondition::LessOrEqual(v) => ("sk <= :sk", vec![(":sk", v)]),
+        SkCondition::GreaterThan(v) => ("sk > :sk", vec![(":sk", v)]),
+        SkCondition::GreaterOrEqual(v) => ("sk >= :sk", vec![(":sk", v)]),
+    }
+}

@@ -1,0 +1,240 @@
+//! Table names, their definitions, and creating them for development.
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, StreamSpecification,
+    StreamViewType, TableStatus, TimeToLiveSpecification,
+};
+use aws_sdk_dynamodb::Client;
+use cqrs_core::{Error, Result};
+
+use crate::error::sdk_error;
+
+/// The attribute DynamoDB's time to live reads, on the tables that have one.
+pub const TTL_ATTRIBUTE: &str = "ttl";
+
+/// The four tables of one module.
+///
+/// Named as the reference framework names them, so a Rust service and a
+/// NestJS service can share them: `{env}-{app}-{module}-command`, `-data`,
+/// `-history`, and the shared `{env}-{app}-sequences` (which also holds the
+/// failure records of the pipeline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableNames {
+    /// Command rows, one per version (`sk@N`), with a stream of new and old images.
+    pub command: String,
+    /// Data rows: the current version of each entity.
+    pub data: String,
+    /// History rows: each superseded data version (`sk@N`).
+    pub history: String,
+    /// Sequence counters and failure records.
+    pub sequences: String,
+}
+
+impl TableNames {
+    /// `{env}-{app}-{module}-command|data|history` and `{env}-{app}-sequences`.
+    ///
+    /// ```
+    /// let names = cqrs_dynamodb::TableNames::new("dev", "shop", "order");
+    /// assert_eq!(names.command, "dev-shop-order-command");
+    /// assert_eq!(names.sequences, "dev-shop-sequences");
+    /// ```
+    pub fn new(env: &str, app: &str, module: &str) -> Self {
+        let module_prefix = format!("{env}-{app}-{module}");
+        Self {
+            command: format!("{module_prefix}-command"),
+            data: format!("{module_prefix}-data"),
+            history: format!("{module_prefix}-history"),
+            sequences: format!("{env}-{app}-sequences"),
+        }
+    }
+
+    /// `{prefix}-command|data|history|sequences`: every table under one prefix
+    /// (tests give each run its own).
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            command: format!("{prefix}-command"),
+            data: format!("{prefix}-data"),
+            history: format!("{prefix}-history"),
+            sequences: format!("{prefix}-sequences"),
+        }
+    }
+
+    /// The definition of each table.
+    pub fn specs(&self) -> [TableSpec; 4] {
+        [
+            TableSpec {
+                role: TableRole::Command,
+                name: self.command.clone(),
+                stream: true,
+                ttl: true,
+            },
+            TableSpec {
+                role: TableRole::Data,
+                name: self.data.clone(),
+                stream: false,
+                ttl: true,
+            },
+            TableSpec {
+                role: TableRole::History,
+                name: self.history.clone(),
+                stream: false,
+                ttl: true,
+            },
+            TableSpec {
+                role: TableRole::Sequences,
+                name: self.sequences.clone(),
+                stream: false,
+                ttl: false,
+            },
+        ]
+    }
+}
+
+/// What a table holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableRole {
+    /// Command rows.
+    Command,
+    /// Data rows.
+    Data,
+    /// History rows.
+    History,
+    /// Sequences and failure records.
+    Sequences,
+}
+
+/// How a table is defined: every table has a string partition key `pk` and a
+/// string sort key `sk` and is billed on demand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    /// What the table holds.
+    pub role: TableRole,
+    /// Its name.
+    pub name: String,
+    /// Whether it has a stream of new and old images (the command table's
+    /// stream feeds the pipeline).
+    pub stream: bool,
+    /// Whether time to live is enabled on [`TTL_ATTRIBUTE`].
+    pub ttl: bool,
+}
+
+/// Creates the tables that do not exist yet and waits until they are active,
+/// then enables time to live where the spec asks for it.
+///
+/// For development and tests; production tables come from the
+/// CloudFormation template in `docs/dynamodb/tables.json`.
+pub async fn ensure_tables(client: &Client, names: &TableNames) -> Result<()> {
+    for spec in names.specs() {
+        ensure_table(client, &spec).await?;
+    }
+    Ok(())
+}
+
+async fn ensure_table(client: &Client, spec: &TableSpec) -> Result<()> {
+    let exists = match client.describe_table().table_name(&spec.name).send().await {
+        Ok(_) => true,
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            false
+        }
+        Err(e) => return Err(sdk_error(e)),
+    };
+    if !exists {
+        let key = |name: &str, key_type| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(key_type)
+                .build()
+                .map_err(|e| Error::backend(e, false))
+        };
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(|e| Error::backend(e, false))
+        };
+        let mut create = client
+            .create_table()
+            .table_name(&spec.name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(key("pk", KeyType::Hash)?)
+            .key_schema(key("sk", KeyType::Range)?)
+            .attribute_definitions(attribute("pk")?)
+            .attribute_definitions(attribute("sk")?);
+        if spec.stream {
+            create = create.stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewAndOldImages)
+                    .build()
+                    .map_err(|e| Error::backend(e, false))?,
+            );
+        }
+        match create.send().await {
+            Ok(_) => {}
+            // Created meanwhile by another process.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_in_use_exception()) => {}
+            Err(e) => return Err(sdk_error(e)),
+        }
+    }
+    wait_active(client, &spec.name).await?;
+    if spec.ttl {
+        enable_ttl(client, &spec.name).await?;
+    }
+    Ok(())
+}
+
+async fn wait_active(client: &Client, table: &str) -> Result<()> {
+    for _ in 0..600 {
+        let described = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        if described.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::backend(
+        format!("table {table} did not become active within a minute"),
+        true,
+    ))
+}
+
+async fn enable_ttl(client: &Client, table: &str) -> Result<()> {
+    let current = client
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(sdk_error)?;
+    let enabled = current
+        .time_to_live_description()
+        .and_then(|d| d.attribute_name())
+        .is_some_and(|name| name == TTL_ATTRIBUTE);
+    if enabled {
+        return Ok(());
+    }
+    let spec = TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name(TTL_ATTRIBUTE)
+        .build()
+        .map_err(|e| Error::backend(e, false))?;
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(spec)
+        .send()
+        .await
+        .map_err(sdk_error)?;
+    Ok(())
+}
