@@ -64,6 +64,17 @@ impl Engine {
         ctx: &InvocationContext,
     ) -> Result<Prepared> {
         let current = self.storage_ref().get_data(key).await?;
+        self.prepare_sync_over(key, current, command, ctx)
+    }
+
+    /// [`Engine::prepare_sync`] over an item already read.
+    fn prepare_sync_over(
+        &self,
+        key: &EntityKey,
+        current: Option<DataItem>,
+        command: CommandInput,
+        ctx: &InvocationContext,
+    ) -> Result<Prepared> {
         let base = check_version(key, command.version, current.as_ref().map(|c| c.version))?;
         let previous = match current {
             Some(current) if current.content() == command.content() => {
@@ -115,7 +126,17 @@ impl Engine {
         command: CommandInput,
         ctx: &InvocationContext,
     ) -> Result<Published<DataItem>> {
-        let write = match self.prepare_sync(key, command, ctx).await? {
+        let prepared = self.prepare_sync(key, command, ctx).await?;
+        self.write_prepared(prepared, ctx).await
+    }
+
+    /// Applies a prepared sync publish and runs its handlers.
+    async fn write_prepared(
+        &self,
+        prepared: Prepared,
+        ctx: &InvocationContext,
+    ) -> Result<Published<DataItem>> {
+        let write = match prepared {
             Prepared::Write(write) => write,
             Prepared::Unchanged(unchanged) => return Ok(Published::Unchanged(unchanged)),
         };
@@ -239,8 +260,12 @@ impl CommandService for Engine {
     ) -> Result<Published<CommandRecord>> {
         let key = check_command(self.tenancy(), &command, ctx)?;
         let span = command_span(&key, ctx, "async");
+        let read_base = self.config().async_dirty_check || command.version == ExpectedVersion::Latest;
         self.retrying_latest(command.version, || async {
-            let base = self.async_base(&key, command.version).await?;
+            let base = match read_base {
+                true => self.async_base(&key, command.version).await?,
+                false => None,
+            };
             self.publish_async_on(&key, command.clone(), base, ctx).await
         })
         .instrument(span)
@@ -307,7 +332,8 @@ impl CommandService for Engine {
                 .ok_or_else(|| Error::NotFound { key: key.id() })?;
             check_version(&key, update.version, Some(current.version))?;
             let command = Self::merged(&update, CommandInput::update_of(&current));
-            self.publish_sync_once(&key, command, ctx).await
+            let prepared = self.prepare_sync_over(&key, Some(current), command, ctx)?;
+            self.write_prepared(prepared, ctx).await
         })
         .instrument(span)
         .await

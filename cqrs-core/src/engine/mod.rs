@@ -52,6 +52,11 @@ pub struct EngineConfig {
     /// How often a last-writer-wins ([`Latest`](crate::ExpectedVersion::Latest))
     /// publish re-reads and tries again when another writer got in between.
     pub latest_attempts: u32,
+    /// Whether `publish_async` at `Exactly(n)` reads command `n` first to skip
+    /// a command equal to it (the dirty check). On by default, as in the
+    /// reference framework; off, an async publish is a single write, and an
+    /// unchanged command is stored as a new version.
+    pub async_dirty_check: bool,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +66,7 @@ impl Default for EngineConfig {
             retry: RetryPolicy::default(),
             dispatch: AsyncDispatch::InProcess,
             latest_attempts: 100,
+            async_dirty_check: true,
         }
     }
 }
@@ -142,6 +148,13 @@ impl EngineBuilder {
     /// Sets how often a last-writer-wins publish tries again after a conflict.
     pub fn latest_attempts(mut self, attempts: u32) -> Self {
         self.config.latest_attempts = attempts;
+        self
+    }
+
+    /// Turns the dirty check of `publish_async` on or off (see
+    /// [`EngineConfig::async_dirty_check`]).
+    pub fn async_dirty_check(mut self, enabled: bool) -> Self {
+        self.config.async_dirty_check = enabled;
         self
     }
 

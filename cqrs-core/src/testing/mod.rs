@@ -83,6 +83,7 @@ macro_rules! conformance_tests {
             stale_and_future_versions_conflict,
             latest_is_last_writer_wins,
             async_publish_follows_the_same_rules,
+            async_publish_without_dirty_check,
             sync_publish_conflicts_with_pending_async_command,
             dirty_check_writes_nothing,
             partial_update_deep_merges,

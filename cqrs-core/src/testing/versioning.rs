@@ -414,3 +414,30 @@ pub async fn versions_and_history_are_complete(factory: &dyn StorageFactory) {
     let third = engine.get_command(&key, 3, &ctx).await.unwrap().unwrap();
     assert_eq!(third.attributes, n(3));
 }
+
+/// With the async dirty check off, an async publish reads nothing: an equal
+/// command becomes a new version, and the version rules still hold.
+pub async fn async_publish_without_dirty_check(factory: &dyn StorageFactory) {
+    let engine = builder(factory).await.async_dirty_check(false).build();
+    let ctx = ctx("shop-a");
+    let key = EntityKey::new(PK_A, "P#1");
+    engine.publish_async(cmd(PK_A, "P#1", n(1)), &ctx).await.unwrap();
+    let again = engine
+        .publish_async(cmd_at(PK_A, "P#1", 1, n(1)), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(again.written().map(|r| r.version), Some(2));
+    let err = engine
+        .publish_async(cmd_at(PK_A, "P#1", 1, n(3)), &ctx)
+        .await
+        .unwrap_err();
+    assert_conflict(err, ExpectedVersion::Exactly(1), Some(2));
+    let err = engine
+        .publish_async(cmd_at(PK_A, "P#1", 7, n(3)), &ctx)
+        .await
+        .unwrap_err();
+    assert_conflict(err, ExpectedVersion::Exactly(7), Some(2));
+    engine.wait_idle().await;
+    let item = engine.get_item(&key, &ctx).await.unwrap().unwrap();
+    assert_eq!((item.version, item.attributes), (2, n(1)));
+}
