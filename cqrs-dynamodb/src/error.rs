@@ -41,3 +41,27 @@ where
 pub(crate) fn shape_error(what: &str, err: impl std::fmt::Display) -> Error {
     Error::backend(format!("{what}: {err}"), false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_contention_and_server_errors_are_retryable() {
+        for code in [
+            "ThrottlingException",
+            "ProvisionedThroughputExceededException",
+            "TransactionConflictException",
+            "InternalServerError",
+        ] {
+            assert!(is_retryable_code(code), "{code}");
+        }
+        for code in [
+            "ConditionalCheckFailedException",
+            "ValidationException",
+            "ResourceNotFoundException",
+        ] {
+            assert!(!is_retryable_code(code), "{code}");
+        }
+    }
+}
