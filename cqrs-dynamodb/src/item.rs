@@ -151,8 +151,9 @@ fn number_size(number: &str) -> usize {
     digits.div_ceil(2) + 1
 }
 
-/// Rejects an item DynamoDB would refuse for its size, before sending it.
-pub(crate) fn check_size(item: &Item) -> Result<()> {
+/// Rejects an item DynamoDB would refuse for its size, before sending it;
+/// returns the size.
+pub(crate) fn check_size(item: &Item) -> Result<usize> {
     let size = item_size(item);
     if size > MAX_ITEM_BYTES {
         return Err(Error::TooLarge {
@@ -161,7 +162,7 @@ pub(crate) fn check_size(item: &Item) -> Result<()> {
             limit: MAX_ITEM_BYTES,
         });
     }
-    Ok(())
+    Ok(size)
 }
 
 #[cfg(test)]

@@ -14,5 +14,5 @@ mod tables;
 
 pub use client::{http_client, local_client, local_config, local_streams_client, SDK_MAX_ATTEMPTS};
 pub use item::{item_size, Item, MAX_ITEM_BYTES};
-pub use storage::{DynamoDbStorage, MAX_TRANSACTION_ITEMS};
+pub use storage::{DynamoDbStorage, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_ITEMS};
 pub use tables::{ensure_tables, TableNames, TableRole, TableSpec, TTL_ATTRIBUTE};

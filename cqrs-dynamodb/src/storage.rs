@@ -28,6 +28,8 @@ use crate::tables::{ensure_tables, TableNames};
 
 /// DynamoDB's limit on the number of items in one transaction.
 pub const MAX_TRANSACTION_ITEMS: usize = 100;
+/// DynamoDB's limit on the total size of the items of one transaction.
+pub const MAX_TRANSACTION_BYTES: usize = 4 * 1024 * 1024;
 
 /// The storage backend on DynamoDB.
 ///
@@ -184,7 +186,9 @@ impl DynamoDbStorage {
     }
 
     /// The transaction items of one apply, with what each one is.
-    fn apply_items(&self, write: &ApplyWrite, items: &mut Vec<(TransactWriteItem, TxItem)>) -> Result<()> {
+    /// Returns the bytes of the items it adds.
+    fn apply_items(&self, write: &ApplyWrite, items: &mut Vec<(TransactWriteItem, TxItem)>) -> Result<usize> {
+        let mut bytes = 0;
         let key_of = write.data.key();
         let version = write.data.version;
         let expiry = self.expiry();
@@ -192,7 +196,7 @@ impl DynamoDbStorage {
         match &write.command {
             CommandWrite::Insert(command) => {
                 let item = command_to_item(command)?;
-                check_size(&item)?;
+                bytes += check_size(&item)?;
                 let put = Put::builder()
                     .table_name(&self.tables.command)
                     .set_item(Some(item))
@@ -227,7 +231,7 @@ impl DynamoDbStorage {
             }
         }
         let data = data_to_item(&write.data)?;
-        check_size(&data)?;
+        bytes += check_size(&data)?;
         let mut put = Put::builder()
             .table_name(&self.tables.data)
             .set_item(Some(data))
@@ -249,7 +253,7 @@ impl DynamoDbStorage {
         ));
         if let Some(history) = &write.history {
             let item = history_to_item(history, expiry)?;
-            check_size(&item)?;
+            bytes += check_size(&item)?;
             let put = Put::builder()
                 .table_name(&self.tables.history)
                 .set_item(Some(item))
@@ -269,7 +273,7 @@ impl DynamoDbStorage {
                 .map_err(build)?;
             items.push((TransactWriteItem::builder().update(update).build(), TxItem::Other));
         }
-        Ok(())
+        Ok(bytes)
     }
 
     /// Explains a cancelled apply transaction with the first failed condition.
@@ -448,8 +452,16 @@ impl Storage for DynamoDbStorage {
 
     async fn apply(&self, writes: &[ApplyWrite]) -> Result<()> {
         let mut items = Vec::with_capacity(writes.len() * 4);
+        let mut bytes = 0;
         for write in writes {
-            self.apply_items(write, &mut items)?;
+            bytes += self.apply_items(write, &mut items)?;
+        }
+        if bytes > MAX_TRANSACTION_BYTES {
+            return Err(Error::TooLarge {
+                what: "transaction bytes".into(),
+                size: bytes,
+                limit: MAX_TRANSACTION_BYTES,
+            });
         }
         if items.len() > MAX_TRANSACTION_ITEMS {
             return Err(Error::TooLarge {

@@ -138,7 +138,12 @@ impl Pipeline {
             if current >= version {
                 // Already applied: a redelivery. Run the handlers again only
                 // when they never completed (crash between apply and handlers).
-                let command = self.command(key, version).await?;
+                let Some(command) = self.retry.run(|| self.storage.get_command(key, version)).await? else {
+                    // Its row expired (time to live of superseded rows) after
+                    // it was applied: nothing is left to do.
+                    tracing::debug!("applied command row gone; nothing to do");
+                    return Ok(CommandStatus::Applied);
+                };
                 return match command.status {
                     CommandStatus::Applied => self.rerun(&command, HandlerRun::ASYNC).await,
                     done => Ok(done),
@@ -157,6 +162,11 @@ impl Pipeline {
                                 HandlerRun::ASYNC,
                             )
                             .await?;
+                        // An earlier delivery failed to apply it and recorded
+                        // that (the row says `failed`); this one succeeded.
+                        if command.status == CommandStatus::Failed && status != CommandStatus::Failed {
+                            self.retry.run(|| self.storage.delete_failure(key, v)).await?;
+                        }
                         data = Some(new);
                     }
                     // Someone else applied it meanwhile (another processor, a
