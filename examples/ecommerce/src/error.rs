@@ -1,0 +1,66 @@
+//! The storefront's errors, each with the HTTP status it answers with.
+
+use crate::domain::OrderStatus;
+
+/// What can go wrong in the storefront.
+#[derive(Debug, thiserror::Error)]
+pub enum ShopError {
+    /// The request is malformed or breaks a rule (400).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The order cannot move from one status to the other (400).
+    #[error("cannot transition from {from} to {to}")]
+    InvalidTransition {
+        /// Current status.
+        from: OrderStatus,
+        /// Requested status.
+        to: OrderStatus,
+    },
+    /// Missing, or another tenant's (404: no existence leak).
+    #[error("{0}")]
+    NotFound(String),
+    /// A version conflict or a business conflict such as stock (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The framework refused or failed.
+    #[error(transparent)]
+    Core(#[from] cqrs_core::Error),
+}
+
+impl ShopError {
+    /// The HTTP status and the error kind of the JSON body.
+    pub fn status_and_kind(&self) -> (u16, &'static str) {
+        use cqrs_core::Error as E;
+        match self {
+            ShopError::InvalidInput(_) => (400, "invalid_input"),
+            ShopError::InvalidTransition { .. } => (400, "invalid_transition"),
+            ShopError::NotFound(_) => (404, "not_found"),
+            ShopError::Conflict(_) => (409, "conflict"),
+            ShopError::Core(e) => match e {
+                E::NotFound { .. } => (404, "not_found"),
+                // Never say that another tenant's item exists.
+                E::TenantViolation { .. } => (404, "not_found"),
+                E::Conflict { .. } => (409, "version_conflict"),
+                E::InvalidInput { .. } => (400, "invalid_input"),
+                E::TooLarge { .. } => (413, "too_large"),
+                e if e.is_retryable() => (503, "unavailable"),
+                _ => (500, "internal"),
+            },
+        }
+    }
+
+    /// The message for the client: a tenant violation reads as not found.
+    pub fn client_message(&self) -> String {
+        match self {
+            ShopError::Core(cqrs_core::Error::TenantViolation { .. }) => "not found".to_owned(),
+            ShopError::Core(e @ cqrs_core::Error::Backend { .. }) => {
+                tracing::error!(error = %e, "backend error");
+                "the service is unavailable, please retry".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Result alias of the storefront.
+pub type ShopResult<T> = Result<T, ShopError>;

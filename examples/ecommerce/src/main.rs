@@ -1,0 +1,3 @@
+//! `cargo run --example ecommerce`: the storefront over HTTP.
+
+fn main() {}

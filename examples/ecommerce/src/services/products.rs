@@ -1,0 +1,122 @@
+//! The catalogue.
+
+use cqrs_core::{
+    tenant_pk, CommandInput, Cursor, DataItem, EntityKey, InvocationContext, ListQuery, Page, SkCondition,
+};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::{validate, Cqrs};
+use crate::domain::{product_sk, ProductAttributes};
+use crate::error::{ShopError, ShopResult};
+use crate::money;
+
+/// A product to create.
+#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewProduct {
+    /// Code (`PRD-001`).
+    pub code: String,
+    /// Name.
+    pub name: String,
+    /// Category.
+    pub category_code: String,
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Unit price.
+    #[serde(with = "money::json")]
+    #[schema(value_type = f64)]
+    pub price: Decimal,
+    /// Currency code.
+    pub currency: String,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+    /// Image URLs.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Whether it can be ordered.
+    pub is_active: bool,
+}
+
+/// Creates and reads products.
+#[derive(Clone)]
+pub struct ProductService {
+    cqrs: Cqrs,
+}
+
+impl ProductService {
+    /// Over the given framework services.
+    pub fn new(cqrs: Cqrs) -> Self {
+        Self { cqrs }
+    }
+
+    /// Creates a product; a product with that code already is a conflict.
+    pub async fn create(&self, product: NewProduct, ctx: &InvocationContext) -> ShopResult<DataItem> {
+        validate::code("product code", &product.code)?;
+        validate::text("name", &product.name)?;
+        validate::text("categoryCode", &product.category_code)?;
+        validate::text("sku", &product.sku)?;
+        validate::text("currency", &product.currency)?;
+        if product.price.is_sign_negative() || product.price.scale() > 2 {
+            return Err(ShopError::InvalidInput(format!(
+                "price {} must be a non-negative amount in cents",
+                product.price
+            )));
+        }
+        let attributes = ProductAttributes {
+            category_code: product.category_code,
+            sku: product.sku,
+            price: product.price,
+            currency: product.currency,
+            description: product.description,
+            images: product.images,
+            is_active: product.is_active,
+        };
+        let command = CommandInput::new(tenant_pk(&ctx.tenant_code), product_sk(&product.code))
+            .name(product.name)
+            .attributes_from(&attributes)?;
+        match self.cqrs.commands.publish_sync(command, ctx).await {
+            Ok(published) => Ok(published.into_item()),
+            Err(cqrs_core::Error::Conflict { .. }) => {
+                Err(ShopError::Conflict(format!("product {} exists already", product.code)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A product.
+    pub async fn get(&self, code: &str, ctx: &InvocationContext) -> ShopResult<DataItem> {
+        validate::code("product code", code)?;
+        let key = EntityKey::new(tenant_pk(&ctx.tenant_code), product_sk(code));
+        self.cqrs
+            .data
+            .get_item(&key, ctx)
+            .await?
+            .ok_or_else(|| ShopError::NotFound(format!("product {code} not found")))
+    }
+
+    /// A product's attributes, `None` when it does not exist.
+    pub async fn attributes(&self, code: &str, ctx: &InvocationContext) -> ShopResult<Option<ProductAttributes>> {
+        let key = EntityKey::new(tenant_pk(&ctx.tenant_code), product_sk(code));
+        match self.cqrs.data.get_item(&key, ctx).await? {
+            Some(item) => Ok(Some(item.attributes_as()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A page of the catalogue.
+    pub async fn list(
+        &self,
+        limit: Option<usize>,
+        cursor: Option<String>,
+        ctx: &InvocationContext,
+    ) -> ShopResult<Page<DataItem>> {
+        let query = ListQuery::new()
+            .sk(SkCondition::BeginsWith("PRODUCT#".into()))
+            .limit(validate::limit(limit)?)
+            .after(cursor.map(Cursor::from));
+        Ok(self.cqrs.data.list_items(&tenant_pk(&ctx.tenant_code), query, ctx).await?)
+    }
+}

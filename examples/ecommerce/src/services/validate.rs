@@ -1,0 +1,36 @@
+//! Checks of client input shared by the services.
+
+use crate::error::{ShopError, ShopResult};
+
+/// A code that becomes part of a key (`PRD-001`, `ORD-000001`).
+pub(crate) fn code(what: &str, code: &str) -> ShopResult<()> {
+    let ok = !code.is_empty()
+        && code.len() <= 64
+        && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ShopError::InvalidInput(format!(
+            "{what} '{code}' must be 1 to 64 letters, digits, '-' or '_'"
+        )))
+    }
+}
+
+/// A required text field.
+pub(crate) fn text(what: &str, value: &str) -> ShopResult<()> {
+    if value.trim().is_empty() {
+        return Err(ShopError::InvalidInput(format!("{what} must not be empty")));
+    }
+    if value.len() > 1024 {
+        return Err(ShopError::InvalidInput(format!("{what} is longer than 1024 bytes")));
+    }
+    Ok(())
+}
+
+/// A page size.
+pub(crate) fn limit(limit: Option<usize>) -> ShopResult<usize> {
+    match limit.unwrap_or(20) {
+        l @ 1..=100 => Ok(l),
+        l => Err(ShopError::InvalidInput(format!("limit must be 1 to 100, got {l}"))),
+    }
+}
