@@ -223,7 +223,6 @@ impl InventoryAttributes {
 #[cfg(test)]
 mod tests {
     use super::OrderStatus::*;
-    use super::*;
 
     #[test]
     fn the_seed_status_machine() {

@@ -91,7 +91,7 @@ mod tests {
             #[serde(with = "json")]
             price: Decimal,
         }
-        for text in ["29.99", "0.1", "65.98", "1234567.89", "6"] {
+        for text in ["29.99", "0.1", "65.98", "1234567.89", "6.5"] {
             let p: P = serde_json::from_str(&format!("{{\"price\": {text}}}")).unwrap();
             assert_eq!(p.price, d(text));
             let back: serde_json::Value = serde_json::to_value(&p).unwrap();
