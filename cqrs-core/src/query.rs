@@ -112,13 +112,37 @@ impl Filter {
     }
 
     /// Whether `item` passes the filter.
+    ///
+    /// Numbers compare by value: `6`, `6.0` and `6e0` are equal, as they are
+    /// to DynamoDB, which does not keep how a number was written.
     pub fn matches(&self, item: &DataItem) -> bool {
+        let equals = |found: &Value, wanted: &Value| same_value(found, wanted);
         match self {
-            Filter::Equals { path, value } => item.field(path).as_ref() == Some(value),
-            Filter::NotEquals { path, value } => item.field(path).as_ref() != Some(value),
-            Filter::In { path, values } => item.field(path).is_some_and(|v| values.contains(&v)),
+            Filter::Equals { path, value } => item.field(path).is_some_and(|v| equals(&v, value)),
+            Filter::NotEquals { path, value } => !item.field(path).is_some_and(|v| equals(&v, value)),
+            Filter::In { path, values } => item
+                .field(path)
+                .is_some_and(|v| values.iter().any(|wanted| equals(&v, wanted))),
             Filter::Exists { path } => item.field(path).is_some(),
         }
+    }
+}
+
+/// JSON equality with numbers compared by value.
+pub(crate) fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+            (Some(x), Some(y), _, _) => x == y,
+            (_, _, Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
     }
 }
 
@@ -280,6 +304,17 @@ mod tests {
         assert_eq!(cursor.decode("TENANT#a").unwrap(), "ORDER#5");
         assert!(cursor.decode("TENANT#b").is_err());
         assert!(Cursor::from("garbage!".to_owned()).decode("TENANT#a").is_err());
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        use serde_json::json;
+        assert!(same_value(&json!(6), &json!(6.0)));
+        assert!(same_value(&json!({"a": [1, 2.5]}), &json!({"a": [1.0, 2.5]})));
+        assert!(!same_value(&json!(6), &json!(6.5)));
+        assert!(!same_value(&json!(6), &json!("6")));
+        assert!(same_value(&json!(u64::MAX), &json!(u64::MAX)));
+        assert!(!same_value(&json!(-1), &json!(u64::MAX)));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde_json::Value;
 use crate::context::InvocationContext;
 use crate::keys::{command_sk, tenant_of_pk};
 use crate::model::{CommandInput, CommandRecord, CommandStatus, DataItem};
+use crate::query::same_value;
 
 /// The stored command of `input` at `version`.
 pub(crate) fn command_record(
@@ -76,8 +77,8 @@ pub(crate) fn data_item(command: &CommandRecord, previous: Option<&DataItem>) ->
 }
 
 /// The fields the dirty check compares (the reference framework's set; key,
-/// id and tenant are equal by construction).
-#[derive(PartialEq)]
+/// id and tenant are equal by construction). Numbers in the attributes
+/// compare by value: a backend may give `6.0` back as `6`.
 pub(crate) struct Content<'a> {
     code: &'a str,
     name: &'a str,
@@ -86,6 +87,18 @@ pub(crate) struct Content<'a> {
     is_deleted: bool,
     ttl: Option<i64>,
     seq: Option<u64>,
+}
+
+impl PartialEq for Content<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.code == other.code
+            && self.name == other.name
+            && self.entity_type == other.entity_type
+            && self.is_deleted == other.is_deleted
+            && self.ttl == other.ttl
+            && self.seq == other.seq
+            && same_value(self.attributes, other.attributes)
+    }
 }
 
 macro_rules! content_of {

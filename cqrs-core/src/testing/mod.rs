@@ -93,6 +93,7 @@ macro_rules! conformance_tests {
             filters_on_nested_attributes,
             cursors_and_limits_are_validated,
             typed_reads,
+            numbers_compare_by_value,
             sequences_count_from_one_per_key,
             sequences_rotate_by_period,
             sequences_format_numbers,

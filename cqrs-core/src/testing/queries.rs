@@ -292,3 +292,26 @@ pub async fn typed_reads(factory: &dyn StorageFactory) {
         Err(Error::InvalidInput { .. })
     ));
 }
+
+/// Numbers compare by value, however they were written and whatever the
+/// backend gives back (DynamoDB keeps no difference between `6` and `6.0`):
+/// in filters and in the dirty check.
+pub async fn numbers_compare_by_value(factory: &dyn StorageFactory) {
+    let engine = engine(factory).await;
+    let a = ctx("shop-a");
+    create_all(
+        &engine,
+        &a,
+        PK_A,
+        [("P#1".to_owned(), json!({"price": 6.0, "tags": [1.0]}))],
+    )
+    .await;
+    let query = ListQuery::new().filter(Filter::eq("attributes.price", 6));
+    assert_eq!(engine.list_items(PK_A, query, &a).await.unwrap().items.len(), 1);
+    let query = ListQuery::new().filter(Filter::is_in("attributes.price", [5.0, 6.0]));
+    assert_eq!(engine.list_items(PK_A, query, &a).await.unwrap().items.len(), 1);
+    let same = crate::CommandInput::new(PK_A, "P#1")
+        .attributes(json!({"price": 6, "tags": [1]}))
+        .version(crate::ExpectedVersion::Exactly(1));
+    assert!(engine.publish_sync(same, &a).await.unwrap().is_unchanged());
+}
