@@ -4,8 +4,11 @@
 
 #![deny(missing_docs)]
 
+pub mod auth;
+pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod http;
 pub mod money;
 pub mod notify;
 pub mod services;

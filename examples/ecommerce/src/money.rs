@@ -23,7 +23,12 @@ pub struct Totals {
 
 /// The totals of `(price, quantity)` lines.
 pub fn totals(lines: impl IntoIterator<Item = (Decimal, u32)>) -> Totals {
-    let subtotal = to_cents(lines.into_iter().map(|(price, quantity)| price * Decimal::from(quantity)).sum());
+    let subtotal = to_cents(
+        lines
+            .into_iter()
+            .map(|(price, quantity)| price * Decimal::from(quantity))
+            .sum(),
+    );
     let tax = to_cents(subtotal * TAX_RATE);
     Totals {
         subtotal,

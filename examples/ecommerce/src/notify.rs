@@ -1,5 +1,6 @@
 //! Notifications to customers and the operations team.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
@@ -44,11 +45,21 @@ pub trait Notifier: Send + Sync {
     async fn send(&self, notification: Notification);
 }
 
-/// The default notifier: logs through `tracing` and keeps every notification
-/// in an in-memory outbox, once per key.
+/// Notifications the outbox keeps; older ones are dropped (a long-running
+/// server must not grow without bound).
+pub const OUTBOX_CAPACITY: usize = 10_000;
+
+/// The default notifier: logs through `tracing` and keeps the latest
+/// [`OUTBOX_CAPACITY`] notifications in an in-memory outbox, once per key.
 #[derive(Debug, Default)]
 pub struct OutboxNotifier {
-    outbox: Mutex<Vec<Notification>>,
+    outbox: Mutex<Outbox>,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    sent: VecDeque<Notification>,
+    keys: HashSet<String>,
 }
 
 impl OutboxNotifier {
@@ -57,9 +68,10 @@ impl OutboxNotifier {
         Self::default()
     }
 
-    /// Everything sent so far, oldest first.
+    /// The notifications kept, oldest first.
     pub fn sent(&self) -> Vec<Notification> {
-        self.outbox.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        let outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        outbox.sent.iter().cloned().collect()
     }
 }
 
@@ -67,8 +79,13 @@ impl OutboxNotifier {
 impl Notifier for OutboxNotifier {
     async fn send(&self, notification: Notification) {
         let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-        if outbox.iter().any(|n| n.key == notification.key) {
+        if !outbox.keys.insert(notification.key.clone()) {
             return;
+        }
+        if outbox.sent.len() == OUTBOX_CAPACITY {
+            if let Some(oldest) = outbox.sent.pop_front() {
+                outbox.keys.remove(&oldest.key);
+            }
         }
         tracing::info!(
             kind = ?notification.kind,
@@ -77,6 +94,6 @@ impl Notifier for OutboxNotifier {
             "notification: {}",
             notification.message
         );
-        outbox.push(notification);
+        outbox.sent.push_back(notification);
     }
 }

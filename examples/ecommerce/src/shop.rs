@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
-use cqrs_core::{Engine, InvocationContext, Storage};
+use cqrs_core::{Engine, InvocationContext, Storage, TenancyPolicy};
 use rust_decimal::Decimal;
 
 use crate::error::ShopResult;
@@ -35,7 +35,9 @@ impl Shop {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
         let services = Arc::new(OnceLock::new());
         let notifier = Arc::new(OutboxNotifier::new());
+        // A storefront has no shared tenant and no cross-tenant role.
         let engine = Engine::builder(storage)
+            .tenancy(TenancyPolicy::strict())
             .handler(OrderSyncHandler::new(services.clone(), notifier.clone()))
             .build();
         let cqrs = Cqrs::from_engine(&engine);

@@ -14,8 +14,8 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use cqrs_core::{
-    BoxError, DataItem, DataSyncEvent, DataSyncHandler, EntityKey, ExpectedVersion,
-    Interest, InvocationContext, PartialUpdate,
+    BoxError, DataItem, DataSyncEvent, DataSyncHandler, EntityKey, ExpectedVersion, Interest,
+    InvocationContext, PartialUpdate,
 };
 
 use crate::domain::{OrderAttributes, OrderStatus, Reservation};
@@ -39,7 +39,9 @@ impl OrderSyncHandler {
     }
 
     fn cqrs(&self) -> Result<&Cqrs, BoxError> {
-        self.services.get().ok_or_else(|| "order handler used before the shop was built".into())
+        self.services
+            .get()
+            .ok_or_else(|| "order handler used before the shop was built".into())
     }
 
     async fn notify(&self, event: &DataSyncEvent, kind: NotificationKind, message: String) {
@@ -60,9 +62,9 @@ impl OrderSyncHandler {
         let code = &event.command.code;
         let current = current_order(cqrs, &event.key(), ctx).await?;
         // A redelivery finds the reservation settled; a cancelled order reserves nothing.
-        let settled = current.as_ref().is_none_or(|(_, o)| {
-            o.reservation != Reservation::Pending || o.status == OrderStatus::Cancelled
-        });
+        let settled = current
+            .as_ref()
+            .is_none_or(|(_, o)| o.reservation != Reservation::Pending || o.status == OrderStatus::Cancelled);
         if !settled {
             let inventory = InventoryService::new(cqrs.clone());
             match inventory.reserve(code, &order.units_per_product(), ctx).await? {
@@ -80,7 +82,8 @@ impl OrderSyncHandler {
                     );
                     tracing::warn!(order = %code, "{message}");
                     self.mark(event, Reservation::Failed).await?;
-                    self.notify(event, NotificationKind::InventoryReservationFailed, message).await;
+                    self.notify(event, NotificationKind::InventoryReservationFailed, message)
+                        .await;
                 }
             }
         }
@@ -106,7 +109,9 @@ impl OrderSyncHandler {
             };
             if order.status == OrderStatus::Cancelled {
                 let products: Vec<String> = order.units_per_product().into_keys().collect();
-                InventoryService::new(cqrs.clone()).release(&event.command.code, &products, ctx).await?;
+                InventoryService::new(cqrs.clone())
+                    .release(&event.command.code, &products, ctx)
+                    .await?;
                 return Ok(());
             }
             if order.reservation == state {
@@ -120,7 +125,11 @@ impl OrderSyncHandler {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(format!("order {} is changing too fast to record its reservation", event.command.code).into())
+        Err(format!(
+            "order {} is changing too fast to record its reservation",
+            event.command.code
+        )
+        .into())
     }
 
     async fn on_status_change(
@@ -139,15 +148,29 @@ impl OrderSyncHandler {
             OrderStatus::Cancelled => {
                 // Releases only what this order reserved: nothing if it reserved nothing.
                 inventory.release(code, &products, ctx).await?;
-                self.notify(event, NotificationKind::Cancellation, format!("order {code} was cancelled"))
-                    .await;
+                self.notify(
+                    event,
+                    NotificationKind::Cancellation,
+                    format!("order {code} was cancelled"),
+                )
+                .await;
             }
             OrderStatus::Shipped => {
                 inventory.deduct(code, &products, ctx).await?;
-                self.notify(event, NotificationKind::Shipping, format!("order {code} was shipped")).await;
+                self.notify(
+                    event,
+                    NotificationKind::Shipping,
+                    format!("order {code} was shipped"),
+                )
+                .await;
             }
             OrderStatus::Delivered => {
-                self.notify(event, NotificationKind::Delivery, format!("order {code} was delivered")).await;
+                self.notify(
+                    event,
+                    NotificationKind::Delivery,
+                    format!("order {code} was delivered"),
+                )
+                .await;
             }
             _ => {}
         }

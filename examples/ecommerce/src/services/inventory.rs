@@ -10,9 +10,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use cqrs_core::{
-    tenant_pk, CommandInput, DataItem, EntityKey, ExpectedVersion, InvocationContext,
-};
+use cqrs_core::{tenant_pk, CommandInput, DataItem, EntityKey, ExpectedVersion, InvocationContext};
 use futures::future::try_join_all;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -85,17 +83,29 @@ impl InventoryService {
     /// Sets the quantity on hand, creating the record on first use. Without
     /// an expected version a concurrent change is read and the update tried
     /// again; with one, it is a conflict.
-    pub async fn set(&self, product_code: &str, request: SetInventory, ctx: &InvocationContext) -> ShopResult<DataItem> {
+    pub async fn set(
+        &self,
+        product_code: &str,
+        request: SetInventory,
+        ctx: &InvocationContext,
+    ) -> ShopResult<DataItem> {
         validate::code("product code", product_code)?;
         validate::text("warehouseCode", &request.warehouse_code)?;
         if request.quantity < 0 {
-            return Err(ShopError::InvalidInput(format!("quantity {} is negative", request.quantity)));
+            return Err(ShopError::InvalidInput(format!(
+                "quantity {} is negative",
+                request.quantity
+            )));
         }
         if self.products.attributes(product_code, ctx).await?.is_none() {
             return Err(ShopError::NotFound(format!("product {product_code} not found")));
         }
         let key = Self::key(ctx, product_code);
-        let attempts = if request.version.is_some() { 1 } else { MAX_ATTEMPTS };
+        let attempts = if request.version.is_some() {
+            1
+        } else {
+            MAX_ATTEMPTS
+        };
         for attempt in 1..=attempts {
             let current = self.cqrs.data.get_item(&key, ctx).await?;
             let now = Utc::now();
@@ -137,7 +147,9 @@ impl InventoryService {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ShopError::Conflict(format!("inventory of {product_code} is changing too fast, retry")))
+        Err(ShopError::Conflict(format!(
+            "inventory of {product_code} is changing too fast, retry"
+        )))
     }
 
     /// Reserves `units` per product for `order_code`, all or nothing.
@@ -180,11 +192,18 @@ impl InventoryService {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ShopError::Conflict(format!("stock for order {order_code} is contended, retry")))
+        Err(ShopError::Conflict(format!(
+            "stock for order {order_code} is contended, retry"
+        )))
     }
 
     /// Gives back what `order_code` reserved (nothing if it reserved nothing).
-    pub async fn release(&self, order_code: &str, products: &[String], ctx: &InvocationContext) -> ShopResult<()> {
+    pub async fn release(
+        &self,
+        order_code: &str,
+        products: &[String],
+        ctx: &InvocationContext,
+    ) -> ShopResult<()> {
         self.settle(order_code, products, ctx, |attributes, units| {
             attributes.reserved_quantity -= units;
         })
@@ -192,7 +211,12 @@ impl InventoryService {
     }
 
     /// Takes what `order_code` reserved out of stock (it was shipped).
-    pub async fn deduct(&self, order_code: &str, products: &[String], ctx: &InvocationContext) -> ShopResult<()> {
+    pub async fn deduct(
+        &self,
+        order_code: &str,
+        products: &[String],
+        ctx: &InvocationContext,
+    ) -> ShopResult<()> {
         self.settle(order_code, products, ctx, |attributes, units| {
             attributes.reserved_quantity -= units;
             attributes.quantity -= units;
@@ -214,8 +238,12 @@ impl InventoryService {
             let records = self.read_all(products.iter(), ctx).await?;
             let mut commands = Vec::new();
             for (_, record) in records {
-                let Some((item, mut attributes)) = record else { continue };
-                let Some(units) = attributes.reservations.remove(order_code) else { continue };
+                let Some((item, mut attributes)) = record else {
+                    continue;
+                };
+                let Some(units) = attributes.reservations.remove(order_code) else {
+                    continue;
+                };
                 change(&mut attributes, units);
                 commands.push(CommandInput::update_of(&item).attributes_from(&attributes)?);
             }
@@ -228,7 +256,9 @@ impl InventoryService {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ShopError::Conflict(format!("stock for order {order_code} is contended, retry")))
+        Err(ShopError::Conflict(format!(
+            "stock for order {order_code} is contended, retry"
+        )))
     }
 
     /// The inventory record of each product, read concurrently.

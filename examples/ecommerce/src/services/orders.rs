@@ -70,7 +70,9 @@ impl OrderService {
             validate::text(what, value)?;
         }
         if order.items.is_empty() || order.items.len() > MAX_LINES {
-            return Err(ShopError::InvalidInput(format!("an order has 1 to {MAX_LINES} items")));
+            return Err(ShopError::InvalidInput(format!(
+                "an order has 1 to {MAX_LINES} items"
+            )));
         }
         let mut catalogue = BTreeMap::new();
         for item in &order.items {
@@ -87,10 +89,16 @@ impl OrderService {
             }
             match catalogue.get(&item.product_code).and_then(Option::as_ref) {
                 None => {
-                    return Err(ShopError::InvalidInput(format!("unknown product {}", item.product_code)));
+                    return Err(ShopError::InvalidInput(format!(
+                        "unknown product {}",
+                        item.product_code
+                    )));
                 }
                 Some(product) if !product.is_active => {
-                    return Err(ShopError::InvalidInput(format!("product {} is not for sale", item.product_code)));
+                    return Err(ShopError::InvalidInput(format!(
+                        "product {} is not for sale",
+                        item.product_code
+                    )));
                 }
                 Some(product) if product.price != item.price => {
                     return Err(ShopError::InvalidInput(format!(
@@ -153,7 +161,11 @@ impl OrderService {
         if let Some(status) = status {
             query = query.filter(Filter::eq("attributes.status", status.as_str()));
         }
-        Ok(self.cqrs.data.list_items(&tenant_pk(&ctx.tenant_code), query, ctx).await?)
+        Ok(self
+            .cqrs
+            .data
+            .list_items(&tenant_pk(&ctx.tenant_code), query, ctx)
+            .await?)
     }
 
     /// Moves an order to `next`, as the seed's status machine allows. With
@@ -209,6 +221,8 @@ impl OrderService {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ShopError::Conflict(format!("order {code} is changing too fast, retry")))
+        Err(ShopError::Conflict(format!(
+            "order {code} is changing too fast, retry"
+        )))
     }
 }

@@ -79,9 +79,10 @@ impl ProductService {
             .attributes_from(&attributes)?;
         match self.cqrs.commands.publish_sync(command, ctx).await {
             Ok(published) => Ok(published.into_item()),
-            Err(cqrs_core::Error::Conflict { .. }) => {
-                Err(ShopError::Conflict(format!("product {} exists already", product.code)))
-            }
+            Err(cqrs_core::Error::Conflict { .. }) => Err(ShopError::Conflict(format!(
+                "product {} exists already",
+                product.code
+            ))),
             Err(e) => Err(e.into()),
         }
     }
@@ -98,7 +99,11 @@ impl ProductService {
     }
 
     /// A product's attributes, `None` when it does not exist.
-    pub async fn attributes(&self, code: &str, ctx: &InvocationContext) -> ShopResult<Option<ProductAttributes>> {
+    pub async fn attributes(
+        &self,
+        code: &str,
+        ctx: &InvocationContext,
+    ) -> ShopResult<Option<ProductAttributes>> {
         let key = EntityKey::new(tenant_pk(&ctx.tenant_code), product_sk(code));
         match self.cqrs.data.get_item(&key, ctx).await? {
             Some(item) => Ok(Some(item.attributes_as()?)),
@@ -117,6 +122,10 @@ impl ProductService {
             .sk(SkCondition::BeginsWith("PRODUCT#".into()))
             .limit(validate::limit(limit)?)
             .after(cursor.map(Cursor::from));
-        Ok(self.cqrs.data.list_items(&tenant_pk(&ctx.tenant_code), query, ctx).await?)
+        Ok(self
+            .cqrs
+            .data
+            .list_items(&tenant_pk(&ctx.tenant_code), query, ctx)
+            .await?)
     }
 }

@@ -6,7 +6,9 @@ use crate::error::{ShopError, ShopResult};
 pub(crate) fn code(what: &str, code: &str) -> ShopResult<()> {
     let ok = !code.is_empty()
         && code.len() <= 64
-        && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
@@ -22,7 +24,9 @@ pub(crate) fn text(what: &str, value: &str) -> ShopResult<()> {
         return Err(ShopError::InvalidInput(format!("{what} must not be empty")));
     }
     if value.len() > 1024 {
-        return Err(ShopError::InvalidInput(format!("{what} is longer than 1024 bytes")));
+        return Err(ShopError::InvalidInput(format!(
+            "{what} is longer than 1024 bytes"
+        )));
     }
     Ok(())
 }
@@ -31,6 +35,8 @@ pub(crate) fn text(what: &str, value: &str) -> ShopResult<()> {
 pub(crate) fn limit(limit: Option<usize>) -> ShopResult<usize> {
     match limit.unwrap_or(20) {
         l @ 1..=100 => Ok(l),
-        l => Err(ShopError::InvalidInput(format!("limit must be 1 to 100, got {l}"))),
+        l => Err(ShopError::InvalidInput(format!(
+            "limit must be 1 to 100, got {l}"
+        ))),
     }
 }

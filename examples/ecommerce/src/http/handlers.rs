@@ -1,0 +1,308 @@
+//! The handlers: each reads the caller from its token, calls a service and
+//! answers with the entity, a page of entities, or an error body.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use utoipa::OpenApi;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::model::{
+    cursor, Health, Inventory, Order, OrderListQuery, OrderPage, Product, ProductListQuery, ProductPage,
+    StatusChange,
+};
+use super::{ApiDoc, AppState};
+use crate::services::{NewOrder, NewProduct, SetInventory};
+
+/// 201 with a `Location` header and the created entity.
+fn created<T: serde::Serialize>(location: String, body: T) -> Response {
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// Places an order.
+///
+/// Its lines must match the catalogue (active products, current prices). The
+/// order is numbered `ORD-000001`, `ORD-000002`, ... per shop and published
+/// asynchronously: the answer is the published command (version 1, status
+/// `pending`, reservation `pending`); the pipeline then reserves its stock,
+/// and `GET /orders/{code}` shows the reservation `reserved` or `failed`.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    request_body = NewOrder,
+    responses(
+        (status = 201, description = "Order placed", body = Order,
+            headers(("Location" = String, description = "`/orders/{code}`"))),
+        (status = 400, description = "Invalid order", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create_order(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    ApiJson(order): ApiJson<NewOrder>,
+) -> Result<Response, ApiError> {
+    let command = state.shop.orders.create(order, &ctx).await?;
+    let location = format!("/orders/{}", command.code);
+    Ok(created(location, Order::from(command)))
+}
+
+/// Lists the shop's orders, optionally of one status, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/orders",
+    tag = "orders",
+    params(OrderListQuery),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_orders(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    ApiQuery(query): ApiQuery<OrderListQuery>,
+) -> Result<Json<OrderPage>, ApiError> {
+    let page = state
+        .shop
+        .orders
+        .list(query.status, query.limit, cursor(query.cursor), &ctx)
+        .await?;
+    Ok(Json(page.into()))
+}
+
+/// One order of the shop.
+#[utoipa::path(
+    get,
+    path = "/orders/{code}",
+    tag = "orders",
+    params(("code" = String, Path, description = "Order code, e.g. `ORD-000001`")),
+    responses(
+        (status = 200, description = "The order", body = Order),
+        (status = 400, description = "Invalid code", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such order in this shop", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_order(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    ApiPath(code): ApiPath<String>,
+) -> Result<Json<Order>, ApiError> {
+    Ok(Json(state.shop.orders.get(&code, &ctx).await?.into()))
+}
+
+/// Moves an order to another status, as the status machine allows:
+/// pending → confirmed | cancelled, confirmed → processing | cancelled,
+/// processing → shipped | cancelled, shipped → delivered. Confirming needs
+/// the stock reserved. With `version`, the order must be at that version.
+#[utoipa::path(
+    patch,
+    path = "/orders/{code}/status",
+    tag = "orders",
+    params(("code" = String, Path, description = "Order code, e.g. `ORD-000001`")),
+    request_body = StatusChange,
+    responses(
+        (status = 200, description = "The order at its new version", body = Order),
+        (status = 400, description = "Invalid status or transition", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such order in this shop", body = ErrorBody),
+        (status = 409, description = "Version conflict, or stock not reserved", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn update_order_status(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    ApiPath(code): ApiPath<String>,
+    ApiJson(change): ApiJson<StatusChange>,
+) -> Result<Json<Order>, ApiError> {
+    let item = state
+        .shop
+        .orders
+        .update_status(&code, change.status, change.version, &ctx)
+        .await?;
+    Ok(Json(item.into()))
+}
+
+/// Adds a product to the catalogue (without stock: see `PATCH /inventory/{productCode}`).
+#[utoipa::path(
+    post,
+    path = "/products",
+    tag = "products",
+    request_body = NewProduct,
+    responses(
+        (status = 201, description = "Product created", body = Product,
+            headers(("Location" = String, description = "`/products/{code}`"))),
+        (status = 400, description = "Invalid product", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 409, description = "A product with this code exists", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create_product(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    ApiJson(product): ApiJson<NewProduct>,
+) -> Result<Response, ApiError> {
+    let item = state.shop.products.create(product, &ctx).await?;
+    let location = format!("/products/{}", item.code);
+    Ok(created(location, Product::from(item)))
+}
+
+/// Lists the shop's catalogue, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/products",
+    tag = "products",
+    params(ProductListQuery),
+    responses(
+        (status = 200, description = "A page of products", body = ProductPage),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_products(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    ApiQuery(query): ApiQuery<ProductListQuery>,
+) -> Result<Json<ProductPage>, ApiError> {
+    let page = state
+        .shop
+        .products
+        .list(query.limit, cursor(query.cursor), &ctx)
+        .await?;
+    Ok(Json(page.into()))
+}
+
+/// One product of the shop.
+#[utoipa::path(
+    get,
+    path = "/products/{code}",
+    tag = "products",
+    params(("code" = String, Path, description = "Product code, e.g. `PRD-001`")),
+    responses(
+        (status = 200, description = "The product", body = Product),
+        (status = 400, description = "Invalid code", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such product in this shop", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_product(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    ApiPath(code): ApiPath<String>,
+) -> Result<Json<Product>, ApiError> {
+    Ok(Json(state.shop.products.get(&code, &ctx).await?.into()))
+}
+
+/// Sets the units on hand of a product (not below the units reserved),
+/// creating its inventory record on first use. With `version`, the record
+/// must be at that version.
+#[utoipa::path(
+    patch,
+    path = "/inventory/{productCode}",
+    tag = "inventory",
+    params(("productCode" = String, Path, description = "Product code, e.g. `PRD-001`")),
+    request_body = SetInventory,
+    responses(
+        (status = 200, description = "The inventory record at its new version", body = Inventory),
+        (status = 400, description = "Invalid quantity or warehouse", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such product in this shop", body = ErrorBody),
+        (status = 409, description = "Version conflict, or below the units reserved", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn set_inventory(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    ApiPath(product_code): ApiPath<String>,
+    ApiJson(request): ApiJson<SetInventory>,
+) -> Result<Json<Inventory>, ApiError> {
+    Ok(Json(
+        state
+            .shop
+            .inventory
+            .set(&product_code, request, &ctx)
+            .await?
+            .into(),
+    ))
+}
+
+/// The stock of a product: on hand, reserved, and reserved per order.
+#[utoipa::path(
+    get,
+    path = "/inventory/{productCode}",
+    tag = "inventory",
+    params(("productCode" = String, Path, description = "Product code, e.g. `PRD-001`")),
+    responses(
+        (status = 200, description = "The inventory record", body = Inventory),
+        (status = 400, description = "Invalid code", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No inventory for this product in this shop", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_inventory(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    ApiPath(product_code): ApiPath<String>,
+) -> Result<Json<Inventory>, ApiError> {
+    Ok(Json(state.shop.inventory.get(&product_code, &ctx).await?.into()))
+}
+
+/// Whether the server is up. No token needed.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "meta",
+    responses((status = 200, description = "The server is up", body = Health)),
+    security(())
+)]
+pub(crate) async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+    })
+}
+
+/// This document. No token needed.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")),
+    security(())
+)]
+pub(crate) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// No such route.
+pub(crate) async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+/// A route that exists, with another method.
+pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

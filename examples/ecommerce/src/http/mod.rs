@@ -1,0 +1,496 @@
+//! The storefront over HTTP (axum): the seed's endpoints, authenticated with
+//! bearer JWTs, documented by an OpenAPI document.
+//!
+//! | Method | Path | Answer |
+//! |--------|------|--------|
+//! | POST | `/orders` | 201, the published order |
+//! | GET | `/orders?status=&limit=&cursor=` | 200, a page of orders |
+//! | GET | `/orders/{code}` | 200, the order |
+//! | PATCH | `/orders/{code}/status` | 200, the order at its new version |
+//! | POST | `/products` | 201, the product |
+//! | GET | `/products?limit=&cursor=` | 200, a page of products |
+//! | GET | `/products/{code}` | 200, the product |
+//! | PATCH | `/inventory/{productCode}` | 200, the inventory record |
+//! | GET | `/inventory/{productCode}` | 200, the inventory record |
+//! | GET | `/health` | 200 `{"status":"ok"}`, no token |
+//! | GET | `/openapi.json` | 200, the OpenAPI document, no token |
+//!
+//! Every other endpoint needs `Authorization: Bearer <JWT>` (see
+//! [`crate::auth`]); the tenant is the token's, only. Errors are JSON
+//! `{"error": "<kind>", "message": "..."}` ([`ErrorBody`]): 400
+//! `invalid_input` for malformed bodies and queries, 401 `unauthorized`, 404
+//! `not_found` (also for unknown routes and other tenants' entities), 413
+//! `too_large` for bodies over [`MAX_BODY_BYTES`], and the services' errors
+//! by [`ShopError::status_and_kind`](crate::ShopError::status_and_kind).
+
+mod error;
+mod extract;
+mod handlers;
+mod model;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::Method;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, patch, post, MethodRouter};
+use axum::Router;
+use tokio::net::TcpListener;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+pub use error::ErrorBody;
+pub use model::{
+    Health, Inventory, Order, OrderListQuery, OrderPage, Product, ProductListQuery, ProductPage, StatusChange,
+};
+
+use crate::auth::Auth;
+use crate::Shop;
+
+/// The largest request body accepted: 64 KiB. A larger one is 413 `too_large`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) shop: Shop,
+    pub(crate) auth: Auth,
+}
+
+/// Every route of the API: its method, its path, whether it needs a token,
+/// and its handler. The router is built from this table, and a test checks
+/// it against the OpenAPI document both ways.
+fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
+    use handlers::*;
+    vec![
+        (Method::POST, "/orders", true, post(create_order)),
+        (Method::GET, "/orders", true, get(list_orders)),
+        (Method::GET, "/orders/{code}", true, get(get_order)),
+        (
+            Method::PATCH,
+            "/orders/{code}/status",
+            true,
+            patch(update_order_status),
+        ),
+        (Method::POST, "/products", true, post(create_product)),
+        (Method::GET, "/products", true, get(list_products)),
+        (Method::GET, "/products/{code}", true, get(get_product)),
+        (
+            Method::PATCH,
+            "/inventory/{productCode}",
+            true,
+            patch(set_inventory),
+        ),
+        (Method::GET, "/inventory/{productCode}", true, get(get_inventory)),
+        (Method::GET, "/health", false, get(health)),
+        (Method::GET, "/openapi.json", false, get(openapi_json)),
+    ]
+}
+
+/// The OpenAPI document of the API, served at `GET /openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ecommerce",
+        description = "The e-commerce example of the cqrs framework: orders, products and \
+                       inventory of multi-tenant storefronts. Send `Authorization: Bearer <JWT>`; \
+                       the shop is the token's `custom:tenant` claim."
+    ),
+    paths(
+        handlers::create_order,
+        handlers::list_orders,
+        handlers::get_order,
+        handlers::update_order_status,
+        handlers::create_product,
+        handlers::list_products,
+        handlers::get_product,
+        handlers::set_inventory,
+        handlers::get_inventory,
+        handlers::health,
+        handlers::openapi_json,
+    ),
+    components(schemas(
+        crate::services::NewOrder,
+        crate::services::NewProduct,
+        crate::services::SetInventory,
+        crate::domain::OrderItem,
+        crate::domain::Address,
+        crate::domain::OrderStatus,
+        crate::domain::Reservation,
+        crate::domain::OrderAttributes,
+        crate::domain::ProductAttributes,
+        crate::domain::InventoryAttributes,
+        Order,
+        OrderPage,
+        Product,
+        ProductPage,
+        Inventory,
+        StatusChange,
+        Health,
+        ErrorBody,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "orders", description = "Placing orders and moving them through their statuses"),
+        (name = "products", description = "The catalogue"),
+        (name = "inventory", description = "Stock"),
+        (name = "meta", description = "Health and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Declares the `bearer` security scheme (a JWT) the operations refer to.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API over `shop`, authenticating with `auth`: state applied, ready to
+/// serve (`axum::serve(listener, router(shop, auth))`).
+pub fn router(shop: Shop, auth: Auth) -> Router {
+    let mut app = Router::new();
+    for (_, path, _, handler) in routes() {
+        app = app.route(path, handler);
+    }
+    app.method_not_allowed_fallback(handlers::method_not_allowed)
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(log_request))
+        .with_state(AppState { shop, auth })
+}
+
+/// Logs each request: method, path, status and time taken.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    if response.status().is_server_error() {
+        tracing::warn!(%method, %path, status, ?elapsed, "request");
+    } else {
+        tracing::info!(%method, %path, status, ?elapsed, "request");
+    }
+    response
+}
+
+/// Serves the API on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, shop: Shop, auth: Auth) -> std::io::Result<()> {
+    let app = router(shop, auth).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).await
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets the
+/// requests in flight finish.
+pub async fn serve_with_shutdown(
+    listener: TcpListener,
+    shop: Shop,
+    auth: Auth,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(shop, auth).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn routed() -> BTreeSet<(String, String)> {
+        routes()
+            .into_iter()
+            .map(|(method, path, _, _)| (method.to_string(), path.to_owned()))
+            .collect()
+    }
+
+    fn documented() -> BTreeSet<(String, String)> {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut found = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in [
+                "get", "put", "post", "delete", "options", "head", "patch", "trace",
+            ] {
+                if item.get(method).is_some() {
+                    found.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_route_is_documented_and_every_documented_route_is_served() {
+        let (routed, documented) = (routed(), documented());
+        assert_eq!(routed.len(), routes().len(), "a route is listed twice");
+        assert_eq!(
+            routed.difference(&documented).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "routes missing from the OpenAPI document"
+        );
+        assert_eq!(
+            documented.difference(&routed).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "documented paths that are not served"
+        );
+        // The seed's table, plus the reads a client needs.
+        for (method, path) in [
+            ("POST", "/orders"),
+            ("GET", "/orders"),
+            ("GET", "/orders/{code}"),
+            ("PATCH", "/orders/{code}/status"),
+            ("POST", "/products"),
+            ("GET", "/products"),
+            ("PATCH", "/inventory/{productCode}"),
+        ] {
+            assert!(
+                routed.contains(&(method.to_owned(), path.to_owned())),
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_document_declares_the_bearer_scheme_on_protected_routes_only() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        for (method, path, protected, _) in routes() {
+            let op = &doc["paths"][path][method.as_str().to_lowercase()];
+            let security = op["security"].as_array().cloned().unwrap_or_default();
+            let wants_bearer = security.iter().any(|s| s.get("bearer").is_some());
+            assert_eq!(wants_bearer, protected, "{method} {path}");
+        }
+    }
+
+    /// A server on a free port over a fresh in-memory shop with the demo
+    /// catalogue; its base URL, a token of shop-a and one of shop-b.
+    async fn start() -> (String, String, String) {
+        let shop = Shop::in_memory();
+        for tenant in crate::shop::DEMO_TENANTS {
+            shop.seed_demo(tenant).await.unwrap();
+        }
+        let auth = Auth::new(b"unit-test-secret");
+        let a = auth.token("shop-a", "user-a", &[], Duration::from_secs(600));
+        let b = auth.token("shop-b", "user-b", &[], Duration::from_secs(600));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(serve(listener, shop, auth));
+        (url, a, b)
+    }
+
+    fn order_body() -> Value {
+        json!({
+            "customerId": "CUST-001",
+            "items": [{ "productCode": "PRD-001", "name": "Wireless Mouse", "quantity": 2, "price": 29.99 }],
+            "shippingAddress": { "street": "123 Main St", "city": "Tokyo", "postalCode": "100-0001", "country": "JP" },
+            "paymentMethod": "credit_card"
+        })
+    }
+
+    async fn error_of(response: reqwest::Response) -> (u16, String) {
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert!(body["message"].is_string(), "{body}");
+        (status, body["error"].as_str().unwrap().to_owned())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn every_protected_route_needs_a_token_and_public_ones_do_not() {
+        let (url, _, _) = start().await;
+        let client = reqwest::Client::new();
+        for (method, path, protected, _) in routes() {
+            let path = path.replace("{code}", "X-1").replace("{productCode}", "PRD-001");
+            let response = client
+                .request(method.clone(), format!("{url}{path}"))
+                .send()
+                .await
+                .unwrap();
+            if protected {
+                assert_eq!(response.headers()["www-authenticate"], "Bearer");
+                assert_eq!(
+                    error_of(response).await,
+                    (401, "unauthorized".to_owned()),
+                    "{method} {path}"
+                );
+            } else {
+                assert_eq!(response.status().as_u16(), 200, "{method} {path}");
+            }
+        }
+        let bad = client
+            .get(format!("{url}/orders"))
+            .bearer_auth("garbage")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(bad).await, (401, "unauthorized".to_owned()));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn errors_are_json() {
+        let (url, a, b) = start().await;
+        let client = reqwest::Client::new();
+        let post = |body: String| {
+            client
+                .post(format!("{url}/orders"))
+                .bearer_auth(&a)
+                .header("content-type", "application/json")
+                .body(body)
+        };
+
+        let created = post(order_body().to_string()).send().await.unwrap();
+        assert_eq!(created.status().as_u16(), 201);
+        assert_eq!(created.headers()["location"], "/orders/ORD-000001");
+        let order: Value = created.json().await.unwrap();
+        assert_eq!(order["pk"], "TENANT#shop-a");
+        assert_eq!(order["sk"], "ORDER#ORD-000001");
+        assert_eq!(order["name"], "Order ORD-000001");
+        assert_eq!(order["version"], 1);
+        assert_eq!(order["attributes"]["total"], json!(65.98));
+
+        let cases = [
+            ("{", 400, "invalid_input"),
+            ("[]", 400, "invalid_input"),
+            (r#"{"customerId": "C"}"#, 400, "invalid_input"),
+        ];
+        for (body, status, kind) in cases {
+            let response = post(body.to_owned()).send().await.unwrap();
+            assert_eq!(error_of(response).await, (status, kind.to_owned()), "{body}");
+        }
+        let mut wrong_type = order_body();
+        wrong_type["items"][0]["quantity"] = json!("two");
+        let response = post(wrong_type.to_string()).send().await.unwrap();
+        assert_eq!(error_of(response).await, (400, "invalid_input".to_owned()));
+
+        let mut huge = order_body();
+        huge["customerId"] = json!("x".repeat(MAX_BODY_BYTES));
+        let response = post(huge.to_string()).send().await.unwrap();
+        assert_eq!(error_of(response).await, (413, "too_large".to_owned()));
+
+        let no_type = client
+            .post(format!("{url}/orders"))
+            .bearer_auth(&a)
+            .body(order_body().to_string());
+        let response = no_type.send().await.unwrap();
+        assert_eq!(
+            error_of(response).await,
+            (415, "unsupported_media_type".to_owned())
+        );
+
+        for query in [
+            "status=lost",
+            "limit=many",
+            "limit=0",
+            "cursor=nonsense",
+            "colour=red",
+        ] {
+            let response = client
+                .get(format!("{url}/orders?{query}"))
+                .bearer_auth(&a)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                error_of(response).await,
+                (400, "invalid_input".to_owned()),
+                "{query}"
+            );
+        }
+
+        let status = |code: &str, body: Value| {
+            client
+                .patch(format!("{url}/orders/{code}/status"))
+                .bearer_auth(&a)
+                .json(&body)
+        };
+        let response = status("ORD-000001", json!({ "status": "lost" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(response).await, (400, "invalid_input".to_owned()));
+        let response = status("ORD-000001", json!({ "status": "shipped" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(response).await, (400, "invalid_transition".to_owned()));
+        let response = status("ORD-000001", json!({ "status": "cancelled", "version": 7 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(response).await, (409, "version_conflict".to_owned()));
+
+        // Another tenant's order does not exist for shop-b.
+        let response = client
+            .get(format!("{url}/orders/ORD-000001"))
+            .bearer_auth(&b)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(response).await, (404, "not_found".to_owned()));
+
+        let response = client
+            .get(format!("{url}/nowhere"))
+            .bearer_auth(&a)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(response).await, (404, "not_found".to_owned()));
+        let response = client
+            .delete(format!("{url}/orders"))
+            .bearer_auth(&a)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(response).await, (405, "method_not_allowed".to_owned()));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lists_page_with_a_cursor() {
+        let (url, a, _) = start().await;
+        let client = reqwest::Client::new();
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            // Cursors are URL-safe base64: no escaping needed.
+            let query = cursor
+                .as_ref()
+                .map(|c| format!("&cursor={c}"))
+                .unwrap_or_default();
+            let request = client
+                .get(format!("{url}/products?limit=2{query}"))
+                .bearer_auth(&a);
+            let page: Value = request.send().await.unwrap().json().await.unwrap();
+            seen.extend(
+                page["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["code"].as_str().unwrap().to_owned()),
+            );
+            match page["cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["PRD-001", "PRD-002", "PRD-003"]);
+    }
+}

@@ -1,0 +1,153 @@
+//! Request and response bodies of the API that are not the services' own.
+
+use cqrs_core::{CommandRecord, DataItem, Page};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::domain::{InventoryAttributes, OrderAttributes, OrderStatus, ProductAttributes};
+
+/// An entity as the API returns it: the seed's six fields.
+macro_rules! entity {
+    ($(#[$meta:meta])* $name:ident, $attributes:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+        pub struct $name {
+            /// Partition key: `TENANT#{tenant}`.
+            pub pk: String,
+            /// Sort key.
+            pub sk: String,
+            /// Business code.
+            pub code: String,
+            /// Display name.
+            pub name: String,
+            /// Version: 1 after creation, +1 per change. Send it back to
+            /// update under an optimistic version check.
+            pub version: u64,
+            /// The entity's attributes.
+            #[schema(value_type = $attributes)]
+            pub attributes: serde_json::Value,
+        }
+
+        impl From<DataItem> for $name {
+            fn from(item: DataItem) -> Self {
+                Self {
+                    pk: item.pk,
+                    sk: item.sk,
+                    code: item.code,
+                    name: item.name,
+                    version: item.version,
+                    attributes: item.attributes,
+                }
+            }
+        }
+
+        impl From<CommandRecord> for $name {
+            fn from(command: CommandRecord) -> Self {
+                Self {
+                    pk: command.pk,
+                    sk: command.sk,
+                    code: command.code,
+                    name: command.name,
+                    version: command.version,
+                    attributes: command.attributes,
+                }
+            }
+        }
+    };
+}
+
+/// A page of entities: `{"items": [...], "cursor": ...}`.
+macro_rules! page {
+    ($(#[$meta:meta])* $name:ident, $item:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+        pub struct $name {
+            /// The items of this page.
+            pub items: Vec<$item>,
+            /// Pass it as `cursor` to get the next page; `null` on the last page.
+            pub cursor: Option<String>,
+        }
+
+        impl From<Page<DataItem>> for $name {
+            fn from(page: Page<DataItem>) -> Self {
+                Self {
+                    items: page.items.into_iter().map($item::from).collect(),
+                    cursor: page.cursor.map(|c| c.as_str().to_owned()),
+                }
+            }
+        }
+    };
+}
+
+entity!(
+    /// An order.
+    Order,
+    OrderAttributes
+);
+entity!(
+    /// A product of the catalogue.
+    Product,
+    ProductAttributes
+);
+entity!(
+    /// The stock of a product.
+    Inventory,
+    InventoryAttributes
+);
+page!(
+    /// A page of orders.
+    OrderPage,
+    Order
+);
+page!(
+    /// A page of products.
+    ProductPage,
+    Product
+);
+
+/// `PATCH /orders/{code}/status`: the status to move to, and optionally the
+/// version the client last saw (then checked: another version is a 409).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StatusChange {
+    /// The new status.
+    pub status: OrderStatus,
+    /// The order's current version, as last read.
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+}
+
+/// Query of `GET /orders`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct OrderListQuery {
+    /// Only orders of this status.
+    pub status: Option<OrderStatus>,
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<usize>,
+    /// The `cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Query of `GET /products`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProductListQuery {
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<usize>,
+    /// The `cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// An empty cursor is no cursor (a client's `cursor=` on its first page).
+pub(crate) fn cursor(cursor: Option<String>) -> Option<String> {
+    cursor.filter(|c| !c.is_empty())
+}

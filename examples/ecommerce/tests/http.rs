@@ -1,0 +1,1762 @@
+//! The HTTP API over a real socket, with reqwest, on both backends: every
+//! endpoint, the order lifecycle, authentication, tenant isolation, bad
+//! bodies, concurrent orders on scarce stock, and redelivered events.
+//!
+//! Every scenario runs twice, as `memory::<scenario>` and
+//! `dynamodb::<scenario>`. The DynamoDB variant needs `DYNAMODB_ENDPOINT`
+//! (DynamoDB Local); without it, it skips loudly, or fails when
+//! `CQRS_REQUIRE_DYNAMODB` or `CI` is set.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use cqrs_core::{
+    CommandService, CommandStatus, DataService, DataSyncEvent, DataSyncHandler, EntityKey, InvocationContext,
+};
+use ecommerce::auth::Auth;
+use ecommerce::notify::{NotificationKind, OutboxNotifier};
+use ecommerce::services::Cqrs;
+use ecommerce::sync::OrderSyncHandler;
+use ecommerce::Shop;
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const SECRET: &[u8] = b"test-secret";
+const ROLES: &[&str] = &["user"];
+const ENDPOINT_VAR: &str = "DYNAMODB_ENDPOINT";
+const REQUIRE_VAR: &str = "CQRS_REQUIRE_DYNAMODB";
+
+// ---- backends ---------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Memory,
+    DynamoDb,
+}
+
+fn dynamodb_endpoint() -> Option<String> {
+    std::env::var(ENDPOINT_VAR).ok().filter(|e| !e.is_empty())
+}
+
+/// The guard of the other DynamoDB tests (cqrs-dynamodb/tests/common): without
+/// an endpoint, skip loudly under plain `cargo test`, fail under
+/// `scripts/test` and in CI.
+fn dynamodb_available() -> bool {
+    if dynamodb_endpoint().is_some() {
+        return true;
+    }
+    let required = std::env::var_os(REQUIRE_VAR).is_some() || std::env::var_os("CI").is_some();
+    assert!(
+        !required,
+        "{ENDPOINT_VAR} is not set, but DynamoDB tests are required here ({REQUIRE_VAR} or CI is set): \
+         run them through ./scripts/test, which starts DynamoDB Local"
+    );
+    // Straight to the process's stderr: the test harness captures eprintln!.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: {ENDPOINT_VAR} is not set, so this DynamoDB test did not run. \
+         Run ./scripts/test to start DynamoDB Local and run it. ***"
+    );
+    false
+}
+
+/// A fresh, empty shop, and its DynamoDB storage (to drop its tables at the end).
+struct Fresh {
+    shop: Shop,
+    dynamodb: Option<Arc<cqrs_dynamodb::DynamoDbStorage>>,
+}
+
+impl Backend {
+    /// A fresh, empty shop; `None` when the backend is not available here.
+    async fn shop(self, test: &str) -> Option<Fresh> {
+        match self {
+            Backend::Memory => Some(Fresh {
+                shop: Shop::in_memory(),
+                dynamodb: None,
+            }),
+            Backend::DynamoDb => {
+                if !dynamodb_available() {
+                    return None;
+                }
+                let endpoint = dynamodb_endpoint().expect("checked by dynamodb_available()");
+                let prefix = format!("t-ecom-{test}-{}", uuid::Uuid::new_v4().simple());
+                let storage = Arc::new(cqrs_dynamodb::DynamoDbStorage::new(
+                    cqrs_dynamodb::local_client(&endpoint),
+                    cqrs_dynamodb::TableNames::with_prefix(&prefix),
+                ));
+                storage.ensure_tables().await.expect("tables created");
+                Some(Fresh {
+                    shop: Shop::new(storage.clone()),
+                    dynamodb: Some(storage),
+                })
+            }
+        }
+    }
+}
+
+impl Fresh {
+    /// Drops the tables of a test that passed (a failed test keeps them to look at).
+    async fn clean_up(self) {
+        self.shop.engine.wait_idle().await;
+        if let Some(storage) = self.dynamodb {
+            let tables = storage.tables();
+            for table in [&tables.command, &tables.data, &tables.history, &tables.sequences] {
+                storage
+                    .client()
+                    .delete_table()
+                    .table_name(table)
+                    .send()
+                    .await
+                    .expect("table dropped");
+            }
+        }
+    }
+}
+
+// ---- the server and its client ------------------------------------------------
+
+/// A response: status, content type and JSON body (`Null` when empty).
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    content_type: String,
+    body: Value,
+}
+
+/// The server on a real socket, over a shop seeded for shop-a and shop-b.
+struct Api {
+    shop: Shop,
+    dynamodb: Option<Arc<cqrs_dynamodb::DynamoDbStorage>>,
+    auth: Auth,
+    base: String,
+    client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Api {
+    async fn start(backend: Backend, test: &str) -> Option<Api> {
+        let Fresh { shop, dynamodb } = backend.shop(test).await?;
+        shop.seed_demo("shop-a").await.expect("shop-a seeded");
+        shop.seed_demo("shop-b").await.expect("shop-b seeded");
+        let auth = Auth::new(SECRET);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bound");
+        let addr = listener.local_addr().expect("an address");
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let server = tokio::spawn(ecommerce::http::serve_with_shutdown(
+            listener,
+            shop.clone(),
+            auth.clone(),
+            async move {
+                let _ = stop.await;
+            },
+        ));
+        Some(Api {
+            shop,
+            dynamodb,
+            auth,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            shutdown: Some(shutdown),
+            server: Some(server),
+        })
+    }
+
+    /// Shuts the server down and checks that it ended cleanly.
+    async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let ended = tokio::time::timeout(Duration::from_secs(10), server)
+                .await
+                .expect("the server stops within 10 s");
+            ended
+                .expect("the server task did not panic")
+                .expect("the server ended without error");
+        }
+        Fresh {
+            shop: self.shop.clone(),
+            dynamodb: self.dynamodb.take(),
+        }
+        .clean_up()
+        .await;
+    }
+
+    fn token(&self, tenant: &str) -> String {
+        self.auth
+            .token(tenant, "user-1", ROLES, Duration::from_secs(3600))
+    }
+
+    async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Resp {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let text = response.text().await.expect("a body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}), status {status}: {text}"))
+        };
+        Resp {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Resp {
+        self.send(Method::GET, path, Some(token), None).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: &Value) -> Resp {
+        self.send(
+            Method::POST,
+            path,
+            Some(token),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    async fn patch(&self, path: &str, token: &str, body: &Value) -> Resp {
+        self.send(
+            Method::PATCH,
+            path,
+            Some(token),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    /// Places an order and returns its code (201 expected).
+    async fn place(&self, token: &str, product: &str, quantity: u32, price: f64) -> String {
+        let created = self
+            .post("/orders", token, &order_body(product, quantity, price))
+            .await;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+        created.body["code"].as_str().expect("a code").to_owned()
+    }
+
+    /// The order once the pipeline has settled its reservation (bounded: 10 s).
+    async fn settled(&self, token: &str, code: &str) -> Value {
+        self.shop.engine.wait_idle().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let order = self.get(&format!("/orders/{code}"), token).await;
+            if order.status == 200 && order.body["attributes"]["reservation"] != "pending" {
+                return order.body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order {code} not settled within 10 s: {order:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `(quantity, reservedQuantity)` of a product's stock.
+    async fn stock(&self, token: &str, product: &str) -> (i64, i64) {
+        let record = self.get(&format!("/inventory/{product}"), token).await;
+        assert_eq!(record.status, 200, "{:?}", record.body);
+        let a = &record.body["attributes"];
+        (
+            a["quantity"].as_i64().expect("quantity"),
+            a["reservedQuantity"].as_i64().expect("reserved"),
+        )
+    }
+
+    /// Moves an order; returns the response.
+    async fn move_to(&self, token: &str, code: &str, status: &str) -> Resp {
+        self.patch(
+            &format!("/orders/{code}/status"),
+            token,
+            &json!({ "status": status }),
+        )
+        .await
+    }
+
+    /// Every order of the token's tenant, walking the pages.
+    async fn all_orders(&self, token: &str, query: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..1000 {
+            let mut path = format!("/orders?limit=100{query}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let page = self.get(&path, token).await;
+            assert_eq!(page.status, 200, "{:?}", page.body);
+            items.extend(page.body["items"].as_array().expect("items").iter().cloned());
+            match page.body["cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return items,
+            }
+        }
+        panic!("more than 1000 pages");
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+fn order_body(product: &str, quantity: u32, price: f64) -> Value {
+    json!({
+        "customerId": "CUST-001",
+        "items": [{ "productCode": product, "name": "Wireless Mouse", "quantity": quantity, "price": price }],
+        "shippingAddress": { "street": "123 Main St", "city": "Tokyo", "postalCode": "100-0001", "country": "JP" },
+        "paymentMethod": "credit_card"
+    })
+}
+
+/// An order of several `(product, quantity, price)` lines.
+fn lines_body(lines: &[(&str, u32, f64)]) -> Value {
+    let mut body = order_body("PRD-001", 1, 29.99);
+    body["items"] = lines
+        .iter()
+        .map(|(product, quantity, price)| {
+            json!({ "productCode": product, "name": "Item", "quantity": quantity, "price": price })
+        })
+        .collect();
+    body
+}
+
+fn product_body(code: &str, price: f64, is_active: bool) -> Value {
+    json!({
+        "code": code, "name": format!("Product {code}"), "categoryCode": "ACCESSORIES", "sku": format!("SKU-{code}"),
+        "price": price, "currency": "USD", "description": "a test product", "images": ["https://img/1.png"],
+        "isActive": is_active
+    })
+}
+
+/// An item of the API: `{pk, sk, code, name, version, attributes}`.
+fn assert_item(body: &Value, tenant: &str, sk: &str, version: u64) {
+    assert_eq!(body["pk"], format!("TENANT#{tenant}"), "{body}");
+    assert_eq!(body["sk"], sk, "{body}");
+    assert_eq!(body["code"], sk.split_once('#').expect("a typed sk").1, "{body}");
+    assert!(body["name"].is_string(), "{body}");
+    assert_eq!(body["version"], version, "{body}");
+    assert!(body["attributes"].is_object(), "{body}");
+}
+
+/// A list: `{"items": [...], "cursor": string|null}`.
+fn assert_list(body: &Value) -> &Vec<Value> {
+    assert!(body["cursor"].is_null() || body["cursor"].is_string(), "{body}");
+    assert!(
+        body.get("cursor").is_some(),
+        "a list always has a cursor field: {body}"
+    );
+    body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a list: {body}"))
+}
+
+/// An error: the status, a JSON body `{"error": kind, "message"}`.
+fn assert_error(resp: &Resp, status: u16, kind: &str) {
+    assert_eq!(resp.status, status, "{:?}", resp.body);
+    assert!(
+        resp.content_type.starts_with("application/json"),
+        "an error is JSON: {resp:?}"
+    );
+    assert_eq!(resp.body["error"], kind, "{:?}", resp.body);
+    assert!(
+        resp.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "an error has a message: {:?}",
+        resp.body
+    );
+}
+
+fn f64_at(body: &Value, path: &str) -> f64 {
+    body.pointer(path)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no number at {path}: {body}"))
+}
+
+/// `value` with every number as a float: `6` and `6.0` are the same JSON
+/// number, and a backend may give back either.
+fn numbers_as_f64(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => json!(n.as_f64().expect("a finite number")),
+        Value::Array(items) => Value::Array(items.iter().map(numbers_as_f64).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), numbers_as_f64(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+fn codes(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| i["code"].as_str().expect("a code").to_owned())
+        .collect()
+}
+
+fn ctx(tenant: &str) -> InvocationContext {
+    InvocationContext::new(tenant, "user-1")
+}
+
+// ---- scenarios ----------------------------------------------------------------
+
+/// Every endpoint once, with its status and the shape of its body.
+async fn every_endpoint(api: &Api) {
+    let a = api.token("shop-a");
+
+    let health = api.send(Method::GET, "/health", None, None).await;
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(health.body, json!({ "status": "ok" }));
+
+    let spec = api.send(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(spec.status, 200, "the spec needs no token: {spec:?}");
+    assert!(
+        spec.body["openapi"].as_str().is_some_and(|v| v.starts_with('3')),
+        "{}",
+        spec.body
+    );
+    let paths = spec.body["paths"].as_object().expect("paths");
+    for path in [
+        "/orders",
+        "/orders/{code}",
+        "/orders/{code}/status",
+        "/products",
+        "/products/{code}",
+        "/inventory/{productCode}",
+        "/health",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "the spec lists {path}: {:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
+    }
+    for (path, method) in [
+        ("/orders", "post"),
+        ("/orders", "get"),
+        ("/orders/{code}", "get"),
+        ("/orders/{code}/status", "patch"),
+        ("/products", "post"),
+        ("/products", "get"),
+        ("/products/{code}", "get"),
+        ("/inventory/{productCode}", "patch"),
+        ("/inventory/{productCode}", "get"),
+    ] {
+        assert!(
+            paths[path].get(method).is_some(),
+            "the spec lists {method} {path}"
+        );
+    }
+
+    // POST /orders: the seed's response.
+    let created = api.post("/orders", &a, &order_body("PRD-001", 2, 29.99)).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let order = &created.body;
+    assert_item(order, "shop-a", "ORDER#ORD-000001", 1);
+    assert_eq!(order["code"], "ORD-000001");
+    assert_eq!(order["name"], "Order ORD-000001");
+    assert_eq!(f64_at(order, "/attributes/subtotal"), 59.98);
+    assert_eq!(f64_at(order, "/attributes/tax"), 6.0);
+    assert_eq!(f64_at(order, "/attributes/total"), 65.98);
+    assert_eq!(order["attributes"]["status"], "pending");
+    assert_eq!(order["attributes"]["reservation"], "pending");
+    assert_eq!(order["attributes"]["customerId"], "CUST-001");
+    assert_eq!(order["attributes"]["paymentMethod"], "credit_card");
+    assert_eq!(order["attributes"]["shippingAddress"]["city"], "Tokyo");
+    assert_eq!(
+        order["attributes"]["items"],
+        order_body("PRD-001", 2, 29.99)["items"]
+    );
+    assert!(order["attributes"]["placedAt"].is_string(), "{order}");
+
+    // GET /orders/{code}
+    let settled = api.settled(&a, "ORD-000001").await;
+    assert_item(&settled, "shop-a", "ORDER#ORD-000001", 2);
+    assert_eq!(settled["attributes"]["reservation"], "reserved");
+    assert_eq!(settled["attributes"]["status"], "pending");
+    assert_eq!(f64_at(&settled, "/attributes/total"), 65.98);
+
+    // GET /orders
+    let list = api.get("/orders", &a).await;
+    assert_eq!(list.status, 200, "{:?}", list.body);
+    let items = assert_list(&list.body);
+    assert_eq!(codes(items), ["ORD-000001"]);
+    assert!(list.body["cursor"].is_null());
+    assert_item(&items[0], "shop-a", "ORDER#ORD-000001", 2);
+
+    // PATCH /orders/{code}/status
+    let confirmed = api
+        .patch(
+            "/orders/ORD-000001/status",
+            &a,
+            &json!({ "status": "confirmed", "version": 2 }),
+        )
+        .await;
+    assert_eq!(confirmed.status, 200, "{:?}", confirmed.body);
+    assert_item(&confirmed.body, "shop-a", "ORDER#ORD-000001", 3);
+    assert_eq!(confirmed.body["attributes"]["status"], "confirmed");
+
+    // POST /products
+    let product = api
+        .post("/products", &a, &product_body("PRD-004", 12.5, true))
+        .await;
+    assert_eq!(product.status, 201, "{:?}", product.body);
+    assert_item(&product.body, "shop-a", "PRODUCT#PRD-004", 1);
+    assert_eq!(product.body["name"], "Product PRD-004");
+    let attributes = &product.body["attributes"];
+    assert_eq!(f64_at(attributes, "/price"), 12.5);
+    assert_eq!(attributes["categoryCode"], "ACCESSORIES");
+    assert_eq!(attributes["sku"], "SKU-PRD-004");
+    assert_eq!(attributes["currency"], "USD");
+    assert_eq!(attributes["description"], "a test product");
+    assert_eq!(attributes["images"], json!(["https://img/1.png"]));
+    assert_eq!(attributes["isActive"], true);
+    let again = api
+        .post("/products", &a, &product_body("PRD-004", 12.5, true))
+        .await;
+    assert_error(&again, 409, "conflict");
+
+    // GET /products, GET /products/{code}
+    let products = api.get("/products", &a).await;
+    assert_eq!(products.status, 200, "{:?}", products.body);
+    assert_eq!(
+        codes(assert_list(&products.body)),
+        ["PRD-001", "PRD-002", "PRD-003", "PRD-004"]
+    );
+    assert!(products.body["cursor"].is_null());
+    let one = api.get("/products/PRD-002", &a).await;
+    assert_eq!(one.status, 200, "{:?}", one.body);
+    assert_item(&one.body, "shop-a", "PRODUCT#PRD-002", 1);
+    assert_eq!(one.body["name"], "Mechanical Keyboard");
+    assert_eq!(f64_at(&one.body, "/attributes/price"), 89.5);
+
+    // PATCH /inventory/{productCode}: creates, then updates at a version.
+    let stock = api
+        .patch(
+            "/inventory/PRD-004",
+            &a,
+            &json!({ "quantity": 5, "warehouseCode": "WH-2" }),
+        )
+        .await;
+    assert_eq!(stock.status, 200, "{:?}", stock.body);
+    assert_item(&stock.body, "shop-a", "INVENTORY#PRD-004", 1);
+    assert_eq!(stock.body["attributes"]["quantity"], 5);
+    assert_eq!(stock.body["attributes"]["reservedQuantity"], 0);
+    assert_eq!(stock.body["attributes"]["warehouseCode"], "WH-2");
+    let restocked = api
+        .patch(
+            "/inventory/PRD-004",
+            &a,
+            &json!({ "quantity": 7, "warehouseCode": "WH-2", "version": 1 }),
+        )
+        .await;
+    assert_eq!(restocked.status, 200, "{:?}", restocked.body);
+    assert_item(&restocked.body, "shop-a", "INVENTORY#PRD-004", 2);
+    let stale = api
+        .patch(
+            "/inventory/PRD-004",
+            &a,
+            &json!({ "quantity": 9, "warehouseCode": "WH-2", "version": 1 }),
+        )
+        .await;
+    assert_error(&stale, 409, "version_conflict");
+    let below_reserved = api
+        .patch(
+            "/inventory/PRD-001",
+            &a,
+            &json!({ "quantity": 1, "warehouseCode": "WH-1" }),
+        )
+        .await;
+    assert_error(&below_reserved, 409, "conflict");
+    let negative = api
+        .patch(
+            "/inventory/PRD-004",
+            &a,
+            &json!({ "quantity": -1, "warehouseCode": "WH-2" }),
+        )
+        .await;
+    assert_error(&negative, 400, "invalid_input");
+    let no_product = api
+        .patch(
+            "/inventory/PRD-404",
+            &a,
+            &json!({ "quantity": 1, "warehouseCode": "WH-2" }),
+        )
+        .await;
+    assert_error(&no_product, 404, "not_found");
+
+    // GET /inventory/{productCode}
+    let record = api.get("/inventory/PRD-004", &a).await;
+    assert_eq!(record.status, 200, "{:?}", record.body);
+    assert_item(&record.body, "shop-a", "INVENTORY#PRD-004", 2);
+    assert_eq!(record.body["attributes"]["quantity"], 7);
+    assert_eq!(record.body["attributes"]["productCode"], "PRD-004");
+    assert_eq!(api.stock(&a, "PRD-001").await, (100, 2));
+
+    // Missing things are 404 JSON; bad codes are 400.
+    assert_error(&api.get("/orders/ORD-999999", &a).await, 404, "not_found");
+    assert_error(&api.get("/products/PRD-404", &a).await, 404, "not_found");
+    assert_error(&api.get("/inventory/PRD-404", &a).await, 404, "not_found");
+    assert_error(
+        &api.move_to(&a, "ORD-999999", "cancelled").await,
+        404,
+        "not_found",
+    );
+    assert_error(&api.get("/orders/ORD%23000001", &a).await, 400, "invalid_input");
+}
+
+/// An order from creation to delivery, and the refusals on the way.
+async fn lifecycle(api: &Api) {
+    let a = api.token("shop-a");
+    assert_eq!(api.stock(&a, "PRD-001").await, (100, 0));
+
+    let code = api.place(&a, "PRD-001", 2, 29.99).await;
+    assert_eq!(code, "ORD-000001");
+    let order = api.settled(&a, &code).await;
+    assert_eq!(order["attributes"]["reservation"], "reserved");
+    assert_eq!(api.stock(&a, "PRD-001").await, (100, 2));
+
+    // pending → shipped is not a transition; nothing changes.
+    let skipped = api.move_to(&a, &code, "shipped").await;
+    assert_error(&skipped, 400, "invalid_transition");
+    let message = skipped.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("pending") && message.contains("shipped"),
+        "{message}"
+    );
+
+    // A stale version is a conflict and changes nothing.
+    let stale = api
+        .patch(
+            &format!("/orders/{code}/status"),
+            &a,
+            &json!({ "status": "confirmed", "version": 1 }),
+        )
+        .await;
+    assert_error(&stale, 409, "version_conflict");
+    let unchanged = api.get(&format!("/orders/{code}"), &a).await;
+    assert_eq!(unchanged.body["version"], 2);
+    assert_eq!(unchanged.body["attributes"]["status"], "pending");
+
+    let confirmed = api.move_to(&a, &code, "confirmed").await;
+    assert_eq!(confirmed.status, 200, "{:?}", confirmed.body);
+    assert_eq!(confirmed.body["attributes"]["status"], "confirmed");
+    assert_eq!(confirmed.body["version"], 3);
+    assert_error(
+        &api.move_to(&a, &code, "confirmed").await,
+        400,
+        "invalid_transition",
+    );
+
+    let processing = api.move_to(&a, &code, "processing").await;
+    assert_eq!(processing.status, 200, "{:?}", processing.body);
+    assert_eq!(processing.body["attributes"]["status"], "processing");
+    assert!(processing.body["attributes"].get("shippedAt").is_none());
+
+    let shipped = api.move_to(&a, &code, "shipped").await;
+    assert_eq!(shipped.status, 200, "{:?}", shipped.body);
+    assert_eq!(shipped.body["attributes"]["status"], "shipped");
+    assert!(
+        shipped.body["attributes"]["shippedAt"].is_string(),
+        "{}",
+        shipped.body
+    );
+    assert!(shipped.body["attributes"].get("deliveredAt").is_none());
+    api.shop.engine.wait_idle().await;
+    assert_eq!(
+        api.stock(&a, "PRD-001").await,
+        (98, 0),
+        "shipping takes the reserved units out of stock"
+    );
+
+    let delivered = api.move_to(&a, &code, "delivered").await;
+    assert_eq!(delivered.status, 200, "{:?}", delivered.body);
+    assert_eq!(delivered.body["attributes"]["status"], "delivered");
+    assert!(
+        delivered.body["attributes"]["deliveredAt"].is_string(),
+        "{}",
+        delivered.body
+    );
+    assert_eq!(
+        delivered.body["attributes"]["shippedAt"],
+        shipped.body["attributes"]["shippedAt"]
+    );
+    assert_eq!(delivered.body["version"], 6);
+    let final_state = api.get(&format!("/orders/{code}"), &a).await;
+    assert_eq!(numbers_as_f64(&final_state.body), numbers_as_f64(&delivered.body));
+    assert_error(
+        &api.move_to(&a, &code, "cancelled").await,
+        400,
+        "invalid_transition",
+    );
+    assert_eq!(api.stock(&a, "PRD-001").await, (98, 0));
+
+    // A reservation that failed: the order cannot be confirmed (409), and it reserved nothing.
+    let too_many = api.place(&a, "PRD-003", 11, 9.99).await;
+    let failed = api.settled(&a, &too_many).await;
+    assert_eq!(failed["attributes"]["reservation"], "failed");
+    assert_eq!(failed["attributes"]["status"], "pending");
+    assert_error(&api.move_to(&a, &too_many, "confirmed").await, 409, "conflict");
+    assert_eq!(api.stock(&a, "PRD-003").await, (10, 0));
+    // ... but it can be cancelled, which releases nothing.
+    let cancelled_failed = api.move_to(&a, &too_many, "cancelled").await;
+    assert_eq!(cancelled_failed.status, 200, "{:?}", cancelled_failed.body);
+    assert_eq!(api.stock(&a, "PRD-003").await, (10, 0));
+
+    // Cancelling a reserved (and confirmed) order releases its stock.
+    let keyboard = api.place(&a, "PRD-002", 3, 89.5).await;
+    api.settled(&a, &keyboard).await;
+    assert_eq!(api.stock(&a, "PRD-002").await, (50, 3));
+    let confirmed = api.move_to(&a, &keyboard, "confirmed").await;
+    assert_eq!(confirmed.status, 200, "{:?}", confirmed.body);
+    let cancelled = api
+        .patch(
+            &format!("/orders/{keyboard}/status"),
+            &a,
+            &json!({ "status": "cancelled", "version": confirmed.body["version"] }),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{:?}", cancelled.body);
+    assert_eq!(cancelled.body["attributes"]["status"], "cancelled");
+    api.shop.engine.wait_idle().await;
+    assert_eq!(api.stock(&a, "PRD-002").await, (50, 0));
+    assert_error(
+        &api.move_to(&a, &keyboard, "confirmed").await,
+        400,
+        "invalid_transition",
+    );
+
+    // A reservation is all or nothing across lines, and lines of one product add up.
+    let mixed = api
+        .post(
+            "/orders",
+            &a,
+            &lines_body(&[("PRD-002", 1, 89.5), ("PRD-003", 11, 9.99)]),
+        )
+        .await;
+    assert_eq!(mixed.status, 201, "{:?}", mixed.body);
+    let mixed = api
+        .settled(&a, mixed.body["code"].as_str().expect("a code"))
+        .await;
+    assert_eq!(mixed["attributes"]["reservation"], "failed");
+    assert_eq!(
+        api.stock(&a, "PRD-002").await,
+        (50, 0),
+        "nothing reserved for the line that fitted"
+    );
+    let split = api
+        .post(
+            "/orders",
+            &a,
+            &lines_body(&[("PRD-003", 6, 9.99), ("PRD-003", 5, 9.99)]),
+        )
+        .await;
+    assert_eq!(split.status, 201, "{:?}", split.body);
+    let split = api
+        .settled(&a, split.body["code"].as_str().expect("a code"))
+        .await;
+    assert_eq!(
+        split["attributes"]["reservation"], "failed",
+        "6 + 5 units of a product with 10"
+    );
+    let exact = api
+        .post(
+            "/orders",
+            &a,
+            &lines_body(&[("PRD-003", 6, 9.99), ("PRD-003", 4, 9.99)]),
+        )
+        .await;
+    assert_eq!(exact.status, 201, "{:?}", exact.body);
+    let exact = api
+        .settled(&a, exact.body["code"].as_str().expect("a code"))
+        .await;
+    assert_eq!(
+        exact["attributes"]["reservation"], "reserved",
+        "6 + 4 units of a product with 10"
+    );
+    assert_eq!(api.stock(&a, "PRD-003").await, (10, 10));
+
+    // The customer and operations were told, once each.
+    let sent = api.shop.notifier.sent();
+    let count = |code: &str, kind: NotificationKind| {
+        sent.iter()
+            .filter(|n| n.tenant == "shop-a" && n.order_code == code && n.kind == kind)
+            .count()
+    };
+    assert_eq!(count(&code, NotificationKind::OrderConfirmation), 1);
+    assert_eq!(count(&code, NotificationKind::Shipping), 1);
+    assert_eq!(count(&code, NotificationKind::Delivery), 1);
+    assert_eq!(count(&too_many, NotificationKind::InventoryReservationFailed), 1);
+    assert_eq!(count(&keyboard, NotificationKind::Cancellation), 1);
+}
+
+/// Filters, limits and cursors of GET /orders.
+async fn listing(api: &Api) {
+    let a = api.token("shop-a");
+    let b = api.token("shop-b");
+    let mut placed = Vec::new();
+    for _ in 0..5 {
+        placed.push(api.place(&a, "PRD-001", 1, 29.99).await);
+    }
+    assert_eq!(
+        placed,
+        [
+            "ORD-000001",
+            "ORD-000002",
+            "ORD-000003",
+            "ORD-000004",
+            "ORD-000005"
+        ]
+    );
+    for code in &placed {
+        api.settled(&a, code).await;
+    }
+    for code in ["ORD-000002", "ORD-000004"] {
+        let cancelled = api.move_to(&a, code, "cancelled").await;
+        assert_eq!(cancelled.status, 200, "{:?}", cancelled.body);
+    }
+
+    // status=pending, one at a time: each pending order once, the last page without cursor.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut first_cursor = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/orders?status=pending&limit=1&cursor={c}"),
+            None => "/orders?status=pending&limit=1".to_owned(),
+        };
+        let page = api.get(&path, &a).await;
+        assert_eq!(page.status, 200, "{:?}", page.body);
+        let items = assert_list(&page.body);
+        assert_eq!(items.len(), 1, "a page of limit 1 holds one item: {}", page.body);
+        assert_eq!(items[0]["attributes"]["status"], "pending");
+        seen.extend(codes(items));
+        match page.body["cursor"].as_str() {
+            Some(c) => {
+                first_cursor.get_or_insert_with(|| c.to_owned());
+                cursor = Some(c.to_owned());
+            }
+            None => break,
+        }
+        assert!(seen.len() <= 3, "more pages than pending orders: {seen:?}");
+    }
+    assert_eq!(seen, ["ORD-000001", "ORD-000003", "ORD-000005"]);
+
+    let cancelled = api.get("/orders?status=cancelled", &a).await;
+    assert_eq!(codes(assert_list(&cancelled.body)), ["ORD-000002", "ORD-000004"]);
+    assert!(cancelled.body["cursor"].is_null());
+    let all = api.all_orders(&a, "").await;
+    assert_eq!(codes(&all), placed);
+    let two = api.get("/orders?limit=2", &a).await;
+    assert_eq!(codes(assert_list(&two.body)), ["ORD-000001", "ORD-000002"]);
+    assert!(two.body["cursor"].is_string());
+
+    // Bad parameters are 400 JSON.
+    assert_error(&api.get("/orders?limit=0", &a).await, 400, "invalid_input");
+    assert_error(&api.get("/orders?limit=101", &a).await, 400, "invalid_input");
+    assert_error(&api.get("/orders?limit=many", &a).await, 400, "invalid_input");
+    assert_error(
+        &api.get("/orders?status=teleported", &a).await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        &api.get("/orders?cursor=not-a-cursor", &a).await,
+        400,
+        "invalid_input",
+    );
+    // A cursor of shop-a is no way into shop-a's orders for shop-b.
+    let foreign = api
+        .get(
+            &format!("/orders?limit=1&cursor={}", first_cursor.expect("a cursor")),
+            &b,
+        )
+        .await;
+    assert_error(&foreign, 400, "invalid_input");
+}
+
+/// Orders are checked against the catalogue; a refused order leaves no trace.
+async fn catalogue_prices(api: &Api) {
+    let a = api.token("shop-a");
+    let inactive = api
+        .post("/products", &a, &product_body("PRD-009", 5.0, false))
+        .await;
+    assert_eq!(inactive.status, 201, "{:?}", inactive.body);
+    assert_eq!(inactive.body["attributes"]["isActive"], false);
+    let stocked = api
+        .patch(
+            "/inventory/PRD-009",
+            &a,
+            &json!({ "quantity": 100, "warehouseCode": "WH-1" }),
+        )
+        .await;
+    assert_eq!(stocked.status, 200, "{:?}", stocked.body);
+
+    let mut missing_field = order_body("PRD-001", 1, 29.99);
+    missing_field.as_object_mut().unwrap().remove("customerId");
+    let mut missing_price = order_body("PRD-001", 1, 29.99);
+    missing_price["items"][0].as_object_mut().unwrap().remove("price");
+    let mut no_items = order_body("PRD-001", 1, 29.99);
+    no_items["items"] = json!([]);
+    let mut blank_customer = order_body("PRD-001", 1, 29.99);
+    blank_customer["customerId"] = json!("  ");
+    let refused = [
+        ("wrong price", order_body("PRD-001", 2, 19.99)),
+        ("price off by a cent", order_body("PRD-001", 2, 30.0)),
+        ("unknown product", order_body("PRD-404", 1, 29.99)),
+        ("inactive product", order_body("PRD-009", 1, 5.0)),
+        ("quantity 0", order_body("PRD-001", 0, 29.99)),
+        ("quantity over the limit", order_body("PRD-001", 10_001, 29.99)),
+        ("missing customerId", missing_field),
+        ("missing price", missing_price),
+        ("no items", no_items),
+        ("blank customerId", blank_customer),
+    ];
+    for (what, body) in refused {
+        let resp = api.post("/orders", &a, &body).await;
+        assert_eq!(resp.status, 400, "{what}: {:?}", resp.body);
+        assert_error(&resp, 400, "invalid_input");
+    }
+    api.shop.engine.wait_idle().await;
+    let list = api.get("/orders", &a).await;
+    assert_eq!(
+        assert_list(&list.body).len(),
+        0,
+        "no order was created: {}",
+        list.body
+    );
+    assert_eq!(api.stock(&a, "PRD-001").await, (100, 0));
+    assert_eq!(api.stock(&a, "PRD-009").await, (100, 0));
+
+    // Prices are per tenant's catalogue; the right one is accepted.
+    let code = api.place(&a, "PRD-002", 1, 89.5).await;
+    let order = api.settled(&a, &code).await;
+    assert_eq!(f64_at(&order, "/attributes/subtotal"), 89.5);
+    assert_eq!(f64_at(&order, "/attributes/tax"), 8.95);
+    assert_eq!(f64_at(&order, "/attributes/total"), 98.45);
+
+    // Several lines: the totals of the seed's rule (10 % tax, rounded half-up to cents).
+    let several = api
+        .post(
+            "/orders",
+            &a,
+            &lines_body(&[("PRD-001", 1, 29.99), ("PRD-002", 2, 89.5)]),
+        )
+        .await;
+    assert_eq!(several.status, 201, "{:?}", several.body);
+    assert_eq!(f64_at(&several.body, "/attributes/subtotal"), 208.99);
+    assert_eq!(f64_at(&several.body, "/attributes/tax"), 20.9);
+    assert_eq!(f64_at(&several.body, "/attributes/total"), 229.89);
+    let several = api
+        .settled(&a, several.body["code"].as_str().expect("a code"))
+        .await;
+    assert_eq!(several["attributes"]["reservation"], "reserved");
+    assert_eq!(api.stock(&a, "PRD-001").await, (100, 1));
+    assert_eq!(api.stock(&a, "PRD-002").await, (50, 3));
+    // One bad line refuses the whole order.
+    let one_bad = api
+        .post(
+            "/orders",
+            &a,
+            &lines_body(&[("PRD-001", 1, 29.99), ("PRD-002", 1, 89.49)]),
+        )
+        .await;
+    assert_error(&one_bad, 400, "invalid_input");
+    assert_eq!(assert_list(&api.get("/orders", &a).await.body).len(), 2);
+
+    // A bad product is refused too.
+    let negative = api
+        .post("/products", &a, &product_body("PRD-010", -1.0, true))
+        .await;
+    assert_error(&negative, 400, "invalid_input");
+    let fractional = api
+        .post("/products", &a, &product_body("PRD-010", 1.001, true))
+        .await;
+    assert_error(&fractional, 400, "invalid_input");
+    let bad_code = api
+        .post("/products", &a, &product_body("PRD#010", 1.0, true))
+        .await;
+    assert_error(&bad_code, 400, "invalid_input");
+}
+
+/// No token, a garbage one, a forged one, an expired one: 401 JSON everywhere.
+async fn authentication(api: &Api) {
+    let a = api.token("shop-a");
+    let zero_ttl = api.auth.token("shop-a", "user-1", ROLES, Duration::ZERO);
+    let issued = Instant::now();
+    let now = chrono::Utc::now().timestamp();
+    let crafted = |exp: i64, secret: &[u8]| {
+        let claims = json!({
+            "sub": "user-1", "custom:tenant": "shop-a", "custom:roles": ROLES, "iat": exp - 3600, "exp": exp
+        });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .expect("encoded")
+    };
+    // The crafted token is accepted while it is valid ...
+    let valid = crafted(now + 3600, SECRET);
+    assert_eq!(
+        api.get("/orders", &valid).await.status,
+        200,
+        "a hand-made valid token is accepted"
+    );
+
+    let other_secret =
+        Auth::new(b"another-secret").token("shop-a", "user-1", ROLES, Duration::from_secs(3600));
+    let expired = crafted(now - 3600, SECRET);
+    let just_expired = crafted(now - 120, SECRET);
+    // shop-b's token with its tenant rewritten to shop-a, signature kept.
+    let tampered = {
+        let b = api.token("shop-b");
+        let parts: Vec<&str> = b.split('.').collect();
+        assert_eq!(parts.len(), 3, "a JWT");
+        let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("base64url"))
+            .expect("JSON claims");
+        assert_eq!(claims["custom:tenant"], "shop-b");
+        claims["custom:tenant"] = json!("shop-a");
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(claims.to_string()),
+            parts[2]
+        )
+    };
+    // An unsigned token (alg none).
+    let unsigned = {
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+        let claims = URL_SAFE_NO_PAD.encode(
+            json!({ "sub": "user-1", "custom:tenant": "shop-a", "custom:roles": ROLES, "exp": now + 3600 })
+                .to_string(),
+        );
+        format!("{header}.{claims}.")
+    };
+    // A token of ttl 0 is expired two seconds later (no leeway).
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(issued.elapsed())).await;
+    let bad_headers = [
+        ("ttl 0, two seconds later", Some(format!("Bearer {zero_ttl}"))),
+        ("no header", None),
+        ("empty bearer", Some("Bearer ".to_owned())),
+        ("garbage", Some("Bearer garbage".to_owned())),
+        ("another secret", Some(format!("Bearer {other_secret}"))),
+        ("expired an hour ago", Some(format!("Bearer {expired}"))),
+        ("expired two minutes ago", Some(format!("Bearer {just_expired}"))),
+        ("tampered tenant", Some(format!("Bearer {tampered}"))),
+        ("alg none", Some(format!("Bearer {unsigned}"))),
+        ("not bearer", Some(format!("Basic {a}"))),
+        ("bare token", Some(a.clone())),
+    ];
+    let order = order_body("PRD-001", 1, 29.99).to_string();
+    let requests = [
+        (Method::POST, "/orders", Some(order.clone())),
+        (Method::GET, "/orders", None),
+        (Method::GET, "/orders/ORD-000001", None),
+        (
+            Method::PATCH,
+            "/orders/ORD-000001/status",
+            Some(json!({ "status": "cancelled" }).to_string()),
+        ),
+        (
+            Method::POST,
+            "/products",
+            Some(product_body("PRD-050", 1.0, true).to_string()),
+        ),
+        (Method::GET, "/products", None),
+        (Method::GET, "/products/PRD-001", None),
+        (
+            Method::PATCH,
+            "/inventory/PRD-001",
+            Some(json!({ "quantity": 0, "warehouseCode": "WH-1" }).to_string()),
+        ),
+        (Method::GET, "/inventory/PRD-001", None),
+    ];
+    for (what, header) in &bad_headers {
+        for (method, path, body) in &requests {
+            let mut request = api.client.request(method.clone(), format!("{}{path}", api.base));
+            if let Some(header) = header {
+                request = request.header("authorization", header);
+            }
+            if let Some(body) = body {
+                request = request
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+            }
+            let response = request.send().await.expect("answered");
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let text = response.text().await.expect("a body");
+            let body: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("{what} {method} {path}: not JSON: {text}"));
+            assert_eq!(status, 401, "{what}: {method} {path} -> {status} {body}");
+            assert_error(
+                &Resp {
+                    status,
+                    content_type,
+                    body,
+                },
+                401,
+                "unauthorized",
+            );
+        }
+    }
+    // Nothing was written by any of them.
+    api.shop.engine.wait_idle().await;
+    assert_eq!(assert_list(&api.get("/orders", &a).await.body).len(), 0);
+    assert_eq!(api.get("/products/PRD-050", &a).await.status, 404);
+    assert_eq!(api.stock(&a, "PRD-001").await, (100, 0));
+}
+
+/// shop-b cannot see or touch shop-a's orders, products and stock.
+async fn tenant_isolation(api: &Api) {
+    let a = api.token("shop-a");
+    let b = api.token("shop-b");
+    let first = api.place(&a, "PRD-001", 2, 29.99).await;
+    let second = api.place(&a, "PRD-002", 1, 89.5).await;
+    assert_eq!((first.as_str(), second.as_str()), ("ORD-000001", "ORD-000002"));
+    api.settled(&a, &second).await;
+    let product = api
+        .post("/products", &a, &product_body("PRD-100", 3.0, true))
+        .await;
+    assert_eq!(product.status, 201, "{:?}", product.body);
+    let stocked = api
+        .patch(
+            "/inventory/PRD-100",
+            &a,
+            &json!({ "quantity": 30, "warehouseCode": "WH-A" }),
+        )
+        .await;
+    assert_eq!(stocked.status, 200, "{:?}", stocked.body);
+
+    // Reads of shop-a's things with shop-b's token: 404, and lists of shop-b only.
+    assert_error(&api.get(&format!("/orders/{second}"), &b).await, 404, "not_found");
+    assert_error(&api.get("/products/PRD-100", &b).await, 404, "not_found");
+    assert_error(&api.get("/inventory/PRD-100", &b).await, 404, "not_found");
+    assert_eq!(assert_list(&api.get("/orders", &b).await.body).len(), 0);
+    let b_products = api.get("/products", &b).await;
+    assert_eq!(
+        codes(assert_list(&b_products.body)),
+        ["PRD-001", "PRD-002", "PRD-003"]
+    );
+    for item in assert_list(&b_products.body) {
+        assert_eq!(item["pk"], "TENANT#shop-b");
+    }
+
+    // Writes: 404, and shop-a's data is unchanged.
+    let before = api.get(&format!("/orders/{second}"), &a).await.body;
+    let cancel = api
+        .patch(
+            &format!("/orders/{second}/status"),
+            &b,
+            &json!({ "status": "cancelled" }),
+        )
+        .await;
+    assert_error(&cancel, 404, "not_found");
+    let cancel_at_version = api
+        .patch(
+            &format!("/orders/{second}/status"),
+            &b,
+            &json!({ "status": "cancelled", "version": before["version"] }),
+        )
+        .await;
+    assert_error(&cancel_at_version, 404, "not_found");
+    let restock = api
+        .patch(
+            "/inventory/PRD-100",
+            &b,
+            &json!({ "quantity": 0, "warehouseCode": "WH-B" }),
+        )
+        .await;
+    assert_error(&restock, 404, "not_found");
+    assert_eq!(api.get(&format!("/orders/{second}"), &a).await.body, before);
+    assert_eq!(api.stock(&a, "PRD-100").await, (30, 0));
+    // Nor does a tenant named outside the token count.
+    let smuggled = api
+        .client
+        .get(format!(
+            "{}/orders/{second}?tenant=shop-a&tenantCode=shop-a",
+            api.base
+        ))
+        .header("authorization", format!("Bearer {b}"))
+        .header("x-tenant-code", "shop-a")
+        .header("x-tenant", "shop-a")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(smuggled.status().as_u16(), 404);
+
+    // shop-b's orders are its own: its own numbering, stock and prices.
+    let b_first = api.place(&b, "PRD-001", 5, 29.99).await;
+    assert_eq!(b_first, "ORD-000001");
+    api.settled(&b, &b_first).await;
+    let b_order = api.get("/orders/ORD-000001", &b).await;
+    assert_eq!(b_order.body["pk"], "TENANT#shop-b");
+    assert_eq!(b_order.body["attributes"]["items"][0]["quantity"], 5);
+    let a_order = api.get("/orders/ORD-000001", &a).await;
+    assert_eq!(a_order.body["pk"], "TENANT#shop-a");
+    assert_eq!(a_order.body["attributes"]["items"][0]["quantity"], 2);
+    assert_eq!(api.stock(&b, "PRD-001").await, (100, 5));
+    assert_eq!(api.stock(&a, "PRD-001").await, (100, 2));
+    let b_orders = api.all_orders(&b, "").await;
+    assert_eq!(codes(&b_orders), ["ORD-000001"]);
+    assert!(b_orders.iter().all(|o| o["pk"] == "TENANT#shop-b"));
+    let a_orders = api.all_orders(&a, "").await;
+    assert_eq!(codes(&a_orders), ["ORD-000001", "ORD-000002"]);
+    assert!(a_orders.iter().all(|o| o["pk"] == "TENANT#shop-a"));
+    // shop-a's product does not exist in shop-b's catalogue.
+    let foreign_product = api.post("/orders", &b, &order_body("PRD-100", 1, 3.0)).await;
+    assert_error(&foreign_product, 400, "invalid_input");
+}
+
+/// Malformed, mistyped and oversized bodies.
+async fn bad_bodies(api: &Api) {
+    let a = api.token("shop-a");
+    let raw = |path: &'static str, method: Method, body: &str| {
+        let token = a.clone();
+        let body = body.as_bytes().to_vec();
+        async move { api.send(method, path, Some(&token), Some(body)).await }
+    };
+    for (method, path) in [
+        (Method::POST, "/orders"),
+        (Method::PATCH, "/orders/ORD-000001/status"),
+        (Method::POST, "/products"),
+        (Method::PATCH, "/inventory/PRD-001"),
+    ] {
+        for body in ["{not json", "", "[]", "null", "{\"items\": [}"] {
+            let resp = raw(path, method.clone(), body).await;
+            assert_error(&resp, 400, "invalid_input");
+        }
+    }
+    let mut two = order_body("PRD-001", 1, 29.99);
+    two["items"][0]["quantity"] = json!("two");
+    assert_error(&api.post("/orders", &a, &two).await, 400, "invalid_input");
+    let mut negative = order_body("PRD-001", 1, 29.99);
+    negative["items"][0]["quantity"] = json!(-1);
+    assert_error(&api.post("/orders", &a, &negative).await, 400, "invalid_input");
+    let mut string_price = order_body("PRD-001", 1, 29.99);
+    string_price["items"][0]["price"] = json!("29.99");
+    assert_error(
+        &api.post("/orders", &a, &string_price).await,
+        400,
+        "invalid_input",
+    );
+    let bad_status = api
+        .patch(
+            "/orders/ORD-000001/status",
+            &a,
+            &json!({ "status": "teleported" }),
+        )
+        .await;
+    assert_error(&bad_status, 400, "invalid_input");
+    let mut inactive_as_text = product_body("PRD-020", 1.0, true);
+    inactive_as_text["isActive"] = json!("yes");
+    assert_error(
+        &api.post("/products", &a, &inactive_as_text).await,
+        400,
+        "invalid_input",
+    );
+    let text_quantity = api
+        .patch(
+            "/inventory/PRD-001",
+            &a,
+            &json!({ "quantity": "lots", "warehouseCode": "WH-1" }),
+        )
+        .await;
+    assert_error(&text_quantity, 400, "invalid_input");
+
+    // Over 64 KiB: 413 JSON, whatever the endpoint.
+    let mut huge = order_body("PRD-001", 1, 29.99);
+    huge["customerId"] = json!("x".repeat(70 * 1024));
+    assert_error(&api.post("/orders", &a, &huge).await, 413, "too_large");
+    let mut huge_product = product_body("PRD-021", 1.0, true);
+    huge_product["description"] = json!("x".repeat(65 * 1024));
+    assert_error(&api.post("/products", &a, &huge_product).await, 413, "too_large");
+    // Just under the limit is read (and refused by validation, not by size).
+    let mut big = order_body("PRD-001", 1, 29.99);
+    big["customerId"] = json!("x".repeat(60 * 1024));
+    assert_error(&api.post("/orders", &a, &big).await, 400, "invalid_input");
+
+    api.shop.engine.wait_idle().await;
+    assert_eq!(assert_list(&api.get("/orders", &a).await.body).len(), 0);
+    assert_eq!(api.get("/products/PRD-020", &a).await.status, 404);
+    assert_eq!(api.get("/products/PRD-021", &a).await.status, 404);
+    assert_eq!(api.stock(&a, "PRD-001").await, (100, 0));
+}
+
+/// 50 concurrent orders of one unit of a product with 10 in stock: exactly 10
+/// reserved, never negative availability, never oversold.
+async fn concurrent_orders(api: &Api, backend: Backend) {
+    let a = api.token("shop-a");
+    assert_eq!(api.stock(&a, "PRD-003").await, (10, 0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Watches the stock while the orders come in.
+    let sampler = {
+        let done = done.clone();
+        let client = api.client.clone();
+        let url = format!("{}/inventory/PRD-003", api.base);
+        let token = a.clone();
+        tokio::spawn(async move {
+            let mut samples = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let record: Value = client
+                    .get(&url)
+                    .header("authorization", format!("Bearer {token}"))
+                    .send()
+                    .await
+                    .expect("answered")
+                    .json()
+                    .await
+                    .expect("JSON");
+                let (quantity, reserved) = (
+                    record["attributes"]["quantity"].as_i64().expect("quantity"),
+                    record["attributes"]["reservedQuantity"]
+                        .as_i64()
+                        .expect("reserved"),
+                );
+                assert_eq!(quantity, 10, "{record}");
+                assert!(
+                    (0..=10).contains(&reserved),
+                    "availability went negative: {record}"
+                );
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            samples
+        })
+    };
+
+    let started = Instant::now();
+    let posts = (0..50).map(|_| {
+        let client = api.client.clone();
+        let url = format!("{}/orders", api.base);
+        let token = a.clone();
+        tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .header("authorization", format!("Bearer {token}"))
+                .json(&order_body("PRD-003", 1, 9.99))
+                .send()
+                .await
+                .expect("answered");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.expect("JSON");
+            assert_eq!(status, 201, "{body}");
+            body["code"].as_str().expect("a code").to_owned()
+        })
+    });
+    let mut placed = Vec::new();
+    for post in futures::future::join_all(posts).await {
+        placed.push(post.expect("the request task did not panic"));
+    }
+    let accepted = started.elapsed();
+    let mut settled = Vec::new();
+    for code in &placed {
+        settled.push(api.settled(&a, code).await);
+    }
+    let elapsed = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let samples = sampler.await.expect("the sampler saw no negative availability");
+    eprintln!(
+        "[{backend:?}] 50 concurrent orders on 10 units: all accepted in {accepted:?}, \
+         all reservations settled in {elapsed:?} ({samples} stock samples)"
+    );
+
+    // Every order has its own number.
+    let numbers: BTreeSet<&String> = placed.iter().collect();
+    assert_eq!(numbers.len(), 50, "{placed:?}");
+    let expected: BTreeSet<String> = (1..=50).map(|n| format!("ORD-{n:06}")).collect();
+    assert_eq!(numbers.into_iter().cloned().collect::<BTreeSet<_>>(), expected);
+
+    let by_state = |state: &str| -> BTreeSet<String> {
+        settled
+            .iter()
+            .filter(|o| o["attributes"]["reservation"] == state)
+            .map(|o| o["code"].as_str().expect("a code").to_owned())
+            .collect()
+    };
+    let reserved = by_state("reserved");
+    let failed = by_state("failed");
+    assert_eq!(reserved.len(), 10, "exactly the stock is reserved: {reserved:?}");
+    assert_eq!(failed.len(), 40, "{failed:?}");
+
+    let record = api.get("/inventory/PRD-003", &a).await.body;
+    assert_eq!(record["attributes"]["quantity"], 10);
+    assert_eq!(record["attributes"]["reservedQuantity"], 10);
+    // One version per reservation, after the one that set the stock.
+    assert_eq!(record["version"], 11, "{record}");
+    let holders: BTreeSet<String> = record["attributes"]["reservations"]
+        .as_object()
+        .map(|r| r.keys().cloned().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        holders, reserved,
+        "the inventory record names the reserved orders"
+    );
+    // Never oversold in any version.
+    let key = EntityKey::new("TENANT#shop-a", "INVENTORY#PRD-003");
+    let history = DataService::list_history(&api.shop.engine, &key, &ctx("shop-a"))
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 10);
+    for (i, version) in history.iter().enumerate() {
+        assert_eq!(version.version, i as u64 + 1);
+        let reserved = version.attributes["reservedQuantity"].as_i64().expect("reserved");
+        assert_eq!(reserved, i as i64, "one unit per version");
+        assert!(reserved <= version.attributes["quantity"].as_i64().expect("quantity"));
+    }
+
+    // A failed order cannot be confirmed; a reserved one can.
+    let loser = failed.iter().next().expect("a failed order");
+    assert_error(&api.move_to(&a, loser, "confirmed").await, 409, "conflict");
+    let winner = reserved.iter().next().expect("a reserved order");
+    assert_eq!(api.move_to(&a, winner, "confirmed").await.status, 200);
+    let list = api.all_orders(&a, "").await;
+    assert_eq!(list.len(), 50);
+    assert_eq!(api.stock(&a, "PRD-003").await, (10, 10));
+    let alerts = api
+        .shop
+        .notifier
+        .sent()
+        .into_iter()
+        .filter(|n| n.kind == NotificationKind::InventoryReservationFailed)
+        .count();
+    assert_eq!(alerts, 40);
+    let failures = CommandService::list_failures(&api.shop.engine, &ctx("shop-a"))
+        .await
+        .expect("listed");
+    assert!(
+        failures.is_empty(),
+        "no handler gave up under contention: {failures:?}"
+    );
+}
+
+/// Orders cancelled as soon as they exist, racing their own reservation: in
+/// every interleaving, what was reserved is given back.
+async fn cancel_races_reservation(api: &Api) {
+    let a = api.token("shop-a");
+    let started = Instant::now();
+    let tasks = (0..20).map(|_| {
+        let client = api.client.clone();
+        let base = api.base.clone();
+        let token = a.clone();
+        tokio::spawn(async move {
+            let created = client
+                .post(format!("{base}/orders"))
+                .bearer_auth(&token)
+                .json(&order_body("PRD-001", 3, 29.99))
+                .send()
+                .await
+                .expect("answered");
+            assert_eq!(created.status().as_u16(), 201);
+            let code = created.json::<Value>().await.expect("JSON")["code"]
+                .as_str()
+                .expect("a code")
+                .to_owned();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let cancel = client
+                    .patch(format!("{base}/orders/{code}/status"))
+                    .bearer_auth(&token)
+                    .json(&json!({ "status": "cancelled" }))
+                    .send()
+                    .await
+                    .expect("answered");
+                let status = cancel.status().as_u16();
+                let body: Value = cancel.json().await.expect("JSON");
+                match status {
+                    200 => return (code, body["version"].as_u64().expect("a version")),
+                    // Not applied yet: the data item does not exist.
+                    404 => {}
+                    _ => panic!("cancelling {code}: {status} {body}"),
+                }
+                assert!(Instant::now() < deadline, "{code} never became cancellable");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    });
+    let mut cancelled = Vec::new();
+    for task in futures::future::join_all(tasks).await {
+        cancelled.push(task.expect("the task did not panic"));
+    }
+    api.shop.engine.wait_idle().await;
+    let before_reservation = cancelled.iter().filter(|(_, version)| *version == 2).count();
+    eprintln!(
+        "cancel races reservation: {before_reservation} of 20 cancelled before their reservation was recorded, \
+         {:?}",
+        started.elapsed()
+    );
+    for (code, _) in &cancelled {
+        let order = api.get(&format!("/orders/{code}"), &a).await.body;
+        assert_eq!(order["attributes"]["status"], "cancelled", "{order}");
+    }
+    let record = api.get("/inventory/PRD-001", &a).await.body;
+    assert_eq!(record["attributes"]["quantity"], 100, "{record}");
+    assert_eq!(
+        record["attributes"]["reservedQuantity"], 0,
+        "everything reserved was released: {record}"
+    );
+    assert_eq!(record["attributes"]["reservations"], json!({}), "{record}");
+    let failures = CommandService::list_failures(&api.shop.engine, &ctx("shop-a"))
+        .await
+        .expect("listed");
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// A redelivered event changes the stock once.
+async fn redelivery(api: &Api) {
+    let a = api.token("shop-a");
+    let ctx = ctx("shop-a");
+    let engine = &api.shop.engine;
+    let code = api.place(&a, "PRD-001", 2, 29.99).await;
+    let order = api.settled(&a, &code).await;
+    assert_eq!(order["attributes"]["reservation"], "reserved");
+    let key = EntityKey::new("TENANT#shop-a", format!("ORDER#{code}"));
+    let inventory_key = EntityKey::new("TENANT#shop-a", "INVENTORY#PRD-001");
+    let inventory = || async {
+        let item = DataService::get_item(engine, &inventory_key, &ctx)
+            .await
+            .expect("read")
+            .expect("exists");
+        (
+            item.version,
+            item.attributes["quantity"].as_i64().unwrap(),
+            item.attributes["reservedQuantity"].as_i64().unwrap(),
+        )
+    };
+    let reserved_once = inventory().await;
+    assert_eq!((reserved_once.1, reserved_once.2), (100, 2));
+
+    let command = CommandService::get_command(engine, &key, 1, &ctx)
+        .await
+        .expect("read")
+        .expect("version 1");
+    assert_eq!(command.version, 1);
+    // The pipeline asked again for version 1 (a stream redelivery).
+    assert_eq!(
+        engine.process(&key, 1).await.expect("processed"),
+        CommandStatus::Finished
+    );
+    // Its handlers run again on purpose.
+    assert_eq!(
+        CommandService::reprocess(engine, &key, 1, &ctx)
+            .await
+            .expect("reprocessed"),
+        CommandStatus::Finished
+    );
+    assert_eq!(
+        CommandService::reprocess(engine, &key, 1, &ctx)
+            .await
+            .expect("reprocessed"),
+        CommandStatus::Finished
+    );
+    // The handler itself receives the creation event twice more.
+    let handler = OrderSyncHandler::new(
+        Arc::new(OnceLock::from(Cqrs::from_engine(engine))),
+        Arc::new(OutboxNotifier::new()),
+    );
+    let history = DataService::list_history(engine, &key, &ctx)
+        .await
+        .expect("history");
+    let version_1 = history
+        .into_iter()
+        .find(|h| h.version == 1)
+        .expect("version 1 in the history");
+    for attempt in 1..=2 {
+        let event = DataSyncEvent {
+            command: command.clone(),
+            old: None,
+            new: version_1.clone(),
+            context: ctx.clone(),
+            attempt,
+        };
+        handler.handle(&event).await.expect("handled");
+    }
+    engine.wait_idle().await;
+    assert_eq!(inventory().await, reserved_once, "the stock changed once");
+    let current = api.get(&format!("/orders/{code}"), &a).await.body;
+    assert_eq!(
+        current["version"], order["version"],
+        "the order is not written again"
+    );
+    assert_eq!(current["attributes"]["reservation"], "reserved");
+
+    // Cancelled: released once, however often the event comes.
+    let cancelled = api.move_to(&a, &code, "cancelled").await;
+    assert_eq!(cancelled.status, 200, "{:?}", cancelled.body);
+    let cancelled_version = cancelled.body["version"].as_u64().expect("a version");
+    engine.wait_idle().await;
+    let released = inventory().await;
+    assert_eq!((released.1, released.2), (100, 0));
+    assert_eq!(released.0, reserved_once.0 + 1);
+    assert_eq!(
+        engine.process(&key, cancelled_version).await.expect("processed"),
+        CommandStatus::Finished
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            CommandService::reprocess(engine, &key, cancelled_version, &ctx)
+                .await
+                .expect("reprocessed"),
+            CommandStatus::Finished
+        );
+    }
+    // A late redelivery of the creation reserves nothing for a cancelled order.
+    assert_eq!(
+        CommandService::reprocess(engine, &key, 1, &ctx)
+            .await
+            .expect("reprocessed"),
+        CommandStatus::Finished
+    );
+    engine.wait_idle().await;
+    assert_eq!(inventory().await, released, "the stock changed once");
+
+    // Shipped: taken out of stock once.
+    let other = api.place(&a, "PRD-001", 3, 29.99).await;
+    api.settled(&a, &other).await;
+    for status in ["confirmed", "processing"] {
+        assert_eq!(api.move_to(&a, &other, status).await.status, 200);
+    }
+    let shipped = api.move_to(&a, &other, "shipped").await;
+    assert_eq!(shipped.status, 200, "{:?}", shipped.body);
+    let shipped_version = shipped.body["version"].as_u64().expect("a version");
+    let other_key = EntityKey::new("TENANT#shop-a", format!("ORDER#{other}"));
+    let deducted = inventory().await;
+    assert_eq!((deducted.1, deducted.2), (97, 0));
+    // A sync publish leaves its command "applied": a processor seeing it runs the handlers again.
+    let command = CommandService::get_command(engine, &other_key, shipped_version, &ctx)
+        .await
+        .expect("read");
+    assert_eq!(
+        command.expect("the shipped version").status,
+        CommandStatus::Applied
+    );
+    assert_eq!(
+        engine
+            .process(&other_key, shipped_version)
+            .await
+            .expect("processed"),
+        CommandStatus::Finished
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            CommandService::reprocess(engine, &other_key, shipped_version, &ctx)
+                .await
+                .expect("reprocessed"),
+            CommandStatus::Finished
+        );
+    }
+    assert_eq!(inventory().await, deducted, "the stock changed once");
+
+    // The customer heard of each event once.
+    let sent = api.shop.notifier.sent();
+    let count = |code: &str, kind: NotificationKind| {
+        sent.iter()
+            .filter(|n| n.order_code == code && n.kind == kind)
+            .count()
+    };
+    assert_eq!(count(&code, NotificationKind::OrderConfirmation), 1);
+    assert_eq!(count(&code, NotificationKind::Cancellation), 1);
+    assert_eq!(count(&other, NotificationKind::Shipping), 1);
+    assert!(CommandService::list_failures(engine, &ctx)
+        .await
+        .expect("listed")
+        .is_empty());
+}
+
+// ---- one test per scenario and backend -------------------------------------------
+
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        on_backend!(memory, Memory, $($scenario),*);
+        on_backend!(dynamodb, DynamoDb, $($scenario),*);
+    };
+}
+
+macro_rules! on_backend {
+    ($module:ident, $backend:ident, $($scenario:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    let Some(api) = super::Api::start(super::Backend::$backend, stringify!($scenario)).await
+                    else {
+                        return;
+                    };
+                    super::$scenario(&api).await;
+                    api.stop().await;
+                }
+            )*
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_orders() {
+                let backend = super::Backend::$backend;
+                let Some(api) = super::Api::start(backend, "concurrency").await else {
+                    return;
+                };
+                super::concurrent_orders(&api, backend).await;
+                api.stop().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn demo_runs() {
+                let Some(fresh) = super::Backend::$backend.shop("demo").await else {
+                    return;
+                };
+                super::demo_runs(&fresh.shop).await;
+                fresh.clean_up().await;
+            }
+        }
+    };
+}
+
+/// The demo runs to the end and tells what it did.
+async fn demo_runs(shop: &Shop) {
+    let mut out: Vec<u8> = Vec::new();
+    ecommerce::demo::run(shop, &mut out)
+        .await
+        .expect("the demo succeeds");
+    let text = String::from_utf8(out).expect("UTF-8 output");
+    assert!(
+        text.contains("ORD-000001"),
+        "the demo shows the first order:\n{text}"
+    );
+}
+
+on_both_backends!(
+    every_endpoint,
+    lifecycle,
+    listing,
+    catalogue_prices,
+    authentication,
+    tenant_isolation,
+    bad_bodies,
+    redelivery,
+    cancel_races_reservation,
+);
