@@ -140,7 +140,21 @@ pub(crate) fn same_value(a: &Value, b: &Value) -> bool {
             x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
         }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+            if x.len() != y.len() {
+                return false;
+            }
+            // Both maps iterate in key order (without serde_json's
+            // `preserve_order`): walk them side by side, and look keys up
+            // only when the orders differ.
+            for ((k, v), (l, w)) in x.iter().zip(y) {
+                if k != l {
+                    return x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)));
+                }
+                if !same_value(v, w) {
+                    return false;
+                }
+            }
+            true
         }
         _ => a == b,
     }
@@ -314,6 +328,13 @@ mod tests {
         assert!(!same_value(&json!(6), &json!(6.5)));
         assert!(!same_value(&json!(6), &json!("6")));
         assert!(same_value(&json!(u64::MAX), &json!(u64::MAX)));
+        assert!(same_value(
+            &json!({"a": 1, "b": {"c": 2}}),
+            &json!({"b": {"c": 2.0}, "a": 1})
+        ));
+        assert!(!same_value(&json!({"a": 1, "b": 2}), &json!({"a": 1, "c": 2})));
+        assert!(!same_value(&json!({"a": 1, "b": 2}), &json!({"a": 2, "b": 2})));
+        assert!(!same_value(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
         assert!(!same_value(&json!(-1), &json!(u64::MAX)));
     }
 

@@ -135,6 +135,18 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// conflict of the first failing entity (actual = its data version).
     async fn apply(&self, writes: &[ApplyWrite]) -> Result<()>;
 
+    /// [`Storage::apply`], with the writes given by value; returns their data
+    /// rows, in order. Same conditions, same atomicity, same errors.
+    ///
+    /// For a backend that keeps the rows it is given (the in-memory one):
+    /// it can store them as they are instead of copies. The engine calls it
+    /// when it needs nothing but the data row after the write (a sync
+    /// publish that no handler is interested in). The default calls `apply`.
+    async fn apply_owned(&self, writes: Vec<ApplyWrite>) -> Result<Vec<DataItem>> {
+        self.apply(&writes).await?;
+        Ok(writes.into_iter().map(|w| w.data).collect())
+    }
+
     /// The data row of an entity.
     async fn get_data(&self, key: &EntityKey) -> Result<Option<DataItem>>;
 

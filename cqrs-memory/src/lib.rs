@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 mod range;
+mod versions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -11,6 +12,7 @@ use cqrs_core::{
     ApplyWrite, CommandRecord, CommandStatus, CommandWrite, DataItem, EntityKey, Error, ExpectedVersion,
     FailedCommand, RangePage, RangeQuery, Result, SortOrder, Storage, StorageLimits,
 };
+use versions::Versions;
 
 /// The in-memory storage backend.
 ///
@@ -19,25 +21,15 @@ use cqrs_core::{
 /// tested against it behaves the same in production. Every write is atomic
 /// under one lock; reads return copies.
 ///
+/// Rows are kept behind `Arc`s, so that the lock is held only to look rows
+/// up and to link them in: copying a row out for a read, building the rows
+/// of a write and freeing replaced rows happen outside it.
+///
 /// Cheap to clone: clones share the same tables.
 #[derive(Debug, Clone, Default)]
 pub struct InMemory {
     tables: Arc<RwLock<Tables>>,
     limits: StorageLimits,
-}
-
-#[derive(Debug, Default)]
-struct Tables {
-    /// Command rows per entity, by version.
-    commands: HashMap<EntityKey, BTreeMap<u64, CommandRecord>>,
-    /// Data rows per partition, by sort key (sorted for range queries).
-    data: HashMap<String, BTreeMap<String, DataItem>>,
-    /// History rows per entity, by version.
-    history: HashMap<EntityKey, BTreeMap<u64, DataItem>>,
-    /// Sequence counters by (pk, sk).
-    counters: HashMap<(String, String), u64>,
-    /// Failure records by (entity, version).
-    failures: HashMap<(EntityKey, u64), FailedCommand>,
 }
 
 impl InMemory {
@@ -88,42 +80,173 @@ impl InMemory {
     fn write(&self) -> RwLockWriteGuard<'_, Tables> {
         self.tables.write().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Writes the rows of `writes` atomically: every condition is checked,
+    /// then every row linked in, under one lock. The rows replaced (and, on
+    /// failure, the rows not written) are freed after the lock is released.
+    fn apply_rows(&self, writes: Vec<Rows>) -> Result<()> {
+        let count = writes.len() * self.limits.rows_per_command;
+        if count > self.limits.max_transaction_items {
+            return Err(Error::TooLarge {
+                what: "transaction".into(),
+                size: count,
+                limit: self.limits.max_transaction_items,
+            });
+        }
+        let replaced: Vec<Arc<DataItem>> = {
+            let mut tables = self.write();
+            for write in &writes {
+                tables.check(write)?;
+            }
+            writes
+                .into_iter()
+                .filter_map(|write| tables.store(write))
+                .collect()
+        };
+        drop(replaced);
+        Ok(())
+    }
+}
+
+/// Rows by partition key, then sort key: lookups take `&str`s, so reading
+/// or writing an existing entity allocates no key.
+type ByEntity<T> = HashMap<String, HashMap<String, T>>;
+
+#[derive(Debug, Default)]
+struct Tables {
+    /// Command rows per entity, by version.
+    commands: ByEntity<Versions<Arc<CommandRecord>>>,
+    /// Data rows per partition, by sort key (sorted for range queries).
+    data: HashMap<String, BTreeMap<String, Arc<DataItem>>>,
+    /// History rows per entity, by version.
+    history: ByEntity<Versions<Arc<DataItem>>>,
+    /// Sequence counters by (pk, sk).
+    counters: HashMap<(String, String), u64>,
+    /// Failure records by (entity, version).
+    failures: HashMap<(EntityKey, u64), FailedCommand>,
+}
+
+/// The rows of one entity.
+fn rows<'a, T>(table: &'a ByEntity<T>, pk: &str, sk: &str) -> Option<&'a T> {
+    table.get(pk)?.get(sk)
+}
+
+/// The rows of one entity, created empty if missing (the only case that
+/// allocates its keys).
+fn rows_mut<'a, T: Default>(table: &'a mut ByEntity<T>, pk: &str, sk: &str) -> &'a mut T {
+    let partition = partition_mut(table, pk);
+    if !partition.contains_key(sk) {
+        partition.insert(sk.to_owned(), T::default());
+    }
+    partition.get_mut(sk).expect("just inserted")
+}
+
+/// A partition of a table, created empty if missing.
+fn partition_mut<'a, T: Default>(table: &'a mut HashMap<String, T>, pk: &str) -> &'a mut T {
+    if !table.contains_key(pk) {
+        table.insert(pk.to_owned(), T::default());
+    }
+    table.get_mut(pk).expect("just inserted")
+}
+
+fn entity_id(pk: &str, sk: &str) -> String {
+    EntityKey::new(pk, sk).id()
+}
+
+/// Copies of shared rows, made once the lock is released.
+fn copies<T: Clone>(rows: Vec<Arc<T>>) -> Vec<T> {
+    rows.into_iter().map(Arc::unwrap_or_clone).collect()
+}
+
+/// The rows of one [`ApplyWrite`], built before the lock is taken.
+struct Rows {
+    /// The command row to insert; `None`: mark the existing one applied.
+    command: Option<Arc<CommandRecord>>,
+    data: Arc<DataItem>,
+    expected_data_version: u64,
+    history: Option<Arc<DataItem>>,
+}
+
+impl From<ApplyWrite> for Rows {
+    fn from(write: ApplyWrite) -> Self {
+        Self {
+            command: match write.command {
+                CommandWrite::Insert(command) => Some(Arc::new(*command)),
+                CommandWrite::MarkApplied => None,
+            },
+            data: Arc::new(write.data),
+            expected_data_version: write.expected_data_version,
+            history: write.history.map(Arc::new),
+        }
+    }
 }
 
 impl Tables {
-    fn latest_version(&self, key: &EntityKey) -> Option<u64> {
-        self.commands.get(key).and_then(|v| v.keys().next_back().copied())
+    fn latest_version(&self, pk: &str, sk: &str) -> Option<u64> {
+        rows(&self.commands, pk, sk).and_then(Versions::last_version)
     }
 
-    fn data_version(&self, key: &EntityKey) -> Option<u64> {
-        self.data
-            .get(&key.pk)
-            .and_then(|p| p.get(&key.sk))
-            .map(|d| d.version)
+    fn data_version(&self, pk: &str, sk: &str) -> Option<u64> {
+        self.data.get(pk).and_then(|p| p.get(sk)).map(|d| d.version)
     }
 
-    fn check(&self, write: &ApplyWrite) -> Result<()> {
-        let key = write.data.key();
-        let actual = self.data_version(&key);
+    fn check(&self, write: &Rows) -> Result<()> {
+        let (pk, sk, version) = (write.data.pk.as_str(), write.data.sk.as_str(), write.data.version);
+        let actual = self.data_version(pk, sk);
         if actual.unwrap_or(0) != write.expected_data_version {
             return Err(Error::Conflict {
-                key: key.id(),
+                key: entity_id(pk, sk),
                 expected: ExpectedVersion::Exactly(write.expected_data_version),
                 actual,
             });
         }
-        let versions = self.commands.get(&key);
-        let exists = versions.is_some_and(|v| v.contains_key(&write.data.version));
+        let versions = rows(&self.commands, pk, sk);
+        let exists = versions.is_some_and(|v| v.contains_key(&version));
         match (&write.command, exists) {
-            (CommandWrite::Insert(_), true) => Err(Error::Conflict {
-                key: key.id(),
+            (Some(_), true) => Err(Error::Conflict {
+                key: entity_id(pk, sk),
                 expected: ExpectedVersion::Exactly(write.expected_data_version),
-                actual: self.latest_version(&key),
+                actual: self.latest_version(pk, sk),
             }),
-            (CommandWrite::MarkApplied, false) => Err(Error::NotFound {
-                key: format!("{}@{}", key.id(), write.data.version),
+            (None, false) => Err(Error::NotFound {
+                key: format!("{}@{version}", entity_id(pk, sk)),
             }),
             _ => Ok(()),
+        }
+    }
+
+    /// Links in the rows of one checked write; returns the data row it replaces.
+    fn store(&mut self, write: Rows) -> Option<Arc<DataItem>> {
+        let Rows {
+            command,
+            data,
+            history,
+            ..
+        } = write;
+        let (pk, sk, version) = (data.pk.as_str(), data.sk.as_str(), data.version);
+        match command {
+            Some(command) => rows_mut(&mut self.commands, pk, sk).insert(version, command),
+            None => {
+                if let Some(command) = self
+                    .commands
+                    .get_mut(pk)
+                    .and_then(|p| p.get_mut(sk))
+                    .and_then(|v| v.get_mut(&version))
+                {
+                    Arc::make_mut(command).status = CommandStatus::Applied;
+                }
+            }
+        }
+        if let Some(history) = history {
+            rows_mut(&mut self.history, pk, sk).insert(history.version, history);
+        }
+        let partition = partition_mut(&mut self.data, pk);
+        match partition.get_mut(sk) {
+            Some(row) => Some(std::mem::replace(row, data)),
+            None => {
+                partition.insert(sk.to_owned(), data);
+                None
+            }
         }
     }
 }
@@ -135,150 +258,101 @@ impl Storage for InMemory {
     }
 
     async fn put_command(&self, command: &CommandRecord) -> Result<()> {
-        let key = command.key();
+        let (pk, sk) = (command.pk.as_str(), command.sk.as_str());
+        let row = Arc::new(command.clone());
         let mut tables = self.write();
-        let latest = tables.latest_version(&key);
-        let versions = tables.commands.get(&key);
+        let versions = rows(&tables.commands, pk, sk);
         let taken = versions.is_some_and(|v| v.contains_key(&command.version));
         let predecessor_missing =
             command.version > 1 && !versions.is_some_and(|v| v.contains_key(&(command.version - 1)));
         if taken || predecessor_missing {
             return Err(Error::Conflict {
-                key: key.id(),
+                key: entity_id(pk, sk),
                 expected: ExpectedVersion::Exactly(command.version - 1),
-                actual: latest,
+                actual: tables.latest_version(pk, sk),
             });
         }
-        tables
-            .commands
-            .entry(key)
-            .or_default()
-            .insert(command.version, command.clone());
+        rows_mut(&mut tables.commands, pk, sk).insert(command.version, row);
         Ok(())
     }
 
     async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>> {
-        Ok(self
-            .read()
-            .commands
-            .get(key)
-            .and_then(|v| v.get(&version))
-            .cloned())
+        let row = rows(&self.read().commands, &key.pk, &key.sk).and_then(|v| v.get(&version).cloned());
+        Ok(row.map(Arc::unwrap_or_clone))
     }
 
     async fn latest_command(&self, key: &EntityKey) -> Result<Option<CommandRecord>> {
-        Ok(self
-            .read()
-            .commands
-            .get(key)
-            .and_then(|v| v.values().next_back())
-            .cloned())
+        let row = rows(&self.read().commands, &key.pk, &key.sk).and_then(|v| v.last().cloned());
+        Ok(row.map(Arc::unwrap_or_clone))
     }
 
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
-        Ok(self
-            .read()
-            .commands
-            .get(key)
+        let rows: Vec<_> = rows(&self.read().commands, &key.pk, &key.sk)
             .map(|v| v.values().cloned().collect())
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok(copies(rows))
     }
 
     async fn set_command_status(&self, key: &EntityKey, version: u64, status: CommandStatus) -> Result<()> {
         let mut tables = self.write();
         let command = tables
             .commands
-            .get_mut(key)
+            .get_mut(&key.pk)
+            .and_then(|p| p.get_mut(&key.sk))
             .and_then(|v| v.get_mut(&version))
             .ok_or_else(|| Error::NotFound {
                 key: format!("{}@{version}", key.id()),
             })?;
-        command.status = status;
+        // Copies the row only if a reader still holds it.
+        Arc::make_mut(command).status = status;
         Ok(())
     }
 
     async fn apply(&self, writes: &[ApplyWrite]) -> Result<()> {
-        let rows = writes.len() * self.limits.rows_per_command;
-        if rows > self.limits.max_transaction_items {
-            return Err(Error::TooLarge {
-                what: "transaction".into(),
-                size: rows,
-                limit: self.limits.max_transaction_items,
-            });
-        }
-        let mut tables = self.write();
-        // Check every condition before touching anything: all or nothing.
-        for write in writes {
-            tables.check(write)?;
-        }
-        for write in writes {
-            let key = write.data.key();
-            match &write.command {
-                CommandWrite::Insert(command) => {
-                    tables
-                        .commands
-                        .entry(key.clone())
-                        .or_default()
-                        .insert(command.version, (**command).clone());
-                }
-                CommandWrite::MarkApplied => {
-                    if let Some(command) = tables
-                        .commands
-                        .get_mut(&key)
-                        .and_then(|v| v.get_mut(&write.data.version))
-                    {
-                        command.status = CommandStatus::Applied;
-                    }
-                }
-            }
-            if let Some(history) = &write.history {
-                tables
-                    .history
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(history.version, history.clone());
-            }
-            tables
-                .data
-                .entry(key.pk)
-                .or_default()
-                .insert(key.sk, write.data.clone());
-        }
-        Ok(())
+        self.apply_rows(writes.iter().cloned().map(Rows::from).collect())
+    }
+
+    async fn apply_owned(&self, writes: Vec<ApplyWrite>) -> Result<Vec<DataItem>> {
+        let data: Vec<DataItem> = writes.iter().map(|w| w.data.clone()).collect();
+        self.apply_rows(writes.into_iter().map(Rows::from).collect())?;
+        Ok(data)
     }
 
     async fn get_data(&self, key: &EntityKey) -> Result<Option<DataItem>> {
-        Ok(self
+        let row = self
             .read()
             .data
             .get(&key.pk)
-            .and_then(|p| p.get(&key.sk))
-            .cloned())
+            .and_then(|p| p.get(&key.sk).cloned());
+        Ok(row.map(Arc::unwrap_or_clone))
     }
 
     async fn query_data(&self, query: &RangeQuery) -> Result<RangePage> {
-        let tables = self.read();
-        let Some(partition) = tables.data.get(&query.pk) else {
-            return Ok(RangePage {
-                items: Vec::new(),
-                last_sk: None,
-            });
+        let rows: Vec<Arc<DataItem>> = {
+            let tables = self.read();
+            let Some(partition) = tables.data.get(&query.pk) else {
+                return Ok(RangePage {
+                    items: Vec::new(),
+                    last_sk: None,
+                });
+            };
+            let bounds = range::SkRange::new(query.sk.as_ref(), query.order, query.start_after.as_deref());
+            match (bounds.as_range(), query.order) {
+                (None, _) => Vec::new(),
+                (Some(r), SortOrder::Ascending) => partition
+                    .range::<str, _>(r)
+                    .take(query.limit)
+                    .map(|(_, v)| v.clone())
+                    .collect(),
+                (Some(r), SortOrder::Descending) => partition
+                    .range::<str, _>(r)
+                    .rev()
+                    .take(query.limit)
+                    .map(|(_, v)| v.clone())
+                    .collect(),
+            }
         };
-        let bounds = range::SkRange::new(query.sk.as_ref(), query.order, query.start_after.as_deref());
-        let items: Vec<DataItem> = match (bounds.as_range(), query.order) {
-            (None, _) => Vec::new(),
-            (Some(r), SortOrder::Ascending) => partition
-                .range::<str, _>(r)
-                .take(query.limit)
-                .map(|(_, v)| v.clone())
-                .collect(),
-            (Some(r), SortOrder::Descending) => partition
-                .range::<str, _>(r)
-                .rev()
-                .take(query.limit)
-                .map(|(_, v)| v.clone())
-                .collect(),
-        };
+        let items = copies(rows);
         // Like DynamoDB: a full page says "there may be more".
         let last_sk = (items.len() == query.limit)
             .then(|| items.last().map(|i| i.sk.clone()))
@@ -287,21 +361,15 @@ impl Storage for InMemory {
     }
 
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {
-        Ok(self
-            .read()
-            .history
-            .get(key)
-            .and_then(|h| h.get(&version))
-            .cloned())
+        let row = rows(&self.read().history, &key.pk, &key.sk).and_then(|h| h.get(&version).cloned());
+        Ok(row.map(Arc::unwrap_or_clone))
     }
 
     async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>> {
-        Ok(self
-            .read()
-            .history
-            .get(key)
+        let rows: Vec<_> = rows(&self.read().history, &key.pk, &key.sk)
             .map(|h| h.values().cloned().collect())
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok(copies(rows))
     }
 
     async fn next_counter(&self, pk: &str, sk: &str) -> Result<u64> {

@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::pipeline::HandlerRun;
 use super::records::{command_record, data_item};
-use super::validate::{check_command, check_key, check_size};
+use super::validate::{check_command, check_key, check_size, check_size_as_data};
 use super::Engine;
 use crate::context::InvocationContext;
 use crate::error::{Error, Result};
@@ -140,6 +140,21 @@ impl Engine {
             Prepared::Write(write) => write,
             Prepared::Unchanged(unchanged) => return Ok(Published::Unchanged(unchanged)),
         };
+        let handled = write
+            .inserted_command()
+            .is_some_and(|record| self.inner.pipeline.has_handlers_for(record));
+        if !handled {
+            // Nothing needs the rows after the write but the caller its data
+            // row: hand them over, for a backend that can keep them as they are.
+            let data = self.storage_ref().apply_owned(vec![write]).await?;
+            let data = data
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::backend("apply_owned returned no data row", false))?;
+            tracing::Span::current().record("version", data.version);
+            tracing::info!("published (sync)");
+            return Ok(Published::Written(data));
+        }
         self.storage_ref().apply(std::slice::from_ref(&write)).await?;
         tracing::Span::current().record("version", write.data.version);
         tracing::info!("published (sync)");
@@ -162,7 +177,7 @@ impl Engine {
                 record,
                 write.history.as_ref(),
                 &write.data,
-                ctx.clone(),
+                || ctx.clone(),
                 HandlerRun::SYNC,
             )
             .await;
@@ -179,6 +194,22 @@ impl Engine {
             ExpectedVersion::Exactly(v) => self.storage_ref().get_command(key, v).await,
             ExpectedVersion::Latest => self.storage_ref().latest_command(key).await,
         }
+    }
+
+    /// One attempt of an async publish: reads the base (when the dirty check
+    /// or a last-writer-wins publish needs it) and publishes on top of it.
+    async fn publish_async_once(
+        &self,
+        key: &EntityKey,
+        command: CommandInput,
+        ctx: &InvocationContext,
+    ) -> Result<Published<CommandRecord>> {
+        let read_base = self.config().async_dirty_check || command.version == ExpectedVersion::Latest;
+        let base = match read_base {
+            true => self.async_base(key, command.version).await?,
+            false => None,
+        };
+        self.publish_async_on(key, command, base, ctx).await
     }
 
     /// One attempt of an async publish of `command` on top of `base`.
@@ -213,7 +244,7 @@ impl Engine {
             Utc::now(),
         );
         // The row the pipeline will write is the data row, which is larger.
-        check_size(&self.storage_ref().limits(), &data_item(&record, None))?;
+        check_size_as_data(&self.storage_ref().limits(), &record)?;
         self.storage_ref().put_command(&record).await?;
         tracing::Span::current().record("version", record.version);
         tracing::info!("published (async)");
@@ -260,16 +291,17 @@ impl CommandService for Engine {
     ) -> Result<Published<CommandRecord>> {
         let key = check_command(self.tenancy(), &command, ctx)?;
         let span = command_span(&key, ctx, "async");
-        let read_base = self.config().async_dirty_check || command.version == ExpectedVersion::Latest;
-        self.retrying_latest(command.version, || async {
-            let base = match read_base {
-                true => self.async_base(&key, command.version).await?,
-                false => None,
-            };
-            self.publish_async_on(&key, command.clone(), base, ctx).await
-        })
-        .instrument(span)
-        .await
+        match command.version {
+            // One attempt: the command moves in, without a copy.
+            ExpectedVersion::Exactly(_) => self.publish_async_once(&key, command, ctx).instrument(span).await,
+            ExpectedVersion::Latest => {
+                self.retrying_latest(command.version, || {
+                    self.publish_async_once(&key, command.clone(), ctx)
+                })
+                .instrument(span)
+                .await
+            }
+        }
     }
 
     async fn publish_sync(
@@ -279,11 +311,17 @@ impl CommandService for Engine {
     ) -> Result<Published<DataItem>> {
         let key = check_command(self.tenancy(), &command, ctx)?;
         let span = command_span(&key, ctx, "sync");
-        self.retrying_latest(command.version, || {
-            self.publish_sync_once(&key, command.clone(), ctx)
-        })
-        .instrument(span)
-        .await
+        match command.version {
+            // One attempt: the command moves in, without a copy.
+            ExpectedVersion::Exactly(_) => self.publish_sync_once(&key, command, ctx).instrument(span).await,
+            ExpectedVersion::Latest => {
+                self.retrying_latest(command.version, || {
+                    self.publish_sync_once(&key, command.clone(), ctx)
+                })
+                .instrument(span)
+                .await
+            }
+        }
     }
 
     async fn publish_partial_update_async(

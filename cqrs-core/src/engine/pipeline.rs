@@ -158,7 +158,7 @@ impl Pipeline {
                                 &command,
                                 data.as_ref(),
                                 &new,
-                                context_of(&command),
+                                || context_of(&command),
                                 HandlerRun::ASYNC,
                             )
                             .await?;
@@ -230,14 +230,20 @@ impl Pipeline {
         Ok(new)
     }
 
+    /// Whether a handler is interested in `command`.
+    pub(crate) fn has_handlers_for(&self, command: &CommandRecord) -> bool {
+        self.handlers.iter().any(|h| h.interest().matches(command))
+    }
+
     /// Runs the handlers of one applied command and records the outcome:
-    /// a failure always; a success as `run.on_success` says.
+    /// a failure always; a success as `run.on_success` says. `context` is
+    /// only called (and the event only built) when a handler matches.
     pub(crate) async fn run_handlers(
         &self,
         command: &CommandRecord,
         old: Option<&DataItem>,
         new: &DataItem,
-        context: InvocationContext,
+        context: impl FnOnce() -> InvocationContext,
         run: HandlerRun<'_>,
     ) -> Result<CommandStatus> {
         let matching: Vec<_> = self
@@ -253,7 +259,7 @@ impl Pipeline {
             command: command.clone(),
             old: old.cloned(),
             new: new.clone(),
-            context,
+            context: context(),
             attempt: 1,
         };
         let failures: Vec<HandlerFailure> =
@@ -359,7 +365,7 @@ impl Pipeline {
             1 => None,
             v => self.storage.get_history(&key, v - 1).await?,
         };
-        self.run_handlers(command, old.as_ref(), &new, context_of(command), run)
+        self.run_handlers(command, old.as_ref(), &new, || context_of(command), run)
             .await
     }
 

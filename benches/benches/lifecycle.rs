@@ -1,0 +1,249 @@
+//! Workload 1: the order lifecycle, in memory, against the Rust peer.
+//!
+//! Every order goes create → confirm → process → ship → deliver: five
+//! commands, one after the other, order after order, on a single-threaded
+//! (`current_thread`) Tokio runtime, so one core.
+//!
+//! - **ours**: `publish_sync` on `cqrs_memory::InMemory::engine().build()`,
+//!   no data-sync handler, each step with `ExpectedVersion::Exactly(v)` and
+//!   the full new state (the caller moves the attributes of the item the
+//!   previous step returned, sets `status`, and publishes).
+//! - **cqrs-es 0.5** (crates.io): `CqrsFramework::execute` on an order
+//!   aggregate with the same content (customer, 1-2 items, address, payment,
+//!   totals, status, tracking number), no query processor. Twice: on a copy
+//!   of its `MemStore` without the two `println!`s it makes per command
+//!   (the framework's own cost), and on `MemStore` as shipped, in a child
+//!   process whose stdout goes to `/dev/null`.
+//!
+//! Each system runs the whole workload `REPS` times on fresh stores; the
+//! table gives the best and the median run.
+//!
+//! `cargo bench -p cqrs-benches --bench lifecycle`
+//! (`CQRS_BENCH_ORDERS=n` changes the number of orders; `CQRS_BENCH_ONLY=ours`
+//! runs ours alone, once, for profiling).
+
+mod peer_orders;
+
+use std::time::{Duration, Instant};
+
+use cqrs_benches::peer::{child_role, median, report, run_child};
+use cqrs_core::{CommandInput, CommandService, DataItem, DataService, EntityKey, ExpectedVersion};
+use cqrs_core::{Engine, InvocationContext};
+use cqrs_es::mem_store::MemStore;
+use cqrs_es::{CqrsFramework, EventStore};
+use peer_orders::{
+    create_command, order_attributes, order_code, order_sk, tracking_number, Order, OrderCommand,
+    QuietMemStore, Status, PK,
+};
+use serde_json::Value;
+
+/// Commands per order.
+const STEPS: usize = 5;
+/// Runs of the whole workload per system.
+const REPS: usize = 3;
+/// Orders per run, unless `CQRS_BENCH_ORDERS` says otherwise.
+const ORDERS: usize = 2_000;
+
+fn orders() -> usize {
+    std::env::var("CQRS_BENCH_ORDERS")
+        .ok()
+        .map(|n| n.parse().expect("CQRS_BENCH_ORDERS: a number"))
+        .unwrap_or(ORDERS)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+// --- ours -------------------------------------------------------------------
+
+/// One step of an order on ours: the state `item` returned, with a new status.
+async fn ours_step(
+    engine: &Engine,
+    ctx: &InvocationContext,
+    sk: &str,
+    item: DataItem,
+    status: Status,
+    tracking: Option<String>,
+) -> DataItem {
+    let mut attributes = item.attributes;
+    attributes["status"] = Value::from(status.as_str());
+    if let Some(tracking) = tracking {
+        attributes["trackingNumber"] = Value::from(tracking);
+    }
+    let command = CommandInput::new(PK, sk)
+        .version(ExpectedVersion::Exactly(item.version))
+        .attributes(attributes);
+    engine
+        .publish_sync(command, ctx)
+        .await
+        .expect("publish")
+        .written()
+        .expect("a new version")
+}
+
+/// The lifecycle of `orders` orders on a fresh engine; the time it took.
+async fn ours_run(orders: usize) -> Duration {
+    let engine = cqrs_memory::InMemory::engine().build();
+    let ctx = InvocationContext::new("shop-a", "bench");
+    let start = Instant::now();
+    for i in 0..orders {
+        let sk = order_sk(i);
+        let create = CommandInput::new(PK, &sk).attributes(order_attributes(i));
+        let item = engine
+            .publish_sync(create, &ctx)
+            .await
+            .expect("create")
+            .into_item();
+        let item = ours_step(&engine, &ctx, &sk, item, Status::Confirmed, None).await;
+        let item = ours_step(&engine, &ctx, &sk, item, Status::Processing, None).await;
+        let item = ours_step(
+            &engine,
+            &ctx,
+            &sk,
+            item,
+            Status::Shipped,
+            Some(tracking_number(i)),
+        )
+        .await;
+        ours_step(&engine, &ctx, &sk, item, Status::Delivered, None).await;
+    }
+    let elapsed = start.elapsed();
+    for i in [0, orders - 1] {
+        let item = engine
+            .get_item(&EntityKey::new(PK, order_sk(i)), &ctx)
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(item.version, STEPS as u64);
+        assert_eq!(item.attributes["status"], "delivered");
+    }
+    elapsed
+}
+
+// --- the peer ---------------------------------------------------------------
+
+/// The lifecycle of `orders` orders on cqrs-es over `store` (fresh); the time it took.
+async fn peer_run<ES: EventStore<Order> + Clone>(store: ES, orders: usize) -> Duration {
+    let cqrs = CqrsFramework::new(store.clone(), vec![], ());
+    let start = Instant::now();
+    for i in 0..orders {
+        let id = order_code(i);
+        cqrs.execute(&id, create_command(i)).await.expect("create");
+        cqrs.execute(&id, OrderCommand::Confirm).await.expect("confirm");
+        cqrs.execute(&id, OrderCommand::Process).await.expect("process");
+        let ship = OrderCommand::Ship {
+            tracking_number: tracking_number(i),
+        };
+        cqrs.execute(&id, ship).await.expect("ship");
+        cqrs.execute(&id, OrderCommand::Deliver).await.expect("deliver");
+    }
+    let elapsed = start.elapsed();
+    for i in [0, orders - 1] {
+        let events = store.load_events(&order_code(i)).await.expect("load");
+        assert_eq!(events.len(), STEPS);
+        let mut order = Order::default();
+        events
+            .into_iter()
+            .for_each(|e| cqrs_es::Aggregate::apply(&mut order, e.payload));
+        assert_eq!(order.status, Status::Delivered);
+    }
+    elapsed
+}
+
+// --- the table --------------------------------------------------------------
+
+struct Row {
+    system: &'static str,
+    runs: Vec<Duration>,
+}
+
+impl Row {
+    fn best(&self) -> Duration {
+        *self.runs.iter().min().expect("runs")
+    }
+}
+
+fn rate(commands: usize, d: Duration) -> f64 {
+    commands as f64 / d.as_secs_f64()
+}
+
+fn main() {
+    let rt = runtime();
+    let orders = orders();
+    let commands = orders * STEPS;
+
+    // The child of `run_child`: the peer on MemStore as shipped, stdout discarded.
+    if child_role().as_deref() == Some("memstore") {
+        rt.block_on(peer_run(MemStore::<Order>::default(), orders.min(100)));
+        for _ in 0..REPS {
+            let d = rt.block_on(peer_run(MemStore::<Order>::default(), orders));
+            report(&d.as_nanos().to_string());
+        }
+        return;
+    }
+    if std::env::var("CQRS_BENCH_ONLY").as_deref() == Ok("ours") {
+        let d = rt.block_on(ours_run(orders));
+        println!("ours: {commands} commands in {:.3} s", d.as_secs_f64());
+        return;
+    }
+
+    // Warm-up (allocator, page faults, code), then alternate the systems.
+    rt.block_on(ours_run(orders.min(100)));
+    rt.block_on(peer_run(QuietMemStore::<Order>::default(), orders.min(100)));
+    let mut ours = Vec::new();
+    let mut quiet = Vec::new();
+    for _ in 0..REPS {
+        ours.push(rt.block_on(ours_run(orders)));
+        quiet.push(rt.block_on(peer_run(QuietMemStore::<Order>::default(), orders)));
+    }
+    let shipped: Vec<Duration> = run_child("memstore")
+        .iter()
+        .map(|ns| Duration::from_nanos(ns.parse().expect("nanoseconds")))
+        .collect();
+
+    let rows = [
+        Row {
+            system: "ours: cqrs-core + cqrs-memory, `publish_sync`",
+            runs: ours,
+        },
+        Row {
+            system: "cqrs-es 0.5: `CqrsFramework` + `MemStore` minus its `println!`s",
+            runs: quiet,
+        },
+        Row {
+            system: "cqrs-es 0.5: `CqrsFramework` + `MemStore` as shipped (stdout to /dev/null)",
+            runs: shipped,
+        },
+    ];
+    let ours_median = median(&rows[0].runs);
+    println!();
+    println!(
+        "Order lifecycle, in memory: {orders} orders x {STEPS} commands, one after the other, \
+         current_thread runtime (one core); {REPS} runs per system"
+    );
+    println!();
+    println!("| system | commands | seconds (median) | seconds (best) | commands/s (median) | commands/s (best) | ours / system (median) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        let m = median(&row.runs);
+        println!(
+            "| {} | {commands} | {:.3} | {:.3} | {:.0} | {:.0} | {:.2}x |",
+            row.system,
+            m.as_secs_f64(),
+            row.best().as_secs_f64(),
+            rate(commands, m),
+            rate(commands, row.best()),
+            m.as_secs_f64() / ours_median.as_secs_f64(),
+        );
+    }
+    println!();
+    let ratio = median(&rows[1].runs).as_secs_f64() / ours_median.as_secs_f64();
+    println!(
+        "Target: ours >= 3x the peer on one core. Against the peer without printing: {ratio:.2}x ({}).",
+        if ratio >= 3.0 { "met" } else { "missed" }
+    );
+}
