@@ -164,6 +164,26 @@ impl DynamoDbStorage {
         }
     }
 
+    /// Every `{sk}@{version}` row of an entity in `table`, by ascending
+    /// version (their sort keys order as text, `@10` before `@9`).
+    async fn versioned_rows<T>(
+        &self,
+        table: &str,
+        key: &EntityKey,
+        parse: fn(Item) -> Result<T>,
+        version: fn(&T) -> u64,
+    ) -> Result<Vec<T>> {
+        let prefix = format!("{}@", key.sk);
+        let mut rows = self
+            .query_prefix(table, &key.pk, &prefix)
+            .await?
+            .into_iter()
+            .map(parse)
+            .collect::<Result<Vec<_>>>()?;
+        rows.sort_by_key(version);
+        Ok(rows)
+    }
+
     async fn get(&self, table: &str, pk: &str, sk: &str) -> Result<Option<Item>> {
         let out = self
             .client
@@ -409,15 +429,8 @@ impl Storage for DynamoDbStorage {
     }
 
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
-        let prefix = format!("{}@", key.sk);
-        let mut commands = self
-            .query_prefix(&self.tables.command, &key.pk, &prefix)
-            .await?
-            .into_iter()
-            .map(command_from_item)
-            .collect::<Result<Vec<_>>>()?;
-        commands.sort_by_key(|c| c.version);
-        Ok(commands)
+        self.versioned_rows(&self.tables.command, key, command_from_item, |c| c.version)
+            .await
     }
 
     async fn set_command_status(&self, key: &EntityKey, version: u64, status: CommandStatus) -> Result<()> {
@@ -540,15 +553,8 @@ impl Storage for DynamoDbStorage {
     }
 
     async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>> {
-        let prefix = format!("{}@", key.sk);
-        let mut history = self
-            .query_prefix(&self.tables.history, &key.pk, &prefix)
-            .await?
-            .into_iter()
-            .map(history_from_item)
-            .collect::<Result<Vec<_>>>()?;
-        history.sort_by_key(|h| h.version);
-        Ok(history)
+        self.versioned_rows(&self.tables.history, key, history_from_item, |h| h.version)
+            .await
     }
 
     async fn next_counter(&self, pk: &str, sk: &str) -> Result<u64> {
