@@ -18,7 +18,10 @@ mod storage;
 pub mod testing;
 
 pub use context::{InvocationContext, TenancyPolicy};
-pub use engine::{AsyncDispatch, Engine, EngineBuilder, EngineConfig, RetryPolicy, APPLY_STEP};
+pub use engine::{
+    AsyncDispatch, Engine, EngineBuilder, EngineConfig, RetryPolicy, APPLY_STEP, DEFAULT_HANDLER_TIMEOUT,
+    DEFAULT_RECOVERY_GRACE,
+};
 pub use error::{BoxError, Error, Result};
 pub use handler::{DataSyncEvent, DataSyncHandler, Interest};
 pub use keys::{

@@ -82,7 +82,12 @@ impl Engine {
             }
             other => other,
         };
-        let record = command_record(command, base + 1, CommandStatus::Applied, ctx, Utc::now());
+        let mut record = command_record(command, base + 1, CommandStatus::Applied, ctx, Utc::now());
+        // With no handler to run, the command is done once written: a stream
+        // consumer then has nothing to check.
+        if !self.inner.pipeline.has_handlers_for(&record) {
+            record.status = CommandStatus::Finished;
+        }
         let data = data_item(&record, previous.as_ref());
         check_size(&self.storage_ref().limits(), &data)?;
         Ok(Prepared::Write(ApplyWrite {
@@ -142,8 +147,9 @@ impl Engine {
         };
         let handled = write
             .inserted_command()
-            .is_some_and(|record| self.inner.pipeline.has_handlers_for(record));
+            .is_some_and(|record| record.status == CommandStatus::Applied);
         if !handled {
+            // One atomic write and nothing after it: nothing to detach.
             // Nothing needs the rows after the write but the caller its data
             // row: hand them over, for a backend that can keep them as they are.
             let data = self.storage_ref().apply_owned(vec![write]).await?;
@@ -155,17 +161,26 @@ impl Engine {
             tracing::info!("published (sync)");
             return Ok(Published::Written(data));
         }
-        self.storage_ref().apply(std::slice::from_ref(&write)).await?;
-        tracing::Span::current().record("version", write.data.version);
-        tracing::info!("published (sync)");
-        self.run_handlers_after_write(&write, ctx).await;
-        Ok(Published::Written(write.data))
+        let ctx = ctx.clone();
+        self.detached(move |engine| {
+            async move {
+                engine.storage_ref().apply(std::slice::from_ref(&write)).await?;
+                tracing::Span::current().record("version", write.data.version);
+                tracing::info!("published (sync)");
+                engine.run_handlers_after_write(&write, &ctx).await;
+                Ok(Published::Written(write.data))
+            }
+            .in_current_span()
+        })
+        .await
     }
 
-    /// Runs the handlers of a written command. The write stands whatever
-    /// happens here: a handler failure is recorded by the pipeline, and a
-    /// failure to record it is logged rather than returned, since the caller
-    /// could do nothing with it but retry a publish that already happened.
+    /// Runs the handlers of a written command and marks it finished (or
+    /// records its failure). The write stands whatever happens here: when
+    /// the outcome cannot be recorded (storage unavailable, a handler that
+    /// could not reach it), the command stays `applied` and is handed to
+    /// recovery — the in-process processor, or the stream consumer once the
+    /// recovery grace has passed — which runs the handlers again.
     async fn run_handlers_after_write(&self, write: &ApplyWrite, ctx: &InvocationContext) {
         let Some(record) = write.inserted_command() else {
             return;
@@ -178,11 +193,12 @@ impl Engine {
                 write.history.as_ref(),
                 &write.data,
                 || ctx.clone(),
-                HandlerRun::SYNC,
+                HandlerRun::ALL,
             )
             .await;
         if let Err(error) = outcome {
-            tracing::error!(version = record.version, %error, "handler outcome not recorded");
+            tracing::warn!(version = record.version, %error, "handlers of a sync publish did not complete; left to recovery");
+            self.dispatch(record.key(), record.version);
         }
     }
 
@@ -245,7 +261,15 @@ impl Engine {
         );
         // The row the pipeline will write is the data row, which is larger.
         check_size_as_data(&self.storage_ref().limits(), &record)?;
+        // Dropped while the write is under way, the publish may or may not
+        // have stored the command: the processor then finds out.
+        let mut cancelled = DispatchOnDrop {
+            engine: Some(self),
+            key,
+            version: record.version,
+        };
         self.storage_ref().put_command(&record).await?;
+        cancelled.engine = None;
         tracing::Span::current().record("version", record.version);
         tracing::info!("published (async)");
         self.dispatch(key.clone(), record.version);
@@ -262,6 +286,24 @@ impl Engine {
             base.is_deleted = is_deleted;
         }
         base
+    }
+}
+
+/// Hands an async command to the in-process processor if the publish is
+/// dropped while its write is under way (armed while `engine` is `Some`).
+struct DispatchOnDrop<'a> {
+    engine: Option<&'a Engine>,
+    key: &'a EntityKey,
+    version: u64,
+}
+
+impl Drop for DispatchOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                engine.dispatch(self.key.clone(), self.version);
+            }
+        }
     }
 }
 
@@ -411,12 +453,30 @@ impl CommandService for Engine {
                 Prepared::Unchanged(_) => None,
             })
             .collect();
-        if !writes.is_empty() {
+        let handled = writes.iter().any(|w| {
+            w.inserted_command()
+                .is_some_and(|c| c.status == CommandStatus::Applied)
+        });
+        if handled {
+            // Handlers follow the write: detached, so that they run even if
+            // the caller's future is dropped.
+            let ctx = ctx.clone();
+            self.detached(move |engine| {
+                async move {
+                    engine.storage_ref().apply(&writes).await?;
+                    tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
+                    futures::future::join_all(
+                        writes.iter().map(|w| engine.run_handlers_after_write(w, &ctx)),
+                    )
+                    .await;
+                    Ok(())
+                }
+                .in_current_span()
+            })
+            .await?;
+        } else if !writes.is_empty() {
             self.storage_ref().apply(&writes).await?;
             tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
-        }
-        for write in &writes {
-            self.run_handlers_after_write(write, ctx).await;
         }
         Ok(prepared
             .into_iter()
@@ -449,7 +509,9 @@ impl CommandService for Engine {
         ctx: &InvocationContext,
     ) -> Result<CommandStatus> {
         check_key(self.tenancy(), key, ctx)?;
-        self.inner.pipeline.reprocess(key, version).await
+        let key = key.clone();
+        self.detached(move |engine| async move { engine.inner.pipeline.reprocess(&key, version).await })
+            .await
     }
 
     async fn list_failures(&self, ctx: &InvocationContext) -> Result<Vec<FailedCommand>> {

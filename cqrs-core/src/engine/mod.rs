@@ -5,6 +5,7 @@
 //! [`SequenceService`](crate::SequenceService) on top of a backend's
 //! primitives, and runs the data-sync pipeline.
 
+mod activity;
 mod commands;
 mod pipeline;
 mod reads;
@@ -13,29 +14,39 @@ mod sequences;
 mod validate;
 mod worker;
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::context::TenancyPolicy;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::handler::DataSyncHandler;
 use crate::keys::EntityKey;
 use crate::model::CommandStatus;
 use crate::storage::Storage;
 
+use activity::Activity;
 use pipeline::Pipeline;
 pub use pipeline::{RetryPolicy, APPLY_STEP};
 use worker::Worker;
 
-/// Who applies commands published with `publish_async`.
+/// Who applies commands published with `publish_async`, and who finishes
+/// the work of a sync publish that could not finish it itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AsyncDispatch {
     /// A background processor in this process (Tokio tasks), started on the
     /// first async publish. [`Engine::wait_idle`] waits for it.
+    ///
+    /// Its queue lives in memory: a command it has not finished when the
+    /// process dies is not picked up again by anything. That is the right
+    /// pipeline for the in-memory backend (whose data dies with the process
+    /// too), and a lossy one for a durable backend: on DynamoDB use
+    /// `External` with a stream consumer.
     #[default]
     InProcess,
-    /// Something else feeds [`Engine::process`]: a DynamoDB stream processor
-    /// or a Lambda function. Async publishes only store the command.
+    /// Something else feeds [`Engine::settle`]: a DynamoDB stream consumer
+    /// or a Lambda function, reading every command row from the command
+    /// table's stream. Async publishes only store the command.
     External,
 }
 
@@ -57,7 +68,23 @@ pub struct EngineConfig {
     /// reference framework; off, an async publish is a single write, and an
     /// unchanged command is stored as a new version.
     pub async_dirty_check: bool,
+    /// Longest run of one handler; a run still going then is cut off and
+    /// counts as a failed run (retried, then recorded). Default
+    /// [`DEFAULT_HANDLER_TIMEOUT`].
+    pub handler_timeout: Duration,
+    /// How long after its publication a command still `applied` (data
+    /// written, handlers not finished) is left to its publisher before
+    /// [`Engine::settle`] runs its handlers again. Default
+    /// [`DEFAULT_RECOVERY_GRACE`]; keep it above the longest time a
+    /// publisher can spend on handlers (`handler_timeout` × attempts plus
+    /// backoff), or a slow run gets a second, concurrent one.
+    pub recovery_grace: Duration,
 }
+
+/// Default [`EngineConfig::handler_timeout`]: 10 seconds.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`EngineConfig::recovery_grace`]: 2 minutes.
+pub const DEFAULT_RECOVERY_GRACE: Duration = Duration::from_secs(120);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -67,6 +94,8 @@ impl Default for EngineConfig {
             dispatch: AsyncDispatch::InProcess,
             latest_attempts: 100,
             async_dirty_check: true,
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
+            recovery_grace: DEFAULT_RECOVERY_GRACE,
         }
     }
 }
@@ -95,6 +124,7 @@ struct Inner {
     pipeline: Arc<Pipeline>,
     config: EngineConfig,
     worker: OnceLock<Worker>,
+    activity: Arc<Activity>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -158,6 +188,19 @@ impl EngineBuilder {
         self
     }
 
+    /// Sets the longest run of one handler (see [`EngineConfig::handler_timeout`]).
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handler_timeout = timeout;
+        self
+    }
+
+    /// Sets how long an unfinished sync publish is left to its publisher
+    /// (see [`EngineConfig::recovery_grace`]).
+    pub fn recovery_grace(mut self, grace: Duration) -> Self {
+        self.config.recovery_grace = grace;
+        self
+    }
+
     /// Replaces the whole configuration, including what earlier calls set.
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
@@ -185,12 +228,14 @@ impl EngineBuilder {
             self.storage,
             self.handlers,
             self.config.retry.clone(),
+            self.config.handler_timeout,
         ));
         Engine {
             inner: Arc::new(Inner {
                 pipeline,
                 config: self.config,
                 worker: OnceLock::new(),
+                activity: Arc::default(),
             }),
         }
     }
@@ -221,20 +266,77 @@ impl Engine {
     /// handlers of each. Idempotent: an already applied version is not
     /// applied again (its handlers run again only if they never completed).
     ///
-    /// This is what a stream processor or a Lambda function calls for each
-    /// inserted command row whose status is `published` (rows inserted by
-    /// `publish_sync` or `commit` have had their handlers run by the
-    /// publishing process already); the in-process processor calls it too.
+    /// Returns the command's final status: `Finished` (or `Applied` when no
+    /// handler is interested), or `Failed` once a failure is recorded (a
+    /// handler failed every attempt, or the command can never be applied).
+    /// An error means nothing final happened yet for a transient reason
+    /// (storage unavailable, a handler that could not reach it): call again
+    /// later; nothing is marked done that is not.
+    ///
+    /// Stream consumers call [`Engine::settle`], which calls this.
     pub async fn process(&self, key: &EntityKey, version: u64) -> Result<CommandStatus> {
         self.inner.pipeline.process(key, version).await
     }
 
-    /// Waits until the in-process background processor has handled every
-    /// async command published so far (returns at once if none was).
+    /// Brings one stored command to a final state, whoever stored it: what a
+    /// stream consumer or a Lambda function calls for every command row
+    /// inserted with status `published` or `applied`.
+    ///
+    /// - `published` (an async publish): [`Engine::process`].
+    /// - `applied` (a sync publish or commit whose handlers have not
+    ///   finished): left to its publisher until
+    ///   [`recovery_grace`](EngineConfig::recovery_grace) after its
+    ///   publication (this call sleeps until then); still `applied` then, the
+    ///   publisher died or lost its work, and the handlers run again.
+    /// - `finished` or `failed`: nothing to do.
+    ///
+    /// Errors as [`Engine::process`]: call again later.
+    pub async fn settle(&self, key: &EntityKey, version: u64) -> Result<CommandStatus> {
+        self.inner
+            .pipeline
+            .settle(key, version, self.inner.config.recovery_grace)
+            .await
+    }
+
+    /// Waits until every piece of work started so far has ended: async
+    /// commands queued for the in-process processor, and publishes still
+    /// running after their caller dropped its future. Returns at once if
+    /// there is none. A graceful shutdown waits for it (with a deadline).
     pub async fn wait_idle(&self) {
-        if let Some(worker) = self.inner.worker.get() {
-            worker.wait_idle().await;
-        }
+        self.inner.activity.wait_idle().await;
+    }
+
+    /// Pieces of work in flight now (see [`Engine::wait_idle`]).
+    pub fn in_flight(&self) -> usize {
+        self.inner.activity.in_flight()
+    }
+
+    /// Runs `work` on a task of its own, so that it finishes even if the
+    /// caller's future is dropped (a client disconnecting drops its request
+    /// future): once a publish starts writing, its handlers and its status
+    /// write happen whatever the caller does. Outside a Tokio runtime, runs
+    /// it in place.
+    async fn detached<T, F>(&self, work: impl FnOnce(Engine) -> F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let in_flight = self.inner.activity.start();
+        let work = work(self.clone());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return work.await;
+        };
+        let task = runtime.spawn(async move {
+            let _in_flight = in_flight;
+            work.await
+        });
+        task.await.map_err(|e| {
+            let why = match e.try_into_panic() {
+                Ok(panic) => pipeline::panic_message(panic.as_ref()),
+                Err(e) => e.to_string(),
+            };
+            Error::backend(format!("publish task ended abnormally: {why}"), false)
+        })?
     }
 
     fn tenancy(&self) -> &TenancyPolicy {
@@ -245,12 +347,13 @@ impl Engine {
         self.inner.pipeline.storage.as_ref()
     }
 
-    /// Hands a stored async command to the in-process processor.
+    /// Hands a stored command to the in-process processor, which brings it
+    /// to a final state; with external dispatch the stream consumer does.
     fn dispatch(&self, key: EntityKey, version: u64) {
         if self.inner.config.dispatch == AsyncDispatch::InProcess {
             self.inner
                 .worker
-                .get_or_init(|| Worker::new(self.inner.pipeline.clone()))
+                .get_or_init(|| Worker::new(self.inner.pipeline.clone(), self.inner.activity.clone()))
                 .submit(key, version);
         }
     }

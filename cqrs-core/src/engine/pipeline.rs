@@ -74,10 +74,8 @@ impl RetryPolicy {
 /// What a successful handler run records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OnSuccess {
-    /// Nothing: a sync publish, whose caller saw the handlers run. Saves a
-    /// write per command; a failure is still recorded.
-    KeepStatus,
-    /// Status `finished`, so a redelivered async command is not handled twice.
+    /// Status `finished`, so a redelivered command is not handled twice and
+    /// recovery knows the command is done.
     MarkFinished,
     /// Status `finished`, and the failure record of a reprocessed command removed.
     MarkFinishedAndClearFailure,
@@ -92,22 +90,29 @@ pub(crate) struct HandlerRun<'a> {
 }
 
 impl HandlerRun<'_> {
-    /// Every matching handler, as the background pipeline runs them.
-    pub const ASYNC: HandlerRun<'static> = HandlerRun {
+    /// Every matching handler; success marks the command finished.
+    pub const ALL: HandlerRun<'static> = HandlerRun {
         only: None,
         on_success: OnSuccess::MarkFinished,
     };
-    /// Every matching handler, inside a sync publish.
-    pub const SYNC: HandlerRun<'static> = HandlerRun {
-        only: None,
-        on_success: OnSuccess::KeepStatus,
-    };
+}
+
+/// How one handler's runs ended.
+enum HandlerOutcome {
+    Succeeded,
+    /// Every run failed; recorded as a failure of the command.
+    Failed(HandlerFailure),
+    /// Every run failed, the last one because storage was unavailable (a
+    /// retryable [`Error`] in the handler's error chain): nothing is
+    /// recorded, and the command is processed again later.
+    Transient(HandlerFailure),
 }
 
 pub(crate) struct Pipeline {
     pub(crate) storage: Arc<dyn Storage>,
     handlers: Vec<Arc<dyn DataSyncHandler>>,
     retry: RetryPolicy,
+    handler_timeout: Duration,
 }
 
 impl Pipeline {
@@ -115,11 +120,52 @@ impl Pipeline {
         storage: Arc<dyn Storage>,
         handlers: Vec<Arc<dyn DataSyncHandler>>,
         retry: RetryPolicy,
+        handler_timeout: Duration,
     ) -> Self {
         Self {
             storage,
             handlers,
             retry,
+            handler_timeout,
+        }
+    }
+
+    pub(crate) fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// Brings a stored command to a final state (see [`Engine::settle`](super::Engine::settle)).
+    pub(crate) async fn settle(
+        &self,
+        key: &EntityKey,
+        version: u64,
+        grace: Duration,
+    ) -> Result<CommandStatus> {
+        let Some(command) = self.retry.run(|| self.storage.get_command(key, version)).await? else {
+            // Expired after it was applied (time to live of superseded rows).
+            return Ok(CommandStatus::Applied);
+        };
+        match command.status {
+            CommandStatus::Published => self.process(key, version).await,
+            CommandStatus::Applied => {
+                // Applied by a sync publish (or a pipeline run) whose handlers
+                // may still be running: give it the grace period to finish.
+                let age = (Utc::now() - command.created_at)
+                    .to_std()
+                    .unwrap_or(Duration::ZERO);
+                if let Some(wait) = grace.checked_sub(age).filter(|w| !w.is_zero()) {
+                    tokio::time::sleep(wait).await;
+                    let again = self.retry.run(|| self.storage.get_command(key, version)).await?;
+                    match again.map(|c| c.status) {
+                        Some(CommandStatus::Applied) => {}
+                        Some(done) => return Ok(done),
+                        None => return Ok(CommandStatus::Applied),
+                    }
+                }
+                tracing::warn!(pk = %key.pk, sk = %key.sk, version, "command applied but its handlers never completed; running them again");
+                self.process(key, version).await
+            }
+            done => Ok(done),
         }
     }
 
@@ -145,7 +191,7 @@ impl Pipeline {
                     return Ok(CommandStatus::Applied);
                 };
                 return match command.status {
-                    CommandStatus::Applied => self.rerun(&command, HandlerRun::ASYNC).await,
+                    CommandStatus::Applied => self.rerun(&command, HandlerRun::ALL).await,
                     done => Ok(done),
                 };
             }
@@ -159,7 +205,7 @@ impl Pipeline {
                                 data.as_ref(),
                                 &new,
                                 || context_of(&command),
-                                HandlerRun::ASYNC,
+                                HandlerRun::ALL,
                             )
                             .await?;
                         // An earlier delivery failed to apply it and recorded
@@ -177,21 +223,24 @@ impl Pipeline {
                         data = self.retry.run(|| self.storage.get_data(key)).await?;
                         status = CommandStatus::Applied;
                     }
+                    // Storage unavailable: nothing is recorded as done; the
+                    // caller (processor, stream consumer) tries again later.
+                    Err(e) if e.is_retryable() => return Err(e),
+                    // It can never be applied as it is (too large, say):
+                    // recorded, visible and reprocessable; later versions of
+                    // the entity wait behind it.
                     Err(e) => {
+                        tracing::error!(version = v, error = %e, "command cannot be applied; recorded as failed");
                         self.record_failure(
                             &command,
                             vec![HandlerFailure {
                                 handler: APPLY_STEP.into(),
                                 error: e.to_string(),
-                                attempts: if e.is_retryable() {
-                                    self.retry.max_attempts
-                                } else {
-                                    1
-                                },
+                                attempts: 1,
                             }],
                         )
                         .await?;
-                        return Err(e);
+                        return Ok(CommandStatus::Failed);
                     }
                 }
             }
@@ -262,19 +311,31 @@ impl Pipeline {
             context: context(),
             attempt: 1,
         };
-        let failures: Vec<HandlerFailure> =
-            join_all(matching.iter().map(|h| self.run_handler(h.as_ref(), &event)))
-                .await
-                .into_iter()
-                .flatten()
-                .collect();
+        let outcomes = join_all(matching.iter().map(|h| self.run_handler(h.as_ref(), &event))).await;
+        let mut failures = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                HandlerOutcome::Succeeded => {}
+                HandlerOutcome::Failed(failure) => failures.push(failure),
+                HandlerOutcome::Transient(failure) => {
+                    // Recording it as failed would need a manual reprocess
+                    // once storage is back; leave it to be processed again.
+                    return Err(Error::backend(
+                        format!(
+                            "handler '{}' could not reach storage: {}",
+                            failure.handler, failure.error
+                        ),
+                        true,
+                    ));
+                }
+            }
+        }
         if !failures.is_empty() {
             self.record_failure(command, failures).await?;
             return Ok(CommandStatus::Failed);
         }
         let key = command.key();
         match run.on_success {
-            OnSuccess::KeepStatus => return Ok(command.status),
             OnSuccess::MarkFinished => {}
             OnSuccess::MarkFinishedAndClearFailure => {
                 self.retry
@@ -291,39 +352,45 @@ impl Pipeline {
         Ok(CommandStatus::Finished)
     }
 
-    /// Runs one handler with retries; the failure if every run failed.
-    async fn run_handler(
-        &self,
-        handler: &dyn DataSyncHandler,
-        event: &DataSyncEvent,
-    ) -> Option<HandlerFailure> {
+    /// Runs one handler with retries, each run bounded by the handler timeout.
+    async fn run_handler(&self, handler: &dyn DataSyncHandler, event: &DataSyncEvent) -> HandlerOutcome {
         let max = self.retry.max_attempts.max(1);
         let mut event = event.clone();
-        for attempt in 1..=max {
+        let mut attempt = 1;
+        loop {
             event.attempt = attempt;
             let span = tracing::info_span!("handler", name = handler.name(), attempt);
-            // A panicking handler is a failing handler, not a dead processor.
-            let outcome = AssertUnwindSafe(handler.handle(&event).instrument(span))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| Err(panic_message(panic.as_ref()).into()));
-            match outcome {
-                Ok(()) => return None,
-                Err(error) if attempt == max => {
-                    tracing::error!(handler = handler.name(), %error, attempts = max, "handler failed; command marked failed");
-                    return Some(HandlerFailure {
-                        handler: handler.name().to_owned(),
-                        error: error.to_string(),
-                        attempts: max,
-                    });
-                }
-                Err(error) => {
-                    tracing::warn!(handler = handler.name(), %error, attempt, "handler failed; retrying");
-                    tokio::time::sleep(self.retry.backoff(attempt)).await;
-                }
+            // A panicking handler is a failing handler, not a dead processor;
+            // a hung one is cut off at the timeout (its future is dropped).
+            let run = AssertUnwindSafe(handler.handle(&event).instrument(span)).catch_unwind();
+            let outcome = match tokio::time::timeout(self.handler_timeout, run).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(panic)) => Err(panic_message(panic.as_ref()).into()),
+                Err(_) => Err(format!("timed out after {:?}", self.handler_timeout).into()),
+            };
+            let error = match outcome {
+                Ok(()) => return HandlerOutcome::Succeeded,
+                Err(error) => error,
+            };
+            if attempt < max {
+                tracing::warn!(handler = handler.name(), %error, attempt, "handler failed; retrying");
+                tokio::time::sleep(self.retry.backoff(attempt)).await;
+                attempt += 1;
+                continue;
             }
+            let failure = HandlerFailure {
+                handler: handler.name().to_owned(),
+                error: error.to_string(),
+                attempts: max,
+            };
+            return if is_transient(error.as_ref()) {
+                tracing::warn!(handler = handler.name(), %error, attempts = max, "handler could not reach storage; the command will be processed again");
+                HandlerOutcome::Transient(failure)
+            } else {
+                tracing::error!(handler = handler.name(), %error, attempts = max, "handler failed; command marked failed");
+                HandlerOutcome::Failed(failure)
+            };
         }
-        None
     }
 
     async fn record_failure(&self, command: &CommandRecord, failures: Vec<HandlerFailure>) -> Result<()> {
@@ -393,6 +460,19 @@ impl Pipeline {
         };
         self.rerun(&command, run).await
     }
+}
+
+/// Whether a handler's error comes from storage being unavailable: a
+/// retryable [`Error`] anywhere in its chain of sources.
+fn is_transient(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.downcast_ref::<Error>().is_some_and(Error::is_retryable) {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// The message of a caught panic.

@@ -41,8 +41,8 @@ pub async fn handlers_receive_old_and_new_images(factory: &dyn StorageFactory) {
     let command = engine.get_command(&v2.key(), 2, &a).await.unwrap().unwrap();
     assert_eq!(
         command.status,
-        CommandStatus::Applied,
-        "a sync publish records no extra status write on success"
+        CommandStatus::Finished,
+        "a sync publish records that its handlers completed"
     );
 
     // The async pipeline gives the same images, with the publisher's context.
@@ -89,8 +89,8 @@ pub async fn interest_selects_commands(factory: &dyn StorageFactory) {
         .unwrap();
     assert_eq!(
         inventory.status,
-        CommandStatus::Applied,
-        "no handler matched: applied is final"
+        CommandStatus::Finished,
+        "no handler matched: finished as soon as written"
     );
 }
 
@@ -151,11 +151,12 @@ pub async fn failing_handler_is_retried(factory: &dyn StorageFactory) {
         .into_item();
     let attempts: Vec<u32> = handler.events().iter().map(|e| e.attempt).collect();
     assert_eq!(attempts, [1, 2, 3]);
+    // Completion is recorded, so that recovery leaves the command alone.
     let command = engine.get_command(&item.key(), 1, &a).await.unwrap().unwrap();
-    assert_eq!(command.status, CommandStatus::Applied);
+    assert_eq!(command.status, CommandStatus::Finished);
     assert!(engine.list_failures(&a).await.unwrap().is_empty());
 
-    // The same in the background pipeline, which marks the command finished.
+    // The same in the background pipeline.
     handler.fail_next(2);
     engine
         .publish_async(cmd_at(PK_A, "P#1", 1, n(2)), &a)
