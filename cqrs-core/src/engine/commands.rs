@@ -164,7 +164,7 @@ impl Engine {
         let ctx = ctx.clone();
         self.detached(move |engine| {
             async move {
-                engine.storage_ref().apply(std::slice::from_ref(&write)).await?;
+                engine.apply_or_recover(std::slice::from_ref(&write)).await?;
                 tracing::Span::current().record("version", write.data.version);
                 tracing::info!("published (sync)");
                 engine.run_handlers_after_write(&write, &ctx).await;
@@ -173,6 +173,21 @@ impl Engine {
             .in_current_span()
         })
         .await
+    }
+
+    /// Applies sync writes whose handlers follow. A retryable failure may
+    /// come after the write landed (a lost response): the commands are then
+    /// handed to recovery, which runs their handlers if they were stored.
+    async fn apply_or_recover(&self, writes: &[ApplyWrite]) -> Result<()> {
+        let applied = self.storage_ref().apply(writes).await;
+        if let Err(error) = &applied {
+            if error.is_retryable() {
+                for record in writes.iter().filter_map(ApplyWrite::inserted_command) {
+                    self.dispatch(record.key(), record.version);
+                }
+            }
+        }
+        applied
     }
 
     /// Runs the handlers of a written command and marks it finished (or
@@ -268,8 +283,12 @@ impl Engine {
             key,
             version: record.version,
         };
-        self.storage_ref().put_command(&record).await?;
-        cancelled.engine = None;
+        let stored = self.storage_ref().put_command(&record).await;
+        if !stored.as_ref().is_err_and(Error::is_retryable) {
+            // Stored, or certainly not (a conflict): no doubt to clear up.
+            cancelled.engine = None;
+        }
+        stored?;
         tracing::Span::current().record("version", record.version);
         tracing::info!("published (async)");
         self.dispatch(key.clone(), record.version);
@@ -463,7 +482,7 @@ impl CommandService for Engine {
             let ctx = ctx.clone();
             self.detached(move |engine| {
                 async move {
-                    engine.storage_ref().apply(&writes).await?;
+                    engine.apply_or_recover(&writes).await?;
                     tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
                     futures::future::join_all(
                         writes.iter().map(|w| engine.run_handlers_after_write(w, &ctx)),

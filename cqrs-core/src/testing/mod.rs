@@ -13,6 +13,8 @@
 //! fails on its own. Each check asks the factory for fresh, empty storage.
 
 mod commits;
+mod faults;
+mod faulty;
 mod fixtures;
 mod interleaved;
 mod pipeline;
@@ -32,6 +34,8 @@ use async_trait::async_trait;
 use crate::storage::Storage;
 
 pub use commits::*;
+pub use faults::*;
+pub use faulty::{Fault, FaultyStorage, InjectedFault, Op, Rule, RuleId};
 pub use fixtures::{ctx, RecordingHandler};
 pub use interleaved::Interleaved;
 pub use pipeline::*;
@@ -125,6 +129,13 @@ macro_rules! conformance_tests {
             storage_apply_owned_matches_apply,
             storage_query_ranges,
             storage_counters,
+            dropped_sync_publish_still_runs_its_handlers,
+            dropped_async_publish_is_processed_or_never_stored,
+            lost_responses_strand_nothing,
+            hung_handler_times_out_and_others_go_on,
+            storage_outage_completes_every_accepted_command,
+            failure_records_are_written_once_storage_is_back,
+            transient_handler_errors_are_retried_until_they_pass,
         );
     };
     (@each $factory:expr; $guard:expr; $($check:ident),* $(,)?) => {
