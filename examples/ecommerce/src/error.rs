@@ -22,8 +22,10 @@ pub enum ShopError {
     /// A version conflict or a business conflict such as stock (409).
     #[error("{0}")]
     Conflict(String),
-    /// The framework refused or failed.
-    #[error(transparent)]
+    /// The framework refused or failed. Kept as the error's source (not
+    /// transparent), so that the pipeline sees a storage outage in a
+    /// handler's error and retries it instead of recording a failure.
+    #[error("{0}")]
     Core(#[from] cqrs_core::Error),
 }
 

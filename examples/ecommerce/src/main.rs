@@ -1,24 +1,37 @@
 //! `cargo run --example ecommerce`: the storefront over HTTP.
 //!
 //! ```text
-//! ecommerce [serve]   serve the HTTP API (the default)
-//! ecommerce demo      run the scripted tour and exit
+//! ecommerce [serve]       serve the HTTP API (the default)
+//! ecommerce demo          run the scripted tour and exit
+//! ecommerce consume       run the DynamoDB stream consumer alone (no HTTP)
+//! ecommerce lambda-stream the stream consumer as an AWS Lambda function
 //!   --addr 127.0.0.1:3000
 //!   --backend memory|dynamodb
+//!   --pipeline in-process|stream|external
+//!                             (default: in-process on memory, stream on DynamoDB)
 //!   --dynamodb-endpoint URL   (default: $DYNAMODB_ENDPOINT, else http://127.0.0.1:8000)
 //!   --aws                     (DynamoDB on AWS, configured from the environment)
 //!   --table-prefix ecommerce  (or --table-env ENV --table-app APP --table-module MODULE)
 //! ```
+//!
+//! On DynamoDB the command table's stream is the source of truth: with
+//! `--pipeline stream` every server runs a stream consumer next to its HTTP
+//! API (replicas share the stream's shards through leases), so a command
+//! accepted by a server that dies is applied and handled by whichever
+//! replica holds its shard, or by this one when it restarts.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use cqrs_core::AsyncDispatch;
+use cqrs_dynamodb::stream::StreamConsumer;
 use cqrs_dynamodb::{DynamoDbStorage, TableNames};
 use ecommerce::auth::Auth;
-use ecommerce::shop::DEMO_TENANTS;
+use ecommerce::shop::{ShopConfig, DEMO_TENANTS};
 use ecommerce::Shop;
 use tracing_subscriber::EnvFilter;
 
@@ -55,6 +68,29 @@ struct Cli {
     /// The `{module}` of the reference names (with --table-env).
     #[arg(long, global = true, value_name = "MODULE", requires_all = ["table_env", "table_app"])]
     table_module: Option<String>,
+    /// Who applies async commands and finishes interrupted ones: this process
+    /// (`in-process`), a stream consumer embedded in this process (`stream`),
+    /// or a consumer elsewhere (`external`: `ecommerce consume`, or the Lambda).
+    /// [default: in-process on memory, stream on DynamoDB]
+    #[arg(long, global = true, value_enum)]
+    pipeline: Option<Pipeline>,
+    /// Seconds a handler run may take before it counts as failed.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = cqrs_core::DEFAULT_HANDLER_TIMEOUT.as_secs_f64())]
+    handler_timeout: f64,
+    /// Seconds an unfinished sync publish is left to its publisher before
+    /// the stream consumer finishes it.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = cqrs_core::DEFAULT_RECOVERY_GRACE.as_secs_f64())]
+    recovery_grace: f64,
+    /// Seconds a stream shard lease lasts without renewal: a dead replica's
+    /// shards are taken over after about this long.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = cqrs_dynamodb::stream::DEFAULT_LEASE_DURATION.as_secs_f64())]
+    lease_duration: f64,
+    /// Seconds a request may take before it is answered 503.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = ecommerce::http::DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
+    request_timeout: f64,
+    /// Seconds a shutdown waits for work in flight before leaving it to the stream.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 10.0)]
+    drain_timeout: f64,
 }
 
 impl Cli {
@@ -68,10 +104,24 @@ impl Cli {
 
 #[derive(Debug, Clone, Copy, Subcommand)]
 enum Command {
-    /// Serve the HTTP API until Ctrl-C (the default).
+    /// Serve the HTTP API until Ctrl-C or SIGTERM (the default).
     Serve,
     /// Run the scripted tour of the storefront and exit (0 when every step behaved).
     Demo,
+    /// Run the DynamoDB stream consumer alone, until Ctrl-C or SIGTERM.
+    Consume,
+    /// Run the stream consumer as an AWS Lambda function (stream event source mapping).
+    LambdaStream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Pipeline {
+    /// This process applies async commands (its queue dies with it).
+    InProcess,
+    /// A stream consumer in this process (DynamoDB only).
+    Stream,
+    /// This process only publishes; a consumer elsewhere applies.
+    External,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,8 +134,12 @@ enum Backend {
 
 /// Development tokens are valid this long.
 const TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-/// How long a shutdown waits for the pipeline to finish its work.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Seconds from the command line; nonsense (negative, NaN) is refused.
+fn seconds(name: &str, value: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| format!("--{name} must be a number of seconds >= 0, got {value}"))
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -116,65 +170,197 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let shop = build_shop(&cli).await?;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(cli.addr, shop).await,
+    let command = cli.command.unwrap_or(Command::Serve);
+    let pipeline = match (cli.pipeline, cli.backend, command) {
+        (Some(Pipeline::Stream | Pipeline::External), Backend::Memory, _) => {
+            return Err("the stream pipeline needs --backend dynamodb".to_owned())
+        }
+        (_, Backend::Memory, Command::Consume | Command::LambdaStream) => {
+            return Err("consume and lambda-stream need --backend dynamodb".to_owned())
+        }
+        // These two are the stream consumer.
+        (_, _, Command::Consume | Command::LambdaStream) => Pipeline::Stream,
+        (Some(pipeline), _, _) => pipeline,
+        // The tour waits for its own process's pipeline between steps.
+        (None, _, Command::Demo) => Pipeline::InProcess,
+        (None, Backend::Memory, _) => Pipeline::InProcess,
+        (None, Backend::Dynamodb, _) => Pipeline::Stream,
+    };
+    let config = ShopConfig {
+        dispatch: match pipeline {
+            Pipeline::InProcess => AsyncDispatch::InProcess,
+            Pipeline::Stream | Pipeline::External => AsyncDispatch::External,
+        },
+        handler_timeout: seconds("handler-timeout", cli.handler_timeout)?,
+        recovery_grace: seconds("recovery-grace", cli.recovery_grace)?,
+    };
+    let backend = connect(&cli).await?;
+    let shop = match &backend {
+        None => {
+            tracing::info!("backend: in memory");
+            Shop::in_memory()
+        }
+        Some(dynamodb) => {
+            if pipeline == Pipeline::InProcess {
+                tracing::warn!(
+                    "--pipeline in-process on DynamoDB: async commands not yet applied when this process \
+                     dies are not picked up by anything; use --pipeline stream"
+                );
+            }
+            Shop::with_config(Arc::new(dynamodb.storage.clone()), config)
+        }
+    };
+    let consumer = match (&backend, pipeline) {
+        (Some(dynamodb), Pipeline::Stream) => Some(
+            dynamodb
+                .consumer(&shop, seconds("lease-duration", cli.lease_duration)?)
+                .await?,
+        ),
+        _ => None,
+    };
+    let drain = seconds("drain-timeout", cli.drain_timeout)?;
+    match command {
+        Command::Serve => {
+            let timeout = seconds("request-timeout", cli.request_timeout)?;
+            serve(cli.addr, shop, consumer, timeout, drain).await
+        }
         Command::Demo => {
+            let consumer = consumer.map(|c| Running::start(c));
             let mut out = std::io::stdout();
             let result = ecommerce::demo::run(&shop, &mut out).await;
             shop.engine.wait_idle().await;
+            if let Some(consumer) = consumer {
+                consumer.stop().await;
+            }
             result.map_err(|e| format!("the demo failed: {e}"))
         }
+        Command::Consume => {
+            let consumer = consumer.ok_or("consume needs --backend dynamodb")?;
+            tracing::info!(
+                id = consumer.id(),
+                "consuming the command stream; Ctrl-C or SIGTERM stops"
+            );
+            consumer.run(shutdown_signal()).await;
+            Ok(())
+        }
+        Command::LambdaStream => cqrs_dynamodb::lambda::run(shop.engine.clone())
+            .await
+            .map_err(|e| format!("the Lambda runtime stopped: {e}")),
     }
 }
 
-async fn build_shop(cli: &Cli) -> Result<Shop, String> {
-    match cli.backend {
-        Backend::Memory => {
-            tracing::info!("backend: in memory");
-            Ok(Shop::in_memory())
-        }
-        Backend::Dynamodb => {
-            let tables = cli.table_names();
-            let (client, place) = if cli.aws {
-                (aws_client().await, "AWS".to_owned())
-            } else {
-                let endpoint = cli
-                    .dynamodb_endpoint
-                    .clone()
-                    .or_else(|| std::env::var("DYNAMODB_ENDPOINT").ok().filter(|e| !e.is_empty()))
-                    .unwrap_or_else(|| "http://127.0.0.1:8000".to_owned());
-                (cqrs_dynamodb::local_client(&endpoint), endpoint)
-            };
-            tracing::info!(at = %place, tables = ?tables, "backend: DynamoDB");
-            let storage = DynamoDbStorage::new(client, tables);
-            storage.ensure_tables().await.map_err(|e| {
-                let hint = if cli.aws {
-                    "are AWS credentials and AWS_REGION set, and may they describe and create the tables?"
-                } else {
-                    "is DynamoDB running? `./scripts/dynamodb-local` starts DynamoDB Local"
-                };
-                format!("cannot reach or prepare the DynamoDB tables at {place}: {e} ({hint})")
-            })?;
-            Ok(Shop::new(Arc::new(storage)))
+/// The DynamoDB side of a run.
+struct Dynamodb {
+    storage: DynamoDbStorage,
+    streams: aws_sdk_dynamodbstreams::Client,
+}
+
+impl Dynamodb {
+    /// The shop's stream consumer, checked against the table.
+    async fn consumer(&self, shop: &Shop, lease_duration: Duration) -> Result<StreamConsumer, String> {
+        let consumer = StreamConsumer::new(
+            shop.engine.clone(),
+            self.storage.client().clone(),
+            self.streams.clone(),
+            self.storage.tables().clone(),
+        )
+        .lease_duration(lease_duration);
+        consumer
+            .check()
+            .await
+            .map_err(|e| format!("cannot read the command table's stream: {e}"))?;
+        Ok(consumer)
+    }
+}
+
+/// Connects to DynamoDB and creates the tables if missing; `None` on the memory backend.
+async fn connect(cli: &Cli) -> Result<Option<Dynamodb>, String> {
+    if cli.backend == Backend::Memory {
+        return Ok(None);
+    }
+    let tables = cli.table_names();
+    let (client, streams, place) = if cli.aws {
+        let config = aws_config().await;
+        (
+            aws_sdk_dynamodb::Client::new(&config),
+            aws_sdk_dynamodbstreams::Client::new(&config),
+            "AWS".to_owned(),
+        )
+    } else {
+        let endpoint = cli
+            .dynamodb_endpoint
+            .clone()
+            .or_else(|| std::env::var("DYNAMODB_ENDPOINT").ok().filter(|e| !e.is_empty()))
+            .unwrap_or_else(|| "http://127.0.0.1:8000".to_owned());
+        (
+            cqrs_dynamodb::local_client(&endpoint),
+            cqrs_dynamodb::local_streams_client(&endpoint),
+            endpoint,
+        )
+    };
+    tracing::info!(at = %place, tables = ?tables, "backend: DynamoDB");
+    let storage = DynamoDbStorage::new(client, tables);
+    storage.ensure_tables().await.map_err(|e| {
+        let hint = if cli.aws {
+            "are AWS credentials and AWS_REGION set, and may they describe and create the tables?"
+        } else {
+            "is DynamoDB running? `./scripts/dynamodb-local` starts DynamoDB Local"
+        };
+        format!("cannot reach or prepare the DynamoDB tables at {place}: {e} ({hint})")
+    })?;
+    Ok(Some(Dynamodb { storage, streams }))
+}
+
+/// A stream consumer running on a task of its own.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(consumer: StreamConsumer) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(consumer.run(async move {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    /// Stops it: it drains what it holds, saves its checkpoints and releases its leases.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the stream consumer ended abnormally");
         }
     }
 }
 
-/// A DynamoDB client configured as the AWS SDK configures itself (environment,
-/// profile, instance role), with the HTTP client and retries of `cqrs-dynamodb`.
-async fn aws_client() -> aws_sdk_dynamodb::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+/// The AWS SDK's configuration as it configures itself (environment,
+/// profile, instance role), with the HTTP client, retries and timeouts of
+/// `cqrs-dynamodb`.
+async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(cqrs_dynamodb::http_client())
         .retry_config(
             aws_config::retry::RetryConfig::standard().with_max_attempts(cqrs_dynamodb::SDK_MAX_ATTEMPTS),
         )
+        .timeout_config(cqrs_dynamodb::timeout_config())
         .load()
-        .await;
-    aws_sdk_dynamodb::Client::new(&config)
+        .await
 }
 
-async fn serve(addr: SocketAddr, shop: Shop) -> Result<(), String> {
+/// Serves until Ctrl-C or SIGTERM, then shuts down gracefully: no new
+/// connection, requests in flight answered, the work they started finished
+/// (within `drain`), the stream consumer stopped with its checkpoints saved
+/// and its leases released. What is left unfinished stays in the stream,
+/// for the next consumer.
+async fn serve(
+    addr: SocketAddr,
+    shop: Shop,
+    consumer: Option<StreamConsumer>,
+    request_timeout: Duration,
+    drain: Duration,
+) -> Result<(), String> {
     for tenant in DEMO_TENANTS {
         shop.seed_demo(tenant)
             .await
@@ -187,15 +373,23 @@ async fn serve(addr: SocketAddr, shop: Shop) -> Result<(), String> {
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let consumer = consumer.map(Running::start);
     print_welcome(&format!("http://{local}"), &auth);
 
-    let result = ecommerce::http::serve_with_shutdown(listener, shop.clone(), auth, shutdown_signal()).await;
-    tracing::info!("server stopped; letting the pipeline finish");
-    if tokio::time::timeout(DRAIN_TIMEOUT, shop.engine.wait_idle())
+    let app = ecommerce::http::router_with_timeout(shop.clone(), auth, request_timeout);
+    let result = ecommerce::http::serve_until(listener, app, shutdown_signal()).await;
+    tracing::info!("server stopped; letting the work in flight finish");
+    if tokio::time::timeout(drain, shop.engine.wait_idle())
         .await
         .is_err()
     {
-        tracing::warn!("the pipeline was still busy after {DRAIN_TIMEOUT:?}");
+        tracing::warn!(
+            in_flight = shop.engine.in_flight(),
+            "work still in flight after {drain:?}; the stream has it"
+        );
+    }
+    if let Some(consumer) = consumer {
+        consumer.stop().await;
     }
     result.map_err(|e| format!("the server failed: {e}"))
 }
@@ -236,7 +430,11 @@ Ctrl-C stops the server.
 }
 
 /// Ctrl-C, or SIGTERM on Unix.
-async fn shutdown_signal() {
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    wait_for_signal()
+}
+
+async fn wait_for_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");

@@ -1,14 +1,14 @@
 //! The storefront wired together: the engine with its handler, the services,
 //! the notifier, on either backend.
 
-use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use cqrs_core::{Engine, InvocationContext, Storage, TenancyPolicy};
+use cqrs_core::{AsyncDispatch, Engine, InvocationContext, Storage, TenancyPolicy};
 use rust_decimal::Decimal;
 
-use crate::error::ShopResult;
-use crate::notify::OutboxNotifier;
+use crate::error::{ShopError, ShopResult};
+use crate::notify::{ClaimingNotifier, OutboxNotifier};
 use crate::services::{Cqrs, InventoryService, NewProduct, OrderService, ProductService, SetInventory};
 use crate::sync::OrderSyncHandler;
 
@@ -26,18 +26,51 @@ pub struct Shop {
     pub inventory: InventoryService,
     /// Orders.
     pub orders: OrderService,
-    /// Notifications sent, for tests and the demo.
+    /// Notifications sent by this process, for tests and the demo.
     pub notifier: Arc<OutboxNotifier>,
+    /// Notifications claimed in the tables, by every process.
+    pub notifications: ClaimingNotifier,
+}
+
+/// How a [`Shop`]'s engine runs its pipeline.
+#[derive(Debug, Clone)]
+pub struct ShopConfig {
+    /// Who applies async commands: this process (`InProcess`, the memory
+    /// backend's pipeline) or a stream consumer (`External`, DynamoDB).
+    pub dispatch: AsyncDispatch,
+    /// Longest run of the order handler before it counts as failed.
+    pub handler_timeout: Duration,
+    /// How long an unfinished sync publish is left to its publisher before
+    /// the stream consumer finishes it.
+    pub recovery_grace: Duration,
+}
+
+impl Default for ShopConfig {
+    fn default() -> Self {
+        Self {
+            dispatch: AsyncDispatch::InProcess,
+            handler_timeout: cqrs_core::DEFAULT_HANDLER_TIMEOUT,
+            recovery_grace: cqrs_core::DEFAULT_RECOVERY_GRACE,
+        }
+    }
 }
 
 impl Shop {
     /// A shop over `storage`, its async commands applied in this process.
     pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self::with_config(storage, ShopConfig::default())
+    }
+
+    /// A shop over `storage`, its pipeline as `config` says.
+    pub fn with_config(storage: Arc<dyn Storage>, config: ShopConfig) -> Self {
         let services = Arc::new(OnceLock::new());
         let notifier = Arc::new(OutboxNotifier::new());
         // A storefront has no shared tenant and no cross-tenant role.
         let engine = Engine::builder(storage)
             .tenancy(TenancyPolicy::strict())
+            .dispatch(config.dispatch)
+            .handler_timeout(config.handler_timeout)
+            .recovery_grace(config.recovery_grace)
             .handler(OrderSyncHandler::new(services.clone(), notifier.clone()))
             .build();
         let cqrs = Cqrs::from_engine(&engine);
@@ -46,7 +79,8 @@ impl Shop {
         Self {
             products: ProductService::new(cqrs.clone()),
             inventory: InventoryService::new(cqrs.clone()),
-            orders: OrderService::new(cqrs),
+            orders: OrderService::new(cqrs.clone()),
+            notifications: ClaimingNotifier::new(cqrs),
             engine,
             notifier,
         }
@@ -58,13 +92,15 @@ impl Shop {
     }
 
     /// Seeds the demo catalogue of a tenant: three products with stock.
-    /// Products that exist already are left as they are.
+    /// Products and stock that exist already are left as they are, so that
+    /// replicas started together on fresh tables can all seed: whichever
+    /// creates a record first wins, the others find it there.
     pub async fn seed_demo(&self, tenant: &str) -> ShopResult<()> {
         let ctx = InvocationContext::new(tenant, "seed");
         let catalogue = [
-            ("PRD-001", "Wireless Mouse", "29.99", 100),
-            ("PRD-002", "Mechanical Keyboard", "89.50", 50),
-            ("PRD-003", "USB-C Cable", "9.99", 10),
+            ("PRD-001", "Wireless Mouse", Decimal::new(2999, 2), 100),
+            ("PRD-002", "Mechanical Keyboard", Decimal::new(8950, 2), 50),
+            ("PRD-003", "USB-C Cable", Decimal::new(999, 2), 10),
         ];
         for (code, name, price, stock) in catalogue {
             if self.products.attributes(code, &ctx).await?.is_none() {
@@ -73,21 +109,30 @@ impl Shop {
                     name: name.to_owned(),
                     category_code: "ACCESSORIES".to_owned(),
                     sku: format!("SKU-{code}"),
-                    price: Decimal::from_str(price).unwrap_or_default(),
+                    price,
                     currency: "USD".to_owned(),
                     description: format!("{name} for {tenant}"),
                     images: Vec::new(),
                     is_active: true,
                 };
-                self.products.create(product, &ctx).await?;
-                let stock = SetInventory {
-                    quantity: stock,
-                    warehouse_code: "WH-1".to_owned(),
-                    version: None,
-                };
-                self.inventory.set(code, stock, &ctx).await?;
+                exists_already_is_fine(self.products.create(product, &ctx).await.map(drop))?;
             }
+            let stock = SetInventory {
+                quantity: stock,
+                warehouse_code: "WH-1".to_owned(),
+                // Created, never overwritten: a restock is someone's decision.
+                version: Some(0),
+            };
+            exists_already_is_fine(self.inventory.set(code, stock, &ctx).await.map(drop))?;
         }
         Ok(())
+    }
+}
+
+/// A creation that lost to another writer created the same record.
+fn exists_already_is_fine(created: ShopResult<()>) -> ShopResult<()> {
+    match created {
+        Err(ShopError::Conflict(_)) | Err(ShopError::Core(cqrs_core::Error::Conflict { .. })) => Ok(()),
+        other => other,
     }
 }

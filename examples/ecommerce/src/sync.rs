@@ -19,7 +19,7 @@ use cqrs_core::{
 };
 
 use crate::domain::{OrderAttributes, OrderStatus, Reservation};
-use crate::notify::{Notification, NotificationKind, Notifier};
+use crate::notify::{ClaimingNotifier, NotificationKind, Notifier};
 use crate::services::{conflict_backoff, Cqrs, InventoryService, ReserveOutcome};
 
 /// Tries of writing an order's reservation state against concurrent changes.
@@ -44,16 +44,18 @@ impl OrderSyncHandler {
             .ok_or_else(|| "order handler used before the shop was built".into())
     }
 
-    async fn notify(&self, event: &DataSyncEvent, kind: NotificationKind, message: String) {
-        self.notifier
-            .send(Notification {
-                kind,
-                tenant: event.command.tenant_code.clone(),
-                order_code: event.command.code.clone(),
-                message,
-                key: format!("{}#{kind:?}", event.idempotency_key()),
-            })
-            .await;
+    /// Sends a notification once per event and kind, whichever run of the
+    /// handler (a redelivery, another replica) gets here first.
+    async fn notify(
+        &self,
+        event: &DataSyncEvent,
+        kind: NotificationKind,
+        message: String,
+    ) -> Result<(), BoxError> {
+        ClaimingNotifier::new(self.cqrs()?.clone())
+            .notify(event, kind, message, self.notifier.as_ref())
+            .await?;
+        Ok(())
     }
 
     async fn on_created(&self, event: &DataSyncEvent, order: &OrderAttributes) -> Result<(), BoxError> {
@@ -83,7 +85,7 @@ impl OrderSyncHandler {
                     tracing::warn!(order = %code, "{message}");
                     self.mark(event, Reservation::Failed).await?;
                     self.notify(event, NotificationKind::InventoryReservationFailed, message)
-                        .await;
+                        .await?;
                 }
             }
         }
@@ -92,7 +94,7 @@ impl OrderSyncHandler {
             NotificationKind::OrderConfirmation,
             format!("order {code} received, total {}", order.total),
         )
-        .await;
+        .await?;
         Ok(())
     }
 
@@ -153,7 +155,7 @@ impl OrderSyncHandler {
                     NotificationKind::Cancellation,
                     format!("order {code} was cancelled"),
                 )
-                .await;
+                .await?;
             }
             OrderStatus::Shipped => {
                 inventory.deduct(code, &products, ctx).await?;
@@ -162,7 +164,7 @@ impl OrderSyncHandler {
                     NotificationKind::Shipping,
                     format!("order {code} was shipped"),
                 )
-                .await;
+                .await?;
             }
             OrderStatus::Delivered => {
                 self.notify(
@@ -170,7 +172,7 @@ impl OrderSyncHandler {
                     NotificationKind::Delivery,
                     format!("order {code} was delivered"),
                 )
-                .await;
+                .await?;
             }
             _ => {}
         }

@@ -1649,13 +1649,13 @@ async fn redelivery(api: &Api) {
     let other_key = EntityKey::new("TENANT#shop-a", format!("ORDER#{other}"));
     let deducted = inventory().await;
     assert_eq!((deducted.1, deducted.2), (97, 0));
-    // A sync publish leaves its command "applied": a processor seeing it runs the handlers again.
+    // A sync publish records that its handlers completed: a processor seeing it does nothing.
     let command = CommandService::get_command(engine, &other_key, shipped_version, &ctx)
         .await
         .expect("read");
     assert_eq!(
         command.expect("the shipped version").status,
-        CommandStatus::Applied
+        CommandStatus::Finished
     );
     assert_eq!(
         engine

@@ -30,12 +30,12 @@ mod model;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::Method;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, MethodRouter};
 use axum::Router;
 use tokio::net::TcpListener;
@@ -160,9 +160,21 @@ impl Modify for BearerAuth {
     }
 }
 
+/// How long a request may take by default before it is answered 503
+/// `timeout` ([`router_with_timeout`]).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The API over `shop`, authenticating with `auth`: state applied, ready to
-/// serve (`axum::serve(listener, router(shop, auth))`).
+/// serve (`axum::serve(listener, router(shop, auth))`), with the
+/// [`DEFAULT_REQUEST_TIMEOUT`].
 pub fn router(shop: Shop, auth: Auth) -> Router {
+    router_with_timeout(shop, auth, DEFAULT_REQUEST_TIMEOUT)
+}
+
+/// [`router`], answering a request that takes longer than `request_timeout`
+/// (storage that hangs, say) with 503 `timeout`. The work of a publish the
+/// request started goes on: the framework finishes what it wrote.
+pub fn router_with_timeout(shop: Shop, auth: Auth, request_timeout: Duration) -> Router {
     let mut app = Router::new();
     for (_, path, _, handler) in routes() {
         app = app.route(path, handler);
@@ -170,8 +182,24 @@ pub fn router(shop: Shop, auth: Auth) -> Router {
     app.method_not_allowed_fallback(handlers::method_not_allowed)
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            time_limit(request_timeout, request, next)
+        }))
         .layer(middleware::from_fn(log_request))
         .with_state(AppState { shop, auth })
+}
+
+/// Answers 503 `timeout` when the request takes longer than `limit`.
+async fn time_limit(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("no answer within {limit:?}; the request may still take effect, retry with care"),
+        )
+        .into_response(),
+    }
 }
 
 /// Logs each request: method, path, status and time taken.
@@ -204,7 +232,18 @@ pub async fn serve_with_shutdown(
     auth: Auth,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(shop, auth).into_make_service_with_connect_info::<SocketAddr>();
+    serve_until(listener, router(shop, auth), shutdown).await
+}
+
+/// Serves `app` (a [`router`]) on `listener` until `shutdown` completes:
+/// then it takes no new connection and lets the requests in flight finish
+/// (each bounded by the router's request timeout).
+pub async fn serve_until(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
