@@ -1,0 +1,711 @@
+//! Real faults against the e-commerce server on DynamoDB Local, with the
+//! stream pipeline: a server killed with SIGKILL mid-burst, stopped with
+//! SIGTERM with a backlog, DynamoDB Local killed and restarted under load,
+//! status requests dropped by their clients, two replicas with one killed.
+//!
+//! Each test counts, over the orders that got a 201: how many were *lost*
+//! (never applied), *stranded* (applied, but their reservation never
+//! settled or their command never finished), *doubled* (stock reserved
+//! twice, a notification sent twice), and the stock *held by nobody*. Each
+//! must be zero. The counts and times are printed (`--no-capture`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use cqrs_core::{
+    tenant_pk, AsyncDispatch, CommandService, DataItem, DataService, InvocationContext, ListQuery,
+    SkCondition,
+};
+use cqrs_dynamodb::{local_client, DynamoDbStorage, TableNames};
+use ecommerce::auth::{Auth, SECRET_ENV};
+use ecommerce::domain::{InventoryAttributes, OrderAttributes, OrderStatus, Reservation};
+use ecommerce::notify::NotificationKind;
+use ecommerce::shop::ShopConfig;
+use ecommerce::Shop;
+use serde_json::{json, Value};
+
+const SECRET: &str = "fault-test-secret";
+const TENANT: &str = "shop-a";
+/// How long everything accepted may take to settle after the fault.
+const SETTLE_WITHIN: Duration = Duration::from_secs(120);
+/// The servers' settings: short grace and leases, so that recovery and
+/// takeover happen within the test.
+const SERVER_ARGS: [&str; 8] = [
+    "--recovery-grace",
+    "2",
+    "--lease-duration",
+    "2",
+    "--handler-timeout",
+    "5",
+    "--request-timeout",
+    "15",
+];
+
+/// The example's binary, built (or brought up to date) once per test process.
+fn binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "-p", "ecommerce", "--example", "ecommerce"])
+                .current_dir(&manifest)
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "the ecommerce example builds");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| manifest.join("../../target"));
+            let binary = target.join("debug/examples/ecommerce");
+            assert!(binary.exists(), "{} exists", binary.display());
+            binary
+        })
+        .clone()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// One server process.
+struct Server {
+    child: Option<Child>,
+    url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `ecommerce serve` on DynamoDB at `endpoint`, tables `prefix`.
+    async fn start(endpoint: &str, prefix: &str, extra: &[&str]) -> Server {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("ecommerce-{prefix}-{port}.log"));
+        let child = Command::new(binary())
+            .args(["serve", "--backend", "dynamodb", "--pipeline", "stream"])
+            .args(["--dynamodb-endpoint", endpoint, "--table-prefix", prefix])
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .args(SERVER_ARGS)
+            .args(extra)
+            .env(SECRET_ENV, SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("the server starts");
+        let mut server = Server {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        server.wait_healthy().await;
+        server
+    }
+
+    async fn wait_healthy(&mut self) {
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Ok(response) = client.get(format!("{}/health", self.url)).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "the server exited ({status}) before it answered:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the server did not answer within 60 s:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
+    /// SIGKILL: no shutdown of any kind.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the graceful shutdown to end.
+    async fn terminate(&mut self) -> Duration {
+        let started = Instant::now();
+        let Some(mut child) = self.child.take() else {
+            return Duration::ZERO;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        loop {
+            if let Some(status) = child.try_wait().expect("waitable") {
+                assert!(
+                    status.success(),
+                    "a graceful shutdown exits 0: {status}\n{}",
+                    self.log_text()
+                );
+                return started.elapsed();
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("no exit within 60 s of SIGTERM:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn token() -> String {
+    Auth::new(SECRET.as_bytes()).token(TENANT, "fault-tester", &["staff"], Duration::from_secs(3600))
+}
+
+/// The lines of the `i`th order of a burst: most fit the stock, those of
+/// PRD-003 (10 units) run out, so both outcomes of a reservation occur.
+fn order_body(i: usize) -> Value {
+    let (product, name, price) = match i % 3 {
+        0 => ("PRD-001", "Wireless Mouse", 29.99),
+        1 => ("PRD-002", "Mechanical Keyboard", 89.5),
+        _ => ("PRD-003", "USB-C Cable", 9.99),
+    };
+    json!({
+        "customerId": format!("CUST-{i:03}"),
+        "items": [{ "productCode": product, "name": name, "quantity": 1, "price": price }],
+        "shippingAddress": { "street": "1 Main St", "city": "Tokyo", "postalCode": "100-0001", "country": "JP" },
+        "paymentMethod": "credit_card"
+    })
+}
+
+/// Places `count` orders at once, spread over `urls`; returns the codes of
+/// those answered 201. `on_accepted` is told the running count of 201s.
+async fn burst(
+    urls: &[String],
+    count: usize,
+    on_accepted: impl Fn(usize) + Send + Sync + 'static,
+) -> Vec<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let on_accepted = Arc::new(on_accepted);
+    let token = token();
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let (client, token, accepted, on_accepted) = (
+                client.clone(),
+                token.clone(),
+                accepted.clone(),
+                on_accepted.clone(),
+            );
+            let url = urls[i % urls.len()].clone();
+            tokio::spawn(async move {
+                let response = client
+                    .post(format!("{url}/orders"))
+                    .bearer_auth(token)
+                    .json(&order_body(i))
+                    .send()
+                    .await
+                    .ok()?;
+                if response.status() != 201 {
+                    return None;
+                }
+                let body: Value = response.json().await.ok()?;
+                on_accepted(accepted.fetch_add(1, Ordering::SeqCst) + 1);
+                body["code"].as_str().map(str::to_owned)
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for task in tasks {
+        if let Ok(Some(code)) = task.await {
+            codes.push(code);
+        }
+    }
+    codes
+}
+
+/// Reads the tables directly, as an operator would.
+struct Inspector {
+    shop: Shop,
+    ctx: InvocationContext,
+}
+
+impl Inspector {
+    fn new(endpoint: &str, prefix: &str) -> Self {
+        let storage = DynamoDbStorage::new(local_client(endpoint), TableNames::with_prefix(prefix));
+        // It only reads: no pipeline of its own.
+        let config = ShopConfig {
+            dispatch: AsyncDispatch::External,
+            ..ShopConfig::default()
+        };
+        Self {
+            shop: Shop::with_config(Arc::new(storage), config),
+            ctx: InvocationContext::new(TENANT, "inspector"),
+        }
+    }
+
+    async fn items(&self, prefix: &str) -> Vec<DataItem> {
+        let mut items = Vec::new();
+        let mut query = ListQuery::new()
+            .sk(SkCondition::BeginsWith(prefix.into()))
+            .limit(cqrs_core::MAX_LIMIT);
+        loop {
+            let page =
+                DataService::list_items(&self.shop.engine, &tenant_pk(TENANT), query.clone(), &self.ctx)
+                    .await
+                    .expect("listed");
+            items.extend(page.items);
+            match page.cursor {
+                Some(cursor) => query = query.after(Some(cursor)),
+                None => return items,
+            }
+        }
+    }
+
+    /// Whether the order's every version is final (finished or failed).
+    async fn finished(&self, order: &DataItem) -> bool {
+        let versions = CommandService::list_versions(&self.shop.engine, &order.key(), &self.ctx)
+            .await
+            .expect("listed");
+        versions.iter().all(|c| {
+            matches!(
+                c.status,
+                cqrs_core::CommandStatus::Finished | cqrs_core::CommandStatus::Failed
+            )
+        })
+    }
+}
+
+/// What a fault did to the accepted orders.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    accepted: usize,
+    lost: usize,
+    stranded: usize,
+    doubled: usize,
+    held_by_nobody: i64,
+}
+
+impl Counts {
+    fn assert_clean(&self, what: &str) {
+        assert_eq!(
+            (self.lost, self.stranded, self.doubled, self.held_by_nobody),
+            (0, 0, 0, 0),
+            "{what}: {self:?}"
+        );
+    }
+}
+
+fn report(line: String) {
+    let _ = writeln!(std::io::stderr(), "FAULT REPORT {line}");
+}
+
+/// Waits until every accepted order is applied, settled and finished (or
+/// the time is up), then audits the whole tenant.
+async fn settle_and_audit(inspector: &Inspector, accepted: &[String]) -> (Counts, Duration) {
+    let started = Instant::now();
+    let unique: HashSet<&String> = accepted.iter().collect();
+    assert_eq!(unique.len(), accepted.len(), "order numbers are unique");
+    loop {
+        let orders = inspector.items("ORDER#").await;
+        let by_code: HashMap<&str, &DataItem> = orders.iter().map(|o| (o.code.as_str(), o)).collect();
+        let mut pending = 0;
+        for code in accepted {
+            match by_code.get(code.as_str()) {
+                None => pending += 1,
+                Some(order) => {
+                    let attributes: OrderAttributes = order.attributes_as().expect("an order");
+                    if attributes.reservation == Reservation::Pending || !inspector.finished(order).await {
+                        pending += 1;
+                    }
+                }
+            }
+        }
+        if pending == 0 || started.elapsed() > SETTLE_WITHIN {
+            let settle_time = started.elapsed();
+            return (audit(inspector, accepted).await, settle_time);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Counts lost, stranded and doubled work, and stock held by nobody.
+async fn audit(inspector: &Inspector, accepted: &[String]) -> Counts {
+    let orders = inspector.items("ORDER#").await;
+    let by_code: HashMap<String, (DataItem, OrderAttributes)> = orders
+        .into_iter()
+        .map(|o| {
+            let attributes = o.attributes_as().expect("an order");
+            (o.code.clone(), (o, attributes))
+        })
+        .collect();
+    let mut counts = Counts {
+        accepted: accepted.len(),
+        ..Counts::default()
+    };
+    for code in accepted {
+        match by_code.get(code) {
+            None => counts.lost += 1,
+            Some((order, attributes)) => {
+                if attributes.reservation == Reservation::Pending || !inspector.finished(order).await {
+                    counts.stranded += 1;
+                }
+            }
+        }
+    }
+    // Stock: every unit reserved belongs to an order that holds it.
+    for item in inspector.items("INVENTORY#").await {
+        let inventory: InventoryAttributes = item.attributes_as().expect("an inventory record");
+        let listed: i64 = inventory.reservations.values().sum();
+        if listed != inventory.reserved_quantity {
+            counts.doubled += 1;
+        }
+        for (order_code, units) in &inventory.reservations {
+            let holds = by_code.get(order_code).is_some_and(|(_, o)| {
+                o.reservation == Reservation::Reserved
+                    && !matches!(
+                        o.status,
+                        OrderStatus::Cancelled | OrderStatus::Shipped | OrderStatus::Delivered
+                    )
+            });
+            if !holds {
+                counts.held_by_nobody += units;
+            }
+        }
+    }
+    // Every order that says "reserved" holds its units, once.
+    let inventories: HashMap<String, InventoryAttributes> = inspector
+        .items("INVENTORY#")
+        .await
+        .into_iter()
+        .map(|i| (i.code.clone(), i.attributes_as().expect("inventory")))
+        .collect();
+    for (code, (_, order)) in &by_code {
+        let holding = order.reservation == Reservation::Reserved
+            && matches!(
+                order.status,
+                OrderStatus::Pending | OrderStatus::Confirmed | OrderStatus::Processing
+            );
+        for (product, units) in order.units_per_product() {
+            let held = inventories
+                .get(&product)
+                .and_then(|i| i.reservations.get(code))
+                .copied();
+            if holding && held != Some(units) {
+                counts.stranded += 1;
+            }
+        }
+    }
+    // Notifications: one per order and kind, however often handlers ran.
+    let notifications = inspector
+        .shop
+        .notifications
+        .stored(&inspector.ctx)
+        .await
+        .expect("listed");
+    let mut per_event: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for n in &notifications {
+        *per_event
+            .entry((n.order_code.clone(), format!("{:?}", n.kind)))
+            .or_default() += 1;
+    }
+    counts.doubled += per_event.values().filter(|&&n| n > 1).count();
+    for code in accepted {
+        let confirmed = notifications
+            .iter()
+            .any(|n| &n.order_code == code && n.kind == NotificationKind::OrderConfirmation);
+        if by_code.contains_key(code) && !confirmed {
+            counts.stranded += 1;
+        }
+    }
+    let failures = CommandService::list_failures(&inspector.shop.engine, &inspector.ctx)
+        .await
+        .expect("listed");
+    assert!(failures.is_empty(), "no command failed: {failures:?}");
+    counts
+}
+
+fn dynamodb() -> Option<String> {
+    cqrs_dynamodb::testing::available().then(|| cqrs_dynamodb::testing::endpoint().expect("checked"))
+}
+
+fn prefix(test: &str) -> String {
+    format!("f-{test}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// SIGKILL of the server in the middle of a burst of orders, then a
+/// restart, three times: every order that got a 201 is applied and settled.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_burst_loses_nothing() {
+    let Some(endpoint) = dynamodb() else { return };
+    let prefix = prefix("kill9");
+    let inspector = Inspector::new(&endpoint, &prefix);
+    let mut server = Server::start(&endpoint, &prefix, &[]).await;
+    let mut accepted = Vec::new();
+    for round in 1..=3 {
+        let pid = server.pid();
+        let codes = burst(&[server.url.clone()], 40, move |n| {
+            if n == 15 {
+                // Mid-burst: 15 answered, the rest in flight.
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+        })
+        .await;
+        server.kill();
+        report(format!(
+            "kill -9 round {round}: {} of 40 accepted before the kill",
+            codes.len()
+        ));
+        assert!(codes.len() >= 15, "the kill came after 15 answers");
+        accepted.extend(codes);
+        server = Server::start(&endpoint, &prefix, &[]).await;
+    }
+    let (counts, settle_time) = settle_and_audit(&inspector, &accepted).await;
+    report(format!(
+        "kill -9 x3: {counts:?}, settled {settle_time:?} after the last restart"
+    ));
+    counts.assert_clean("kill -9 mid-burst");
+}
+
+/// SIGTERM while the stream still holds work, with a short drain: the
+/// server exits 0, and what it had not finished is finished after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_a_backlog_strands_nothing() {
+    let Some(endpoint) = dynamodb() else { return };
+    let prefix = prefix("sigterm");
+    let inspector = Inspector::new(&endpoint, &prefix);
+    let mut server = Server::start(&endpoint, &prefix, &["--drain-timeout", "0.2"]).await;
+    let accepted = burst(&[server.url.clone()], 60, |_| {}).await;
+    let backlog = {
+        let mut unsettled = 0;
+        for order in inspector.items("ORDER#").await {
+            let attributes: OrderAttributes = order.attributes_as().expect("an order");
+            unsettled += usize::from(attributes.reservation == Reservation::Pending);
+        }
+        unsettled
+            + accepted
+                .len()
+                .saturating_sub(inspector.items("ORDER#").await.len())
+    };
+    let shutdown = server.terminate().await;
+    report(format!(
+        "SIGTERM: {} accepted, backlog {backlog} at the signal, exited 0 in {shutdown:?}",
+        accepted.len()
+    ));
+    let _restarted = Server::start(&endpoint, &prefix, &[]).await;
+    let (counts, settle_time) = settle_and_audit(&inspector, &accepted).await;
+    report(format!(
+        "SIGTERM: {counts:?}, settled {settle_time:?} after the restart"
+    ));
+    counts.assert_clean("SIGTERM with a backlog");
+}
+
+/// DynamoDB Local killed while orders come in, restarted from its files
+/// five seconds later: the server rides it out without a restart, and every
+/// order it accepted settles.
+#[tokio::test(flavor = "multi_thread")]
+async fn dynamodb_outage_mid_run_strands_nothing() {
+    if dynamodb().is_none() || !cqrs_dynamodb::testing::LocalDynamo::available() {
+        return;
+    }
+    let mut local = cqrs_dynamodb::testing::LocalDynamo::start()
+        .await
+        .expect("DynamoDB Local starts");
+    let endpoint = local.endpoint();
+    let prefix = prefix("outage");
+    let inspector = Inspector::new(&endpoint, &prefix);
+    let server = Server::start(&endpoint, &prefix, &[]).await;
+    let urls = [server.url.clone()];
+    let mut accepted = burst(&urls, 20, |_| {}).await;
+    let during = tokio::spawn({
+        let urls = urls.clone();
+        async move { burst(&urls, 20, |_| {}).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    local.kill();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    local.restart().await.expect("DynamoDB Local restarts");
+    let during = during.await.expect("burst");
+    report(format!("outage: {} of 20 accepted around the kill", during.len()));
+    accepted.extend(during);
+    accepted.extend(burst(&urls, 20, |_| {}).await);
+    let (counts, settle_time) = settle_and_audit(&inspector, &accepted).await;
+    report(format!(
+        "DynamoDB outage: {counts:?}, settled {settle_time:?} after the last burst"
+    ));
+    counts.assert_clean("DynamoDB Local killed and restarted");
+    drop(server);
+}
+
+/// Clients that give up on `PATCH /orders/{code}/status` (cancelled) after a
+/// few milliseconds: whether or not the cancellation was written, no order
+/// ends cancelled with its stock still held.
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_status_requests_hold_no_stock() {
+    let Some(endpoint) = dynamodb() else { return };
+    let prefix = prefix("dropped");
+    let inspector = Inspector::new(&endpoint, &prefix);
+    let server = Server::start(&endpoint, &prefix, &[]).await;
+    let urls = [server.url.clone()];
+    let orders: Vec<String> = burst(&urls, 12, |_| {}).await;
+    let (counts, _) = settle_and_audit(&inspector, &orders).await;
+    counts.assert_clean("orders placed");
+    let token = token();
+    let mut dropped_after_write = 0;
+    for (i, code) in orders.iter().enumerate() {
+        // 5 to 60 ms: some give up before the write, some after.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(5 + 5 * i as u64))
+            .build()
+            .expect("client");
+        let answered = client
+            .patch(format!("{}/orders/{code}/status", server.url))
+            .bearer_auth(&token)
+            .json(&json!({ "status": "cancelled" }))
+            .send()
+            .await
+            .is_ok();
+        if !answered {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let order = inspector
+                .shop
+                .orders
+                .get(code, &inspector.ctx)
+                .await
+                .expect("read");
+            let attributes: OrderAttributes = order.attributes_as().expect("an order");
+            dropped_after_write += usize::from(attributes.status == OrderStatus::Cancelled);
+        }
+    }
+    let (counts, settle_time) = settle_and_audit(&inspector, &orders).await;
+    report(format!(
+        "dropped requests: {dropped_after_write} of {} dropped after the write; {counts:?}, settled {settle_time:?}",
+        orders.len()
+    ));
+    counts.assert_clean("dropped status requests");
+}
+
+/// The lease owner of every shard of the command table's stream.
+async fn lease_owners(endpoint: &str, prefix: &str) -> Vec<String> {
+    let tables = TableNames::with_prefix(prefix);
+    let out = local_client(endpoint)
+        .query()
+        .table_name(&tables.sequences)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(
+            ":pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!(
+                "{}{}",
+                cqrs_dynamodb::stream::CHECKPOINT_PK_PREFIX,
+                tables.command
+            )),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("queried");
+    out.items()
+        .iter()
+        .filter_map(|item| match item.get("leaseOwner") {
+            Some(aws_sdk_dynamodb::types::AttributeValue::S(owner)) => Some(owner.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The process id in a consumer id (`{host}-{pid}-{uuid}`).
+fn pid_of(owner: &str) -> Option<u32> {
+    owner.rsplitn(3, '-').nth(1)?.parse().ok()
+}
+
+/// Two replicas started together on fresh tables both come up; the one
+/// holding the stream's lease is killed mid-burst; the other takes its
+/// shards over and every order accepted by either settles, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_survive_the_death_of_the_lease_holder() {
+    let Some(endpoint) = dynamodb() else { return };
+    let prefix = prefix("replicas");
+    let inspector = Inspector::new(&endpoint, &prefix);
+    let (a, b) = tokio::join!(
+        Server::start(&endpoint, &prefix, &[]),
+        Server::start(&endpoint, &prefix, &[])
+    );
+    let mut servers = [a, b];
+    // Wait for the stream's lease to be taken.
+    let started = Instant::now();
+    let owner = loop {
+        if let Some(owner) = lease_owners(&endpoint, &prefix).await.into_iter().next() {
+            break owner;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a replica leased the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let holder_pid = pid_of(&owner).expect("a pid in the consumer id");
+    let holder = servers
+        .iter()
+        .position(|s| s.pid() == holder_pid)
+        .expect("a replica holds the lease");
+    let survivor = 1 - holder;
+    let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
+    let mut accepted = burst(&urls, 40, move |n| {
+        if n == 10 {
+            let _ = Command::new("kill")
+                .args(["-KILL", &holder_pid.to_string()])
+                .status();
+        }
+    })
+    .await;
+    let killed_at = Instant::now();
+    servers[holder].kill();
+    let survivor_pid = servers[survivor].pid();
+    let takeover = loop {
+        let owners = lease_owners(&endpoint, &prefix).await;
+        if !owners.is_empty() && owners.iter().all(|o| pid_of(o) == Some(survivor_pid)) {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "the survivor took the shards over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    accepted.extend(burst(&[servers[survivor].url.clone()], 20, |_| {}).await);
+    let (counts, settle_time) = settle_and_audit(&inspector, &accepted).await;
+    report(format!(
+        "two replicas, lease holder killed: {counts:?}, takeover {takeover:?}, settled {settle_time:?}"
+    ));
+    counts.assert_clean("replica killed");
+    // Lease 2 s: taken over within the lease, a poll and the time to notice.
+    assert!(takeover < Duration::from_secs(10), "takeover took {takeover:?}");
+}
