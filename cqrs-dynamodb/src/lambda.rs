@@ -1,9 +1,11 @@
 //! The Lambda entry point for DynamoDB stream events.
 //!
 //! A Lambda function subscribed to the command table's stream (an event
-//! source mapping) runs the same pipeline as the in-process processor: for
-//! every command row inserted by an async publish, it calls
-//! [`Engine::process`]. Build the function's engine with
+//! source mapping) runs the same rules as the [stream
+//! consumer](crate::stream): every insert of a command row still `published`
+//! or `applied` ([`classify`]) is brought to a final state with
+//! [`Engine::settle`], per entity in order, different entities at the same
+//! time. Build the function's engine with
 //! [`AsyncDispatch::External`](cqrs_core::AsyncDispatch::External), so that
 //! async publishes made by handlers inside the function are left to the
 //! stream too, rather than to background tasks that Lambda freezes between
@@ -28,19 +30,25 @@
 //! ```
 //!
 //! The event source mapping needs `FunctionResponseTypes: [ReportBatchItemFailures]`:
-//! [`handle_event`] reports a failed record in a partial batch response, and
-//! without that setting Lambda ignores the report and treats the batch as a
-//! success. `docs/dynamodb.md` describes the whole deployment.
+//! [`handle_event`] reports the first record that did not complete in a
+//! partial batch response, and without that setting Lambda ignores the report
+//! and treats the batch as a success. `docs/dynamodb.md` describes the whole
+//! deployment.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::BehaviorVersion;
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use cqrs_core::{parse_command_sk, Engine, EntityKey, Error, Result};
+use cqrs_core::{Engine, EntityKey, Error, Result, RetryPolicy};
+use futures::StreamExt as _;
 use lambda_runtime::{service_fn, LambdaEvent};
 use serde_dynamo::AttributeValue;
 
-use crate::{http_client, TableNames, SDK_MAX_ATTEMPTS};
+use crate::stream::{classify, sequence_cmp, RecordAction};
+use crate::{http_client, timeout_config, TableNames, SDK_MAX_ATTEMPTS};
 
 /// Variable giving every table one prefix: `{prefix}-command`, `-data`,
 /// `-history`, `-sequences` ([`TableNames::with_prefix`]). When set, it wins
@@ -56,66 +64,167 @@ pub const APP_VAR: &str = "CQRS_APP";
 /// `{module}` of [`TableNames::new`].
 pub const MODULE_VAR: &str = "CQRS_MODULE";
 
-/// Processes one batch of stream records and says which record to retry from.
-///
-/// Records are handled one after the other, in stream order. A record is a
-/// command to process when it is an `INSERT` whose new image has status
-/// `published`: a command row stored by an async publish. Everything else
-/// is skipped:
-///
-/// - `MODIFY` (status changes, TTL updates) and `REMOVE` (TTL expiry) records
-///   carry no new command;
-/// - rows inserted with status `applied` come from `publish_sync` or
-///   `commit`, whose publisher has applied them and run their handlers
-///   already (processing one would run its handlers a second time);
-/// - a `published` row without a usable key (no `pk`/`sk`, or a sort key
-///   that is not `{sk}@{version}`) is logged and skipped: it can never
-///   succeed, and retrying it would hold up every later record of the shard.
-///
-/// For each command, [`Engine::process`] applies it (and any unapplied
-/// predecessor) and runs its handlers; it is idempotent, so a redelivered
-/// batch does no harm. A handler failure is not an error here: the pipeline
-/// records it as a failed command, to be reprocessed.
-///
-/// When `process` returns an error (a storage failure that its retries did
-/// not overcome), processing stops and the response names that record's
-/// sequence number in `batch_item_failures`. With
-/// `ReportBatchItemFailures`, Lambda then retries the batch from that record:
-/// the records after it, which may be later versions of the same entity, are
-/// not skipped and not applied out of order. If that record has no sequence
-/// number, the error itself is returned, and Lambda retries the whole batch.
+/// How [`handle_event_with`] works a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchOptions {
+    /// Entities settled at the same time, at most (default 16).
+    pub max_concurrent_entities: usize,
+    /// Tries of one record's settle within the invocation, and the waits
+    /// between them (default: 3 tries, 100 ms then 200 ms). When every try
+    /// failed, the record is reported for Lambda to retry the batch from it.
+    pub retry: RetryPolicy,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self {
+            max_concurrent_entities: 16,
+            retry: RetryPolicy {
+                max_attempts: 3,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(1),
+            },
+        }
+    }
+}
+
+/// [`handle_event_with`] with the default [`BatchOptions`].
 pub async fn handle_event(engine: &Engine, event: Event) -> Result<DynamoDbEventResponse> {
-    let mut response = DynamoDbEventResponse::default();
-    for record in &event.records {
-        let (key, version) = match command_of(record) {
-            Action::Skip => continue,
-            Action::Malformed(why) => {
+    handle_event_with(engine, event, &BatchOptions::default()).await
+}
+
+/// Settles the commands of one batch of stream records and says which
+/// record to retry from.
+///
+/// Each record is classified as the stream consumer does ([`classify`]):
+/// inserts of command rows with status `published` or `applied` are settled;
+/// `MODIFY`, `REMOVE` and rows inserted `finished` or `failed` are skipped; a
+/// command record without a usable key is logged and skipped (it can never
+/// succeed, and retrying it would hold up every later record of the shard).
+///
+/// The commands of one entity are settled in stream order, one after the
+/// other; different entities at the same time (up to
+/// [`BatchOptions::max_concurrent_entities`]). [`Engine::settle`] is
+/// idempotent, so a redelivered batch does no harm. A handler failure is not
+/// an error here: the pipeline records it as a failed command, to be
+/// reprocessed.
+///
+/// When a settle still fails after [`BatchOptions::retry`] (storage
+/// unavailable), its entity's later records are not attempted, and the
+/// response names, in `batch_item_failures`, the **lowest** sequence number
+/// of a record that did not complete. With `ReportBatchItemFailures`, Lambda
+/// retries the batch from that record: every record after it comes again,
+/// the completed ones included, which settle finds done. If that record has
+/// no sequence number, the error itself is returned, and Lambda retries the
+/// whole batch.
+pub async fn handle_event_with(
+    engine: &Engine,
+    event: Event,
+    options: &BatchOptions,
+) -> Result<DynamoDbEventResponse> {
+    // Per entity, its records in order (position in the batch, version).
+    let mut lanes: Vec<(EntityKey, Vec<(usize, u64)>)> = Vec::new();
+    let mut lane_of: HashMap<EntityKey, usize> = HashMap::new();
+    for (position, record) in event.records.iter().enumerate() {
+        match classify_event_record(record) {
+            RecordAction::Skip => {}
+            RecordAction::Malformed(why) => {
                 tracing::error!(
                     event_id = %record.event_id,
                     sequence_number = record.change.sequence_number.as_deref().unwrap_or(""),
                     why,
                     "skipping a malformed command record"
                 );
-                continue;
             }
-            Action::Process(key, version) => (key, version),
-        };
-        if let Err(error) = engine.process(&key, version).await {
-            let Some(sequence_number) = record.change.sequence_number.clone() else {
-                tracing::error!(pk = %key.pk, sk = %key.sk, version, %error,
-                    "processing failed on a record without a sequence number; failing the batch");
-                return Err(error);
-            };
-            tracing::error!(pk = %key.pk, sk = %key.sk, version, %sequence_number, %error,
-                "processing failed; the batch is retried from this record");
-            // The struct is non-exhaustive: built from its default.
-            let mut failure = DynamoDbBatchItemFailure::default();
-            failure.item_identifier = Some(sequence_number);
-            response.batch_item_failures.push(failure);
-            break;
+            RecordAction::Settle(key, version) => {
+                let lane = *lane_of.entry(key.clone()).or_insert_with(|| {
+                    lanes.push((key, Vec::new()));
+                    lanes.len() - 1
+                });
+                lanes[lane].1.push((position, version));
+            }
         }
     }
+    // Per failed entity: the position of its first record not completed, and why.
+    let failed: Vec<(usize, Error)> = futures::stream::iter(lanes)
+        .map(|(key, records)| settle_lane(engine, key, records, &options.retry))
+        .buffer_unordered(options.max_concurrent_entities.max(1))
+        .filter_map(|failed| async move { failed })
+        .collect()
+        .await;
+    let mut response = DynamoDbEventResponse::default();
+    let lowest = failed.into_iter().min_by(|(a, _), (b, _)| {
+        let sequence = |p: &usize| event.records[*p].change.sequence_number.as_deref();
+        match (sequence(a), sequence(b)) {
+            (Some(a), Some(b)) => sequence_cmp(a, b),
+            _ => a.cmp(b),
+        }
+    });
+    if let Some((position, error)) = lowest {
+        let record = &event.records[position];
+        let Some(sequence_number) = record.change.sequence_number.clone() else {
+            tracing::error!(event_id = %record.event_id, %error,
+                "settling failed on a record without a sequence number; failing the batch");
+            return Err(error);
+        };
+        tracing::error!(%sequence_number, %error, "settling failed; the batch is retried from this record");
+        // The struct is non-exhaustive: built from its default.
+        let mut failure = DynamoDbBatchItemFailure::default();
+        failure.item_identifier = Some(sequence_number);
+        response.batch_item_failures.push(failure);
+    }
     Ok(response)
+}
+
+/// Settles one entity's records in order; the first that does not complete
+/// (and why) ends the lane.
+async fn settle_lane(
+    engine: &Engine,
+    key: EntityKey,
+    records: Vec<(usize, u64)>,
+    retry: &RetryPolicy,
+) -> Option<(usize, Error)> {
+    for (position, version) in records {
+        let mut attempt = 1;
+        loop {
+            match engine.settle(&key, version).await {
+                Ok(status) => {
+                    tracing::debug!(pk = %key.pk, sk = %key.sk, version, ?status, "command settled");
+                    break;
+                }
+                Err(error) if attempt < retry.max_attempts.max(1) => {
+                    tracing::warn!(pk = %key.pk, sk = %key.sk, version, attempt, %error, "command not settled; trying again");
+                    tokio::time::sleep(retry.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(error) => {
+                    tracing::error!(pk = %key.pk, sk = %key.sk, version, attempts = attempt, %error, "command not settled");
+                    return Some((position, error));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// [`classify`] for a record of a Lambda event. The keys are taken from
+/// `Keys` (every stream view type has them), or else from the new image.
+pub fn classify_event_record(record: &EventRecord) -> RecordAction {
+    let image = &record.change.new_image;
+    fn string(value: Option<&AttributeValue>) -> Option<&str> {
+        match value {
+            Some(AttributeValue::S(value)) => Some(value),
+            _ => None,
+        }
+    }
+    let key = |name: &str| string(record.change.keys.get(name)).or_else(|| string(image.get(name)));
+    classify(
+        &record.event_name,
+        string(image.get("status")),
+        key("pk"),
+        key("sk"),
+    )
 }
 
 /// Runs the Lambda function: [`handle_event`] for every invocation, until
@@ -139,11 +248,13 @@ pub async fn run(engine: Engine) -> std::result::Result<(), lambda_runtime::Erro
 /// sets it: region (`AWS_REGION`), the function role's credentials, and
 /// `AWS_ENDPOINT_URL_DYNAMODB` when set (to point a local run at DynamoDB
 /// Local). It uses this crate's HTTP client ([`http_client`]) and the same
-/// SDK retries as [`local_client`](crate::local_client).
+/// SDK retries and [timeouts](crate::timeout_config) as
+/// [`local_client`](crate::local_client).
 pub async fn client_from_env() -> aws_sdk_dynamodb::Client {
     let config = aws_config::defaults(BehaviorVersion::latest())
         .http_client(http_client())
         .retry_config(RetryConfig::standard().with_max_attempts(SDK_MAX_ATTEMPTS))
+        .timeout_config(timeout_config())
         .load()
         .await;
     aws_sdk_dynamodb::Client::new(&config)
@@ -182,44 +293,6 @@ fn table_names_from(lookup: impl Fn(&str) -> Option<String>) -> Result<TableName
         &required(APP_VAR)?,
         &required(MODULE_VAR)?,
     ))
-}
-
-/// What to do with one stream record.
-#[derive(Debug, PartialEq)]
-enum Action {
-    /// Not a new async command.
-    Skip,
-    /// A new async command: this version of this entity.
-    Process(EntityKey, u64),
-    /// A new async command without a usable key.
-    Malformed(String),
-}
-
-/// Classifies a record; see [`handle_event`] for the rules.
-fn command_of(record: &EventRecord) -> Action {
-    if record.event_name != "INSERT" {
-        return Action::Skip;
-    }
-    let image = &record.change.new_image;
-    match image.get("status") {
-        Some(AttributeValue::S(status)) if status == "published" => {}
-        _ => return Action::Skip,
-    }
-    // The keys are in `Keys` (every stream view type has them) and in the new
-    // image; either will do.
-    let string = |name: &str| match record.change.keys.get(name).or_else(|| image.get(name)) {
-        Some(AttributeValue::S(value)) => Some(value.as_str()),
-        _ => None,
-    };
-    let (Some(pk), Some(row_sk)) = (string("pk"), string("sk")) else {
-        return Action::Malformed("no string pk and sk".into());
-    };
-    match parse_command_sk(row_sk) {
-        Some((sk, version)) if !sk.is_empty() && version > 0 => {
-            Action::Process(EntityKey::new(pk, sk), version)
-        }
-        _ => Action::Malformed(format!("sort key '{row_sk}' is not {{sk}}@{{version}}")),
-    }
 }
 
 #[cfg(test)]
@@ -280,24 +353,31 @@ mod tests {
     }
 
     #[test]
-    fn only_published_inserts_are_commands() {
+    fn published_and_applied_inserts_are_commands() {
         let keys = [("pk", "TENANT#a"), ("sk", "ORDER#1@2")];
+        let settle = RecordAction::Settle(EntityKey::new("TENANT#a", "ORDER#1"), 2);
         assert_eq!(
-            command_of(&record("INSERT", &keys, Some("published"))),
-            Action::Process(EntityKey::new("TENANT#a", "ORDER#1"), 2)
+            classify_event_record(&record("INSERT", &keys, Some("published"))),
+            settle
         );
         assert_eq!(
-            command_of(&record("INSERT", &keys, Some("applied"))),
-            Action::Skip
+            classify_event_record(&record("INSERT", &keys, Some("applied"))),
+            settle
         );
-        assert_eq!(command_of(&record("INSERT", &keys, None)), Action::Skip);
+        for status in [Some("finished"), Some("failed"), None] {
+            assert_eq!(
+                classify_event_record(&record("INSERT", &keys, status)),
+                RecordAction::Skip,
+                "{status:?}"
+            );
+        }
         assert_eq!(
-            command_of(&record("MODIFY", &keys, Some("published"))),
-            Action::Skip
+            classify_event_record(&record("MODIFY", &keys, Some("published"))),
+            RecordAction::Skip
         );
         assert_eq!(
-            command_of(&record("REMOVE", &keys, Some("published"))),
-            Action::Skip
+            classify_event_record(&record("REMOVE", &keys, Some("published"))),
+            RecordAction::Skip
         );
     }
 
@@ -313,8 +393,8 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    command_of(&record("INSERT", keys, Some("published"))),
-                    Action::Malformed(_)
+                    classify_event_record(&record("INSERT", keys, Some("published"))),
+                    RecordAction::Malformed(_)
                 ),
                 "{keys:?}"
             );

@@ -11,8 +11,15 @@ pub mod lambda;
 mod storage;
 pub mod stream;
 mod tables;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
-pub use client::{http_client, local_client, local_config, local_streams_client, SDK_MAX_ATTEMPTS};
+pub use client::{
+    http_client, local_client, local_config, local_streams_client, timeout_config, CONNECT_TIMEOUT,
+    OPERATION_ATTEMPT_TIMEOUT, OPERATION_TIMEOUT, SDK_MAX_ATTEMPTS,
+};
 pub use item::{item_size, Item, MAX_ITEM_BYTES};
 pub use storage::{DynamoDbStorage, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_ITEMS};
+pub use stream::{ConsumerMonitor, ConsumerStats, StreamConsumer};
 pub use tables::{ensure_tables, TableNames, TableRole, TableSpec, TTL_ATTRIBUTE};

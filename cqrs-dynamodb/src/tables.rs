@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, StreamSpecification,
-    StreamViewType, TableStatus, TimeToLiveSpecification,
+    StreamViewType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_dynamodb::Client;
 use cqrs_core::{Error, Result};
@@ -123,6 +123,10 @@ pub struct TableSpec {
 /// Creates the tables that do not exist yet and waits until they are active,
 /// then enables time to live where the spec asks for it.
 ///
+/// Idempotent, also when several processes call it at once on tables that do
+/// not exist yet (replicas starting together): a table created meanwhile by
+/// another is waited for, and a time to live enabled meanwhile is accepted.
+///
 /// For development and tests; production tables come from the
 /// CloudFormation template in `docs/dynamodb/tables.json`.
 pub async fn ensure_tables(client: &Client, names: &TableNames) -> Result<()> {
@@ -210,31 +214,72 @@ async fn wait_active(client: &Client, table: &str) -> Result<()> {
     ))
 }
 
+/// Tries of [`enable_ttl`] before it gives up.
+const TTL_ATTEMPTS: u32 = 20;
+
+/// Enables time to live on [`TTL_ATTRIBUTE`], unless it is enabled (or being
+/// enabled) already.
+///
+/// Idempotent under races: another process enabling it at the same moment
+/// makes `UpdateTimeToLive` fail with a `ValidationException` ("TimeToLive is
+/// already enabled", "Time to live has been modified multiple times within a
+/// fixed interval", an update in progress); the state is then described
+/// again and accepted if enabled, or the update is tried again after a
+/// backoff.
 async fn enable_ttl(client: &Client, table: &str) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if ttl_enabled(client, table).await? {
+            return Ok(());
+        }
+        let spec = TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name(TTL_ATTRIBUTE)
+            .build()
+            .map_err(|e| Error::backend(e, false))?;
+        let sent = client
+            .update_time_to_live()
+            .table_name(table)
+            .time_to_live_specification(spec)
+            .send()
+            .await;
+        let error = match sent {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let racing = error.as_service_error().is_some_and(|s| {
+            s.meta().code() == Some("ValidationException") || s.is_resource_in_use_exception()
+        });
+        let error = sdk_error(error);
+        if !(racing || error.is_retryable()) || attempt >= TTL_ATTEMPTS {
+            if ttl_enabled(client, table).await.unwrap_or(false) {
+                return Ok(());
+            }
+            return Err(error);
+        }
+        tracing::debug!(table, attempt, %error, "time to live not enabled yet; looking again");
+        let backoff = Duration::from_millis(100)
+            .saturating_mul(attempt)
+            .min(Duration::from_secs(2));
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Whether time to live is enabled (or being enabled) on [`TTL_ATTRIBUTE`].
+async fn ttl_enabled(client: &Client, table: &str) -> Result<bool> {
     let current = client
         .describe_time_to_live()
         .table_name(table)
         .send()
         .await
         .map_err(sdk_error)?;
-    let enabled = current
-        .time_to_live_description()
-        .and_then(|d| d.attribute_name())
-        .is_some_and(|name| name == TTL_ATTRIBUTE);
-    if enabled {
-        return Ok(());
-    }
-    let spec = TimeToLiveSpecification::builder()
-        .enabled(true)
-        .attribute_name(TTL_ATTRIBUTE)
-        .build()
-        .map_err(|e| Error::backend(e, false))?;
-    client
-        .update_time_to_live()
-        .table_name(table)
-        .time_to_live_specification(spec)
-        .send()
-        .await
-        .map_err(sdk_error)?;
-    Ok(())
+    let Some(description) = current.time_to_live_description() else {
+        return Ok(false);
+    };
+    let on = matches!(
+        description.time_to_live_status(),
+        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+    );
+    Ok(on && description.attribute_name() == Some(TTL_ATTRIBUTE))
 }

@@ -20,13 +20,16 @@ use aws_lambda_events::event::streams::DynamoDbEventResponse;
 use cqrs_core::testing::{ctx, RecordingHandler};
 use cqrs_core::{
     command_sk, ApplyWrite, AsyncDispatch, CommandInput, CommandRecord, CommandService, CommandStatus,
-    DataItem, Engine, EntityKey, Error, ExpectedVersion, FailedCommand, Interest, RangePage, RangeQuery,
-    Result, RetryPolicy, Storage, StorageLimits,
+    CommandWrite, DataItem, Engine, EntityKey, Error, ExpectedVersion, FailedCommand, Interest, RangePage,
+    RangeQuery, Result, RetryPolicy, Storage, StorageLimits,
 };
 use cqrs_dynamodb::lambda::handle_event;
 use serde_json::{json, Value};
 
 const TENANT: &str = "shop-a";
+/// The engine's recovery grace: a row still `applied` this long after its
+/// publication is handled again.
+const RECOVERY_GRACE: Duration = Duration::from_millis(300);
 const PK: &str = "TENANT#shop-a";
 const TABLE_ARN: &str = "arn:aws:dynamodb:us-east-1:123456789012:table/dev-shop-order-command";
 const STREAM_ARN: &str =
@@ -82,16 +85,17 @@ const AWS_INSERT_EVENT: &str = r#"{
 }"#;
 
 /// A storage that delegates to another and can be told to fail every apply
-/// of one entity, as a backend outage the pipeline's retries do not overcome.
+/// of some entities, as a backend outage the pipeline's retries do not
+/// overcome (a retryable error: storage unavailable).
 #[derive(Debug)]
 struct Faulty {
     inner: Arc<dyn Storage>,
-    fail_apply_of: Mutex<Option<EntityKey>>,
+    fail_apply_of: Mutex<Vec<EntityKey>>,
 }
 
 impl Faulty {
-    fn fail_apply_of(&self, key: Option<EntityKey>) {
-        *self.fail_apply_of.lock().unwrap_or_else(PoisonError::into_inner) = key;
+    fn fail_apply_of(&self, keys: &[EntityKey]) {
+        *self.fail_apply_of.lock().unwrap_or_else(PoisonError::into_inner) = keys.to_vec();
     }
 }
 
@@ -121,10 +125,8 @@ impl Storage for Faulty {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        if let Some(key) = failing {
-            if writes.iter().any(|w| w.data.key() == key) {
-                return Err(Error::backend("injected outage", false));
-            }
+        if writes.iter().any(|w| failing.contains(&w.data.key())) {
+            return Err(Error::backend("injected outage", true));
         }
         self.inner.apply(writes).await
     }
@@ -171,7 +173,7 @@ impl Fixture {
     fn over(storage: Arc<dyn Storage>) -> Self {
         let storage = Arc::new(Faulty {
             inner: storage,
-            fail_apply_of: Mutex::new(None),
+            fail_apply_of: Mutex::new(Vec::new()),
         });
         let handler = RecordingHandler::new("recorder", Interest::All);
         let engine = Engine::builder(storage.clone())
@@ -181,6 +183,7 @@ impl Fixture {
                 initial_backoff: Duration::from_millis(1),
                 max_backoff: Duration::from_millis(2),
             })
+            .recovery_grace(RECOVERY_GRACE)
             .handler_arc(handler.clone())
             .build();
         Self {
@@ -231,6 +234,19 @@ impl Fixture {
             "INSERT",
             Some(&self.next_sequence()),
             Some(image(row)),
+            None,
+            &keys_of(row),
+        )
+    }
+
+    /// The INSERT record of a row as it was inserted with `status`.
+    fn insert_as(&self, row: &CommandRecord, status: &str) -> Value {
+        let mut image = image(row);
+        image["status"] = json!({ "S": status });
+        stream_record(
+            "INSERT",
+            Some(&self.next_sequence()),
+            Some(image),
             None,
             &keys_of(row),
         )
@@ -316,6 +332,41 @@ fn failures(response: &DynamoDbEventResponse) -> Vec<String> {
         .collect()
 }
 
+fn versions_of(seen: &[(String, u64)], sk: &str) -> Vec<u64> {
+    seen.iter().filter(|(s, _)| s == sk).map(|(_, v)| *v).collect()
+}
+
+/// Writes version 1 of `sk` as a sync publish whose process died right after
+/// its one atomic write: command row `applied` and data row, no handler run.
+async fn insert_applied(storage: &dyn Storage, sk: &str) -> CommandRecord {
+    let now = chrono::Utc::now();
+    let common = json!({
+        "pk": PK, "sk": sk, "id": format!("{PK}#{sk}"), "code": "DEAD", "name": "DEAD",
+        "version": 1, "tenantCode": TENANT, "type": "ORDER",
+        "attributes": { "n": 1 }, "isDeleted": false, "requestId": "req-dead",
+        "createdAt": now, "createdBy": "user-1",
+    });
+    let mut command = common.clone();
+    command["status"] = json!("applied");
+    let command: CommandRecord = serde_json::from_value(command).expect("a command record");
+    let mut data = common;
+    data["cpk"] = json!(PK);
+    data["csk"] = json!(format!("{sk}@1"));
+    data["updatedAt"] = json!(now);
+    data["updatedBy"] = json!("user-1");
+    let data: DataItem = serde_json::from_value(data).expect("a data item");
+    storage
+        .apply(&[ApplyWrite {
+            command: CommandWrite::Insert(Box::new(command.clone())),
+            data,
+            expected_data_version: 0,
+            history: None,
+        }])
+        .await
+        .expect("written");
+    command
+}
+
 fn seen(entries: &[(&str, u64)]) -> Vec<(String, u64)> {
     entries.iter().map(|(sk, v)| ((*sk).to_owned(), *v)).collect()
 }
@@ -389,8 +440,11 @@ async fn published_inserts_are_applied_in_order_and_handled_once() {
     let a = fx.data("ORDER#A").await.expect("applied");
     assert_eq!((a.version, a.attributes.clone()), (3, json!({ "n": 3 })));
     assert_eq!(fx.data_version("ORDER#B").await, Some(1));
-    let expected = seen(&[("ORDER#A", 1), ("ORDER#A", 2), ("ORDER#B", 1), ("ORDER#A", 3)]);
-    assert_eq!(fx.seen(), expected);
+    // In order per entity; entities side by side.
+    let expected = fx.seen();
+    assert_eq!(expected.len(), 4);
+    assert_eq!(versions_of(&expected, "ORDER#A"), [1, 2, 3]);
+    assert_eq!(versions_of(&expected, "ORDER#B"), [1]);
     for (sk, version) in [("ORDER#A", 1), ("ORDER#A", 2), ("ORDER#A", 3), ("ORDER#B", 1)] {
         assert_eq!(fx.stored(sk, version).await.status, CommandStatus::Finished);
     }
@@ -422,7 +476,7 @@ async fn a_later_version_applies_its_missing_predecessors_first() {
 }
 
 #[tokio::test]
-async fn rows_inserted_applied_by_sync_publishes_are_ignored() {
+async fn rows_inserted_applied_are_settled_once_their_publisher_is_done_or_dead() {
     let fx = Fixture::in_memory();
     let ctx = ctx(TENANT);
     fx.engine
@@ -437,19 +491,44 @@ async fn rows_inserted_applied_by_sync_publishes_are_ignored() {
         seen(&[("ORDER#SYNC", 1)]),
         "the publisher ran the handlers"
     );
+    // Inserted `applied`; its publisher recorded completion since.
     let row = fx.stored("ORDER#SYNC", 1).await;
-    // Its handlers succeeded, but a sync publish keeps the row "applied":
-    // processing it would run them a second time.
-    assert_eq!(row.status, CommandStatus::Applied);
+    assert_eq!(row.status, CommandStatus::Finished);
     let async_row = fx.publish("ORDER#ASYNC", 0, json!({ "n": 1 })).await;
+    // A sync publish whose process died after its write: `applied`, no handler run.
+    let dead = insert_applied(fx.engine.storage().as_ref(), "ORDER#DEAD").await;
 
+    let started = std::time::Instant::now();
     let response = fx
-        .handle(vec![fx.insert(&row), fx.insert(&async_row)])
+        .handle(vec![
+            fx.insert_as(&row, "applied"),
+            fx.insert(&async_row),
+            fx.insert_as(&dead, "applied"),
+        ])
         .await
         .expect("handled");
     assert!(failures(&response).is_empty());
-    assert_eq!(fx.seen(), seen(&[("ORDER#SYNC", 1), ("ORDER#ASYNC", 1)]));
-    assert_eq!(fx.stored("ORDER#SYNC", 1).await.status, CommandStatus::Applied);
+    let mut handled = fx.seen();
+    handled.sort();
+    assert_eq!(
+        handled,
+        seen(&[("ORDER#ASYNC", 1), ("ORDER#DEAD", 1), ("ORDER#SYNC", 1)]),
+        "the finished sync row is not handled again, the dead one is"
+    );
+    assert!(
+        started.elapsed() >= RECOVERY_GRACE / 2,
+        "the dead publisher's row waited for the recovery grace"
+    );
+    for sk in ["ORDER#SYNC", "ORDER#ASYNC", "ORDER#DEAD"] {
+        assert_eq!(fx.stored(sk, 1).await.status, CommandStatus::Finished, "{sk}");
+    }
+    // A row inserted `finished` (no handler interested) is skipped.
+    let response = fx
+        .handle(vec![fx.insert_as(&row, "finished")])
+        .await
+        .expect("handled");
+    assert!(failures(&response).is_empty());
+    assert_eq!(fx.seen().len(), 3);
 }
 
 #[tokio::test]
@@ -492,7 +571,7 @@ async fn failed_processing_is_reported_with_its_sequence_number() {
         .expect("sequence number")
         .to_owned();
 
-    fx.storage.fail_apply_of(Some(EntityKey::new(PK, "ORDER#B")));
+    fx.storage.fail_apply_of(&[EntityKey::new(PK, "ORDER#B")]);
     let response = fx
         .handle(records.clone())
         .await
@@ -502,25 +581,76 @@ async fn failed_processing_is_reported_with_its_sequence_number() {
         serde_json::to_value(&response).expect("JSON"),
         json!({ "batchItemFailures": [{ "itemIdentifier": records[1]["dynamodb"]["SequenceNumber"] }] })
     );
-    // Before the failure: done. From it on: nothing, for Lambda retries from there.
+    // The other entities went on; B stopped at its first record, and B@2
+    // was not attempted out of order.
     assert_eq!(fx.data_version("ORDER#A").await, Some(1));
     assert_eq!(fx.data_version("ORDER#B").await, None);
-    assert_eq!(fx.data_version("ORDER#C").await, None, "stopped at the failure");
-    assert_eq!(fx.seen(), seen(&[("ORDER#A", 1)]));
+    assert_eq!(fx.data_version("ORDER#C").await, Some(1), "not held back by B");
+    let mut handled = fx.seen();
+    handled.sort();
+    assert_eq!(handled, seen(&[("ORDER#A", 1), ("ORDER#C", 1)]));
+    assert_eq!(fx.stored("ORDER#B", 2).await.status, CommandStatus::Published);
 
     // Lambda's retry: the batch from the reported record on, once the outage is over.
-    fx.storage.fail_apply_of(None);
+    fx.storage.fail_apply_of(&[]);
     let response = fx.handle(records[1..].to_vec()).await.expect("handled");
     assert!(failures(&response).is_empty());
     assert_eq!(fx.data_version("ORDER#B").await, Some(2));
     assert_eq!(fx.data_version("ORDER#C").await, Some(1));
+    let mut handled = fx.seen();
+    handled.sort();
     assert_eq!(
-        fx.seen(),
-        seen(&[("ORDER#A", 1), ("ORDER#B", 1), ("ORDER#B", 2), ("ORDER#C", 1)])
+        handled,
+        seen(&[("ORDER#A", 1), ("ORDER#B", 1), ("ORDER#B", 2), ("ORDER#C", 1)]),
+        "C, redelivered, is not handled twice"
     );
-    // The apply failure recorded on the way is gone once the command applied.
+    assert_eq!(versions_of(&fx.seen(), "ORDER#B"), [1, 2]);
+    // An outage records no failure.
     let failures = fx.engine.list_failures(&ctx("shop-a")).await.expect("failures");
-    assert!(failures.is_empty(), "stale failure records: {failures:?}");
+    assert!(failures.is_empty(), "failure records: {failures:?}");
+}
+
+#[tokio::test]
+async fn the_lowest_sequence_number_not_completed_is_reported() {
+    let fx = Fixture::in_memory();
+    let a1 = fx.publish("ORDER#A", 0, json!({ "n": 1 })).await;
+    let b1 = fx.publish("ORDER#B", 0, json!({ "n": 1 })).await;
+    let a2 = fx.publish("ORDER#A", 1, json!({ "n": 2 })).await;
+    let c1 = fx.publish("ORDER#C", 0, json!({ "n": 1 })).await;
+    let d1 = fx.publish("ORDER#D", 0, json!({ "n": 1 })).await;
+    let records: Vec<Value> = [&a1, &b1, &a2, &c1, &d1]
+        .iter()
+        .map(|row| fx.insert(row))
+        .collect();
+    let sequence = |i: usize| {
+        records[i]["dynamodb"]["SequenceNumber"]
+            .as_str()
+            .map(str::to_owned)
+    };
+
+    // D fails, and so does B, earlier in the batch: B is reported.
+    fx.storage
+        .fail_apply_of(&[EntityKey::new(PK, "ORDER#D"), EntityKey::new(PK, "ORDER#B")]);
+    let response = fx
+        .handle(records.clone())
+        .await
+        .expect("a partial batch response");
+    assert_eq!(failures(&response), vec![sequence(1).expect("sequence number")]);
+    assert_eq!(fx.data_version("ORDER#A").await, Some(2));
+    assert_eq!(fx.data_version("ORDER#C").await, Some(1));
+
+    // Only D fails now: D is reported.
+    fx.storage.fail_apply_of(&[EntityKey::new(PK, "ORDER#D")]);
+    let response = fx
+        .handle(records[1..].to_vec())
+        .await
+        .expect("a partial batch response");
+    assert_eq!(failures(&response), vec![sequence(4).expect("sequence number")]);
+    assert_eq!(fx.data_version("ORDER#B").await, Some(1));
+    fx.storage.fail_apply_of(&[]);
+    let response = fx.handle(records[4..].to_vec()).await.expect("handled");
+    assert!(failures(&response).is_empty());
+    assert_eq!(fx.seen().len(), 5, "each command handled once");
 }
 
 #[tokio::test]
@@ -528,7 +658,7 @@ async fn a_failure_without_sequence_number_fails_the_whole_batch() {
     let fx = Fixture::in_memory();
     let a1 = fx.publish("ORDER#A", 0, json!({ "n": 1 })).await;
     let record = stream_record("INSERT", None, Some(image(&a1)), None, &keys_of(&a1));
-    fx.storage.fail_apply_of(Some(EntityKey::new(PK, "ORDER#A")));
+    fx.storage.fail_apply_of(&[EntityKey::new(PK, "ORDER#A")]);
     let err = fx.handle(vec![record]).await.expect_err("no record to report");
     assert!(err.to_string().contains("injected outage"), "{err}");
 }

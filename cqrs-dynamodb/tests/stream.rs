@@ -1,194 +1,40 @@
-//! The stream processor against DynamoDB Local: commands published with
-//! `publish_async` reach the pipeline through the command table's stream,
-//! each exactly once, across restarts and backend failures.
+//! The stream consumer against DynamoDB Local: commands reach the pipeline
+//! through the command table's stream, each settled once and in order per
+//! entity, across restarts, crashes and backend failures, while hung
+//! entities do not hold back the others.
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::*;
+use cqrs_core::testing::{Fault, FaultyStorage, Op, Rule};
 use cqrs_core::{
-    tenant_pk, ApplyWrite, AsyncDispatch, BoxError, CommandInput, CommandRecord, CommandService,
-    CommandStatus, DataItem, DataService, DataSyncEvent, DataSyncHandler, Engine, EntityKey, Error,
-    ExpectedVersion, FailedCommand, InvocationContext, RangePage, RangeQuery, Result, RetryPolicy, Storage,
-    StorageLimits,
+    tenant_pk, BoxError, CommandInput, CommandService, CommandStatus, DataService, DataSyncEvent,
+    DataSyncHandler, Engine, ExpectedVersion, Result,
 };
-use cqrs_dynamodb::stream::{CheckpointStore, DynamoDbCheckpoints, MemoryCheckpoints, StreamProcessor};
-use cqrs_dynamodb::{local_client, local_streams_client, DynamoDbStorage};
+use cqrs_dynamodb::stream::{
+    Acquired, DynamoDbLeases, LeaseStore, MemoryLeases, ShardCheckpoint, ShardRecord, CHECKPOINT_PK_PREFIX,
+};
 use serde_json::json;
 
-const TENANT: &str = "shop-a";
-
-/// Records `(sk, version)` of every event it handles.
-#[derive(Debug, Default)]
-struct Recorder {
-    seen: Mutex<Vec<(String, u64)>>,
-}
-
-impl Recorder {
-    fn seen(&self) -> Vec<(String, u64)> {
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    /// How often each `(sk, version)` was handled.
-    fn counts(&self) -> HashMap<(String, u64), usize> {
-        let mut counts = HashMap::new();
-        for seen in self.seen() {
-            *counts.entry(seen).or_default() += 1;
-        }
-        counts
-    }
-
-    /// The versions of `sk` handled, in the order they were handled.
-    fn versions_of(&self, sk: &str) -> Vec<u64> {
-        self.seen()
-            .into_iter()
-            .filter(|(s, _)| s == sk)
-            .map(|(_, v)| v)
-            .collect()
-    }
-}
-
-#[async_trait]
-impl DataSyncHandler for Recorder {
-    fn name(&self) -> &str {
-        "recorder"
-    }
-
-    async fn handle(&self, event: &DataSyncEvent) -> std::result::Result<(), BoxError> {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((event.command.sk.clone(), event.command.version));
-        Ok(())
-    }
-}
-
-fn ctx() -> InvocationContext {
-    InvocationContext::new(TENANT, "user-1")
-}
-
-fn key(sk: &str) -> EntityKey {
-    EntityKey::new(tenant_pk(TENANT), sk)
-}
-
-/// An engine that leaves async commands to the stream processor.
-fn engine(storage: Arc<dyn Storage>, recorder: &Arc<Recorder>) -> Engine {
-    Engine::builder(storage)
-        .dispatch(AsyncDispatch::External)
-        .handler_arc(recorder.clone())
-        .build()
-}
-
-fn processor(
-    engine: &Engine,
-    storage: &DynamoDbStorage,
-    checkpoints: Arc<dyn CheckpointStore>,
-) -> StreamProcessor {
-    let endpoint = common::endpoint().expect("checked by available()");
-    StreamProcessor::new(
-        engine.clone(),
-        local_client(&endpoint),
-        local_streams_client(&endpoint),
-        storage.tables().clone(),
-        checkpoints,
-    )
-}
-
-/// Publishes versions `1..=versions` of `sk` asynchronously, chained on the
-/// command rows (nothing is applied yet).
-async fn publish_versions(engine: &Engine, sk: &str, versions: u64) {
-    for version in 1..=versions {
-        let command = CommandInput::new(tenant_pk(TENANT), sk)
-            .attributes(json!({ "n": version }))
-            .version(ExpectedVersion::Exactly(version - 1));
-        let stored = engine
-            .publish_async(command, &ctx())
-            .await
-            .expect("published")
-            .into_inner();
-        assert_eq!(
-            (stored.version, stored.status),
-            (version, CommandStatus::Published)
-        );
-    }
-}
-
-/// Polls until `done` holds; the number of commands fed meanwhile.
-async fn poll_until(processor: &StreamProcessor, done: impl Fn() -> bool) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut fed = 0;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "stream not processed within a minute ({fed} fed)"
-        );
-        let now = processor.poll_once().await.expect("poll");
-        fed += now;
-        if now == 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    fed
-}
-
-/// The handler saw every command exactly once.
-fn assert_each_once(recorder: &Recorder) {
-    let twice: Vec<_> = recorder.counts().into_iter().filter(|(_, n)| *n != 1).collect();
-    assert!(twice.is_empty(), "handled more than once: {twice:?}");
-}
-
-/// A few more polls feed nothing.
-async fn assert_drained(processor: &StreamProcessor) {
-    for _ in 0..3 {
-        assert_eq!(processor.poll_once().await.expect("poll"), 0, "fed again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Every command of `sk` was applied exactly once: data at `versions`, one
-/// history row per superseded version, every command row past `published`.
-async fn assert_applied_once(engine: &Engine, sk: &str, versions: u64) {
-    let key = key(sk);
-    let data = engine
-        .get_item(&key, &ctx())
-        .await
-        .expect("read")
-        .expect("data item");
-    assert_eq!(data.version, versions, "{sk}");
-    assert_eq!(data.attributes, json!({ "n": versions }), "{sk}");
-    let history: Vec<u64> = engine
-        .list_history(&key, &ctx())
-        .await
-        .expect("history")
-        .iter()
-        .map(|h| h.version)
-        .collect();
-    assert_eq!(history, (1..versions).collect::<Vec<_>>(), "{sk}: history");
-    for command in engine.list_versions(&key, &ctx()).await.expect("versions") {
-        assert_eq!(
-            command.status,
-            CommandStatus::Finished,
-            "{sk}@{}",
-            command.version
-        );
-    }
-}
+const MINUTE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread")]
-async fn async_commands_are_fed_once_in_order() {
-    if !common::available() {
+async fn async_commands_are_settled_once_in_order() {
+    if !available() {
         return;
     }
-    let storage = common::fresh_storage("stream-order").await;
-    let recorder = Arc::new(Recorder::default());
-    let engine = engine(Arc::new(storage.clone()), &recorder);
+    let storage = fresh_storage("stream-order").await;
+    let recorder = Recorder::new();
+    let engine = engine(Arc::new(storage.clone()), recorder.clone());
     let entities = ["ORDER#A", "ORDER#B", "ORDER#C"];
     for sk in entities {
-        publish_versions(&engine, sk, 5).await;
+        publish_versions(&engine, sk, 1, 5).await;
     }
     assert!(engine
         .get_item(&key("ORDER#A"), &ctx())
@@ -196,159 +42,222 @@ async fn async_commands_are_fed_once_in_order() {
         .expect("read")
         .is_none());
 
-    let processor = processor(&engine, &storage, Arc::new(MemoryCheckpoints::new()));
-    let fed = poll_until(&processor, || recorder.seen().len() >= 15).await;
-    assert_drained(&processor).await;
-
-    assert_eq!(fed, 15);
-    assert_each_once(&recorder);
+    let consumer = consumer(&engine, &storage);
+    let monitor = consumer.monitor();
+    let running = Running::start(consumer);
+    wait_until("15 commands handled", MINUTE, || recorder.len() >= 15).await;
     for sk in entities {
         assert_eq!(recorder.versions_of(sk), [1, 2, 3, 4, 5], "{sk}");
         assert_applied_once(&engine, sk, 5).await;
     }
 
-    // Written after the processor reached the end of the stream.
-    for version in 6..=7 {
-        let command = CommandInput::new(tenant_pk(TENANT), "ORDER#A")
-            .attributes(json!({ "n": version }))
-            .version(ExpectedVersion::Exactly(version - 1));
-        engine.publish_async(command, &ctx()).await.expect("published");
-    }
-    let fed = poll_until(&processor, || recorder.seen().len() >= 17).await;
-    assert_drained(&processor).await;
-    assert_eq!(fed, 2);
+    // Written after the consumer reached the end of the stream.
+    publish_versions(&engine, "ORDER#A", 6, 7).await;
+    wait_until("2 more handled", MINUTE, || recorder.len() >= 17).await;
+    wait_until("every record settled", MINUTE, || monitor.stats().settled >= 17).await;
+    running.stop(Duration::from_secs(10)).await;
+
+    let stats = monitor.stats();
+    assert_eq!(stats.fed, 17, "each insert fed once: {stats:?}");
+    assert_eq!(stats.settled, 17, "{stats:?}");
+    assert_eq!(stats.retries, 0, "{stats:?}");
+    assert!(monitor.owned_shards().is_empty(), "leases given back");
+    assert_each_once(&recorder);
     assert_eq!(recorder.versions_of("ORDER#A"), [1, 2, 3, 4, 5, 6, 7]);
     assert_applied_once(&engine, "ORDER#A", 7).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn run_feeds_until_shut_down() {
-    if !common::available() {
-        return;
-    }
-    let storage = common::fresh_storage("stream-run").await;
-    let recorder = Arc::new(Recorder::default());
-    let engine = engine(Arc::new(storage.clone()), &recorder);
-    let processor = Arc::new(processor(&engine, &storage, Arc::new(MemoryCheckpoints::new())));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn({
-        let processor = processor.clone();
-        async move { processor.run(Duration::from_millis(20), stopped).await }
-    });
-
-    publish_versions(&engine, "ORDER#A", 3).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while recorder.seen().len() < 3 {
-        assert!(Instant::now() < deadline, "not processed within a minute");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.send(()).expect("running");
-    tokio::time::timeout(Duration::from_secs(10), running)
+/// The shard items in the sequences table: (shard id, record).
+async fn shard_items(storage: &cqrs_dynamodb::DynamoDbStorage) -> Vec<(String, ShardRecord)> {
+    let out = storage
+        .client()
+        .query()
+        .table_name(&storage.tables().sequences)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(
+            ":pk",
+            AttributeValue::S(format!("{CHECKPOINT_PK_PREFIX}{}", storage.tables().command)),
+        )
+        .consistent_read(true)
+        .send()
         .await
-        .expect("stopped")
-        .expect("no panic");
-
-    assert_eq!(recorder.versions_of("ORDER#A"), [1, 2, 3]);
-    assert_applied_once(&engine, "ORDER#A", 3).await;
-    assert_drained(&processor).await;
+        .expect("query");
+    out.items()
+        .iter()
+        .map(|item| {
+            let s = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+            let record = ShardRecord {
+                checkpoint: ShardCheckpoint {
+                    sequence_number: s("sequenceNumber"),
+                    finished: item.get("finished").and_then(|v| v.as_bool().ok()) == Some(&true),
+                },
+                lease: cqrs_dynamodb::stream::ShardLease {
+                    owner: s("leaseOwner"),
+                    expires_at_ms: item
+                        .get("leaseExpiresAt")
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|n| n.parse().ok()),
+                },
+            };
+            (s("sk").unwrap_or_default(), record)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_restarted_processor_resumes_at_its_checkpoint() {
-    if !common::available() {
+async fn a_restarted_consumer_resumes_at_its_checkpoint_and_takes_released_leases_at_once() {
+    if !available() {
         return;
     }
-    let storage = common::fresh_storage("stream-restart").await;
-    let recorder = Arc::new(Recorder::default());
-    let engine = engine(Arc::new(storage.clone()), &recorder);
-    publish_versions(&engine, "ORDER#A", 5).await;
-    publish_versions(&engine, "ORDER#B", 5).await;
+    let storage = fresh_storage("stream-restart").await;
+    let recorder = Recorder::new();
+    let engine = engine(Arc::new(storage.clone()), recorder.clone());
+    publish_versions(&engine, "ORDER#A", 1, 5).await;
+    publish_versions(&engine, "ORDER#B", 1, 5).await;
 
-    // Processor A feeds 4 commands, then stops (the process ends).
-    let checkpoints = DynamoDbCheckpoints::new(storage.client().clone(), storage.tables());
-    let first = processor(&engine, &storage, Arc::new(checkpoints)).max_per_poll(4);
-    assert_eq!(first.poll_once().await.expect("poll"), 4);
-    assert_eq!(
-        first.poll_once().await.expect("poll"),
-        4,
-        "a poll stops at its limit"
-    );
-    drop(first);
-    assert_eq!(recorder.seen().len(), 8);
-
-    // Processor B: a new process, with only the checkpoint table in common.
-    let checkpoints = DynamoDbCheckpoints::new(storage.client().clone(), storage.tables());
-    let second = processor(&engine, &storage, Arc::new(checkpoints));
-    let fed = poll_until(&second, || recorder.seen().len() >= 10).await;
-    assert_drained(&second).await;
-
-    assert_eq!(fed, 2, "B resumes after the last command A checkpointed");
-    assert_each_once(&recorder);
-    for sk in ["ORDER#A", "ORDER#B"] {
-        assert_eq!(recorder.versions_of(sk), [1, 2, 3, 4, 5], "{sk}");
-        assert_applied_once(&engine, sk, 5).await;
+    // A long lease: a lease that was not released would hold the second
+    // consumer back for 30 s.
+    let lease = Duration::from_secs(30);
+    let first = consumer(&engine, &storage).lease_duration(lease);
+    let first_monitor = first.monitor();
+    let running = Running::start(first);
+    wait_until("10 handled", MINUTE, || recorder.len() >= 10).await;
+    wait_until("10 settled", MINUTE, || first_monitor.stats().settled >= 10).await;
+    running.stop(Duration::from_secs(10)).await;
+    let items = shard_items(&storage).await;
+    assert!(!items.is_empty());
+    for (shard, item) in &items {
+        assert_eq!(item.lease.owner, None, "{shard}: lease released on shutdown");
     }
+    assert!(
+        items
+            .iter()
+            .any(|(_, item)| item.checkpoint.sequence_number.is_some()),
+        "checkpoint saved: {items:?}"
+    );
+
+    publish_versions(&engine, "ORDER#A", 6, 7).await;
+    // A new process, with only the sequences table in common.
+    let second = consumer(&engine, &storage).lease_duration(lease);
+    let second_monitor = second.monitor();
+    let started = Instant::now();
+    let running = Running::start(second);
+    wait_until(
+        "the second consumer holds a shard",
+        Duration::from_secs(10),
+        || !second_monitor.owned_shards().is_empty(),
+    )
+    .await;
+    let takeover = started.elapsed();
+    wait_until("12 handled", MINUTE, || recorder.len() >= 12).await;
+    wait_until("2 settled", MINUTE, || second_monitor.stats().settled >= 2).await;
+    running.stop(Duration::from_secs(10)).await;
+    println!("takeover of released leases: {takeover:?}");
+
+    assert_eq!(
+        second_monitor.stats().fed,
+        2,
+        "the second consumer resumes after the last command the first checkpointed: {:?}",
+        second_monitor.stats()
+    );
+    assert_each_once(&recorder);
+    assert_eq!(recorder.versions_of("ORDER#A"), [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(recorder.versions_of("ORDER#B"), [1, 2, 3, 4, 5]);
+    assert_applied_once(&engine, "ORDER#A", 7).await;
+    assert_applied_once(&engine, "ORDER#B", 5).await;
 }
 
-/// Checkpoints whose saves fail after a number of successes: the process
-/// "crashes" between processing a command and saving its checkpoint.
+/// Leases whose checkpoint saves fail after a number of successes: the
+/// process "crashes" between settling commands and saving their checkpoint.
 #[derive(Debug)]
-struct CrashingCheckpoints {
-    inner: DynamoDbCheckpoints,
+struct CrashingLeases {
+    inner: DynamoDbLeases,
     saves_left: AtomicUsize,
 }
 
 #[async_trait]
-impl CheckpointStore for CrashingCheckpoints {
-    async fn load(&self, stream_arn: &str, shard_id: &str) -> Result<Option<String>> {
-        self.inner.load(stream_arn, shard_id).await
+impl LeaseStore for CrashingLeases {
+    async fn get(&self, stream_arn: &str, shard_id: &str) -> Result<Option<ShardRecord>> {
+        self.inner.get(stream_arn, shard_id).await
     }
-
-    async fn save(&self, stream_arn: &str, shard_id: &str, sequence_number: &str) -> Result<()> {
-        let left = self.saves_left.load(Ordering::SeqCst);
-        if left == 0 {
-            return Err(Error::backend("crashed before the checkpoint", false));
+    async fn acquire(
+        &self,
+        stream_arn: &str,
+        shard_id: &str,
+        owner: &str,
+        duration: Duration,
+    ) -> Result<Acquired> {
+        self.inner.acquire(stream_arn, shard_id, owner, duration).await
+    }
+    async fn renew(&self, shard_id: &str, owner: &str, duration: Duration) -> Result<bool> {
+        self.inner.renew(shard_id, owner, duration).await
+    }
+    async fn checkpoint(
+        &self,
+        stream_arn: &str,
+        shard_id: &str,
+        owner: &str,
+        checkpoint: &ShardCheckpoint,
+    ) -> Result<bool> {
+        if self
+            .saves_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            return Err(cqrs_core::Error::backend("crashed before the checkpoint", true));
         }
-        self.saves_left.store(left - 1, Ordering::SeqCst);
-        self.inner.save(stream_arn, shard_id, sequence_number).await
+        self.inner
+            .checkpoint(stream_arn, shard_id, owner, checkpoint)
+            .await
     }
-
-    async fn is_finished(&self, stream_arn: &str, shard_id: &str) -> Result<bool> {
-        self.inner.is_finished(stream_arn, shard_id).await
-    }
-
-    async fn mark_finished(&self, stream_arn: &str, shard_id: &str) -> Result<()> {
-        self.inner.mark_finished(stream_arn, shard_id).await
+    async fn release(&self, shard_id: &str, owner: &str) -> Result<()> {
+        self.inner.release(shard_id, owner).await
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_crash_before_the_checkpoint_feeds_a_command_again_without_applying_it_twice() {
-    if !common::available() {
+async fn a_crash_before_the_checkpoint_settles_commands_again_without_applying_them_twice() {
+    if !available() {
         return;
     }
-    let storage = common::fresh_storage("stream-crash").await;
-    let recorder = Arc::new(Recorder::default());
-    let engine = engine(Arc::new(storage.clone()), &recorder);
-    publish_versions(&engine, "ORDER#A", 5).await;
-    publish_versions(&engine, "ORDER#B", 5).await;
+    let storage = fresh_storage("stream-crash").await;
+    let recorder = Recorder::new();
+    let engine = engine(Arc::new(storage.clone()), recorder.clone());
+    publish_versions(&engine, "ORDER#A", 1, 5).await;
+    publish_versions(&engine, "ORDER#B", 1, 5).await;
 
-    // A processes 4 commands but saves only 3 checkpoints.
-    let crashing = CrashingCheckpoints {
-        inner: DynamoDbCheckpoints::new(storage.client().clone(), storage.tables()),
+    // The first consumer settles the 10 commands one at a time, checkpoints
+    // after each command done in stream order, but only 3 saves land: its
+    // checkpoint stays after A@3 (A@1, B@1, A@2, B@2, A@3: the prefix A@1..A@3).
+    let crashing = Arc::new(CrashingLeases {
+        inner: DynamoDbLeases::new(storage.client().clone(), storage.tables()),
         saves_left: AtomicUsize::new(3),
-    };
-    let first = processor(&engine, &storage, Arc::new(crashing));
-    assert!(first.poll_once().await.is_err(), "the checkpoint save failed");
-    drop(first);
-    assert_eq!(recorder.seen().len(), 4);
+    });
+    let first = consumer(&engine, &storage)
+        .lease_store(crashing)
+        .max_concurrent_entities(1)
+        .checkpoint_every(1)
+        .checkpoint_interval(Duration::from_secs(3600));
+    let first_monitor = first.monitor();
+    let running = Running::start(first);
+    wait_until("10 handled", MINUTE, || recorder.len() >= 10).await;
+    wait_until("10 settled", MINUTE, || first_monitor.stats().settled >= 10).await;
+    running.kill().await;
+    assert_eq!(first_monitor.stats().checkpoints_saved, 3);
 
-    let checkpoints = DynamoDbCheckpoints::new(storage.client().clone(), storage.tables());
-    let second = processor(&engine, &storage, Arc::new(checkpoints));
-    let fed = poll_until(&second, || recorder.seen().len() >= 10).await;
-    assert_drained(&second).await;
+    // The second takes the shard over once the dead one's lease expired.
+    let second = consumer(&engine, &storage);
+    let second_monitor = second.monitor();
+    let running = Running::start(second);
+    wait_until("7 settled again", MINUTE, || second_monitor.stats().settled >= 7).await;
+    running.stop(Duration::from_secs(10)).await;
 
-    assert_eq!(fed, 7, "B feeds the 4th command again, and the 6 after it");
+    assert_eq!(
+        second_monitor.stats().fed,
+        7,
+        "the second feeds A@4 and everything after it again: {:?}",
+        second_monitor.stats()
+    );
     assert_each_once(&recorder);
     for sk in ["ORDER#A", "ORDER#B"] {
         assert_eq!(recorder.versions_of(sk), [1, 2, 3, 4, 5], "{sk}");
@@ -357,13 +266,13 @@ async fn a_crash_before_the_checkpoint_feeds_a_command_again_without_applying_it
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn rows_of_sync_publishes_are_not_fed() {
-    if !common::available() {
+async fn sync_publishes_are_fed_without_running_their_handlers_twice() {
+    if !available() {
         return;
     }
-    let storage = common::fresh_storage("stream-sync").await;
-    let recorder = Arc::new(Recorder::default());
-    let engine = engine(Arc::new(storage.clone()), &recorder);
+    let storage = fresh_storage("stream-sync").await;
+    let recorder = Recorder::new();
+    let engine = engine(Arc::new(storage.clone()), recorder.clone());
     for version in 1..=2 {
         for sk in ["PRODUCT#P1", "PRODUCT#P2"] {
             let command = CommandInput::new(tenant_pk(TENANT), sk)
@@ -372,266 +281,380 @@ async fn rows_of_sync_publishes_are_not_fed() {
             engine.publish_sync(command, &ctx()).await.expect("published");
         }
     }
-    assert_eq!(recorder.seen().len(), 4, "sync handlers ran in the publisher");
+    assert_eq!(recorder.len(), 4, "sync handlers ran in the publisher");
     // An async version on top of a sync one.
     let command = CommandInput::new(tenant_pk(TENANT), "PRODUCT#P1")
         .attributes(json!({ "n": 3 }))
         .version(ExpectedVersion::Exactly(2));
     engine.publish_async(command, &ctx()).await.expect("published");
 
-    let processor = processor(&engine, &storage, Arc::new(MemoryCheckpoints::new()));
-    let fed = poll_until(&processor, || recorder.seen().len() >= 5).await;
-    assert_drained(&processor).await;
+    let consumer = consumer(&engine, &storage);
+    let monitor = consumer.monitor();
+    let running = Running::start(consumer);
+    wait_until("5 settled", MINUTE, || monitor.stats().settled >= 5).await;
+    running.stop(Duration::from_secs(10)).await;
 
-    assert_eq!(fed, 1, "only the async command");
+    assert_eq!(
+        monitor.stats().fed,
+        5,
+        "every insert of a row with handlers to run"
+    );
     assert_each_once(&recorder);
     assert_eq!(recorder.versions_of("PRODUCT#P1"), [1, 2, 3]);
     assert_eq!(recorder.versions_of("PRODUCT#P2"), [1, 2]);
     let p1 = engine.get_item(&key("PRODUCT#P1"), &ctx()).await.expect("read");
     assert_eq!(p1.map(|d| d.version), Some(3));
-}
-
-/// A storage whose data reads of one entity fail while `failures` is above zero.
-#[derive(Debug)]
-struct Flaky {
-    inner: DynamoDbStorage,
-    failing_sk: &'static str,
-    failures: AtomicUsize,
-}
-
-#[async_trait]
-impl Storage for Flaky {
-    fn limits(&self) -> StorageLimits {
-        self.inner.limits()
-    }
-    async fn put_command(&self, command: &CommandRecord) -> Result<()> {
-        self.inner.put_command(command).await
-    }
-    async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>> {
-        self.inner.get_command(key, version).await
-    }
-    async fn latest_command(&self, key: &EntityKey) -> Result<Option<CommandRecord>> {
-        self.inner.latest_command(key).await
-    }
-    async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
-        self.inner.list_commands(key).await
-    }
-    async fn set_command_status(&self, key: &EntityKey, version: u64, status: CommandStatus) -> Result<()> {
-        self.inner.set_command_status(key, version, status).await
-    }
-    async fn apply(&self, writes: &[ApplyWrite]) -> Result<()> {
-        self.inner.apply(writes).await
-    }
-    async fn get_data(&self, key: &EntityKey) -> Result<Option<DataItem>> {
-        let failing = key.sk == self.failing_sk
-            && self
-                .failures
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-        if failing {
-            return Err(Error::backend("injected: backend down", false));
-        }
-        self.inner.get_data(key).await
-    }
-    async fn query_data(&self, query: &RangeQuery) -> Result<RangePage> {
-        self.inner.query_data(query).await
-    }
-    async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {
-        self.inner.get_history(key, version).await
-    }
-    async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>> {
-        self.inner.list_history(key).await
-    }
-    async fn next_counter(&self, pk: &str, sk: &str) -> Result<u64> {
-        self.inner.next_counter(pk, sk).await
-    }
-    async fn put_failure(&self, failure: &FailedCommand) -> Result<()> {
-        self.inner.put_failure(failure).await
-    }
-    async fn delete_failure(&self, key: &EntityKey, version: u64) -> Result<()> {
-        self.inner.delete_failure(key, version).await
-    }
-    async fn get_failure(&self, key: &EntityKey, version: u64) -> Result<Option<FailedCommand>> {
-        self.inner.get_failure(key, version).await
-    }
-    async fn list_failures(&self, tenant_code: Option<&str>) -> Result<Vec<FailedCommand>> {
-        self.inner.list_failures(tenant_code).await
+    for (sk, version) in [("PRODUCT#P1", 1), ("PRODUCT#P1", 3), ("PRODUCT#P2", 2)] {
+        assert_eq!(
+            status_of(&storage, sk, version).await,
+            Some(CommandStatus::Finished)
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failing_backend_holds_the_checkpoint_before_the_command() {
-    if !common::available() {
+async fn a_sync_publish_whose_process_died_is_finished_by_the_stream() {
+    if !available() {
         return;
     }
-    let storage = common::fresh_storage("stream-flaky").await;
-    let flaky = Arc::new(Flaky {
-        inner: storage.clone(),
-        failing_sk: "ORDER#B",
-        failures: AtomicUsize::new(0),
-    });
-    let recorder = Arc::new(Recorder::default());
-    let engine = engine(flaky.clone(), &recorder);
-    publish_versions(&engine, "ORDER#A", 3).await;
-    publish_versions(&engine, "ORDER#B", 2).await;
-    let retry = RetryPolicy {
-        max_attempts: 3,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(20),
-    };
-    let checkpoints = Arc::new(MemoryCheckpoints::new());
+    let storage = fresh_storage("stream-dead-sync").await;
+    let recorder = Recorder::new();
+    let engine = engine(Arc::new(storage.clone()), recorder.clone());
+    insert_applied(&storage, "ORDER#DEAD", json!({ "n": 1 })).await;
+    assert!(recorder.seen().is_empty());
 
-    // ORDER#B cannot be processed for longer than the retries of a poll: the
-    // commands before it are fed and checkpointed, it is not, and neither is
-    // anything after it.
-    flaky.failures.store(usize::MAX, Ordering::SeqCst);
-    let first = processor(&engine, &storage, checkpoints.clone()).retry(retry.clone());
-    assert!(first.poll_once().await.is_err());
-    assert!(first.poll_once().await.is_err(), "tried again on the next poll");
+    let consumer = consumer(&engine, &storage);
+    let monitor = consumer.monitor();
+    let running = Running::start(consumer);
+    wait_until("the handler ran", MINUTE, || recorder.len() >= 1).await;
+    wait_until("settled", MINUTE, || monitor.stats().settled >= 1).await;
+    running.stop(Duration::from_secs(10)).await;
+
+    assert_eq!(recorder.versions_of("ORDER#DEAD"), [1]);
+    assert_eq!(
+        status_of(&storage, "ORDER#DEAD", 1).await,
+        Some(CommandStatus::Finished)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_backend_holds_the_checkpoint_before_the_command_and_is_retried_until_it_recovers() {
+    if !available() {
+        return;
+    }
+    let storage = fresh_storage("stream-flaky").await;
+    let faulty = Arc::new(FaultyStorage::new(Arc::new(storage.clone())));
+    let recorder = Recorder::new();
+    let engine = engine(faulty.clone(), recorder.clone());
+    publish_versions(&engine, "ORDER#A", 1, 3).await;
+    let first = consumer(&engine, &storage).drain_deadline(Duration::from_millis(300));
+    let first_monitor = first.monitor();
+    let running = Running::start(first);
+    wait_until("A handled", MINUTE, || recorder.len() >= 3).await;
+
+    // Storage cannot apply anything while the outage lasts: B and C are
+    // tried again and again, and never marked done.
+    let outage = faulty.inject(Rule::new(Fault::Unavailable).on(&[Op::Apply]));
+    publish_versions(&engine, "ORDER#B", 1, 2).await;
+    publish_versions(&engine, "ORDER#C", 1, 1).await;
+    wait_until("B and C retried", MINUTE, || first_monitor.stats().retries >= 4).await;
+    running.stop(Duration::from_secs(10)).await;
     assert_eq!(recorder.versions_of("ORDER#A"), [1, 2, 3]);
     assert_eq!(recorder.versions_of("ORDER#B"), [] as [u64; 0]);
-    drop(first);
+    assert_eq!(recorder.versions_of("ORDER#C"), [] as [u64; 0]);
+    assert_eq!(
+        status_of(&storage, "ORDER#B", 1).await,
+        Some(CommandStatus::Published)
+    );
+    assert_eq!(
+        status_of(&storage, "ORDER#C", 1).await,
+        Some(CommandStatus::Published)
+    );
 
-    // Down for one attempt only: the retry within the poll gets through. A
-    // new processor resumes at ORDER#B, not before it and not after it.
-    flaky.failures.store(1, Ordering::SeqCst);
-    let second = processor(&engine, &storage, checkpoints).retry(retry);
-    let fed = poll_until(&second, || recorder.seen().len() >= 5).await;
-    assert_drained(&second).await;
-    assert_eq!(fed, 2);
-    assert_eq!(flaky.failures.load(Ordering::SeqCst), 0, "the failure happened");
+    // The outage ends: a new consumer resumes at ORDER#B, not after it.
+    faulty.remove(outage);
+    let second = consumer(&engine, &storage);
+    let second_monitor = second.monitor();
+    let running = Running::start(second);
+    wait_until("B and C handled", MINUTE, || recorder.len() >= 6).await;
+    wait_until("3 settled", MINUTE, || second_monitor.stats().settled >= 3).await;
+    running.stop(Duration::from_secs(10)).await;
+
+    assert_eq!(
+        second_monitor.stats().fed,
+        3,
+        "B@1, B@2 and C@1: {:?}",
+        second_monitor.stats()
+    );
+    assert!(faulty.faults(Op::Apply) >= 3, "the outage happened");
     assert_each_once(&recorder);
     assert_eq!(recorder.versions_of("ORDER#B"), [1, 2]);
     assert_applied_once(&engine, "ORDER#A", 3).await;
     assert_applied_once(&engine, "ORDER#B", 2).await;
+    assert_applied_once(&engine, "ORDER#C", 1).await;
+    let failures = engine.list_failures(&ctx()).await.expect("failures");
+    assert!(failures.is_empty(), "an outage is not a failure: {failures:?}");
 }
 
-/// Save, load and finish, as every store must.
-async fn round_trip(store: &dyn CheckpointStore, arn: &str) {
-    assert_eq!(store.load(arn, "shard-1").await.expect("load"), None);
-    assert!(!store.is_finished(arn, "shard-1").await.expect("finished"));
-    store
-        .save(arn, "shard-1", "000000000000000000100")
-        .await
-        .expect("save");
-    store
-        .save(arn, "shard-1", "000000000000000000200")
-        .await
-        .expect("save");
-    store
-        .save(arn, "shard-2", "000000000000000000150")
-        .await
-        .expect("save");
-    assert_eq!(
-        store.load(arn, "shard-1").await.expect("load").as_deref(),
-        Some("000000000000000000200")
-    );
-    assert_eq!(
-        store.load(arn, "shard-2").await.expect("load").as_deref(),
-        Some("000000000000000000150")
-    );
-    store.mark_finished(arn, "shard-1").await.expect("finish");
-    assert!(store.is_finished(arn, "shard-1").await.expect("finished"));
-    assert!(!store.is_finished(arn, "shard-2").await.expect("finished"));
-    assert_eq!(
-        store.load(arn, "shard-1").await.expect("load").as_deref(),
-        Some("000000000000000000200"),
-        "finishing keeps the position"
-    );
-    // A shard id of another stream (a recreated table) has no checkpoint.
-    assert_eq!(store.load("arn:other", "shard-1").await.expect("load"), None);
-    assert!(!store.is_finished("arn:other", "shard-1").await.expect("finished"));
+/// Waits on `ORDER#SLOW` until every other entity was handled, then succeeds;
+/// never returns on `ORDER#HUNG` version 1.
+#[derive(Debug)]
+struct Gate {
+    recorder: Arc<Recorder>,
+    others: usize,
+    /// Events of other entities seen when `ORDER#SLOW` was let through.
+    seen_by_slow: AtomicUsize,
+}
+
+#[async_trait]
+impl DataSyncHandler for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+
+    async fn handle(&self, event: &DataSyncEvent) -> std::result::Result<(), BoxError> {
+        match (event.command.sk.as_str(), event.command.version) {
+            ("ORDER#HUNG", 1) => std::future::pending().await,
+            ("ORDER#SLOW", _) => {
+                let others = || {
+                    self.recorder
+                        .seen()
+                        .iter()
+                        .filter(|(sk, _)| sk.starts_with("ORDER#E"))
+                        .count()
+                };
+                while others() < self.others {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                self.seen_by_slow.store(others(), Ordering::SeqCst);
+            }
+            _ => {}
+        }
+        self.recorder.handle(event).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn checkpoint_stores_round_trip() {
-    round_trip(&MemoryCheckpoints::new(), "arn:stream").await;
-    if !common::available() {
+async fn a_hung_handler_does_not_hold_back_other_entities_of_its_shard() {
+    if !available() {
         return;
     }
-    let storage = common::fresh_storage("stream-checkpoints").await;
-    let store = DynamoDbCheckpoints::new(storage.client().clone(), storage.tables());
+    let storage = fresh_storage("stream-hung").await;
+    let recorder = Recorder::new();
+    let gate = Arc::new(Gate {
+        recorder: recorder.clone(),
+        others: 10,
+        seen_by_slow: AtomicUsize::new(0),
+    });
+    let engine = Engine::builder(Arc::new(storage.clone()))
+        .dispatch(cqrs_core::AsyncDispatch::External)
+        .retry(cqrs_core::RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+        })
+        .handler_timeout(Duration::from_secs(2))
+        .recovery_grace(RECOVERY_GRACE)
+        .handler_arc(gate.clone())
+        .build();
+    // In stream order: the hung and the slow entity first, then the others.
+    publish_versions(&engine, "ORDER#HUNG", 1, 2).await;
+    publish_versions(&engine, "ORDER#SLOW", 1, 1).await;
+    for i in 0..5 {
+        publish_versions(&engine, &format!("ORDER#E{i}"), 1, 2).await;
+    }
+
+    let consumer = consumer(&engine, &storage);
+    let monitor = consumer.monitor();
+    let running = Running::start(consumer);
+    wait_until("every command settled", MINUTE, || monitor.stats().settled >= 13).await;
+    running.stop(Duration::from_secs(10)).await;
+
+    // SLOW ran while the 10 commands after it were handled: nothing waited
+    // behind it but its own entity.
+    assert_eq!(gate.seen_by_slow.load(Ordering::SeqCst), 10);
+    assert_eq!(recorder.versions_of("ORDER#SLOW"), [1]);
+    // HUNG@1 timed out on every attempt: recorded as failed, reprocessable;
+    // HUNG@2 came after it, in order.
+    assert_eq!(
+        status_of(&storage, "ORDER#HUNG", 1).await,
+        Some(CommandStatus::Failed)
+    );
+    assert_eq!(recorder.versions_of("ORDER#HUNG"), [2]);
+    let failures = engine.list_failures(&ctx()).await.expect("failures");
+    assert_eq!(
+        failures
+            .iter()
+            .map(|f| (f.sk.as_str(), f.version))
+            .collect::<Vec<_>>(),
+        [("ORDER#HUNG", 1)]
+    );
+    assert_eq!(monitor.stats().fed, 13);
+    assert_eq!(
+        monitor.stats().retries,
+        0,
+        "a handler failure is final, not retried by the consumer"
+    );
+}
+
+/// Save, load, lease and fence, as every store must.
+async fn round_trip(store: &dyn LeaseStore, arn: &str) {
+    let lease = Duration::from_secs(60);
+    assert_eq!(store.get(arn, "shard-1").await.expect("get"), None);
+    assert_eq!(
+        store.acquire(arn, "shard-1", "me", lease).await.expect("acquire"),
+        Acquired::Taken(ShardCheckpoint::default())
+    );
+    let at = |seq: &str| ShardCheckpoint {
+        sequence_number: Some(seq.into()),
+        finished: false,
+    };
+    for seq in ["000000000000000000100", "000000000000000000200"] {
+        assert!(store
+            .checkpoint(arn, "shard-1", "me", &at(seq))
+            .await
+            .expect("save"));
+    }
+    assert!(matches!(
+        store.acquire(arn, "shard-2", "me", lease).await.expect("acquire"),
+        Acquired::Taken(_)
+    ));
+    assert!(store
+        .checkpoint(arn, "shard-2", "me", &at("000000000000000000150"))
+        .await
+        .expect("save"));
+    let get = |shard: &'static str| async move { store.get(arn, shard).await.expect("get").expect("stored") };
+    assert_eq!(get("shard-1").await.checkpoint, at("000000000000000000200"));
+    assert_eq!(get("shard-2").await.checkpoint, at("000000000000000000150"));
+    assert_eq!(get("shard-1").await.lease.owner.as_deref(), Some("me"));
+    let finished = ShardCheckpoint {
+        sequence_number: Some("000000000000000000200".into()),
+        finished: true,
+    };
+    assert!(store
+        .checkpoint(arn, "shard-1", "me", &finished)
+        .await
+        .expect("finish"));
+    assert_eq!(
+        get("shard-1").await.checkpoint,
+        finished,
+        "finishing keeps the position"
+    );
+    assert!(!get("shard-2").await.checkpoint.finished);
+    // Not the owner: fenced.
+    assert!(!store
+        .checkpoint(arn, "shard-2", "other", &at("9"))
+        .await
+        .expect("fenced"));
+    assert_eq!(get("shard-2").await.checkpoint, at("000000000000000000150"));
+    // Released: anyone takes it, with its checkpoint.
+    store.release("shard-2", "me").await.expect("release");
+    assert_eq!(get("shard-2").await.lease.owner, None);
+    assert_eq!(
+        store
+            .acquire(arn, "shard-2", "other", lease)
+            .await
+            .expect("acquire"),
+        Acquired::Taken(at("000000000000000000150"))
+    );
+    // A shard id of another stream (a recreated table) has no checkpoint.
+    assert_eq!(store.get("arn:other", "shard-1").await.expect("get"), None);
+    assert_eq!(
+        store
+            .acquire("arn:other", "shard-1", "me", lease)
+            .await
+            .expect("acquire"),
+        Acquired::Taken(ShardCheckpoint::default())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_stores_round_trip() {
+    round_trip(&MemoryLeases::new(), "arn:stream").await;
+    if !available() {
+        return;
+    }
+    let storage = fresh_storage("stream-checkpoints").await;
+    let store = DynamoDbLeases::new(storage.client().clone(), storage.tables());
     assert_eq!(
         store.partition_key(),
         format!("STREAM#{}", storage.tables().command)
     );
     round_trip(&store, "arn:stream").await;
 
-    // Durable: another instance reads the same checkpoints.
-    let again = DynamoDbCheckpoints::new(storage.client().clone(), storage.tables());
-    assert_eq!(
-        again
-            .load("arn:stream", "shard-1")
-            .await
-            .expect("load")
-            .as_deref(),
-        Some("000000000000000000200")
-    );
-    assert!(again
-        .is_finished("arn:stream", "shard-1")
+    // Durable: another instance reads the same items.
+    let again = DynamoDbLeases::new(storage.client().clone(), storage.tables());
+    let shard_2 = again
+        .get("arn:stream", "shard-2")
         .await
-        .expect("finished"));
+        .expect("get")
+        .expect("stored");
+    assert_eq!(
+        shard_2.checkpoint.sequence_number.as_deref(),
+        Some("000000000000000000150")
+    );
+    assert_eq!(shard_2.lease.owner.as_deref(), Some("other"));
 
-    // Stored where documented: the sequences table, pk STREAM#{command table}, sk the shard id.
+    // Stored where documented: the sequences table, pk STREAM#{command
+    // table}, sk the shard id, with the lease beside the checkpoint.
     let item = storage
         .client()
         .get_item()
         .table_name(&storage.tables().sequences)
-        .key(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S(store.partition_key().to_owned()),
-        )
-        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("shard-1".into()))
+        .key("pk", AttributeValue::S(store.partition_key().to_owned()))
+        .key("sk", AttributeValue::S("shard-2".into()))
         .consistent_read(true)
         .send()
         .await
         .expect("get")
         .item
-        .expect("checkpoint item");
-    assert_eq!(
-        item.get("sequenceNumber")
-            .and_then(|v| v.as_s().ok())
-            .map(String::as_str),
-        Some("000000000000000000200")
-    );
-    assert_eq!(item.get("finished").and_then(|v| v.as_bool().ok()), Some(&true));
+        .expect("shard item");
+    let s = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str);
+    assert_eq!(s("sequenceNumber"), Some("000000000000000000150"));
+    assert_eq!(s("streamArn"), Some("arn:stream"));
+    assert_eq!(s("leaseOwner"), Some("other"));
+    assert!(s("updatedAt").is_some());
+    let expires: i64 = item
+        .get("leaseExpiresAt")
+        .and_then(|v| v.as_n().ok())
+        .and_then(|n| n.parse().ok())
+        .expect("leaseExpiresAt, a number");
+    let now = cqrs_dynamodb::stream::now_millis();
+    assert!(expires > now && expires <= now + 60_000, "{expires} vs {now}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_command_row_expired_after_it_was_applied_does_not_hold_up_the_shard() {
-    if !common::available() {
+    if !available() {
         return;
     }
-    let storage = common::fresh_storage("stream-expired").await;
-    let recorder = Arc::new(Recorder::default());
-    let engine = engine(Arc::new(storage.clone()), &recorder);
-    publish_versions(&engine, "ORDER#A", 3).await;
-    let first = processor(&engine, &storage, Arc::new(MemoryCheckpoints::new()));
-    assert_eq!(poll_until(&first, || recorder.seen().len() >= 3).await, 3);
+    let storage = fresh_storage("stream-expired").await;
+    let recorder = Recorder::new();
+    let engine = engine(Arc::new(storage.clone()), recorder.clone());
+    publish_versions(&engine, "ORDER#A", 1, 3).await;
+    let first = consumer(&engine, &storage).lease_store(Arc::new(MemoryLeases::new()));
+    let first_monitor = first.monitor();
+    let running = Running::start(first);
+    wait_until("3 settled", MINUTE, || first_monitor.stats().settled >= 3).await;
+    running.stop(Duration::from_secs(10)).await;
 
     // Version 1's row expires (time to live of superseded rows), and a
-    // processor without checkpoints reads the stream from its start.
+    // consumer without checkpoints reads the stream from its start.
     storage
         .client()
         .delete_item()
         .table_name(&storage.tables().command)
-        .key(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S(tenant_pk(TENANT)),
-        )
-        .key(
-            "sk",
-            aws_sdk_dynamodb::types::AttributeValue::S("ORDER#A@1".into()),
-        )
+        .key("pk", AttributeValue::S(tenant_pk(TENANT)))
+        .key("sk", AttributeValue::S("ORDER#A@1".into()))
         .send()
         .await
         .expect("deleted");
-    let second = processor(&engine, &storage, Arc::new(MemoryCheckpoints::new()));
-    assert_eq!(
-        second.poll_once().await.expect("poll"),
-        3,
-        "fed again, and found done"
-    );
-    assert_drained(&second).await;
+    let second = consumer(&engine, &storage).lease_store(Arc::new(MemoryLeases::new()));
+    let second_monitor = second.monitor();
+    let running = Running::start(second);
+    wait_until("3 settled again", MINUTE, || second_monitor.stats().settled >= 3).await;
+    running.stop(Duration::from_secs(10)).await;
+    assert_eq!(second_monitor.stats().fed, 3, "fed again, and found done");
+    assert_eq!(second_monitor.stats().retries, 0);
     assert_eq!(recorder.versions_of("ORDER#A"), [1, 2, 3]);
 }

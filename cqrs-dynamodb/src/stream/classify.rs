@@ -1,0 +1,187 @@
+//! Which stream records feed the pipeline: one rule for the stream consumer
+//! and the Lambda entry point.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record};
+use cqrs_core::{parse_command_sk, EntityKey};
+
+/// What one stream record of the command table asks of the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordAction {
+    /// Nothing: not the insert of a command row that may still need work.
+    Skip,
+    /// Bring this version of this entity to a final state
+    /// ([`Engine::settle`](cqrs_core::Engine::settle)).
+    Settle(EntityKey, u64),
+    /// The insert of a command row to settle, whose key cannot be read (no
+    /// string `pk`/`sk`, or a sort key that is not `{sk}@{version}`). It can
+    /// never succeed: it is logged and skipped, for retrying it would hold up
+    /// every later record of its shard.
+    Malformed(String),
+}
+
+/// Status values of an inserted command row that still need work: `published`
+/// (an async publish: nothing applied yet) and `applied` (a sync publish or a
+/// commit whose handlers the publisher may not have completed; the engine
+/// waits for its recovery grace before running them again).
+pub const SETTLED_STATUSES: [&str; 2] = ["published", "applied"];
+
+/// Classifies one stream record from its parts.
+///
+/// The rule: an `INSERT` whose new image has `status` `published` or
+/// `applied` ([`SETTLED_STATUSES`]) is a command to settle. Everything else is
+/// skipped: `MODIFY` (status changes, TTL set on a superseded row) and
+/// `REMOVE` (TTL expiry) records carry no new command, and rows inserted
+/// `finished` (no handler interested) or `failed` need nothing. `pk` and
+/// `row_sk` are the keys of the record (the sort key with its `@{version}`).
+pub fn classify(
+    event_name: &str,
+    status: Option<&str>,
+    pk: Option<&str>,
+    row_sk: Option<&str>,
+) -> RecordAction {
+    if event_name != "INSERT" {
+        return RecordAction::Skip;
+    }
+    match status {
+        Some(status) if SETTLED_STATUSES.contains(&status) => {}
+        _ => return RecordAction::Skip,
+    }
+    let (Some(pk), Some(row_sk)) = (pk, row_sk) else {
+        return RecordAction::Malformed("no string pk and sk".into());
+    };
+    match parse_command_sk(row_sk) {
+        Some((sk, version)) if !sk.is_empty() && !pk.is_empty() && version > 0 => {
+            RecordAction::Settle(EntityKey::new(pk, sk), version)
+        }
+        _ => RecordAction::Malformed(format!("sort key '{row_sk}' is not {{sk}}@{{version}}")),
+    }
+}
+
+/// [`classify`] for a record read from DynamoDB Streams.
+///
+/// The keys are taken from `Keys` (every stream view type has them), or else
+/// from the new image. An insert without a new image is skipped with a
+/// warning: the stream must include new images (`NEW_IMAGE` or
+/// `NEW_AND_OLD_IMAGES`, as [`ensure_tables`](crate::ensure_tables) creates it).
+pub fn classify_record(record: &Record) -> RecordAction {
+    let event_name = match record.event_name() {
+        Some(OperationType::Insert) => "INSERT",
+        Some(OperationType::Modify) => "MODIFY",
+        Some(OperationType::Remove) => "REMOVE",
+        _ => return RecordAction::Skip,
+    };
+    let Some(data) = record.dynamodb() else {
+        return RecordAction::Skip;
+    };
+    let Some(image) = data.new_image() else {
+        if event_name == "INSERT" {
+            tracing::warn!("stream record without a new image: the stream must include new images");
+        }
+        return RecordAction::Skip;
+    };
+    fn string<'a>(map: Option<&'a HashMap<String, AttributeValue>>, name: &str) -> Option<&'a str> {
+        match map?.get(name) {
+            Some(AttributeValue::S(value)) => Some(value),
+            _ => None,
+        }
+    }
+    let key = |name: &str| string(data.keys(), name).or_else(|| string(Some(image), name));
+    classify(event_name, string(Some(image), "status"), key("pk"), key("sk"))
+}
+
+/// Orders DynamoDB stream sequence numbers: decimal strings of varying length.
+pub(crate) fn sequence_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let a = a.trim_start_matches('0');
+    let b = b.trim_start_matches('0');
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodbstreams::types::StreamRecord;
+
+    fn record(event: OperationType, sk: &str, status: Option<&str>) -> Record {
+        let keys = HashMap::from([
+            ("pk".to_owned(), AttributeValue::S("TENANT#a".into())),
+            ("sk".to_owned(), AttributeValue::S(sk.into())),
+        ]);
+        let mut data = StreamRecord::builder()
+            .set_keys(Some(keys.clone()))
+            .sequence_number("1");
+        if let Some(status) = status {
+            let mut image = keys;
+            image.insert("status".into(), AttributeValue::S(status.into()));
+            data = data.set_new_image(Some(image));
+        }
+        Record::builder().event_name(event).dynamodb(data.build()).build()
+    }
+
+    #[test]
+    fn published_and_applied_inserts_of_command_rows_are_settled() {
+        let settle = |sk: &str, v| RecordAction::Settle(EntityKey::new("TENANT#a", sk), v);
+        assert_eq!(
+            classify_record(&record(OperationType::Insert, "ORDER#1@3", Some("published"))),
+            settle("ORDER#1", 3)
+        );
+        assert_eq!(
+            classify_record(&record(OperationType::Insert, "ORDER#1@3", Some("applied"))),
+            settle("ORDER#1", 3)
+        );
+        for status in ["finished", "failed", "other"] {
+            assert_eq!(
+                classify_record(&record(OperationType::Insert, "ORDER#1@3", Some(status))),
+                RecordAction::Skip,
+                "{status}"
+            );
+        }
+        assert_eq!(
+            classify_record(&record(OperationType::Modify, "ORDER#1@3", Some("published"))),
+            RecordAction::Skip
+        );
+        assert_eq!(
+            classify_record(&record(OperationType::Remove, "ORDER#1@3", None)),
+            RecordAction::Skip
+        );
+        assert_eq!(
+            classify_record(&record(OperationType::Insert, "ORDER#1@3", None)),
+            RecordAction::Skip
+        );
+        assert!(matches!(
+            classify_record(&record(OperationType::Insert, "ORDER#1", Some("published"))),
+            RecordAction::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn unusable_keys_are_malformed() {
+        for (pk, sk) in [
+            (None, None),
+            (Some("TENANT#a"), None),
+            (Some("TENANT#a"), Some("ORDER#1")),
+            (Some("TENANT#a"), Some("ORDER#1@x")),
+            (Some("TENANT#a"), Some("ORDER#1@0")),
+            (Some("TENANT#a"), Some("@1")),
+            (Some(""), Some("ORDER#1@1")),
+        ] {
+            assert!(
+                matches!(
+                    classify("INSERT", Some("published"), pk, sk),
+                    RecordAction::Malformed(_)
+                ),
+                "{pk:?} {sk:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_compare_as_numbers() {
+        use std::cmp::Ordering::*;
+        assert_eq!(sequence_cmp("9", "10"), Less);
+        assert_eq!(sequence_cmp("000100", "99"), Greater);
+        assert_eq!(sequence_cmp("123", "123"), Equal);
+        assert_eq!(sequence_cmp("124", "123"), Greater);
+    }
+}

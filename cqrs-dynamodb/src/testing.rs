@@ -1,0 +1,295 @@
+//! Test support (feature `testing`): the guard of tests that need DynamoDB,
+//! and [`LocalDynamo`], a DynamoDB Local process of a test's own.
+//!
+//! Tests that use a shared DynamoDB Local (started by `scripts/test` or CI,
+//! named by [`ENDPOINT_VAR`]) start with [`available`]:
+//!
+//! ```no_run
+//! # async fn test() {
+//! if !cqrs_dynamodb::testing::available() {
+//!     return; // skipped, loudly; a failure under CI or CQRS_REQUIRE_DYNAMODB
+//! }
+//! let client = cqrs_dynamodb::local_client(&cqrs_dynamodb::testing::endpoint().unwrap_or_default());
+//! # drop(client); }
+//! ```
+//!
+//! Tests that break DynamoDB on purpose (kill it, restart it, hang it) start
+//! their own with [`LocalDynamo::start`], guarded by
+//! [`LocalDynamo::available`].
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cqrs_core::{Error, Result};
+
+use crate::client::local_config;
+
+/// The variable naming the DynamoDB endpoint (DynamoDB Local in tests).
+pub const ENDPOINT_VAR: &str = "DYNAMODB_ENDPOINT";
+/// Set by `scripts/test` (and so by CI): a missing DynamoDB is a failure, not a skip.
+pub const REQUIRE_VAR: &str = "CQRS_REQUIRE_DYNAMODB";
+/// The variable naming the folder that holds `DynamoDBLocal.jar` (and
+/// `DynamoDBLocal_lib`), for [`LocalDynamo`].
+pub const LOCAL_DIR_VAR: &str = "DYNAMODB_LOCAL_DIR";
+/// The variable `scripts/dynamodb-local` reads for its download folder; the
+/// emulator is in its `package/emulator`.
+const CACHE_DIR_VAR: &str = "CQRS_DYNAMODB_LOCAL_DIR";
+
+/// How long [`LocalDynamo`] waits for DynamoDB Local to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The endpoint, if one is configured ([`ENDPOINT_VAR`]).
+pub fn endpoint() -> Option<String> {
+    std::env::var(ENDPOINT_VAR).ok().filter(|e| !e.is_empty())
+}
+
+/// Whether DynamoDB is required here: [`REQUIRE_VAR`] or `CI` is set.
+pub fn required() -> bool {
+    std::env::var_os(REQUIRE_VAR).is_some() || std::env::var_os("CI").is_some()
+}
+
+/// Says loudly, on the process's stderr (the test harness captures
+/// `eprintln!`), that a test was skipped, or panics when DynamoDB is
+/// [required](required).
+fn skip(what: &str, how: &str) -> bool {
+    assert!(
+        !required(),
+        "{what}, but DynamoDB tests are required here ({REQUIRE_VAR} or CI is set): {how}"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: {what}, so this DynamoDB test did not run. {how}. ***"
+    );
+    false
+}
+
+/// Whether DynamoDB tests can run. Without an endpoint they skip loudly under
+/// plain `cargo test`, and fail under `scripts/test` and in CI, so that a
+/// backend that was never tested can never pass as green.
+pub fn available() -> bool {
+    if endpoint().is_some() {
+        return true;
+    }
+    skip(
+        &format!("{ENDPOINT_VAR} is not set"),
+        "Run ./scripts/test, which starts DynamoDB Local and runs it",
+    )
+}
+
+/// The folder holding `DynamoDBLocal.jar`: [`LOCAL_DIR_VAR`], or else where
+/// `scripts/dynamodb-local` installs it
+/// (`${CQRS_DYNAMODB_LOCAL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cqrs-rs/dynamodb-local-1.25.1}/package/emulator`).
+pub fn local_dir() -> Option<PathBuf> {
+    let has_jar = |dir: &Path| dir.join("DynamoDBLocal.jar").is_file();
+    if let Some(dir) = std::env::var_os(LOCAL_DIR_VAR).filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir)).filter(|d| has_jar(d));
+    }
+    let cache = match std::env::var_os(CACHE_DIR_VAR).filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+            base.join("cqrs-rs").join("dynamodb-local-1.25.1")
+        }
+    };
+    Some(cache.join("package").join("emulator")).filter(|d| has_jar(d))
+}
+
+/// A DynamoDB Local process of its own, on a free port, keeping its data on
+/// disk (`-sharedDb -dbPath <temporary folder>`), so that it survives
+/// [`kill`](Self::kill) and [`restart`](Self::restart).
+///
+/// Killed, and its folder removed, when dropped.
+#[derive(Debug)]
+pub struct LocalDynamo {
+    dir: PathBuf,
+    db_path: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl LocalDynamo {
+    /// Whether a `LocalDynamo` can start here (Java and DynamoDB Local are
+    /// installed; see [`local_dir`]). When not, says so loudly and returns
+    /// false, or panics where DynamoDB is [required](required).
+    pub fn available() -> bool {
+        let java = Command::new("java")
+            .arg("-version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !java {
+            return skip(
+                "java is not installed",
+                "Run ./scripts/dynamodb-local to install it",
+            );
+        }
+        if local_dir().is_none() {
+            return skip(
+                &format!("DynamoDB Local is not installed ({LOCAL_DIR_VAR} is not set and the download folder is empty)"),
+                "Run ./scripts/dynamodb-local to install it",
+            );
+        }
+        true
+    }
+
+    /// Starts DynamoDB Local on a free port with an empty database on disk,
+    /// and waits until it answers.
+    pub async fn start() -> Result<Self> {
+        let dir = local_dir().ok_or_else(|| {
+            Error::backend(
+                format!("DynamoDB Local not found: set {LOCAL_DIR_VAR} to the folder of DynamoDBLocal.jar"),
+                false,
+            )
+        })?;
+        let db_path =
+            std::env::temp_dir().join(format!("cqrs-dynamodb-local-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&db_path).map_err(|e| Error::backend(e, false))?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| Error::backend(e, false))?
+            .port();
+        let mut local = Self {
+            dir,
+            db_path,
+            port,
+            child: None,
+        };
+        local.spawn().await?;
+        Ok(local)
+    }
+
+    /// The endpoint, `http://127.0.0.1:{port}`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The Java process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash or a lost host would.
+    /// What it wrote to disk stays for [`restart`](Self::restart).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again (killing it first if it runs), on the same port and
+    /// the same database folder: the data written before survives. Waits
+    /// until it answers.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    /// Stops the process (SIGSTOP): connections are accepted by the kernel
+    /// but nothing answers, as a hung server.
+    pub fn pause(&mut self) -> Result<()> {
+        self.signal("-STOP")?;
+        Ok(())
+    }
+
+    /// Lets a [paused](Self::pause) process go on (SIGCONT).
+    pub fn resume(&mut self) -> Result<()> {
+        self.signal("-CONT")?;
+        Ok(())
+    }
+
+    fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| Error::backend("DynamoDB Local is not running", false))?;
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .map_err(|e| Error::backend(e, false))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::backend(
+                format!("kill {signal} {pid} failed: {status}"),
+                false,
+            ))
+        }
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.db_path.join("dynamodb-local.log"))
+            .map_err(|e| Error::backend(e, false))?;
+        let err_log = log.try_clone().map_err(|e| Error::backend(e, false))?;
+        let child = Command::new("java")
+            .current_dir(&self.dir)
+            .arg("-Djava.library.path=./DynamoDBLocal_lib")
+            .arg("-jar")
+            .arg("DynamoDBLocal.jar")
+            .arg("-sharedDb")
+            .arg("-dbPath")
+            .arg(&self.db_path)
+            .arg("-port")
+            .arg(self.port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            .spawn()
+            .map_err(|e| Error::backend(format!("starting DynamoDB Local: {e}"), false))?;
+        self.child = Some(child);
+        // Short timeouts: a process that is starting refuses or stalls.
+        let client = aws_sdk_dynamodb::Client::from_conf(
+            local_config(&self.endpoint())
+                .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+                .timeout_config(
+                    aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+                        .operation_timeout(Duration::from_secs(2))
+                        .build(),
+                )
+                .build(),
+        );
+        let started = Instant::now();
+        loop {
+            if client.list_tables().send().await.is_ok() {
+                return Ok(());
+            }
+            let exited = match self.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                Some(Err(e)) => Some(e.to_string()),
+                _ => None,
+            };
+            if let Some(status) = exited {
+                self.child = None;
+                let log =
+                    std::fs::read_to_string(self.db_path.join("dynamodb-local.log")).unwrap_or_default();
+                return Err(Error::backend(
+                    format!("DynamoDB Local exited ({status}): {log}"),
+                    false,
+                ));
+            }
+            if started.elapsed() > START_TIMEOUT {
+                self.kill();
+                return Err(Error::backend(
+                    format!("DynamoDB Local did not answer within {START_TIMEOUT:?}"),
+                    false,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for LocalDynamo {
+    fn drop(&mut self) {
+        // SIGKILL ends a stopped process too.
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.db_path);
+    }
+}
