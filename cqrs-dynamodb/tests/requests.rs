@@ -46,19 +46,39 @@ impl Intercept for RequestLog {
     }
 }
 
+/// A handler interested in everything, doing nothing.
+struct Noop;
+
+#[async_trait::async_trait]
+impl cqrs_core::DataSyncHandler for Noop {
+    fn name(&self) -> &str {
+        "noop"
+    }
+
+    async fn handle(&self, _: &cqrs_core::DataSyncEvent) -> Result<(), cqrs_core::BoxError> {
+        Ok(())
+    }
+}
+
 async fn counted_engine(dirty_check: bool) -> (Engine, RequestLog) {
+    counted_engine_with(dirty_check, false).await
+}
+
+async fn counted_engine_with(dirty_check: bool, handler: bool) -> (Engine, RequestLog) {
     let endpoint = common::endpoint().expect("checked by available()");
     let log = RequestLog::default();
     let config = local_config(&endpoint).interceptor(log.clone()).build();
     let client = aws_sdk_dynamodb::Client::from_conf(config);
     let storage = DynamoDbStorage::new(client, TableNames::with_prefix(&common::prefix("requests")));
     storage.ensure_tables().await.expect("tables");
-    let engine = Engine::builder(Arc::new(storage))
+    let mut builder = Engine::builder(Arc::new(storage))
         .dispatch(AsyncDispatch::External)
-        .async_dirty_check(dirty_check)
-        .build();
+        .async_dirty_check(dirty_check);
+    if handler {
+        builder = builder.handler(Noop);
+    }
     log.take();
-    (engine, log)
+    (builder.build(), log)
 }
 
 fn ops(list: &[&str]) -> Vec<String> {
@@ -165,4 +185,42 @@ async fn publish_async_is_one_request_without_the_dirty_check() {
         .version(ExpectedVersion::Exactly(1));
     engine.publish_async(next, &ctx).await.unwrap();
     assert_eq!(log.take(), ops(&["TransactWriteItems"]));
+}
+
+/// With a handler interested, completion is recorded: one write more.
+#[tokio::test]
+async fn requests_per_operation_with_a_handler() {
+    if !common::available() {
+        return;
+    }
+    let (engine, log) = counted_engine_with(true, true).await;
+    let ctx = InvocationContext::new("shop-a", "u");
+    let pk = "TENANT#shop-a";
+    engine
+        .publish_sync(CommandInput::new(pk, "P#1").attributes(json!({"n": 1})), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "TransactWriteItems", "UpdateItem"]),
+        "publish_sync: read, write, status finished"
+    );
+    engine
+        .publish_async(CommandInput::new(pk, "A#1"), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(log.take(), ops(&["PutItem"]), "publish_async (create)");
+    let key = EntityKey::new(pk, "A#1");
+    engine.settle(&key, 1).await.unwrap();
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "GetItem", "TransactWriteItems", "UpdateItem"]),
+        "settle of a published command: command, data, apply, finished"
+    );
+    engine.settle(&key, 1).await.unwrap();
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem"]),
+        "settle of a finished command: its status"
+    );
 }

@@ -146,7 +146,7 @@ impl Pipeline {
             return Ok(CommandStatus::Applied);
         };
         match command.status {
-            CommandStatus::Published => self.process(key, version).await,
+            CommandStatus::Published => self.process_known(key, version, Some(command)).await,
             CommandStatus::Applied => {
                 // Applied by a sync publish (or a pipeline run) whose handlers
                 // may still be running: give it the grace period to finish.
@@ -176,6 +176,17 @@ impl Pipeline {
     /// Brings the entity up to `version`, applying each missing version in
     /// order and running its handlers. See [`Engine::process`](super::Engine::process).
     pub(crate) async fn process(&self, key: &EntityKey, version: u64) -> Result<CommandStatus> {
+        self.process_known(key, version, None).await
+    }
+
+    /// [`Pipeline::process`], with the command row of `version` when the
+    /// caller has just read it (saves reading it again).
+    async fn process_known(
+        &self,
+        key: &EntityKey,
+        version: u64,
+        mut known: Option<CommandRecord>,
+    ) -> Result<CommandStatus> {
         let span = tracing::info_span!("process", pk = %key.pk, sk = %key.sk, version);
         async {
             let mut data = self.retry.run(|| self.storage.get_data(key)).await?;
@@ -196,7 +207,10 @@ impl Pipeline {
                 };
             }
             for v in current + 1..=version {
-                let command = self.command(key, v).await?;
+                let command = match known.take_if(|c| c.version == v) {
+                    Some(command) => command,
+                    None => self.command(key, v).await?,
+                };
                 match self.apply_published(&command, data.as_ref()).await {
                     Ok(new) => {
                         status = self

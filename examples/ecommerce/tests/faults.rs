@@ -654,11 +654,13 @@ async fn two_replicas_survive_the_death_of_the_lease_holder() {
     let Some(endpoint) = dynamodb() else { return };
     let prefix = prefix("replicas");
     let inspector = Inspector::new(&endpoint, &prefix);
+    let test_started = Instant::now();
     let (a, b) = tokio::join!(
         Server::start(&endpoint, &prefix, &[]),
         Server::start(&endpoint, &prefix, &[])
     );
     let mut servers = [a, b];
+    report(format!("two replicas: both up after {:?}", test_started.elapsed()));
     // Wait for the stream's lease to be taken.
     let started = Instant::now();
     let owner = loop {
@@ -687,6 +689,7 @@ async fn two_replicas_survive_the_death_of_the_lease_holder() {
     })
     .await;
     let killed_at = Instant::now();
+    report(format!("two replicas: lease taken, burst done after {:?}", test_started.elapsed()));
     servers[holder].kill();
     let survivor_pid = servers[survivor].pid();
     let takeover = loop {
