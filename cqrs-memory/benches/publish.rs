@@ -14,6 +14,20 @@ use serde_json::json;
 
 const PK: &str = "TENANT#shop-a";
 
+/// A handler interested in everything, doing nothing: the pipeline's own cost.
+struct Noop;
+
+#[async_trait::async_trait]
+impl cqrs_core::DataSyncHandler for Noop {
+    fn name(&self) -> &str {
+        "noop"
+    }
+
+    async fn handle(&self, _: &cqrs_core::DataSyncEvent) -> Result<(), cqrs_core::BoxError> {
+        Ok(())
+    }
+}
+
 fn order_attributes(i: u64) -> serde_json::Value {
     json!({
         "customerId": format!("CUST-{i}"),
@@ -37,6 +51,17 @@ fn benches(c: &mut Criterion) {
     let engine = InMemory::engine().build();
     let next = AtomicU64::new(0);
     group.bench_function("publish_sync/create", |b| {
+        b.to_async(&rt).iter(|| async {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let command = CommandInput::new(PK, format!("ORDER#{i:08}")).attributes(order_attributes(i));
+            engine.publish_sync(command, &ctx).await.expect("publish")
+        })
+    });
+
+    // With a handler interested: the write and the handler run on a task of
+    // their own (a dropped caller cancels nothing), and completion is recorded.
+    let engine = InMemory::engine().handler(Noop).build();
+    group.bench_function("publish_sync/create+handler", |b| {
         b.to_async(&rt).iter(|| async {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let command = CommandInput::new(PK, format!("ORDER#{i:08}")).attributes(order_attributes(i));
