@@ -70,7 +70,7 @@ async fn two_consumers_lose_nothing_when_the_lease_holder_is_killed() {
     let first = replica("replica-1");
     let second = replica("replica-2");
     let monitors = [first.monitor(), second.monitor()];
-    let mut running = vec![Some(Running::start(first)), Some(Running::start(second))];
+    let mut running = [Some(Running::start(first)), Some(Running::start(second))];
     wait_until("a consumer holds the shards", MINUTE, || {
         monitors.iter().any(|m| !m.owned_shards().is_empty())
     })

@@ -262,11 +262,15 @@ impl Worker {
                 },
                 _ = renew.tick() => {
                     let sent = Instant::now();
-                    match self.shared.store.renew(&self.shard_id, &self.shared.consumer_id, config.lease_duration).await {
+                    let renewal = self.shared.store.renew(&self.shard_id, &self.shared.consumer_id, config.lease_duration);
+                    match self.bounded(renewal).await {
                         Ok(true) => self.lease_valid_until = sent + config.lease_duration,
                         Ok(false) => return self.lost("the lease was taken by another consumer"),
                         Err(error) => {
                             tracing::warn!(shard = %self.shard_id, %error, "lease not renewed; trying again");
+                            if Instant::now() >= self.lease_valid_until {
+                                return self.lost("the lease expired before it could be renewed");
+                            }
                         }
                     }
                 }
@@ -281,6 +285,19 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// `write` (a lease or checkpoint write, awaited inline), given up at the
+    /// next renewal or when the lease runs out, whichever comes first: a
+    /// hung storage must not keep the worker from noticing that its lease
+    /// expired. A write given up may still land; each is conditional on the
+    /// lease, so a late one changes nothing another owner wrote.
+    async fn bounded<T>(&self, write: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let deadline = (Instant::now() + self.shared.config.renew_interval()).min(self.lease_valid_until);
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::backend("lease store did not answer in time", true)),
         }
     }
 
@@ -317,12 +334,16 @@ impl Worker {
     }
 
     async fn release(&self) {
-        if let Err(error) = self
+        let release = self
             .shared
             .store
-            .release(&self.shard_id, &self.shared.consumer_id)
-            .await
-        {
+            .release(&self.shard_id, &self.shared.consumer_id);
+        let within = self.shared.config.renew_interval();
+        let released = match tokio::time::timeout(within, release).await {
+            Ok(released) => released,
+            Err(_) => Err(Error::backend("lease store did not answer in time", true)),
+        };
+        if let Err(error) = released {
             tracing::warn!(shard = %self.shard_id, %error, "lease not released; it expires by itself");
         }
     }

@@ -19,6 +19,7 @@ use cqrs_dynamodb::stream::StreamConsumer;
 use cqrs_dynamodb::{local_client, local_streams_client, DynamoDbStorage, TableNames};
 use serde_json::{json, Value};
 
+#[allow(unused_imports)]
 pub use cqrs_dynamodb::testing::{available, endpoint};
 
 pub const TENANT: &str = "shop-a";
