@@ -110,6 +110,12 @@ pub async fn handle_event(engine: &Engine, event: Event) -> Result<DynamoDbEvent
 /// an error here: the pipeline records it as a failed command, to be
 /// reprocessed.
 ///
+/// A row inserted `applied` whose publisher has not marked it done yet is
+/// waited for, inside the invocation, until the engine's
+/// [recovery grace](cqrs_core::EngineConfig::recovery_grace) after its
+/// publication ([`Engine::settle`] sleeps): give the function a timeout
+/// longer than that grace, or a shorter grace to its engine.
+///
 /// When a settle still fails after [`BatchOptions::retry`] (storage
 /// unavailable), its entity's later records are not attempted, and the
 /// response names, in `batch_item_failures`, the **lowest** sequence number

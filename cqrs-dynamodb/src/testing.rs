@@ -53,7 +53,7 @@ pub fn required() -> bool {
 
 /// Says loudly, on the process's stderr (the test harness captures
 /// `eprintln!`), that a test was skipped, or panics when DynamoDB is
-/// [required](required).
+/// [required].
 fn skip(what: &str, how: &str) -> bool {
     assert!(
         !required(),
@@ -116,7 +116,7 @@ pub struct LocalDynamo {
 impl LocalDynamo {
     /// Whether a `LocalDynamo` can start here (Java and DynamoDB Local are
     /// installed; see [`local_dir`]). When not, says so loudly and returns
-    /// false, or panics where DynamoDB is [required](required).
+    /// false, or panics where DynamoDB is [required].
     pub fn available() -> bool {
         let java = Command::new("java")
             .arg("-version")

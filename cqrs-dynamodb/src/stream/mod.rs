@@ -20,8 +20,17 @@
 //! other shapes are skipped. The stream must include new images
 //! (`NEW_IMAGE` or `NEW_AND_OLD_IMAGES`, as [`ensure_tables`](crate::ensure_tables)
 //! creates it). Build the engine with
-//! [`AsyncDispatch::External`](cqrs_core::AsyncDispatch::External): async
+//! [`AsyncDispatch::External`]: async
 //! publishes then only store the command, and the stream applies it.
+//!
+//! A row inserted `applied` usually belongs to a publisher that is running
+//! its handlers right now. The consumer does not hold a concurrency slot for
+//! it: it watches the row (a read every poll interval or so, backing off)
+//! until the publisher marks it done, and settles it only once the engine's
+//! [recovery grace](cqrs_core::EngineConfig::recovery_grace) after its
+//! publication has passed with the row still `applied` (the publisher died
+//! or lost its work). Meanwhile the entity's later commands wait behind it,
+//! and the shard's checkpoint stays before it.
 //!
 //! # Leases: one consumer per shard
 //!
@@ -276,7 +285,7 @@ impl StreamConsumer {
     /// settings.
     ///
     /// `engine` should be built with
-    /// [`AsyncDispatch::External`](cqrs_core::AsyncDispatch::External) (with
+    /// [`AsyncDispatch::External`] (with
     /// the default `InProcess`, the publishing process applies its async
     /// commands itself and this consumer mostly finds them done). `dynamodb`
     /// looks up the table's stream and holds the leases, `streams` reads it.
