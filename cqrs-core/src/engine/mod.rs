@@ -290,12 +290,30 @@ impl Engine {
     ///   publisher died or lost its work, and the handlers run again.
     /// - `finished` or `failed`: nothing to do.
     ///
-    /// Errors as [`Engine::process`]: call again later.
+    /// Errors as [`Engine::process`]: call again later. A caller that knows
+    /// the status the row was inserted with calls [`Engine::settle_inserted`].
     pub async fn settle(&self, key: &EntityKey, version: u64) -> Result<CommandStatus> {
-        self.inner
-            .pipeline
-            .settle(key, version, self.inner.config.recovery_grace)
-            .await
+        self.settle_inserted(key, version, CommandStatus::Applied).await
+    }
+
+    /// [`Engine::settle`], knowing the status the command row was inserted
+    /// with (a stream record's new image has it).
+    ///
+    /// A row inserted `published` is an async command: only the pipeline
+    /// applies it, so finding it `applied` means a pipeline run that did not
+    /// finish — its consumer died, or lost its lease to this one — and its
+    /// handlers run again at once, without the grace a sync publisher gets.
+    pub async fn settle_inserted(
+        &self,
+        key: &EntityKey,
+        version: u64,
+        inserted: CommandStatus,
+    ) -> Result<CommandStatus> {
+        let grace = match inserted {
+            CommandStatus::Published => Duration::ZERO,
+            _ => self.inner.config.recovery_grace,
+        };
+        self.inner.pipeline.settle(key, version, grace).await
     }
 
     /// Waits until every piece of work started so far has ended: async

@@ -422,3 +422,63 @@ pub async fn transient_handler_errors_are_retried_until_they_pass(factory: &dyn 
     assert_eq!(handler.completions_of("E#SYNC", 1), 1);
     assert!(engine.list_failures(&a).await.unwrap().is_empty());
 }
+
+/// An unfinished command is finished by [`Engine::settle`]: a sync publish
+/// only once the recovery grace has passed (its publisher may still be
+/// running its handlers), an async one applied by a pipeline run that died
+/// at once when the caller says it was inserted `published`.
+pub async fn settle_finishes_what_a_dead_publisher_left(factory: &dyn StorageFactory) {
+    let storage = Arc::new(FaultyStorage::new(Arc::new(Interleaved(factory.storage().await))));
+    let handler = Scripted::new();
+    let grace = Duration::from_secs(1);
+    let engine = Engine::builder(storage.clone())
+        .retry(fast_retry())
+        .dispatch(crate::engine::AsyncDispatch::External)
+        .recovery_grace(grace)
+        .handler_arc(handler.clone())
+        .build();
+    let a = ctx("shop-a");
+    // The status writes are lost: the publishers "die" before recording completion.
+    let lost = storage.inject(Rule::new(Fault::Unavailable).on(&[Op::SetCommandStatus]));
+    engine.publish_sync(cmd(PK_A, "E#SYNC", n(1)), &a).await.unwrap();
+    engine
+        .publish_async(cmd(PK_A, "E#ASYNC", n(1)), &a)
+        .await
+        .unwrap();
+    assert!(engine.process(&EntityKey::new(PK_A, "E#ASYNC"), 1).await.is_err());
+    settle(&engine).await;
+    storage.remove(lost);
+    assert_eq!(status(&engine, "E#SYNC", 1).await, Some(CommandStatus::Applied));
+    assert_eq!(status(&engine, "E#ASYNC", 1).await, Some(CommandStatus::Applied));
+    assert_eq!(handler.completions_of("E#SYNC", 1), 1);
+    assert_eq!(handler.completions_of("E#ASYNC", 1), 1);
+
+    let started = std::time::Instant::now();
+    let async_key = EntityKey::new(PK_A, "E#ASYNC");
+    let settled = engine
+        .settle_inserted(&async_key, 1, CommandStatus::Published)
+        .await
+        .unwrap();
+    assert_eq!(settled, CommandStatus::Finished);
+    assert_eq!(
+        handler.completions_of("E#ASYNC", 1),
+        2,
+        "run again, at least once"
+    );
+    let sync_key = EntityKey::new(PK_A, "E#SYNC");
+    let settled = engine.settle(&sync_key, 1).await.unwrap();
+    assert_eq!(settled, CommandStatus::Finished);
+    assert!(started.elapsed() >= grace / 2, "the sync publisher got its grace");
+    assert_eq!(handler.completions_of("E#SYNC", 1), 2, "run again, at least once");
+    // Settled commands are left alone.
+    assert_eq!(
+        engine.settle(&sync_key, 1).await.unwrap(),
+        CommandStatus::Finished
+    );
+    assert_eq!(
+        engine.settle(&async_key, 1).await.unwrap(),
+        CommandStatus::Finished
+    );
+    assert_eq!(handler.completions_of("E#SYNC", 1), 2);
+    assert_eq!(handler.completions_of("E#ASYNC", 1), 2);
+}

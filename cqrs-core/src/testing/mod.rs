@@ -136,6 +136,7 @@ macro_rules! conformance_tests {
             storage_outage_completes_every_accepted_command,
             failure_records_are_written_once_storage_is_back,
             transient_handler_errors_are_retried_until_they_pass,
+            settle_finishes_what_a_dead_publisher_left,
         );
     };
     (@each $factory:expr; $guard:expr; $($check:ident),* $(,)?) => {
