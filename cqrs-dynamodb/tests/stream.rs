@@ -453,7 +453,7 @@ async fn a_hung_handler_does_not_hold_back_other_entities_of_its_shard() {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(10),
         })
-        .handler_timeout(Duration::from_secs(2))
+        .handler_timeout(Duration::from_secs(3))
         .recovery_grace(RECOVERY_GRACE)
         .handler_arc(gate.clone())
         .build();
@@ -657,4 +657,53 @@ async fn a_command_row_expired_after_it_was_applied_does_not_hold_up_the_shard()
     assert_eq!(second_monitor.stats().fed, 3, "fed again, and found done");
     assert_eq!(second_monitor.stats().retries, 0);
     assert_eq!(recorder.versions_of("ORDER#A"), [1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recreated_command_table_is_followed_to_its_new_stream() {
+    if !available() {
+        return;
+    }
+    let storage = fresh_storage("stream-recreated").await;
+    let recorder = Recorder::new();
+    let engine = engine(Arc::new(storage.clone()), recorder.clone());
+    let consumer = consumer(&engine, &storage);
+    let monitor = consumer.monitor();
+    let running = Running::start(consumer);
+    publish_versions(&engine, "ORDER#OLD", 1, 3).await;
+    wait_until("the old stream's commands handled", MINUTE, || {
+        recorder.len() >= 3
+    })
+    .await;
+
+    // The command table is deleted and created again: a new stream, whose
+    // shard ids may collide with the old one's items in the sequences table.
+    let client = storage.client().clone();
+    let command_table = storage.tables().command.clone();
+    client
+        .delete_table()
+        .table_name(&command_table)
+        .send()
+        .await
+        .expect("deleted");
+    wait_until_async("the table is gone", MINUTE, || async {
+        client
+            .describe_table()
+            .table_name(&command_table)
+            .send()
+            .await
+            .is_err()
+    })
+    .await;
+    storage.ensure_tables().await.expect("created again");
+    publish_versions(&engine, "ORDER#NEW", 1, 2).await;
+    wait_until("the new stream's commands handled", MINUTE, || {
+        recorder.len() >= 5
+    })
+    .await;
+    running.stop(Duration::from_secs(10)).await;
+
+    assert_each_once(&recorder);
+    assert_eq!(recorder.versions_of("ORDER#NEW"), [1, 2]);
+    assert!(monitor.stats().leases_taken >= 2, "{:?}", monitor.stats());
 }
