@@ -178,8 +178,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         (_, Backend::Memory, Command::Consume | Command::LambdaStream) => {
             return Err("consume and lambda-stream need --backend dynamodb".to_owned())
         }
-        // These two are the stream consumer.
-        (_, _, Command::Consume | Command::LambdaStream) => Pipeline::Stream,
+        (_, _, Command::Consume) => Pipeline::Stream,
+        // The Lambda runtime feeds the engine; no consumer of its own.
+        (_, _, Command::LambdaStream) => Pipeline::External,
         (Some(pipeline), _, _) => pipeline,
         // The tour waits for its own process's pipeline between steps.
         (None, _, Command::Demo) => Pipeline::InProcess,
@@ -222,10 +223,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     match command {
         Command::Serve => {
             let timeout = seconds("request-timeout", cli.request_timeout)?;
-            serve(cli.addr, shop, consumer, timeout, drain).await
+            serve(cli.addr, cli.aws, shop, consumer, timeout, drain).await
         }
         Command::Demo => {
-            let consumer = consumer.map(|c| Running::start(c));
+            let consumer = consumer.map(Running::start);
             let mut out = std::io::stdout();
             let result = ecommerce::demo::run(&shop, &mut out).await;
             shop.engine.wait_idle().await;
@@ -356,6 +357,7 @@ async fn aws_config() -> aws_config::SdkConfig {
 /// for the next consumer.
 async fn serve(
     addr: SocketAddr,
+    aws: bool,
     shop: Shop,
     consumer: Option<StreamConsumer>,
     request_timeout: Duration,
@@ -374,7 +376,12 @@ async fn serve(
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
     let consumer = consumer.map(Running::start);
-    print_welcome(&format!("http://{local}"), &auth);
+    if aws {
+        // Tokens signed with the real secret do not belong in a log.
+        println!("The storefront listens on http://{local}.");
+    } else {
+        print_welcome(&format!("http://{local}"), &auth);
+    }
 
     let app = ecommerce::http::router_with_timeout(shop.clone(), auth, request_timeout);
     let result = ecommerce::http::serve_until(listener, app, shutdown_signal()).await;

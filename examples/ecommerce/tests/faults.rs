@@ -643,7 +643,7 @@ async fn lease_owners(endpoint: &str, prefix: &str) -> Vec<String> {
 
 /// The process id in a consumer id (`{host}-{pid}-{uuid}`).
 fn pid_of(owner: &str) -> Option<u32> {
-    owner.rsplitn(3, '-').nth(1)?.parse().ok()
+    owner.rsplit('-').nth(1)?.parse().ok()
 }
 
 /// Two replicas started together on fresh tables both come up; the one
@@ -660,7 +660,10 @@ async fn two_replicas_survive_the_death_of_the_lease_holder() {
         Server::start(&endpoint, &prefix, &[])
     );
     let mut servers = [a, b];
-    report(format!("two replicas: both up after {:?}", test_started.elapsed()));
+    report(format!(
+        "two replicas: both up after {:?}",
+        test_started.elapsed()
+    ));
     // Wait for the stream's lease to be taken.
     let started = Instant::now();
     let owner = loop {
@@ -689,7 +692,10 @@ async fn two_replicas_survive_the_death_of_the_lease_holder() {
     })
     .await;
     let killed_at = Instant::now();
-    report(format!("two replicas: lease taken, burst done after {:?}", test_started.elapsed()));
+    report(format!(
+        "two replicas: lease taken, burst done after {:?}",
+        test_started.elapsed()
+    ));
     servers[holder].kill();
     let survivor_pid = servers[survivor].pid();
     let takeover = loop {
