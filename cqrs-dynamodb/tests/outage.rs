@@ -135,15 +135,17 @@ async fn dynamodb_killed_and_restarted_mid_run_loses_no_accepted_command() {
     local.restart().await.expect("DynamoDB Local restarted");
     let outage = down.elapsed();
 
+    let back = Instant::now();
     accepted.extend(publish_burst(&engine, "ORDER#B", 20, Duration::from_secs(30)).await);
     assert_eq!(accepted.len(), 60, "DynamoDB is back: every publish is accepted");
     assert_all_settled(&storage, &engine, &recorder, &accepted).await;
+    let settled_after = back.elapsed();
     running.stop(Duration::from_secs(20)).await;
 
     let stats = monitor.stats();
     println!(
         "DynamoDB Local killed for {outage:?} with {handled_at_kill} of 40 handled: {} accepted, {} handled, \
-         {} duplicates; consumer {stats:?}",
+         {} duplicates, all settled {settled_after:?} after the restart; consumer {stats:?}",
         accepted.len(),
         recorder.counts().len(),
         recorder.duplicates()

@@ -52,8 +52,13 @@ async fn async_commands_are_settled_once_in_order() {
     }
 
     // Written after the consumer reached the end of the stream.
+    let published = Instant::now();
     publish_versions(&engine, "ORDER#A", 6, 7).await;
     wait_until("2 more handled", MINUTE, || recorder.len() >= 17).await;
+    println!(
+        "settle time: 2 commands published at the end of the stream handled {:?} after the first publish",
+        published.elapsed()
+    );
     wait_until("every record settled", MINUTE, || monitor.stats().settled >= 17).await;
     running.stop(Duration::from_secs(10)).await;
 
