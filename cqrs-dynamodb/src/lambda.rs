@@ -4,7 +4,7 @@
 //! source mapping) runs the same rules as the [stream
 //! consumer](crate::stream): every insert of a command row still `published`
 //! or `applied` ([`classify`]) is brought to a final state with
-//! [`Engine::settle`], per entity in order, different entities at the same
+//! [`Engine::settle_inserted`], per entity in order, different entities at the same
 //! time. Build the function's engine with
 //! [`AsyncDispatch::External`](cqrs_core::AsyncDispatch::External), so that
 //! async publishes made by handlers inside the function are left to the
@@ -42,7 +42,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::BehaviorVersion;
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use cqrs_core::{Engine, EntityKey, Error, Result, RetryPolicy};
+use cqrs_core::{CommandStatus, Engine, EntityKey, Error, Result, RetryPolicy};
 use futures::StreamExt as _;
 use lambda_runtime::{service_fn, LambdaEvent};
 use serde_dynamo::AttributeValue;
@@ -105,7 +105,7 @@ pub async fn handle_event(engine: &Engine, event: Event) -> Result<DynamoDbEvent
 ///
 /// The commands of one entity are settled in stream order, one after the
 /// other; different entities at the same time (up to
-/// [`BatchOptions::max_concurrent_entities`]). [`Engine::settle`] is
+/// [`BatchOptions::max_concurrent_entities`]). [`Engine::settle_inserted`] is
 /// idempotent, so a redelivered batch does no harm. A handler failure is not
 /// an error here: the pipeline records it as a failed command, to be
 /// reprocessed.
@@ -130,7 +130,7 @@ pub async fn handle_event_with(
     options: &BatchOptions,
 ) -> Result<DynamoDbEventResponse> {
     // Per entity, its records in order (position in the batch, version).
-    let mut lanes: Vec<(EntityKey, Vec<(usize, u64)>)> = Vec::new();
+    let mut lanes: Vec<(EntityKey, Vec<LaneRecord>)> = Vec::new();
     let mut lane_of: HashMap<EntityKey, usize> = HashMap::new();
     for (position, record) in event.records.iter().enumerate() {
         match classify_event_record(record) {
@@ -143,12 +143,16 @@ pub async fn handle_event_with(
                     "skipping a malformed command record"
                 );
             }
-            RecordAction::Settle(key, version) => {
+            RecordAction::Settle {
+                key,
+                version,
+                inserted,
+            } => {
                 let lane = *lane_of.entry(key.clone()).or_insert_with(|| {
                     lanes.push((key, Vec::new()));
                     lanes.len() - 1
                 });
-                lanes[lane].1.push((position, version));
+                lanes[lane].1.push((position, version, inserted));
             }
         }
     }
@@ -183,18 +187,22 @@ pub async fn handle_event_with(
     Ok(response)
 }
 
+/// A record of one entity's lane: its position in the batch, the command's
+/// version, and the status its row was inserted with.
+type LaneRecord = (usize, u64, CommandStatus);
+
 /// Settles one entity's records in order; the first that does not complete
 /// (and why) ends the lane.
 async fn settle_lane(
     engine: &Engine,
     key: EntityKey,
-    records: Vec<(usize, u64)>,
+    records: Vec<LaneRecord>,
     retry: &RetryPolicy,
 ) -> Option<(usize, Error)> {
-    for (position, version) in records {
+    for (position, version, inserted) in records {
         let mut attempt = 1;
         loop {
-            match engine.settle(&key, version).await {
+            match engine.settle_inserted(&key, version, inserted).await {
                 Ok(status) => {
                     tracing::debug!(pk = %key.pk, sk = %key.sk, version, ?status, "command settled");
                     break;
@@ -361,14 +369,18 @@ mod tests {
     #[test]
     fn published_and_applied_inserts_are_commands() {
         let keys = [("pk", "TENANT#a"), ("sk", "ORDER#1@2")];
-        let settle = RecordAction::Settle(EntityKey::new("TENANT#a", "ORDER#1"), 2);
+        let settle = |inserted| RecordAction::Settle {
+            key: EntityKey::new("TENANT#a", "ORDER#1"),
+            version: 2,
+            inserted,
+        };
         assert_eq!(
             classify_event_record(&record("INSERT", &keys, Some("published"))),
-            settle
+            settle(CommandStatus::Published)
         );
         assert_eq!(
             classify_event_record(&record("INSERT", &keys, Some("applied"))),
-            settle
+            settle(CommandStatus::Applied)
         );
         for status in [Some("finished"), Some("failed"), None] {
             assert_eq!(

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record};
-use cqrs_core::{parse_command_sk, EntityKey};
+use cqrs_core::{parse_command_sk, CommandStatus, EntityKey};
 
 /// What one stream record of the command table asks of the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,8 +12,15 @@ pub enum RecordAction {
     /// Nothing: not the insert of a command row that may still need work.
     Skip,
     /// Bring this version of this entity to a final state
-    /// ([`Engine::settle`](cqrs_core::Engine::settle)).
-    Settle(EntityKey, u64),
+    /// ([`Engine::settle_inserted`](cqrs_core::Engine::settle_inserted)).
+    Settle {
+        /// The entity.
+        key: EntityKey,
+        /// The command's version.
+        version: u64,
+        /// The status the row was inserted with: `Published` or `Applied`.
+        inserted: CommandStatus,
+    },
     /// The insert of a command row to settle, whose key cannot be read (no
     /// string `pk`/`sk`, or a sort key that is not `{sk}@{version}`). It can
     /// never succeed: it is logged and skipped, for retrying it would hold up
@@ -44,17 +51,20 @@ pub fn classify(
     if event_name != "INSERT" {
         return RecordAction::Skip;
     }
-    match status {
-        Some(status) if SETTLED_STATUSES.contains(&status) => {}
+    let inserted = match status {
+        Some("published") => CommandStatus::Published,
+        Some("applied") => CommandStatus::Applied,
         _ => return RecordAction::Skip,
-    }
+    };
     let (Some(pk), Some(row_sk)) = (pk, row_sk) else {
         return RecordAction::Malformed("no string pk and sk".into());
     };
     match parse_command_sk(row_sk) {
-        Some((sk, version)) if !sk.is_empty() && !pk.is_empty() && version > 0 => {
-            RecordAction::Settle(EntityKey::new(pk, sk), version)
-        }
+        Some((sk, version)) if !sk.is_empty() && !pk.is_empty() && version > 0 => RecordAction::Settle {
+            key: EntityKey::new(pk, sk),
+            version,
+            inserted,
+        },
         _ => RecordAction::Malformed(format!("sort key '{row_sk}' is not {{sk}}@{{version}}")),
     }
 }
@@ -121,14 +131,18 @@ mod tests {
 
     #[test]
     fn published_and_applied_inserts_of_command_rows_are_settled() {
-        let settle = |sk: &str, v| RecordAction::Settle(EntityKey::new("TENANT#a", sk), v);
+        let settle = |sk: &str, version, inserted| RecordAction::Settle {
+            key: EntityKey::new("TENANT#a", sk),
+            version,
+            inserted,
+        };
         assert_eq!(
             classify_record(&record(OperationType::Insert, "ORDER#1@3", Some("published"))),
-            settle("ORDER#1", 3)
+            settle("ORDER#1", 3, CommandStatus::Published)
         );
         assert_eq!(
             classify_record(&record(OperationType::Insert, "ORDER#1@3", Some("applied"))),
-            settle("ORDER#1", 3)
+            settle("ORDER#1", 3, CommandStatus::Applied)
         );
         for status in ["finished", "failed", "other"] {
             assert_eq!(

@@ -4,7 +4,8 @@
 //! Every command stored is a row inserted in the command table, and every
 //! insert is a record of its stream, kept for 24 hours. A [`StreamConsumer`]
 //! reads those records and brings each command to a final state with
-//! [`Engine::settle`]: the async publishes (`published`: nothing applied yet)
+//! [`Engine::settle_inserted`] (settle, knowing the status the row was
+//! inserted with): the async publishes (`published`: nothing applied yet)
 //! and the sync publishes and commits whose publisher may have died before
 //! its handlers finished (`applied`). Run it next to the service (one per
 //! replica, embedded in the server or as a process of its own); several
@@ -80,9 +81,11 @@
 //!
 //! A consumer that stops (or dies) after settling a record but before
 //! checkpointing it leaves the record to the next owner, who settles it
-//! again: [`Engine::settle`] finds it final and does nothing. A handler can
-//! still run twice when a consumer died in the middle of its run; handlers
-//! must be idempotent (at-least-once delivery).
+//! again: settling finds it final and does nothing. A record inserted
+//! `published` that the next owner finds `applied` was in the middle of its
+//! handlers when its consumer died (or lost its lease): its handlers run
+//! again at once. A handler can therefore run twice; handlers must be
+//! idempotent (at-least-once delivery).
 //!
 //! # Shards and streams
 //!

@@ -45,9 +45,8 @@ pub(crate) enum ShardEnd {
 struct ReadRecord {
     sequence_number: String,
     action: RecordAction,
-    /// For a row inserted `applied`: when it was published (its `createdAt`),
-    /// if readable.
-    applied: Option<Option<DateTime<Utc>>>,
+    /// When the command was published (its `createdAt`), if readable.
+    created_at: Option<DateTime<Utc>>,
 }
 
 /// How a command of a lane is settled.
@@ -354,11 +353,15 @@ impl Worker {
             let index = self.next_index;
             self.next_index += 1;
             let done = match record.action {
-                RecordAction::Settle(key, version) => {
+                RecordAction::Settle {
+                    key,
+                    version,
+                    inserted,
+                } => {
                     Counters::add(&self.counters().fed, 1);
-                    let kind = match record.applied {
-                        Some(created_at) => Kind::Applied(created_at),
-                        None => Kind::Published,
+                    let kind = match inserted {
+                        CommandStatus::Published => Kind::Published,
+                        _ => Kind::Applied(record.created_at),
                     };
                     let lane = self.lanes.entry(key.clone()).or_default();
                     lane.push_back((index, version, kind));
@@ -402,7 +405,7 @@ impl Worker {
                     if publisher_done(&shared, &shard_id, &key, version, created_at).await {
                         Counters::add(&shared.monitor.counters().settled, 1);
                     } else {
-                        settle(&shared, &shard_id, &key, version).await;
+                        settle(&shared, &shard_id, &key, version, CommandStatus::Applied).await;
                     }
                     (key, index, false)
                 });
@@ -423,7 +426,7 @@ impl Worker {
             let shard_id = self.shard_id.clone();
             self.capped += 1;
             self.running.spawn(async move {
-                settle(&shared, &shard_id, &key, version).await;
+                settle(&shared, &shard_id, &key, version, CommandStatus::Published).await;
                 (key, index, true)
             });
         }
@@ -555,11 +558,12 @@ async fn publisher_done(
     }
 }
 
-/// Settles one command, trying again (with capped backoff) until it succeeds.
-async fn settle(shared: &Shared, shard_id: &str, key: &EntityKey, version: u64) {
+/// Settles one command inserted with status `inserted`, trying again (with
+/// capped backoff) until it succeeds.
+async fn settle(shared: &Shared, shard_id: &str, key: &EntityKey, version: u64, inserted: CommandStatus) {
     let mut attempt: u32 = 0;
     loop {
-        let outcome = AssertUnwindSafe(shared.engine.settle(key, version))
+        let outcome = AssertUnwindSafe(shared.engine.settle_inserted(key, version, inserted))
             .catch_unwind()
             .await;
         let error = match outcome {
@@ -631,15 +635,10 @@ async fn read_shard(
                 tracing::error!(shard = %shard_id, error = %shape_error("stream record", "no sequence number"), "skipped");
                 continue;
             };
-            let action = classify_record(record);
-            let applied = match &action {
-                RecordAction::Settle(..) => inserted_applied(record),
-                _ => None,
-            };
             batch.push(ReadRecord {
                 sequence_number: sequence_number.to_owned(),
-                action,
-                applied,
+                action: classify_record(record),
+                created_at: created_at(record),
             });
             position = Some(sequence_number.to_owned());
         }
@@ -672,19 +671,14 @@ async fn read_shard(
     }
 }
 
-/// For a row inserted `applied`: its `createdAt`, if readable.
-fn inserted_applied(record: &Record) -> Option<Option<DateTime<Utc>>> {
-    let image = record.dynamodb()?.new_image()?;
-    match image.get("status") {
-        Some(AttributeValue::S(status)) if status == "applied" => {}
-        _ => return None,
-    }
-    Some(match image.get("createdAt") {
+/// The `createdAt` of the record's new image, if readable.
+fn created_at(record: &Record) -> Option<DateTime<Utc>> {
+    match record.dynamodb()?.new_image()?.get("createdAt") {
         Some(AttributeValue::S(at)) => DateTime::parse_from_rfc3339(at)
             .ok()
             .map(|at| at.with_timezone(&Utc)),
         _ => None,
-    })
+    }
 }
 
 /// Forgets `n` permits of `permit`: the worker adds them back one by one.

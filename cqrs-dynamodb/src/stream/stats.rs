@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub struct ConsumerStats {
     /// Stream records read (every kind, redeliveries included).
     pub records_read: u64,
-    /// Records handed to [`Engine::settle`](cqrs_core::Engine::settle): the
+    /// Records handed to [`Engine::settle_inserted`](cqrs_core::Engine::settle_inserted): the
     /// inserts of command rows still `published` or `applied`.
     pub fed: u64,
     /// Records whose settle returned Ok (the command is final, or its row is gone).
