@@ -20,8 +20,8 @@ use aws_lambda_events::event::streams::DynamoDbEventResponse;
 use cqrs_core::testing::{ctx, RecordingHandler};
 use cqrs_core::{
     command_sk, ApplyWrite, AsyncDispatch, CommandInput, CommandRecord, CommandService, CommandStatus,
-    CommandWrite, DataItem, Engine, EntityKey, Error, ExpectedVersion, FailedCommand, Interest, RangePage,
-    RangeQuery, Result, RetryPolicy, Storage, StorageLimits,
+    DataItem, Engine, EntityKey, Error, ExpectedVersion, FailedCommand, Interest, RangePage, RangeQuery,
+    Result, RetryPolicy, Storage, StorageLimits,
 };
 use cqrs_dynamodb::lambda::handle_event;
 use serde_json::{json, Value};
@@ -336,37 +336,6 @@ fn versions_of(seen: &[(String, u64)], sk: &str) -> Vec<u64> {
     seen.iter().filter(|(s, _)| s == sk).map(|(_, v)| *v).collect()
 }
 
-/// Writes version 1 of `sk` as a sync publish whose process died right after
-/// its one atomic write: command row `applied` and data row, no handler run.
-async fn insert_applied(storage: &dyn Storage, sk: &str) -> CommandRecord {
-    let now = chrono::Utc::now();
-    let common = json!({
-        "pk": PK, "sk": sk, "id": format!("{PK}#{sk}"), "code": "DEAD", "name": "DEAD",
-        "version": 1, "tenantCode": TENANT, "type": "ORDER",
-        "attributes": { "n": 1 }, "isDeleted": false, "requestId": "req-dead",
-        "createdAt": now, "createdBy": "user-1",
-    });
-    let mut command = common.clone();
-    command["status"] = json!("applied");
-    let command: CommandRecord = serde_json::from_value(command).expect("a command record");
-    let mut data = common;
-    data["cpk"] = json!(PK);
-    data["csk"] = json!(format!("{sk}@1"));
-    data["updatedAt"] = json!(now);
-    data["updatedBy"] = json!("user-1");
-    let data: DataItem = serde_json::from_value(data).expect("a data item");
-    storage
-        .apply(&[ApplyWrite {
-            command: CommandWrite::Insert(Box::new(command.clone())),
-            data,
-            expected_data_version: 0,
-            history: None,
-        }])
-        .await
-        .expect("written");
-    command
-}
-
 fn seen(entries: &[(&str, u64)]) -> Vec<(String, u64)> {
     entries.iter().map(|(sk, v)| ((*sk).to_owned(), *v)).collect()
 }
@@ -496,7 +465,7 @@ async fn rows_inserted_applied_are_settled_once_their_publisher_is_done_or_dead(
     assert_eq!(row.status, CommandStatus::Finished);
     let async_row = fx.publish("ORDER#ASYNC", 0, json!({ "n": 1 })).await;
     // A sync publish whose process died after its write: `applied`, no handler run.
-    let dead = insert_applied(fx.engine.storage().as_ref(), "ORDER#DEAD").await;
+    let dead = common::insert_applied(fx.engine.storage().as_ref(), "ORDER#DEAD", json!({ "n": 1 })).await;
 
     let started = std::time::Instant::now();
     let response = fx

@@ -46,20 +46,6 @@ impl Intercept for RequestLog {
     }
 }
 
-/// A handler interested in everything, doing nothing.
-struct Noop;
-
-#[async_trait::async_trait]
-impl cqrs_core::DataSyncHandler for Noop {
-    fn name(&self) -> &str {
-        "noop"
-    }
-
-    async fn handle(&self, _: &cqrs_core::DataSyncEvent) -> Result<(), cqrs_core::BoxError> {
-        Ok(())
-    }
-}
-
 async fn counted_engine(dirty_check: bool) -> (Engine, RequestLog) {
     counted_engine_with(dirty_check, false).await
 }
@@ -75,7 +61,10 @@ async fn counted_engine_with(dirty_check: bool, handler: bool) -> (Engine, Reque
         .dispatch(AsyncDispatch::External)
         .async_dirty_check(dirty_check);
     if handler {
-        builder = builder.handler(Noop);
+        builder = builder.handler_arc(cqrs_core::testing::RecordingHandler::new(
+            "all",
+            cqrs_core::Interest::All,
+        ));
     }
     log.take();
     (builder.build(), log)

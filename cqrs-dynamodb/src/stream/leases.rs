@@ -6,7 +6,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::{AttributeValue as DbValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use chrono::Utc;
 use cqrs_core::Result;
@@ -266,16 +266,11 @@ impl LeaseStore for DynamoDbLeases {
                 .expression_attribute_values(":me", s(owner))
                 .send()
                 .await;
-            if let Err(e) = reset {
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception())
-                {
-                    return Ok(Acquired::Held {
-                        owner: String::new(),
-                        expires_at_ms: now,
-                    });
-                }
-                return Err(sdk_error(e));
+            if !owner_condition_held(reset)? {
+                return Ok(Acquired::Held {
+                    owner: String::new(),
+                    expires_at_ms: now,
+                });
             }
         }
         Ok(Acquired::Taken(ShardCheckpoint::default()))
@@ -291,16 +286,7 @@ impl LeaseStore for DynamoDbLeases {
             .expression_attribute_values(":updated", s(Utc::now().to_rfc3339()))
             .send()
             .await;
-        match sent {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_error(e)),
-        }
+        owner_condition_held(sent)
     }
 
     async fn checkpoint(
@@ -329,16 +315,7 @@ impl LeaseStore for DynamoDbLeases {
             .update_expression(format!("SET {}", set.join(", ")))
             .send()
             .await;
-        match sent {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_error(e)),
-        }
+        owner_condition_held(sent)
     }
 
     async fn release(&self, shard_id: &str, owner: &str) -> Result<()> {
@@ -350,16 +327,25 @@ impl LeaseStore for DynamoDbLeases {
             .expression_attribute_values(":updated", s(Utc::now().to_rfc3339()))
             .send()
             .await;
-        match sent {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error(e)),
+        // Not ours any more: nothing to release.
+        owner_condition_held(sent).map(drop)
+    }
+}
+
+/// Whether an update conditional on `leaseOwner = :me` went through:
+/// `Ok(false)` when the condition failed (the lease is another consumer's).
+fn owner_condition_held(
+    sent: std::result::Result<UpdateItemOutput, aws_sdk_dynamodb::error::SdkError<UpdateItemError>>,
+) -> Result<bool> {
+    match sent {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+        {
+            Ok(false)
         }
+        Err(e) => Err(sdk_error(e)),
     }
 }
 
