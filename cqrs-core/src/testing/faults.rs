@@ -139,6 +139,18 @@ async fn faulty_engine(
     (engine, storage, handler)
 }
 
+/// Waits (bounded) until `done` holds.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < SETTLE_WITHIN,
+            "{what}: not within {SETTLE_WITHIN:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn settle(engine: &Engine) {
     tokio::time::timeout(SETTLE_WITHIN, engine.wait_idle())
         .await
@@ -246,6 +258,9 @@ pub async fn lost_responses_strand_nothing(factory: &dyn StorageFactory) {
         .await
         .expect_err("the caller saw the lost response");
     assert!(error.is_retryable(), "{error}");
+    // The pipeline applies that command: done before the next fault, which
+    // must be the sync publish's own.
+    settle(&engine).await;
     storage.inject(Rule::new(Fault::LostResponse).on(&[Op::Apply]).times(1));
     let error = engine
         .publish_sync(cmd(PK_A, "ORDER#SYNC", n(1)), &a)
@@ -340,10 +355,10 @@ pub async fn storage_outage_completes_every_accepted_command(factory: &dyn Stora
     }
     handler.open_gate();
     // The handlers complete, but their completion cannot be recorded.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for sk in &accepted {
-        assert!(handler.completions_of(sk, 1) >= 1);
-    }
+    wait_until("every handler completed once", || {
+        handler.completed().len() >= accepted.len()
+    })
+    .await;
     storage.remove(outage);
     settle(&engine).await;
 
@@ -380,9 +395,7 @@ pub async fn failure_records_are_written_once_storage_is_back(factory: &dyn Stor
     handler.broken.store(true, Ordering::SeqCst);
     let down = storage.inject(Rule::new(Fault::Unavailable).on(&[Op::PutFailure]));
     engine.publish_async(cmd(PK_A, "E#1", n(1)), &a).await.unwrap();
-    while storage.faults(Op::PutFailure) < 3 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("failure records refused", || storage.faults(Op::PutFailure) >= 3).await;
     assert_eq!(
         status(&engine, "E#1", 1).await,
         Some(CommandStatus::Applied),
