@@ -75,7 +75,7 @@ struct Cli {
     #[arg(long, global = true, value_enum)]
     pipeline: Option<Pipeline>,
     /// Seconds a handler run may take before it counts as failed.
-    #[arg(long, global = true, value_name = "SECS", default_value_t = cqrs_core::DEFAULT_HANDLER_TIMEOUT.as_secs_f64())]
+    #[arg(long, global = true, value_name = "SECS", default_value_t = ecommerce::shop::HANDLER_TIMEOUT.as_secs_f64())]
     handler_timeout: f64,
     /// Seconds an unfinished sync publish is left to its publisher before
     /// the stream consumer finishes it.

@@ -45,11 +45,16 @@ pub struct ShopConfig {
     pub recovery_grace: Duration,
 }
 
+/// The order handler's default timeout: its reservations retry their
+/// commits under contention (up to 40 rounds), which on a slow or busy
+/// DynamoDB takes longer than the framework's default of 10 s allows.
+pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Default for ShopConfig {
     fn default() -> Self {
         Self {
             dispatch: AsyncDispatch::InProcess,
-            handler_timeout: cqrs_core::DEFAULT_HANDLER_TIMEOUT,
+            handler_timeout: HANDLER_TIMEOUT,
             recovery_grace: cqrs_core::DEFAULT_RECOVERY_GRACE,
         }
     }
