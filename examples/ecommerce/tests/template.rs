@@ -526,7 +526,7 @@ fn the_function<'a, 'b>(
 /// attempt timed out, and the backoff between them.
 fn handler_budget(line: &CommandLine) -> Duration {
     let retry = RetryPolicy::default();
-    let timeout = line.seconds("--handler-timeout", cqrs_core::DEFAULT_HANDLER_TIMEOUT);
+    let timeout = line.seconds("--handler-timeout", ecommerce::shop::HANDLER_TIMEOUT);
     let backoff: Duration = (1..retry.max_attempts).map(|a| retry.backoff(a)).sum();
     timeout * retry.max_attempts + backoff
 }
