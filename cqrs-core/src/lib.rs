@@ -9,6 +9,7 @@ mod handler;
 mod keys;
 mod merge;
 mod model;
+mod numbers;
 mod query;
 mod sequence;
 mod services;
@@ -33,6 +34,7 @@ pub use model::{
     CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, FailedCommand, HandlerFailure,
     PartialUpdate, Published,
 };
+pub use numbers::{MAX_NUMBER_MAGNITUDE, MIN_NUMBER_MAGNITUDE};
 pub use query::{Cursor, Filter, ListQuery, Page, SkCondition, SortOrder, DEFAULT_LIMIT, MAX_LIMIT};
 pub use sequence::{
     fiscal_year, Rotation, SequenceRequest, SequenceValue, DEFAULT_FORMAT, MAX_SUB_CODES, SEQUENCE_PK_PREFIX,

@@ -20,6 +20,9 @@ pub struct StorageLimits {
     pub max_transaction_items: usize,
     /// Largest size of one stored item, in bytes of its JSON form (DynamoDB: 400 KB).
     pub max_item_bytes: usize,
+    /// Largest total size of the rows of one [`Storage::apply`], in bytes of
+    /// their JSON form (DynamoDB: 4 MB per transaction).
+    pub max_transaction_bytes: usize,
     /// Rows one applied command writes in [`Storage::apply`]: command, data and
     /// history (3), plus any the backend adds (e.g. a TTL on the superseded command).
     pub rows_per_command: usize,
@@ -31,6 +34,7 @@ impl Default for StorageLimits {
         Self {
             max_transaction_items: 100,
             max_item_bytes: 400 * 1024,
+            max_transaction_bytes: 4 * 1024 * 1024,
             rows_per_command: 3,
         }
     }

@@ -334,6 +334,7 @@ impl Storage for DynamoDbStorage {
         StorageLimits {
             max_transaction_items: MAX_TRANSACTION_ITEMS,
             max_item_bytes: MAX_ITEM_BYTES,
+            max_transaction_bytes: MAX_TRANSACTION_BYTES,
             // Command, data, history, and the superseded command's TTL.
             rows_per_command: if self.superseded_ttl.is_some() { 4 } else { 3 },
         }

@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::pipeline::HandlerRun;
 use super::records::{command_record, data_item};
-use super::validate::{check_command, check_key, check_size, check_size_as_data};
+use super::validate::{check_command, check_key, check_size, check_size_as_data, check_transaction_size};
 use super::Engine;
 use crate::context::InvocationContext;
 use crate::error::{Error, Result};
@@ -21,6 +21,7 @@ use crate::model::{
     CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, FailedCommand, PartialUpdate,
     Published,
 };
+use crate::numbers::normalize_numbers;
 use crate::services::CommandService;
 use crate::storage::{ApplyWrite, CommandWrite};
 
@@ -29,6 +30,16 @@ const LATEST_BACKOFF_UNIT: Duration = Duration::from_micros(200);
 
 fn command_span(key: &EntityKey, ctx: &InvocationContext, mode: &'static str) -> tracing::Span {
     tracing::info_span!("command", mode, tenant = %ctx.tenant_code, pk = %key.pk, sk = %key.sk, version = tracing::field::Empty)
+}
+
+/// The version after `base`; an entity cannot go past `u64::MAX`.
+fn next_version(key: &EntityKey, base: u64) -> Result<u64> {
+    base.checked_add(1).ok_or_else(|| {
+        Error::invalid(
+            "version",
+            format!("{} cannot have a version after {base}", key.id()),
+        )
+    })
 }
 
 /// Fails unless the entity is at the expected version; returns that version.
@@ -75,6 +86,8 @@ impl Engine {
         command: CommandInput,
         ctx: &InvocationContext,
     ) -> Result<Prepared> {
+        let mut command = command;
+        normalize_numbers(&mut command.attributes)?;
         let base = check_version(key, command.version, current.as_ref().map(|c| c.version))?;
         let previous = match current {
             Some(current) if current.content() == command.content() => {
@@ -82,7 +95,8 @@ impl Engine {
             }
             other => other,
         };
-        let mut record = command_record(command, base + 1, CommandStatus::Applied, ctx, Utc::now());
+        let version = next_version(key, base)?;
+        let mut record = command_record(command, version, CommandStatus::Applied, ctx, Utc::now());
         // With no handler to run, the command is done once written: a stream
         // consumer then has nothing to check.
         if !self.inner.pipeline.has_handlers_for(&record) {
@@ -247,10 +261,11 @@ impl Engine {
     async fn publish_async_on(
         &self,
         key: &EntityKey,
-        command: CommandInput,
+        mut command: CommandInput,
         base: Option<CommandRecord>,
         ctx: &InvocationContext,
     ) -> Result<Published<CommandRecord>> {
+        normalize_numbers(&mut command.attributes)?;
         let base_version = match (&base, command.version) {
             (Some(base), _) => base.version,
             (None, ExpectedVersion::Exactly(v)) => v,
@@ -258,7 +273,11 @@ impl Engine {
         };
         if let Some(base) = base.filter(|b| b.content() == command.content()) {
             // Equal to the base: unchanged only if the base is still the latest.
-            return match self.storage_ref().get_command(key, base.version + 1).await? {
+            return match self
+                .storage_ref()
+                .get_command(key, next_version(key, base.version)?)
+                .await?
+            {
                 None => Ok(Published::Unchanged(base)),
                 Some(_) => Err(Error::Conflict {
                     key: key.id(),
@@ -269,7 +288,7 @@ impl Engine {
         }
         let record = command_record(
             command,
-            base_version + 1,
+            next_version(key, base_version)?,
             CommandStatus::Published,
             ctx,
             Utc::now(),
@@ -472,6 +491,7 @@ impl CommandService for Engine {
                 Prepared::Unchanged(_) => None,
             })
             .collect();
+        check_transaction_size(&limits, &writes)?;
         let handled = writes.iter().any(|w| {
             w.inserted_command()
                 .is_some_and(|c| c.status == CommandStatus::Applied)

@@ -46,6 +46,14 @@ impl DataService for Engine {
             }
         }
         let mut start_after = query.cursor.as_ref().map(|c| c.decode(pk)).transpose()?;
+        if let (Some(after), Some(condition)) = (&start_after, &query.sk) {
+            // A cursor of this query names a row the query matched; one
+            // from elsewhere is refused here, the same on every backend
+            // (DynamoDB would reject the request).
+            if !condition.matches(after) {
+                return Err(Error::invalid("cursor", "does not belong to this query"));
+            }
+        }
         // One match more than the page tells whether another page exists, so
         // the last page never carries a cursor.
         let wanted = query.limit + 1;

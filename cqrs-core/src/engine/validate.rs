@@ -11,7 +11,7 @@ use crate::context::{InvocationContext, TenancyPolicy};
 use crate::error::{Error, Result};
 use crate::keys::EntityKey;
 use crate::model::{CommandInput, CommandRecord, DataItem};
-use crate::storage::StorageLimits;
+use crate::storage::{ApplyWrite, StorageLimits};
 
 /// Checks a key and that `ctx` may touch it.
 pub(crate) fn check_key(tenancy: &TenancyPolicy, key: &EntityKey, ctx: &InvocationContext) -> Result<()> {
@@ -68,6 +68,32 @@ pub(crate) fn check_size_as_data(limits: &StorageLimits, record: &CommandRecord)
         return Ok(());
     }
     check_exact_size(limits, &data_item(record, None))
+}
+
+/// Checks that the rows of one atomic write fit the backend's transaction
+/// size, counting each data row for its command row too (the data row is
+/// the larger). Exact sizes are computed only when the bound is over.
+pub(crate) fn check_transaction_size(limits: &StorageLimits, writes: &[ApplyWrite]) -> Result<()> {
+    let rows = |size: fn(&DataItem) -> Result<usize>| -> Result<usize> {
+        writes.iter().try_fold(0usize, |sum, write| {
+            let history = write.history.as_ref().map(size).transpose()?.unwrap_or(0);
+            Ok(sum
+                .saturating_add(size(&write.data)?.saturating_mul(2))
+                .saturating_add(history))
+        })
+    };
+    if rows(|item| Ok(size_bound(item)))? <= limits.max_transaction_bytes {
+        return Ok(());
+    }
+    let size = rows(|item| serialized_size(item))?;
+    if size > limits.max_transaction_bytes {
+        return Err(Error::TooLarge {
+            what: "transaction bytes".into(),
+            size,
+            limit: limits.max_transaction_bytes,
+        });
+    }
+    Ok(())
 }
 
 fn check_exact_size(limits: &StorageLimits, item: &DataItem) -> Result<()> {

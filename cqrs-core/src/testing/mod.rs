@@ -13,6 +13,7 @@
 //! fails on its own. Each check asks the factory for fresh, empty storage.
 
 mod commits;
+mod divergences;
 mod faults;
 mod faulty;
 mod fixtures;
@@ -34,6 +35,7 @@ use async_trait::async_trait;
 use crate::storage::Storage;
 
 pub use commits::*;
+pub use divergences::*;
 pub use faults::*;
 pub use faulty::{Fault, FaultyStorage, InjectedFault, Op, Rule, RuleId};
 pub use fixtures::{ctx, RecordingHandler};
@@ -137,6 +139,12 @@ macro_rules! conformance_tests {
             failure_records_are_written_once_storage_is_back,
             transient_handler_errors_are_retried_until_they_pass,
             settle_finishes_what_a_dead_publisher_left,
+            numbers_read_back_as_written,
+            numbers_outside_the_range_are_rejected,
+            commits_over_the_transaction_size_are_rejected,
+            async_commands_accepted_can_be_applied,
+            cursors_outside_their_query_are_rejected,
+            versions_never_overflow,
         );
     };
     (@each $factory:expr; $guard:expr; $($check:ident),* $(,)?) => {
