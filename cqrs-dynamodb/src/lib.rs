@@ -19,6 +19,7 @@ pub use client::{
     http_client, local_client, local_config, local_streams_client, timeout_config, CONNECT_TIMEOUT,
     OPERATION_ATTEMPT_TIMEOUT, OPERATION_TIMEOUT, SDK_MAX_ATTEMPTS,
 };
+pub use error::{DynamoDbError, DynamoDbErrorKind};
 pub use item::{item_size, Item, MAX_ITEM_BYTES};
 pub use storage::{DynamoDbStorage, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_ITEMS};
 pub use stream::{ConsumerMonitor, ConsumerStats, StreamConsumer};
