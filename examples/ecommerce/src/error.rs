@@ -64,5 +64,11 @@ impl ShopError {
     }
 }
 
+impl From<crate::money::MoneyError> for ShopError {
+    fn from(e: crate::money::MoneyError) -> Self {
+        ShopError::InvalidInput(e.to_string())
+    }
+}
+
 /// Result alias of the storefront.
 pub type ShopResult<T> = Result<T, ShopError>;

@@ -1000,6 +1000,114 @@ async fn catalogue_prices(api: &Api) {
     assert_error(&bad_code, 400, "invalid_input");
 }
 
+/// Prices and quantities are bounded and money adds up with checked
+/// arithmetic: the issue's 7.9e28 product is refused, an order of one that is
+/// in the tables already (written before the bound) is a 400, not a closed
+/// connection, and nothing is written for either.
+async fn money_bounds(api: &Api) {
+    let a = api.token("shop-a");
+    for (what, price) in [
+        ("7.9e28", json!(7.9e28)),
+        ("zero", json!(0)),
+        ("negative", json!(-0.01)),
+        ("a cent over the bound", json!(1_000_000.01)),
+        ("a thousandth", json!(0.001)),
+        ("1e200", json!(1e200)),
+        ("1e-200", json!(1e-200)),
+    ] {
+        let mut body = product_body("PRD-050", 1.0, true);
+        body["price"] = price;
+        let resp = api.post("/products", &a, &body).await;
+        assert_eq!(resp.status, 400, "price {what}: {:?}", resp.body);
+        assert_error(&resp, 400, "invalid_input");
+    }
+    for raw in [
+        r#""price": 1e400"#,
+        r#""price": 79228162514264337593543950336"#,
+        r#""price": -79228162514264337593543950336"#,
+    ] {
+        let body = format!(
+            r#"{{"code":"PRD-050","name":"N","categoryCode":"C","sku":"S",{raw},"currency":"USD","isActive":true}}"#
+        );
+        let resp = api
+            .send(Method::POST, "/products", Some(&a), Some(body.into_bytes()))
+            .await;
+        assert_error(&resp, 400, "invalid_input");
+    }
+    assert_eq!(api.get("/products/PRD-050", &a).await.status, 404);
+    // The bound itself is a price.
+    let top = api
+        .post("/products", &a, &product_body("PRD-051", 1_000_000.0, true))
+        .await;
+    assert_eq!(top.status, 201, "{:?}", top.body);
+
+    // Quantities: of an order line and of stock.
+    for quantity in [
+        json!(0),
+        json!(10_001),
+        json!(4_294_967_296_u64),
+        json!(1e30),
+        json!(-1),
+        json!(1.5),
+    ] {
+        let mut body = order_body("PRD-001", 1, 29.99);
+        body["items"][0]["quantity"] = quantity;
+        assert_error(&api.post("/orders", &a, &body).await, 400, "invalid_input");
+    }
+    for quantity in [
+        json!(-1),
+        json!(ecommerce::services::MAX_STOCK + 1),
+        json!(i64::MAX),
+        json!(1e30),
+        json!(2.5),
+    ] {
+        let stock = api
+            .patch(
+                "/inventory/PRD-001",
+                &a,
+                &json!({ "quantity": quantity, "warehouseCode": "WH-1" }),
+            )
+            .await;
+        assert_error(&stock, 400, "invalid_input");
+    }
+
+    // A product priced 7.9e28 written before prices were bounded: every order
+    // of it is a 400 (its totals do not fit), with nothing written.
+    let legacy = cqrs_core::CommandInput::new("TENANT#shop-a", "PRODUCT#PRD-052")
+        .name("Legacy")
+        .attributes(json!({
+            "categoryCode": "C", "sku": "S", "price": 7.9e28, "currency": "USD",
+            "description": "", "images": [], "isActive": true
+        }));
+    CommandService::publish_sync(&api.shop.engine, legacy, &ctx("shop-a"))
+        .await
+        .expect("the legacy product is written");
+    for quantity in [1, 2, 10_000] {
+        let resp = api
+            .post("/orders", &a, &order_body("PRD-052", quantity, 7.9e28))
+            .await;
+        assert_error(&resp, 400, "invalid_input");
+    }
+    let mixed = lines_body(&[("PRD-051", 10_000, 1_000_000.0), ("PRD-052", 1, 7.9e28)]);
+    assert_error(&api.post("/orders", &a, &mixed).await, 400, "invalid_input");
+
+    api.shop.engine.wait_idle().await;
+    assert_eq!(assert_list(&api.get("/orders", &a).await.body).len(), 0);
+    assert_eq!(api.stock(&a, "PRD-001").await, (100, 0));
+    // The bounded worst case adds up, and no order number was used by the refusals.
+    api.patch(
+        "/inventory/PRD-051",
+        &a,
+        &json!({ "quantity": 1_000_000, "warehouseCode": "WH-1" }),
+    )
+    .await;
+    let lines: Vec<(&str, u32, f64)> = vec![("PRD-051", 10_000, 1_000_000.0); 100];
+    let biggest = api.post("/orders", &a, &lines_body(&lines)).await;
+    assert_eq!(biggest.status, 201, "{:?}", biggest.body);
+    assert_eq!(biggest.body["code"], "ORD-000001");
+    assert_eq!(f64_at(&biggest.body, "/attributes/total"), 1.1e12);
+}
+
 /// No token, a garbage one, a forged one, an expired one: 401 JSON everywhere.
 async fn authentication(api: &Api) {
     let a = api.token("shop-a");
@@ -1757,6 +1865,7 @@ on_both_backends!(
     authentication,
     tenant_isolation,
     bad_bodies,
+    money_bounds,
     redelivery,
     cancel_races_reservation,
 );

@@ -23,6 +23,9 @@ use crate::error::{ShopError, ShopResult};
 /// under contention.
 pub const MAX_ATTEMPTS: u32 = 40;
 
+/// The most units on hand a product may have.
+pub const MAX_STOCK: i64 = 1_000_000_000;
+
 /// Sets the quantity on hand of a product.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -91,9 +94,9 @@ impl InventoryService {
     ) -> ShopResult<DataItem> {
         validate::code("product code", product_code)?;
         validate::text("warehouseCode", &request.warehouse_code)?;
-        if request.quantity < 0 {
+        if !(0..=MAX_STOCK).contains(&request.quantity) {
             return Err(ShopError::InvalidInput(format!(
-                "quantity {} is negative",
+                "quantity must be 0 to {MAX_STOCK}, got {}",
                 request.quantity
             )));
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use cqrs_core::{CommandService, DataService, SequenceService};
 
-pub use inventory::{InventoryService, ReserveOutcome, SetInventory};
+pub use inventory::{InventoryService, ReserveOutcome, SetInventory, MAX_STOCK};
 pub use orders::{NewOrder, OrderService};
 pub use products::{NewProduct, ProductService};
 

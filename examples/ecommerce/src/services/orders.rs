@@ -109,7 +109,8 @@ impl OrderService {
                 Some(_) => {}
             }
         }
-        let totals = totals(order.items.iter().map(|i| (i.price, i.quantity)));
+        // Checked: a catalogue price too large to add up is a 400, not a panic.
+        let totals = totals(order.items.iter().map(|i| (i.price, i.quantity)))?;
         let number = self
             .cqrs
             .sequences

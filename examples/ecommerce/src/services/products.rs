@@ -59,12 +59,7 @@ impl ProductService {
         validate::text("categoryCode", &product.category_code)?;
         validate::text("sku", &product.sku)?;
         validate::text("currency", &product.currency)?;
-        if product.price.is_sign_negative() || product.price.scale() > 2 {
-            return Err(ShopError::InvalidInput(format!(
-                "price {} must be a non-negative amount in cents",
-                product.price
-            )));
-        }
+        money::check_price(product.price)?;
         let attributes = ProductAttributes {
             category_code: product.category_code,
             sku: product.sku,
