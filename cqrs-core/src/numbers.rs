@@ -11,8 +11,9 @@ use serde_json::{Number, Value};
 
 use crate::error::{Error, Result};
 
-/// The largest magnitude DynamoDB stores: 9.9999999999999999999999999999999999999E+125.
-pub const MAX_NUMBER_MAGNITUDE: f64 = 9.999_999_999_999_999e125;
+/// The bound of the magnitudes DynamoDB stores, excluded: its largest is
+/// 9.9999999999999999999999999999999999999E+125.
+pub const MAX_NUMBER_MAGNITUDE: f64 = 1e126;
 /// The smallest non-zero magnitude DynamoDB stores: 1E-130.
 pub const MIN_NUMBER_MAGNITUDE: f64 = 1e-130;
 
@@ -67,7 +68,7 @@ fn normalized(number: &Number, path: &str) -> Result<Option<Number>> {
         return Err(Error::invalid(
             path,
             format!(
-                "{float} is outside the range a number can have (magnitude {MIN_NUMBER_MAGNITUDE:e} to {MAX_NUMBER_MAGNITUDE:e}, or 0)"
+                "{float} is outside the range a number can have (0, or a magnitude from {MIN_NUMBER_MAGNITUDE:e} to below {MAX_NUMBER_MAGNITUDE:e})"
             ),
         ));
     }

@@ -85,7 +85,7 @@ pub(crate) fn check_transaction_size(limits: &StorageLimits, writes: &[ApplyWrit
     if rows(|item| Ok(size_bound(item)))? <= limits.max_transaction_bytes {
         return Ok(());
     }
-    let size = rows(|item| serialized_size(item))?;
+    let size = rows(serialized_size::<DataItem>)?;
     if size > limits.max_transaction_bytes {
         return Err(Error::TooLarge {
             what: "transaction bytes".into(),
