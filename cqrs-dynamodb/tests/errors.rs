@@ -1,0 +1,140 @@
+//! Errors a user can act on: a missing table and an unreachable endpoint
+//! say what happened in `Display` (the DynamoDB code and message, the request
+//! id, the transport's cause), and the structured [`DynamoDbError`] is the
+//! backend error's source, with the SDK's error behind it.
+
+mod common;
+
+use std::error::Error as _;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::get_item::GetItemError;
+use common::*;
+use cqrs_core::{Error, Storage};
+use cqrs_dynamodb::{
+    local_client, DynamoDbError, DynamoDbErrorKind, DynamoDbStorage, TableNames, OPERATION_TIMEOUT,
+};
+
+/// DynamoDB Local's message for any request on a table that does not exist
+/// (DynamoDB's own names the table: "Requested resource not found").
+const NO_TABLE: &str = "Cannot do operations on a non-existent table";
+
+/// Storage at `endpoint` over tables that were never created.
+fn storage_without_tables(endpoint: &str) -> DynamoDbStorage {
+    DynamoDbStorage::new(
+        local_client(endpoint),
+        TableNames::with_prefix(&prefix("missing")),
+    )
+}
+
+/// The backend error's source, downcast to this crate's error.
+fn structured(error: &Error) -> &DynamoDbError {
+    assert!(matches!(error, Error::Backend { .. }), "{error:?}");
+    error
+        .source()
+        .and_then(|source| source.downcast_ref::<DynamoDbError>())
+        .unwrap_or_else(|| panic!("no DynamoDbError source: {error:?}"))
+}
+
+/// A `127.0.0.1` port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("its address").port();
+    drop(listener);
+    port
+}
+
+#[tokio::test]
+async fn a_missing_table_shows_dynamodbs_code_message_and_request_id() {
+    if !available() {
+        return;
+    }
+    let storage = storage_without_tables(&endpoint().unwrap_or_default());
+
+    let error = storage
+        .get_data(&key("PRODUCT#1"))
+        .await
+        .expect_err("no such table");
+    let shown = error.to_string();
+    assert!(shown.contains("ResourceNotFoundException"), "{shown}");
+    assert!(shown.contains(NO_TABLE), "{shown}");
+    assert!(!error.is_retryable(), "{shown}");
+
+    let dynamo = structured(&error);
+    assert_eq!(dynamo.kind(), DynamoDbErrorKind::Service);
+    assert_eq!(dynamo.code(), Some("ResourceNotFoundException"));
+    assert_eq!(dynamo.message(), NO_TABLE);
+    assert_eq!(dynamo.operation(), Some("GetItem"));
+    assert!(!dynamo.is_retryable());
+    // DynamoDB Local answers with an x-amzn-RequestId, as DynamoDB does.
+    let request_id = dynamo.request_id().expect("DynamoDB Local sends a request id");
+    assert!(!request_id.is_empty());
+    assert!(shown.contains(&format!("(request id {request_id})")), "{shown}");
+    assert!(std::ptr::eq(
+        DynamoDbError::find(&error).expect("in the chain"),
+        dynamo
+    ));
+    // The SDK's own error is still there, behind it.
+    let sdk = dynamo.source().expect("the SDK error");
+    let sdk = sdk
+        .downcast_ref::<SdkError<GetItemError, HttpResponse>>()
+        .expect("the GetItem error");
+    assert!(sdk
+        .as_service_error()
+        .is_some_and(GetItemError::is_resource_not_found_exception));
+
+    // Every operation says which one failed.
+    let error = storage
+        .next_counter("COUNTER", "ORDER")
+        .await
+        .expect_err("no such table");
+    let dynamo = structured(&error);
+    assert_eq!(dynamo.code(), Some("ResourceNotFoundException"));
+    assert_eq!(dynamo.operation(), Some("UpdateItem"));
+    assert!(
+        error
+            .to_string()
+            .contains("ResourceNotFoundException in UpdateItem"),
+        "{error}"
+    );
+}
+
+/// Needs no DynamoDB: nothing listens on the port.
+#[tokio::test]
+async fn an_unreachable_endpoint_says_it_could_not_reach_dynamodb_and_why() {
+    let storage = storage_without_tables(&format!("http://127.0.0.1:{}", closed_port()));
+
+    let started = Instant::now();
+    let error = storage
+        .get_data(&key("PRODUCT#1"))
+        .await
+        .expect_err("nothing listens");
+    // The SDK's retries, within its operation timeout.
+    assert!(started.elapsed() < OPERATION_TIMEOUT + Duration::from_secs(5));
+
+    let shown = error.to_string();
+    assert!(shown.contains("could not reach DynamoDB"), "{shown}");
+    assert!(shown.contains("tcp connect error"), "{shown}");
+    assert!(shown.contains("Connection refused"), "{shown}");
+    assert!(!shown.contains("dispatch failure"), "{shown}");
+    assert!(error.is_retryable(), "{shown}");
+
+    let dynamo = structured(&error);
+    assert_eq!(dynamo.kind(), DynamoDbErrorKind::Unreachable);
+    assert!(dynamo.is_retryable());
+    assert_eq!(dynamo.code(), None);
+    assert_eq!(dynamo.request_id(), None);
+    assert_eq!(dynamo.operation(), Some("GetItem"));
+    assert!(
+        dynamo.message().contains("Connection refused"),
+        "{}",
+        dynamo.message()
+    );
+    let sdk = dynamo.source().expect("the SDK error");
+    assert!(matches!(
+        sdk.downcast_ref::<SdkError<GetItemError, HttpResponse>>(),
+        Some(SdkError::DispatchFailure(_))
+    ));
+}
