@@ -98,7 +98,9 @@ pub enum Reservation {
 pub struct OrderItem {
     /// The product's code (`PRD-001`).
     pub product_code: String,
-    /// The product's name.
+    /// The product's name, from the catalogue: what a client sends here is
+    /// ignored (it may leave it out).
+    #[serde(default)]
     pub name: String,
     /// Units, at least 1.
     pub quantity: u32,

@@ -1108,6 +1108,91 @@ async fn money_bounds(api: &Api) {
     assert_eq!(f64_at(&biggest.body, "/attributes/total"), 1.1e12);
 }
 
+/// An order line's name is the catalogue's: a client's is ignored (it may
+/// leave it out). Control characters in free text are a 400, with nothing
+/// written.
+async fn order_lines(api: &Api) {
+    let a = api.token("shop-a");
+    let mut lying = order_body("PRD-001", 1, 29.99);
+    lying["items"][0]["name"] = json!("Free Laptop");
+    let placed = api.post("/orders", &a, &lying).await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    assert_eq!(placed.body["attributes"]["items"][0]["name"], "Wireless Mouse");
+    let code = placed.body["code"].as_str().expect("a code").to_owned();
+    let stored = api.settled(&a, &code).await;
+    assert_eq!(stored["attributes"]["items"][0]["name"], "Wireless Mouse");
+    let mut nameless = lines_body(&[("PRD-001", 1, 29.99), ("PRD-002", 1, 89.5)]);
+    for item in nameless["items"].as_array_mut().expect("items") {
+        item.as_object_mut().expect("a line").remove("name");
+    }
+    let placed = api.post("/orders", &a, &nameless).await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    assert_eq!(placed.body["attributes"]["items"][0]["name"], "Wireless Mouse");
+    assert_eq!(
+        placed.body["attributes"]["items"][1]["name"],
+        "Mechanical Keyboard"
+    );
+    api.shop.engine.wait_idle().await;
+    let orders_before = api.all_orders(&a, "").await.len();
+    let stock_before = api.stock(&a, "PRD-001").await;
+
+    let controls = [
+        "\u{0}",
+        "a\nb",
+        "\r",
+        "\t",
+        "\u{1b}[31mred",
+        "\u{7f}",
+        "\u{85}",
+        "x\u{9f}",
+    ];
+    for control in controls {
+        for pointer in [
+            "/customerId",
+            "/paymentMethod",
+            "/shippingAddress/street",
+            "/shippingAddress/city",
+            "/shippingAddress/postalCode",
+            "/shippingAddress/country",
+        ] {
+            let mut body = order_body("PRD-001", 1, 29.99);
+            *body.pointer_mut(pointer).expect("a field") = json!(format!("ok {control}"));
+            let resp = api.post("/orders", &a, &body).await;
+            assert_eq!(resp.status, 400, "{pointer} {control:?}: {:?}", resp.body);
+            assert_error(&resp, 400, "invalid_input");
+        }
+        for field in ["name", "categoryCode", "sku", "currency", "description"] {
+            let mut body = product_body("PRD-060", 1.0, true);
+            body[field] = json!(format!("ok {control}"));
+            let resp = api.post("/products", &a, &body).await;
+            assert_eq!(resp.status, 400, "{field} {control:?}: {:?}", resp.body);
+            assert_error(&resp, 400, "invalid_input");
+        }
+        let mut body = product_body("PRD-060", 1.0, true);
+        body["images"] = json!([format!("https://img/{control}.png")]);
+        assert_error(&api.post("/products", &a, &body).await, 400, "invalid_input");
+        let stock = api
+            .patch(
+                "/inventory/PRD-001",
+                &a,
+                &json!({ "quantity": 7, "warehouseCode": format!("WH {control}") }),
+            )
+            .await;
+        assert_error(&stock, 400, "invalid_input");
+    }
+    // Text that is merely not ASCII is fine.
+    let mut body = product_body("PRD-061", 1.0, true);
+    body["name"] = json!("Souris sans fil — ワイヤレスマウス");
+    body["description"] = json!("");
+    let created = api.post("/products", &a, &body).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+
+    api.shop.engine.wait_idle().await;
+    assert_eq!(api.all_orders(&a, "").await.len(), orders_before);
+    assert_eq!(api.stock(&a, "PRD-001").await, stock_before);
+    assert_eq!(api.get("/products/PRD-060", &a).await.status, 404);
+}
+
 /// No token, a garbage one, a forged one, an expired one: 401 JSON everywhere.
 async fn authentication(api: &Api) {
     let a = api.token("shop-a");
@@ -1866,6 +1951,7 @@ on_both_backends!(
     tenant_isolation,
     bad_bodies,
     money_bounds,
+    order_lines,
     redelivery,
     cancel_races_reservation,
 );

@@ -28,7 +28,8 @@ const STATUS_ATTEMPTS: u32 = 5;
 pub struct NewOrder {
     /// The customer.
     pub customer_id: String,
-    /// The lines, at catalogue prices.
+    /// The lines, at catalogue prices. A line's `name` is the catalogue's:
+    /// one sent by the client is ignored.
     pub items: Vec<OrderItem>,
     /// Where it goes.
     pub shipping_address: Address,
@@ -74,8 +75,9 @@ impl OrderService {
                 "an order has 1 to {MAX_LINES} items"
             )));
         }
+        let mut order = order;
         let mut catalogue = BTreeMap::new();
-        for item in &order.items {
+        for item in &mut order.items {
             validate::code("productCode", &item.product_code)?;
             if !(1..=MAX_QUANTITY).contains(&item.quantity) {
                 return Err(ShopError::InvalidInput(format!(
@@ -84,7 +86,7 @@ impl OrderService {
                 )));
             }
             if !catalogue.contains_key(&item.product_code) {
-                let product = self.products.attributes(&item.product_code, ctx).await?;
+                let product = self.products.find(&item.product_code, ctx).await?;
                 catalogue.insert(item.product_code.clone(), product);
             }
             match catalogue.get(&item.product_code).and_then(Option::as_ref) {
@@ -94,19 +96,20 @@ impl OrderService {
                         item.product_code
                     )));
                 }
-                Some(product) if !product.is_active => {
+                Some((_, product)) if !product.is_active => {
                     return Err(ShopError::InvalidInput(format!(
                         "product {} is not for sale",
                         item.product_code
                     )));
                 }
-                Some(product) if product.price != item.price => {
+                Some((_, product)) if product.price != item.price => {
                     return Err(ShopError::InvalidInput(format!(
                         "price of {} is {}, not {}",
                         item.product_code, product.price, item.price
                     )));
                 }
-                Some(_) => {}
+                // The line's name is the catalogue's, whatever the client sent.
+                Some((name, _)) => item.name = name.clone(),
             }
         }
         // Checked: a catalogue price too large to add up is a 400, not a panic.

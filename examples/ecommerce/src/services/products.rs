@@ -12,6 +12,9 @@ use crate::domain::{product_sk, ProductAttributes};
 use crate::error::{ShopError, ShopResult};
 use crate::money;
 
+/// Images a product may have.
+pub const MAX_IMAGES: usize = 20;
+
 /// A product to create.
 #[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -59,6 +62,15 @@ impl ProductService {
         validate::text("categoryCode", &product.category_code)?;
         validate::text("sku", &product.sku)?;
         validate::text("currency", &product.currency)?;
+        validate::optional_text("description", &product.description, 4096)?;
+        if product.images.len() > MAX_IMAGES {
+            return Err(ShopError::InvalidInput(format!(
+                "a product has at most {MAX_IMAGES} images"
+            )));
+        }
+        for image in &product.images {
+            validate::text("images", image)?;
+        }
         money::check_price(product.price)?;
         let attributes = ProductAttributes {
             category_code: product.category_code,
@@ -91,6 +103,22 @@ impl ProductService {
             .get_item(&key, ctx)
             .await?
             .ok_or_else(|| ShopError::NotFound(format!("product {code} not found")))
+    }
+
+    /// A product's name and attributes, `None` when it does not exist.
+    pub async fn find(
+        &self,
+        code: &str,
+        ctx: &InvocationContext,
+    ) -> ShopResult<Option<(String, ProductAttributes)>> {
+        let key = EntityKey::new(tenant_pk(&ctx.tenant_code), product_sk(code));
+        match self.cqrs.data.get_item(&key, ctx).await? {
+            Some(item) => {
+                let attributes = item.attributes_as()?;
+                Ok(Some((item.name, attributes)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// A product's attributes, `None` when it does not exist.

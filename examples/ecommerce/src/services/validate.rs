@@ -18,14 +18,27 @@ pub(crate) fn code(what: &str, code: &str) -> ShopResult<()> {
     }
 }
 
-/// A required text field.
+/// A required text field: not blank, at most 1024 bytes, no control
+/// characters.
 pub(crate) fn text(what: &str, value: &str) -> ShopResult<()> {
     if value.trim().is_empty() {
         return Err(ShopError::InvalidInput(format!("{what} must not be empty")));
     }
-    if value.len() > 1024 {
+    optional_text(what, value, 1024)
+}
+
+/// A text field that may be empty: at most `max` bytes, no control
+/// characters (no newlines, tabs, escapes or NULs either: they would reach
+/// logs, mails and other systems as they are).
+pub(crate) fn optional_text(what: &str, value: &str, max: usize) -> ShopResult<()> {
+    if value.len() > max {
         return Err(ShopError::InvalidInput(format!(
-            "{what} is longer than 1024 bytes"
+            "{what} is longer than {max} bytes"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ShopError::InvalidInput(format!(
+            "{what} must not hold control characters"
         )));
     }
     Ok(())
