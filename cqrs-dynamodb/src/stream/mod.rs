@@ -154,6 +154,7 @@ pub use leases::{
 };
 pub use stats::{ConsumerMonitor, ConsumerStats};
 
+#[cfg(feature = "lambda")]
 pub(crate) use classify::sequence_cmp;
 use shard::{work_shard, ShardEnd};
 
