@@ -12,13 +12,20 @@
 //! use std::time::Duration;
 //! use ecommerce::auth::Auth;
 //!
-//! let auth = Auth::new(b"a secret of the deployment");
+//! let auth = Auth::try_new(b"a secret of the deployment, 32 bytes or more").unwrap();
 //! let token = auth.token("shop-a", "user-1", &["staff"], Duration::from_secs(3600));
 //! let ctx = auth.verify(&token).unwrap();
 //! assert_eq!((ctx.tenant_code.as_str(), ctx.user_id.as_str()), ("shop-a", "user-1"));
 //! assert_eq!(ctx.roles, ["staff"]);
-//! assert!(Auth::new(b"another secret").verify(&token).is_err());
+//! assert!(Auth::new(b"another secret of the deployment, 32+").verify(&token).is_err());
+//! // A short secret is refused.
+//! assert!(Auth::try_new(b"short").is_err());
 //! ```
+//!
+//! Besides the signature and the expiry, [`Auth::verify`] bounds the token's
+//! lifetime ([`MAX_TOKEN_LIFETIME_SECS`]: `exp - iat`, and `exp - now` when
+//! there is no `iat`) and refuses a token issued (`iat`) or valid from
+//! (`nbf`) more than [`CLOCK_SKEW_SECS`] in the future.
 
 use std::fmt;
 use std::sync::Arc;
@@ -38,6 +45,31 @@ pub const DEVELOPMENT_SECRET: &str = "ecommerce-development-secret-do-not-use-in
 /// Seconds a token may be used after its `exp`, for clock skew.
 pub const LEEWAY_SECS: u64 = 0;
 
+/// The longest lifetime of a token (`exp - iat`): 24 hours.
+pub const MAX_TOKEN_LIFETIME_SECS: u64 = 24 * 60 * 60;
+
+/// How far in the future a token's `iat` or `nbf` may be, for clock skew
+/// between the issuer and this server: 60 seconds.
+pub const CLOCK_SKEW_SECS: u64 = 60;
+
+/// The shortest signing secret: 32 bytes (256 bits, HS256's key size).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Why a secret cannot sign, or cannot serve where it was asked to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// Shorter than [`MIN_SECRET_BYTES`].
+    #[error("the signing secret has {0} bytes; it needs at least {MIN_SECRET_BYTES}")]
+    TooShort(usize),
+    /// The published development secret, on an address other machines can reach.
+    #[error(
+        "refusing to serve on {0} with the development secret (anyone can forge its tokens): \
+         set {SECRET_ENV} to a secret of at least {MIN_SECRET_BYTES} bytes"
+    )]
+    Development(String),
+}
+
 /// Why a token was refused. Every variant answers 401.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -48,6 +80,12 @@ pub enum AuthError {
     /// The token has expired.
     #[error("the token has expired")]
     Expired,
+    /// The token lives longer than [`MAX_TOKEN_LIFETIME_SECS`].
+    #[error("the token lives longer than {MAX_TOKEN_LIFETIME_SECS} s")]
+    TooLong,
+    /// The token's `iat` or `nbf` is in the future (beyond [`CLOCK_SKEW_SECS`]).
+    #[error("the token is not valid yet ({0} is in the future)")]
+    NotYetValid(&'static str),
     /// A required claim is missing or empty.
     #[error("the token has no {0} claim")]
     MissingClaim(&'static str),
@@ -71,12 +109,15 @@ struct Claims {
     exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
 }
 
 struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    development: bool,
 }
 
 /// Issues and verifies the storefront's tokens (HS256, one shared secret).
@@ -93,37 +134,85 @@ impl fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// Signs and verifies with `secret`.
+    /// Signs and verifies with `secret`, of at least [`MIN_SECRET_BYTES`].
+    pub fn try_new(secret: &[u8]) -> Result<Auth, SecretError> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(SecretError::TooShort(secret.len()));
+        }
+        Ok(Self::with_secret(secret, false))
+    }
+
+    /// [`Auth::try_new`], for secrets known to be long enough (tests,
+    /// benchmarks).
+    ///
+    /// # Panics
+    ///
+    /// When `secret` is shorter than [`MIN_SECRET_BYTES`].
     pub fn new(secret: &[u8]) -> Auth {
+        match Self::try_new(secret) {
+            Ok(auth) => auth,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn with_secret(secret: &[u8], development: bool) -> Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
-        validation.validate_nbf = true;
+        // `nbf` is checked by `verify`, with the clock skew of `iat`.
+        validation.validate_nbf = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Auth {
             keys: Arc::new(Keys {
                 encoding: EncodingKey::from_secret(secret),
                 decoding: DecodingKey::from_secret(secret),
                 validation,
+                development,
             }),
         }
     }
 
-    /// The secret of [`SECRET_ENV`]; without it (or when it is empty), the
-    /// development secret, with a warning.
-    pub fn from_env() -> Auth {
+    /// The secret of [`SECRET_ENV`] (at least [`MIN_SECRET_BYTES`]); without
+    /// it (or when it is empty), the development secret, with a warning.
+    pub fn from_env() -> Result<Auth, SecretError> {
         match std::env::var(SECRET_ENV) {
-            Ok(secret) if !secret.is_empty() => Auth::new(secret.as_bytes()),
+            Ok(secret) if !secret.is_empty() => Auth::try_new(secret.as_bytes()),
             _ => {
                 tracing::warn!(
                     "{SECRET_ENV} is not set: using the development secret; anyone can forge tokens"
                 );
-                Auth::new(DEVELOPMENT_SECRET.as_bytes())
+                Ok(Auth::development())
             }
         }
     }
 
-    /// A token for `user` of `tenant` with `roles`, valid for `ttl`.
+    /// Signs and verifies with the published [`DEVELOPMENT_SECRET`].
+    pub fn development() -> Auth {
+        Self::with_secret(DEVELOPMENT_SECRET.as_bytes(), true)
+    }
+
+    /// Whether this is the development secret.
+    pub fn is_development(&self) -> bool {
+        self.keys.development
+    }
+
+    /// Whether a server may listen on `addr` with this secret: the
+    /// development secret only on a loopback address, and never for a
+    /// deployment on AWS (`aws`).
+    pub fn may_serve(&self, addr: &std::net::SocketAddr, aws: bool) -> Result<(), SecretError> {
+        if self.is_development() && (aws || !addr.ip().is_loopback()) {
+            let place = if aws {
+                format!("{addr} with --aws")
+            } else {
+                addr.to_string()
+            };
+            return Err(SecretError::Development(place));
+        }
+        Ok(())
+    }
+
+    /// A token for `user` of `tenant` with `roles`, valid for `ttl` (which
+    /// [`Auth::verify`] refuses above [`MAX_TOKEN_LIFETIME_SECS`]).
     pub fn token(&self, tenant: &str, user: &str, roles: &[&str], ttl: Duration) -> String {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
@@ -132,6 +221,7 @@ impl Auth {
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
             exp: Some(now.saturating_add(ttl.as_secs())),
             iat: Some(now),
+            nbf: None,
         };
         // HMAC accepts keys of any length and the claims are strings and
         // numbers, so signing cannot fail.
@@ -155,6 +245,19 @@ impl Auth {
                 _ => AuthError::Invalid(e.to_string()),
             })?;
         let claims = data.claims;
+        let now = jsonwebtoken::get_current_timestamp();
+        let exp = claims.exp.ok_or(AuthError::MissingClaim("exp"))?;
+        for (name, time) in [("iat", claims.iat), ("nbf", claims.nbf)] {
+            if time.is_some_and(|t| t > now.saturating_add(CLOCK_SKEW_SECS)) {
+                return Err(AuthError::NotYetValid(name));
+            }
+        }
+        let lifetime = exp.saturating_sub(claims.iat.unwrap_or(now));
+        if lifetime > MAX_TOKEN_LIFETIME_SECS
+            || exp.saturating_sub(now) > MAX_TOKEN_LIFETIME_SECS + CLOCK_SKEW_SECS
+        {
+            return Err(AuthError::TooLong);
+        }
         if claims.sub.trim().is_empty() {
             return Err(AuthError::MissingClaim("sub"));
         }
@@ -176,7 +279,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const SECRET: &[u8] = b"test-secret";
+    const SECRET: &[u8] = b"test-secret-of-at-least-32-bytes";
 
     fn sign(claims: serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {
         jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).unwrap()
@@ -227,7 +330,11 @@ mod tests {
 
         // Another key, another algorithm, garbage, nothing.
         assert!(matches!(
-            auth.verify(&sign(good.clone(), Algorithm::HS256, b"other")),
+            auth.verify(&sign(
+                good.clone(),
+                Algorithm::HS256,
+                b"another-secret-of-at-least-32-bytes"
+            )),
             Err(AuthError::Invalid(_))
         ));
         assert!(matches!(
@@ -299,6 +406,83 @@ mod tests {
 
     #[test]
     fn debug_hides_the_secret() {
-        assert!(!format!("{:?}", Auth::new(b"very-secret")).contains("very-secret"));
+        assert!(!format!("{:?}", Auth::new(b"very-secret-very-secret-very-secret")).contains("very-secret"));
+    }
+
+    #[test]
+    fn lifetimes_and_times_are_bounded() {
+        let auth = Auth::new(SECRET);
+        let t = now();
+        let verify = |claims: serde_json::Value| auth.verify(&sign(claims, Algorithm::HS256, SECRET));
+        let base = |exp: u64| json!({ "sub": "u", "custom:tenant": "shop-a", "exp": exp });
+        let with = |exp: u64, claim: &str, value: u64| {
+            let mut claims = base(exp);
+            claims[claim] = json!(value);
+            claims
+        };
+        let day = MAX_TOKEN_LIFETIME_SECS;
+        // 24 h exactly is fine, with or without iat.
+        assert!(verify(with(t + day, "iat", t)).is_ok());
+        assert!(verify(base(t + day)).is_ok());
+        assert!(verify(with(t + 60, "iat", t - 3600)).is_ok());
+        // Longer is refused: exp never ending, exp - iat over 24 h, no iat and exp too far.
+        assert_eq!(verify(base(u64::MAX)), Err(AuthError::TooLong));
+        assert_eq!(verify(with(u64::MAX, "iat", t)), Err(AuthError::TooLong));
+        assert_eq!(verify(with(t + day + 1, "iat", t)), Err(AuthError::TooLong));
+        assert_eq!(verify(with(t + 60, "iat", t - day)), Err(AuthError::TooLong));
+        assert_eq!(
+            verify(base(t + day + CLOCK_SKEW_SECS + 10)),
+            Err(AuthError::TooLong)
+        );
+        // iat or nbf in the future: within the skew fine, beyond refused.
+        assert!(verify(with(t + 3600, "iat", t + 30)).is_ok());
+        assert!(verify(with(t + 3600, "nbf", t + 30)).is_ok());
+        let year = 365 * day;
+        assert_eq!(
+            verify(with(t + year + 60, "iat", t + year)),
+            Err(AuthError::NotYetValid("iat"))
+        );
+        assert_eq!(
+            verify(with(t + 3600, "iat", t + CLOCK_SKEW_SECS + 5)),
+            Err(AuthError::NotYetValid("iat"))
+        );
+        assert_eq!(
+            verify(with(t + 3600, "nbf", t + CLOCK_SKEW_SECS + 5)),
+            Err(AuthError::NotYetValid("nbf"))
+        );
+    }
+
+    #[test]
+    fn secrets_are_at_least_32_bytes() {
+        assert_eq!(Auth::try_new(b"x").err(), Some(SecretError::TooShort(1)));
+        assert_eq!(Auth::try_new(&[7; 31]).err(), Some(SecretError::TooShort(31)));
+        assert_eq!(Auth::try_new(b"").err(), Some(SecretError::TooShort(0)));
+        assert!(Auth::try_new(&[7; 32]).is_ok());
+        assert!(std::panic::catch_unwind(|| Auth::new(b"short")).is_err());
+    }
+
+    #[test]
+    fn the_development_secret_serves_on_loopback_only() {
+        let dev = Auth::development();
+        assert!(dev.is_development());
+        for ok in ["127.0.0.1:3000", "[::1]:3000", "127.0.0.2:80"] {
+            assert_eq!(dev.may_serve(&ok.parse().unwrap(), false), Ok(()), "{ok}");
+        }
+        for bad in ["0.0.0.0:3000", "[::]:3000", "10.0.0.5:3000", "192.168.1.2:80"] {
+            assert!(
+                matches!(
+                    dev.may_serve(&bad.parse().unwrap(), false),
+                    Err(SecretError::Development(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(dev.may_serve(&"127.0.0.1:3000".parse().unwrap(), true).is_err());
+        let real = Auth::new(SECRET);
+        assert!(!real.is_development());
+        assert_eq!(real.may_serve(&"0.0.0.0:3000".parse().unwrap(), true), Ok(()));
+        // The development secret itself, passed as a secret, verifies its tokens.
+        let token = dev.token("shop-a", "u", &[], Duration::from_secs(60));
+        assert!(Auth::new(DEVELOPMENT_SECRET.as_bytes()).verify(&token).is_ok());
     }
 }

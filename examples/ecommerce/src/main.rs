@@ -30,7 +30,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use cqrs_core::AsyncDispatch;
 use cqrs_dynamodb::stream::StreamConsumer;
 use cqrs_dynamodb::{DynamoDbStorage, TableNames};
-use ecommerce::auth::Auth;
+use ecommerce::auth::{Auth, SECRET_ENV};
 use ecommerce::shop::{ShopConfig, DEMO_TENANTS};
 use ecommerce::Shop;
 use tracing_subscriber::EnvFilter;
@@ -195,6 +195,15 @@ async fn run(cli: Cli) -> Result<(), String> {
         handler_timeout: seconds("handler-timeout", cli.handler_timeout)?,
         recovery_grace: seconds("recovery-grace", cli.recovery_grace)?,
     };
+    // The secret first: a server that must not start connects to nothing.
+    let auth = match command {
+        Command::Serve => {
+            let auth = Auth::from_env().map_err(|e| format!("{SECRET_ENV}: {e}"))?;
+            auth.may_serve(&cli.addr, cli.aws).map_err(|e| e.to_string())?;
+            Some(auth)
+        }
+        _ => None,
+    };
     let backend = connect(&cli).await?;
     let shop = match &backend {
         None => {
@@ -223,7 +232,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     match command {
         Command::Serve => {
             let timeout = seconds("request-timeout", cli.request_timeout)?;
-            serve(cli.addr, cli.aws, shop, consumer, timeout, drain).await
+            let auth = auth.ok_or("no secret")?;
+            serve(cli.addr, cli.aws, auth, shop, consumer, timeout, drain).await
         }
         Command::Demo => {
             let consumer = consumer.map(Running::start);
@@ -358,6 +368,7 @@ async fn aws_config() -> aws_config::SdkConfig {
 async fn serve(
     addr: SocketAddr,
     aws: bool,
+    auth: Auth,
     shop: Shop,
     consumer: Option<StreamConsumer>,
     request_timeout: Duration,
@@ -368,7 +379,6 @@ async fn serve(
             .await
             .map_err(|e| format!("cannot seed the demo catalogue of {tenant}: {e}"))?;
     }
-    let auth = Auth::from_env();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;

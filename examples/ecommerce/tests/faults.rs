@@ -29,7 +29,7 @@ use ecommerce::shop::ShopConfig;
 use ecommerce::Shop;
 use serde_json::{json, Value};
 
-const SECRET: &str = "fault-test-secret";
+const SECRET: &str = "fault-test-secret-of-at-least-32-bytes";
 const TENANT: &str = "shop-a";
 /// How long everything accepted may take to settle after the fault.
 const SETTLE_WITHIN: Duration = Duration::from_secs(120);

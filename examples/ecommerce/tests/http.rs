@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-const SECRET: &[u8] = b"test-secret";
+const SECRET: &[u8] = b"test-secret-of-at-least-32-bytes";
 const ROLES: &[&str] = &["user"];
 const ENDPOINT_VAR: &str = "DYNAMODB_ENDPOINT";
 const REQUIRE_VAR: &str = "CQRS_REQUIRE_DYNAMODB";
@@ -1218,8 +1218,12 @@ async fn authentication(api: &Api) {
         "a hand-made valid token is accepted"
     );
 
-    let other_secret =
-        Auth::new(b"another-secret").token("shop-a", "user-1", ROLES, Duration::from_secs(3600));
+    let other_secret = Auth::new(b"another-secret-of-at-least-32-bytes").token(
+        "shop-a",
+        "user-1",
+        ROLES,
+        Duration::from_secs(3600),
+    );
     let expired = crafted(now - 3600, SECRET);
     let just_expired = crafted(now - 120, SECRET);
     // shop-b's token with its tenant rewritten to shop-a, signature kept.
@@ -1247,6 +1251,32 @@ async fn authentication(api: &Api) {
         );
         format!("{header}.{claims}.")
     };
+    // Tokens of the issue: never expiring, issued a year ahead; and the other
+    // bounds: over 24 h, no exp, valid from the future. All correctly signed.
+    let signed = |claims: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .expect("encoded")
+    };
+    let claims = |extra: Value| {
+        let mut c = json!({ "sub": "user-1", "custom:tenant": "shop-a", "custom:roles": ROLES });
+        for (k, v) in extra.as_object().expect("claims") {
+            c[k] = v.clone();
+        }
+        signed(c)
+    };
+    let year = 365 * 24 * 3600;
+    let never_expires = claims(json!({ "iat": now, "exp": u64::MAX }));
+    let never_expires_no_iat = claims(json!({ "exp": u64::MAX }));
+    let issued_next_year = claims(json!({ "iat": now + year, "exp": now + year + 3600 }));
+    let lives_25_hours = claims(json!({ "iat": now, "exp": now + 25 * 3600 }));
+    let lives_48_hours_no_iat = claims(json!({ "exp": now + 48 * 3600 }));
+    let no_exp = claims(json!({ "iat": now }));
+    let not_before_tomorrow = claims(json!({ "iat": now, "nbf": now + 24 * 3600, "exp": now + 3600 }));
+    let issued_in_two_minutes = claims(json!({ "iat": now + 120, "exp": now + 3600 }));
     // A token of ttl 0 is expired two seconds later (no leeway).
     tokio::time::sleep(Duration::from_secs(2).saturating_sub(issued.elapsed())).await;
     let bad_headers = [
@@ -1261,6 +1291,23 @@ async fn authentication(api: &Api) {
         ("alg none", Some(format!("Bearer {unsigned}"))),
         ("not bearer", Some(format!("Basic {a}"))),
         ("bare token", Some(a.clone())),
+        ("exp u64::MAX", Some(format!("Bearer {never_expires}"))),
+        (
+            "exp u64::MAX, no iat",
+            Some(format!("Bearer {never_expires_no_iat}")),
+        ),
+        ("iat a year ahead", Some(format!("Bearer {issued_next_year}"))),
+        ("lifetime 25 h", Some(format!("Bearer {lives_25_hours}"))),
+        (
+            "48 h ahead, no iat",
+            Some(format!("Bearer {lives_48_hours_no_iat}")),
+        ),
+        ("no exp", Some(format!("Bearer {no_exp}"))),
+        ("nbf tomorrow", Some(format!("Bearer {not_before_tomorrow}"))),
+        (
+            "iat in two minutes",
+            Some(format!("Bearer {issued_in_two_minutes}")),
+        ),
     ];
     let order = order_body("PRD-001", 1, 29.99).to_string();
     let requests = [

@@ -328,7 +328,7 @@ mod tests {
         for tenant in crate::shop::DEMO_TENANTS {
             shop.seed_demo(tenant).await.unwrap();
         }
-        let auth = Auth::new(b"unit-test-secret");
+        let auth = Auth::new(b"unit-test-secret-of-at-least-32-bytes");
         let a = auth.token("shop-a", "user-a", &[], Duration::from_secs(600));
         let b = auth.token("shop-b", "user-b", &[], Duration::from_secs(600));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
