@@ -485,7 +485,7 @@ fn main() {
         None => "http-bench-secret".to_owned(),
     };
     let auth = Auth::new(secret.as_bytes());
-    let token = auth.token(TENANT, "bench-user", &[], TOKEN_TTL);
+    let token = auth.token(TENANT, "bench-user", &["staff"], TOKEN_TTL);
 
     let (server, url) = match &config.external {
         Some(url) => (None, url.clone()),
@@ -646,7 +646,7 @@ fn main() {
     println!("|---|---:|");
     println!("| `Auth::verify` (HS256 JWT, as every authenticated request does) | {verify_us:.2} |");
     if let Some(server) = &server {
-        let ctx = InvocationContext::new(TENANT, "bench-user");
+        let ctx = InvocationContext::new(TENANT, "bench-user").with_roles(["staff"]);
         let code = codes[0].clone();
         let get_us = server.runtime.block_on(async {
             let iterations = 50_000u32;

@@ -47,7 +47,9 @@ pub async fn run(shop: &Shop, out: &mut (dyn Write + Send)) -> ShopResult<()> {
 
 /// A caller of `tenant`, as the HTTP layer builds it from a verified token.
 fn ctx(tenant: &str) -> InvocationContext {
-    InvocationContext::new(tenant, "demo-user").with_source("demo")
+    InvocationContext::new(tenant, "demo-user")
+        .with_roles([crate::services::access::STAFF])
+        .with_source("demo")
 }
 
 /// The catalogue's lines: `(code, name, price)`, prices as in the demo catalogue.

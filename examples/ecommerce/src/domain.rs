@@ -130,6 +130,10 @@ pub struct Address {
 pub struct OrderAttributes {
     /// The customer.
     pub customer_id: String,
+    /// The user who placed it (the token's `sub`): a customer reads, lists
+    /// and cancels the orders of this field only.
+    #[serde(default)]
+    pub user_id: String,
     /// The lines.
     pub items: Vec<OrderItem>,
     /// Where it goes.

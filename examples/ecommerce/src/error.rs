@@ -16,6 +16,9 @@ pub enum ShopError {
         /// Requested status.
         to: OrderStatus,
     },
+    /// The caller's roles do not allow it (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// Missing, or another tenant's (404: no existence leak).
     #[error("{0}")]
     NotFound(String),
@@ -36,6 +39,7 @@ impl ShopError {
         match self {
             ShopError::InvalidInput(_) => (400, "invalid_input"),
             ShopError::InvalidTransition { .. } => (400, "invalid_transition"),
+            ShopError::Forbidden(_) => (403, "forbidden"),
             ShopError::NotFound(_) => (404, "not_found"),
             ShopError::Conflict(_) => (409, "conflict"),
             ShopError::Core(e) => match e {

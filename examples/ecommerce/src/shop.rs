@@ -101,7 +101,7 @@ impl Shop {
     /// replicas started together on fresh tables can all seed: whichever
     /// creates a record first wins, the others find it there.
     pub async fn seed_demo(&self, tenant: &str) -> ShopResult<()> {
-        let ctx = InvocationContext::new(tenant, "seed");
+        let ctx = InvocationContext::new(tenant, "seed").with_roles([crate::services::access::STAFF]);
         let catalogue = [
             ("PRD-001", "Wireless Mouse", Decimal::new(2999, 2), 100),
             ("PRD-002", "Mechanical Keyboard", Decimal::new(8950, 2), 50),

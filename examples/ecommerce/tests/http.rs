@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 const SECRET: &[u8] = b"test-secret-of-at-least-32-bytes";
-const ROLES: &[&str] = &["user"];
+const ROLES: &[&str] = &["staff"];
 const ENDPOINT_VAR: &str = "DYNAMODB_ENDPOINT";
 const REQUIRE_VAR: &str = "CQRS_REQUIRE_DYNAMODB";
 
@@ -1193,6 +1193,240 @@ async fn order_lines(api: &Api) {
     assert_eq!(api.get("/products/PRD-060", &a).await.status, 404);
 }
 
+/// Every route × every role: `staff`, a `customer`, another customer of the
+/// same shop, and a token without either role. Refusals write nothing.
+async fn roles(api: &Api) {
+    let ttl = Duration::from_secs(3600);
+    let staff = api.auth.token("shop-a", "staff-1", &["staff"], ttl);
+    let customer = api.auth.token("shop-a", "cust-1", &["customer"], ttl);
+    let other = api.auth.token("shop-a", "cust-2", &["customer"], ttl);
+    let nobody = api.auth.token("shop-a", "nobody", &["user"], ttl);
+
+    // The customer's orders: X (to cancel), Y (for staff to move).
+    let x = api.place(&customer, "PRD-001", 1, 29.99).await;
+    let y = api.place(&customer, "PRD-001", 1, 29.99).await;
+    for code in [&x, &y] {
+        let order = api.settled(&staff, code).await;
+        assert_eq!(order["attributes"]["userId"], "cust-1", "{order}");
+        assert_eq!(order["attributes"]["reservation"], "reserved", "{order}");
+    }
+    let order = order_body("PRD-001", 1, 29.99);
+    let cancel = json!({ "status": "cancelled" });
+    let confirm = json!({ "status": "confirmed" });
+    let stock = |quantity: i64| json!({ "quantity": quantity, "warehouseCode": "WH-1" });
+    let x_path = format!("/orders/{x}");
+    let y_path = format!("/orders/{y}");
+    let x_status = format!("{x_path}/status");
+    let y_status = format!("{y_path}/status");
+    // (who, token, method, path, body, status): in this order.
+    type Case<'a> = (&'a str, &'a str, Method, &'a str, Option<Value>, u16);
+    let cases: Vec<Case> = vec![
+        // POST /orders
+        ("staff", &staff, Method::POST, "/orders", Some(order.clone()), 201),
+        (
+            "customer",
+            &customer,
+            Method::POST,
+            "/orders",
+            Some(order.clone()),
+            201,
+        ),
+        ("other", &other, Method::POST, "/orders", Some(order.clone()), 201),
+        (
+            "nobody",
+            &nobody,
+            Method::POST,
+            "/orders",
+            Some(order.clone()),
+            403,
+        ),
+        // GET /orders
+        ("staff", &staff, Method::GET, "/orders", None, 200),
+        ("customer", &customer, Method::GET, "/orders", None, 200),
+        ("other", &other, Method::GET, "/orders", None, 200),
+        ("nobody", &nobody, Method::GET, "/orders", None, 403),
+        // GET /orders/{code}
+        ("staff", &staff, Method::GET, &x_path, None, 200),
+        ("customer", &customer, Method::GET, &x_path, None, 200),
+        ("other", &other, Method::GET, &x_path, None, 404),
+        ("nobody", &nobody, Method::GET, &x_path, None, 403),
+        // PATCH /orders/{code}/status
+        (
+            "nobody",
+            &nobody,
+            Method::PATCH,
+            &x_status,
+            Some(cancel.clone()),
+            403,
+        ),
+        (
+            "other",
+            &other,
+            Method::PATCH,
+            &x_status,
+            Some(cancel.clone()),
+            404,
+        ),
+        (
+            "customer",
+            &customer,
+            Method::PATCH,
+            &y_status,
+            Some(confirm.clone()),
+            403,
+        ),
+        (
+            "customer",
+            &customer,
+            Method::PATCH,
+            &x_status,
+            Some(cancel.clone()),
+            200,
+        ),
+        (
+            "staff",
+            &staff,
+            Method::PATCH,
+            &y_status,
+            Some(confirm.clone()),
+            200,
+        ),
+        // POST /products
+        (
+            "customer",
+            &customer,
+            Method::POST,
+            "/products",
+            Some(product_body("PRD-071", 1.0, true)),
+            403,
+        ),
+        (
+            "other",
+            &other,
+            Method::POST,
+            "/products",
+            Some(product_body("PRD-072", 1.0, true)),
+            403,
+        ),
+        (
+            "nobody",
+            &nobody,
+            Method::POST,
+            "/products",
+            Some(product_body("PRD-073", 1.0, true)),
+            403,
+        ),
+        (
+            "staff",
+            &staff,
+            Method::POST,
+            "/products",
+            Some(product_body("PRD-070", 1.0, true)),
+            201,
+        ),
+        // GET /products, GET /products/{code}
+        ("staff", &staff, Method::GET, "/products", None, 200),
+        ("customer", &customer, Method::GET, "/products", None, 200),
+        ("other", &other, Method::GET, "/products", None, 200),
+        ("nobody", &nobody, Method::GET, "/products", None, 403),
+        ("staff", &staff, Method::GET, "/products/PRD-001", None, 200),
+        ("customer", &customer, Method::GET, "/products/PRD-001", None, 200),
+        ("other", &other, Method::GET, "/products/PRD-001", None, 200),
+        ("nobody", &nobody, Method::GET, "/products/PRD-001", None, 403),
+        // PATCH /inventory/{productCode}
+        (
+            "customer",
+            &customer,
+            Method::PATCH,
+            "/inventory/PRD-002",
+            Some(stock(5)),
+            403,
+        ),
+        (
+            "other",
+            &other,
+            Method::PATCH,
+            "/inventory/PRD-002",
+            Some(stock(5)),
+            403,
+        ),
+        (
+            "nobody",
+            &nobody,
+            Method::PATCH,
+            "/inventory/PRD-002",
+            Some(stock(5)),
+            403,
+        ),
+        (
+            "staff",
+            &staff,
+            Method::PATCH,
+            "/inventory/PRD-002",
+            Some(stock(120)),
+            200,
+        ),
+        // GET /inventory/{productCode}
+        ("staff", &staff, Method::GET, "/inventory/PRD-002", None, 200),
+        (
+            "customer",
+            &customer,
+            Method::GET,
+            "/inventory/PRD-002",
+            None,
+            200,
+        ),
+        ("other", &other, Method::GET, "/inventory/PRD-002", None, 200),
+        ("nobody", &nobody, Method::GET, "/inventory/PRD-002", None, 403),
+    ];
+    for (who, token, method, path, body, status) in cases {
+        let body = body.map(|b| b.to_string().into_bytes());
+        let resp = api.send(method.clone(), path, Some(token), body).await;
+        assert_eq!(resp.status, status, "{who}: {method} {path}: {:?}", resp.body);
+        match status {
+            403 => assert_error(&resp, 403, "forbidden"),
+            404 => assert_error(&resp, 404, "not_found"),
+            _ => {}
+        }
+    }
+    // Every route of the API was covered, for every role.
+    api.shop.engine.wait_idle().await;
+
+    // Listing: staff see every order, a customer their own only.
+    let owners = |items: &[Value]| -> BTreeSet<String> {
+        items
+            .iter()
+            .map(|o| o["attributes"]["userId"].as_str().expect("a userId").to_owned())
+            .collect()
+    };
+    let all = api.all_orders(&staff, "").await;
+    assert_eq!(all.len(), 5, "x, y and one per allowed role");
+    assert_eq!(
+        owners(&all),
+        BTreeSet::from(["cust-1".to_owned(), "cust-2".to_owned(), "staff-1".to_owned()])
+    );
+    let mine = api.all_orders(&customer, "").await;
+    assert_eq!(mine.len(), 3, "{mine:?}");
+    assert_eq!(owners(&mine), BTreeSet::from(["cust-1".to_owned()]));
+    let theirs = api.all_orders(&other, "").await;
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    assert_eq!(owners(&theirs), BTreeSet::from(["cust-2".to_owned()]));
+    let cancelled = api.all_orders(&customer, "&status=cancelled").await;
+    assert_eq!(codes(&cancelled), vec![x.clone()]);
+    assert!(api.all_orders(&other, "&status=cancelled").await.is_empty());
+
+    // What the refusals did not write.
+    for code in ["PRD-071", "PRD-072", "PRD-073"] {
+        assert_eq!(api.get(&format!("/products/{code}"), &staff).await.status, 404);
+    }
+    assert_eq!(api.stock(&staff, "PRD-002").await, (120, 0));
+    let y_order = api.get(&y_path, &staff).await;
+    assert_eq!(y_order.body["attributes"]["status"], "confirmed");
+    assert_eq!(y_order.body["version"], 3);
+    let x_order = api.get(&x_path, &staff).await;
+    assert_eq!(x_order.body["attributes"]["status"], "cancelled");
+}
+
 /// No token, a garbage one, a forged one, an expired one: 401 JSON everywhere.
 async fn authentication(api: &Api) {
     let a = api.token("shop-a");
@@ -1999,6 +2233,7 @@ on_both_backends!(
     bad_bodies,
     money_bounds,
     order_lines,
+    roles,
     redelivery,
     cancel_races_reservation,
 );

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 const PK: &str = "TENANT#shop-a";
 
 fn ctx() -> InvocationContext {
-    InvocationContext::new("shop-a", "user-1")
+    InvocationContext::new("shop-a", "user-1").with_roles(["staff"])
 }
 
 /// A data item of shop-a in the stored JSON shape.

@@ -14,7 +14,7 @@ use crate::error::ShopError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// What went wrong, for programs: `invalid_input`, `invalid_transition`,
-    /// `unauthorized`, `not_found`, `method_not_allowed`, `conflict`,
+    /// `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`, `conflict`,
     /// `version_conflict`, `too_large`, `unsupported_media_type`,
     /// `unavailable` or `internal`.
     pub error: String,

@@ -32,6 +32,8 @@ fn created<T: serde::Serialize>(location: String, body: T) -> Response {
 /// asynchronously: the answer is the published command (version 1, status
 /// `pending`, reservation `pending`); the pipeline then reserves its stock,
 /// and `GET /orders/{code}` shows the reservation `reserved` or `failed`.
+///
+/// Roles: `staff` or `customer`; the order records the caller (`userId`, the token's `sub`).
 #[utoipa::path(
     post,
     path = "/orders",
@@ -42,6 +44,7 @@ fn created<T: serde::Serialize>(location: String, body: T) -> Response {
             headers(("Location" = String, description = "`/orders/{code}`"))),
         (status = 400, description = "Invalid order", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -57,6 +60,8 @@ pub(crate) async fn create_order(
 }
 
 /// Lists the shop's orders, optionally of one status, a page at a time.
+///
+/// Roles: `staff` see every order of the shop; a `customer` sees only the orders they placed.
 #[utoipa::path(
     get,
     path = "/orders",
@@ -66,6 +71,7 @@ pub(crate) async fn create_order(
         (status = 200, description = "A page of orders", body = OrderPage),
         (status = 400, description = "Invalid query", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -83,6 +89,8 @@ pub(crate) async fn list_orders(
 }
 
 /// One order of the shop.
+///
+/// Roles: `staff` read any order; a `customer` only their own (another's is a 404).
 #[utoipa::path(
     get,
     path = "/orders/{code}",
@@ -92,6 +100,7 @@ pub(crate) async fn list_orders(
         (status = 200, description = "The order", body = Order),
         (status = 400, description = "Invalid code", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
         (status = 404, description = "No such order in this shop", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -108,6 +117,8 @@ pub(crate) async fn get_order(
 /// pending → confirmed | cancelled, confirmed → processing | cancelled,
 /// processing → shipped | cancelled, shipped → delivered. Confirming needs
 /// the stock reserved. With `version`, the order must be at that version.
+///
+/// Roles: `staff` make any move; a `customer` may only cancel their own order (another status is a 403, another's order a 404).
 #[utoipa::path(
     patch,
     path = "/orders/{code}/status",
@@ -118,6 +129,7 @@ pub(crate) async fn get_order(
         (status = 200, description = "The order at its new version", body = Order),
         (status = 400, description = "Invalid status or transition", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not allowed to this role (a customer moving an order to other than cancelled)", body = ErrorBody),
         (status = 404, description = "No such order in this shop", body = ErrorBody),
         (status = 409, description = "Version conflict, or stock not reserved", body = ErrorBody),
     ),
@@ -138,6 +150,8 @@ pub(crate) async fn update_order_status(
 }
 
 /// Adds a product to the catalogue (without stock: see `PATCH /inventory/{productCode}`).
+///
+/// Roles: `staff` only.
 #[utoipa::path(
     post,
     path = "/products",
@@ -148,6 +162,7 @@ pub(crate) async fn update_order_status(
             headers(("Location" = String, description = "`/products/{code}`"))),
         (status = 400, description = "Invalid product", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not allowed to this role (a token without `staff`)", body = ErrorBody),
         (status = 409, description = "A product with this code exists", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
     ),
@@ -164,6 +179,8 @@ pub(crate) async fn create_product(
 }
 
 /// Lists the shop's catalogue, a page at a time.
+///
+/// Roles: `staff` or `customer`.
 #[utoipa::path(
     get,
     path = "/products",
@@ -173,6 +190,7 @@ pub(crate) async fn create_product(
         (status = 200, description = "A page of products", body = ProductPage),
         (status = 400, description = "Invalid query", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -190,6 +208,8 @@ pub(crate) async fn list_products(
 }
 
 /// One product of the shop.
+///
+/// Roles: `staff` or `customer`.
 #[utoipa::path(
     get,
     path = "/products/{code}",
@@ -199,6 +219,7 @@ pub(crate) async fn list_products(
         (status = 200, description = "The product", body = Product),
         (status = 400, description = "Invalid code", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
         (status = 404, description = "No such product in this shop", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -214,6 +235,8 @@ pub(crate) async fn get_product(
 /// Sets the units on hand of a product (not below the units reserved),
 /// creating its inventory record on first use. With `version`, the record
 /// must be at that version.
+///
+/// Roles: `staff` only.
 #[utoipa::path(
     patch,
     path = "/inventory/{productCode}",
@@ -224,6 +247,7 @@ pub(crate) async fn get_product(
         (status = 200, description = "The inventory record at its new version", body = Inventory),
         (status = 400, description = "Invalid quantity or warehouse", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not allowed to this role (a token without `staff`)", body = ErrorBody),
         (status = 404, description = "No such product in this shop", body = ErrorBody),
         (status = 409, description = "Version conflict, or below the units reserved", body = ErrorBody),
     ),
@@ -246,6 +270,8 @@ pub(crate) async fn set_inventory(
 }
 
 /// The stock of a product: on hand, reserved, and reserved per order.
+///
+/// Roles: `staff` or `customer`.
 #[utoipa::path(
     get,
     path = "/inventory/{productCode}",
@@ -255,6 +281,7 @@ pub(crate) async fn set_inventory(
         (status = 200, description = "The inventory record", body = Inventory),
         (status = 400, description = "Invalid code", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
         (status = 404, description = "No inventory for this product in this shop", body = ErrorBody),
     ),
     security(("bearer" = []))

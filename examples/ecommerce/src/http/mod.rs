@@ -321,6 +321,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_document_states_the_roles_of_every_protected_operation() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (method, path, protected, _) in routes() {
+            let op = &doc["paths"][path][method.as_str().to_lowercase()];
+            let description = op["description"].as_str().unwrap_or_default();
+            assert_eq!(
+                description.contains("Roles:"),
+                protected,
+                "{method} {path}: {description}"
+            );
+            assert_eq!(op["responses"].get("403").is_some(), protected, "{method} {path}");
+        }
+    }
+
     /// A server on a free port over a fresh in-memory shop with the demo
     /// catalogue; its base URL, a token of shop-a and one of shop-b.
     async fn start() -> (String, String, String) {
@@ -329,8 +344,8 @@ mod tests {
             shop.seed_demo(tenant).await.unwrap();
         }
         let auth = Auth::new(b"unit-test-secret-of-at-least-32-bytes");
-        let a = auth.token("shop-a", "user-a", &[], Duration::from_secs(600));
-        let b = auth.token("shop-b", "user-b", &[], Duration::from_secs(600));
+        let a = auth.token("shop-a", "user-a", &["staff"], Duration::from_secs(600));
+        let b = auth.token("shop-b", "user-b", &["staff"], Duration::from_secs(600));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(serve(listener, shop, auth));

@@ -15,7 +15,7 @@ use futures::future::try_join_all;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{conflict_backoff, validate, Cqrs, ProductService};
+use super::{access, conflict_backoff, validate, Cqrs, ProductService};
 use crate::domain::{inventory_sk, InventoryAttributes};
 use crate::error::{ShopError, ShopResult};
 
@@ -73,8 +73,9 @@ impl InventoryService {
         EntityKey::new(tenant_pk(&ctx.tenant_code), inventory_sk(product_code))
     }
 
-    /// A product's inventory record.
+    /// A product's inventory record (staff or customer).
     pub async fn get(&self, product_code: &str, ctx: &InvocationContext) -> ShopResult<DataItem> {
+        access::shopper(ctx, "reading stock")?;
         validate::code("product code", product_code)?;
         self.cqrs
             .data
@@ -83,7 +84,7 @@ impl InventoryService {
             .ok_or_else(|| ShopError::NotFound(format!("no inventory for product {product_code}")))
     }
 
-    /// Sets the quantity on hand, creating the record on first use. Without
+    /// Sets the quantity on hand (staff only), creating the record on first use. Without
     /// an expected version a concurrent change is read and the update tried
     /// again; with one, it is a conflict.
     pub async fn set(
@@ -92,6 +93,7 @@ impl InventoryService {
         request: SetInventory,
         ctx: &InvocationContext,
     ) -> ShopResult<DataItem> {
+        access::staff(ctx, "setting stock")?;
         validate::code("product code", product_code)?;
         validate::text("warehouseCode", &request.warehouse_code)?;
         if !(0..=MAX_STOCK).contains(&request.quantity) {
@@ -155,7 +157,9 @@ impl InventoryService {
         )))
     }
 
-    /// Reserves `units` per product for `order_code`, all or nothing.
+    /// Reserves `units` per product for `order_code`, all or nothing. Not a
+    /// caller's operation: the order handler's, on the order's event, so it
+    /// checks no role.
     pub async fn reserve(
         &self,
         order_code: &str,

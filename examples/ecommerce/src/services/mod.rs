@@ -1,6 +1,7 @@
 //! The storefront's services, over the framework's traits as `Arc<dyn …>` so
 //! that unit tests can hand them mocks.
 
+pub mod access;
 mod inventory;
 mod orders;
 mod products;

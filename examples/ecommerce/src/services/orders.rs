@@ -10,7 +10,7 @@ use cqrs_core::{
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{conflict_backoff, validate, Cqrs, ProductService};
+use super::{access, conflict_backoff, validate, Cqrs, ProductService};
 use crate::domain::{order_sk, Address, OrderAttributes, OrderItem, OrderStatus, Reservation};
 use crate::error::{ShopError, ShopResult};
 use crate::money::totals;
@@ -57,8 +57,10 @@ impl OrderService {
 
     /// Places an order: checks every line against the catalogue, numbers it
     /// (`ORD-000001`), computes the totals and publishes it asynchronously;
-    /// the data-sync handler then reserves its stock.
+    /// the data-sync handler then reserves its stock. Staff or customer; the
+    /// order records the caller (`userId`, the token's `sub`).
     pub async fn create(&self, order: NewOrder, ctx: &InvocationContext) -> ShopResult<CommandRecord> {
+        access::shopper(ctx, "placing an order")?;
         validate::text("customerId", &order.customer_id)?;
         validate::text("paymentMethod", &order.payment_method)?;
         let address = &order.shipping_address;
@@ -122,6 +124,7 @@ impl OrderService {
         let code = number.formatted;
         let attributes = OrderAttributes {
             customer_id: order.customer_id,
+            user_id: ctx.user_id.clone(),
             items: order.items,
             shipping_address: order.shipping_address,
             payment_method: order.payment_method,
@@ -140,17 +143,29 @@ impl OrderService {
         Ok(self.cqrs.commands.publish_async(command, ctx).await?.into_inner())
     }
 
-    /// An order.
+    /// An order: staff read any, a customer only their own (another's
+    /// reads as missing).
     pub async fn get(&self, code: &str, ctx: &InvocationContext) -> ShopResult<DataItem> {
+        access::shopper(ctx, "reading an order")?;
         validate::code("order code", code)?;
-        self.cqrs
+        let not_found = || ShopError::NotFound(format!("order {code} not found"));
+        let item = self
+            .cqrs
             .data
             .get_item(&Self::key(ctx, code), ctx)
             .await?
-            .ok_or_else(|| ShopError::NotFound(format!("order {code} not found")))
+            .ok_or_else(not_found)?;
+        if access::is_staff(ctx)
+            || item.attributes.get("userId").and_then(|u| u.as_str()) == Some(&ctx.user_id)
+        {
+            Ok(item)
+        } else {
+            Err(not_found())
+        }
     }
 
-    /// A page of orders, optionally of one status.
+    /// A page of orders, optionally of one status: staff see every order of
+    /// the shop, a customer only their own.
     pub async fn list(
         &self,
         status: Option<OrderStatus>,
@@ -158,10 +173,14 @@ impl OrderService {
         cursor: Option<String>,
         ctx: &InvocationContext,
     ) -> ShopResult<Page<DataItem>> {
+        access::shopper(ctx, "listing orders")?;
         let mut query = ListQuery::new()
             .sk(SkCondition::BeginsWith("ORDER#".into()))
             .limit(validate::limit(limit)?)
             .after(cursor.map(Cursor::from));
+        if !access::is_staff(ctx) {
+            query = query.filter(Filter::eq("attributes.userId", ctx.user_id.as_str()));
+        }
         if let Some(status) = status {
             query = query.filter(Filter::eq("attributes.status", status.as_str()));
         }
@@ -174,7 +193,8 @@ impl OrderService {
 
     /// Moves an order to `next`, as the seed's status machine allows. With
     /// `version`, the order must be at it; without, a concurrent change is
-    /// read and the move checked and tried again.
+    /// read and the move checked and tried again. Staff make any move; a
+    /// customer may only cancel their own order.
     pub async fn update_status(
         &self,
         code: &str,
@@ -182,6 +202,13 @@ impl OrderService {
         version: Option<u64>,
         ctx: &InvocationContext,
     ) -> ShopResult<DataItem> {
+        access::shopper(ctx, "changing an order's status")?;
+        if !access::is_staff(ctx) && next != OrderStatus::Cancelled {
+            return Err(ShopError::Forbidden(format!(
+                "moving an order to {next} needs the role {}",
+                access::STAFF
+            )));
+        }
         let attempts = if version.is_some() { 1 } else { STATUS_ATTEMPTS };
         for attempt in 1..=attempts {
             let current = self.get(code, ctx).await?;

@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{validate, Cqrs};
+use super::{access, validate, Cqrs};
 use crate::domain::{product_sk, ProductAttributes};
 use crate::error::{ShopError, ShopResult};
 use crate::money;
@@ -55,8 +55,10 @@ impl ProductService {
         Self { cqrs }
     }
 
-    /// Creates a product; a product with that code already is a conflict.
+    /// Creates a product (staff only); a product with that code already is a
+    /// conflict.
     pub async fn create(&self, product: NewProduct, ctx: &InvocationContext) -> ShopResult<DataItem> {
+        access::staff(ctx, "creating a product")?;
         validate::code("product code", &product.code)?;
         validate::text("name", &product.name)?;
         validate::text("categoryCode", &product.category_code)?;
@@ -94,8 +96,9 @@ impl ProductService {
         }
     }
 
-    /// A product.
+    /// A product (staff or customer).
     pub async fn get(&self, code: &str, ctx: &InvocationContext) -> ShopResult<DataItem> {
+        access::shopper(ctx, "reading the catalogue")?;
         validate::code("product code", code)?;
         let key = EntityKey::new(tenant_pk(&ctx.tenant_code), product_sk(code));
         self.cqrs
@@ -134,13 +137,14 @@ impl ProductService {
         }
     }
 
-    /// A page of the catalogue.
+    /// A page of the catalogue (staff or customer).
     pub async fn list(
         &self,
         limit: Option<usize>,
         cursor: Option<String>,
         ctx: &InvocationContext,
     ) -> ShopResult<Page<DataItem>> {
+        access::shopper(ctx, "reading the catalogue")?;
         let query = ListQuery::new()
             .sk(SkCondition::BeginsWith("PRODUCT#".into()))
             .limit(validate::limit(limit)?)
