@@ -268,7 +268,7 @@ impl Inspector {
         };
         Self {
             shop: Shop::with_config(Arc::new(storage), config),
-            ctx: InvocationContext::new(TENANT, "inspector"),
+            ctx: InvocationContext::new(TENANT, "inspector").with_roles(["staff"]),
         }
     }
 
