@@ -14,6 +14,12 @@ use crate::model::{CommandStatus, ExpectedVersion};
 use crate::query::{Cursor, ListQuery, SkCondition};
 use crate::services::{CommandService, DataService};
 
+/// Asserts that the tenant's partition holds no data row.
+async fn assert_nothing_written(engine: &crate::engine::Engine, ctx: &crate::context::InvocationContext) {
+    let page = engine.list_items(PK_A, ListQuery::new(), ctx).await.unwrap();
+    assert!(page.items.is_empty(), "nothing was written: {:?}", page.items);
+}
+
 /// Numbers come back as DynamoDB keeps them (`6.0` as `6`): the item a
 /// publish returns, the item read back and both handler images agree, to
 /// the letter.
@@ -83,12 +89,7 @@ pub async fn numbers_outside_the_range_are_rejected(factory: &dyn StorageFactory
         assert!(engine.get_command(&key, 1, &a).await.unwrap().is_none());
     }
     engine.wait_idle().await;
-    assert!(engine
-        .list_items(PK_A, ListQuery::new(), &a)
-        .await
-        .unwrap()
-        .items
-        .is_empty());
+    assert_nothing_written(&engine, &a).await;
 }
 
 /// A commit whose rows together exceed the transaction size is refused, by
@@ -110,12 +111,7 @@ pub async fn commits_over_the_transaction_size_are_rejected(factory: &dyn Storag
         }
         other => panic!("expected too large, got {:?}", other.map(|r| r.len())),
     }
-    assert!(engine
-        .list_items(PK_A, ListQuery::new(), &a)
-        .await
-        .unwrap()
-        .items
-        .is_empty());
+    assert_nothing_written(&engine, &a).await;
 }
 
 /// An async command accepted is one the pipeline can apply: at every size
