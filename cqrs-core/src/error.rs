@@ -15,8 +15,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Variants are structured so callers can map them without parsing messages:
 /// an HTTP layer maps [`Error::NotFound`] to 404, [`Error::Conflict`] to 409,
 /// [`Error::InvalidInput`] to 400, [`Error::TenantViolation`] to 403 (or 404 to
-/// hide existence), [`Error::TooLarge`] to 413 and [`Error::Backend`] to 503
-/// when [`Error::is_retryable`] says so.
+/// hide existence), [`Error::TooLarge`] to 413, [`Error::IdempotencyKeyReused`]
+/// to 422 and [`Error::Backend`] to 503 when [`Error::is_retryable`] says so.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -67,6 +67,16 @@ pub enum Error {
         limit: usize,
     },
 
+    /// The idempotency key was used for another request (another
+    /// fingerprint) within its retention: nothing was written.
+    #[error("idempotency key '{key}' was used for another request (on {original})")]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+        /// `pk#sk@version` of the command its first request wrote.
+        original: String,
+    },
+
     /// The storage backend failed.
     #[error("backend error: {source}")]
     Backend {
@@ -96,6 +106,11 @@ impl Error {
     /// `true` for a missing item.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
+    }
+
+    /// Builds an [`Error::NotFound`] for an entity.
+    pub fn not_found(key: &crate::keys::EntityKey) -> Self {
+        Error::NotFound { key: key.id() }
     }
 
     /// Builds an [`Error::InvalidInput`].

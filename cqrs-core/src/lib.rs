@@ -6,6 +6,7 @@ mod context;
 mod engine;
 mod error;
 mod handler;
+mod idempotency;
 mod keys;
 mod merge;
 mod model;
@@ -25,6 +26,9 @@ pub use engine::{
 };
 pub use error::{BoxError, Error, Result};
 pub use handler::{DataSyncEvent, DataSyncHandler, Interest};
+pub use idempotency::{
+    IdempotencyKey, IdempotencyRecord, DEFAULT_IDEMPOTENCY_RETENTION, MAX_IDEMPOTENCY_KEY_BYTES,
+};
 pub use keys::{
     command_sk, parse_command_sk, tenant_of_pk, tenant_pk, validate_pk, validate_sk, EntityKey,
     KEY_SEPARATOR, MAX_PK_BYTES, MAX_SK_BYTES, TENANT_PK_PREFIX, VERSION_SEPARATOR,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::idempotency::IdempotencyKey;
 use crate::keys::{EntityKey, KEY_SEPARATOR};
 
 /// The version a command expects its entity to be at.
@@ -119,6 +120,10 @@ pub struct CommandInput {
     /// Optional sequence number of the entity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// Makes a retried publish of the same request write once (see
+    /// [`IdempotencyKey`]). Not part of the entity's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 impl CommandInput {
@@ -141,6 +146,7 @@ impl CommandInput {
             is_deleted: false,
             ttl: None,
             seq: None,
+            idempotency_key: None,
         }
     }
 
@@ -159,12 +165,20 @@ impl CommandInput {
             is_deleted: item.is_deleted,
             ttl: item.ttl,
             seq: item.seq,
+            idempotency_key: None,
         }
     }
 
     /// The entity's key.
     pub fn key(&self) -> EntityKey {
         EntityKey::new(self.pk.clone(), self.sk.clone())
+    }
+
+    /// Sets the idempotency key: a retry of this publish (same key, same
+    /// content) returns the first one's result and writes nothing.
+    pub fn idempotency_key(mut self, key: impl Into<IdempotencyKey>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
     }
 
     /// Sets the code.
@@ -251,6 +265,9 @@ pub struct PartialUpdate {
     /// New soft-delete flag, if it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_deleted: Option<bool>,
+    /// Makes a retried update of the same request write once (see [`IdempotencyKey`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 impl PartialUpdate {
@@ -263,7 +280,14 @@ impl PartialUpdate {
             attributes: Value::Object(Default::default()),
             name: None,
             is_deleted: None,
+            idempotency_key: None,
         }
+    }
+
+    /// Sets the idempotency key (see [`CommandInput::idempotency_key`]).
+    pub fn idempotency_key(mut self, key: impl Into<IdempotencyKey>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
     }
 
     /// The entity's key.

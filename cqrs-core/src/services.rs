@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 
 use crate::context::InvocationContext;
 use crate::error::Result;
+use crate::idempotency::IdempotencyKey;
 use crate::keys::EntityKey;
 use crate::model::{
     CommandInput, CommandRecord, CommandStatus, DataItem, FailedCommand, PartialUpdate, Published,
@@ -123,6 +124,17 @@ pub trait CommandService: Send + Sync {
     /// Commands whose handlers failed, in the caller's tenant (in every
     /// tenant for a cross-tenant role).
     async fn list_failures(&self, ctx: &InvocationContext) -> Result<Vec<FailedCommand>>;
+
+    /// The command a publish with this idempotency key wrote, while the key
+    /// is held (see [`IdempotencyKey`]); `None` when the key is unused or
+    /// expired. Fails with [`Error::IdempotencyKeyReused`](crate::Error::IdempotencyKeyReused)
+    /// when the key has a fingerprint and the stored one differs.
+    ///
+    /// A publish needs no such look-up: a keyed publish returns the first
+    /// result by itself. It is for work done *before* the publish that a
+    /// retry should not repeat — taking an order number, say.
+    async fn find_idempotent(&self, key: &IdempotencyKey, ctx: &InvocationContext)
+        -> Result<Option<CommandRecord>>;
 }
 
 /// Reads the data (read) table.
@@ -138,6 +150,21 @@ pub trait DataService: Send + Sync {
 
     /// Every superseded version of an entity, oldest first.
     async fn list_history(&self, key: &EntityKey, ctx: &InvocationContext) -> Result<Vec<DataItem>>;
+
+    /// Read-your-writes: the entity's state after its latest *published*
+    /// command, applied or not. After `publish_async` the data table lags
+    /// until the pipeline applies the command; this read does not: it is
+    /// [`get_item`](DataService::get_item) with the entity's pending
+    /// commands laid over (the latest one: a command is a full state).
+    ///
+    /// The item of a pending command has that command's version, so a
+    /// command built with [`CommandInput::update_of`] on it expects the
+    /// right version. Its `created*` fields are the data row's (the
+    /// command's own when the entity is not applied yet).
+    ///
+    /// Two requests on DynamoDB (the data row, then the commands after its
+    /// version), however many versions the entity has.
+    async fn get_latest(&self, key: &EntityKey, ctx: &InvocationContext) -> Result<Option<DataItem>>;
 }
 
 /// An item with its attributes deserialized.

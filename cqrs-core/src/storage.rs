@@ -9,6 +9,7 @@
 use async_trait::async_trait;
 
 use crate::error::Result;
+use crate::idempotency::IdempotencyRecord;
 use crate::keys::EntityKey;
 use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand};
 use crate::query::{SkCondition, SortOrder};
@@ -62,6 +63,8 @@ pub struct ApplyWrite {
     pub expected_data_version: u64,
     /// The superseded data row, stored in history at `{sk}@{its version}`.
     pub history: Option<DataItem>,
+    /// An idempotency key to store with the write (see [`Storage::put_command`]).
+    pub idempotency: Option<IdempotencyRecord>,
 }
 
 impl ApplyWrite {
@@ -115,15 +118,26 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// checked atomically with the write: no row exists at that version, and
     /// when `version > 1` the row of `version - 1` exists.
     ///
+    /// With `idempotency`, stores that key row in the same atomic write, on a
+    /// third condition: no live row of the key (same tenant and key, its
+    /// `expires_at` not yet passed) exists. An expired row is replaced.
+    ///
     /// Fails with [`Error::Conflict`](crate::Error::Conflict) (expected
-    /// `version - 1`, actual: the latest stored version) otherwise.
-    async fn put_command(&self, command: &CommandRecord) -> Result<()>;
+    /// `version - 1`, actual: the latest stored version) when a condition
+    /// fails, and writes nothing.
+    async fn put_command(&self, command: &CommandRecord, idempotency: Option<&IdempotencyRecord>) -> Result<()>;
 
     /// The command row of `version`.
     async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>>;
 
     /// The command row with the highest version.
-    async fn latest_command(&self, key: &EntityKey) -> Result<Option<CommandRecord>>;
+    ///
+    /// `known` is a version the caller knows is stored (the data row's
+    /// version: commands are stored before they are applied), or 0. Versions
+    /// are contiguous from 1, so a backend whose keys do not sort by version
+    /// (DynamoDB's `{sk}@{n}`: `@10` before `@9`) can look upwards from it
+    /// in a constant number of requests instead of reading every version.
+    async fn latest_command(&self, key: &EntityKey, known: u64) -> Result<Option<CommandRecord>>;
 
     /// Every command row of the entity, by ascending version.
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>>;
@@ -135,7 +149,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// Conditions: each data row is at `expected_data_version` (absent for 0);
     /// an inserted command row does not exist yet; a command row to mark
-    /// applied exists. On failure nothing is written and the error is the
+    /// applied exists; an idempotency key row is not live (as in
+    /// [`Storage::put_command`]; a taken key is reported as a conflict). On failure nothing is written and the error is the
     /// conflict of the first failing entity (actual = its data version).
     async fn apply(&self, writes: &[ApplyWrite]) -> Result<()>;
 
@@ -162,6 +177,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every history row of the entity, by ascending version.
     async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>>;
+
+    /// The stored row of an idempotency key of a tenant, live or expired
+    /// (the caller checks [`IdempotencyRecord::is_live`]).
+    async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>>;
 
     /// Atomically increments the counter at `pk`/`sk` (starting from 0) and
     /// returns the new value.

@@ -10,7 +10,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 use cqrs_core::{
     ApplyWrite, CommandRecord, CommandStatus, CommandWrite, DataItem, EntityKey, Error, ExpectedVersion,
-    FailedCommand, RangePage, RangeQuery, Result, SortOrder, Storage, StorageLimits,
+    FailedCommand, IdempotencyRecord, RangePage, RangeQuery, Result, SortOrder, Storage, StorageLimits,
 };
 use versions::Versions;
 
@@ -124,6 +124,8 @@ struct Tables {
     counters: HashMap<(String, String), u64>,
     /// Failure records by (entity, version).
     failures: HashMap<(EntityKey, u64), FailedCommand>,
+    /// Idempotency keys by (tenant, key), live or expired.
+    idempotency: HashMap<(String, String), IdempotencyRecord>,
 }
 
 /// The rows of one entity.
@@ -165,6 +167,7 @@ struct Rows {
     data: Arc<DataItem>,
     expected_data_version: u64,
     history: Option<Arc<DataItem>>,
+    idempotency: Option<IdempotencyRecord>,
 }
 
 impl From<ApplyWrite> for Rows {
@@ -177,6 +180,7 @@ impl From<ApplyWrite> for Rows {
             data: Arc::new(write.data),
             expected_data_version: write.expected_data_version,
             history: write.history.map(Arc::new),
+            idempotency: write.idempotency,
         }
     }
 }
@@ -190,10 +194,25 @@ impl Tables {
         self.data.get(pk).and_then(|p| p.get(sk)).map(|d| d.version)
     }
 
+    /// Whether a live row holds the key of `record`.
+    fn key_taken(&self, record: &IdempotencyRecord) -> bool {
+        let now = chrono::Utc::now();
+        self.idempotency
+            .get(&(record.tenant_code.clone(), record.key.clone()))
+            .is_some_and(|stored| stored.is_live(now))
+    }
+
+    fn store_key(&mut self, record: IdempotencyRecord) {
+        self.idempotency
+            .insert((record.tenant_code.clone(), record.key.clone()), record);
+    }
+
     fn check(&self, write: &Rows) -> Result<()> {
         let (pk, sk, version) = (write.data.pk.as_str(), write.data.sk.as_str(), write.data.version);
         let actual = self.data_version(pk, sk);
-        if actual.unwrap_or(0) != write.expected_data_version {
+        if actual.unwrap_or(0) != write.expected_data_version
+            || write.idempotency.as_ref().is_some_and(|k| self.key_taken(k))
+        {
             return Err(Error::Conflict {
                 key: entity_id(pk, sk),
                 expected: ExpectedVersion::Exactly(write.expected_data_version),
@@ -221,8 +240,12 @@ impl Tables {
             command,
             data,
             history,
+            idempotency,
             ..
         } = write;
+        if let Some(record) = idempotency {
+            self.store_key(record);
+        }
         let (pk, sk, version) = (data.pk.as_str(), data.sk.as_str(), data.version);
         match command {
             Some(command) => rows_mut(&mut self.commands, pk, sk).insert(version, command),
@@ -257,7 +280,7 @@ impl Storage for InMemory {
         self.limits
     }
 
-    async fn put_command(&self, command: &CommandRecord) -> Result<()> {
+    async fn put_command(&self, command: &CommandRecord, idempotency: Option<&IdempotencyRecord>) -> Result<()> {
         let (pk, sk) = (command.pk.as_str(), command.sk.as_str());
         let row = Arc::new(command.clone());
         let mut tables = self.write();
@@ -265,7 +288,8 @@ impl Storage for InMemory {
         let taken = versions.is_some_and(|v| v.contains_key(&command.version));
         let predecessor_missing =
             command.version > 1 && !versions.is_some_and(|v| v.contains_key(&(command.version - 1)));
-        if taken || predecessor_missing {
+        let key_taken = idempotency.is_some_and(|k| tables.key_taken(k));
+        if taken || predecessor_missing || key_taken {
             return Err(Error::Conflict {
                 key: entity_id(pk, sk),
                 expected: ExpectedVersion::Exactly(command.version - 1),
@@ -273,6 +297,9 @@ impl Storage for InMemory {
             });
         }
         rows_mut(&mut tables.commands, pk, sk).insert(command.version, row);
+        if let Some(record) = idempotency {
+            tables.store_key(record.clone());
+        }
         Ok(())
     }
 
@@ -281,7 +308,7 @@ impl Storage for InMemory {
         Ok(row.map(Arc::unwrap_or_clone))
     }
 
-    async fn latest_command(&self, key: &EntityKey) -> Result<Option<CommandRecord>> {
+    async fn latest_command(&self, key: &EntityKey, _known: u64) -> Result<Option<CommandRecord>> {
         let row = rows(&self.read().commands, &key.pk, &key.sk).and_then(|v| v.last().cloned());
         Ok(row.map(Arc::unwrap_or_clone))
     }
@@ -405,5 +432,13 @@ impl Storage for InMemory {
             .collect();
         failures.sort_by(|a, b| a.failed_at.cmp(&b.failed_at).then_with(|| a.key().cmp(&b.key())));
         Ok(failures)
+    }
+
+    async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
+        let tables = self.read();
+        Ok(tables
+            .idempotency
+            .get(&(tenant_code.to_owned(), key.to_owned()))
+            .cloned())
     }
 }

@@ -12,9 +12,11 @@ use tracing::Instrument;
 use super::pipeline::HandlerRun;
 use super::records::{command_record, data_item};
 use super::validate::{check_command, check_key, check_size, check_size_as_data, check_transaction_size};
+use super::idempotent::Keyed;
 use super::Engine;
 use crate::context::InvocationContext;
 use crate::error::{Error, Result};
+use crate::idempotency::IdempotencyKey;
 use crate::keys::EntityKey;
 use crate::merge::merge_patch;
 use crate::model::{
@@ -72,10 +74,11 @@ impl Engine {
         &self,
         key: &EntityKey,
         command: CommandInput,
+        keyed: Option<&Keyed>,
         ctx: &InvocationContext,
     ) -> Result<Prepared> {
         let current = self.storage_ref().get_data(key).await?;
-        self.prepare_sync_over(key, current, command, ctx)
+        self.prepare_sync_over(key, current, command, keyed, ctx)
     }
 
     /// [`Engine::prepare_sync`] over an item already read.
@@ -84,6 +87,7 @@ impl Engine {
         key: &EntityKey,
         current: Option<DataItem>,
         command: CommandInput,
+        keyed: Option<&Keyed>,
         ctx: &InvocationContext,
     ) -> Result<Prepared> {
         let mut command = command;
@@ -109,6 +113,7 @@ impl Engine {
             data,
             expected_data_version: base,
             history: previous,
+            idempotency: self.key_row(keyed, key, version, ctx),
         }))
     }
 
@@ -143,10 +148,14 @@ impl Engine {
         &self,
         key: &EntityKey,
         command: CommandInput,
+        keyed: Option<&Keyed>,
         ctx: &InvocationContext,
     ) -> Result<Published<DataItem>> {
-        let prepared = self.prepare_sync(key, command, ctx).await?;
-        self.write_prepared(prepared, ctx).await
+        let outcome = match self.prepare_sync(key, command, keyed, ctx).await {
+            Ok(prepared) => self.write_prepared(prepared, ctx).await,
+            Err(error) => Err(error),
+        };
+        self.resolve_sync(outcome, keyed, ctx).await
     }
 
     /// Applies a prepared sync publish and runs its handlers.
@@ -237,7 +246,7 @@ impl Engine {
         match expected {
             ExpectedVersion::Exactly(0) => Ok(None),
             ExpectedVersion::Exactly(v) => self.storage_ref().get_command(key, v).await,
-            ExpectedVersion::Latest => self.storage_ref().latest_command(key).await,
+            ExpectedVersion::Latest => self.storage_ref().latest_command(key, 0).await,
         }
     }
 
@@ -247,6 +256,7 @@ impl Engine {
         &self,
         key: &EntityKey,
         command: CommandInput,
+        keyed: Option<&Keyed>,
         ctx: &InvocationContext,
     ) -> Result<Published<CommandRecord>> {
         let read_base = self.config().async_dirty_check || command.version == ExpectedVersion::Latest;
@@ -254,7 +264,8 @@ impl Engine {
             true => self.async_base(key, command.version).await?,
             false => None,
         };
-        self.publish_async_on(key, command, base, ctx).await
+        let outcome = self.publish_async_on(key, command, base, keyed, ctx).await;
+        self.resolve_async(outcome, keyed, ctx).await
     }
 
     /// One attempt of an async publish of `command` on top of `base`.
@@ -263,6 +274,7 @@ impl Engine {
         key: &EntityKey,
         mut command: CommandInput,
         base: Option<CommandRecord>,
+        keyed: Option<&Keyed>,
         ctx: &InvocationContext,
     ) -> Result<Published<CommandRecord>> {
         normalize_numbers(&mut command.attributes)?;
@@ -282,7 +294,7 @@ impl Engine {
                 Some(_) => Err(Error::Conflict {
                     key: key.id(),
                     expected: command.version,
-                    actual: self.storage_ref().latest_command(key).await?.map(|l| l.version),
+                    actual: self.storage_ref().latest_command(key, base.version).await?.map(|l| l.version),
                 }),
             };
         }
@@ -302,7 +314,8 @@ impl Engine {
             key,
             version: record.version,
         };
-        let stored = self.storage_ref().put_command(&record).await;
+        let key_row = self.key_row(keyed, key, record.version, ctx);
+        let stored = self.storage_ref().put_command(&record, key_row.as_ref()).await;
         if !stored.as_ref().is_err_and(Error::is_retryable) {
             // Stored, or certainly not (a conflict): no doubt to clear up.
             cancelled.engine = None;
@@ -325,6 +338,14 @@ impl Engine {
         }
         base
     }
+}
+
+/// The idempotency key of a partial update, checked.
+fn checked_key(update: &PartialUpdate) -> Result<Option<IdempotencyKey>> {
+    if let Some(key) = &update.idempotency_key {
+        key.validate()?;
+    }
+    Ok(update.idempotency_key.clone())
 }
 
 /// Hands an async command to the in-process processor if the publish is
@@ -359,6 +380,7 @@ fn input_of_command(command: &CommandRecord, version: ExpectedVersion) -> Comman
         is_deleted: command.is_deleted,
         ttl: command.ttl,
         seq: command.seq,
+        idempotency_key: None,
     }
 }
 
@@ -371,12 +393,19 @@ impl CommandService for Engine {
     ) -> Result<Published<CommandRecord>> {
         let key = check_command(self.tenancy(), &command, ctx)?;
         let span = command_span(&key, ctx, "async");
+        let mut command = command;
+        let keyed = (command.idempotency_key.take()).map(|k| Keyed::of_command(k, &command, "async"));
+        let keyed = keyed.as_ref();
         match command.version {
             // One attempt: the command moves in, without a copy.
-            ExpectedVersion::Exactly(_) => self.publish_async_once(&key, command, ctx).instrument(span).await,
+            ExpectedVersion::Exactly(_) => {
+                self.publish_async_once(&key, command, keyed, ctx)
+                    .instrument(span)
+                    .await
+            }
             ExpectedVersion::Latest => {
                 self.retrying_latest(command.version, || {
-                    self.publish_async_once(&key, command.clone(), ctx)
+                    self.publish_async_once(&key, command.clone(), keyed, ctx)
                 })
                 .instrument(span)
                 .await
@@ -391,12 +420,19 @@ impl CommandService for Engine {
     ) -> Result<Published<DataItem>> {
         let key = check_command(self.tenancy(), &command, ctx)?;
         let span = command_span(&key, ctx, "sync");
+        let mut command = command;
+        let keyed = (command.idempotency_key.take()).map(|k| Keyed::of_command(k, &command, "sync"));
+        let keyed = keyed.as_ref();
         match command.version {
             // One attempt: the command moves in, without a copy.
-            ExpectedVersion::Exactly(_) => self.publish_sync_once(&key, command, ctx).instrument(span).await,
+            ExpectedVersion::Exactly(_) => {
+                self.publish_sync_once(&key, command, keyed, ctx)
+                    .instrument(span)
+                    .await
+            }
             ExpectedVersion::Latest => {
                 self.retrying_latest(command.version, || {
-                    self.publish_sync_once(&key, command.clone(), ctx)
+                    self.publish_sync_once(&key, command.clone(), keyed, ctx)
                 })
                 .instrument(span)
                 .await
@@ -411,10 +447,12 @@ impl CommandService for Engine {
     ) -> Result<Published<CommandRecord>> {
         let key = update.key();
         check_key(self.tenancy(), &key, ctx)?;
+        let keyed = checked_key(&update)?.map(|k| Keyed::of_update(k, &update, "async"));
+        let keyed = keyed.as_ref();
         let span = command_span(&key, ctx, "async");
         self.retrying_latest(update.version, || async {
             let Some(base) = self.async_base(&key, update.version).await? else {
-                let latest = self.storage_ref().latest_command(&key).await?;
+                let latest = self.storage_ref().latest_command(&key, 0).await?;
                 return Err(match (update.version, latest) {
                     (ExpectedVersion::Exactly(v), Some(latest)) => Error::Conflict {
                         key: key.id(),
@@ -428,7 +466,8 @@ impl CommandService for Engine {
                 &update,
                 input_of_command(&base, ExpectedVersion::Exactly(base.version)),
             );
-            self.publish_async_on(&key, command, Some(base), ctx).await
+            let outcome = self.publish_async_on(&key, command, Some(base), keyed, ctx).await;
+            self.resolve_async(outcome, keyed, ctx).await
         })
         .instrument(span)
         .await
@@ -441,17 +480,23 @@ impl CommandService for Engine {
     ) -> Result<Published<DataItem>> {
         let key = update.key();
         check_key(self.tenancy(), &key, ctx)?;
+        let keyed = checked_key(&update)?.map(|k| Keyed::of_update(k, &update, "sync"));
+        let keyed = keyed.as_ref();
         let span = command_span(&key, ctx, "sync");
         self.retrying_latest(update.version, || async {
-            let current = self
-                .storage_ref()
-                .get_data(&key)
-                .await?
-                .ok_or_else(|| Error::NotFound { key: key.id() })?;
-            check_version(&key, update.version, Some(current.version))?;
-            let command = Self::merged(&update, CommandInput::update_of(&current));
-            let prepared = self.prepare_sync_over(&key, Some(current), command, ctx)?;
-            self.write_prepared(prepared, ctx).await
+            let outcome = async {
+                let current = self
+                    .storage_ref()
+                    .get_data(&key)
+                    .await?
+                    .ok_or_else(|| Error::NotFound { key: key.id() })?;
+                check_version(&key, update.version, Some(current.version))?;
+                let command = Self::merged(&update, CommandInput::update_of(&current));
+                let prepared = self.prepare_sync_over(&key, Some(current), command, keyed, ctx)?;
+                self.write_prepared(prepared, ctx).await
+            }
+            .await;
+            self.resolve_sync(outcome, keyed, ctx).await
         })
         .instrument(span)
         .await
@@ -465,6 +510,12 @@ impl CommandService for Engine {
         let mut keys = HashSet::with_capacity(commands.len());
         for command in &commands {
             let key = check_command(self.tenancy(), command, ctx)?;
+            if command.idempotency_key.is_some() {
+                return Err(Error::invalid(
+                    "idempotencyKey",
+                    "a commit does not take idempotency keys: publish the command alone to key it",
+                ));
+            }
             if !keys.insert(key.clone()) {
                 return Err(Error::invalid("commit", format!("{key} appears more than once")));
             }
@@ -481,7 +532,7 @@ impl CommandService for Engine {
         }
         let prepared = try_join_all(commands.into_iter().map(|command| {
             let key = command.key();
-            async move { self.prepare_sync(&key, command, ctx).await }
+            async move { self.prepare_sync(&key, command, None, ctx).await }
         }))
         .await?;
         let writes: Vec<ApplyWrite> = prepared
@@ -551,6 +602,19 @@ impl CommandService for Engine {
         let key = key.clone();
         self.detached(move |engine| async move { engine.inner.pipeline.reprocess(&key, version).await })
             .await
+    }
+
+    async fn find_idempotent(
+        &self,
+        key: &IdempotencyKey,
+        ctx: &InvocationContext,
+    ) -> Result<Option<CommandRecord>> {
+        key.validate()?;
+        let Some(row) = self.held_key(&key.key, key.fingerprint.as_deref(), ctx).await? else {
+            return Ok(None);
+        };
+        check_key(self.tenancy(), &row.entity(), ctx)?;
+        self.first_command(&row).await.map(Some)
     }
 
     async fn list_failures(&self, ctx: &InvocationContext) -> Result<Vec<FailedCommand>> {

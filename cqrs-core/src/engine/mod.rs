@@ -7,6 +7,7 @@
 
 mod activity;
 mod commands;
+mod idempotent;
 mod pipeline;
 mod reads;
 pub(crate) mod records;
@@ -79,6 +80,10 @@ pub struct EngineConfig {
     /// publisher can spend on handlers (`handler_timeout` × attempts plus
     /// backoff), or a slow run gets a second, concurrent one.
     pub recovery_grace: Duration,
+    /// How long a used [idempotency key](crate::IdempotencyKey) is held:
+    /// a retry within it gets the first result, after it the key is free.
+    /// Default [`DEFAULT_IDEMPOTENCY_RETENTION`](crate::DEFAULT_IDEMPOTENCY_RETENTION).
+    pub idempotency_retention: Duration,
 }
 
 /// Default [`EngineConfig::handler_timeout`]: 10 seconds.
@@ -96,6 +101,7 @@ impl Default for EngineConfig {
             async_dirty_check: true,
             handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             recovery_grace: DEFAULT_RECOVERY_GRACE,
+            idempotency_retention: crate::idempotency::DEFAULT_IDEMPOTENCY_RETENTION,
         }
     }
 }
@@ -198,6 +204,13 @@ impl EngineBuilder {
     /// (see [`EngineConfig::recovery_grace`]).
     pub fn recovery_grace(mut self, grace: Duration) -> Self {
         self.config.recovery_grace = grace;
+        self
+    }
+
+    /// Sets how long used idempotency keys are held (see
+    /// [`EngineConfig::idempotency_retention`]).
+    pub fn idempotency_retention(mut self, retention: Duration) -> Self {
+        self.config.idempotency_retention = retention;
         self
     }
 

@@ -285,6 +285,7 @@ impl Pipeline {
             data: new.clone(),
             expected_data_version: previous.map_or(0, |p| p.version),
             history: previous.cloned(),
+            idempotency: None,
         };
         self.retry
             .run(|| self.storage.apply(std::slice::from_ref(&write)))

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 
+use super::records::data_item;
 use super::validate::check_key;
 use super::Engine;
 use crate::context::InvocationContext;
@@ -21,6 +22,16 @@ impl DataService for Engine {
     async fn get_item(&self, key: &EntityKey, ctx: &InvocationContext) -> Result<Option<DataItem>> {
         check_key(self.tenancy(), key, ctx)?;
         self.storage_ref().get_data(key).await
+    }
+
+    async fn get_latest(&self, key: &EntityKey, ctx: &InvocationContext) -> Result<Option<DataItem>> {
+        check_key(self.tenancy(), key, ctx)?;
+        let applied = self.storage_ref().get_data(key).await?;
+        let known = applied.as_ref().map_or(0, |item| item.version);
+        match self.storage_ref().latest_command(key, known).await? {
+            Some(pending) if pending.version > known => Ok(Some(data_item(&pending, applied.as_ref()))),
+            _ => Ok(applied),
+        }
     }
 
     async fn list_items(

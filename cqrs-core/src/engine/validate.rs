@@ -43,6 +43,9 @@ pub(crate) fn check_command(
     if command.code.is_empty() {
         return Err(Error::invalid("code", "must not be empty"));
     }
+    if let Some(idempotency) = &command.idempotency_key {
+        idempotency.validate()?;
+    }
     Ok(key)
 }
 

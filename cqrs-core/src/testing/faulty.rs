@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::idempotency::IdempotencyRecord;
 use crate::keys::EntityKey;
 use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand};
 use crate::storage::{ApplyWrite, RangePage, RangeQuery, Storage, StorageLimits};
@@ -64,6 +65,8 @@ pub enum Op {
     DeleteFailure,
     /// [`Storage::get_failure`]
     GetFailure,
+    /// [`Storage::get_idempotency`]
+    GetIdempotency,
     /// [`Storage::list_failures`]
     ListFailures,
 }
@@ -299,8 +302,9 @@ impl Storage for FaultyStorage {
         self.inner.limits()
     }
 
-    async fn put_command(&self, command: &CommandRecord) -> Result<()> {
-        self.call(Op::PutCommand, self.inner.put_command(command)).await
+    async fn put_command(&self, command: &CommandRecord, idempotency: Option<&IdempotencyRecord>) -> Result<()> {
+        self.call(Op::PutCommand, self.inner.put_command(command, idempotency))
+            .await
     }
 
     async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>> {
@@ -308,8 +312,9 @@ impl Storage for FaultyStorage {
             .await
     }
 
-    async fn latest_command(&self, key: &EntityKey) -> Result<Option<CommandRecord>> {
-        self.call(Op::LatestCommand, self.inner.latest_command(key)).await
+    async fn latest_command(&self, key: &EntityKey, known: u64) -> Result<Option<CommandRecord>> {
+        self.call(Op::LatestCommand, self.inner.latest_command(key, known))
+            .await
     }
 
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
@@ -371,6 +376,11 @@ impl Storage for FaultyStorage {
         self.call(Op::ListFailures, self.inner.list_failures(tenant_code))
             .await
     }
+
+    async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
+        self.call(Op::GetIdempotency, self.inner.get_idempotency(tenant_code, key))
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -382,13 +392,13 @@ mod tests {
 
     #[async_trait]
     impl Storage for Nothing {
-        async fn put_command(&self, _: &CommandRecord) -> Result<()> {
+        async fn put_command(&self, _: &CommandRecord, _: Option<&IdempotencyRecord>) -> Result<()> {
             Ok(())
         }
         async fn get_command(&self, _: &EntityKey, _: u64) -> Result<Option<CommandRecord>> {
             Ok(None)
         }
-        async fn latest_command(&self, _: &EntityKey) -> Result<Option<CommandRecord>> {
+        async fn latest_command(&self, _: &EntityKey, _: u64) -> Result<Option<CommandRecord>> {
             Ok(None)
         }
         async fn list_commands(&self, _: &EntityKey) -> Result<Vec<CommandRecord>> {
@@ -429,6 +439,9 @@ mod tests {
         }
         async fn list_failures(&self, _: Option<&str>) -> Result<Vec<FailedCommand>> {
             Ok(vec![])
+        }
+        async fn get_idempotency(&self, _: &str, _: &str) -> Result<Option<IdempotencyRecord>> {
+            Ok(None)
         }
     }
 

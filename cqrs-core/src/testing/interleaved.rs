@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::error::Result;
+use crate::idempotency::IdempotencyRecord;
 use crate::keys::EntityKey;
 use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand};
 use crate::storage::{ApplyWrite, RangePage, RangeQuery, Storage, StorageLimits};
@@ -31,16 +32,16 @@ impl Storage for Interleaved {
         self.0.limits()
     }
 
-    async fn put_command(&self, command: &CommandRecord) -> Result<()> {
-        interleave!(self.put_command(command))
+    async fn put_command(&self, command: &CommandRecord, idempotency: Option<&IdempotencyRecord>) -> Result<()> {
+        interleave!(self.put_command(command, idempotency))
     }
 
     async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>> {
         interleave!(self.get_command(key, version))
     }
 
-    async fn latest_command(&self, key: &EntityKey) -> Result<Option<CommandRecord>> {
-        interleave!(self.latest_command(key))
+    async fn latest_command(&self, key: &EntityKey, known: u64) -> Result<Option<CommandRecord>> {
+        interleave!(self.latest_command(key, known))
     }
 
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
@@ -89,5 +90,9 @@ impl Storage for Interleaved {
 
     async fn list_failures(&self, tenant_code: Option<&str>) -> Result<Vec<FailedCommand>> {
         interleave!(self.list_failures(tenant_code))
+    }
+
+    async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
+        interleave!(self.get_idempotency(tenant_code, key))
     }
 }

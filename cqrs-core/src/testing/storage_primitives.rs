@@ -27,6 +27,7 @@ fn insert(sk: &str, version: u64, previous: Option<&DataItem>) -> ApplyWrite {
         command: CommandWrite::Insert(Box::new(command)),
         expected_data_version: previous.map_or(0, |p| p.version),
         history: previous.cloned(),
+        idempotency: None,
     }
 }
 
@@ -42,25 +43,25 @@ pub async fn storage_put_command_conditions(factory: &dyn StorageFactory) {
     let storage = factory.storage().await;
     let key = EntityKey::new(PK_A, "P#1");
     let err = storage
-        .put_command(&record("P#1", 2, CommandStatus::Published))
+        .put_command(&record("P#1", 2, CommandStatus::Published), None)
         .await
         .unwrap_err();
     assert_eq!(conflict_actual(err), None, "version 2 needs version 1");
     storage
-        .put_command(&record("P#1", 1, CommandStatus::Published))
+        .put_command(&record("P#1", 1, CommandStatus::Published), None)
         .await
         .unwrap();
     let err = storage
-        .put_command(&record("P#1", 1, CommandStatus::Published))
+        .put_command(&record("P#1", 1, CommandStatus::Published), None)
         .await
         .unwrap_err();
     assert_eq!(conflict_actual(err), Some(1));
     storage
-        .put_command(&record("P#1", 2, CommandStatus::Published))
+        .put_command(&record("P#1", 2, CommandStatus::Published), None)
         .await
         .unwrap();
     let err = storage
-        .put_command(&record("P#1", 4, CommandStatus::Published))
+        .put_command(&record("P#1", 4, CommandStatus::Published), None)
         .await
         .unwrap_err();
     assert_eq!(conflict_actual(err), Some(2));
@@ -72,7 +73,7 @@ pub async fn storage_put_command_conditions(factory: &dyn StorageFactory) {
         .map(|c| c.version)
         .collect();
     assert_eq!(versions, [1, 2]);
-    assert_eq!(storage.latest_command(&key).await.unwrap().unwrap().version, 2);
+    assert_eq!(storage.latest_command(&key, 0).await.unwrap().unwrap().version, 2);
     storage
         .set_command_status(&key, 2, CommandStatus::Failed)
         .await
@@ -113,7 +114,7 @@ pub async fn storage_apply_is_conditional_and_atomic(factory: &dyn StorageFactor
 
     // The command row exists already (a pending async command owns the version).
     storage
-        .put_command(&record("A#1", 2, CommandStatus::Published))
+        .put_command(&record("A#1", 2, CommandStatus::Published), None)
         .await
         .unwrap();
     let err = storage.apply(&[insert("A#1", 2, Some(&a1))]).await.unwrap_err();
@@ -126,6 +127,7 @@ pub async fn storage_apply_is_conditional_and_atomic(factory: &dyn StorageFactor
         command: CommandWrite::MarkApplied,
         expected_data_version: 0,
         history: None,
+        idempotency: None,
     };
     assert!(storage.apply(&[mark_missing]).await.is_err());
 
@@ -136,6 +138,7 @@ pub async fn storage_apply_is_conditional_and_atomic(factory: &dyn StorageFactor
         command: CommandWrite::MarkApplied,
         expected_data_version: 1,
         history: Some(a1.clone()),
+        idempotency: None,
     };
     let c_new = insert("C#1", 1, None);
     let a_stale = insert("A#1", 1, None);

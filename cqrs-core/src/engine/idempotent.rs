@@ -1,0 +1,187 @@
+//! Idempotency keys in the engine: the row a keyed publish stores with its
+//! command, and the first result a retry of it gets back.
+//!
+//! A keyed publish writes its key row in the same atomic write as its
+//! command, on the condition that no live row holds the key. A retry then
+//! fails that condition (or finds its command unchanged, or conflicts on the
+//! version the first try took): only then is the key row read, and the first
+//! publish's result returned. A first publish costs no read more.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::records::data_item;
+use super::Engine;
+use crate::context::InvocationContext;
+use crate::error::{Error, Result};
+use crate::idempotency::{fingerprint, IdempotencyKey, IdempotencyRecord};
+use crate::keys::EntityKey;
+use crate::model::{CommandInput, CommandRecord, DataItem, PartialUpdate, Published};
+
+/// An idempotency key with its fingerprint worked out.
+pub(crate) struct Keyed {
+    key: String,
+    fingerprint: String,
+}
+
+impl Keyed {
+    /// `key` for a publish of `command` (`mode`: sync or async: a key used by
+    /// one is another request for the other).
+    pub(crate) fn of_command(key: IdempotencyKey, command: &CommandInput, mode: &str) -> Keyed {
+        let fingerprint = key.fingerprint_or(|| {
+            let mut content = json!(command);
+            if let Some(map) = content.as_object_mut() {
+                map.remove("idempotencyKey");
+                map.insert("op".into(), json!(mode));
+            }
+            fingerprint(&content)
+        });
+        Keyed { key: key.key, fingerprint }
+    }
+
+    /// `key` for a partial update.
+    pub(crate) fn of_update(key: IdempotencyKey, update: &PartialUpdate, mode: &str) -> Keyed {
+        let fingerprint = key.fingerprint_or(|| {
+            let mut content = json!(update);
+            if let Some(map) = content.as_object_mut() {
+                map.remove("idempotencyKey");
+                map.insert("op".into(), json!(format!("patch-{mode}")));
+            }
+            fingerprint(&content)
+        });
+        Keyed { key: key.key, fingerprint }
+    }
+
+    /// The row stored with the command of `version` of `entity`.
+    pub(crate) fn record(
+        &self,
+        entity: &EntityKey,
+        version: u64,
+        ctx: &InvocationContext,
+        retention: Duration,
+    ) -> IdempotencyRecord {
+        let now = Utc::now();
+        let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX / 2);
+        IdempotencyRecord {
+            tenant_code: ctx.tenant_code.clone(),
+            key: self.key.clone(),
+            fingerprint: self.fingerprint.clone(),
+            pk: entity.pk.clone(),
+            sk: entity.sk.clone(),
+            version,
+            created_at: now,
+            expires_at: now.timestamp().saturating_add(retention),
+        }
+    }
+}
+
+impl Engine {
+    /// The row a keyed publish stores with its command.
+    pub(crate) fn key_row(
+        &self,
+        keyed: Option<&Keyed>,
+        entity: &EntityKey,
+        version: u64,
+        ctx: &InvocationContext,
+    ) -> Option<IdempotencyRecord> {
+        keyed.map(|k| k.record(entity, version, ctx, self.config().idempotency_retention))
+    }
+
+    /// The live row of `key` in the caller's tenant; [`Error::IdempotencyKeyReused`]
+    /// if it was stored with another fingerprint than `fingerprint` (any
+    /// fingerprint matches `None`).
+    pub(crate) async fn held_key(
+        &self,
+        key: &str,
+        fingerprint: Option<&str>,
+        ctx: &InvocationContext,
+    ) -> Result<Option<IdempotencyRecord>> {
+        let stored = self
+            .storage_ref()
+            .get_idempotency(&ctx.tenant_code, key)
+            .await?
+            .filter(|row| row.is_live(Utc::now()));
+        match stored {
+            Some(row) if fingerprint.is_some_and(|f| f != row.fingerprint) => Err(Error::IdempotencyKeyReused {
+                key: key.to_owned(),
+                original: format!("{}@{}", row.entity().id(), row.version),
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// A keyed async publish's outcome, or the first publish's result when
+    /// the outcome says the key may have been used: a conflict, or nothing
+    /// to write.
+    pub(crate) async fn resolve_async(
+        &self,
+        outcome: Result<Published<CommandRecord>>,
+        keyed: Option<&Keyed>,
+        ctx: &InvocationContext,
+    ) -> Result<Published<CommandRecord>> {
+        let Some(keyed) = keyed.filter(|_| may_be_a_retry(&outcome)) else {
+            return outcome;
+        };
+        match self.held_key(&keyed.key, Some(&keyed.fingerprint), ctx).await? {
+            Some(row) => self.first_command(&row).await.map(Published::Written),
+            None => outcome,
+        }
+    }
+
+    /// [`Engine::resolve_async`] for a sync publish.
+    pub(crate) async fn resolve_sync(
+        &self,
+        outcome: Result<Published<DataItem>>,
+        keyed: Option<&Keyed>,
+        ctx: &InvocationContext,
+    ) -> Result<Published<DataItem>> {
+        let Some(keyed) = keyed.filter(|_| may_be_a_retry(&outcome)) else {
+            return outcome;
+        };
+        match self.held_key(&keyed.key, Some(&keyed.fingerprint), ctx).await? {
+            Some(row) => self.first_item(&row).await.map(Published::Written),
+            None => outcome,
+        }
+    }
+
+    /// The command a key's first publish wrote.
+    pub(crate) async fn first_command(&self, row: &IdempotencyRecord) -> Result<CommandRecord> {
+        let entity = row.entity();
+        self.storage_ref()
+            .get_command(&entity, row.version)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                key: format!("{}@{}", entity.id(), row.version),
+            })
+    }
+
+    /// The entity as a key's first publish left it: the data row if still at
+    /// that version, its history row if superseded, or the command's state
+    /// if not applied yet.
+    pub(crate) async fn first_item(&self, row: &IdempotencyRecord) -> Result<DataItem> {
+        let entity = row.entity();
+        let current = self.storage_ref().get_data(&entity).await?;
+        match &current {
+            Some(item) if item.version == row.version => return Ok(item.clone()),
+            Some(item) if item.version > row.version => {
+                if let Some(history) = self.storage_ref().get_history(&entity, row.version).await? {
+                    return Ok(history);
+                }
+            }
+            _ => {}
+        }
+        let command = self.first_command(row).await?;
+        Ok(data_item(&command, current.as_ref()))
+    }
+}
+
+/// A keyed publish that conflicted or found nothing to write may be the
+/// retry of one that did write.
+fn may_be_a_retry<T>(outcome: &Result<Published<T>>) -> bool {
+    match outcome {
+        Ok(published) => published.is_unchanged(),
+        Err(error) => error.is_conflict(),
+    }
+}
