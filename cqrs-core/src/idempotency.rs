@@ -77,7 +77,8 @@ impl IdempotencyKey {
     /// Sets the fingerprint to the SHA-256 of `request`'s JSON, object keys
     /// sorted, numbers as DynamoDB keeps them (`6.0` and `6` are one number).
     pub fn fingerprint_of<T: Serialize + ?Sized>(self, request: &T) -> Result<Self> {
-        let value = serde_json::to_value(request).map_err(|e| Error::invalid("idempotency fingerprint", e.to_string()))?;
+        let value = serde_json::to_value(request)
+            .map_err(|e| Error::invalid("idempotency fingerprint", e.to_string()))?;
         Ok(self.fingerprint(fingerprint(&value)))
     }
 
@@ -87,11 +88,17 @@ impl IdempotencyKey {
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
             return Err(Error::invalid(
                 "idempotencyKey",
-                format!("must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes, got {}", key.len()),
+                format!(
+                    "must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes, got {}",
+                    key.len()
+                ),
             ));
         }
         if !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Error::invalid("idempotencyKey", "must be visible ASCII, without spaces"));
+            return Err(Error::invalid(
+                "idempotencyKey",
+                "must be visible ASCII, without spaces",
+            ));
         }
         Ok(())
     }
@@ -154,10 +161,13 @@ impl IdempotencyRecord {
 pub(crate) fn fingerprint(value: &Value) -> String {
     let mut hasher = Sha256::new();
     canonical(value, &mut hasher);
-    hasher.finalize().iter().fold(String::with_capacity(64), |mut hex, byte| {
-        let _ = write!(hex, "{byte:02x}");
-        hex
-    })
+    hasher
+        .finalize()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
 }
 
 /// Feeds `value` to the hasher with object keys sorted whatever the map's
@@ -216,7 +226,10 @@ mod tests {
         assert!(IdempotencyKey::new("abc-123_XYZ").validate().is_ok());
         for bad in ["", "has space", "é", &"k".repeat(256)] {
             let error = IdempotencyKey::new(bad).validate().unwrap_err();
-            assert!(matches!(error, Error::InvalidInput { ref what, .. } if what == "idempotencyKey"), "{bad:?}");
+            assert!(
+                matches!(error, Error::InvalidInput { ref what, .. } if what == "idempotencyKey"),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -2,9 +2,11 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builders;
 mod context;
 mod engine;
 mod error;
+mod handle;
 mod handler;
 mod idempotency;
 mod keys;
@@ -15,16 +17,19 @@ mod query;
 mod sequence;
 mod services;
 mod storage;
+mod update;
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use builders::{CommandRecordBuilder, DataItemBuilder};
 pub use context::{InvocationContext, TenancyPolicy};
 pub use engine::{
     AsyncDispatch, Engine, EngineBuilder, EngineConfig, RetryPolicy, APPLY_STEP, DEFAULT_HANDLER_TIMEOUT,
     DEFAULT_RECOVERY_GRACE,
 };
 pub use error::{BoxError, Error, Result};
+pub use handle::{default_conflict_retry, Services};
 pub use handler::{DataSyncEvent, DataSyncHandler, Interest};
 pub use idempotency::{
     IdempotencyKey, IdempotencyRecord, DEFAULT_IDEMPOTENCY_RETENTION, MAX_IDEMPOTENCY_KEY_BYTES,
@@ -47,3 +52,4 @@ pub use services::{CommandService, DataService, DataServiceExt, SequenceService,
 #[cfg(feature = "mock")]
 pub use services::{MockCommandService, MockDataService, MockSequenceService};
 pub use storage::{ApplyWrite, CommandWrite, RangePage, RangeQuery, Storage, StorageLimits};
+pub use update::Update;

@@ -79,30 +79,71 @@ pub enum Filter {
         /// Dotted path.
         path: String,
     },
+    /// A filter whose value could not be turned into JSON (a map with
+    /// non-string keys, say): a query with it is refused with
+    /// [`Error::InvalidInput`] and reads nothing.
+    Unusable {
+        /// Dotted path.
+        path: String,
+        /// Why the value could not be used.
+        why: String,
+    },
 }
 
 impl Filter {
-    /// `path == value`
-    pub fn eq(path: impl Into<String>, value: impl Into<Value>) -> Self {
-        Filter::Equals {
-            path: path.into(),
-            value: value.into(),
+    /// `path == value`, `value` being anything serializable: a string, a
+    /// number, a `serde_json::Value`, or your own enum as it is stored.
+    ///
+    /// ```
+    /// use cqrs_core::Filter;
+    /// #[derive(serde::Serialize)]
+    /// #[serde(rename_all = "lowercase")]
+    /// enum Status { Pending, Shipped }
+    ///
+    /// assert_eq!(Filter::eq("attributes.status", Status::Shipped), Filter::eq("attributes.status", "shipped"));
+    /// ```
+    pub fn eq(path: impl Into<String>, value: impl Serialize) -> Self {
+        let path = path.into();
+        match serde_json::to_value(value) {
+            Ok(value) => Filter::Equals { path, value },
+            Err(e) => Filter::Unusable {
+                path,
+                why: e.to_string(),
+            },
         }
     }
 
-    /// `path != value`
-    pub fn ne(path: impl Into<String>, value: impl Into<Value>) -> Self {
-        Filter::NotEquals {
-            path: path.into(),
-            value: value.into(),
+    /// `path != value` (see [`Filter::eq`] for the value).
+    pub fn ne(path: impl Into<String>, value: impl Serialize) -> Self {
+        let path = path.into();
+        match serde_json::to_value(value) {
+            Ok(value) => Filter::NotEquals { path, value },
+            Err(e) => Filter::Unusable {
+                path,
+                why: e.to_string(),
+            },
         }
     }
 
-    /// `path IN values`
-    pub fn is_in<V: Into<Value>>(path: impl Into<String>, values: impl IntoIterator<Item = V>) -> Self {
-        Filter::In {
-            path: path.into(),
-            values: values.into_iter().map(Into::into).collect(),
+    /// `path IN values` (see [`Filter::eq`] for the values).
+    pub fn is_in<V: Serialize>(path: impl Into<String>, values: impl IntoIterator<Item = V>) -> Self {
+        let path = path.into();
+        match values.into_iter().map(serde_json::to_value).collect() {
+            Ok(values) => Filter::In { path, values },
+            Err(e) => Filter::Unusable {
+                path,
+                why: e.to_string(),
+            },
+        }
+    }
+
+    /// Refuses a filter whose value could not be used.
+    pub(crate) fn check(&self) -> Result<()> {
+        match self {
+            Filter::Unusable { path, why } => {
+                Err(Error::invalid("filter", format!("value of {path}: {why}")))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -124,6 +165,7 @@ impl Filter {
                 .field(path)
                 .is_some_and(|v| values.iter().any(|wanted| equals(&v, wanted))),
             Filter::Exists { path } => item.field(path).is_some(),
+            Filter::Unusable { .. } => false,
         }
     }
 }

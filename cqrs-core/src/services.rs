@@ -133,8 +133,11 @@ pub trait CommandService: Send + Sync {
     /// A publish needs no such look-up: a keyed publish returns the first
     /// result by itself. It is for work done *before* the publish that a
     /// retry should not repeat — taking an order number, say.
-    async fn find_idempotent(&self, key: &IdempotencyKey, ctx: &InvocationContext)
-        -> Result<Option<CommandRecord>>;
+    async fn find_idempotent(
+        &self,
+        key: &IdempotencyKey,
+        ctx: &InvocationContext,
+    ) -> Result<Option<CommandRecord>>;
 }
 
 /// Reads the data (read) table.

@@ -125,7 +125,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Fails with [`Error::Conflict`](crate::Error::Conflict) (expected
     /// `version - 1`, actual: the latest stored version) when a condition
     /// fails, and writes nothing.
-    async fn put_command(&self, command: &CommandRecord, idempotency: Option<&IdempotencyRecord>) -> Result<()>;
+    async fn put_command(
+        &self,
+        command: &CommandRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<()>;
 
     /// The command row of `version`.
     async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>>;

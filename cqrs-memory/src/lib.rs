@@ -280,7 +280,11 @@ impl Storage for InMemory {
         self.limits
     }
 
-    async fn put_command(&self, command: &CommandRecord, idempotency: Option<&IdempotencyRecord>) -> Result<()> {
+    async fn put_command(
+        &self,
+        command: &CommandRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<()> {
         let (pk, sk) = (command.pk.as_str(), command.sk.as_str());
         let row = Arc::new(command.clone());
         let mut tables = self.write();

@@ -9,10 +9,10 @@ use chrono::Utc;
 use futures::future::try_join_all;
 use tracing::Instrument;
 
+use super::idempotent::Keyed;
 use super::pipeline::HandlerRun;
 use super::records::{command_record, data_item};
 use super::validate::{check_command, check_key, check_size, check_size_as_data, check_transaction_size};
-use super::idempotent::Keyed;
 use super::Engine;
 use crate::context::InvocationContext;
 use crate::error::{Error, Result};
@@ -294,7 +294,11 @@ impl Engine {
                 Some(_) => Err(Error::Conflict {
                     key: key.id(),
                     expected: command.version,
-                    actual: self.storage_ref().latest_command(key, base.version).await?.map(|l| l.version),
+                    actual: self
+                        .storage_ref()
+                        .latest_command(key, base.version)
+                        .await?
+                        .map(|l| l.version),
                 }),
             };
         }

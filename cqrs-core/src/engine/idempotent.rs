@@ -38,7 +38,10 @@ impl Keyed {
             }
             fingerprint(&content)
         });
-        Keyed { key: key.key, fingerprint }
+        Keyed {
+            key: key.key,
+            fingerprint,
+        }
     }
 
     /// `key` for a partial update.
@@ -51,7 +54,10 @@ impl Keyed {
             }
             fingerprint(&content)
         });
-        Keyed { key: key.key, fingerprint }
+        Keyed {
+            key: key.key,
+            fingerprint,
+        }
     }
 
     /// The row stored with the command of `version` of `entity`.
@@ -104,10 +110,12 @@ impl Engine {
             .await?
             .filter(|row| row.is_live(Utc::now()));
         match stored {
-            Some(row) if fingerprint.is_some_and(|f| f != row.fingerprint) => Err(Error::IdempotencyKeyReused {
-                key: key.to_owned(),
-                original: format!("{}@{}", row.entity().id(), row.version),
-            }),
+            Some(row) if fingerprint.is_some_and(|f| f != row.fingerprint) => {
+                Err(Error::IdempotencyKeyReused {
+                    key: key.to_owned(),
+                    original: format!("{}@{}", row.entity().id(), row.version),
+                })
+            }
             other => Ok(other),
         }
     }

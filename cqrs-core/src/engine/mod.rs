@@ -16,11 +16,12 @@ mod validate;
 mod worker;
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use crate::context::TenancyPolicy;
 use crate::error::{Error, Result};
+use crate::handle::Services;
 use crate::handler::DataSyncHandler;
 use crate::keys::EntityKey;
 use crate::model::CommandStatus;
@@ -109,24 +110,23 @@ impl Default for EngineConfig {
 /// The framework's services over one storage backend.
 ///
 /// Cheap to clone: clones share the storage, the handlers and the background
-/// processor. Hand it out as `Arc<dyn CommandService>`, `Arc<dyn DataService>`
-/// and `Arc<dyn SequenceService>`.
+/// processor. Hand it out as [`Services`] ([`Engine::services`]), or as
+/// `Arc<dyn CommandService>`, `Arc<dyn DataService>` and `Arc<dyn SequenceService>`.
 ///
 /// ```
 /// use std::sync::Arc;
-/// use cqrs_core::{CommandService, DataService, Engine, SequenceService, Storage};
+/// use cqrs_core::{Engine, Services, Storage};
 ///
-/// fn services(storage: Arc<dyn Storage>) -> (Arc<dyn CommandService>, Arc<dyn DataService>, Arc<dyn SequenceService>) {
-///     let engine = Engine::builder(storage).build();
-///     (Arc::new(engine.clone()), Arc::new(engine.clone()), Arc::new(engine))
+/// fn services(storage: Arc<dyn Storage>) -> Services {
+///     Engine::builder(storage).build().services()
 /// }
 /// ```
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    inner: Arc<EngineInner>,
 }
 
-struct Inner {
+pub(crate) struct EngineInner {
     pipeline: Arc<Pipeline>,
     config: EngineConfig,
     worker: OnceLock<Worker>,
@@ -146,20 +146,61 @@ impl std::fmt::Debug for Engine {
 /// Builds an [`Engine`].
 pub struct EngineBuilder {
     storage: Arc<dyn Storage>,
-    handlers: Vec<Arc<dyn DataSyncHandler>>,
+    handlers: Vec<HandlerSlot>,
     config: EngineConfig,
+}
+
+/// A handler to register: built already, or built with the engine's services.
+enum HandlerSlot {
+    Ready(Arc<dyn DataSyncHandler>),
+    WithServices(Box<dyn FnOnce(&Services) -> Arc<dyn DataSyncHandler>>),
 }
 
 impl EngineBuilder {
     /// Registers a data-sync handler.
     pub fn handler(mut self, handler: impl DataSyncHandler) -> Self {
-        self.handlers.push(Arc::new(handler));
+        self.handlers.push(HandlerSlot::Ready(Arc::new(handler)));
         self
     }
 
     /// Registers a shared data-sync handler.
     pub fn handler_arc(mut self, handler: Arc<dyn DataSyncHandler>) -> Self {
-        self.handlers.push(handler);
+        self.handlers.push(HandlerSlot::Ready(handler));
+        self
+    }
+
+    /// Registers a handler that uses the services of the engine it is
+    /// registered on: `build` calls `make` with them. The handler holds
+    /// them without keeping the engine alive — the engine and everything
+    /// in it are freed when its last clone is dropped.
+    ///
+    /// ```
+    /// use async_trait::async_trait;
+    /// use cqrs_core::{BoxError, DataSyncEvent, DataSyncHandler, Engine, Services, Storage};
+    ///
+    /// struct AuditTrail { services: Services }
+    ///
+    /// #[async_trait]
+    /// impl DataSyncHandler for AuditTrail {
+    ///     fn name(&self) -> &str { "audit-trail" }
+    ///     async fn handle(&self, event: &DataSyncEvent) -> Result<(), BoxError> {
+    ///         let history = self.services.data.list_history(&event.key(), &event.context).await?;
+    ///         tracing::info!(versions = history.len() + 1, "changed");
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// fn engine(storage: std::sync::Arc<dyn Storage>) -> Engine {
+    ///     Engine::builder(storage)
+    ///         .handler_with(|services| AuditTrail { services: services.clone() })
+    ///         .build()
+    /// }
+    /// ```
+    pub fn handler_with<H: DataSyncHandler>(mut self, make: impl FnOnce(&Services) -> H + 'static) -> Self {
+        self.handlers
+            .push(HandlerSlot::WithServices(Box::new(move |services| {
+                Arc::new(make(services))
+            })));
         self
     }
 
@@ -229,28 +270,42 @@ impl EngineBuilder {
     /// failures are recorded and reprocessed by name, so names must be unique.
     /// This is a programming error, caught at start-up.
     pub fn build(self) -> Engine {
-        let mut names = std::collections::HashSet::new();
-        for handler in &self.handlers {
-            assert!(
-                names.insert(handler.name()),
-                "two data-sync handlers are named '{}'; handler names must be unique",
-                handler.name()
-            );
-        }
-        let pipeline = Arc::new(Pipeline::new(
-            self.storage,
-            self.handlers,
-            self.config.retry.clone(),
-            self.config.handler_timeout,
-        ));
-        Engine {
-            inner: Arc::new(Inner {
+        let EngineBuilder {
+            storage,
+            handlers,
+            config,
+        } = self;
+        let inner = Arc::new_cyclic(|engine: &Weak<EngineInner>| {
+            let services = Services::of_weak(engine.clone());
+            let handlers: Vec<Arc<dyn DataSyncHandler>> = handlers
+                .into_iter()
+                .map(|slot| match slot {
+                    HandlerSlot::Ready(handler) => handler,
+                    HandlerSlot::WithServices(make) => make(&services),
+                })
+                .collect();
+            let mut names = std::collections::HashSet::new();
+            for handler in &handlers {
+                assert!(
+                    names.insert(handler.name().to_owned()),
+                    "two data-sync handlers are named '{}'; handler names must be unique",
+                    handler.name()
+                );
+            }
+            let pipeline = Arc::new(Pipeline::new(
+                storage,
+                handlers,
+                config.retry.clone(),
+                config.handler_timeout,
+            ));
+            EngineInner {
                 pipeline,
-                config: self.config,
+                config,
                 worker: OnceLock::new(),
                 activity: Arc::default(),
-            }),
-        }
+            }
+        });
+        Engine { inner }
     }
 }
 
@@ -262,6 +317,17 @@ impl Engine {
             handlers: Vec::new(),
             config: EngineConfig::default(),
         }
+    }
+
+    /// The engine's services in one value, cheap to clone: what your own
+    /// services hold.
+    pub fn services(&self) -> Services {
+        Services::of_engine(self)
+    }
+
+    /// The engine behind a weak handle, if it is still alive.
+    pub(crate) fn upgrade(inner: &Weak<EngineInner>) -> Option<Engine> {
+        inner.upgrade().map(|inner| Engine { inner })
     }
 
     /// The storage backend.

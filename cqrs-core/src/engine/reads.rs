@@ -48,6 +48,9 @@ impl DataService for Engine {
                 format!("must be 1 to {MAX_LIMIT}, got {}", query.limit),
             ));
         }
+        for filter in &query.filters {
+            filter.check()?;
+        }
         if let Some(SkCondition::Between(low, high)) = &query.sk {
             if low > high {
                 return Err(Error::invalid(

@@ -302,7 +302,11 @@ impl Storage for FaultyStorage {
         self.inner.limits()
     }
 
-    async fn put_command(&self, command: &CommandRecord, idempotency: Option<&IdempotencyRecord>) -> Result<()> {
+    async fn put_command(
+        &self,
+        command: &CommandRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<()> {
         self.call(Op::PutCommand, self.inner.put_command(command, idempotency))
             .await
     }

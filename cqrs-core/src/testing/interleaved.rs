@@ -32,7 +32,11 @@ impl Storage for Interleaved {
         self.0.limits()
     }
 
-    async fn put_command(&self, command: &CommandRecord, idempotency: Option<&IdempotencyRecord>) -> Result<()> {
+    async fn put_command(
+        &self,
+        command: &CommandRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<()> {
         interleave!(self.put_command(command, idempotency))
     }
 
