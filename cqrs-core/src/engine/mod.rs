@@ -150,10 +150,13 @@ pub struct EngineBuilder {
     config: EngineConfig,
 }
 
+/// Builds a handler from the services of the engine it is registered on.
+type MakeHandler = Box<dyn FnOnce(&Services) -> Arc<dyn DataSyncHandler>>;
+
 /// A handler to register: built already, or built with the engine's services.
 enum HandlerSlot {
     Ready(Arc<dyn DataSyncHandler>),
-    WithServices(Box<dyn FnOnce(&Services) -> Arc<dyn DataSyncHandler>>),
+    WithServices(MakeHandler),
 }
 
 impl EngineBuilder {

@@ -17,11 +17,13 @@ mod divergences;
 mod faults;
 mod faulty;
 mod fixtures;
+mod idempotency;
 mod interleaved;
 mod pipeline;
 mod queries;
 mod races;
 mod sequences;
+mod services;
 mod storage_primitives;
 mod tenancy;
 mod validation;
@@ -39,11 +41,13 @@ pub use divergences::*;
 pub use faults::*;
 pub use faulty::{Fault, FaultyStorage, InjectedFault, Op, Rule, RuleId};
 pub use fixtures::{ctx, RecordingHandler};
+pub use idempotency::*;
 pub use interleaved::Interleaved;
 pub use pipeline::*;
 pub use queries::*;
 pub use races::*;
 pub use sequences::*;
+pub use services::*;
 pub use storage_primitives::*;
 pub use tenancy::*;
 pub use validation::*;
@@ -145,6 +149,20 @@ macro_rules! conformance_tests {
             async_commands_accepted_can_be_applied,
             cursors_outside_their_query_are_rejected,
             versions_never_overflow,
+            keyed_publishes_write_once,
+            reused_idempotency_keys_are_refused,
+            idempotency_keys_are_validated,
+            idempotency_keys_are_per_tenant,
+            concurrent_keyed_retries_write_once,
+            lost_response_is_answered_by_the_keyed_retry,
+            idempotency_keys_expire,
+            keyed_updates_replay_without_deciding_again,
+            read_your_writes_sees_pending_commands,
+            updates_see_pending_commands,
+            concurrent_updates_lose_nothing,
+            concurrent_commit_with_keeps_totals,
+            updates_skip_and_refuse,
+            handlers_reach_their_engine_without_keeping_it_alive,
         );
     };
     (@each $factory:expr; $guard:expr; $($check:ident),* $(,)?) => {
