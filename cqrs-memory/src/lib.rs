@@ -4,6 +4,11 @@
 mod range;
 mod versions;
 
+/// The guide's page on `Services`, compiled and run as doctests against this backend.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/services.md")]
+struct ServicesGuide;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
