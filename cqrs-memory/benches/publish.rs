@@ -92,6 +92,30 @@ fn benches(c: &mut Criterion) {
             .iter(|| async { engine.get_item(&key, &ctx).await.expect("get") })
     });
 
+    // Read-your-writes: the data row and the latest command.
+    group.bench_function("get_latest", |b| {
+        b.to_async(&rt)
+            .iter(|| async { engine.get_latest(&key, &ctx).await.expect("get") })
+    });
+
+    // Read, decide, write at the version read: no contention here, so the
+    // cost over publish_sync/update is the read and the closure.
+    let services = engine.services();
+    group.bench_function("update_with", |b| {
+        b.to_async(&rt).iter(|| async {
+            services
+                .update_with(&key, &ctx, |current| {
+                    let item = current.ok_or_else(|| cqrs_core::Error::not_found(&key))?;
+                    let n = item.attributes["n"].as_u64().unwrap_or(0);
+                    let mut attributes = item.attributes.clone();
+                    attributes["n"] = json!(n + 1);
+                    Ok::<_, cqrs_core::Error>(Some(CommandInput::update_of(item).attributes(attributes)))
+                })
+                .await
+                .expect("update")
+        })
+    });
+
     let engine = InMemory::engine().build();
     rt.block_on(async {
         for i in 0..1000 {
@@ -106,6 +130,28 @@ fn benches(c: &mut Criterion) {
                 .limit(20);
             engine.list_items(PK, query, &ctx).await.expect("list")
         })
+    });
+
+    // An idempotency key rides in the command's write: its cost is the key
+    // row (and its fingerprint), not a read.
+    let engine = InMemory::engine().build();
+    group.bench_function("publish_sync/create+idempotency_key", |b| {
+        b.to_async(&rt).iter(|| async {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let command = CommandInput::new(PK, format!("ORDER#{i:08}"))
+                .attributes(order_attributes(i))
+                .idempotency_key(format!("key-{i}"));
+            engine.publish_sync(command, &ctx).await.expect("publish")
+        })
+    });
+    let retried = CommandInput::new(PK, "ORDER#RETRIED")
+        .attributes(order_attributes(0))
+        .idempotency_key("retried");
+    rt.block_on(engine.publish_sync(retried.clone(), &ctx))
+        .expect("first");
+    group.bench_function("publish_sync/idempotent_retry", |b| {
+        b.to_async(&rt)
+            .iter(|| async { engine.publish_sync(retried.clone(), &ctx).await.expect("retry") })
     });
 
     let request = SequenceRequest::new("ORDER").format("ORD-{no:06}");
