@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use cqrs_core::{
-    command_sk, parse_command_sk, CommandRecord, DataItem, EntityKey, Error, FailedCommand, Result,
+    command_sk, parse_command_sk, CommandRecord, DataItem, EntityKey, Error, FailedCommand,
+    IdempotencyRecord, Result,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -115,6 +116,47 @@ pub(crate) fn failure_from_item(mut item: Item) -> Result<FailedCommand> {
     }
 }
 
+/// Prefix of the partition key of idempotency keys in the sequences table.
+pub(crate) const IDEMPOTENCY_PK_PREFIX: &str = "IDEMPOTENCY#";
+
+/// Attributes holding the entity of an idempotency key's command (the
+/// record's own `pk` and `sk` are the row's key in the sequences table).
+const ENTITY_PK: &str = "entityPk";
+const ENTITY_SK: &str = "entitySk";
+
+/// The key of an idempotency key's row in the sequences table.
+pub(crate) fn idempotency_key(tenant_code: &str, key: &str) -> Item {
+    self::key(&format!("{IDEMPOTENCY_PK_PREFIX}{tenant_code}"), key)
+}
+
+/// An idempotency key's row: pk `IDEMPOTENCY#{tenantCode}`, sk the key, the
+/// record's fields (its entity under `entityPk`/`entitySk`), and `ttl` =
+/// `expiresAt`, so that DynamoDB's time to live deletes it once expired.
+pub(crate) fn idempotency_to_item(record: &IdempotencyRecord) -> Result<Item> {
+    let mut item = to_item(record)?;
+    if let Some(pk) = item.remove("pk") {
+        item.insert(ENTITY_PK.into(), pk);
+    }
+    if let Some(sk) = item.remove("sk") {
+        item.insert(ENTITY_SK.into(), sk);
+    }
+    item.extend(idempotency_key(&record.tenant_code, &record.key));
+    item.insert(crate::tables::TTL_ATTRIBUTE.into(), n(record.expires_at));
+    Ok(item)
+}
+
+pub(crate) fn idempotency_from_item(mut item: Item) -> Result<IdempotencyRecord> {
+    item.remove("pk");
+    item.remove("sk");
+    item.remove(crate::tables::TTL_ATTRIBUTE);
+    let (Some(pk), Some(sk)) = (item.remove(ENTITY_PK), item.remove(ENTITY_SK)) else {
+        return Err(shape_error("idempotency key", "no entityPk or entitySk"));
+    };
+    item.insert("pk".into(), pk);
+    item.insert("sk".into(), sk);
+    from_item("idempotency key", item)
+}
+
 /// The `version` number of an item, if it has one.
 pub(crate) fn version_of(item: &Item) -> Option<u64> {
     match item.get("version") {
@@ -181,5 +223,27 @@ mod tests {
         ]);
         // "pk" 2 + 8, "n" 1 + 4 (5 digits), "m" 1 + 3 + (1 + 1 + 1)
         assert_eq!(item_size(&item), 10 + 5 + 7);
+    }
+
+    #[test]
+    fn idempotency_rows_keep_the_entity_apart_from_their_key() {
+        let record = IdempotencyRecord {
+            tenant_code: "shop-a".into(),
+            key: "req-1".into(),
+            fingerprint: "f".repeat(64),
+            pk: "TENANT#shop-a".into(),
+            sk: "ORDER#1".into(),
+            version: 3,
+            created_at: chrono::Utc::now(),
+            expires_at: 1_700_000_000,
+        };
+        let item = idempotency_to_item(&record).unwrap();
+        assert_eq!(item["pk"], s("IDEMPOTENCY#shop-a"));
+        assert_eq!(item["sk"], s("req-1"));
+        assert_eq!(item["entityPk"], s("TENANT#shop-a"));
+        assert_eq!(item["entitySk"], s("ORDER#1"));
+        assert_eq!(item["expiresAt"], n(1_700_000_000));
+        assert_eq!(item["ttl"], n(1_700_000_000));
+        assert_eq!(idempotency_from_item(item).unwrap(), record);
     }
 }

@@ -7,22 +7,22 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
-    Update,
+    AttributeValue, ConditionCheck, KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::Utc;
 use cqrs_core::{
     command_sk, ApplyWrite, CommandRecord, CommandStatus, CommandWrite, DataItem, EntityKey, Error,
-    ExpectedVersion, FailedCommand, RangePage, RangeQuery, Result, SkCondition, SortOrder, Storage,
-    StorageLimits,
+    ExpectedVersion, FailedCommand, IdempotencyRecord, RangePage, RangeQuery, Result, SkCondition, SortOrder,
+    Storage, StorageLimits,
 };
 
 use crate::error::{is_retryable_code, sdk_error, shape_error};
 use crate::item::{
     check_size, command_from_item, command_to_item, data_from_item, data_to_item, failure_from_item,
-    failure_key, failure_to_item, history_from_item, history_to_item, key, n, s, version_of, Item,
-    FAILURE_PK_PREFIX, MAX_ITEM_BYTES,
+    failure_key, failure_to_item, history_from_item, history_to_item, idempotency_from_item, idempotency_key,
+    idempotency_to_item, key, n, s, version_of, Item, FAILURE_PK_PREFIX, MAX_ITEM_BYTES,
 };
 use crate::tables::{ensure_tables, TableNames};
 
@@ -30,6 +30,20 @@ use crate::tables::{ensure_tables, TableNames};
 pub const MAX_TRANSACTION_ITEMS: usize = 100;
 /// DynamoDB's limit on the total size of the items of one transaction.
 pub const MAX_TRANSACTION_BYTES: usize = 4 * 1024 * 1024;
+
+/// DynamoDB's limit on the number of keys of one `BatchGetItem`.
+const MAX_BATCH_GET_KEYS: u64 = 100;
+/// Command versions read by the first probe above the versions
+/// [`DynamoDbStorage::latest_from`] starts with; each further probe reads
+/// twice as many, up to [`MAX_BATCH_GET_KEYS`].
+const FIRST_PROBE: u64 = 16;
+/// Sends of one `BatchGetItem` (its unprocessed keys sent again) before
+/// giving up with a retryable error.
+const BATCH_GET_ATTEMPTS: u32 = 10;
+
+/// The condition on an idempotency key's row: no row, or an expired one
+/// (replaced). `:now` is the current time in seconds since the epoch.
+const KEY_FREE: &str = "attribute_not_exists(pk) OR expiresAt <= :now";
 
 /// The storage backend on DynamoDB.
 ///
@@ -48,6 +62,8 @@ pub const MAX_TRANSACTION_BYTES: usize = 4 * 1024 * 1024;
 /// let engine = cqrs_core::Engine::builder(Arc::new(storage)).build();
 /// # let _ = engine; Ok(()) }
 /// ```
+///
+/// Or, the same, [`DynamoDbStorage::engine`].
 #[derive(Debug, Clone)]
 pub struct DynamoDbStorage {
     client: Client,
@@ -61,6 +77,7 @@ enum TxItem {
     InsertCommand { key: EntityKey, version: u64 },
     MarkApplied { key: EntityKey, version: u64 },
     Data { key: EntityKey, expected: u64 },
+    IdempotencyKey { key: EntityKey, expected: u64 },
     Other,
 }
 
@@ -96,20 +113,181 @@ impl DynamoDbStorage {
         ensure_tables(&self.client, &self.tables).await
     }
 
+    /// An [`Engine`](cqrs_core::Engine) builder over this backend (a clone
+    /// of it): the entry point every backend has
+    /// (`cqrs_memory::InMemory::engine()` for the in-memory one).
+    ///
+    /// ```no_run
+    /// # async fn run() -> cqrs_core::Result<()> {
+    /// use cqrs_core::{AsyncDispatch, CommandInput, CommandService, InvocationContext};
+    /// use cqrs_dynamodb::{DynamoDbStorage, TableNames};
+    ///
+    /// let client = cqrs_dynamodb::local_client("http://127.0.0.1:8000");
+    /// let storage = DynamoDbStorage::new(client, TableNames::new("dev", "shop", "order"));
+    /// storage.ensure_tables().await?;
+    /// let engine = storage
+    ///     .engine()
+    ///     .dispatch(AsyncDispatch::External) // the stream settles async commands
+    ///     .build();
+    /// let ctx = InvocationContext::new("shop-a", "user-1");
+    /// let item = engine
+    ///     .publish_sync(CommandInput::new("TENANT#shop-a", "PRODUCT#PRD-001"), &ctx)
+    ///     .await?
+    ///     .into_item();
+    /// assert_eq!(item.version, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn engine(&self) -> cqrs_core::EngineBuilder {
+        cqrs_core::Engine::builder(std::sync::Arc::new(self.clone()))
+    }
+
     /// The expiry, in seconds since the epoch, of a row superseded now.
     fn expiry(&self) -> Option<i64> {
         self.superseded_ttl
             .map(|ttl| Utc::now().timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2))
     }
 
-    /// The highest stored command version, reading only the sort keys.
+    /// The command row with the highest version, in a constant number of
+    /// requests (see [`Storage::latest_command`]).
     ///
-    /// Sort keys `{sk}@{n}` order as text (`@10` before `@9`), so every
-    /// version's key is read; the rows are small.
-    async fn latest_version(&self, key: &EntityKey) -> Result<Option<u64>> {
+    /// Versions are contiguous from 1 and a command is stored before it is
+    /// applied, so the data row's version (`known`, or read when 0) is
+    /// stored, and the latest is the top of the run of versions above it:
+    /// one `BatchGetItem` reads `known` and `known + 1` (nothing pending:
+    /// done), and if `known + 1` is there, further ones read 16, 32, 64,
+    /// then 100 versions up, until one is missing. When the starting version
+    /// is missing (no data row, or rows deleted by their time to live), every
+    /// command row of the entity is read instead ([`Self::scan_latest`]).
+    async fn latest_from(&self, key: &EntityKey, known: u64) -> Result<Option<(u64, Item)>> {
+        let start = match known {
+            0 => self.data_version(key).await?.unwrap_or(0),
+            known => known,
+        };
+        if start == 0 {
+            return self.scan_latest(key).await;
+        }
+        let mut window = start..=start.saturating_add(1);
+        let mut found = self.batch_get_commands(key, window.clone()).await?;
+        let Some(first) = found.remove(&start) else {
+            return self.scan_latest(key).await;
+        };
+        let mut latest = (start, first);
+        // `start` is in: the run goes on from the next version.
+        let mut size = 1;
+        let mut next = start.saturating_add(1);
+        loop {
+            for version in next..=*window.end() {
+                match found.remove(&version) {
+                    Some(item) => latest = (version, item),
+                    None => return Ok(Some(latest)),
+                }
+            }
+            if *window.end() == u64::MAX {
+                return Ok(Some(latest));
+            }
+            next = window.end() + 1;
+            size = match size {
+                1 => FIRST_PROBE,
+                size => (size * 2).min(MAX_BATCH_GET_KEYS),
+            };
+            window = next..=next.saturating_add(size - 1);
+            found = self.batch_get_commands(key, window.clone()).await?;
+        }
+    }
+
+    /// The highest stored command version, from [`Self::latest_from`].
+    async fn latest_version(&self, key: &EntityKey, known: u64) -> Result<Option<u64>> {
+        Ok(self.latest_from(key, known).await?.map(|(version, _)| version))
+    }
+
+    /// The version of the data row, reading nothing else of it.
+    async fn data_version(&self, key: &EntityKey) -> Result<Option<u64>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.data)
+            .set_key(Some(self::key(&key.pk, &key.sk)))
+            .projection_expression("version")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        match out.item {
+            None => Ok(None),
+            Some(item) => version_of(&item)
+                .map(Some)
+                .ok_or_else(|| shape_error("data row", "no version")),
+        }
+    }
+
+    /// The command rows of `versions` that exist, by version: one
+    /// consistent `BatchGetItem` (at most [`MAX_BATCH_GET_KEYS`] versions),
+    /// its unprocessed keys sent again with a backoff.
+    async fn batch_get_commands(
+        &self,
+        key: &EntityKey,
+        versions: std::ops::RangeInclusive<u64>,
+    ) -> Result<HashMap<u64, Item>> {
+        let build = |e: aws_sdk_dynamodb::error::BuildError| Error::backend(e, false);
+        let keys = versions.map(|v| key_of_command(key, v)).collect();
+        let mut request = KeysAndAttributes::builder()
+            .set_keys(Some(keys))
+            .consistent_read(true)
+            .build()
+            .map_err(build)?;
+        let mut found = HashMap::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.tables.command, request)
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            let items = out
+                .responses
+                .and_then(|mut r| r.remove(&self.tables.command))
+                .unwrap_or_default();
+            for item in items {
+                let version = match item.get("sk") {
+                    Some(AttributeValue::S(sk)) => cqrs_core::parse_command_sk(sk).map(|(_, v)| v),
+                    _ => None,
+                }
+                .ok_or_else(|| shape_error("command row", "sort key has no version"))?;
+                found.insert(version, item);
+            }
+            match out
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.tables.command))
+            {
+                Some(rest) if !rest.keys().is_empty() => {
+                    if attempt >= BATCH_GET_ATTEMPTS {
+                        return Err(Error::backend(
+                            format!(
+                                "BatchGetItem left {} keys unprocessed after {attempt} sends",
+                                rest.keys().len()
+                            ),
+                            true,
+                        ));
+                    }
+                    // Throttled: back off as DynamoDB asks, 50 ms doubling to 1 s.
+                    let backoff = Duration::from_millis(50).saturating_mul(1 << attempt.min(5));
+                    tokio::time::sleep(backoff.min(Duration::from_secs(1))).await;
+                    request = rest;
+                }
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    /// The command row with the highest version, reading every command row
+    /// of the entity: sort keys `{sk}@{n}` order as text (`@10` before `@9`).
+    async fn scan_latest(&self, key: &EntityKey) -> Result<Option<(u64, Item)>> {
         let prefix = command_sk(&key.sk, 0);
         let prefix = &prefix[..prefix.len() - 1];
-        let mut latest = None;
+        let mut latest: Option<(u64, Item)> = None;
         let mut start = None;
         loop {
             let page = self
@@ -119,16 +297,19 @@ impl DynamoDbStorage {
                 .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
                 .expression_attribute_values(":pk", s(&key.pk))
                 .expression_attribute_values(":prefix", s(prefix))
-                .projection_expression("sk")
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(sdk_error)?;
-            for item in page.items() {
-                if let Some(AttributeValue::S(sk)) = item.get("sk") {
-                    if let Some((_, v)) = cqrs_core::parse_command_sk(sk) {
-                        latest = latest.max(Some(v));
+            for item in page.items.unwrap_or_default() {
+                let version = match item.get("sk") {
+                    Some(AttributeValue::S(sk)) => cqrs_core::parse_command_sk(sk).map(|(_, v)| v),
+                    _ => None,
+                };
+                if let Some(version) = version {
+                    if latest.as_ref().is_none_or(|(v, _)| version > *v) {
+                        latest = Some((version, item));
                     }
                 }
             }
@@ -137,6 +318,21 @@ impl DynamoDbStorage {
                 _ => return Ok(latest),
             }
         }
+    }
+
+    /// The `Put` of an idempotency key's row, on the condition that no live
+    /// row holds the key; returns it with its size.
+    fn key_put(&self, record: &IdempotencyRecord) -> Result<(Put, usize)> {
+        let item = idempotency_to_item(record)?;
+        let bytes = check_size(&item)?;
+        let put = Put::builder()
+            .table_name(&self.tables.sequences)
+            .set_item(Some(item))
+            .condition_expression(KEY_FREE)
+            .expression_attribute_values(":now", n(Utc::now().timestamp()))
+            .build()
+            .map_err(|e| Error::backend(e, false))?;
+        Ok((put, bytes))
     }
 
     /// Every item of `table` under `pk` whose sort key starts with `prefix`.
@@ -293,6 +489,17 @@ impl DynamoDbStorage {
                 .map_err(build)?;
             items.push((TransactWriteItem::builder().update(update).build(), TxItem::Other));
         }
+        if let Some(record) = &write.idempotency {
+            let (put, size) = self.key_put(record)?;
+            bytes += size;
+            items.push((
+                TransactWriteItem::builder().put(put).build(),
+                TxItem::IdempotencyKey {
+                    key: key_of.clone(),
+                    expected: write.expected_data_version,
+                },
+            ));
+        }
         Ok(bytes)
     }
 
@@ -311,8 +518,14 @@ impl DynamoDbStorage {
                 TxItem::Data { key, expected } => {
                     Self::conflict(key, *expected, reason.item().and_then(version_of))
                 }
+                // The command row of `version` exists: the latest is at or above it.
                 TxItem::InsertCommand { key, version } => {
-                    Self::conflict(key, version - 1, self.latest_version(key).await?)
+                    Self::conflict(key, version - 1, self.latest_version(key, *version).await?)
+                }
+                // The key is held by a live row; the data row's condition held
+                // (it comes first, and would be the reason given).
+                TxItem::IdempotencyKey { key, expected } => {
+                    Self::conflict(key, *expected, (*expected > 0).then_some(*expected))
                 }
                 TxItem::MarkApplied { key, version } => Error::NotFound {
                     key: format!("{}@{version}", key.id()),
@@ -340,11 +553,18 @@ impl Storage for DynamoDbStorage {
         }
     }
 
-    async fn put_command(&self, command: &CommandRecord) -> Result<()> {
+    async fn put_command(
+        &self,
+        command: &CommandRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<()> {
         let key_of = command.key();
+        let version = command.version;
         let item = command_to_item(command)?;
         check_size(&item)?;
-        let failed = if command.version == 1 {
+        // On a failed condition: a version known to be stored, where the
+        // search for the latest starts (0: the data row's).
+        let failed: Option<u64> = if version == 1 && idempotency.is_none() {
             match self
                 .client
                 .put_item()
@@ -354,48 +574,69 @@ impl Storage for DynamoDbStorage {
                 .send()
                 .await
             {
-                Ok(_) => false,
+                Ok(_) => None,
                 Err(e)
                     if e.as_service_error()
                         .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
                 {
-                    true
+                    Some(1)
                 }
                 Err(e) => return Err(sdk_error(e)),
             }
         } else {
             let build = |e: aws_sdk_dynamodb::error::BuildError| Error::backend(e, false);
-            let predecessor = ConditionCheck::builder()
-                .table_name(&self.tables.command)
-                .set_key(Some(key(
-                    &key_of.pk,
-                    &command_sk(&key_of.sk, command.version - 1),
-                )))
-                .condition_expression("attribute_exists(pk)")
-                .build()
-                .map_err(build)?;
+            let mut transact = Vec::with_capacity(3);
+            if version > 1 {
+                let predecessor = ConditionCheck::builder()
+                    .table_name(&self.tables.command)
+                    .set_key(Some(key_of_command(&key_of, version - 1)))
+                    .condition_expression("attribute_exists(pk)")
+                    .build()
+                    .map_err(build)?;
+                transact.push(TransactWriteItem::builder().condition_check(predecessor).build());
+            }
             let put = Put::builder()
                 .table_name(&self.tables.command)
                 .set_item(Some(item))
                 .condition_expression("attribute_not_exists(pk)")
                 .build()
                 .map_err(build)?;
+            let put_at = transact.len();
+            transact.push(TransactWriteItem::builder().put(put).build());
+            if let Some(record) = idempotency {
+                let (put, _) = self.key_put(record)?;
+                transact.push(TransactWriteItem::builder().put(put).build());
+            }
             let sent = self
                 .client
                 .transact_write_items()
-                .transact_items(TransactWriteItem::builder().condition_check(predecessor).build())
-                .transact_items(TransactWriteItem::builder().put(put).build())
+                .set_transact_items(Some(transact))
                 .send()
                 .await;
             match sent {
-                Ok(_) => false,
+                Ok(_) => None,
                 Err(e) => match e.into_service_error() {
                     TransactWriteItemsError::TransactionCanceledException(c)
                         if c.cancellation_reasons()
                             .iter()
                             .any(|r| r.code() == Some("ConditionalCheckFailed")) =>
                     {
-                        true
+                        let failed_at = |i: usize| {
+                            c.cancellation_reasons()
+                                .get(i)
+                                .is_some_and(|r| r.code() == Some("ConditionalCheckFailed"))
+                        };
+                        Some(if failed_at(put_at) {
+                            // The version is taken.
+                            version
+                        } else if version > 1 && !failed_at(0) {
+                            // Only the key is taken: the predecessor is there
+                            // (if wrong, the search falls back to reading
+                            // every version).
+                            version - 1
+                        } else {
+                            0
+                        })
                     }
                     other => {
                         let retryable = other.code().is_some_and(is_retryable_code)
@@ -405,14 +646,14 @@ impl Storage for DynamoDbStorage {
                 },
             }
         };
-        if failed {
-            return Err(Self::conflict(
+        match failed {
+            None => Ok(()),
+            Some(known) => Err(Self::conflict(
                 &key_of,
-                command.version - 1,
-                self.latest_version(&key_of).await?,
-            ));
+                version - 1,
+                self.latest_version(&key_of, known).await?,
+            )),
         }
-        Ok(())
     }
 
     async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>> {
@@ -422,11 +663,11 @@ impl Storage for DynamoDbStorage {
             .transpose()
     }
 
-    async fn latest_command(&self, key: &EntityKey) -> Result<Option<CommandRecord>> {
-        match self.latest_version(key).await? {
-            Some(version) => self.get_command(key, version).await,
-            None => Ok(None),
-        }
+    async fn latest_command(&self, key: &EntityKey, known: u64) -> Result<Option<CommandRecord>> {
+        self.latest_from(key, known)
+            .await?
+            .map(|(_, item)| command_from_item(item))
+            .transpose()
     }
 
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
@@ -556,6 +797,19 @@ impl Storage for DynamoDbStorage {
     async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>> {
         self.versioned_rows(&self.tables.history, key, history_from_item, |h| h.version)
             .await
+    }
+
+    async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.sequences)
+            .set_key(Some(idempotency_key(tenant_code, key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        out.item.map(idempotency_from_item).transpose()
     }
 
     async fn next_counter(&self, pk: &str, sk: &str) -> Result<u64> {

@@ -19,7 +19,8 @@ pub const TTL_ATTRIBUTE: &str = "ttl";
 /// Named as the reference framework names them, so a Rust service and a
 /// NestJS service can share them: `{env}-{app}-{module}-command`, `-data`,
 /// `-history`, and the shared `{env}-{app}-sequences` (which also holds the
-/// failure records of the pipeline).
+/// failure records of the pipeline, the stream consumer's leases and the
+/// idempotency keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableNames {
     /// Command rows, one per version (`sk@N`), with a stream of new and old images.
@@ -28,7 +29,7 @@ pub struct TableNames {
     pub data: String,
     /// History rows: each superseded data version (`sk@N`).
     pub history: String,
-    /// Sequence counters and failure records.
+    /// Sequence counters, failure records, stream leases and idempotency keys.
     pub sequences: String,
 }
 
@@ -86,7 +87,9 @@ impl TableNames {
                 role: TableRole::Sequences,
                 name: self.sequences.clone(),
                 stream: false,
-                ttl: false,
+                // Idempotency keys expire; counters, failure records and
+                // stream leases have no `ttl` and stay.
+                ttl: true,
             },
         ]
     }
@@ -101,7 +104,7 @@ pub enum TableRole {
     Data,
     /// History rows.
     History,
-    /// Sequences and failure records.
+    /// Sequence counters, failure records, stream leases and idempotency keys.
     Sequences,
 }
 

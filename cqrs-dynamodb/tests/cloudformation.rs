@@ -300,10 +300,13 @@ fn drift_is_detected() {
             }),
         ),
         (
+            // Idempotency keys expire by their ttl.
             "time to live",
             Box::new(|t| {
-                t["Resources"][&sequences]["Properties"]["TimeToLiveSpecification"] =
-                    json!({ "AttributeName": "ttl", "Enabled": true });
+                t["Resources"][&sequences]["Properties"]
+                    .as_object_mut()
+                    .expect("properties")
+                    .remove("TimeToLiveSpecification");
             }),
         ),
         (

@@ -20,8 +20,8 @@ use aws_lambda_events::event::streams::DynamoDbEventResponse;
 use cqrs_core::testing::{ctx, RecordingHandler};
 use cqrs_core::{
     command_sk, ApplyWrite, AsyncDispatch, CommandInput, CommandRecord, CommandService, CommandStatus,
-    DataItem, Engine, EntityKey, Error, ExpectedVersion, FailedCommand, Interest, RangePage, RangeQuery,
-    Result, RetryPolicy, Storage, StorageLimits,
+    DataItem, Engine, EntityKey, Error, ExpectedVersion, FailedCommand, IdempotencyRecord, Interest,
+    RangePage, RangeQuery, Result, RetryPolicy, Storage, StorageLimits,
 };
 use cqrs_dynamodb::lambda::handle_event;
 use serde_json::{json, Value};
@@ -104,14 +104,18 @@ impl Storage for Faulty {
     fn limits(&self) -> StorageLimits {
         self.inner.limits()
     }
-    async fn put_command(&self, command: &CommandRecord) -> Result<()> {
-        self.inner.put_command(command).await
+    async fn put_command(
+        &self,
+        command: &CommandRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<()> {
+        self.inner.put_command(command, idempotency).await
     }
     async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>> {
         self.inner.get_command(key, version).await
     }
-    async fn latest_command(&self, key: &EntityKey) -> Result<Option<CommandRecord>> {
-        self.inner.latest_command(key).await
+    async fn latest_command(&self, key: &EntityKey, known: u64) -> Result<Option<CommandRecord>> {
+        self.inner.latest_command(key, known).await
     }
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
         self.inner.list_commands(key).await
@@ -156,6 +160,9 @@ impl Storage for Faulty {
     }
     async fn list_failures(&self, tenant_code: Option<&str>) -> Result<Vec<FailedCommand>> {
         self.inner.list_failures(tenant_code).await
+    }
+    async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
+        self.inner.get_idempotency(tenant_code, key).await
     }
 }
 

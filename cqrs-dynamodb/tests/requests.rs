@@ -213,3 +213,142 @@ async fn requests_per_operation_with_a_handler() {
         "settle of a finished command: its status"
     );
 }
+
+/// Publishes `versions` sync updates of `sk` (each one applied), from version 1.
+async fn applied_versions(engine: &Engine, pk: &str, sk: &str, versions: u64, ctx: &InvocationContext) {
+    for version in 1..=versions {
+        let command = CommandInput::new(pk, sk)
+            .attributes(json!({ "n": version }))
+            .version(ExpectedVersion::Exactly(version - 1));
+        engine.publish_sync(command, ctx).await.unwrap();
+    }
+}
+
+/// Reading the latest command is a constant number of requests, whatever
+/// the number of versions: the data row, then one `BatchGetItem` of its
+/// version and the next (and one more, of 16 versions, when commands are
+/// pending).
+#[tokio::test]
+async fn latest_reads_are_constant_in_versions() {
+    if !common::available() {
+        return;
+    }
+    let (engine, log) = counted_engine(true).await;
+    let ctx = InvocationContext::new("shop-a", "u");
+    let pk = "TENANT#shop-a";
+    let key = EntityKey::new(pk, "L#1");
+    applied_versions(&engine, pk, "L#1", 12, &ctx).await;
+    log.take();
+
+    let latest = engine.get_latest(&key, &ctx).await.unwrap().unwrap();
+    assert_eq!(latest.version, 12);
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "BatchGetItem"]),
+        "get_latest, 12 versions applied, none pending: data row, then versions 12 and 13"
+    );
+
+    // Three async commands nobody applies (External dispatch).
+    for version in 13..=15 {
+        let command = CommandInput::new(pk, "L#1")
+            .attributes(json!({ "n": version }))
+            .version(ExpectedVersion::Exactly(version - 1));
+        engine.publish_async(command, &ctx).await.unwrap();
+    }
+    log.take();
+    let latest = engine.get_latest(&key, &ctx).await.unwrap().unwrap();
+    assert_eq!((latest.version, &latest.attributes), (15, &json!({ "n": 15 })));
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "BatchGetItem", "BatchGetItem"]),
+        "get_latest, 12 applied and 3 pending: data row, versions 12-13, then 14-29"
+    );
+    assert_eq!(engine.get_item(&key, &ctx).await.unwrap().unwrap().version, 12);
+    log.take();
+
+    // An entity that does not exist: `known` 0 cannot say "no data row", so
+    // the backend reads the data row again, then every command row (none).
+    assert!(engine
+        .get_latest(&EntityKey::new(pk, "L#none"), &ctx)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "GetItem", "Query"]),
+        "get_latest of a missing entity"
+    );
+
+    // Last writer wins on another entity of 12 versions: the latest command
+    // (data row + BatchGetItem), then the write on top of it.
+    applied_versions(&engine, pk, "L#2", 12, &ctx).await;
+    log.take();
+    let latest = CommandInput::new(pk, "L#2")
+        .attributes(json!({ "n": "latest" }))
+        .version(ExpectedVersion::Latest);
+    let written = engine.publish_async(latest, &ctx).await.unwrap();
+    assert_eq!(written.get().version, 13);
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "BatchGetItem", "TransactWriteItems"]),
+        "publish_async at Latest, 12 versions"
+    );
+}
+
+/// A key rides in the transaction of its command: a first keyed publish
+/// costs what an unkeyed one does (an async create: a `TransactWriteItems`
+/// instead of a `PutItem`). Its retry conflicts and reads the key's row and
+/// the first result.
+#[tokio::test]
+async fn keyed_publishes_cost_no_request_more() {
+    if !common::available() {
+        return;
+    }
+    let (engine, log) = counted_engine(true).await;
+    let ctx = InvocationContext::new("shop-a", "u");
+    let pk = "TENANT#shop-a";
+
+    let keyed = || {
+        CommandInput::new(pk, "K#1")
+            .attributes(json!({ "n": 1 }))
+            .idempotency_key("req-sync-1")
+    };
+    let first = engine.publish_sync(keyed(), &ctx).await.unwrap();
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "TransactWriteItems"]),
+        "keyed publish_sync, first try"
+    );
+    let retry = engine.publish_sync(keyed(), &ctx).await.unwrap();
+    assert_eq!(
+        retry.get(),
+        first.get(),
+        "the retry answers with the first result"
+    );
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "GetItem", "GetItem"]),
+        "keyed publish_sync, retry: data row (version 1 exists: conflict), key row, data row of the first result"
+    );
+
+    let keyed = || {
+        CommandInput::new(pk, "K#2")
+            .attributes(json!({ "n": 1 }))
+            .idempotency_key("req-async-1")
+    };
+    let first = engine.publish_async(keyed(), &ctx).await.unwrap();
+    assert_eq!(
+        log.take(),
+        ops(&["TransactWriteItems"]),
+        "keyed publish_async (create), first try: command and key in one transaction"
+    );
+    let retry = engine.publish_async(keyed(), &ctx).await.unwrap();
+    assert_eq!(retry.get().version, first.get().version);
+    assert_eq!(retry.get().request_id, first.get().request_id);
+    assert_eq!(
+        log.take(),
+        ops(&["TransactWriteItems", "BatchGetItem", "GetItem", "GetItem"]),
+        "keyed publish_async (create), retry: the write conflicts, its latest version \
+         (versions 1 and 2), key row, the first command"
+    );
+}

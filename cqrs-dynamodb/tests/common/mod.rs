@@ -321,6 +321,7 @@ pub async fn insert_applied(storage: &dyn Storage, sk: &str, attributes: Value) 
             data,
             expected_data_version: 0,
             history: None,
+            idempotency: None,
         }])
         .await
         .expect("written");

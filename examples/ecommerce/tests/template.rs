@@ -50,9 +50,11 @@ const API_GATEWAY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Table actions the engine sends on behalf of both functions (the
 /// DynamoDB backend: reads, queries, conditional puts and updates, the items
-/// of `TransactWriteItems`) and `ensure_tables` at start-up.
-const TABLE_ACTIONS: [&str; 7] = [
+/// of `TransactWriteItems`, `BatchGetItem` to find an entity's latest
+/// command) and `ensure_tables` at start-up.
+const TABLE_ACTIONS: [&str; 8] = [
     "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
     "dynamodb:Query",
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
