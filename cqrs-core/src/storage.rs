@@ -136,12 +136,17 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
 
     /// The command row with the highest version.
     ///
-    /// `known` is a version the caller knows is stored (the data row's
-    /// version: commands are stored before they are applied), or 0. Versions
-    /// are contiguous from 1, so a backend whose keys do not sort by version
-    /// (DynamoDB's `{sk}@{n}`: `@10` before `@9`) can look upwards from it
-    /// in a constant number of requests instead of reading every version.
-    async fn latest_command(&self, key: &EntityKey, known: u64) -> Result<Option<CommandRecord>>;
+    /// `data_version` is the version of the entity's data row when the
+    /// caller has just read it (`Some(0)`: there is none), `None` when it
+    /// has not. Commands are stored before they are applied and versions are
+    /// contiguous from 1, so a backend whose keys do not sort by version
+    /// (DynamoDB's `{sk}@{n}`: `@10` before `@9`) can look upwards from it in
+    /// a constant number of requests instead of reading every version.
+    async fn latest_command(
+        &self,
+        key: &EntityKey,
+        data_version: Option<u64>,
+    ) -> Result<Option<CommandRecord>>;
 
     /// Every command row of the entity, by ascending version.
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>>;

@@ -151,17 +151,17 @@ impl DynamoDbStorage {
     /// requests (see [`Storage::latest_command`]).
     ///
     /// Versions are contiguous from 1 and a command is stored before it is
-    /// applied, so the data row's version (`known`, or read when 0) is
-    /// stored, and the latest is the top of the run of versions above it:
-    /// one `BatchGetItem` reads `known` and `known + 1` (nothing pending:
+    /// applied, so the data row's version (`known`, read when `None`; 0: no
+    /// data row) is stored, and the latest is the top of the run of versions
+    /// above it: one `BatchGetItem` reads `known` and `known + 1` (nothing pending:
     /// done), and if `known + 1` is there, further ones read 16, 32, 64,
     /// then 100 versions up, until one is missing. When the starting version
     /// is missing (no data row, or rows deleted by their time to live), every
     /// command row of the entity is read instead ([`Self::scan_latest`]).
-    async fn latest_from(&self, key: &EntityKey, known: u64) -> Result<Option<(u64, Item)>> {
+    async fn latest_from(&self, key: &EntityKey, known: Option<u64>) -> Result<Option<(u64, Item)>> {
         let start = match known {
-            0 => self.data_version(key).await?.unwrap_or(0),
-            known => known,
+            None => self.data_version(key).await?.unwrap_or(0),
+            Some(known) => known,
         };
         if start == 0 {
             return self.scan_latest(key).await;
@@ -197,7 +197,10 @@ impl DynamoDbStorage {
 
     /// The highest stored command version, from [`Self::latest_from`].
     async fn latest_version(&self, key: &EntityKey, known: u64) -> Result<Option<u64>> {
-        Ok(self.latest_from(key, known).await?.map(|(version, _)| version))
+        Ok(self
+            .latest_from(key, Some(known))
+            .await?
+            .map(|(version, _)| version))
     }
 
     /// The version of the data row, reading nothing else of it.
@@ -663,8 +666,12 @@ impl Storage for DynamoDbStorage {
             .transpose()
     }
 
-    async fn latest_command(&self, key: &EntityKey, known: u64) -> Result<Option<CommandRecord>> {
-        self.latest_from(key, known)
+    async fn latest_command(
+        &self,
+        key: &EntityKey,
+        data_version: Option<u64>,
+    ) -> Result<Option<CommandRecord>> {
+        self.latest_from(key, data_version)
             .await?
             .map(|(_, item)| command_from_item(item))
             .transpose()

@@ -114,8 +114,12 @@ impl Storage for Faulty {
     async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>> {
         self.inner.get_command(key, version).await
     }
-    async fn latest_command(&self, key: &EntityKey, known: u64) -> Result<Option<CommandRecord>> {
-        self.inner.latest_command(key, known).await
+    async fn latest_command(
+        &self,
+        key: &EntityKey,
+        data_version: Option<u64>,
+    ) -> Result<Option<CommandRecord>> {
+        self.inner.latest_command(key, data_version).await
     }
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
         self.inner.list_commands(key).await

@@ -37,7 +37,7 @@ async fn entity(engine: &Engine, sk: &str, applied: u64, pending: u64) -> Entity
     key
 }
 
-async fn latest(storage: &DynamoDbStorage, key: &EntityKey, known: u64) -> Option<u64> {
+async fn latest(storage: &DynamoDbStorage, key: &EntityKey, known: Option<u64>) -> Option<u64> {
     storage
         .latest_command(key, known)
         .await
@@ -86,18 +86,18 @@ async fn every_run_of_pending_commands_is_found() {
         let key = entity(&engine, &format!("E#{i}"), applied, pending).await;
         let expected = Some(applied + pending).filter(|&v| v > 0);
         assert_eq!(
-            latest(&storage, &key, 0).await,
+            latest(&storage, &key, None).await,
             expected,
             "{applied} applied, {pending} pending, known 0"
         );
         if applied > 0 {
             assert_eq!(
-                latest(&storage, &key, applied).await,
+                latest(&storage, &key, Some(applied)).await,
                 expected,
                 "{applied} applied, {pending} pending, known {applied}"
             );
         }
-        let command = storage.latest_command(&key, 0).await.unwrap();
+        let command = storage.latest_command(&key, None).await.unwrap();
         if let Some(command) = command {
             assert_eq!(
                 command.attributes,
@@ -128,17 +128,17 @@ async fn a_missing_starting_version_falls_back_to_reading_every_version() {
     // The data row's command is gone.
     let key = entity(&engine, "F#1", 12, 3).await;
     delete(&storage, &tables.command, &key.pk, &command_sk(&key.sk, 12)).await;
-    assert_eq!(latest(&storage, &key, 0).await, Some(15));
-    assert_eq!(latest(&storage, &key, 12).await, Some(15));
+    assert_eq!(latest(&storage, &key, None).await, Some(15));
+    assert_eq!(latest(&storage, &key, Some(12)).await, Some(15));
 
     // The data row is gone, its commands are not (yet).
     let key = entity(&engine, "F#2", 12, 0).await;
     delete(&storage, &tables.data, &key.pk, &key.sk).await;
     delete(&storage, &tables.command, &key.pk, &command_sk(&key.sk, 1)).await;
-    assert_eq!(latest(&storage, &key, 0).await, Some(12));
+    assert_eq!(latest(&storage, &key, None).await, Some(12));
 
     // Nothing at all.
-    assert_eq!(latest(&storage, &common::key("NONE#1"), 0).await, None);
+    assert_eq!(latest(&storage, &common::key("NONE#1"), None).await, None);
 }
 
 /// A conflict reports the latest stored version, found the same way.

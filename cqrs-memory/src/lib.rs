@@ -317,7 +317,11 @@ impl Storage for InMemory {
         Ok(row.map(Arc::unwrap_or_clone))
     }
 
-    async fn latest_command(&self, key: &EntityKey, _known: u64) -> Result<Option<CommandRecord>> {
+    async fn latest_command(
+        &self,
+        key: &EntityKey,
+        _data_version: Option<u64>,
+    ) -> Result<Option<CommandRecord>> {
         let row = rows(&self.read().commands, &key.pk, &key.sk).and_then(|v| v.last().cloned());
         Ok(row.map(Arc::unwrap_or_clone))
     }

@@ -246,7 +246,7 @@ impl Engine {
         match expected {
             ExpectedVersion::Exactly(0) => Ok(None),
             ExpectedVersion::Exactly(v) => self.storage_ref().get_command(key, v).await,
-            ExpectedVersion::Latest => self.storage_ref().latest_command(key, 0).await,
+            ExpectedVersion::Latest => self.storage_ref().latest_command(key, None).await,
         }
     }
 
@@ -296,7 +296,7 @@ impl Engine {
                     expected: command.version,
                     actual: self
                         .storage_ref()
-                        .latest_command(key, base.version)
+                        .latest_command(key, None)
                         .await?
                         .map(|l| l.version),
                 }),
@@ -456,7 +456,7 @@ impl CommandService for Engine {
         let span = command_span(&key, ctx, "async");
         self.retrying_latest(update.version, || async {
             let Some(base) = self.async_base(&key, update.version).await? else {
-                let latest = self.storage_ref().latest_command(&key, 0).await?;
+                let latest = self.storage_ref().latest_command(&key, None).await?;
                 return Err(match (update.version, latest) {
                     (ExpectedVersion::Exactly(v), Some(latest)) => Error::Conflict {
                         key: key.id(),

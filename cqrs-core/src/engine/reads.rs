@@ -28,7 +28,7 @@ impl DataService for Engine {
         check_key(self.tenancy(), key, ctx)?;
         let applied = self.storage_ref().get_data(key).await?;
         let known = applied.as_ref().map_or(0, |item| item.version);
-        match self.storage_ref().latest_command(key, known).await? {
+        match self.storage_ref().latest_command(key, Some(known)).await? {
             Some(pending) if pending.version > known => Ok(Some(data_item(&pending, applied.as_ref()))),
             _ => Ok(applied),
         }

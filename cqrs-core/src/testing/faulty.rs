@@ -316,8 +316,12 @@ impl Storage for FaultyStorage {
             .await
     }
 
-    async fn latest_command(&self, key: &EntityKey, known: u64) -> Result<Option<CommandRecord>> {
-        self.call(Op::LatestCommand, self.inner.latest_command(key, known))
+    async fn latest_command(
+        &self,
+        key: &EntityKey,
+        data_version: Option<u64>,
+    ) -> Result<Option<CommandRecord>> {
+        self.call(Op::LatestCommand, self.inner.latest_command(key, data_version))
             .await
     }
 
@@ -402,7 +406,7 @@ mod tests {
         async fn get_command(&self, _: &EntityKey, _: u64) -> Result<Option<CommandRecord>> {
             Ok(None)
         }
-        async fn latest_command(&self, _: &EntityKey, _: u64) -> Result<Option<CommandRecord>> {
+        async fn latest_command(&self, _: &EntityKey, _: Option<u64>) -> Result<Option<CommandRecord>> {
             Ok(None)
         }
         async fn list_commands(&self, _: &EntityKey) -> Result<Vec<CommandRecord>> {

@@ -44,8 +44,12 @@ impl Storage for Interleaved {
         interleave!(self.get_command(key, version))
     }
 
-    async fn latest_command(&self, key: &EntityKey, known: u64) -> Result<Option<CommandRecord>> {
-        interleave!(self.latest_command(key, known))
+    async fn latest_command(
+        &self,
+        key: &EntityKey,
+        data_version: Option<u64>,
+    ) -> Result<Option<CommandRecord>> {
+        interleave!(self.latest_command(key, data_version))
     }
 
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {

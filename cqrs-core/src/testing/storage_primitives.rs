@@ -73,7 +73,10 @@ pub async fn storage_put_command_conditions(factory: &dyn StorageFactory) {
         .map(|c| c.version)
         .collect();
     assert_eq!(versions, [1, 2]);
-    assert_eq!(storage.latest_command(&key, 0).await.unwrap().unwrap().version, 2);
+    assert_eq!(
+        storage.latest_command(&key, None).await.unwrap().unwrap().version,
+        2
+    );
     storage
         .set_command_status(&key, 2, CommandStatus::Failed)
         .await
