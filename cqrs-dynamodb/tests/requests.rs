@@ -352,3 +352,47 @@ async fn keyed_publishes_cost_no_request_more() {
          (versions 1 and 2), key row, the first command"
     );
 }
+
+/// A read-modify-write costs what the hand-written loop did — a read, then
+/// the publish (which reads the row again for its checks) — and an
+/// idempotency key adds the read of its row.
+#[tokio::test]
+async fn updates_cost_a_read_and_a_publish() {
+    if !common::available() {
+        return;
+    }
+    let (engine, log) = counted_engine(false).await;
+    let services = engine.services();
+    let ctx = InvocationContext::new("shop-a", "u");
+    let pk = "TENANT#shop-a";
+    let key = EntityKey::new(pk, "U#1");
+    engine
+        .publish_sync(CommandInput::new(pk, "U#1").attributes(json!({ "n": 0 })), &ctx)
+        .await
+        .unwrap();
+    let bump = |current: Option<&cqrs_core::DataItem>| {
+        let item = current.expect("exists");
+        let n = item.attributes["n"].as_u64().unwrap_or(0);
+        Ok::<_, cqrs_core::Error>(Some(
+            CommandInput::update_of(item).attributes(json!({ "n": n + 1 })),
+        ))
+    };
+    log.take();
+    services.update_with(&key, &ctx, bump).await.unwrap();
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "GetItem", "TransactWriteItems"]),
+        "update_with: the read, then the publish"
+    );
+    services
+        .update(&key)
+        .idempotency_key("bump-1")
+        .publish_sync(&ctx, bump)
+        .await
+        .unwrap();
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "GetItem", "GetItem", "TransactWriteItems"]),
+        "keyed update: the key row, the read, then the publish"
+    );
+}
