@@ -262,7 +262,7 @@ impl Tour<'_> {
         let (before, _) = read_order(shop, a, &a1.code).await?;
         let refused = shop
             .orders
-            .update_status(&a1.code, OrderStatus::Shipped, None, &ctx(a))
+            .update_status(&a1.code, OrderStatus::Shipped, None, None, &ctx(a))
             .await;
         let (after, _) = read_order(shop, a, &a1.code).await?;
         match &refused {
@@ -288,7 +288,7 @@ impl Tour<'_> {
         let before = read_stock(shop, a, "PRD-002").await?;
         let cancelled = shop
             .orders
-            .update_status(&a2.code, OrderStatus::Cancelled, None, &ctx(a))
+            .update_status(&a2.code, OrderStatus::Cancelled, None, None, &ctx(a))
             .await?;
         shop.engine.wait_idle().await;
         let after = read_stock(shop, a, "PRD-002").await?;
@@ -317,7 +317,10 @@ impl Tour<'_> {
             OrderStatus::Processing,
             OrderStatus::Shipped,
         ] {
-            let item = shop.orders.update_status(&a1.code, next, None, &ctx(a)).await?;
+            let item = shop
+                .orders
+                .update_status(&a1.code, next, None, None, &ctx(a))
+                .await?;
             self.say(format!("   {} -> {next} (version {})", a1.code, item.version));
         }
         shop.engine.wait_idle().await;
@@ -332,7 +335,7 @@ impl Tour<'_> {
         )?;
         let delivered = shop
             .orders
-            .update_status(&a1.code, OrderStatus::Delivered, None, &ctx(a))
+            .update_status(&a1.code, OrderStatus::Delivered, None, None, &ctx(a))
             .await?;
         self.say(format!(
             "   {} -> delivered (version {})",

@@ -49,6 +49,7 @@ impl ShopError {
                 E::Conflict { .. } => (409, "version_conflict"),
                 E::InvalidInput { .. } => (400, "invalid_input"),
                 E::TooLarge { .. } => (413, "too_large"),
+                E::IdempotencyKeyReused { .. } => (422, "idempotency_key_reused"),
                 e if e.is_retryable() => (503, "unavailable"),
                 _ => (500, "internal"),
             },
@@ -59,6 +60,11 @@ impl ShopError {
     pub fn client_message(&self) -> String {
         match self {
             ShopError::Core(cqrs_core::Error::TenantViolation { .. }) => "not found".to_owned(),
+            // Not which entity the key was used on: that may be another
+            // user's order.
+            ShopError::Core(cqrs_core::Error::IdempotencyKeyReused { key, .. }) => format!(
+                "the Idempotency-Key '{key}' was used for another request: send a new key with a new request"
+            ),
             ShopError::Core(e @ cqrs_core::Error::Backend { .. }) => {
                 tracing::error!(error = %e, "backend error");
                 "the service is unavailable, please retry".to_owned()

@@ -15,12 +15,11 @@ use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
 use cqrs_core::{
-    tenant_pk, CommandInput, DataSyncEvent, InvocationContext, ListQuery, Published, SkCondition,
+    tenant_pk, CommandInput, DataSyncEvent, InvocationContext, ListQuery, Published, Services, SkCondition,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::error::ShopResult;
-use crate::services::Cqrs;
 
 /// Sort-key prefix of stored notifications.
 pub const NOTIFICATION_SK_PREFIX: &str = "NOTIFICATION#";
@@ -157,13 +156,13 @@ fn notification_sk(event: &DataSyncEvent, kind: NotificationKind) -> String {
 /// claim (see the [module documentation](self)).
 #[derive(Clone)]
 pub struct ClaimingNotifier {
-    cqrs: Cqrs,
+    services: Services,
 }
 
 impl ClaimingNotifier {
-    /// Claims through `cqrs`.
-    pub fn new(cqrs: Cqrs) -> Self {
-        Self { cqrs }
+    /// Claims through `services`.
+    pub fn new(services: Services) -> Self {
+        Self { services }
     }
 
     /// Claims the notification of `kind` for `event` and sends it through
@@ -182,7 +181,7 @@ impl ClaimingNotifier {
             .code(notification.key.clone())
             .name(format!("{} {}", kind.as_str(), notification.order_code))
             .attributes_from(&notification)?;
-        match self.cqrs.commands.publish_sync(claim, ctx).await {
+        match self.services.commands.publish_sync(claim, ctx).await {
             Ok(Published::Written(_)) => {
                 transport.send(notification).await;
                 Ok(true)
@@ -204,7 +203,7 @@ impl ClaimingNotifier {
             .sk(SkCondition::BeginsWith(NOTIFICATION_SK_PREFIX.into()))
             .limit(cqrs_core::MAX_LIMIT);
         loop {
-            let page = self.cqrs.data.list_items(&pk, query.clone(), ctx).await?;
+            let page = self.services.data.list_items(&pk, query.clone(), ctx).await?;
             for item in page.items {
                 found.push(item.attributes_as()?);
             }

@@ -1,7 +1,7 @@
 //! The storefront wired together: the engine with its handler, the services,
 //! the notifier, on either backend.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_core::{AsyncDispatch, Engine, InvocationContext, Storage, TenancyPolicy};
@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 
 use crate::error::{ShopError, ShopResult};
 use crate::notify::{ClaimingNotifier, OutboxNotifier};
-use crate::services::{Cqrs, InventoryService, NewProduct, OrderService, ProductService, SetInventory};
+use crate::services::{InventoryService, NewProduct, OrderService, ProductService, SetInventory};
 use crate::sync::OrderSyncHandler;
 
 /// The demo tenants.
@@ -68,24 +68,24 @@ impl Shop {
 
     /// A shop over `storage`, its pipeline as `config` says.
     pub fn with_config(storage: Arc<dyn Storage>, config: ShopConfig) -> Self {
-        let services = Arc::new(OnceLock::new());
         let notifier = Arc::new(OutboxNotifier::new());
-        // A storefront has no shared tenant and no cross-tenant role.
+        let transport = notifier.clone();
+        // A storefront has no shared tenant and no cross-tenant role. The
+        // handler gets the services of the engine it is registered on (held
+        // weakly by the framework: no cycle keeps the engine alive).
         let engine = Engine::builder(storage)
             .tenancy(TenancyPolicy::strict())
             .dispatch(config.dispatch)
             .handler_timeout(config.handler_timeout)
             .recovery_grace(config.recovery_grace)
-            .handler(OrderSyncHandler::new(services.clone(), notifier.clone()))
+            .handler_with(move |services| OrderSyncHandler::new(services.clone(), transport))
             .build();
-        let cqrs = Cqrs::from_engine(&engine);
-        // The handler reaches the services through the engine built with it.
-        let _ = services.set(cqrs.clone());
+        let services = engine.services();
         Self {
-            products: ProductService::new(cqrs.clone()),
-            inventory: InventoryService::new(cqrs.clone()),
-            orders: OrderService::new(cqrs.clone()),
-            notifications: ClaimingNotifier::new(cqrs),
+            products: ProductService::new(services.clone()),
+            inventory: InventoryService::new(services.clone()),
+            orders: OrderService::new(services.clone()),
+            notifications: ClaimingNotifier::new(services),
             engine,
             notifier,
         }

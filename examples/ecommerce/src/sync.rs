@@ -10,38 +10,31 @@
 //! remember what each order reserved, the order's reservation state is read
 //! fresh before it is written, and notifications are keyed by event.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use cqrs_core::{
-    BoxError, DataItem, DataSyncEvent, DataSyncHandler, EntityKey, ExpectedVersion, Interest,
-    InvocationContext, PartialUpdate,
+    BoxError, CommandInput, DataItem, DataSyncEvent, DataSyncHandler, EntityKey, Interest, InvocationContext,
+    Services,
 };
 
 use crate::domain::{OrderAttributes, OrderStatus, Reservation};
+use crate::error::ShopError;
 use crate::notify::{ClaimingNotifier, NotificationKind, Notifier};
-use crate::services::{conflict_backoff, Cqrs, InventoryService, ReserveOutcome};
-
-/// Tries of writing an order's reservation state against concurrent changes.
-const MARK_ATTEMPTS: u32 = 20;
+use crate::services::{InventoryService, ReserveOutcome};
 
 /// Reacts to order events.
 pub struct OrderSyncHandler {
-    /// Set once the engine exists (the engine needs the handler first).
-    services: Arc<OnceLock<Cqrs>>,
+    services: Services,
     notifier: Arc<dyn Notifier>,
 }
 
 impl OrderSyncHandler {
-    /// A handler whose services are provided later through `services`.
-    pub fn new(services: Arc<OnceLock<Cqrs>>, notifier: Arc<dyn Notifier>) -> Self {
+    /// A handler over `services`: those of the engine it is registered on
+    /// (`EngineBuilder::handler_with(|services| OrderSyncHandler::new(services.clone(), ..))`),
+    /// or mocks.
+    pub fn new(services: Services, notifier: Arc<dyn Notifier>) -> Self {
         Self { services, notifier }
-    }
-
-    fn cqrs(&self) -> Result<&Cqrs, BoxError> {
-        self.services
-            .get()
-            .ok_or_else(|| "order handler used before the shop was built".into())
     }
 
     /// Sends a notification once per event and kind, whichever run of the
@@ -52,23 +45,22 @@ impl OrderSyncHandler {
         kind: NotificationKind,
         message: String,
     ) -> Result<(), BoxError> {
-        ClaimingNotifier::new(self.cqrs()?.clone())
+        ClaimingNotifier::new(self.services.clone())
             .notify(event, kind, message, self.notifier.as_ref())
             .await?;
         Ok(())
     }
 
     async fn on_created(&self, event: &DataSyncEvent, order: &OrderAttributes) -> Result<(), BoxError> {
-        let cqrs = self.cqrs()?;
         let ctx = &event.context;
         let code = &event.command.code;
-        let current = current_order(cqrs, &event.key(), ctx).await?;
+        let current = current_order(&self.services, &event.key(), ctx).await?;
         // A redelivery finds the reservation settled; a cancelled order reserves nothing.
         let settled = current
             .as_ref()
             .is_none_or(|(_, o)| o.reservation != Reservation::Pending || o.status == OrderStatus::Cancelled);
         if !settled {
-            let inventory = InventoryService::new(cqrs.clone());
+            let inventory = InventoryService::new(self.services.clone());
             match inventory.reserve(code, &order.units_per_product(), ctx).await? {
                 ReserveOutcome::Reserved => {
                     tracing::info!(order = %code, "stock reserved");
@@ -102,36 +94,33 @@ impl OrderSyncHandler {
     /// order was cancelled while its stock was being reserved, the stock is
     /// released instead.
     async fn mark(&self, event: &DataSyncEvent, state: Reservation) -> Result<(), BoxError> {
-        let cqrs = self.cqrs()?;
         let ctx = &event.context;
-        let key = event.key();
-        for attempt in 1..=MARK_ATTEMPTS {
-            let Some((item, order)) = current_order(cqrs, &key, ctx).await? else {
-                return Ok(());
-            };
-            if order.status == OrderStatus::Cancelled {
-                let products: Vec<String> = order.units_per_product().into_keys().collect();
-                InventoryService::new(cqrs.clone())
-                    .release(&event.command.code, &products, ctx)
-                    .await?;
-                return Ok(());
-            }
-            if order.reservation == state {
-                return Ok(());
-            }
-            let update = PartialUpdate::new(&key.pk, &key.sk, ExpectedVersion::Exactly(item.version))
-                .attributes(serde_json::json!({ "reservation": state }));
-            match cqrs.commands.publish_partial_update_sync(update, ctx).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_conflict() => conflict_backoff(attempt).await,
-                Err(e) => return Err(e.into()),
-            }
+        let mut cancelled = None;
+        self.services
+            .update_with(&event.key(), ctx, |current: Option<&DataItem>| {
+                cancelled = None;
+                let Some(item) = current else {
+                    return Ok(None);
+                };
+                let mut order: OrderAttributes = item.attributes_as()?;
+                if order.status == OrderStatus::Cancelled {
+                    cancelled = Some(order);
+                    return Ok(None);
+                }
+                if order.reservation == state {
+                    return Ok(None);
+                }
+                order.reservation = state;
+                Ok::<_, ShopError>(Some(CommandInput::update_of(item).attributes_from(&order)?))
+            })
+            .await?;
+        if let Some(order) = cancelled {
+            let products: Vec<String> = order.units_per_product().into_keys().collect();
+            InventoryService::new(self.services.clone())
+                .release(&event.command.code, &products, ctx)
+                .await?;
         }
-        Err(format!(
-            "order {} is changing too fast to record its reservation",
-            event.command.code
-        )
-        .into())
+        Ok(())
     }
 
     async fn on_status_change(
@@ -140,11 +129,10 @@ impl OrderSyncHandler {
         order: &OrderAttributes,
         from: OrderStatus,
     ) -> Result<(), BoxError> {
-        let cqrs = self.cqrs()?;
         let ctx = &event.context;
         let code = &event.command.code;
         let products: Vec<String> = order.units_per_product().into_keys().collect();
-        let inventory = InventoryService::new(cqrs.clone());
+        let inventory = InventoryService::new(self.services.clone());
         tracing::info!(order = %code, "status {from} -> {}", order.status);
         match order.status {
             OrderStatus::Cancelled => {
@@ -182,11 +170,11 @@ impl OrderSyncHandler {
 
 /// The order's latest data item and attributes.
 async fn current_order(
-    cqrs: &Cqrs,
+    services: &Services,
     key: &EntityKey,
     ctx: &InvocationContext,
 ) -> Result<Option<(DataItem, OrderAttributes)>, BoxError> {
-    match cqrs.data.get_item(key, ctx).await? {
+    match services.data.get_item(key, ctx).await? {
         Some(item) => {
             let order = item.attributes_as()?;
             Ok(Some((item, order)))

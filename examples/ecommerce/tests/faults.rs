@@ -1,7 +1,9 @@
 //! Real faults against the e-commerce server on DynamoDB Local, with the
 //! stream pipeline: a server killed with SIGKILL mid-burst, stopped with
 //! SIGTERM with a backlog, DynamoDB Local killed and restarted under load,
-//! status requests dropped by their clients, two replicas with one killed.
+//! status requests dropped by their clients, keyed orders whose answers are
+//! lost and retried, two replicas with one killed; and an order read right
+//! after it was placed, while the stream lags.
 //!
 //! Each test counts, over the orders that got a 201: how many were *lost*
 //! (never applied), *stranded* (applied, but their reservation never
@@ -611,6 +613,168 @@ async fn dropped_status_requests_hold_no_stock() {
         orders.len()
     ));
     counts.assert_clean("dropped status requests");
+}
+
+/// `POST /orders` with an `Idempotency-Key` whose answer is lost — the
+/// client drops the connection right after sending, or gives up after a few
+/// milliseconds — then retried with the same key until it is answered:
+/// exactly one order exists per key, the one the retry was told about.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_answers_to_keyed_orders_place_each_order_once() {
+    let Some(endpoint) = dynamodb() else { return };
+    let prefix = prefix("keyed");
+    let inspector = Inspector::new(&endpoint, &prefix);
+    let server = Server::start(&endpoint, &prefix, &[]).await;
+    let token = token();
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    const ORDERS: usize = 16;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut accepted = Vec::new();
+    let mut replayed = 0;
+    for i in 0..ORDERS {
+        let key = format!("lost-{run}-{i}");
+        let body = order_body(i);
+        if i % 2 == 0 {
+            // The request is sent whole, and the connection closed at once:
+            // its answer has nowhere to go.
+            let json = body.to_string();
+            let request = format!(
+                "POST /orders HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nIdempotency-Key: {key}\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                server.url.trim_start_matches("http://"),
+                json.len()
+            );
+            let mut stream = tokio::net::TcpStream::connect(server.url.trim_start_matches("http://"))
+                .await
+                .expect("connected");
+            tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+                .await
+                .expect("sent");
+            drop(stream);
+        } else {
+            // The client gives up after 5 to 40 ms: before or after the write.
+            let hasty = reqwest::Client::builder()
+                .timeout(Duration::from_millis(5 + 5 * (i as u64 / 2)))
+                .build()
+                .expect("client");
+            let _ = hasty
+                .post(format!("{}/orders", server.url))
+                .bearer_auth(&token)
+                .header("idempotency-key", &key)
+                .json(&body)
+                .send()
+                .await;
+        }
+        // The retry, at once (the first try may still be running) and until answered.
+        let started = Instant::now();
+        let code = loop {
+            let response = patient
+                .post(format!("{}/orders", server.url))
+                .bearer_auth(&token)
+                .header("idempotency-key", &key)
+                .json(&body)
+                .send()
+                .await
+                .expect("answered");
+            let status = response.status().as_u16();
+            let again = response.headers().get("idempotent-replayed").is_some();
+            let answer: Value = response.json().await.expect("JSON");
+            if status == 201 {
+                replayed += usize::from(again);
+                break answer["code"].as_str().expect("a code").to_owned();
+            }
+            assert!(
+                status == 503 && started.elapsed() < Duration::from_secs(30),
+                "retry of {key}: {status} {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        accepted.push(code);
+    }
+    let (counts, settle_time) = settle_and_audit(&inspector, &accepted).await;
+    // One order per key (each order's customer is its key's), the one answered.
+    let orders = inspector.items("ORDER#").await;
+    let mut per_customer: HashMap<String, Vec<String>> = HashMap::new();
+    for order in &orders {
+        let attributes: OrderAttributes = order.attributes_as().expect("an order");
+        per_customer
+            .entry(attributes.customer_id)
+            .or_default()
+            .push(order.code.clone());
+    }
+    for (i, code) in accepted.iter().enumerate() {
+        let placed = per_customer
+            .get(&format!("CUST-{i:03}"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            placed.as_slice(),
+            std::slice::from_ref(code),
+            "the orders of key {i}"
+        );
+    }
+    assert_eq!(orders.len(), ORDERS, "no order without a key's answer");
+    report(format!(
+        "lost answers: {replayed} of {ORDERS} retries answered by the first try's order; {counts:?}, \
+         settled {settle_time:?}"
+    ));
+    counts.assert_clean("keyed orders retried after lost answers");
+}
+
+/// Read-your-writes on the stream pipeline: right after `POST /orders`,
+/// `GET /orders/{code}` answers 200 with the order, whether or not the
+/// stream consumer has applied it yet.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_reads_back_at_once_on_the_stream_pipeline() {
+    let Some(endpoint) = dynamodb() else { return };
+    let prefix = prefix("ryw");
+    let inspector = Inspector::new(&endpoint, &prefix);
+    let server = Server::start(&endpoint, &prefix, &[]).await;
+    let token = token();
+    let client = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    let mut not_yet_applied = 0;
+    for i in 0..20 {
+        let created = client
+            .post(format!("{}/orders", server.url))
+            .bearer_auth(&token)
+            .json(&order_body(i))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(created.status(), 201);
+        let code = created.json::<Value>().await.expect("JSON")["code"]
+            .as_str()
+            .expect("a code")
+            .to_owned();
+        let read = client
+            .get(format!("{}/orders/{code}", server.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("answered");
+        let status = read.status().as_u16();
+        let order: Value = read.json().await.expect("JSON");
+        assert_eq!(status, 200, "{code} reads back at once: {order}");
+        assert_eq!(order["code"], code.as_str());
+        assert_eq!(order["attributes"]["customerId"], format!("CUST-{i:03}"));
+        let key = cqrs_core::EntityKey::new(tenant_pk(TENANT), format!("ORDER#{code}"));
+        let applied = DataService::get_item(&inspector.shop.engine, &key, &inspector.ctx)
+            .await
+            .expect("read");
+        not_yet_applied += usize::from(applied.is_none());
+        accepted.push(code);
+    }
+    let (counts, settle_time) = settle_and_audit(&inspector, &accepted).await;
+    report(format!(
+        "read-your-writes: 20 of 20 orders read back at once; {not_yet_applied} of them were not yet \
+         applied just after; {counts:?}, settled {settle_time:?}"
+    ));
+    counts.assert_clean("orders read back at once");
 }
 
 /// The lease owner of every shard of the command table's stream.

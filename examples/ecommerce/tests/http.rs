@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,7 +19,7 @@ use cqrs_core::{
 };
 use ecommerce::auth::Auth;
 use ecommerce::notify::{NotificationKind, OutboxNotifier};
-use ecommerce::services::Cqrs;
+use ecommerce::shop::ShopConfig;
 use ecommerce::sync::OrderSyncHandler;
 use ecommerce::Shop;
 use reqwest::Method;
@@ -75,9 +75,14 @@ struct Fresh {
 impl Backend {
     /// A fresh, empty shop; `None` when the backend is not available here.
     async fn shop(self, test: &str) -> Option<Fresh> {
+        self.shop_with(test, ShopConfig::default()).await
+    }
+
+    /// [`Backend::shop`], its pipeline as `config` says.
+    async fn shop_with(self, test: &str, config: ShopConfig) -> Option<Fresh> {
         match self {
             Backend::Memory => Some(Fresh {
-                shop: Shop::in_memory(),
+                shop: Shop::with_config(Arc::new(cqrs_memory::InMemory::new()), config),
                 dynamodb: None,
             }),
             Backend::DynamoDb => {
@@ -92,7 +97,7 @@ impl Backend {
                 ));
                 storage.ensure_tables().await.expect("tables created");
                 Some(Fresh {
-                    shop: Shop::new(storage.clone()),
+                    shop: Shop::with_config(storage.clone(), config),
                     dynamodb: Some(storage),
                 })
             }
@@ -121,12 +126,20 @@ impl Fresh {
 
 // ---- the server and its client ------------------------------------------------
 
-/// A response: status, content type and JSON body (`Null` when empty).
+/// A response: status, content type, headers and JSON body (`Null` when empty).
 #[derive(Debug)]
 struct Resp {
     status: u16,
     content_type: String,
+    headers: reqwest::header::HeaderMap,
     body: Value,
+}
+
+impl Resp {
+    /// The value of header `name`, if it has one.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 /// The server on a real socket, over a shop seeded for shop-a and shop-b.
@@ -142,7 +155,12 @@ struct Api {
 
 impl Api {
     async fn start(backend: Backend, test: &str) -> Option<Api> {
-        let Fresh { shop, dynamodb } = backend.shop(test).await?;
+        Self::start_with(backend, test, ShopConfig::default()).await
+    }
+
+    /// [`Api::start`], the shop's pipeline as `config` says.
+    async fn start_with(backend: Backend, test: &str, config: ShopConfig) -> Option<Api> {
+        let Fresh { shop, dynamodb } = backend.shop_with(test, config).await?;
         shop.seed_demo("shop-a").await.expect("shop-a seeded");
         shop.seed_demo("shop-b").await.expect("shop-b seeded");
         let auth = Auth::new(SECRET);
@@ -195,7 +213,23 @@ impl Api {
     }
 
     async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Resp {
+        self.send_with(method, path, token, body, &[]).await
+    }
+
+    /// [`Api::send`] with more headers (given as bytes: they need not be text).
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &[u8])],
+    ) -> Resp {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
+        for (name, value) in headers {
+            let value = reqwest::header::HeaderValue::from_bytes(value).expect("a header value");
+            request = request.header(*name, value);
+        }
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -204,8 +238,8 @@ impl Api {
         }
         let response = request.send().await.expect("the server answers");
         let status = response.status().as_u16();
-        let content_type = response
-            .headers()
+        let headers = response.headers().clone();
+        let content_type = headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
@@ -219,6 +253,7 @@ impl Api {
         Resp {
             status,
             content_type,
+            headers,
             body,
         }
     }
@@ -243,6 +278,18 @@ impl Api {
             path,
             Some(token),
             Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    /// `method path` with `body` and an `Idempotency-Key`.
+    async fn keyed(&self, method: Method, path: &str, token: &str, key: &str, body: &Value) -> Resp {
+        self.send_with(
+            method,
+            path,
+            Some(token),
+            Some(body.to_string().into_bytes()),
+            &[("idempotency-key", key.as_bytes())],
         )
         .await
     }
@@ -1580,8 +1627,8 @@ async fn authentication(api: &Api) {
             }
             let response = request.send().await.expect("answered");
             let status = response.status().as_u16();
-            let content_type = response
-                .headers()
+            let headers = response.headers().clone();
+            let content_type = headers
                 .get("content-type")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
@@ -1594,6 +1641,7 @@ async fn authentication(api: &Api) {
                 &Resp {
                     status,
                     content_type,
+                    headers,
                     body,
                 },
                 401,
@@ -2051,10 +2099,7 @@ async fn redelivery(api: &Api) {
         CommandStatus::Finished
     );
     // The handler itself receives the creation event twice more.
-    let handler = OrderSyncHandler::new(
-        Arc::new(OnceLock::from(Cqrs::from_engine(engine))),
-        Arc::new(OutboxNotifier::new()),
-    );
+    let handler = OrderSyncHandler::new(engine.services(), Arc::new(OutboxNotifier::new()));
     let history = DataService::list_history(engine, &key, &ctx)
         .await
         .expect("history");
@@ -2164,6 +2209,309 @@ async fn redelivery(api: &Api) {
         .is_empty());
 }
 
+/// `POST /orders` with an `Idempotency-Key`: the same request again places
+/// nothing and answers the first order, marked as a replay; the key with
+/// another body, or from another user, is a 422 that writes nothing; a key
+/// is per shop; invalid keys are 400s.
+async fn idempotent_orders(api: &Api) {
+    let a = api.token("shop-a");
+    let b = api.token("shop-b");
+    let body = order_body("PRD-001", 2, 29.99);
+
+    let first = api.keyed(Method::POST, "/orders", &a, "order-key-1", &body).await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    assert_eq!(first.body["code"], "ORD-000001");
+    assert_eq!(
+        first.header("idempotent-replayed"),
+        None,
+        "a first answer is no replay"
+    );
+    let again = api.keyed(Method::POST, "/orders", &a, "order-key-1", &body).await;
+    assert_eq!(again.status, 201, "the first answer's status: {:?}", again.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(numbers_as_f64(&again.body), numbers_as_f64(&first.body));
+    assert_eq!(again.header("location"), Some("/orders/ORD-000001"));
+    // The same request written otherwise (its fields in another order, a
+    // price spelt 29.990) is the same request.
+    let respelt = br#"{"paymentMethod":"credit_card","shippingAddress":{"country":"JP","postalCode":"100-0001","city":"Tokyo","street":"123 Main St"},"items":[{"price":29.990,"quantity":2,"name":"Wireless Mouse","productCode":"PRD-001"}],"customerId":"CUST-001"}"#;
+    let third = api
+        .send_with(
+            Method::POST,
+            "/orders",
+            Some(&a),
+            Some(respelt.to_vec()),
+            &[("idempotency-key", b"order-key-1")],
+        )
+        .await;
+    assert_eq!(third.status, 201, "{:?}", third.body);
+    assert_eq!(third.header("idempotent-replayed"), Some("true"));
+    assert_eq!(third.body["code"], "ORD-000001");
+
+    // One order; the retries took no number.
+    api.shop.engine.wait_idle().await;
+    assert_eq!(codes(&api.all_orders(&a, "").await), ["ORD-000001"]);
+    assert_eq!(api.place(&a, "PRD-001", 1, 29.99).await, "ORD-000002");
+
+    // The key with another body: 422, nothing written, no number taken.
+    let other = api
+        .keyed(
+            Method::POST,
+            "/orders",
+            &a,
+            "order-key-1",
+            &order_body("PRD-001", 3, 29.99),
+        )
+        .await;
+    assert_error(&other, 422, "idempotency_key_reused");
+    assert!(
+        !other.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ORD-"),
+        "the message does not say which order holds the key: {:?}",
+        other.body
+    );
+    // ... and from another user of the shop, with the same body.
+    let someone_else = api
+        .auth
+        .token("shop-a", "user-2", &["customer"], Duration::from_secs(600));
+    assert_error(
+        &api.keyed(Method::POST, "/orders", &someone_else, "order-key-1", &body)
+            .await,
+        422,
+        "idempotency_key_reused",
+    );
+    api.shop.engine.wait_idle().await;
+    assert_eq!(codes(&api.all_orders(&a, "").await), ["ORD-000001", "ORD-000002"]);
+    assert_eq!(api.place(&a, "PRD-001", 1, 29.99).await, "ORD-000003");
+
+    // Keys are per shop: shop-b places its own order under shop-a's key.
+    let in_b = api.keyed(Method::POST, "/orders", &b, "order-key-1", &body).await;
+    assert_eq!(in_b.status, 201, "{:?}", in_b.body);
+    assert_eq!(in_b.body["pk"], "TENANT#shop-b");
+    assert_eq!(in_b.body["code"], "ORD-000001");
+    assert_eq!(in_b.header("idempotent-replayed"), None);
+
+    // Invalid keys: 400, nothing written.
+    let too_long = "k".repeat(256);
+    for bad in [
+        too_long.as_bytes(),
+        b"has space".as_slice(),
+        "\u{e9}t\u{e9}".as_bytes(),
+        b"".as_slice(),
+        b"\xff\xfe".as_slice(),
+    ] {
+        let refused = api
+            .send_with(
+                Method::POST,
+                "/orders",
+                Some(&a),
+                Some(body.to_string().into_bytes()),
+                &[("idempotency-key", bad)],
+            )
+            .await;
+        assert_error(&refused, 400, "invalid_input");
+    }
+    let twice = api
+        .send_with(
+            Method::POST,
+            "/orders",
+            Some(&a),
+            Some(body.to_string().into_bytes()),
+            &[("idempotency-key", b"k-1"), ("idempotency-key", b"k-2")],
+        )
+        .await;
+    assert_error(&twice, 400, "invalid_input");
+
+    // The same key sent by racing retries: one order, the same answer to all.
+    let racing = (0..8).map(|_| {
+        let client = api.client.clone();
+        let url = format!("{}/orders", api.base);
+        let token = a.clone();
+        let body = order_body("PRD-002", 1, 89.5);
+        tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .bearer_auth(token)
+                .header("idempotency-key", "racing-key")
+                .json(&body)
+                .send()
+                .await
+                .expect("answered");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.expect("JSON");
+            assert_eq!(status, 201, "{body}");
+            body["code"].as_str().expect("a code").to_owned()
+        })
+    });
+    let mut answered = BTreeSet::new();
+    for code in futures::future::join_all(racing).await {
+        answered.insert(code.expect("the request task did not panic"));
+    }
+    assert_eq!(answered.len(), 1, "every retry got the same order: {answered:?}");
+    let raced = answered.into_iter().next().expect("an order");
+    api.settled(&a, &raced).await;
+    let orders = api.all_orders(&a, "").await;
+    assert_eq!(orders.len(), 4, "{:?}", codes(&orders));
+    assert!(codes(&orders).contains(&raced));
+
+    // Every order reserved its stock once.
+    api.settled(&a, "ORD-000001").await;
+    assert_eq!(api.stock(&a, "PRD-001").await, (100, 4));
+    assert_eq!(api.stock(&a, "PRD-002").await, (50, 1));
+}
+
+/// `PATCH /orders/{code}/status` with an `Idempotency-Key`: a retry answers
+/// what the first request did and writes no new version, even though the
+/// status machine would now refuse the move; the key with another body or
+/// order is a 422.
+async fn idempotent_status_changes(api: &Api) {
+    let a = api.token("shop-a");
+    let ctx = ctx("shop-a");
+    let code = api.place(&a, "PRD-001", 2, 29.99).await;
+    let other = api.place(&a, "PRD-002", 1, 89.5).await;
+    api.settled(&a, &code).await;
+    api.settled(&a, &other).await;
+    let path = format!("/orders/{code}/status");
+    let confirm = json!({ "status": "confirmed" });
+
+    let first = api.keyed(Method::PATCH, &path, &a, "move-1", &confirm).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(first.body["version"], 3);
+    assert_eq!(first.body["attributes"]["status"], "confirmed");
+    for _ in 0..2 {
+        let again = api.keyed(Method::PATCH, &path, &a, "move-1", &confirm).await;
+        assert_eq!(again.status, 200, "the first answer: {:?}", again.body);
+        assert_eq!(numbers_as_f64(&again.body), numbers_as_f64(&first.body));
+    }
+    // Without the key, the same move is decided again, and refused.
+    assert_error(
+        &api.move_to(&a, &code, "confirmed").await,
+        400,
+        "invalid_transition",
+    );
+    // The key with another move, or on another order: 422.
+    assert_error(
+        &api.keyed(
+            Method::PATCH,
+            &path,
+            &a,
+            "move-1",
+            &json!({ "status": "processing" }),
+        )
+        .await,
+        422,
+        "idempotency_key_reused",
+    );
+    assert_error(
+        &api.keyed(
+            Method::PATCH,
+            &format!("/orders/{other}/status"),
+            &a,
+            "move-1",
+            &confirm,
+        )
+        .await,
+        422,
+        "idempotency_key_reused",
+    );
+    assert_error(
+        &api.keyed(
+            Method::POST,
+            "/orders",
+            &a,
+            "move-1",
+            &order_body("PRD-001", 1, 29.99),
+        )
+        .await,
+        422,
+        "idempotency_key_reused",
+    );
+    // One new version only, for either order.
+    let key = EntityKey::new("TENANT#shop-a", format!("ORDER#{code}"));
+    let versions = CommandService::list_versions(&api.shop.engine, &key, &ctx)
+        .await
+        .expect("listed");
+    assert_eq!(versions.len(), 3, "{versions:?}");
+    let current = api.get(&format!("/orders/{code}"), &a).await;
+    assert_eq!(current.body["version"], 3);
+    assert_eq!(current.body["attributes"]["status"], "confirmed");
+    let untouched = api.get(&format!("/orders/{other}"), &a).await;
+    assert_eq!(untouched.body["version"], 2);
+    assert_eq!(untouched.body["attributes"]["status"], "pending");
+
+    // A key with the client's version: a retry answers the first result
+    // even though that version is stale by then.
+    let process = json!({ "status": "processing", "version": 3 });
+    let processing = api.keyed(Method::PATCH, &path, &a, "move-2", &process).await;
+    assert_eq!(processing.status, 200, "{:?}", processing.body);
+    assert_eq!(processing.body["version"], 4);
+    let retried = api.keyed(Method::PATCH, &path, &a, "move-2", &process).await;
+    assert_eq!(retried.status, 200, "{:?}", retried.body);
+    assert_eq!(numbers_as_f64(&retried.body), numbers_as_f64(&processing.body));
+    // An invalid key: 400.
+    let refused = api
+        .send_with(
+            Method::PATCH,
+            &path,
+            Some(&a),
+            Some(confirm.to_string().into_bytes()),
+            &[("idempotency-key", "k".repeat(256).as_bytes())],
+        )
+        .await;
+    assert_error(&refused, 400, "invalid_input");
+    api.shop.engine.wait_idle().await;
+    assert_eq!(
+        api.stock(&a, "PRD-001").await,
+        (100, 2),
+        "reserved once, still held"
+    );
+}
+
+/// Read-your-writes: right after `POST /orders`, `GET /orders/{code}` shows
+/// the order, before the pipeline applied it.
+async fn read_your_writes(api: &Api) {
+    let a = api.token("shop-a");
+    for _ in 0..10 {
+        let created = api.post("/orders", &a, &order_body("PRD-001", 1, 29.99)).await;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+        let code = created.body["code"].as_str().expect("a code");
+        let read = api.get(&format!("/orders/{code}"), &a).await;
+        assert_eq!(read.status, 200, "{code} is readable at once: {:?}", read.body);
+        assert_eq!(read.body["code"], code);
+        assert!(read.body["version"].as_u64().expect("a version") >= 1);
+        assert_eq!(read.body["attributes"]["customerId"], "CUST-001");
+    }
+}
+
+/// [`read_your_writes`] with no pipeline at all (as when the stream
+/// consumer is down): the orders are never applied, and still read back.
+async fn read_your_writes_without_a_pipeline(api: &Api) {
+    read_your_writes(api).await;
+    let a = api.token("shop-a");
+    let read = api.get("/orders/ORD-000001", &a).await;
+    assert_eq!(read.status, 200, "{:?}", read.body);
+    assert_eq!(read.body["version"], 1);
+    assert_eq!(read.body["attributes"]["reservation"], "pending");
+    // Not applied: the data table does not hold it.
+    let key = EntityKey::new("TENANT#shop-a", "ORDER#ORD-000001");
+    let applied = DataService::get_item(&api.shop.engine, &key, &ctx("shop-a"))
+        .await
+        .expect("read");
+    assert_eq!(applied, None);
+    // A customer reads their own pending order, and not another's.
+    let ttl = Duration::from_secs(600);
+    let mine = api.auth.token("shop-a", "cust-1", &["customer"], ttl);
+    let theirs = api.auth.token("shop-a", "cust-2", &["customer"], ttl);
+    let placed = api.place(&mine, "PRD-001", 1, 29.99).await;
+    assert_eq!(api.get(&format!("/orders/{placed}"), &mine).await.status, 200);
+    assert_error(
+        &api.get(&format!("/orders/{placed}"), &theirs).await,
+        404,
+        "not_found",
+    );
+}
+
 // ---- one test per scenario and backend -------------------------------------------
 
 macro_rules! on_both_backends {
@@ -2195,6 +2543,20 @@ macro_rules! on_backend {
                     return;
                 };
                 super::concurrent_orders(&api, backend).await;
+                api.stop().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn read_your_writes_without_a_pipeline() {
+                let config = ecommerce::shop::ShopConfig {
+                    dispatch: cqrs_core::AsyncDispatch::External,
+                    ..ecommerce::shop::ShopConfig::default()
+                };
+                let Some(api) = super::Api::start_with(super::Backend::$backend, "nopipeline", config).await
+                else {
+                    return;
+                };
+                super::read_your_writes_without_a_pipeline(&api).await;
                 api.stop().await;
             }
 
@@ -2236,4 +2598,7 @@ on_both_backends!(
     roles,
     redelivery,
     cancel_races_reservation,
+    idempotent_orders,
+    idempotent_status_changes,
+    read_your_writes,
 );

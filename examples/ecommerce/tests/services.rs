@@ -3,14 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cqrs_core::{
-    CommandInput, CommandRecord, DataItem, EntityKey, Error, ExpectedVersion, InvocationContext,
-    MockCommandService, MockDataService, MockSequenceService, Published, SequenceValue,
+    CommandInput, CommandRecord, CommandStatus, DataItem, DataSyncEvent, DataSyncHandler, EntityKey, Error,
+    ExpectedVersion, IdempotencyKey, InvocationContext, MockCommandService, MockDataService,
+    MockSequenceService, Published, SequenceValue, Services,
 };
 use ecommerce::domain::OrderStatus;
-use ecommerce::services::{Cqrs, InventoryService, NewOrder, OrderService, ReserveOutcome};
+use ecommerce::notify::OutboxNotifier;
+use ecommerce::services::{InventoryService, NewOrder, OrderService, ReserveOutcome};
+use ecommerce::sync::OrderSyncHandler;
 use ecommerce::ShopError;
 use serde_json::{json, Value};
 
@@ -20,18 +23,13 @@ fn ctx() -> InvocationContext {
     InvocationContext::new("shop-a", "user-1").with_roles(["staff"])
 }
 
-/// A data item of shop-a in the stored JSON shape.
+/// A data item of shop-a.
 fn item(sk: &str, name: &str, version: u64, attributes: Value) -> DataItem {
-    let code = sk.rsplit('#').next().unwrap();
-    let entity_type = sk.split('#').next().unwrap();
-    serde_json::from_value(json!({
-        "pk": PK, "sk": sk, "id": format!("{PK}#{sk}"),
-        "code": code, "name": name, "version": version, "tenantCode": "shop-a", "type": entity_type,
-        "attributes": attributes, "isDeleted": false, "cpk": PK, "csk": format!("{sk}@{version}"),
-        "requestId": "r", "createdAt": "2024-01-15T10:30:00Z", "createdBy": "user-1",
-        "updatedAt": "2024-01-15T10:30:00Z", "updatedBy": "user-1"
-    }))
-    .expect("a valid data item")
+    DataItem::builder(PK, sk)
+        .name(name)
+        .version(version)
+        .attributes(attributes)
+        .build()
 }
 
 fn product(code: &str, price: f64, is_active: bool) -> DataItem {
@@ -58,19 +56,24 @@ fn inventory(code: &str, quantity: i64, reserved: i64, version: u64) -> DataItem
     )
 }
 
+fn order_attributes(status: &str, reservation: &str) -> Value {
+    json!({
+        "customerId": "CUST-001",
+        "userId": "user-1",
+        "items": [{"productCode": "PRD-001", "name": "Wireless Mouse", "quantity": 2, "price": 29.99}],
+        "shippingAddress": {"street": "123 Main St", "city": "Tokyo", "postalCode": "100-0001", "country": "JP"},
+        "paymentMethod": "credit_card",
+        "subtotal": 59.98, "tax": 6.0, "total": 65.98,
+        "status": status, "placedAt": "2024-01-15T10:30:00Z", "reservation": reservation
+    })
+}
+
 fn order(code: &str, status: &str, reservation: &str, version: u64) -> DataItem {
     item(
         &format!("ORDER#{code}"),
         &format!("Order {code}"),
         version,
-        json!({
-            "customerId": "CUST-001",
-            "items": [{"productCode": "PRD-001", "name": "Wireless Mouse", "quantity": 2, "price": 29.99}],
-            "shippingAddress": {"street": "123 Main St", "city": "Tokyo", "postalCode": "100-0001", "country": "JP"},
-            "paymentMethod": "credit_card",
-            "subtotal": 59.98, "tax": 6.0, "total": 65.98,
-            "status": status, "placedAt": "2024-01-15T10:30:00Z", "reservation": reservation
-        }),
+        order_attributes(status, reservation),
     )
 }
 
@@ -80,18 +83,22 @@ fn applied(command: &CommandInput) -> DataItem {
         ExpectedVersion::Exactly(v) => v + 1,
         ExpectedVersion::Latest => 99,
     };
-    item(&command.sk, &command.name, version, command.attributes.clone())
+    DataItem::builder(&command.pk, &command.sk)
+        .code(&command.code)
+        .name(&command.name)
+        .version(version)
+        .attributes(command.attributes.clone())
+        .build()
 }
 
 /// The command row an async publish of `command` would store.
 fn record(command: &CommandInput) -> CommandRecord {
-    serde_json::from_value(json!({
-        "pk": command.pk, "sk": command.sk, "id": format!("{}#{}", command.pk, command.sk),
-        "code": command.code, "name": command.name, "version": 1, "tenantCode": "shop-a",
-        "type": command.entity_type, "attributes": command.attributes, "isDeleted": false,
-        "status": "published", "requestId": "r", "createdAt": "2024-01-15T10:30:00Z", "createdBy": "user-1"
-    }))
-    .expect("a valid command record")
+    CommandRecord::builder(&command.pk, &command.sk)
+        .code(&command.code)
+        .name(&command.name)
+        .attributes(command.attributes.clone())
+        .status(CommandStatus::Published)
+        .build()
 }
 
 fn new_order(product_code: &str, quantity: Value, price: f64) -> NewOrder {
@@ -104,12 +111,8 @@ fn new_order(product_code: &str, quantity: Value, price: f64) -> NewOrder {
     .expect("a valid order")
 }
 
-fn cqrs(commands: MockCommandService, data: MockDataService, sequences: MockSequenceService) -> Cqrs {
-    Cqrs {
-        commands: Arc::new(commands),
-        data: Arc::new(data),
-        sequences: Arc::new(sequences),
-    }
+fn services(commands: MockCommandService, data: MockDataService, sequences: MockSequenceService) -> Services {
+    Services::new(Arc::new(commands), Arc::new(data), Arc::new(sequences))
 }
 
 /// Data returning `catalogue` for product keys, nothing for other keys.
@@ -123,6 +126,7 @@ fn catalogue(products: Vec<DataItem>) -> MockDataService {
 /// Mocks that must neither number nor publish anything.
 fn nothing_published() -> (MockCommandService, MockSequenceService) {
     let mut commands = MockCommandService::new();
+    commands.expect_find_idempotent().never();
     commands.expect_publish_async().never();
     commands.expect_publish_sync().never();
     commands.expect_publish_partial_update_async().never();
@@ -135,7 +139,7 @@ fn nothing_published() -> (MockCommandService, MockSequenceService) {
 
 async fn create_refused(products: Vec<DataItem>, order: NewOrder) -> ShopError {
     let (commands, sequences) = nothing_published();
-    let service = OrderService::new(cqrs(commands, catalogue(products), sequences));
+    let service = OrderService::new(services(commands, catalogue(products), sequences));
     service
         .create(order, &ctx())
         .await
@@ -229,7 +233,7 @@ async fn create_numbers_totals_and_publishes_a_valid_order_once() {
         .times(1)
         .returning(|cmd, _| Ok(Published::Written(record(&cmd))));
     commands.expect_publish_sync().never();
-    let service = OrderService::new(cqrs(
+    let service = OrderService::new(services(
         commands,
         catalogue(vec![product("PRD-001", 29.99, true)]),
         sequences,
@@ -251,14 +255,14 @@ fn order_service_without_publish(current: DataItem) -> OrderService {
     let mut data = MockDataService::new();
     data.expect_get_item()
         .returning(move |_, _| Ok(Some(current.clone())));
-    OrderService::new(cqrs(commands, data, sequences))
+    OrderService::new(services(commands, data, sequences))
 }
 
 #[tokio::test]
 async fn update_status_refuses_an_invalid_transition() {
     let service = order_service_without_publish(order("ORD-000001", "pending", "reserved", 2));
     let err = service
-        .update_status("ORD-000001", OrderStatus::Shipped, None, &ctx())
+        .update_status("ORD-000001", OrderStatus::Shipped, None, None, &ctx())
         .await
         .expect_err("pending cannot become shipped");
     assert!(
@@ -280,7 +284,7 @@ async fn update_status_refuses_to_confirm_an_order_without_reserved_stock() {
     for reservation in ["pending", "failed"] {
         let service = order_service_without_publish(order("ORD-000001", "pending", reservation, 2));
         let err = service
-            .update_status("ORD-000001", OrderStatus::Confirmed, None, &ctx())
+            .update_status("ORD-000001", OrderStatus::Confirmed, None, None, &ctx())
             .await
             .expect_err("not reserved");
         assert!(matches!(err, ShopError::Conflict(_)), "{err:?}");
@@ -293,7 +297,7 @@ async fn update_status_refuses_to_confirm_an_order_without_reserved_stock() {
 async fn update_status_with_a_stale_version_is_a_conflict_without_publishing() {
     let service = order_service_without_publish(order("ORD-000001", "pending", "reserved", 3));
     let err = service
-        .update_status("ORD-000001", OrderStatus::Confirmed, Some(2), &ctx())
+        .update_status("ORD-000001", OrderStatus::Confirmed, Some(2), None, &ctx())
         .await
         .expect_err("stale version");
     assert!(
@@ -332,10 +336,10 @@ async fn update_status_to_shipped_sets_shipped_at_at_the_current_version() {
     commands.expect_publish_async().never();
     let mut sequences = MockSequenceService::new();
     sequences.expect_next().never();
-    let service = OrderService::new(cqrs(commands, data, sequences));
+    let service = OrderService::new(services(commands, data, sequences));
     let before = chrono::Utc::now();
     let shipped = service
-        .update_status("ORD-000001", OrderStatus::Shipped, Some(4), &ctx())
+        .update_status("ORD-000001", OrderStatus::Shipped, Some(4), None, &ctx())
         .await
         .expect("shipped");
     assert_eq!(shipped.version, 5);
@@ -360,9 +364,9 @@ async fn update_status_to_delivered_sets_delivered_at() {
         })
         .times(1)
         .returning(|cmd, _| Ok(Published::Written(applied(&cmd))));
-    let service = OrderService::new(cqrs(commands, data, MockSequenceService::new()));
+    let service = OrderService::new(services(commands, data, MockSequenceService::new()));
     let delivered = service
-        .update_status("ORD-000001", OrderStatus::Delivered, None, &ctx())
+        .update_status("ORD-000001", OrderStatus::Delivered, None, None, &ctx())
         .await
         .expect("delivered");
     assert_eq!(delivered.attributes["status"], "delivered");
@@ -373,9 +377,11 @@ async fn update_status_of_a_missing_order_is_not_found() {
     let (commands, sequences) = nothing_published();
     let mut data = MockDataService::new();
     data.expect_get_item().returning(|_, _| Ok(None));
-    let service = OrderService::new(cqrs(commands, data, sequences));
+    // Not even a creation waiting in the pipeline.
+    data.expect_get_latest().returning(|_, _| Ok(None));
+    let service = OrderService::new(services(commands, data, sequences));
     let err = service
-        .update_status("ORD-000009", OrderStatus::Cancelled, None, &ctx())
+        .update_status("ORD-000009", OrderStatus::Cancelled, None, None, &ctx())
         .await
         .expect_err("missing");
     assert_eq!(err.status_and_kind(), (404, "not_found"));
@@ -422,7 +428,7 @@ async fn reserve_retries_after_a_conflict_from_commit() {
                 Ok(cmds.iter().map(|c| Published::Written(applied(c))).collect())
             }
         });
-    let service = InventoryService::new(cqrs(commands, data, MockSequenceService::new()));
+    let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
     let outcome = service
         .reserve("ORD-000001", &units("PRD-001", 2), &ctx())
         .await
@@ -442,7 +448,7 @@ async fn reserve_without_enough_stock_commits_nothing() {
     let mut data = MockDataService::new();
     data.expect_get_item()
         .returning(|_, _| Ok(Some(inventory("PRD-003", 10, 9, 7))));
-    let service = InventoryService::new(cqrs(commands, data, MockSequenceService::new()));
+    let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
     let outcome = service
         .reserve("ORD-000002", &units("PRD-003", 2), &ctx())
         .await
@@ -462,7 +468,8 @@ async fn reserve_without_an_inventory_record_commits_nothing() {
     let (commands, _) = nothing_published();
     let mut data = MockDataService::new();
     data.expect_get_item().returning(|_, _| Ok(None));
-    let service = InventoryService::new(cqrs(commands, data, MockSequenceService::new()));
+    data.expect_get_latest().returning(|_, _| Ok(None));
+    let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
     let outcome = service
         .reserve("ORD-000002", &units("PRD-009", 1), &ctx())
         .await
@@ -486,10 +493,462 @@ async fn reserve_again_for_the_same_order_commits_nothing() {
         record.attributes["reservations"] = json!({"ORD-000001": 2});
         Ok(Some(record))
     });
-    let service = InventoryService::new(cqrs(commands, data, MockSequenceService::new()));
+    let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
     let outcome = service
         .reserve("ORD-000001", &units("PRD-001", 2), &ctx())
         .await
         .expect("answered");
     assert_eq!(outcome, ReserveOutcome::Reserved);
+}
+
+// ---- idempotency keys ---------------------------------------------------------
+
+/// A sequence that hands out `ORD-00000n`, counting the calls.
+fn numbering(start: u64, calls: Arc<AtomicUsize>) -> MockSequenceService {
+    let mut sequences = MockSequenceService::new();
+    sequences.expect_next().returning(move |_, _| {
+        let no = start + calls.fetch_add(1, Ordering::SeqCst) as u64;
+        Ok(SequenceValue {
+            no,
+            formatted: format!("ORD-{no:06}"),
+            issued_at: chrono::Utc::now(),
+        })
+    });
+    sequences
+}
+
+/// The order ORD-000001 as its first, keyed publish stored it.
+fn first_order() -> CommandRecord {
+    CommandRecord::builder(PK, "ORDER#ORD-000001")
+        .name("Order ORD-000001")
+        .attributes(order_attributes("pending", "pending"))
+        .status(CommandStatus::Published)
+        .build()
+}
+
+#[tokio::test]
+async fn place_with_a_held_key_answers_the_first_order_and_takes_no_number() {
+    let mut sequences = MockSequenceService::new();
+    sequences.expect_next().never();
+    let mut commands = MockCommandService::new();
+    commands
+        .expect_find_idempotent()
+        .withf(|key, ctx| key.key == "retry-1" && key.fingerprint.is_some() && ctx.tenant_code == "shop-a")
+        .times(1)
+        .returning(|_, _| Ok(Some(first_order())));
+    commands.expect_publish_async().never();
+    let service = OrderService::new(services(
+        commands,
+        catalogue(vec![product("PRD-001", 29.99, true)]),
+        sequences,
+    ));
+    let placed = service
+        .place(new_order("PRD-001", json!(2), 29.99), Some("retry-1"), &ctx())
+        .await
+        .expect("answered");
+    assert!(placed.replayed);
+    assert_eq!(placed.order, first_order());
+}
+
+#[tokio::test]
+async fn place_with_a_fresh_key_publishes_it_with_the_order() {
+    let mut commands = MockCommandService::new();
+    commands
+        .expect_find_idempotent()
+        .times(1)
+        .returning(|_, _| Ok(None));
+    commands
+        .expect_publish_async()
+        .withf(|cmd, _| {
+            cmd.sk == "ORDER#ORD-000001"
+                && cmd
+                    .idempotency_key
+                    .as_ref()
+                    .is_some_and(|k| k.key == "retry-1" && k.fingerprint.is_some())
+        })
+        .times(1)
+        .returning(|cmd, _| Ok(Published::Written(record(&cmd))));
+    let numbers = Arc::new(AtomicUsize::new(0));
+    let service = OrderService::new(services(
+        commands,
+        catalogue(vec![product("PRD-001", 29.99, true)]),
+        numbering(1, numbers.clone()),
+    ));
+    let placed = service
+        .place(new_order("PRD-001", json!(2), 29.99), Some("retry-1"), &ctx())
+        .await
+        .expect("placed");
+    assert!(!placed.replayed);
+    assert_eq!(placed.order.code, "ORD-000001");
+    assert_eq!(numbers.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn place_that_loses_to_a_concurrent_retry_answers_the_first_order() {
+    let mut commands = MockCommandService::new();
+    // Both tries looked the key up before either published.
+    commands.expect_find_idempotent().returning(|_, _| Ok(None));
+    // The framework resolves the second keyed publish to the first one's order.
+    commands
+        .expect_publish_async()
+        .withf(|cmd, _| cmd.sk == "ORDER#ORD-000002")
+        .times(1)
+        .returning(|_, _| Ok(Published::Written(first_order())));
+    let service = OrderService::new(services(
+        commands,
+        catalogue(vec![product("PRD-001", 29.99, true)]),
+        numbering(2, Arc::new(AtomicUsize::new(0))),
+    ));
+    let placed = service
+        .place(new_order("PRD-001", json!(2), 29.99), Some("retry-1"), &ctx())
+        .await
+        .expect("answered");
+    assert!(placed.replayed, "ORD-000002 was burnt, ORD-000001 is the order");
+    assert_eq!(placed.order.code, "ORD-000001");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_fingerprints_the_body_and_the_user() {
+    let seen = Arc::new(Mutex::new(Vec::<IdempotencyKey>::new()));
+    let mut commands = MockCommandService::new();
+    let record = seen.clone();
+    commands.expect_find_idempotent().returning(move |key, _| {
+        record.lock().unwrap().push(key.clone());
+        Ok(Some(first_order()))
+    });
+    let service = OrderService::new(services(
+        commands,
+        MockDataService::new(),
+        MockSequenceService::new(),
+    ));
+    let other_user = InvocationContext::new("shop-a", "user-2").with_roles(["customer"]);
+    for (order, ctx) in [
+        (new_order("PRD-001", json!(2), 29.99), ctx()),
+        (new_order("PRD-001", json!(2), 29.99), ctx()),
+        (new_order("PRD-001", json!(3), 29.99), ctx()),
+        (new_order("PRD-001", json!(2), 29.99), other_user),
+    ] {
+        service.place(order, Some("k-1"), &ctx).await.expect("answered");
+    }
+    let seen = seen.lock().unwrap();
+    let prints: Vec<&str> = seen
+        .iter()
+        .map(|k| k.fingerprint.as_deref().expect("a fingerprint"))
+        .collect();
+    assert!(seen.iter().all(|k| k.key == "k-1"));
+    assert_eq!(prints[0], prints[1], "the same request");
+    assert_ne!(prints[0], prints[2], "another body");
+    assert_ne!(prints[0], prints[3], "another user");
+}
+
+#[tokio::test]
+async fn update_status_with_a_held_key_answers_the_first_move_without_deciding_again() {
+    let mut commands = MockCommandService::new();
+    commands
+        .expect_find_idempotent()
+        .withf(|key, _| key.key == "cancel-1")
+        .times(1)
+        .returning(|_, _| {
+            Ok(Some(
+                CommandRecord::builder(PK, "ORDER#ORD-000001")
+                    .name("Order ORD-000001")
+                    .version(3)
+                    .attributes(order_attributes("cancelled", "reserved"))
+                    .build(),
+            ))
+        });
+    commands.expect_publish_sync().never();
+    let mut data = MockDataService::new();
+    // Cancelled already: the status machine would refuse cancelling again.
+    data.expect_get_item()
+        .returning(|_, _| Ok(Some(order("ORD-000001", "cancelled", "reserved", 3))));
+    let service = OrderService::new(services(commands, data, MockSequenceService::new()));
+    let again = service
+        .update_status(
+            "ORD-000001",
+            OrderStatus::Cancelled,
+            None,
+            Some("cancel-1"),
+            &ctx(),
+        )
+        .await
+        .expect("the first answer");
+    assert_eq!(again.version, 3);
+    assert_eq!(again.attributes["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn update_status_with_a_fresh_key_publishes_it_with_the_move() {
+    let mut commands = MockCommandService::new();
+    commands.expect_find_idempotent().returning(|_, _| Ok(None));
+    commands
+        .expect_publish_sync()
+        .withf(|cmd, _| {
+            cmd.version == ExpectedVersion::Exactly(2)
+                && cmd.attributes["status"] == "confirmed"
+                && cmd.idempotency_key.as_ref().is_some_and(|k| k.key == "confirm-1")
+        })
+        .times(1)
+        .returning(|cmd, _| Ok(Published::Written(applied(&cmd))));
+    let mut data = MockDataService::new();
+    data.expect_get_item()
+        .returning(|_, _| Ok(Some(order("ORD-000001", "pending", "reserved", 2))));
+    let service = OrderService::new(services(commands, data, MockSequenceService::new()));
+    let confirmed = service
+        .update_status(
+            "ORD-000001",
+            OrderStatus::Confirmed,
+            None,
+            Some("confirm-1"),
+            &ctx(),
+        )
+        .await
+        .expect("confirmed");
+    assert_eq!(confirmed.version, 3);
+}
+
+#[tokio::test]
+async fn update_status_at_the_clients_version_refuses_what_a_conflict_reveals() {
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counted = reads.clone();
+    let mut data = MockDataService::new();
+    data.expect_get_item().returning(move |_, _| {
+        // Another writer moved the order between the first read and its publish.
+        let version = if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+            2
+        } else {
+            3
+        };
+        Ok(Some(order("ORD-000001", "pending", "reserved", version)))
+    });
+    let mut commands = MockCommandService::new();
+    commands.expect_publish_sync().times(1).returning(|cmd, _| {
+        Err(Error::Conflict {
+            key: cmd.key().id(),
+            expected: cmd.version,
+            actual: Some(3),
+        })
+    });
+    let service = OrderService::new(services(commands, data, MockSequenceService::new()));
+    let err = service
+        .update_status("ORD-000001", OrderStatus::Confirmed, Some(2), None, &ctx())
+        .await
+        .expect_err("the order moved");
+    assert!(
+        matches!(
+            err,
+            ShopError::Core(Error::Conflict {
+                expected: ExpectedVersion::Exactly(2),
+                actual: Some(3),
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
+}
+
+// ---- InventoryService::set ------------------------------------------------------
+
+/// Data holding the product PRD-001 and the inventory records `stock` returns, in turn.
+fn stock_data(stock: impl Fn(usize) -> Option<DataItem> + Send + Sync + 'static) -> MockDataService {
+    let reads = AtomicUsize::new(0);
+    let mut data = MockDataService::new();
+    data.expect_get_item().returning(move |key, _| {
+        Ok(if key.sk.starts_with("PRODUCT#") {
+            Some(product("PRD-001", 29.99, true))
+        } else {
+            stock(reads.fetch_add(1, Ordering::SeqCst))
+        })
+    });
+    data.expect_get_latest().returning(|_, _| Ok(None));
+    data
+}
+
+fn set_request(quantity: i64, version: Option<u64>) -> ecommerce::services::SetInventory {
+    ecommerce::services::SetInventory {
+        quantity,
+        warehouse_code: "WH-1".to_owned(),
+        version,
+    }
+}
+
+#[tokio::test]
+async fn set_inventory_at_a_stale_version_is_a_version_conflict_without_publishing() {
+    let (commands, sequences) = nothing_published();
+    let data = stock_data(|_| Some(inventory("PRD-001", 100, 0, 3)));
+    let service = InventoryService::new(services(commands, data, sequences));
+    let err = service
+        .set("PRD-001", set_request(7, Some(2)), &ctx())
+        .await
+        .expect_err("stale");
+    assert_eq!(err.status_and_kind(), (409, "version_conflict"));
+    let err = service
+        .set("PRD-001", set_request(7, Some(0)), &ctx())
+        .await
+        .expect_err("exists already");
+    assert!(
+        matches!(err, ShopError::Core(Error::Conflict { actual: Some(3), .. })),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn set_inventory_creates_the_record_at_version_zero() {
+    let mut commands = MockCommandService::new();
+    commands
+        .expect_publish_sync()
+        .withf(|cmd, _| {
+            cmd.sk == "INVENTORY#PRD-001"
+                && cmd.version == ExpectedVersion::NEW
+                && cmd.attributes["quantity"] == 5
+                && cmd.attributes["reservedQuantity"] == 0
+        })
+        .times(1)
+        .returning(|cmd, _| Ok(Published::Written(applied(&cmd))));
+    let data = stock_data(|_| None);
+    let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
+    let created = service
+        .set("PRD-001", set_request(5, Some(0)), &ctx())
+        .await
+        .expect("created");
+    assert_eq!(created.version, 1);
+}
+
+#[tokio::test]
+async fn set_inventory_without_a_version_decides_again_after_a_conflict() {
+    // Reserved 0, then 6 by the time of the retry: 5 units would be below it.
+    let data = stock_data(|read| {
+        Some(inventory(
+            "PRD-001",
+            100,
+            if read == 0 { 0 } else { 6 },
+            1 + read as u64,
+        ))
+    });
+    let mut commands = MockCommandService::new();
+    commands.expect_publish_sync().times(1).returning(|cmd, _| {
+        Err(Error::Conflict {
+            key: cmd.key().id(),
+            expected: cmd.version,
+            actual: Some(2),
+        })
+    });
+    let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
+    let err = service
+        .set("PRD-001", set_request(5, None), &ctx())
+        .await
+        .expect_err("below the units reserved");
+    assert!(
+        matches!(err, ShopError::Conflict(ref m) if m.contains("6 units reserved")),
+        "{err:?}"
+    );
+}
+
+// ---- the order handler ------------------------------------------------------------
+
+/// The handler over mocks whose order reads return `orders` in turn and whose
+/// inventory reads return `stock` in turn; what it publishes and commits is
+/// recorded.
+struct HandlerWorld {
+    handler: OrderSyncHandler,
+    notifier: Arc<OutboxNotifier>,
+    published: Arc<Mutex<Vec<CommandInput>>>,
+    committed: Arc<Mutex<Vec<Vec<CommandInput>>>>,
+}
+
+fn handler_world(orders: Vec<DataItem>, stock: Vec<DataItem>) -> HandlerWorld {
+    let (order_reads, stock_reads) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let mut data = MockDataService::new();
+    data.expect_get_item().returning(move |key, _| {
+        let (items, reads) = if key.sk.starts_with("ORDER#") {
+            (&orders, &order_reads)
+        } else {
+            (&stock, &stock_reads)
+        };
+        let n = reads.fetch_add(1, Ordering::SeqCst).min(items.len() - 1);
+        Ok(Some(items[n].clone()))
+    });
+    let published = Arc::new(Mutex::new(Vec::new()));
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let mut commands = MockCommandService::new();
+    let record = published.clone();
+    commands.expect_publish_sync().returning(move |cmd, _| {
+        record.lock().unwrap().push(cmd.clone());
+        Ok(Published::Written(applied(&cmd)))
+    });
+    let record = committed.clone();
+    commands.expect_commit().returning(move |cmds, _| {
+        record.lock().unwrap().push(cmds.clone());
+        Ok(cmds.iter().map(|c| Published::Written(applied(c))).collect())
+    });
+    let notifier = Arc::new(OutboxNotifier::new());
+    let handler = OrderSyncHandler::new(
+        services(commands, data, MockSequenceService::new()),
+        notifier.clone(),
+    );
+    HandlerWorld {
+        handler,
+        notifier,
+        published,
+        committed,
+    }
+}
+
+#[tokio::test]
+async fn the_handler_reserves_then_marks_the_order_at_the_version_read() {
+    let placed = order("ORD-000001", "pending", "pending", 1);
+    let world = handler_world(vec![placed.clone()], vec![inventory("PRD-001", 100, 0, 3)]);
+    world
+        .handler
+        .handle(&DataSyncEvent::of(None, placed))
+        .await
+        .expect("handled");
+    let committed = world.committed.lock().unwrap();
+    assert_eq!(committed.len(), 1);
+    assert_eq!(committed[0][0].version, ExpectedVersion::Exactly(3));
+    assert_eq!(
+        committed[0][0].attributes["reservations"],
+        json!({ "ORD-000001": 2 })
+    );
+    let published = world.published.lock().unwrap();
+    let mark = published
+        .iter()
+        .find(|c| c.sk == "ORDER#ORD-000001")
+        .expect("the order is marked");
+    assert_eq!(mark.version, ExpectedVersion::Exactly(1));
+    assert_eq!(mark.attributes["reservation"], "reserved");
+    assert_eq!(mark.attributes["status"], "pending");
+    assert!(published
+        .iter()
+        .any(|c| c.sk.starts_with("NOTIFICATION#ORD-000001#1#")));
+    assert_eq!(world.notifier.sent().len(), 1, "the order confirmation");
+}
+
+#[tokio::test]
+async fn the_handler_releases_instead_of_marking_an_order_cancelled_meanwhile() {
+    let placed = order("ORD-000001", "pending", "pending", 1);
+    let cancelled = order("ORD-000001", "cancelled", "pending", 2);
+    let mut held = inventory("PRD-001", 100, 2, 4);
+    held.attributes["reservations"] = json!({ "ORD-000001": 2 });
+    let world = handler_world(
+        vec![placed.clone(), cancelled],
+        vec![inventory("PRD-001", 100, 0, 3), held],
+    );
+    world
+        .handler
+        .handle(&DataSyncEvent::of(None, placed))
+        .await
+        .expect("handled");
+    let committed = world.committed.lock().unwrap();
+    assert_eq!(committed.len(), 2, "reserved, then released");
+    let release = &committed[1][0];
+    assert_eq!(release.version, ExpectedVersion::Exactly(4));
+    assert_eq!(release.attributes["reservedQuantity"], 0);
+    assert_eq!(release.attributes["reservations"], json!({}));
+    let published = world.published.lock().unwrap();
+    assert!(
+        !published.iter().any(|c| c.sk == "ORDER#ORD-000001"),
+        "a cancelled order is not marked: {published:?}"
+    );
 }

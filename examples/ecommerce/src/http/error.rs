@@ -16,7 +16,7 @@ pub struct ErrorBody {
     /// What went wrong, for programs: `invalid_input`, `invalid_transition`,
     /// `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`, `conflict`,
     /// `version_conflict`, `too_large`, `unsupported_media_type`,
-    /// `unavailable` or `internal`.
+    /// `idempotency_key_reused`, `unavailable` or `internal`.
     pub error: String,
     /// What went wrong, for people.
     pub message: String,

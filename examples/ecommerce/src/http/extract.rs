@@ -37,6 +37,36 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The name of the header of an idempotent request (as in the IETF draft
+/// "The Idempotency-Key HTTP Header Field").
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The response header that marks the answer of an earlier request with the
+/// same `Idempotency-Key`, given again.
+pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The request's `Idempotency-Key`, if it has one. Two of them are a 400;
+/// the key itself (1 to 255 bytes of visible ASCII) is checked by the
+/// framework, whose refusal is a 400 too.
+pub(crate) struct IdempotencyKeyHeader(pub(crate) Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let mut values = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
+        match (values.next(), values.next()) {
+            (None, _) => Ok(IdempotencyKeyHeader(None)),
+            (Some(value), None) => String::from_utf8(value.as_bytes().to_vec())
+                .map(|key| IdempotencyKeyHeader(Some(key)))
+                .map_err(|_| ApiError::invalid_input("the Idempotency-Key header is not text")),
+            (Some(_), Some(_)) => Err(ApiError::invalid_input(
+                "send one Idempotency-Key header, not several",
+            )),
+        }
+    }
+}
+
 /// The token of the one `Authorization: Bearer <token>` header.
 fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();

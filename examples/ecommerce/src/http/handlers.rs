@@ -8,7 +8,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IDEMPOTENT_REPLAYED};
 use super::model::{
     cursor, Health, Inventory, Order, OrderListQuery, OrderPage, Product, ProductListQuery, ProductPage,
     StatusChange,
@@ -33,30 +33,52 @@ fn created<T: serde::Serialize>(location: String, body: T) -> Response {
 /// `pending`, reservation `pending`); the pipeline then reserves its stock,
 /// and `GET /orders/{code}` shows the reservation `reserved` or `failed`.
 ///
+/// With an `Idempotency-Key`, retrying the request (after a timeout or a
+/// lost answer) places the order once: while the key is held (24 hours),
+/// the same request with the same key answers the first order again, with
+/// `Idempotent-Replayed: true`, and places nothing. The key with another
+/// body, or from another user of the shop, is a 422.
+///
 /// Roles: `staff` or `customer`; the order records the caller (`userId`, the token's `sub`).
 #[utoipa::path(
     post,
     path = "/orders",
     tag = "orders",
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "A unique key of this request (a UUID, say: 1 to 255 bytes of visible ASCII), \
+                           so that a retry of it places the order once. Keys are per shop, held 24 hours."),
+    ),
     request_body = NewOrder,
     responses(
-        (status = 201, description = "Order placed", body = Order,
-            headers(("Location" = String, description = "`/orders/{code}`"))),
-        (status = 400, description = "Invalid order", body = ErrorBody),
+        (status = 201, description = "Order placed (or, with a held `Idempotency-Key`, the order the first request placed)", body = Order,
+            headers(
+                ("Location" = String, description = "`/orders/{code}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this is the answer of an earlier request with the same `Idempotency-Key`"),
+            )),
+        (status = 400, description = "Invalid order, or invalid `Idempotency-Key`", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`: the `Idempotency-Key` was used for another request", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub(crate) async fn create_order(
     State(state): State<AppState>,
     Caller(ctx): Caller,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     ApiJson(order): ApiJson<NewOrder>,
 ) -> Result<Response, ApiError> {
-    let command = state.shop.orders.create(order, &ctx).await?;
-    let location = format!("/orders/{}", command.code);
-    Ok(created(location, Order::from(command)))
+    let placed = state.shop.orders.place(order, key.as_deref(), &ctx).await?;
+    let location = format!("/orders/{}", placed.order.code);
+    let mut response = created(location, Order::from(placed.order));
+    if placed.replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 /// Lists the shop's orders, optionally of one status, a page at a time.
@@ -118,33 +140,45 @@ pub(crate) async fn get_order(
 /// processing → shipped | cancelled, shipped → delivered. Confirming needs
 /// the stock reserved. With `version`, the order must be at that version.
 ///
+/// With an `Idempotency-Key`, a retry of the request answers what the first
+/// one did (the order at the version it wrote), even though the status
+/// machine would now refuse the same move, and writes nothing. The key with
+/// another body, order or user is a 422.
+///
 /// Roles: `staff` make any move; a `customer` may only cancel their own order (another status is a 403, another's order a 404).
 #[utoipa::path(
     patch,
     path = "/orders/{code}/status",
     tag = "orders",
-    params(("code" = String, Path, description = "Order code, e.g. `ORD-000001`")),
+    params(
+        ("code" = String, Path, description = "Order code, e.g. `ORD-000001`"),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "A unique key of this request (1 to 255 bytes of visible ASCII), so that a retry \
+                           of it moves the order once and gets the first answer. Keys are per shop, held 24 hours."),
+    ),
     request_body = StatusChange,
     responses(
-        (status = 200, description = "The order at its new version", body = Order),
-        (status = 400, description = "Invalid status or transition", body = ErrorBody),
+        (status = 200, description = "The order at its new version (with a held `Idempotency-Key`: at the version the first request wrote)", body = Order),
+        (status = 400, description = "Invalid status or transition, or invalid `Idempotency-Key`", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not allowed to this role (a customer moving an order to other than cancelled)", body = ErrorBody),
         (status = 404, description = "No such order in this shop", body = ErrorBody),
         (status = 409, description = "Version conflict, or stock not reserved", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`: the `Idempotency-Key` was used for another request", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub(crate) async fn update_order_status(
     State(state): State<AppState>,
     Caller(ctx): Caller,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     ApiPath(code): ApiPath<String>,
     ApiJson(change): ApiJson<StatusChange>,
 ) -> Result<Json<Order>, ApiError> {
     let item = state
         .shop
         .orders
-        .update_status(&code, change.status, change.version, &ctx)
+        .update_status(&code, change.status, change.version, key.as_deref(), &ctx)
         .await?;
     Ok(Json(item.into()))
 }

@@ -3,10 +3,10 @@
 //!
 //! | Method | Path | Answer |
 //! |--------|------|--------|
-//! | POST | `/orders` | 201, the published order |
+//! | POST | `/orders` | 201, the published order (`Idempotency-Key` honoured) |
 //! | GET | `/orders?status=&limit=&cursor=` | 200, a page of orders |
 //! | GET | `/orders/{code}` | 200, the order |
-//! | PATCH | `/orders/{code}/status` | 200, the order at its new version |
+//! | PATCH | `/orders/{code}/status` | 200, the order at its new version (`Idempotency-Key` honoured) |
 //! | POST | `/products` | 201, the product |
 //! | GET | `/products?limit=&cursor=` | 200, a page of products |
 //! | GET | `/products/{code}` | 200, the product |
@@ -21,7 +21,14 @@
 //! `invalid_input` for malformed bodies and queries, 401 `unauthorized`, 404
 //! `not_found` (also for unknown routes and other tenants' entities), 413
 //! `too_large` for bodies over [`MAX_BODY_BYTES`], and the services' errors
-//! by [`ShopError::status_and_kind`](crate::ShopError::status_and_kind).
+//! by [`ShopError::status_and_kind`](crate::ShopError::status_and_kind)
+//! (422 `idempotency_key_reused` for an `Idempotency-Key` sent with another
+//! request than its first).
+//!
+//! `POST /orders` and `PATCH /orders/{code}/status` take an
+//! `Idempotency-Key` header (the IETF draft's): a retry with the same key
+//! and body does the work once and answers as the first request did; a
+//! replayed `POST /orders` says so with `Idempotent-Replayed: true`.
 
 mod error;
 mod extract;
@@ -334,6 +341,31 @@ mod tests {
             );
             assert_eq!(op["responses"].get("403").is_some(), protected, "{method} {path}");
         }
+    }
+
+    #[test]
+    fn the_document_declares_the_idempotency_key_where_it_is_honoured() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (method, path, _, _) in routes() {
+            let op = &doc["paths"][path][method.as_str().to_lowercase()];
+            let header = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"] == "Idempotency-Key");
+            let honoured = matches!(
+                (method.as_str(), path),
+                ("POST", "/orders") | ("PATCH", "/orders/{code}/status")
+            );
+            assert_eq!(header.is_some(), honoured, "{method} {path}");
+            if let Some(header) = header {
+                assert_eq!(header["in"], "header", "{method} {path}");
+                assert_ne!(header["required"], true, "{method} {path}: optional");
+                assert!(op["responses"].get("422").is_some(), "{method} {path}");
+            }
+        }
+        let replayed = &doc["paths"]["/orders"]["post"]["responses"]["201"]["headers"];
+        assert!(replayed.get("Idempotent-Replayed").is_some(), "{replayed}");
     }
 
     /// A server on a free port over a fresh in-memory shop with the demo

@@ -1,27 +1,42 @@
 //! Stock: setting it, and reserving, releasing and deducting it for orders.
 //!
-//! Every change to several products is one all-or-nothing commit at the
-//! versions just read; a version conflict means another writer got in
-//! between, and the change is read and tried again, a bounded number of
-//! times. Each inventory record keeps the units reserved per order, so
-//! reserving, releasing and deducting twice for the same order changes the
-//! stock once.
+//! Every change is one of the framework's read-modify-writes: setting the
+//! quantity is [`Services::update`] of one record, and a change to several
+//! products is [`Services::commit_with`], one all-or-nothing commit at the
+//! versions just read. A version conflict means another writer got in
+//! between; the framework then reads again and the change is decided again,
+//! a bounded number of times. Each inventory record keeps the units reserved
+//! per order, so reserving, releasing and deducting twice for the same order
+//! changes the stock once.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::Utc;
-use cqrs_core::{tenant_pk, CommandInput, DataItem, EntityKey, ExpectedVersion, InvocationContext};
-use futures::future::try_join_all;
+use cqrs_core::{
+    tenant_pk, CommandInput, DataItem, EntityKey, ExpectedVersion, InvocationContext, RetryPolicy, Services,
+};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{access, conflict_backoff, validate, Cqrs, ProductService};
+use super::{access, validate, ProductService};
 use crate::domain::{inventory_sk, InventoryAttributes};
 use crate::error::{ShopError, ShopResult};
 
-/// Attempts of a reservation (or release, or deduction) before giving up
-/// under contention.
+/// Tries of a reservation (or release, or deduction, or a stock change
+/// without a version) before giving up under contention.
 pub const MAX_ATTEMPTS: u32 = 40;
+
+/// The retries of stock changes after version conflicts: every order of a
+/// product writes its inventory record, so they contend. [`MAX_ATTEMPTS`]
+/// tries, each after a random wait below 4 ms, 8 ms, ... 128 ms.
+fn contended() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: MAX_ATTEMPTS,
+        initial_backoff: Duration::from_millis(4),
+        max_backoff: Duration::from_millis(128),
+    }
+}
 
 /// The most units on hand a product may have.
 pub const MAX_STOCK: i64 = 1_000_000_000;
@@ -58,15 +73,20 @@ pub enum ReserveOutcome {
 /// Reads and changes stock.
 #[derive(Clone)]
 pub struct InventoryService {
-    cqrs: Cqrs,
+    services: Services,
     products: ProductService,
 }
 
 impl InventoryService {
     /// Over the given framework services.
-    pub fn new(cqrs: Cqrs) -> Self {
-        let products = ProductService::new(cqrs.clone());
-        Self { cqrs, products }
+    pub fn new(services: Services) -> Self {
+        let products = ProductService::new(services.clone());
+        Self { services, products }
+    }
+
+    /// The services, retrying conflicts as stock changes need ([`MAX_ATTEMPTS`]).
+    fn contended(&self) -> Services {
+        self.services.clone().with_conflict_retry(contended())
     }
 
     fn key(ctx: &InvocationContext, product_code: &str) -> EntityKey {
@@ -77,16 +97,18 @@ impl InventoryService {
     pub async fn get(&self, product_code: &str, ctx: &InvocationContext) -> ShopResult<DataItem> {
         access::shopper(ctx, "reading stock")?;
         validate::code("product code", product_code)?;
-        self.cqrs
+        self.services
             .data
             .get_item(&Self::key(ctx, product_code), ctx)
             .await?
             .ok_or_else(|| ShopError::NotFound(format!("no inventory for product {product_code}")))
     }
 
-    /// Sets the quantity on hand (staff only), creating the record on first use. Without
-    /// an expected version a concurrent change is read and the update tried
-    /// again; with one, it is a conflict.
+    /// Sets the quantity on hand (staff only), creating the record on first
+    /// use. Without an expected version a concurrent change is read and the
+    /// update decided again ([`MAX_ATTEMPTS`] tries); with one, the record
+    /// must be at it (0: it must not exist yet), else it is a version
+    /// conflict.
     pub async fn set(
         &self,
         product_code: &str,
@@ -106,55 +128,71 @@ impl InventoryService {
             return Err(ShopError::NotFound(format!("product {product_code} not found")));
         }
         let key = Self::key(ctx, product_code);
-        let attempts = if request.version.is_some() {
-            1
-        } else {
-            MAX_ATTEMPTS
+        let retry = match request.version {
+            // The closure checks the client's version: reading again after
+            // a conflict could only find it stale.
+            Some(_) => RetryPolicy {
+                max_attempts: 1,
+                ..contended()
+            },
+            None => contended(),
         };
-        for attempt in 1..=attempts {
-            let current = self.cqrs.data.get_item(&key, ctx).await?;
-            let now = Utc::now();
-            let command = match &current {
-                None => {
-                    let attributes = InventoryAttributes {
-                        product_code: product_code.to_owned(),
-                        quantity: request.quantity,
-                        reserved_quantity: 0,
-                        warehouse_code: request.warehouse_code.clone(),
-                        last_restocked_at: now,
-                        reservations: BTreeMap::new(),
-                    };
-                    CommandInput::new(&key.pk, &key.sk)
-                        .name(format!("Inventory {product_code}"))
-                        .attributes_from(&attributes)?
+        let set = self
+            .services
+            .update(&key)
+            .retry(retry)
+            .publish_sync(ctx, |current: Option<&DataItem>| {
+                let found = current.map(|item| item.version);
+                if let Some(expected) = request.version.filter(|v| *v != found.unwrap_or(0)) {
+                    return Err(ShopError::Core(cqrs_core::Error::Conflict {
+                        key: key.id(),
+                        expected: ExpectedVersion::Exactly(expected),
+                        actual: found,
+                    }));
                 }
-                Some(item) => {
-                    let mut attributes: InventoryAttributes = item.attributes_as()?;
-                    if request.quantity < attributes.reserved_quantity {
-                        return Err(ShopError::Conflict(format!(
-                            "quantity {} is below the {} units reserved for open orders",
-                            request.quantity, attributes.reserved_quantity
-                        )));
+                let now = Utc::now();
+                let command = match current {
+                    None => {
+                        let attributes = InventoryAttributes {
+                            product_code: product_code.to_owned(),
+                            quantity: request.quantity,
+                            reserved_quantity: 0,
+                            warehouse_code: request.warehouse_code.clone(),
+                            last_restocked_at: now,
+                            reservations: BTreeMap::new(),
+                        };
+                        CommandInput::new(&key.pk, &key.sk)
+                            .name(format!("Inventory {product_code}"))
+                            .attributes_from(&attributes)?
                     }
-                    attributes.quantity = request.quantity;
-                    attributes.warehouse_code = request.warehouse_code.clone();
-                    attributes.last_restocked_at = now;
-                    CommandInput::update_of(item).attributes_from(&attributes)?
-                }
-            };
-            let command = match request.version {
-                Some(version) => command.version(ExpectedVersion::Exactly(version)),
-                None => command,
-            };
-            match self.cqrs.commands.publish_sync(command, ctx).await {
-                Ok(published) => return Ok(published.into_item()),
-                Err(e) if e.is_conflict() && attempt < attempts => conflict_backoff(attempt).await,
-                Err(e) => return Err(e.into()),
-            }
+                    Some(item) => {
+                        let mut attributes: InventoryAttributes = item.attributes_as()?;
+                        if request.quantity < attributes.reserved_quantity {
+                            return Err(ShopError::Conflict(format!(
+                                "quantity {} is below the {} units reserved for open orders",
+                                request.quantity, attributes.reserved_quantity
+                            )));
+                        }
+                        attributes.quantity = request.quantity;
+                        attributes.warehouse_code = request.warehouse_code.clone();
+                        attributes.last_restocked_at = now;
+                        CommandInput::update_of(item).attributes_from(&attributes)?
+                    }
+                };
+                Ok(Some(command))
+            })
+            .await;
+        match set {
+            Ok(Some(published)) => Ok(published.into_item()),
+            // The closure never skips.
+            Ok(None) => Err(ShopError::NotFound(format!(
+                "no inventory for product {product_code}"
+            ))),
+            Err(ShopError::Core(e)) if e.is_conflict() && request.version.is_none() => Err(
+                ShopError::Conflict(format!("inventory of {product_code} is changing too fast, retry")),
+            ),
+            Err(e) => Err(e),
         }
-        Err(ShopError::Conflict(format!(
-            "inventory of {product_code} is changing too fast, retry"
-        )))
     }
 
     /// Reserves `units` per product for `order_code`, all or nothing. Not a
@@ -166,42 +204,47 @@ impl InventoryService {
         units: &BTreeMap<String, i64>,
         ctx: &InvocationContext,
     ) -> ShopResult<ReserveOutcome> {
-        for attempt in 1..=MAX_ATTEMPTS {
-            let records = self.read_all(units.keys(), ctx).await?;
-            let mut commands = Vec::with_capacity(records.len());
-            for (product_code, record) in &records {
-                let requested = units.get(product_code).copied().unwrap_or(0);
-                let Some((item, mut attributes)) = record.clone() else {
-                    return Ok(ReserveOutcome::Insufficient {
-                        product_code: product_code.clone(),
-                        requested,
-                        available: 0,
-                    });
-                };
-                if attributes.reservations.contains_key(order_code) {
-                    // An earlier delivery reserved it (commits are all or nothing).
-                    return Ok(ReserveOutcome::Reserved);
+        let keys: Vec<EntityKey> = units.keys().map(|code| Self::key(ctx, code)).collect();
+        let mut outcome = ReserveOutcome::Reserved;
+        let committed = self
+            .contended()
+            .commit_with(&keys, ctx, |records: &[Option<DataItem>]| {
+                // Decided afresh on every read.
+                outcome = ReserveOutcome::Reserved;
+                let mut commands = Vec::with_capacity(records.len());
+                for ((product_code, &requested), record) in units.iter().zip(records) {
+                    let Some(item) = record else {
+                        outcome = ReserveOutcome::Insufficient {
+                            product_code: product_code.clone(),
+                            requested,
+                            available: 0,
+                        };
+                        return Ok(Vec::new());
+                    };
+                    let mut attributes: InventoryAttributes = item.attributes_as()?;
+                    if attributes.reservations.contains_key(order_code) {
+                        // An earlier delivery reserved it (commits are all or nothing).
+                        return Ok(Vec::new());
+                    }
+                    if attributes.available() < requested {
+                        outcome = ReserveOutcome::Insufficient {
+                            product_code: product_code.clone(),
+                            requested,
+                            available: attributes.available(),
+                        };
+                        return Ok(Vec::new());
+                    }
+                    attributes.reserved_quantity += requested;
+                    attributes.reservations.insert(order_code.to_owned(), requested);
+                    commands.push(CommandInput::update_of(item).attributes_from(&attributes)?);
                 }
-                if attributes.available() < requested {
-                    return Ok(ReserveOutcome::Insufficient {
-                        product_code: product_code.clone(),
-                        requested,
-                        available: attributes.available(),
-                    });
-                }
-                attributes.reserved_quantity += requested;
-                attributes.reservations.insert(order_code.to_owned(), requested);
-                commands.push(CommandInput::update_of(&item).attributes_from(&attributes)?);
-            }
-            match self.cqrs.commands.commit(commands, ctx).await {
-                Ok(_) => return Ok(ReserveOutcome::Reserved),
-                Err(e) if e.is_conflict() => conflict_backoff(attempt).await,
-                Err(e) => return Err(e.into()),
-            }
+                Ok::<_, ShopError>(commands)
+            })
+            .await;
+        match committed {
+            Ok(_) => Ok(outcome),
+            Err(e) => Err(contended_for(order_code, e)),
         }
-        Err(ShopError::Conflict(format!(
-            "stock for order {order_code} is contended, retry"
-        )))
     }
 
     /// Gives back what `order_code` reserved (nothing if it reserved nothing).
@@ -239,52 +282,35 @@ impl InventoryService {
         order_code: &str,
         products: &[String],
         ctx: &InvocationContext,
-        change: impl Fn(&mut InventoryAttributes, i64),
+        change: impl Fn(&mut InventoryAttributes, i64) + Send + Sync,
     ) -> ShopResult<()> {
-        for attempt in 1..=MAX_ATTEMPTS {
-            let records = self.read_all(products.iter(), ctx).await?;
-            let mut commands = Vec::new();
-            for (_, record) in records {
-                let Some((item, mut attributes)) = record else {
-                    continue;
-                };
-                let Some(units) = attributes.reservations.remove(order_code) else {
-                    continue;
-                };
-                change(&mut attributes, units);
-                commands.push(CommandInput::update_of(&item).attributes_from(&attributes)?);
-            }
-            if commands.is_empty() {
-                return Ok(());
-            }
-            match self.cqrs.commands.commit(commands, ctx).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_conflict() => conflict_backoff(attempt).await,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ShopError::Conflict(format!(
-            "stock for order {order_code} is contended, retry"
-        )))
-    }
-
-    /// The inventory record of each product, read concurrently.
-    async fn read_all<'a>(
-        &self,
-        products: impl Iterator<Item = &'a String>,
-        ctx: &InvocationContext,
-    ) -> ShopResult<Vec<(String, Option<(DataItem, InventoryAttributes)>)>> {
-        try_join_all(products.map(|code| async move {
-            let item = self.cqrs.data.get_item(&Self::key(ctx, code), ctx).await?;
-            let record = match item {
-                Some(item) => {
-                    let attributes = item.attributes_as()?;
-                    Some((item, attributes))
+        let keys: Vec<EntityKey> = products.iter().map(|code| Self::key(ctx, code)).collect();
+        self.contended()
+            .commit_with(&keys, ctx, |records: &[Option<DataItem>]| {
+                let mut commands = Vec::new();
+                for item in records.iter().flatten() {
+                    let mut attributes: InventoryAttributes = item.attributes_as()?;
+                    let Some(units) = attributes.reservations.remove(order_code) else {
+                        continue;
+                    };
+                    change(&mut attributes, units);
+                    commands.push(CommandInput::update_of(item).attributes_from(&attributes)?);
                 }
-                None => None,
-            };
-            Ok::<_, ShopError>((code.clone(), record))
-        }))
-        .await
+                Ok::<_, ShopError>(commands)
+            })
+            .await
+            .map(drop)
+            .map_err(|e| contended_for(order_code, e))
+    }
+}
+
+/// A conflict left after every try is the stock being contended: the
+/// caller (the order handler's pipeline) may retry later.
+fn contended_for(order_code: &str, error: ShopError) -> ShopError {
+    match error {
+        ShopError::Core(e) if e.is_conflict() => {
+            ShopError::Conflict(format!("stock for order {order_code} is contended, retry"))
+        }
+        other => other,
     }
 }

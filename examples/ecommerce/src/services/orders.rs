@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use chrono::Utc;
 use cqrs_core::{
     tenant_pk, CommandInput, CommandRecord, Cursor, DataItem, EntityKey, ExpectedVersion, Filter,
-    InvocationContext, ListQuery, Page, SequenceRequest, SkCondition,
+    IdempotencyKey, InvocationContext, ListQuery, Page, SequenceRequest, Services, SkCondition,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{access, conflict_backoff, validate, Cqrs, ProductService};
+use super::{access, validate, ProductService};
 use crate::domain::{order_sk, Address, OrderAttributes, OrderItem, OrderStatus, Reservation};
 use crate::error::{ShopError, ShopResult};
 use crate::money::totals;
@@ -19,11 +19,10 @@ use crate::money::totals;
 pub const MAX_LINES: usize = 100;
 /// Units a line may have.
 pub const MAX_QUANTITY: u32 = 10_000;
-/// Tries of a status change without an expected version.
-const STATUS_ATTEMPTS: u32 = 5;
 
-/// An order to place, as in the seed's request.
-#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
+/// An order to place, as in the seed's request. (Serialized only for the
+/// fingerprint of an idempotent request.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewOrder {
     /// The customer.
@@ -37,18 +36,54 @@ pub struct NewOrder {
     pub payment_method: String,
 }
 
+/// An order [placed](OrderService::place).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placed {
+    /// The order's command, as its first publish stored it.
+    pub order: CommandRecord,
+    /// Whether an earlier request with the same idempotency key placed it
+    /// (and this one placed nothing).
+    pub replayed: bool,
+}
+
+/// A caller's request, as its idempotency key's fingerprint covers it: what
+/// is asked, and who asks. The same key sent again with another body, to
+/// another path, or by another user of the shop is another request (and
+/// refused), never the replay of someone else's answer.
+#[derive(Serialize)]
+struct Request<'a, T: Serialize> {
+    request: &'a str,
+    user: &'a str,
+    body: &'a T,
+}
+
+/// The idempotency key `key` of the caller's request `request` with `body`.
+fn idempotency_key<T: Serialize>(
+    key: &str,
+    request: &str,
+    body: &T,
+    ctx: &InvocationContext,
+) -> ShopResult<IdempotencyKey> {
+    let request = Request {
+        request,
+        user: &ctx.user_id,
+        body,
+    };
+    Ok(IdempotencyKey::new(key).fingerprint_of(&request)?)
+}
+
 /// Places, reads and moves orders.
 #[derive(Clone)]
 pub struct OrderService {
-    cqrs: Cqrs,
+    services: Services,
     products: ProductService,
 }
 
 impl OrderService {
     /// Over the given framework services.
-    pub fn new(cqrs: Cqrs) -> Self {
-        let products = ProductService::new(cqrs.clone());
-        Self { cqrs, products }
+    pub fn new(services: Services) -> Self {
+        let products = ProductService::new(services.clone());
+        Self { services, products }
     }
 
     fn key(ctx: &InvocationContext, code: &str) -> EntityKey {
@@ -60,7 +95,34 @@ impl OrderService {
     /// the data-sync handler then reserves its stock. Staff or customer; the
     /// order records the caller (`userId`, the token's `sub`).
     pub async fn create(&self, order: NewOrder, ctx: &InvocationContext) -> ShopResult<CommandRecord> {
+        Ok(self.place(order, None, ctx).await?.order)
+    }
+
+    /// [`create`](Self::create), idempotently with `idempotency_key` (a
+    /// client's `Idempotency-Key`): while the key is held (24 h), the same
+    /// request again returns the order the first one placed, and places
+    /// nothing; the key with another request is
+    /// [`IdempotencyKeyReused`](cqrs_core::Error::IdempotencyKeyReused).
+    pub async fn place(
+        &self,
+        order: NewOrder,
+        idempotency_key: Option<&str>,
+        ctx: &InvocationContext,
+    ) -> ShopResult<Placed> {
         access::shopper(ctx, "placing an order")?;
+        let idempotency_key = idempotency_key
+            .map(|key| self::idempotency_key(key, "POST /orders", &order, ctx))
+            .transpose()?;
+        if let Some(key) = &idempotency_key {
+            // Looked up before anything else: a retry takes no order number,
+            // and gets its order even if the catalogue changed since.
+            if let Some(first) = self.services.commands.find_idempotent(key, ctx).await? {
+                return Ok(Placed {
+                    order: first,
+                    replayed: true,
+                });
+            }
+        }
         validate::text("customerId", &order.customer_id)?;
         validate::text("paymentMethod", &order.payment_method)?;
         let address = &order.shipping_address;
@@ -117,7 +179,7 @@ impl OrderService {
         // Checked: a catalogue price too large to add up is a 400, not a panic.
         let totals = totals(order.items.iter().map(|i| (i.price, i.quantity)))?;
         let number = self
-            .cqrs
+            .services
             .sequences
             .next(&SequenceRequest::new("ORDER").format("ORD-{no:06}"), ctx)
             .await?;
@@ -137,31 +199,44 @@ impl OrderService {
             delivered_at: None,
             reservation: Reservation::Pending,
         };
-        let command = CommandInput::new(tenant_pk(&ctx.tenant_code), order_sk(&code))
+        let mut command = CommandInput::new(tenant_pk(&ctx.tenant_code), order_sk(&code))
             .name(format!("Order {code}"))
             .attributes_from(&attributes)?;
-        Ok(self.cqrs.commands.publish_async(command, ctx).await?.into_inner())
+        command.idempotency_key = idempotency_key;
+        let placed = self
+            .services
+            .commands
+            .publish_async(command, ctx)
+            .await?
+            .into_inner();
+        // A request with the same key that got past the look-up at the same
+        // time (a client retrying before its first try was answered) may
+        // have published first: then the framework returns its order, and
+        // the number taken here is burnt — a gap in the sequence, as a
+        // failed publish leaves. One order either way.
+        let replayed = placed.code != code;
+        Ok(Placed {
+            order: placed,
+            replayed,
+        })
     }
 
     /// An order: staff read any, a customer only their own (another's
     /// reads as missing).
+    ///
+    /// Read-your-writes: the order as its latest published command leaves
+    /// it, applied by the pipeline or not, so that a client sees the order
+    /// it placed at once (on the stream pipeline the data table lags).
     pub async fn get(&self, code: &str, ctx: &InvocationContext) -> ShopResult<DataItem> {
         access::shopper(ctx, "reading an order")?;
         validate::code("order code", code)?;
         let not_found = || ShopError::NotFound(format!("order {code} not found"));
-        let item = self
-            .cqrs
+        self.services
             .data
-            .get_item(&Self::key(ctx, code), ctx)
+            .get_latest(&Self::key(ctx, code), ctx)
             .await?
-            .ok_or_else(not_found)?;
-        if access::is_staff(ctx)
-            || item.attributes.get("userId").and_then(|u| u.as_str()) == Some(&ctx.user_id)
-        {
-            Ok(item)
-        } else {
-            Err(not_found())
-        }
+            .filter(|item| may_read(item, ctx))
+            .ok_or_else(not_found)
     }
 
     /// A page of orders, optionally of one status: staff see every order of
@@ -182,10 +257,10 @@ impl OrderService {
             query = query.filter(Filter::eq("attributes.userId", ctx.user_id.as_str()));
         }
         if let Some(status) = status {
-            query = query.filter(Filter::eq("attributes.status", status.as_str()));
+            query = query.filter(Filter::eq("attributes.status", status));
         }
         Ok(self
-            .cqrs
+            .services
             .data
             .list_items(&tenant_pk(&ctx.tenant_code), query, ctx)
             .await?)
@@ -195,65 +270,96 @@ impl OrderService {
     /// `version`, the order must be at it; without, a concurrent change is
     /// read and the move checked and tried again. Staff make any move; a
     /// customer may only cancel their own order.
+    ///
+    /// With `idempotency_key` (a client's `Idempotency-Key`), the same
+    /// request again returns the first one's result while the key is held,
+    /// even though the status machine would now refuse the same move.
     pub async fn update_status(
         &self,
         code: &str,
         next: OrderStatus,
         version: Option<u64>,
+        idempotency_key: Option<&str>,
         ctx: &InvocationContext,
     ) -> ShopResult<DataItem> {
         access::shopper(ctx, "changing an order's status")?;
+        validate::code("order code", code)?;
         if !access::is_staff(ctx) && next != OrderStatus::Cancelled {
             return Err(ShopError::Forbidden(format!(
                 "moving an order to {next} needs the role {}",
                 access::STAFF
             )));
         }
-        let attempts = if version.is_some() { 1 } else { STATUS_ATTEMPTS };
-        for attempt in 1..=attempts {
-            let current = self.get(code, ctx).await?;
-            if let Some(expected) = version.filter(|v| *v != current.version) {
-                return Err(cqrs_core::Error::Conflict {
-                    key: current.id,
-                    expected: ExpectedVersion::Exactly(expected),
-                    actual: Some(current.version),
-                }
-                .into());
+        let key = Self::key(ctx, code);
+        let mut update = self.services.update(&key);
+        if let Some(idempotency_key) = idempotency_key {
+            #[derive(Serialize)]
+            struct StatusChange {
+                status: OrderStatus,
+                version: Option<u64>,
             }
-            let mut attributes: OrderAttributes = current.attributes_as()?;
-            if !attributes.status.can_become(next) {
-                return Err(ShopError::InvalidTransition {
-                    from: attributes.status,
-                    to: next,
-                });
-            }
-            if next == OrderStatus::Confirmed && attributes.reservation != Reservation::Reserved {
-                return Err(ShopError::Conflict(format!(
-                    "order {code} cannot be confirmed: its stock reservation is {}",
-                    serde_json::to_value(attributes.reservation)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default()
-                )));
-            }
-            attributes.status = next;
-            match next {
-                OrderStatus::Shipped => attributes.shipped_at = Some(Utc::now()),
-                OrderStatus::Delivered => attributes.delivered_at = Some(Utc::now()),
-                _ => {}
-            }
-            let expected = ExpectedVersion::Exactly(version.unwrap_or(current.version));
-            let command = CommandInput::update_of(&current)
-                .version(expected)
-                .attributes_from(&attributes)?;
-            match self.cqrs.commands.publish_sync(command, ctx).await {
-                Ok(published) => return Ok(published.into_item()),
-                Err(e) if e.is_conflict() && attempt < attempts => conflict_backoff(attempt).await,
-                Err(e) => return Err(e.into()),
-            }
+            let body = StatusChange {
+                status: next,
+                version,
+            };
+            let request = format!("PATCH /orders/{code}/status");
+            update = update.idempotency_key(self::idempotency_key(idempotency_key, &request, &body, ctx)?);
         }
-        Err(ShopError::Conflict(format!(
-            "order {code} is changing too fast, retry"
-        )))
+        let not_found = || ShopError::NotFound(format!("order {code} not found"));
+        // Decided on the order as read, again after each conflict. With the
+        // client's version, a conflict read again finds the order moved, and
+        // the version check refuses it; an order whose creation the
+        // pipeline has not applied yet is waited for.
+        let moved = update
+            .publish_sync(ctx, |current: Option<&DataItem>| {
+                let current = current.filter(|item| may_read(item, ctx)).ok_or_else(not_found)?;
+                if let Some(expected) = version.filter(|v| *v != current.version) {
+                    return Err(ShopError::Core(cqrs_core::Error::Conflict {
+                        key: current.id.clone(),
+                        expected: ExpectedVersion::Exactly(expected),
+                        actual: Some(current.version),
+                    }));
+                }
+                let mut attributes: OrderAttributes = current.attributes_as()?;
+                if !attributes.status.can_become(next) {
+                    return Err(ShopError::InvalidTransition {
+                        from: attributes.status,
+                        to: next,
+                    });
+                }
+                if next == OrderStatus::Confirmed && attributes.reservation != Reservation::Reserved {
+                    return Err(ShopError::Conflict(format!(
+                        "order {code} cannot be confirmed: its stock reservation is {}",
+                        serde_json::to_value(attributes.reservation)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    )));
+                }
+                attributes.status = next;
+                match next {
+                    OrderStatus::Shipped => attributes.shipped_at = Some(Utc::now()),
+                    OrderStatus::Delivered => attributes.delivered_at = Some(Utc::now()),
+                    _ => {}
+                }
+                Ok(Some(
+                    CommandInput::update_of(current).attributes_from(&attributes)?,
+                ))
+            })
+            .await;
+        match moved {
+            Ok(Some(published)) => Ok(published.into_item()),
+            // The closure never skips.
+            Ok(None) => Err(not_found()),
+            Err(ShopError::Core(e)) if e.is_conflict() && version.is_none() => Err(ShopError::Conflict(
+                format!("order {code} is changing too fast, retry"),
+            )),
+            Err(e) => Err(e),
+        }
     }
+}
+
+/// Whether the caller may read `order`: staff any, a customer their own.
+fn may_read(order: &DataItem, ctx: &InvocationContext) -> bool {
+    access::is_staff(ctx) || order.attributes.get("userId").and_then(|u| u.as_str()) == Some(&ctx.user_id)
 }

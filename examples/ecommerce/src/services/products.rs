@@ -1,13 +1,14 @@
 //! The catalogue.
 
 use cqrs_core::{
-    tenant_pk, CommandInput, Cursor, DataItem, EntityKey, InvocationContext, ListQuery, Page, SkCondition,
+    tenant_pk, CommandInput, Cursor, DataItem, EntityKey, InvocationContext, ListQuery, Page, Services,
+    SkCondition,
 };
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{access, validate, Cqrs};
+use super::{access, validate};
 use crate::domain::{product_sk, ProductAttributes};
 use crate::error::{ShopError, ShopResult};
 use crate::money;
@@ -46,13 +47,13 @@ pub struct NewProduct {
 /// Creates and reads products.
 #[derive(Clone)]
 pub struct ProductService {
-    cqrs: Cqrs,
+    services: Services,
 }
 
 impl ProductService {
     /// Over the given framework services.
-    pub fn new(cqrs: Cqrs) -> Self {
-        Self { cqrs }
+    pub fn new(services: Services) -> Self {
+        Self { services }
     }
 
     /// Creates a product (staff only); a product with that code already is a
@@ -86,7 +87,7 @@ impl ProductService {
         let command = CommandInput::new(tenant_pk(&ctx.tenant_code), product_sk(&product.code))
             .name(product.name)
             .attributes_from(&attributes)?;
-        match self.cqrs.commands.publish_sync(command, ctx).await {
+        match self.services.commands.publish_sync(command, ctx).await {
             Ok(published) => Ok(published.into_item()),
             Err(cqrs_core::Error::Conflict { .. }) => Err(ShopError::Conflict(format!(
                 "product {} exists already",
@@ -101,7 +102,7 @@ impl ProductService {
         access::shopper(ctx, "reading the catalogue")?;
         validate::code("product code", code)?;
         let key = EntityKey::new(tenant_pk(&ctx.tenant_code), product_sk(code));
-        self.cqrs
+        self.services
             .data
             .get_item(&key, ctx)
             .await?
@@ -115,7 +116,7 @@ impl ProductService {
         ctx: &InvocationContext,
     ) -> ShopResult<Option<(String, ProductAttributes)>> {
         let key = EntityKey::new(tenant_pk(&ctx.tenant_code), product_sk(code));
-        match self.cqrs.data.get_item(&key, ctx).await? {
+        match self.services.data.get_item(&key, ctx).await? {
             Some(item) => {
                 let attributes = item.attributes_as()?;
                 Ok(Some((item.name, attributes)))
@@ -131,7 +132,7 @@ impl ProductService {
         ctx: &InvocationContext,
     ) -> ShopResult<Option<ProductAttributes>> {
         let key = EntityKey::new(tenant_pk(&ctx.tenant_code), product_sk(code));
-        match self.cqrs.data.get_item(&key, ctx).await? {
+        match self.services.data.get_item(&key, ctx).await? {
             Some(item) => Ok(Some(item.attributes_as()?)),
             None => Ok(None),
         }
@@ -150,7 +151,7 @@ impl ProductService {
             .limit(validate::limit(limit)?)
             .after(cursor.map(Cursor::from));
         Ok(self
-            .cqrs
+            .services
             .data
             .list_items(&tenant_pk(&ctx.tenant_code), query, ctx)
             .await?)
