@@ -137,8 +137,9 @@ async fn seed(shop: &Shop) {
         .expect("set inventory");
 }
 
-/// The e-commerce service's wait before retrying a conflict (its
-/// `conflict_backoff` is private): uniform in 0..=2^(min(attempt, 6) + 1) ms.
+/// The e-commerce inventory's wait before retrying a conflict (its
+/// `RetryPolicy`: 4 ms doubling to 128 ms, a random time below it, drawn by
+/// `Services`): uniform in 0..=2^(min(attempt, 6) + 1) ms.
 async fn conflict_backoff(attempt: u32, rng: &mut SplitMix64) {
     let ceiling_ms = 2u64 << attempt.min(6);
     tokio::time::sleep(Duration::from_millis(rng.next() % (ceiling_ms + 1))).await;

@@ -246,7 +246,9 @@ impl Update<'_> {
         loop {
             if let Some(key) = &idempotency {
                 if let Some(first) = services.commands.find_idempotent(key, ctx).await? {
-                    let current = services.data.get_item(&self.key, ctx).await?;
+                    // The key's entity: with an explicit fingerprint, a key
+                    // may name another entity than this update's.
+                    let current = services.data.get_item(&first.key(), ctx).await?;
                     return Ok(Some(Published::Written(item_of(&first, current.as_ref()))));
                 }
             }
