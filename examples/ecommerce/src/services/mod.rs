@@ -8,6 +8,6 @@ mod orders;
 mod products;
 mod validate;
 
-pub use inventory::{InventoryService, ReserveOutcome, SetInventory, MAX_STOCK};
+pub use inventory::{InventoryService, ReserveOutcome, SetInventory, MAX_ATTEMPTS, MAX_STOCK};
 pub use orders::{NewOrder, OrderService, Placed};
 pub use products::{NewProduct, ProductService};
