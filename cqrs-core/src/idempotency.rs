@@ -159,49 +159,91 @@ impl IdempotencyRecord {
 
 /// The SHA-256 of `value`'s canonical JSON, in hex.
 pub(crate) fn fingerprint(value: &Value) -> String {
-    let mut hasher = Sha256::new();
-    canonical(value, &mut hasher);
-    hasher
-        .finalize()
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        })
+    let mut hasher = Fingerprint::default();
+    hasher.value(value);
+    hasher.finish()
 }
 
-/// Feeds `value` to the hasher with object keys sorted whatever the map's
-/// order (serde_json's `preserve_order` keeps insertion order) and numbers
-/// by value.
-fn canonical(value: &Value, hasher: &mut Sha256) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            hasher.update(b"{");
-            for key in keys {
-                canonical(&Value::String(key.clone()), hasher);
-                hasher.update(b":");
-                canonical(&map[key], hasher);
-                hasher.update(b",");
+/// A SHA-256 fed with JSON in canonical form — object keys sorted whatever
+/// the map's order (serde_json's `preserve_order` keeps insertion order),
+/// numbers as DynamoDB keeps them — without building the canonical text.
+#[derive(Default)]
+pub(crate) struct Fingerprint(Sha256);
+
+impl Fingerprint {
+    /// Feeds a string, quoted and escaped as JSON.
+    pub(crate) fn str(&mut self, text: &str) -> &mut Self {
+        // Writing to a hasher cannot fail.
+        let _ = serde_json::to_writer(HashWriter(&mut self.0), text);
+        self
+    }
+
+    /// Feeds any JSON value.
+    pub(crate) fn value(&mut self, value: &Value) -> &mut Self {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort_unstable();
+                self.0.update(b"{");
+                for key in keys {
+                    self.str(key);
+                    self.0.update(b":");
+                    self.value(&map[key]);
+                    self.0.update(b",");
+                }
+                self.0.update(b"}");
             }
-            hasher.update(b"}");
-        }
-        Value::Array(items) => {
-            hasher.update(b"[");
-            for item in items {
-                canonical(item, hasher);
-                hasher.update(b",");
+            Value::Array(items) => {
+                self.0.update(b"[");
+                for item in items {
+                    self.value(item);
+                    self.0.update(b",");
+                }
+                self.0.update(b"]");
             }
-            hasher.update(b"]");
+            Value::String(text) => {
+                self.str(text);
+            }
+            Value::Number(n) => match n
+                .as_f64()
+                .filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15)
+            {
+                // A float with no fraction is the integer DynamoDB gives back: 6.0 is 6.
+                Some(integral) => self.0.update((integral as i64).to_string().as_bytes()),
+                None => {
+                    let _ = serde_json::to_writer(HashWriter(&mut self.0), n);
+                }
+            },
+            Value::Bool(true) => self.0.update(b"true"),
+            Value::Bool(false) => self.0.update(b"false"),
+            Value::Null => self.0.update(b"null"),
         }
-        Value::Number(n) => {
-            let mut n = Value::Number(n.clone());
-            // Same normalisation as stored numbers: 6.0 is 6.
-            let _ = crate::numbers::normalize_numbers(&mut n);
-            hasher.update(n.to_string().as_bytes());
-        }
-        other => hasher.update(other.to_string().as_bytes()),
+        self
+    }
+
+    /// The digest, in hex.
+    pub(crate) fn finish(self) -> String {
+        self.0
+            .finalize()
+            .iter()
+            .fold(String::with_capacity(64), |mut hex, byte| {
+                let _ = write!(hex, "{byte:02x}");
+                hex
+            })
+    }
+}
+
+/// Lets serde_json write straight into the hasher.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

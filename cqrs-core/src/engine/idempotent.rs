@@ -16,7 +16,7 @@ use super::records::data_item;
 use super::Engine;
 use crate::context::InvocationContext;
 use crate::error::{Error, Result};
-use crate::idempotency::{fingerprint, IdempotencyKey, IdempotencyRecord};
+use crate::idempotency::{Fingerprint, IdempotencyKey, IdempotencyRecord};
 use crate::keys::EntityKey;
 use crate::model::{CommandInput, CommandRecord, DataItem, PartialUpdate, Published};
 
@@ -31,12 +31,22 @@ impl Keyed {
     /// one is another request for the other).
     pub(crate) fn of_command(key: IdempotencyKey, command: &CommandInput, mode: &str) -> Keyed {
         let fingerprint = key.fingerprint_or(|| {
-            let mut content = json!(command);
-            if let Some(map) = content.as_object_mut() {
-                map.remove("idempotencyKey");
-                map.insert("op".into(), json!(mode));
-            }
-            fingerprint(&content)
+            let mut hash = Fingerprint::default();
+            hash.str(mode)
+                .str(&command.pk)
+                .str(&command.sk)
+                .str(&command.code)
+                .str(&command.name);
+            hash.str(&command.entity_type).str(&command.version.to_string());
+            hash.value(&json!([
+                command.is_deleted,
+                command.ttl,
+                command.seq,
+                command.id,
+                command.tenant_code
+            ]));
+            hash.value(&command.attributes);
+            hash.finish()
         });
         Keyed {
             key: key.key,
@@ -47,12 +57,12 @@ impl Keyed {
     /// `key` for a partial update.
     pub(crate) fn of_update(key: IdempotencyKey, update: &PartialUpdate, mode: &str) -> Keyed {
         let fingerprint = key.fingerprint_or(|| {
-            let mut content = json!(update);
-            if let Some(map) = content.as_object_mut() {
-                map.remove("idempotencyKey");
-                map.insert("op".into(), json!(format!("patch-{mode}")));
-            }
-            fingerprint(&content)
+            let mut hash = Fingerprint::default();
+            hash.str("patch").str(mode).str(&update.pk).str(&update.sk);
+            hash.str(&update.version.to_string());
+            hash.value(&json!([update.name, update.is_deleted]));
+            hash.value(&update.attributes);
+            hash.finish()
         });
         Keyed {
             key: key.key,
