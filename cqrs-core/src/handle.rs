@@ -9,6 +9,7 @@ use crate::context::InvocationContext;
 use crate::engine::{Engine, EngineInner, RetryPolicy};
 use crate::error::{Error, Result};
 use crate::idempotency::IdempotencyKey;
+use crate::index::IndexLookup;
 use crate::keys::EntityKey;
 use crate::model::{
     CommandInput, CommandRecord, CommandStatus, DataItem, FailedCommand, PartialUpdate, Published,
@@ -238,6 +239,15 @@ impl DataService for WeakEngine {
 
     async fn get_latest(&self, key: &EntityKey, ctx: &InvocationContext) -> Result<Option<DataItem>> {
         self.engine()?.get_latest(key, ctx).await
+    }
+
+    async fn list_by_index(
+        &self,
+        lookup: &IndexLookup,
+        query: ListQuery,
+        ctx: &InvocationContext,
+    ) -> Result<Page<DataItem>> {
+        self.engine()?.list_by_index(lookup, query, ctx).await
     }
 }
 

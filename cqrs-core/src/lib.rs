@@ -9,6 +9,7 @@ mod error;
 mod handle;
 mod handler;
 mod idempotency;
+mod index;
 mod keys;
 mod merge;
 mod model;
@@ -34,6 +35,7 @@ pub use handler::{DataSyncEvent, DataSyncHandler, Interest};
 pub use idempotency::{
     IdempotencyKey, IdempotencyRecord, DEFAULT_IDEMPOTENCY_RETENTION, MAX_IDEMPOTENCY_KEY_BYTES,
 };
+pub use index::{Index, IndexEntry, IndexLookup, INDEX_KEY_SEPARATOR, MAX_INDEXES, MAX_INDEX_SK_BYTES};
 pub use keys::{
     command_sk, parse_command_sk, tenant_of_pk, tenant_pk, validate_pk, validate_sk, EntityKey,
     KEY_SEPARATOR, MAX_PK_BYTES, MAX_SK_BYTES, TENANT_PK_PREFIX, VERSION_SEPARATOR,

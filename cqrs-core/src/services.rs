@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use crate::context::InvocationContext;
 use crate::error::Result;
 use crate::idempotency::IdempotencyKey;
+use crate::index::IndexLookup;
 use crate::keys::EntityKey;
 use crate::model::{
     CommandInput, CommandRecord, CommandStatus, DataItem, FailedCommand, PartialUpdate, Published,
@@ -153,6 +154,24 @@ pub trait DataService: Send + Sync {
 
     /// Every superseded version of an entity, oldest first.
     async fn list_history(&self, key: &EntityKey, ctx: &InvocationContext) -> Result<Vec<DataItem>>;
+
+    /// A page of the items of one partition of a declared [`Index`](crate::Index):
+    /// those of entity partition `lookup.pk()` whose partition fields have
+    /// `lookup.values()`, in the order of the index's sort fields (then sk).
+    ///
+    /// The same query as [`list_items`](DataService::list_items): `query.sk`
+    /// is a condition on the sort values (`Equals(v)`: every item sorted at
+    /// `v`), filters, limit, order and cursors work alike, and the pk's
+    /// tenancy is checked. The cost is that of the page, not of the
+    /// partition: one `Query` of a global secondary index on DynamoDB, whose
+    /// reads are eventually consistent (an item written a moment ago may be
+    /// missing, or found under its previous values).
+    async fn list_by_index(
+        &self,
+        lookup: &IndexLookup,
+        query: ListQuery,
+        ctx: &InvocationContext,
+    ) -> Result<Page<DataItem>>;
 
     /// Read-your-writes: the entity's state after its latest *published*
     /// command, applied or not. After `publish_async` the data table lags

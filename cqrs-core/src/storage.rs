@@ -10,6 +10,7 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::idempotency::IdempotencyRecord;
+use crate::index::IndexEntry;
 use crate::keys::EntityKey;
 use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand};
 use crate::query::{SkCondition, SortOrder};
@@ -65,6 +66,9 @@ pub struct ApplyWrite {
     pub history: Option<DataItem>,
     /// An idempotency key to store with the write (see [`Storage::put_command`]).
     pub idempotency: Option<IdempotencyRecord>,
+    /// The new data row's entries in the engine's indexes: they replace the
+    /// entity's previous entries, in the same atomic write.
+    pub indexes: Vec<IndexEntry>,
 }
 
 impl ApplyWrite {
@@ -180,6 +184,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
 
     /// A page of the data rows of one partition, in sort-key order.
     async fn query_data(&self, query: &RangeQuery) -> Result<RangePage>;
+
+    /// A page of the data rows of one partition of an index, in the order of
+    /// their entries' sort keys: `query.pk` is the index partition
+    /// ([`IndexEntry::pk`]), `query.sk` and `query.start_after` apply to the
+    /// entries' sort keys, and `last_sk` is the sort key of the page's last
+    /// entry. Reads may lag writes (DynamoDB's global secondary indexes are
+    /// eventually consistent); a row is never found under an entry it no
+    /// longer has once the lag has passed.
+    async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage>;
 
     /// The history row of `version` (a superseded data version).
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>>;

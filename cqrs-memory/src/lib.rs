@@ -15,7 +15,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 use cqrs_core::{
     ApplyWrite, CommandRecord, CommandStatus, CommandWrite, DataItem, EntityKey, Error, ExpectedVersion,
-    FailedCommand, IdempotencyRecord, RangePage, RangeQuery, Result, SortOrder, Storage, StorageLimits,
+    FailedCommand, IdempotencyRecord, IndexEntry, RangePage, RangeQuery, Result, SortOrder, Storage,
+    StorageLimits,
 };
 use versions::Versions;
 
@@ -131,6 +132,11 @@ struct Tables {
     failures: HashMap<(EntityKey, u64), FailedCommand>,
     /// Idempotency keys by (tenant, key), live or expired.
     idempotency: HashMap<(String, String), IdempotencyRecord>,
+    /// Index partitions by (index, partition): entry sort key → the item's sk
+    /// (every item of an index partition has the pk the partition starts with).
+    indexes: HashMap<(String, String), BTreeMap<String, (String, String)>>,
+    /// Each entity's entries in the indexes, replaced when it is written.
+    index_entries: ByEntity<Vec<IndexEntry>>,
 }
 
 /// The rows of one entity.
@@ -173,6 +179,7 @@ struct Rows {
     expected_data_version: u64,
     history: Option<Arc<DataItem>>,
     idempotency: Option<IdempotencyRecord>,
+    indexes: Vec<IndexEntry>,
 }
 
 impl From<ApplyWrite> for Rows {
@@ -186,6 +193,7 @@ impl From<ApplyWrite> for Rows {
             expected_data_version: write.expected_data_version,
             history: write.history.map(Arc::new),
             idempotency: write.idempotency,
+            indexes: write.indexes,
         }
     }
 }
@@ -205,6 +213,27 @@ impl Tables {
         self.idempotency
             .get(&(record.tenant_code.clone(), record.key.clone()))
             .is_some_and(|stored| stored.is_live(now))
+    }
+
+    /// Replaces the index entries of `data`'s entity with `entries`.
+    fn index(&mut self, data: &DataItem, entries: Vec<IndexEntry>) {
+        let (pk, sk) = (data.pk.as_str(), data.sk.as_str());
+        let current = rows(&self.index_entries, pk, sk);
+        if current.is_none_or(Vec::is_empty) && entries.is_empty() {
+            return;
+        }
+        let previous = std::mem::replace(rows_mut(&mut self.index_entries, pk, sk), entries.clone());
+        for entry in previous {
+            if let Some(partition) = self.indexes.get_mut(&(entry.index, entry.pk)) {
+                partition.remove(&entry.sk);
+            }
+        }
+        for entry in entries {
+            self.indexes
+                .entry((entry.index, entry.pk))
+                .or_default()
+                .insert(entry.sk, (pk.to_owned(), sk.to_owned()));
+        }
     }
 
     fn store_key(&mut self, record: IdempotencyRecord) {
@@ -246,11 +275,13 @@ impl Tables {
             data,
             history,
             idempotency,
+            indexes,
             ..
         } = write;
         if let Some(record) = idempotency {
             self.store_key(record);
         }
+        self.index(&data, indexes);
         let (pk, sk, version) = (data.pk.as_str(), data.sk.as_str(), data.version);
         match command {
             Some(command) => rows_mut(&mut self.commands, pk, sk).insert(version, command),
@@ -398,6 +429,39 @@ impl Storage for InMemory {
             .then(|| items.last().map(|i| i.sk.clone()))
             .flatten();
         Ok(RangePage { items, last_sk })
+    }
+
+    async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
+        let (rows, last_sk) = {
+            let tables = self.read();
+            let Some(partition) = tables.indexes.get(&(index.to_owned(), query.pk.clone())) else {
+                return Ok(RangePage {
+                    items: Vec::new(),
+                    last_sk: None,
+                });
+            };
+            let bounds = range::SkRange::new(query.sk.as_ref(), query.order, query.start_after.as_deref());
+            let entries: Vec<(&String, &(String, String))> = match (bounds.as_range(), query.order) {
+                (None, _) => Vec::new(),
+                (Some(r), SortOrder::Ascending) => partition.range::<str, _>(r).take(query.limit).collect(),
+                (Some(r), SortOrder::Descending) => {
+                    partition.range::<str, _>(r).rev().take(query.limit).collect()
+                }
+            };
+            // Like DynamoDB: a full page says "there may be more".
+            let last_sk = (entries.len() == query.limit)
+                .then(|| entries.last().map(|(entry_sk, _)| (*entry_sk).clone()))
+                .flatten();
+            let rows: Vec<Arc<DataItem>> = entries
+                .iter()
+                .filter_map(|(_, (pk, sk))| tables.data.get(pk).and_then(|p| p.get(sk)).cloned())
+                .collect();
+            (rows, last_sk)
+        };
+        Ok(RangePage {
+            items: copies(rows),
+            last_sk,
+        })
     }
 
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {

@@ -110,6 +110,7 @@ impl Engine {
         check_size(&self.storage_ref().limits(), &data)?;
         Ok(Prepared::Write(ApplyWrite {
             command: CommandWrite::Insert(Box::new(record)),
+            indexes: self.inner.pipeline.index_entries(&data)?,
             data,
             expected_data_version: base,
             history: previous,

@@ -23,6 +23,7 @@ use crate::context::TenancyPolicy;
 use crate::error::{Error, Result};
 use crate::handle::Services;
 use crate::handler::DataSyncHandler;
+use crate::index::Index;
 use crate::keys::EntityKey;
 use crate::model::CommandStatus;
 use crate::storage::Storage;
@@ -147,6 +148,7 @@ impl std::fmt::Debug for Engine {
 pub struct EngineBuilder {
     storage: Arc<dyn Storage>,
     handlers: Vec<HandlerSlot>,
+    indexes: Vec<Index>,
     config: EngineConfig,
 }
 
@@ -204,6 +206,16 @@ impl EngineBuilder {
             .push(HandlerSlot::WithServices(Box::new(move |services| {
                 Arc::new(make(services))
             })));
+        self
+    }
+
+    /// Declares a secondary read path over the data table (see [`Index`]):
+    /// every data row written from now on carries its entry, and
+    /// [`list_by_index`](crate::DataService::list_by_index) reads it. On
+    /// DynamoDB the data table needs the matching global secondary index
+    /// (see the cqrs-dynamodb documentation).
+    pub fn index(mut self, index: Index) -> Self {
+        self.indexes.push(index);
         self
     }
 
@@ -271,13 +283,33 @@ impl EngineBuilder {
     ///
     /// When two handlers have the same [`name`](DataSyncHandler::name):
     /// failures are recorded and reprocessed by name, so names must be unique.
-    /// This is a programming error, caught at start-up.
+    /// Likewise for two indexes of one name, an invalid index name or one
+    /// without a partition field, and more than [`MAX_INDEXES`](crate::MAX_INDEXES)
+    /// indexes. These are programming errors, caught at start-up.
     pub fn build(self) -> Engine {
         let EngineBuilder {
             storage,
             handlers,
+            indexes,
             config,
         } = self;
+        let mut index_names = std::collections::HashSet::new();
+        assert!(
+            indexes.len() <= crate::index::MAX_INDEXES,
+            "{} indexes declared, at most {} are allowed",
+            indexes.len(),
+            crate::index::MAX_INDEXES
+        );
+        for index in &indexes {
+            if let Err(error) = index.validate() {
+                panic!("{error}");
+            }
+            assert!(
+                index_names.insert(index.name().to_owned()),
+                "two indexes are named '{}'; index names must be unique",
+                index.name()
+            );
+        }
         let inner = Arc::new_cyclic(|engine: &Weak<EngineInner>| {
             let services = Services::of_weak(engine.clone());
             let handlers: Vec<Arc<dyn DataSyncHandler>> = handlers
@@ -298,6 +330,7 @@ impl EngineBuilder {
             let pipeline = Arc::new(Pipeline::new(
                 storage,
                 handlers,
+                indexes,
                 config.retry.clone(),
                 config.handler_timeout,
             ));
@@ -318,6 +351,7 @@ impl Engine {
         EngineBuilder {
             storage,
             handlers: Vec::new(),
+            indexes: Vec::new(),
             config: EngineConfig::default(),
         }
     }

@@ -16,6 +16,7 @@ use super::records::{context_of, data_item};
 use crate::context::InvocationContext;
 use crate::error::{Error, Result};
 use crate::handler::{DataSyncEvent, DataSyncHandler};
+use crate::index::{Index, IndexEntry};
 use crate::keys::EntityKey;
 use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand, HandlerFailure};
 use crate::storage::{ApplyWrite, CommandWrite, Storage};
@@ -111,6 +112,7 @@ enum HandlerOutcome {
 pub(crate) struct Pipeline {
     pub(crate) storage: Arc<dyn Storage>,
     handlers: Vec<Arc<dyn DataSyncHandler>>,
+    pub(crate) indexes: Vec<Index>,
     retry: RetryPolicy,
     handler_timeout: Duration,
 }
@@ -119,15 +121,26 @@ impl Pipeline {
     pub(crate) fn new(
         storage: Arc<dyn Storage>,
         handlers: Vec<Arc<dyn DataSyncHandler>>,
+        indexes: Vec<Index>,
         retry: RetryPolicy,
         handler_timeout: Duration,
     ) -> Self {
         Self {
             storage,
             handlers,
+            indexes,
             retry,
             handler_timeout,
         }
+    }
+
+    /// The entries of `item` in the engine's indexes.
+    pub(crate) fn index_entries(&self, item: &DataItem) -> Result<Vec<IndexEntry>> {
+        let mut entries = Vec::new();
+        for index in &self.indexes {
+            entries.extend(index.entry(item)?);
+        }
+        Ok(entries)
     }
 
     pub(crate) fn retry(&self) -> &RetryPolicy {
@@ -282,6 +295,7 @@ impl Pipeline {
         let new = data_item(command, previous);
         let write = ApplyWrite {
             command: CommandWrite::MarkApplied,
+            indexes: self.index_entries(&new)?,
             data: new.clone(),
             expected_data_version: previous.map_or(0, |p| p.version),
             history: previous.cloned(),

@@ -7,11 +7,12 @@ use super::validate::check_key;
 use super::Engine;
 use crate::context::InvocationContext;
 use crate::error::{Error, Result};
+use crate::index::{sort_condition, IndexLookup};
 use crate::keys::{validate_pk, EntityKey};
 use crate::model::DataItem;
 use crate::query::{Cursor, ListQuery, Page, SkCondition, MAX_LIMIT};
 use crate::services::DataService;
-use crate::storage::RangeQuery;
+use crate::storage::{RangePage, RangeQuery};
 
 /// Rows read per storage call while filtering: filters may drop many rows,
 /// so read more than the page needs.
@@ -42,25 +43,70 @@ impl DataService for Engine {
     ) -> Result<Page<DataItem>> {
         validate_pk(pk)?;
         self.tenancy().check_pk(ctx, pk)?;
-        if !(1..=MAX_LIMIT).contains(&query.limit) {
-            return Err(Error::invalid(
-                "limit",
-                format!("must be 1 to {MAX_LIMIT}, got {}", query.limit),
-            ));
-        }
-        for filter in &query.filters {
-            filter.check()?;
-        }
-        if let Some(SkCondition::Between(low, high)) = &query.sk {
-            if low > high {
-                return Err(Error::invalid(
-                    "sk",
-                    format!("between '{low}' and '{high}': low is above high"),
-                ));
-            }
-        }
-        let mut start_after = query.cursor.as_ref().map(|c| c.decode(pk)).transpose()?;
-        if let (Some(after), Some(condition)) = (&start_after, &query.sk) {
+        check_query(&query)?;
+        let storage = self.storage_ref();
+        let sk = query.sk.clone();
+        let fetch = |range: RangeQuery| async move { storage.query_data(&range).await };
+        self.paged(pk, sk, &query, fetch, |item| Some(item.sk.clone()))
+            .await
+    }
+
+    async fn list_by_index(
+        &self,
+        lookup: &IndexLookup,
+        query: ListQuery,
+        ctx: &InvocationContext,
+    ) -> Result<Page<DataItem>> {
+        validate_pk(lookup.pk())?;
+        self.tenancy().check_pk(ctx, lookup.pk())?;
+        let index = self
+            .inner
+            .pipeline
+            .indexes
+            .iter()
+            .find(|index| index.name() == lookup.index())
+            .ok_or_else(|| Error::invalid("index", format!("no index is named '{}'", lookup.index())))?;
+        let partition = lookup.partition(index)?;
+        check_query(&query)?;
+        let storage = self.storage_ref();
+        let sk = query.sk.as_ref().map(sort_condition);
+        let position = |item: &DataItem| index.entry(item).ok().flatten().map(|entry| entry.sk);
+        self.paged(
+            &partition,
+            sk,
+            &query,
+            |range: RangeQuery| async move { storage.query_index(index.name(), &range).await },
+            position,
+        )
+        .await
+    }
+
+    async fn list_history(&self, key: &EntityKey, ctx: &InvocationContext) -> Result<Vec<DataItem>> {
+        check_key(self.tenancy(), key, ctx)?;
+        self.storage_ref().list_history(key).await
+    }
+}
+
+impl Engine {
+    /// A page of `query` over the rows `fetch` reads from `partition` in
+    /// the order of their positions (sort keys, or index sort keys), with
+    /// `sk` on those positions. Reads one match more than the page, so that
+    /// the last page carries no cursor, and batches of 100 when filters may
+    /// drop rows.
+    async fn paged<F, Fut>(
+        &self,
+        partition: &str,
+        sk: Option<SkCondition>,
+        query: &ListQuery,
+        fetch: F,
+        position: impl Fn(&DataItem) -> Option<String>,
+    ) -> Result<Page<DataItem>>
+    where
+        F: Fn(RangeQuery) -> Fut,
+        Fut: std::future::Future<Output = Result<RangePage>>,
+    {
+        let mut start_after = query.cursor.as_ref().map(|c| c.decode(partition)).transpose()?;
+        if let (Some(after), Some(condition)) = (&start_after, &sk) {
             // A cursor of this query names a row the query matched; one
             // from elsewhere is refused here, the same on every backend
             // (DynamoDB would reject the request).
@@ -68,8 +114,6 @@ impl DataService for Engine {
                 return Err(Error::invalid("cursor", "does not belong to this query"));
             }
         }
-        // One match more than the page tells whether another page exists, so
-        // the last page never carries a cursor.
         let wanted = query.limit + 1;
         let batch = if query.filters.is_empty() {
             wanted
@@ -78,16 +122,14 @@ impl DataService for Engine {
         };
         let mut items = Vec::with_capacity(wanted.min(FILTERED_BATCH));
         loop {
-            let page = self
-                .storage_ref()
-                .query_data(&RangeQuery {
-                    pk: pk.to_owned(),
-                    sk: query.sk.clone(),
-                    order: query.order,
-                    start_after: start_after.take(),
-                    limit: batch,
-                })
-                .await?;
+            let range = RangeQuery {
+                pk: partition.to_owned(),
+                sk: sk.clone(),
+                order: query.order,
+                start_after: start_after.take(),
+                limit: batch,
+            };
+            let page = fetch(range).await?;
             for item in page.items {
                 if query.filters.iter().all(|f| f.matches(&item)) {
                     items.push(item);
@@ -103,15 +145,35 @@ impl DataService for Engine {
         }
         let cursor = if items.len() > query.limit {
             items.truncate(query.limit);
-            items.last().map(|last| Cursor::encode(pk, &last.sk))
+            items
+                .last()
+                .and_then(&position)
+                .map(|last| Cursor::encode(partition, &last))
         } else {
             None
         };
         Ok(Page { items, cursor })
     }
+}
 
-    async fn list_history(&self, key: &EntityKey, ctx: &InvocationContext) -> Result<Vec<DataItem>> {
-        check_key(self.tenancy(), key, ctx)?;
-        self.storage_ref().list_history(key).await
+/// Checks a query's limit, filters and sort-key range before anything is read.
+fn check_query(query: &ListQuery) -> Result<()> {
+    if !(1..=MAX_LIMIT).contains(&query.limit) {
+        return Err(Error::invalid(
+            "limit",
+            format!("must be 1 to {MAX_LIMIT}, got {}", query.limit),
+        ));
     }
+    for filter in &query.filters {
+        filter.check()?;
+    }
+    if let Some(SkCondition::Between(low, high)) = &query.sk {
+        if low > high {
+            return Err(Error::invalid(
+                "sk",
+                format!("between '{low}' and '{high}': low is above high"),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -67,6 +67,8 @@ pub enum Op {
     GetFailure,
     /// [`Storage::get_idempotency`]
     GetIdempotency,
+    /// [`Storage::query_index`]
+    QueryIndex,
     /// [`Storage::list_failures`]
     ListFailures,
 }
@@ -389,6 +391,11 @@ impl Storage for FaultyStorage {
         self.call(Op::GetIdempotency, self.inner.get_idempotency(tenant_code, key))
             .await
     }
+
+    async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
+        self.call(Op::QueryIndex, self.inner.query_index(index, query))
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -450,6 +457,12 @@ mod tests {
         }
         async fn get_idempotency(&self, _: &str, _: &str) -> Result<Option<IdempotencyRecord>> {
             Ok(None)
+        }
+        async fn query_index(&self, _: &str, _: &RangeQuery) -> Result<RangePage> {
+            Ok(RangePage {
+                items: vec![],
+                last_sk: None,
+            })
         }
     }
 

@@ -103,4 +103,8 @@ impl Storage for Interleaved {
     async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
         interleave!(self.get_idempotency(tenant_code, key))
     }
+
+    async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
+        interleave!(self.query_index(index, query))
+    }
 }

@@ -18,6 +18,7 @@ mod faults;
 mod faulty;
 mod fixtures;
 mod idempotency;
+mod indexes;
 mod interleaved;
 mod pipeline;
 mod queries;
@@ -42,6 +43,7 @@ pub use faults::*;
 pub use faulty::{Fault, FaultyStorage, InjectedFault, Op, Rule, RuleId};
 pub use fixtures::{ctx, RecordingHandler};
 pub use idempotency::*;
+pub use indexes::*;
 pub use interleaved::Interleaved;
 pub use pipeline::*;
 pub use queries::*;
@@ -163,6 +165,10 @@ macro_rules! conformance_tests {
             concurrent_commit_with_keeps_totals,
             updates_skip_and_refuse,
             handlers_reach_their_engine_without_keeping_it_alive,
+            indexes_find_items_by_value,
+            indexes_follow_every_write_path,
+            indexes_keep_tenants_apart,
+            index_lookups_are_validated,
         );
     };
     (@each $factory:expr; $guard:expr; $($check:ident),* $(,)?) => {

@@ -28,6 +28,7 @@ fn insert(sk: &str, version: u64, previous: Option<&DataItem>) -> ApplyWrite {
         expected_data_version: previous.map_or(0, |p| p.version),
         history: previous.cloned(),
         idempotency: None,
+        indexes: Vec::new(),
     }
 }
 
@@ -131,6 +132,7 @@ pub async fn storage_apply_is_conditional_and_atomic(factory: &dyn StorageFactor
         expected_data_version: 0,
         history: None,
         idempotency: None,
+        indexes: Vec::new(),
     };
     assert!(storage.apply(&[mark_missing]).await.is_err());
 
@@ -142,6 +144,7 @@ pub async fn storage_apply_is_conditional_and_atomic(factory: &dyn StorageFactor
         expected_data_version: 1,
         history: Some(a1.clone()),
         idempotency: None,
+        indexes: Vec::new(),
     };
     let c_new = insert("C#1", 1, None);
     let a_stale = insert("A#1", 1, None);
