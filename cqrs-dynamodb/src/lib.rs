@@ -23,4 +23,4 @@ pub use error::{DynamoDbError, DynamoDbErrorKind};
 pub use item::{item_size, Item, MAX_ITEM_BYTES};
 pub use storage::{DynamoDbStorage, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_ITEMS};
 pub use stream::{ConsumerMonitor, ConsumerStats, StreamConsumer};
-pub use tables::{ensure_tables, TableNames, TableRole, TableSpec, TTL_ATTRIBUTE};
+pub use tables::{ensure_tables, index_attributes, TableNames, TableRole, TableSpec, TTL_ATTRIBUTE};

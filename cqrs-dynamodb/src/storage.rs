@@ -15,7 +15,7 @@ use chrono::Utc;
 use cqrs_core::{
     command_sk, ApplyWrite, CommandRecord, CommandStatus, CommandWrite, DataItem, EntityKey, Error,
     ExpectedVersion, FailedCommand, IdempotencyRecord, RangePage, RangeQuery, Result, SkCondition, SortOrder,
-    Storage, StorageLimits,
+    Storage, StorageLimits, INDEX_KEY_SEPARATOR,
 };
 
 use crate::error::{is_retryable_code, sdk_error, shape_error};
@@ -24,7 +24,7 @@ use crate::item::{
     failure_key, failure_to_item, history_from_item, history_to_item, idempotency_from_item, idempotency_key,
     idempotency_to_item, key, n, s, version_of, Item, FAILURE_PK_PREFIX, MAX_ITEM_BYTES,
 };
-use crate::tables::{ensure_tables, TableNames};
+use crate::tables::{ensure_tables, index_attributes, TableNames};
 
 /// DynamoDB's limit on the number of items in one transaction.
 pub const MAX_TRANSACTION_ITEMS: usize = 100;
@@ -449,7 +449,12 @@ impl DynamoDbStorage {
                 ));
             }
         }
-        let data = data_to_item(&write.data)?;
+        let mut data = data_to_item(&write.data)?;
+        for entry in &write.indexes {
+            let (hash, range) = index_attributes(&entry.index);
+            data.insert(hash, s(&entry.pk));
+            data.insert(range, s(&entry.sk));
+        }
         bytes += check_size(&data)?;
         let mut put = Put::builder()
             .table_name(&self.tables.data)
@@ -769,7 +774,7 @@ impl Storage for DynamoDbStorage {
         let condition = match &query.sk {
             None => "pk = :pk".to_owned(),
             Some(condition) => {
-                let (expression, values) = sk_condition(condition);
+                let (expression, values) = sk_condition("sk", condition);
                 for (name, value) in values {
                     request = request.expression_attribute_values(name, s(value));
                 }
@@ -782,6 +787,55 @@ impl Storage for DynamoDbStorage {
         }
         let page = request.send().await.map_err(sdk_error)?;
         let last_sk = match page.last_evaluated_key.as_ref().and_then(|k| k.get("sk")) {
+            Some(AttributeValue::S(sk)) => Some(sk.clone()),
+            _ => None,
+        };
+        let items = page
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(data_from_item)
+            .collect::<Result<_>>()?;
+        Ok(RangePage { items, last_sk })
+    }
+
+    /// One `Query` of the index's global secondary index (eventually
+    /// consistent: DynamoDB offers nothing else on one).
+    async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
+        let (hash, range) = index_attributes(index);
+        let mut request = self
+            .client
+            .query()
+            .table_name(&self.tables.data)
+            .index_name(index)
+            .expression_attribute_names("#ipk", &hash)
+            .expression_attribute_values(":pk", s(&query.pk))
+            .scan_index_forward(query.order == SortOrder::Ascending)
+            .limit(i32::try_from(query.limit).unwrap_or(i32::MAX));
+        let condition = match &query.sk {
+            None => "#ipk = :pk".to_owned(),
+            Some(condition) => {
+                let (expression, values) = sk_condition("#isk", condition);
+                for (name, value) in values {
+                    request = request.expression_attribute_values(name, s(value));
+                }
+                request = request.expression_attribute_names("#isk", &range);
+                format!("#ipk = :pk AND {expression}")
+            }
+        };
+        request = request.key_condition_expression(condition);
+        if let Some(after) = &query.start_after {
+            // An index's start key is the entry and the item's table key: the
+            // entity pk begins the partition, the item's sk ends the entry.
+            let pk = query.pk.split(INDEX_KEY_SEPARATOR).next().unwrap_or_default();
+            let sk = after.rsplit(INDEX_KEY_SEPARATOR).next().unwrap_or_default();
+            let mut start = key(pk, sk);
+            start.insert(hash.clone(), s(&query.pk));
+            start.insert(range.clone(), s(after));
+            request = request.set_exclusive_start_key(Some(start));
+        }
+        let page = request.send().await.map_err(sdk_error)?;
+        let last_sk = match page.last_evaluated_key.as_ref().and_then(|k| k.get(&range)) {
             Some(AttributeValue::S(sk)) => Some(sk.clone()),
             _ => None,
         };
@@ -929,16 +983,19 @@ fn key_of_command(key: &EntityKey, version: u64) -> HashMap<String, AttributeVal
 }
 
 /// A sort-key condition as a key condition expression and its values.
-fn sk_condition(condition: &SkCondition) -> (&'static str, Vec<(&'static str, &str)>) {
+/// The key condition on the sort key attribute `name` (`sk`, or an
+/// index's `#isk`), and its values.
+fn sk_condition<'a>(name: &str, condition: &'a SkCondition) -> (String, Vec<(&'static str, &'a str)>) {
     match condition {
-        SkCondition::Equals(v) => ("sk = :sk", vec![(":sk", v)]),
-        SkCondition::BeginsWith(v) => ("begins_with(sk, :sk)", vec![(":sk", v)]),
-        SkCondition::Between(low, high) => {
-            ("sk BETWEEN :low AND :high", vec![(":low", low), (":high", high)])
-        }
-        SkCondition::LessThan(v) => ("sk < :sk", vec![(":sk", v)]),
-        SkCondition::LessOrEqual(v) => ("sk <= :sk", vec![(":sk", v)]),
-        SkCondition::GreaterThan(v) => ("sk > :sk", vec![(":sk", v)]),
-        SkCondition::GreaterOrEqual(v) => ("sk >= :sk", vec![(":sk", v)]),
+        SkCondition::Equals(v) => (format!("{name} = :sk"), vec![(":sk", v)]),
+        SkCondition::BeginsWith(v) => (format!("begins_with({name}, :sk)"), vec![(":sk", v)]),
+        SkCondition::Between(low, high) => (
+            format!("{name} BETWEEN :low AND :high"),
+            vec![(":low", low), (":high", high)],
+        ),
+        SkCondition::LessThan(v) => (format!("{name} < :sk"), vec![(":sk", v)]),
+        SkCondition::LessOrEqual(v) => (format!("{name} <= :sk"), vec![(":sk", v)]),
+        SkCondition::GreaterThan(v) => (format!("{name} > :sk"), vec![(":sk", v)]),
+        SkCondition::GreaterOrEqual(v) => (format!("{name} >= :sk"), vec![(":sk", v)]),
     }
 }

@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, StreamSpecification,
-    StreamViewType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
+    GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TableDescription, TableStatus,
+    TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_dynamodb::Client;
 use cqrs_core::{Error, Result};
@@ -31,6 +33,9 @@ pub struct TableNames {
     pub history: String,
     /// Sequence counters, failure records, stream leases and idempotency keys.
     pub sequences: String,
+    /// The engine's [indexes](cqrs_core::Index) on the data table: one
+    /// global secondary index each (see [`index_attributes`]).
+    pub data_indexes: Vec<String>,
 }
 
 impl TableNames {
@@ -48,6 +53,7 @@ impl TableNames {
             data: format!("{module_prefix}-data"),
             history: format!("{module_prefix}-history"),
             sequences: format!("{env}-{app}-sequences"),
+            data_indexes: Vec::new(),
         }
     }
 
@@ -59,7 +65,20 @@ impl TableNames {
             data: format!("{prefix}-data"),
             history: format!("{prefix}-history"),
             sequences: format!("{prefix}-sequences"),
+            data_indexes: Vec::new(),
         }
+    }
+
+    /// The same tables, the data table with a global secondary index for
+    /// each of `indexes` (the names of the engine's [`Index`](cqrs_core::Index)es).
+    ///
+    /// ```
+    /// let names = cqrs_dynamodb::TableNames::new("dev", "shop", "order").with_indexes(["orders-by-status"]);
+    /// assert_eq!(names.specs()[1].indexes, ["orders-by-status"]);
+    /// ```
+    pub fn with_indexes<I: Into<String>>(mut self, indexes: impl IntoIterator<Item = I>) -> Self {
+        self.data_indexes = indexes.into_iter().map(Into::into).collect();
+        self
     }
 
     /// The definition of each table.
@@ -70,18 +89,21 @@ impl TableNames {
                 name: self.command.clone(),
                 stream: true,
                 ttl: true,
+                indexes: Vec::new(),
             },
             TableSpec {
                 role: TableRole::Data,
                 name: self.data.clone(),
                 stream: false,
                 ttl: true,
+                indexes: self.data_indexes.clone(),
             },
             TableSpec {
                 role: TableRole::History,
                 name: self.history.clone(),
                 stream: false,
                 ttl: true,
+                indexes: Vec::new(),
             },
             TableSpec {
                 role: TableRole::Sequences,
@@ -90,6 +112,7 @@ impl TableNames {
                 // Idempotency keys expire; counters, failure records and
                 // stream leases have no `ttl` and stay.
                 ttl: true,
+                indexes: Vec::new(),
             },
         ]
     }
@@ -121,6 +144,16 @@ pub struct TableSpec {
     pub stream: bool,
     /// Whether time to live is enabled on [`TTL_ATTRIBUTE`].
     pub ttl: bool,
+    /// Global secondary indexes, by name: each keyed on the attributes
+    /// [`index_attributes`] names, projecting every attribute.
+    pub indexes: Vec<String>,
+}
+
+/// The attributes a data row's entry in `index` is stored in, and the
+/// index's global secondary index is keyed on: `ix_{index}_pk` (hash) and
+/// `ix_{index}_sk` (range), both strings.
+pub fn index_attributes(index: &str) -> (String, String) {
+    (format!("ix_{index}_pk"), format!("ix_{index}_sk"))
 }
 
 /// Creates the tables that do not exist yet and waits until they are active,
@@ -173,6 +206,13 @@ async fn ensure_table(client: &Client, spec: &TableSpec) -> Result<()> {
             .key_schema(key("sk", KeyType::Range)?)
             .attribute_definitions(attribute("pk")?)
             .attribute_definitions(attribute("sk")?);
+        for index in &spec.indexes {
+            let (hash, range) = index_attributes(index);
+            create = create
+                .attribute_definitions(attribute(&hash)?)
+                .attribute_definitions(attribute(&range)?)
+                .global_secondary_indexes(global_index(index)?);
+        }
         if spec.stream {
             create = create.stream_specification(
                 StreamSpecification::builder()
@@ -192,8 +232,91 @@ async fn ensure_table(client: &Client, spec: &TableSpec) -> Result<()> {
         }
     }
     wait_active(client, &spec.name).await?;
+    add_missing_indexes(client, spec).await?;
     if spec.ttl {
         enable_ttl(client, &spec.name).await?;
+    }
+    Ok(())
+}
+
+/// The global secondary index of `index`: keyed on its attributes, every
+/// attribute projected (a page of an index is a page of items).
+fn global_index(index: &str) -> Result<GlobalSecondaryIndex> {
+    let (hash, range) = index_attributes(index);
+    let build = |e: aws_sdk_dynamodb::error::BuildError| Error::backend(e, false);
+    GlobalSecondaryIndex::builder()
+        .index_name(index)
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(hash)
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(build)?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(range)
+                .key_type(KeyType::Range)
+                .build()
+                .map_err(build)?,
+        )
+        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+        .build()
+        .map_err(build)
+}
+
+/// Adds the indexes of `spec` an existing table lacks (declared after it was
+/// created), one at a time, waiting for each to be active.
+async fn add_missing_indexes(client: &Client, spec: &TableSpec) -> Result<()> {
+    if spec.indexes.is_empty() {
+        return Ok(());
+    }
+    let table = client
+        .describe_table()
+        .table_name(&spec.name)
+        .send()
+        .await
+        .map_err(sdk_error)?
+        .table
+        .unwrap_or_else(|| TableDescription::builder().build());
+    let present: Vec<String> = table
+        .global_secondary_indexes()
+        .iter()
+        .filter_map(|gsi| gsi.index_name().map(str::to_owned))
+        .collect();
+    for index in spec.indexes.iter().filter(|i| !present.contains(i)) {
+        let (hash, range) = index_attributes(index);
+        let build = |e: aws_sdk_dynamodb::error::BuildError| Error::backend(e, false);
+        let attribute = |name: String| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build)
+        };
+        let create = CreateGlobalSecondaryIndexAction::builder()
+            .index_name(index)
+            .set_key_schema(Some(global_index(index)?.key_schema))
+            .projection(Projection::builder().projection_type(ProjectionType::All).build())
+            .build()
+            .map_err(build)?;
+        let sent = client
+            .update_table()
+            .table_name(&spec.name)
+            .attribute_definitions(attribute(hash)?)
+            .attribute_definitions(attribute(range)?)
+            .global_secondary_index_updates(GlobalSecondaryIndexUpdate::builder().create(create).build())
+            .send()
+            .await;
+        match sent {
+            Ok(_) => {}
+            // Added meanwhile by another process.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_in_use_exception()) => {}
+            Err(e) => return Err(sdk_error(e)),
+        }
+        wait_active(client, &spec.name).await?;
     }
     Ok(())
 }
@@ -206,7 +329,13 @@ async fn wait_active(client: &Client, table: &str) -> Result<()> {
             .send()
             .await
             .map_err(sdk_error)?;
-        if described.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+        let table_active = described.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active);
+        let indexes_active = described.table().is_none_or(|t| {
+            t.global_secondary_indexes()
+                .iter()
+                .all(|gsi| gsi.index_status() == Some(&IndexStatus::Active))
+        });
+        if table_active && indexes_active {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

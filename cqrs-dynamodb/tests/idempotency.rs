@@ -246,6 +246,7 @@ async fn live_keys_stop_writes_and_expired_ones_do_not() {
         expected_data_version: 2,
         history: Some(data.clone()),
         idempotency: Some(idempotency),
+        indexes: Vec::new(),
     };
     let error = storage.apply(&[write(live.clone())]).await.unwrap_err();
     assert_eq!(conflict_of(error), (ExpectedVersion::Exactly(2), Some(2)));

@@ -168,6 +168,10 @@ impl Storage for Faulty {
     async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
         self.inner.get_idempotency(tenant_code, key).await
     }
+
+    async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
+        self.inner.query_index(index, query).await
+    }
 }
 
 /// An engine as the Lambda function builds it (external dispatch), with a

@@ -20,6 +20,11 @@ use crate::model::DataItem;
 use crate::query::{Cursor, Filter, ListQuery, SkCondition, SortOrder};
 use crate::services::{CommandService, DataService};
 
+/// The indexes the checks declare: a backend whose indexes must exist
+/// before they are used (DynamoDB's global secondary indexes) creates them
+/// in the storage its factory gives.
+pub const CONFORMANCE_INDEXES: [&str; 2] = ["orders-by-status", "orders-by-customer"];
+
 /// How long an index may lag its writes in these checks.
 const INDEX_LAG: Duration = Duration::from_secs(10);
 

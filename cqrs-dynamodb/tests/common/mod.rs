@@ -37,7 +37,9 @@ pub async fn fresh_storage(test: &str) -> DynamoDbStorage {
 
 /// Storage over freshly created tables of their own, at `endpoint`.
 pub async fn fresh_storage_at(endpoint: &str, test: &str) -> DynamoDbStorage {
-    let storage = DynamoDbStorage::new(local_client(endpoint), TableNames::with_prefix(&prefix(test)));
+    // With the indexes the conformance suite declares.
+    let names = TableNames::with_prefix(&prefix(test)).with_indexes(cqrs_core::testing::CONFORMANCE_INDEXES);
+    let storage = DynamoDbStorage::new(local_client(endpoint), names);
     storage.ensure_tables().await.expect("tables created");
     storage
 }
@@ -322,6 +324,7 @@ pub async fn insert_applied(storage: &dyn Storage, sk: &str, attributes: Value) 
             expected_data_version: 0,
             history: None,
             idempotency: None,
+            indexes: Vec::new(),
         }])
         .await
         .expect("written");
