@@ -388,7 +388,7 @@ async fn serve(
     let consumer = consumer.map(Running::start);
     if aws {
         // Tokens signed with the real secret do not belong in a log.
-        println!("The storefront listens on http://{local}.");
+        println!("The storefront listens on http://{local} (API page: http://{local}/docs).");
     } else {
         print_welcome(&format!("http://{local}"), &auth);
     }
@@ -417,11 +417,14 @@ fn print_welcome(url: &str, auth: &Auth) {
     let token_b = auth.token("shop-b", "dev-user-b", &["staff"], TOKEN_TTL);
     println!(
         r#"
-The storefront listens on {url} (OpenAPI: {url}/openapi.json).
+The storefront listens on {url} (API page: {url}/docs; OpenAPI: {url}/openapi.json).
 Development tokens, valid 24 h:
 
   export TOKEN_A={token_a}
   export TOKEN_B={token_b}
+
+Try the API in a browser: open {url}/docs, click Authorize, paste a token
+(TOKEN_A's value, without "Bearer"), then "Try it out" on any request.
 
 Place an order in shop-a:
 

@@ -14,6 +14,7 @@
 //! | GET | `/inventory/{productCode}` | 200, the inventory record |
 //! | GET | `/health` | 200 `{"status":"ok"}`, no token |
 //! | GET | `/openapi.json` | 200, the OpenAPI document, no token |
+//! | GET | `/docs` | the API page (Swagger UI, [`docs`]): a token pasted in its **Authorize** dialog, requests tried from the browser; no token to load it |
 //!
 //! Every other endpoint needs `Authorization: Bearer <JWT>` (see
 //! [`crate::auth`]); the tenant is the token's, only. Errors are JSON
@@ -30,6 +31,7 @@
 //! and body does the work once and answers as the first request did; a
 //! replayed `POST /orders` says so with `Idempotent-Replayed: true`.
 
+pub mod docs;
 mod error;
 mod extract;
 mod handlers;
@@ -93,7 +95,7 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
         ),
         (Method::GET, "/inventory/{productCode}", true, get(get_inventory)),
         (Method::GET, "/health", false, get(health)),
-        (Method::GET, "/openapi.json", false, get(openapi_json)),
+        (Method::GET, docs::OPENAPI_PATH, false, get(openapi_json)),
     ]
 }
 
@@ -186,7 +188,8 @@ pub fn router_with_timeout(shop: Shop, auth: Auth, request_timeout: Duration) ->
     for (_, path, _, handler) in routes() {
         app = app.route(path, handler);
     }
-    app.method_not_allowed_fallback(handlers::method_not_allowed)
+    app.merge(docs::routes())
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
