@@ -94,7 +94,7 @@ pub async fn storage(backend: Backend, workload: &str) -> Option<BenchStorage> {
             let endpoint = dynamodb_endpoint()?;
             let dynamodb = DynamoDbStorage::new(
                 local_client(&endpoint),
-                TableNames::with_prefix(&unique_prefix(workload)),
+                ecommerce::shop::dynamodb_tables(TableNames::with_prefix(&unique_prefix(workload))),
             );
             dynamodb
                 .ensure_tables()

@@ -219,6 +219,12 @@ impl EngineBuilder {
         self
     }
 
+    /// Declares several indexes (see [`EngineBuilder::index`]).
+    pub fn indexes(mut self, indexes: impl IntoIterator<Item = Index>) -> Self {
+        self.indexes.extend(indexes);
+        self
+    }
+
     /// Sets the tenancy policy.
     pub fn tenancy(mut self, tenancy: TenancyPolicy) -> Self {
         self.config.tenancy = tenancy;

@@ -95,10 +95,11 @@ struct Cli {
 
 impl Cli {
     fn table_names(&self) -> TableNames {
-        match (&self.table_env, &self.table_app, &self.table_module) {
+        let names = match (&self.table_env, &self.table_app, &self.table_module) {
             (Some(env), Some(app), Some(module)) => TableNames::new(env, app, module),
             _ => TableNames::with_prefix(&self.table_prefix),
-        }
+        };
+        ecommerce::shop::dynamodb_tables(names)
     }
 }
 

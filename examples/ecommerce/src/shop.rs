@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 
 use crate::error::{ShopError, ShopResult};
 use crate::notify::{ClaimingNotifier, OutboxNotifier};
-use crate::services::{InventoryService, NewProduct, OrderService, ProductService, SetInventory};
+use crate::services::{order_indexes, InventoryService, NewProduct, OrderService, ProductService, SetInventory};
 use crate::sync::OrderSyncHandler;
 
 /// The demo tenants.
@@ -78,6 +78,7 @@ impl Shop {
             .dispatch(config.dispatch)
             .handler_timeout(config.handler_timeout)
             .recovery_grace(config.recovery_grace)
+            .indexes(order_indexes())
             .handler_with(move |services| OrderSyncHandler::new(services.clone(), transport))
             .build();
         let services = engine.services();
@@ -140,4 +141,10 @@ fn exists_already_is_fine(created: ShopResult<()>) -> ShopResult<()> {
         Err(ShopError::Conflict(_)) | Err(ShopError::Core(cqrs_core::Error::Conflict { .. })) => Ok(()),
         other => other,
     }
+}
+
+/// `names` with the indexes the shop reads (the order listing's) on the data
+/// table: the tables a shop on DynamoDB needs.
+pub fn dynamodb_tables(names: cqrs_dynamodb::TableNames) -> cqrs_dynamodb::TableNames {
+    names.with_indexes(order_indexes().map(|index| index.name().to_owned()))
 }

@@ -262,7 +262,10 @@ struct Inspector {
 
 impl Inspector {
     fn new(endpoint: &str, prefix: &str) -> Self {
-        let storage = DynamoDbStorage::new(local_client(endpoint), TableNames::with_prefix(prefix));
+        let storage = DynamoDbStorage::new(
+            local_client(endpoint),
+            ecommerce::shop::dynamodb_tables(TableNames::with_prefix(prefix)),
+        );
         // It only reads: no pipeline of its own.
         let config = ShopConfig {
             dispatch: AsyncDispatch::External,
@@ -779,7 +782,7 @@ async fn an_order_reads_back_at_once_on_the_stream_pipeline() {
 
 /// The lease owner of every shard of the command table's stream.
 async fn lease_owners(endpoint: &str, prefix: &str) -> Vec<String> {
-    let tables = TableNames::with_prefix(prefix);
+    let tables = ecommerce::shop::dynamodb_tables(TableNames::with_prefix(prefix));
     let out = local_client(endpoint)
         .query()
         .table_name(&tables.sequences)

@@ -93,7 +93,7 @@ impl Backend {
                 let prefix = format!("t-ecom-{test}-{}", uuid::Uuid::new_v4().simple());
                 let storage = Arc::new(cqrs_dynamodb::DynamoDbStorage::new(
                     cqrs_dynamodb::local_client(&endpoint),
-                    cqrs_dynamodb::TableNames::with_prefix(&prefix),
+                    ecommerce::shop::dynamodb_tables(cqrs_dynamodb::TableNames::with_prefix(&prefix)),
                 ));
                 storage.ensure_tables().await.expect("tables created");
                 Some(Fresh {

@@ -30,7 +30,7 @@ use cqrs_core::{
 };
 use cqrs_dynamodb::lambda::{APP_VAR, ENV_VAR, MODULE_VAR, TABLE_PREFIX_VAR};
 use cqrs_dynamodb::stream::SETTLED_STATUSES;
-use cqrs_dynamodb::{TableNames, TableSpec, TTL_ATTRIBUTE};
+use cqrs_dynamodb::{index_attributes, TableNames, TableSpec, TTL_ATTRIBUTE};
 use serde_json::{json, Value};
 
 const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/dynamodb/ecommerce.json");
@@ -388,7 +388,7 @@ fn check_tables(template: &Value, drift: &mut Vec<String>) -> BTreeMap<String, S
         drift.push(format!("no parameter {PREFIX_PARAMETER}"));
         return BTreeMap::new();
     };
-    let specs: [TableSpec; 4] = TableNames::with_prefix(&prefix).specs();
+    let specs: [TableSpec; 4] = ecommerce::shop::dynamodb_tables(TableNames::with_prefix(&prefix)).specs();
     let tables = resources(template, "AWS::DynamoDB::Table");
     let mut by_role = BTreeMap::new();
     for spec in &specs {
@@ -412,13 +412,43 @@ fn check_tables(template: &Value, drift: &mut Vec<String>) -> BTreeMap<String, S
         {
             differs("KeySchema is not pk HASH, sk RANGE".into());
         }
+        let index_keys: Vec<(String, String)> = spec.indexes.iter().map(|i| index_attributes(i)).collect();
+        let mut attributes = set(&[("pk", "S"), ("sk", "S")]);
+        for (hash, range) in &index_keys {
+            attributes.insert((hash.clone(), "S".to_owned()));
+            attributes.insert((range.clone(), "S".to_owned()));
+        }
         if pairs(
             &properties["AttributeDefinitions"],
             "AttributeName",
             "AttributeType",
-        ) != set(&[("pk", "S"), ("sk", "S")])
+        ) != attributes
         {
-            differs("AttributeDefinitions are not pk S, sk S".into());
+            differs(format!("AttributeDefinitions are not {attributes:?}"));
+        }
+        let declared: BTreeMap<String, &Value> = properties["GlobalSecondaryIndexes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|gsi| Some((gsi["IndexName"].as_str()?.to_owned(), gsi)))
+            .collect();
+        if declared.keys().collect::<BTreeSet<_>>() != spec.indexes.iter().collect::<BTreeSet<_>>() {
+            differs(format!(
+                "global secondary indexes {:?}, the code reads {:?}",
+                declared.keys(),
+                spec.indexes
+            ));
+        }
+        for (name, (hash, range)) in spec.indexes.iter().zip(&index_keys) {
+            let Some(gsi) = declared.get(name) else { continue };
+            let keys = pairs(&gsi["KeySchema"], "AttributeName", "KeyType");
+            if keys != set(&[(hash.as_str(), "HASH"), (range.as_str(), "RANGE")])
+                || gsi["Projection"]["ProjectionType"] != "ALL"
+            {
+                differs(format!(
+                    "index {name} is not keyed on {hash} HASH, {range} RANGE, projecting ALL"
+                ));
+            }
         }
         if properties["BillingMode"] != "PAY_PER_REQUEST" {
             differs("BillingMode is not PAY_PER_REQUEST".into());

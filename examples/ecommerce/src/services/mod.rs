@@ -9,5 +9,5 @@ mod products;
 mod validate;
 
 pub use inventory::{InventoryService, ReserveOutcome, SetInventory, MAX_ATTEMPTS, MAX_STOCK};
-pub use orders::{NewOrder, OrderService, Placed};
+pub use orders::{order_indexes, NewOrder, OrderService, Placed, ORDERS_BY_CUSTOMER, ORDERS_BY_STATUS};
 pub use products::{NewProduct, ProductService};
