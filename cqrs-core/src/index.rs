@@ -119,8 +119,13 @@ impl Index {
         Ok(())
     }
 
-    /// The entry of `item` in this index, `None` when it is not in it.
-    pub(crate) fn entry(&self, item: &DataItem) -> Result<Option<IndexEntry>> {
+    /// The entry of `item` in this index, `None` when it is not in it: what
+    /// the engine writes with the item (to backfill an index declared after
+    /// its items were written, write each item's entry the same way).
+    ///
+    /// Fails when an indexed value holds U+0000 or U+0001, or the entry's
+    /// keys exceed DynamoDB's key sizes.
+    pub fn entry(&self, item: &DataItem) -> Result<Option<IndexEntry>> {
         if self.entity_type.as_ref().is_some_and(|t| *t != item.entity_type) {
             return Ok(None);
         }

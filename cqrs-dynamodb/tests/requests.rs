@@ -396,3 +396,115 @@ async fn updates_cost_a_read_and_a_publish() {
         "keyed update: the key row, the read, then the publish"
     );
 }
+
+/// A page of an index costs one `Query` whatever the partition holds: 20
+/// pending orders among 100 orders, then among 10,000. Listing the same
+/// page by filtering the tenant's partition reads every order before it.
+#[tokio::test]
+async fn index_pages_cost_the_page_not_the_partition() {
+    if !common::available() {
+        return;
+    }
+    let endpoint = common::endpoint().expect("checked by available()");
+    let log = RequestLog::default();
+    let client =
+        aws_sdk_dynamodb::Client::from_conf(local_config(&endpoint).interceptor(log.clone()).build());
+    let names = TableNames::with_prefix(&common::prefix("index-requests")).with_indexes(["orders-by-status"]);
+    let storage = DynamoDbStorage::new(client, names);
+    storage.ensure_tables().await.expect("tables");
+    let by_status = cqrs_core::Index::new("orders-by-status")
+        .entity_type("ORDER")
+        .partition_by("attributes.status");
+    let client = storage.client().clone();
+    let data_table = storage.tables().data.clone();
+    let engine = Engine::builder(Arc::new(storage))
+        .index(by_status.clone())
+        .build();
+    let ctx = InvocationContext::new("shop-a", "u");
+    let pk = "TENANT#shop-a";
+    // 25 pending orders (ORDER#P…, which sort after the others) among 100,
+    // then among 10,000: 9,975 shipped ones (ORDER#0…) in all. The index
+    // reads the 25; a filtered listing of the partition reads the shipped
+    // ones before them. The rows are written as the engine writes them —
+    // the data row with its index entry — 25 per BatchWriteItem, to keep
+    // the setup of 10,000 orders short.
+    let place = |orders: Vec<(String, &'static str)>| {
+        let (client, table, index) = (client.clone(), data_table.clone(), by_status.clone());
+        async move {
+            for chunk in orders.chunks(25) {
+                let puts = chunk.iter().map(|(sk, status)| {
+                    let item = cqrs_core::DataItem::builder(pk, sk)
+                        .attributes(json!({ "status": status }))
+                        .build();
+                    let entry = index.entry(&item).expect("indexable").expect("in the index");
+                    let mut row: std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> =
+                        serde_dynamo::to_item(&item).expect("an item");
+                    let (hash, range) = cqrs_dynamodb::index_attributes(&entry.index);
+                    row.insert(hash, aws_sdk_dynamodb::types::AttributeValue::S(entry.pk));
+                    row.insert(range, aws_sdk_dynamodb::types::AttributeValue::S(entry.sk));
+                    let put = aws_sdk_dynamodb::types::PutRequest::builder()
+                        .set_item(Some(row))
+                        .build()
+                        .expect("put");
+                    aws_sdk_dynamodb::types::WriteRequest::builder()
+                        .put_request(put)
+                        .build()
+                });
+                let out = client
+                    .batch_write_item()
+                    .request_items(&table, puts.collect())
+                    .send()
+                    .await
+                    .expect("written");
+                assert!(
+                    out.unprocessed_items().is_none_or(|u| u.is_empty()),
+                    "all written"
+                );
+            }
+        }
+    };
+    let shipped = |range: std::ops::Range<u32>| range.map(|n| (format!("ORDER#0{n:06}"), "shipped"));
+    let first: Vec<_> = (0..25)
+        .map(|n| (format!("ORDER#P{n:06}"), "pending"))
+        .chain(shipped(0..75))
+        .collect();
+    let rest: Vec<_> = shipped(75..9_975).collect();
+    let pending = cqrs_core::IndexLookup::new("orders-by-status", pk).value("pending");
+    let mut counts = Vec::new();
+    for (orders, batch) in [(100, first), (10_000, rest)] {
+        // Eight writers at once, to keep the setup short.
+        let per_writer = batch.len().div_ceil(8);
+        futures::future::join_all(batch.chunks(per_writer).map(|part| place(part.to_vec()))).await;
+        log.take();
+        let page = engine
+            .list_by_index(&pending, ListQuery::new().limit(20), &ctx)
+            .await
+            .expect("page");
+        assert_eq!(page.items.len(), 20);
+        assert!(page.cursor.is_some(), "5 more pending orders");
+        let by_index = log.take();
+        let filtered = engine
+            .list_items(
+                pk,
+                ListQuery::new()
+                    .limit(20)
+                    .filter(cqrs_core::Filter::eq("attributes.status", "pending")),
+                &ctx,
+            )
+            .await
+            .expect("filtered page");
+        assert_eq!(filtered.items.len(), 20);
+        counts.push((orders, by_index, log.take().len()));
+    }
+    for (orders, by_index, _) in &counts {
+        assert_eq!(
+            *by_index,
+            ops(&["Query"]),
+            "20 pending among {orders} orders, by index"
+        );
+    }
+    eprintln!(
+        "a page of 20 pending orders: by index {:?}; by filtering the partition, {} then {} Query requests",
+        counts[0].1, counts[0].2, counts[1].2
+    );
+}
