@@ -786,17 +786,7 @@ impl Storage for DynamoDbStorage {
             request = request.set_exclusive_start_key(Some(key(&query.pk, after)));
         }
         let page = request.send().await.map_err(sdk_error)?;
-        let last_sk = match page.last_evaluated_key.as_ref().and_then(|k| k.get("sk")) {
-            Some(AttributeValue::S(sk)) => Some(sk.clone()),
-            _ => None,
-        };
-        let items = page
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(data_from_item)
-            .collect::<Result<_>>()?;
-        Ok(RangePage { items, last_sk })
+        range_page(page, "sk")
     }
 
     /// One `Query` of the index's global secondary index (eventually
@@ -835,17 +825,7 @@ impl Storage for DynamoDbStorage {
             request = request.set_exclusive_start_key(Some(start));
         }
         let page = request.send().await.map_err(sdk_error)?;
-        let last_sk = match page.last_evaluated_key.as_ref().and_then(|k| k.get(&range)) {
-            Some(AttributeValue::S(sk)) => Some(sk.clone()),
-            _ => None,
-        };
-        let items = page
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(data_from_item)
-            .collect::<Result<_>>()?;
-        Ok(RangePage { items, last_sk })
+        range_page(page, &range)
     }
 
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {
@@ -983,6 +963,29 @@ fn key_of_command(key: &EntityKey, version: u64) -> HashMap<String, AttributeVal
 }
 
 /// A sort-key condition as a key condition expression and its values.
+/// A page of data rows from a `Query`; the next page starts after the
+/// value of `sort_attribute` in its last evaluated key.
+fn range_page(
+    page: aws_sdk_dynamodb::operation::query::QueryOutput,
+    sort_attribute: &str,
+) -> Result<RangePage> {
+    let last_sk = match page
+        .last_evaluated_key
+        .as_ref()
+        .and_then(|k| k.get(sort_attribute))
+    {
+        Some(AttributeValue::S(sk)) => Some(sk.clone()),
+        _ => None,
+    };
+    let items = page
+        .items
+        .unwrap_or_default()
+        .into_iter()
+        .map(data_from_item)
+        .collect::<Result<_>>()?;
+    Ok(RangePage { items, last_sk })
+}
+
 /// The key condition on the sort key attribute `name` (`sk`, or an
 /// index's `#isk`), and its values.
 fn sk_condition<'a>(name: &str, condition: &'a SkCondition) -> (String, Vec<(&'static str, &'a str)>) {

@@ -222,14 +222,8 @@ async fn ensure_table(client: &Client, spec: &TableSpec) -> Result<()> {
                     .map_err(|e| Error::backend(e, false))?,
             );
         }
-        match create.send().await {
-            Ok(_) => {}
-            // Created meanwhile by another process.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_in_use_exception()) => {}
-            Err(e) => return Err(sdk_error(e)),
-        }
+        // Created meanwhile by another process: fine.
+        done_or_in_use(create.send().await)?;
     }
     wait_active(client, &spec.name).await?;
     add_missing_indexes(client, spec).await?;
@@ -308,17 +302,29 @@ async fn add_missing_indexes(client: &Client, spec: &TableSpec) -> Result<()> {
             .global_secondary_index_updates(GlobalSecondaryIndexUpdate::builder().create(create).build())
             .send()
             .await;
-        match sent {
-            Ok(_) => {}
-            // Added meanwhile by another process.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_in_use_exception()) => {}
-            Err(e) => return Err(sdk_error(e)),
-        }
+        // Added meanwhile by another process: fine.
+        done_or_in_use(sent)?;
         wait_active(client, &spec.name).await?;
     }
     Ok(())
+}
+
+/// Ok when `sent` succeeded or failed only because the resource is being
+/// changed already (another process created it at the same time).
+fn done_or_in_use<T, E>(
+    sent: std::result::Result<
+        T,
+        aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    >,
+) -> Result<()>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match sent {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("ResourceInUseException") => Ok(()),
+        Err(e) => Err(sdk_error(e)),
+    }
 }
 
 async fn wait_active(client: &Client, table: &str) -> Result<()> {
