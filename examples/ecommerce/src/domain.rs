@@ -25,6 +25,11 @@ pub fn inventory_sk(product_code: &str) -> String {
     format!("INVENTORY#{product_code}")
 }
 
+/// Sort key of an order's stock reservation: `RESERVATION#ORD-000001`.
+pub fn reservation_sk(order_code: &str) -> String {
+    format!("RESERVATION#{order_code}")
+}
+
 /// Where an order is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -213,10 +218,6 @@ pub struct InventoryAttributes {
     pub warehouse_code: String,
     /// When the quantity on hand was last set.
     pub last_restocked_at: DateTime<Utc>,
-    /// Units reserved per order code. Reserving, releasing and deducting
-    /// look here first, which makes each of them idempotent per order.
-    #[serde(default)]
-    pub reservations: BTreeMap<String, i64>,
 }
 
 impl InventoryAttributes {
@@ -224,6 +225,53 @@ impl InventoryAttributes {
     pub fn available(&self) -> i64 {
         self.quantity - self.reserved_quantity
     }
+}
+
+/// Where an order's stock reservation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReservationState {
+    /// The units are held: counted in the products' `reservedQuantity`.
+    Reserved,
+    /// Not enough stock: nothing was held, and nothing ever will be for
+    /// this order (a redelivered reservation answers the same).
+    Failed,
+    /// Given back (the order was cancelled).
+    Released,
+    /// Taken out of stock (the order was shipped).
+    Deducted,
+}
+
+/// Why a reservation failed: the first line that did not fit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Shortfall {
+    /// The product.
+    pub product_code: String,
+    /// Units the order needs.
+    pub requested: i64,
+    /// Units that were available.
+    pub available: i64,
+}
+
+/// An order's stock reservation (`RESERVATION#{orderCode}`): one entity per
+/// order, created at version 0 in the same all-or-nothing commit as the
+/// inventory counters it changes, and moved on (released, deducted) in the
+/// same commit as the counters again. Reserving, releasing and deducting
+/// read it first, which makes each of them idempotent per order, while the
+/// inventory records keep counters only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservationAttributes {
+    /// The order.
+    pub order_code: String,
+    /// Units per product the order asked for (held while `reserved`).
+    pub units: BTreeMap<String, i64>,
+    /// Where it is.
+    pub state: ReservationState,
+    /// Why it failed (`failed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortfall: Option<Shortfall>,
 }
 
 #[cfg(test)]

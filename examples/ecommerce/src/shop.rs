@@ -9,7 +9,9 @@ use rust_decimal::Decimal;
 
 use crate::error::{ShopError, ShopResult};
 use crate::notify::{ClaimingNotifier, OutboxNotifier};
-use crate::services::{order_indexes, InventoryService, NewProduct, OrderService, ProductService, SetInventory};
+use crate::services::{
+    order_indexes, InventoryService, NewProduct, OrderService, ProductService, SetInventory, StockDesk,
+};
 use crate::sync::OrderSyncHandler;
 
 /// The demo tenants.
@@ -45,9 +47,10 @@ pub struct ShopConfig {
     pub recovery_grace: Duration,
 }
 
-/// The order handler's default timeout: its reservations retry their
-/// commits under contention (up to 40 rounds), which on a slow or busy
-/// DynamoDB takes longer than the framework's default of 10 s allows.
+/// The order handler's default timeout: its reservations wait for their
+/// turn on the stock desk, and a desk's batch retries its commit when
+/// another process conflicts with it (up to 40 rounds), which on a slow or
+/// busy DynamoDB can take longer than the framework's default of 10 s.
 pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for ShopConfig {
@@ -72,19 +75,25 @@ impl Shop {
         let transport = notifier.clone();
         // A storefront has no shared tenant and no cross-tenant role. The
         // handler gets the services of the engine it is registered on (held
-        // weakly by the framework: no cycle keeps the engine alive).
+        // weakly by the framework: no cycle keeps the engine alive). The
+        // handler's reservations and the API's restocks queue on one stock
+        // desk (it holds no services: no cycle either).
+        let desk = StockDesk::new();
+        let handler_desk = desk.clone();
         let engine = Engine::builder(storage)
             .tenancy(TenancyPolicy::strict())
             .dispatch(config.dispatch)
             .handler_timeout(config.handler_timeout)
             .recovery_grace(config.recovery_grace)
             .indexes(order_indexes())
-            .handler_with(move |services| OrderSyncHandler::new(services.clone(), transport))
+            .handler_with(move |services| {
+                OrderSyncHandler::with_desk(services.clone(), transport, handler_desk)
+            })
             .build();
         let services = engine.services();
         Self {
             products: ProductService::new(services.clone()),
-            inventory: InventoryService::new(services.clone()),
+            inventory: InventoryService::with_desk(services.clone(), desk),
             orders: OrderService::new(services.clone()),
             notifications: ClaimingNotifier::new(services),
             engine,

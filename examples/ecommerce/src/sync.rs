@@ -6,9 +6,10 @@
 //! - Cancelled: what the order reserved is released. Shipped: it is taken
 //!   out of stock. Delivered: the customer is told.
 //!
-//! Delivery is at least once, so every step is idempotent: inventory records
-//! remember what each order reserved, the order's reservation state is read
-//! fresh before it is written, and notifications are keyed by event.
+//! Delivery is at least once, so every step is idempotent: each order's
+//! reservation is an entity of its own, decided once and moved on with the
+//! stock counters in one commit, the order's reservation state is read fresh
+//! before it is written, and notifications are keyed by event.
 
 use std::sync::Arc;
 
@@ -21,20 +22,33 @@ use cqrs_core::{
 use crate::domain::{OrderAttributes, OrderStatus, Reservation};
 use crate::error::ShopError;
 use crate::notify::{ClaimingNotifier, NotificationKind, Notifier};
-use crate::services::{InventoryService, ReserveOutcome};
+use crate::services::{InventoryService, ReserveOutcome, StockDesk};
 
 /// Reacts to order events.
 pub struct OrderSyncHandler {
     services: Services,
+    inventory: InventoryService,
     notifier: Arc<dyn Notifier>,
 }
 
 impl OrderSyncHandler {
     /// A handler over `services`: those of the engine it is registered on
     /// (`EngineBuilder::handler_with(|services| OrderSyncHandler::new(services.clone(), ..))`),
-    /// or mocks.
+    /// or mocks. Its stock changes are queued on a [`StockDesk`] of its own.
     pub fn new(services: Services, notifier: Arc<dyn Notifier>) -> Self {
-        Self { services, notifier }
+        Self::with_desk(services, notifier, StockDesk::new())
+    }
+
+    /// A handler whose stock changes are queued on `desk`: the desk of the
+    /// process's other inventory services, so that restocks and
+    /// reservations share batches.
+    pub fn with_desk(services: Services, notifier: Arc<dyn Notifier>, desk: StockDesk) -> Self {
+        let inventory = InventoryService::with_desk(services.clone(), desk);
+        Self {
+            services,
+            inventory,
+            notifier,
+        }
     }
 
     /// Sends a notification once per event and kind, whichever run of the
@@ -60,8 +74,11 @@ impl OrderSyncHandler {
             .as_ref()
             .is_none_or(|(_, o)| o.reservation != Reservation::Pending || o.status == OrderStatus::Cancelled);
         if !settled {
-            let inventory = InventoryService::new(self.services.clone());
-            match inventory.reserve(code, &order.units_per_product(), ctx).await? {
+            match self
+                .inventory
+                .reserve(code, &order.units_per_product(), ctx)
+                .await?
+            {
                 ReserveOutcome::Reserved => {
                     tracing::info!(order = %code, "stock reserved");
                     self.mark(event, Reservation::Reserved).await?;
@@ -95,16 +112,16 @@ impl OrderSyncHandler {
     /// released instead.
     async fn mark(&self, event: &DataSyncEvent, state: Reservation) -> Result<(), BoxError> {
         let ctx = &event.context;
-        let mut cancelled = None;
+        let mut cancelled = false;
         self.services
             .update_with(&event.key(), ctx, |current: Option<&DataItem>| {
-                cancelled = None;
+                cancelled = false;
                 let Some(item) = current else {
                     return Ok(None);
                 };
                 let mut order: OrderAttributes = item.attributes_as()?;
                 if order.status == OrderStatus::Cancelled {
-                    cancelled = Some(order);
+                    cancelled = true;
                     return Ok(None);
                 }
                 if order.reservation == state {
@@ -114,11 +131,8 @@ impl OrderSyncHandler {
                 Ok::<_, ShopError>(Some(CommandInput::update_of(item).attributes_from(&order)?))
             })
             .await?;
-        if let Some(order) = cancelled {
-            let products: Vec<String> = order.units_per_product().into_keys().collect();
-            InventoryService::new(self.services.clone())
-                .release(&event.command.code, &products, ctx)
-                .await?;
+        if cancelled {
+            self.inventory.release(&event.command.code, ctx).await?;
         }
         Ok(())
     }
@@ -131,13 +145,11 @@ impl OrderSyncHandler {
     ) -> Result<(), BoxError> {
         let ctx = &event.context;
         let code = &event.command.code;
-        let products: Vec<String> = order.units_per_product().into_keys().collect();
-        let inventory = InventoryService::new(self.services.clone());
         tracing::info!(order = %code, "status {from} -> {}", order.status);
         match order.status {
             OrderStatus::Cancelled => {
                 // Releases only what this order reserved: nothing if it reserved nothing.
-                inventory.release(code, &products, ctx).await?;
+                self.inventory.release(code, ctx).await?;
                 self.notify(
                     event,
                     NotificationKind::Cancellation,
@@ -146,7 +158,7 @@ impl OrderSyncHandler {
                 .await?;
             }
             OrderStatus::Shipped => {
-                inventory.deduct(code, &products, ctx).await?;
+                self.inventory.deduct(code, ctx).await?;
                 self.notify(
                     event,
                     NotificationKind::Shipping,

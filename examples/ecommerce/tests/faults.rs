@@ -25,7 +25,9 @@ use cqrs_core::{
 };
 use cqrs_dynamodb::{local_client, DynamoDbStorage, TableNames};
 use ecommerce::auth::{Auth, SECRET_ENV};
-use ecommerce::domain::{InventoryAttributes, OrderAttributes, OrderStatus, Reservation};
+use ecommerce::domain::{
+    InventoryAttributes, OrderAttributes, OrderStatus, Reservation, ReservationAttributes, ReservationState,
+};
 use ecommerce::notify::NotificationKind;
 use ecommerce::shop::ShopConfig;
 use ecommerce::Shop;
@@ -386,47 +388,55 @@ async fn audit(inspector: &Inspector, accepted: &[String]) -> Counts {
             }
         }
     }
-    // Stock: every unit reserved belongs to an order that holds it.
-    for item in inspector.items("INVENTORY#").await {
-        let inventory: InventoryAttributes = item.attributes_as().expect("an inventory record");
-        let listed: i64 = inventory.reservations.values().sum();
-        if listed != inventory.reserved_quantity {
-            counts.doubled += 1;
+    // Stock: what the orders' reservations hold adds up to each product's
+    // reserved quantity, and every unit held belongs to an order that holds it.
+    let reservations: HashMap<String, ReservationAttributes> = inspector
+        .items("RESERVATION#")
+        .await
+        .into_iter()
+        .map(|r| {
+            let attributes: ReservationAttributes = r.attributes_as().expect("a reservation");
+            (attributes.order_code.clone(), attributes)
+        })
+        .collect();
+    let mut held: HashMap<String, i64> = HashMap::new();
+    for (order_code, reservation) in &reservations {
+        if reservation.state != ReservationState::Reserved {
+            continue;
         }
-        for (order_code, units) in &inventory.reservations {
-            let holds = by_code.get(order_code).is_some_and(|(_, o)| {
-                o.reservation == Reservation::Reserved
-                    && !matches!(
-                        o.status,
-                        OrderStatus::Cancelled | OrderStatus::Shipped | OrderStatus::Delivered
-                    )
-            });
+        let holds = by_code.get(order_code).is_some_and(|(_, o)| {
+            o.reservation == Reservation::Reserved
+                && !matches!(
+                    o.status,
+                    OrderStatus::Cancelled | OrderStatus::Shipped | OrderStatus::Delivered
+                )
+        });
+        for (product, units) in &reservation.units {
+            *held.entry(product.clone()).or_default() += units;
             if !holds {
                 counts.held_by_nobody += units;
             }
         }
     }
+    for item in inspector.items("INVENTORY#").await {
+        let inventory: InventoryAttributes = item.attributes_as().expect("an inventory record");
+        let listed = held.get(&inventory.product_code).copied().unwrap_or(0);
+        if listed != inventory.reserved_quantity {
+            counts.doubled += 1;
+        }
+    }
     // Every order that says "reserved" holds its units, once.
-    let inventories: HashMap<String, InventoryAttributes> = inspector
-        .items("INVENTORY#")
-        .await
-        .into_iter()
-        .map(|i| (i.code.clone(), i.attributes_as().expect("inventory")))
-        .collect();
     for (code, (_, order)) in &by_code {
         let holding = order.reservation == Reservation::Reserved
             && matches!(
                 order.status,
                 OrderStatus::Pending | OrderStatus::Confirmed | OrderStatus::Processing
             );
-        for (product, units) in order.units_per_product() {
-            let held = inventories
-                .get(&product)
-                .and_then(|i| i.reservations.get(code))
-                .copied();
-            if holding && held != Some(units) {
-                counts.stranded += 1;
-            }
+        let holds = reservations
+            .get(code)
+            .is_some_and(|r| r.state == ReservationState::Reserved && r.units == order.units_per_product());
+        if holding && !holds {
+            counts.stranded += 1;
         }
     }
     // Notifications: one per order and kind, however often handlers ran.

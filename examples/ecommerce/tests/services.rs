@@ -51,7 +51,7 @@ fn inventory(code: &str, quantity: i64, reserved: i64, version: u64) -> DataItem
         version,
         json!({
             "productCode": code, "quantity": quantity, "reservedQuantity": reserved,
-            "warehouseCode": "WH-1", "lastRestockedAt": "2024-01-15T10:30:00Z", "reservations": {}
+            "warehouseCode": "WH-1", "lastRestockedAt": "2024-01-15T10:30:00Z"
         }),
     )
 }
@@ -387,88 +387,192 @@ async fn update_status_of_a_missing_order_is_not_found() {
     assert_eq!(err.status_and_kind(), (404, "not_found"));
 }
 
-// ---- InventoryService::reserve ----------------------------------------------
+// ---- InventoryService::reserve, release, deduct ---------------------------------
 
 fn units(product_code: &str, n: i64) -> BTreeMap<String, i64> {
     BTreeMap::from([(product_code.to_owned(), n)])
 }
 
-#[tokio::test]
-async fn reserve_retries_after_a_conflict_from_commit() {
+fn reservation(order_code: &str, product_code: &str, units: i64, state: &str, version: u64) -> DataItem {
+    item(
+        &format!("RESERVATION#{order_code}"),
+        &format!("Reservation {order_code}"),
+        version,
+        json!({ "orderCode": order_code, "units": { product_code: units }, "state": state }),
+    )
+}
+
+/// Data whose inventory reads return `stock(n)` and whose reservation reads
+/// return `held(n)` (n: the read's number, per kind), counting both.
+struct StockReads {
+    inventory: Arc<AtomicUsize>,
+    reservations: Arc<AtomicUsize>,
+}
+
+fn stock_and_reservations(
+    stock: impl Fn(usize) -> Option<DataItem> + Send + Sync + 'static,
+    held: impl Fn(usize) -> Option<DataItem> + Send + Sync + 'static,
+) -> (MockDataService, StockReads) {
+    let reads = StockReads {
+        inventory: Arc::new(AtomicUsize::new(0)),
+        reservations: Arc::new(AtomicUsize::new(0)),
+    };
+    let (inventory, reservations) = (reads.inventory.clone(), reads.reservations.clone());
     let mut data = MockDataService::new();
-    let reads = Arc::new(AtomicUsize::new(0));
-    let counted = reads.clone();
     data.expect_get_item().returning(move |key, _| {
-        assert_eq!(key.sk, "INVENTORY#PRD-001");
-        counted.fetch_add(1, Ordering::SeqCst);
-        Ok(Some(inventory("PRD-001", 100, 5, 3)))
-    });
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = calls.clone();
-    let mut commands = MockCommandService::new();
-    commands
-        .expect_commit()
-        .withf(|cmds, _| {
-            cmds.len() == 1
-                && cmds[0].sk == "INVENTORY#PRD-001"
-                && cmds[0].version == ExpectedVersion::Exactly(3)
-                && cmds[0].attributes["quantity"] == 100
-                && cmds[0].attributes["reservedQuantity"] == 7
-                && cmds[0].attributes["reservations"] == json!({"ORD-000001": 2})
+        Ok(if key.sk.starts_with("INVENTORY#") {
+            stock(inventory.fetch_add(1, Ordering::SeqCst))
+        } else if key.sk.starts_with("RESERVATION#") {
+            held(reservations.fetch_add(1, Ordering::SeqCst))
+        } else if key.sk.starts_with("PRODUCT#") {
+            Some(product("PRD-001", 29.99, true))
+        } else {
+            panic!("unexpected read of {key}")
         })
-        .times(2)
-        .returning(move |cmds, _| {
-            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
-                Err(Error::Conflict {
-                    key: cmds[0].key().id(),
-                    expected: cmds[0].version,
-                    actual: Some(4),
-                })
-            } else {
-                Ok(cmds.iter().map(|c| Published::Written(applied(c))).collect())
-            }
-        });
+    });
+    // Nothing is read "latest": stock is written synchronously only.
+    data.expect_get_latest().never();
+    (data, reads)
+}
+
+/// Commands that answer each commit with `answer(n, commands)` (n: the
+/// commit's number), recording what was committed.
+fn committing(
+    answer: impl Fn(usize, &[CommandInput]) -> cqrs_core::Result<()> + Send + Sync + 'static,
+) -> (MockCommandService, Arc<Mutex<Vec<Vec<CommandInput>>>>) {
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let record = committed.clone();
+    let mut commands = MockCommandService::new();
+    commands.expect_publish_sync().never();
+    commands.expect_commit().returning(move |cmds, _| {
+        let n = {
+            let mut committed = record.lock().unwrap();
+            committed.push(cmds.clone());
+            committed.len() - 1
+        };
+        answer(n, &cmds)?;
+        Ok(cmds.iter().map(|c| Published::Written(applied(c))).collect())
+    });
+    (commands, committed)
+}
+
+fn conflict_on(command: &CommandInput) -> Error {
+    Error::Conflict {
+        key: command.key().id(),
+        expected: command.version,
+        actual: Some(1),
+    }
+}
+
+#[tokio::test]
+async fn reserve_commits_the_counters_and_a_new_reservation_together() {
+    let (data, reads) = stock_and_reservations(|_| Some(inventory("PRD-001", 100, 5, 3)), |_| None);
+    let (commands, committed) = committing(|_, _| Ok(()));
     let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
     let outcome = service
         .reserve("ORD-000001", &units("PRD-001", 2), &ctx())
         .await
         .expect("reserved");
     assert_eq!(outcome, ReserveOutcome::Reserved);
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "commit called twice");
+    let committed = committed.lock().unwrap();
+    assert_eq!(committed.len(), 1, "one commit");
+    let [counters, held] = &committed[0][..] else {
+        panic!("two commands: {:?}", committed[0]);
+    };
+    assert_eq!(counters.sk, "INVENTORY#PRD-001");
+    assert_eq!(counters.version, ExpectedVersion::Exactly(3));
+    assert_eq!(counters.attributes["quantity"], 100);
+    assert_eq!(counters.attributes["reservedQuantity"], 7);
+    assert!(
+        counters.attributes.get("reservations").is_none(),
+        "counters only: {}",
+        counters.attributes
+    );
+    assert_eq!(held.sk, "RESERVATION#ORD-000001");
+    assert_eq!(held.version, ExpectedVersion::NEW, "created at version 0");
     assert_eq!(
-        reads.load(Ordering::SeqCst),
-        2,
-        "the record is read again before the retry"
+        held.attributes,
+        json!({ "orderCode": "ORD-000001", "units": { "PRD-001": 2 }, "state": "reserved" })
+    );
+    assert_eq!(reads.inventory.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        reads.reservations.load(Ordering::SeqCst),
+        0,
+        "the reservation is not read first: version 0 checks that it is new"
     );
 }
 
 #[tokio::test]
-async fn reserve_without_enough_stock_commits_nothing() {
-    let (commands, _) = nothing_published();
-    let mut data = MockDataService::new();
-    data.expect_get_item()
-        .returning(|_, _| Ok(Some(inventory("PRD-003", 10, 9, 7))));
+async fn reserve_reads_again_and_decides_again_after_a_conflict() {
+    // Another process reserved 90 units between the first read and the commit.
+    let (data, reads) = stock_and_reservations(
+        |n| {
+            Some(inventory(
+                "PRD-001",
+                100,
+                if n == 0 { 5 } else { 95 },
+                3 + n as u64,
+            ))
+        },
+        |_| None,
+    );
+    let (commands, committed) = committing(|n, cmds| {
+        if n == 0 {
+            Err(conflict_on(&cmds[0]))
+        } else {
+            Ok(())
+        }
+    });
+    let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
+    let outcome = service
+        .reserve("ORD-000001", &units("PRD-001", 2), &ctx())
+        .await
+        .expect("reserved");
+    assert_eq!(outcome, ReserveOutcome::Reserved);
+    let committed = committed.lock().unwrap();
+    assert_eq!(committed.len(), 2, "committed again after the conflict");
+    assert_eq!(committed[1][0].version, ExpectedVersion::Exactly(4));
+    assert_eq!(committed[1][0].attributes["reservedQuantity"], 97);
+    assert_eq!(reads.inventory.load(Ordering::SeqCst), 2, "read again");
+    assert_eq!(
+        reads.reservations.load(Ordering::SeqCst),
+        1,
+        "after a conflict the reservation is read too"
+    );
+}
+
+#[tokio::test]
+async fn reserve_without_enough_stock_records_the_refusal_only() {
+    let (data, _) = stock_and_reservations(|_| Some(inventory("PRD-003", 10, 9, 7)), |_| None);
+    let (commands, committed) = committing(|_, _| Ok(()));
     let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
     let outcome = service
         .reserve("ORD-000002", &units("PRD-003", 2), &ctx())
         .await
         .expect("answered");
+    let refused = ReserveOutcome::Insufficient {
+        product_code: "PRD-003".into(),
+        requested: 2,
+        available: 1,
+    };
+    assert_eq!(outcome, refused);
+    let committed = committed.lock().unwrap();
+    let [held] = &committed[0][..] else {
+        panic!("the reservation only, the stock untouched: {:?}", committed[0]);
+    };
+    assert_eq!(held.sk, "RESERVATION#ORD-000002");
+    assert_eq!(held.version, ExpectedVersion::NEW);
+    assert_eq!(held.attributes["state"], "failed");
     assert_eq!(
-        outcome,
-        ReserveOutcome::Insufficient {
-            product_code: "PRD-003".into(),
-            requested: 2,
-            available: 1,
-        }
+        held.attributes["shortfall"],
+        json!({ "productCode": "PRD-003", "requested": 2, "available": 1 })
     );
 }
 
 #[tokio::test]
-async fn reserve_without_an_inventory_record_commits_nothing() {
-    let (commands, _) = nothing_published();
-    let mut data = MockDataService::new();
-    data.expect_get_item().returning(|_, _| Ok(None));
-    data.expect_get_latest().returning(|_, _| Ok(None));
+async fn reserve_without_an_inventory_record_is_insufficient() {
+    let (data, _) = stock_and_reservations(|_| None, |_| None);
+    let (commands, committed) = committing(|_, _| Ok(()));
     let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
     let outcome = service
         .reserve("ORD-000002", &units("PRD-009", 1), &ctx())
@@ -482,23 +586,87 @@ async fn reserve_without_an_inventory_record_commits_nothing() {
             available: 0,
         }
     );
+    let committed = committed.lock().unwrap();
+    assert_eq!(committed.len(), 1);
+    assert!(committed[0].iter().all(|c| c.sk == "RESERVATION#ORD-000002"));
 }
 
 #[tokio::test]
-async fn reserve_again_for_the_same_order_commits_nothing() {
-    let (commands, _) = nothing_published();
-    let mut data = MockDataService::new();
-    data.expect_get_item().returning(|_, _| {
-        let mut record = inventory("PRD-001", 100, 2, 2);
-        record.attributes["reservations"] = json!({"ORD-000001": 2});
-        Ok(Some(record))
-    });
-    let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
-    let outcome = service
-        .reserve("ORD-000001", &units("PRD-001", 2), &ctx())
-        .await
-        .expect("answered");
-    assert_eq!(outcome, ReserveOutcome::Reserved);
+async fn reserve_again_for_the_same_order_answers_the_first_outcome_and_changes_nothing() {
+    for (state, expected) in [
+        ("reserved", ReserveOutcome::Reserved),
+        ("released", ReserveOutcome::Reserved),
+        (
+            "failed",
+            ReserveOutcome::Insufficient {
+                product_code: "PRD-001".into(),
+                requested: 2,
+                available: 0,
+            },
+        ),
+    ] {
+        let (data, reads) = stock_and_reservations(
+            |_| Some(inventory("PRD-001", 100, 2, 2)),
+            move |_| Some(reservation("ORD-000001", "PRD-001", 2, state, 1)),
+        );
+        // The reservation exists: its creation at version 0 conflicts.
+        let (commands, committed) = committing(|_, cmds| Err(conflict_on(&cmds[0])));
+        let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
+        let outcome = service
+            .reserve("ORD-000001", &units("PRD-001", 2), &ctx())
+            .await
+            .expect("answered");
+        assert_eq!(outcome, expected, "{state}");
+        assert_eq!(
+            committed.lock().unwrap().len(),
+            1,
+            "{state}: nothing committed after the read"
+        );
+        assert_eq!(reads.reservations.load(Ordering::SeqCst), 1, "{state}");
+    }
+}
+
+#[tokio::test]
+async fn release_and_deduct_move_the_counters_and_the_reservation_together_once() {
+    for (end, quantity) in [("released", 100), ("deducted", 98)] {
+        let (data, _) = stock_and_reservations(
+            |_| Some(inventory("PRD-001", 100, 2, 4)),
+            |_| Some(reservation("ORD-000001", "PRD-001", 2, "reserved", 1)),
+        );
+        let (commands, committed) = committing(|_, _| Ok(()));
+        let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
+        match end {
+            "released" => service.release("ORD-000001", &ctx()).await,
+            _ => service.deduct("ORD-000001", &ctx()).await,
+        }
+        .expect("settled");
+        let committed = committed.lock().unwrap();
+        let [counters, held] = &committed[0][..] else {
+            panic!("two commands: {:?}", committed[0]);
+        };
+        assert_eq!(counters.version, ExpectedVersion::Exactly(4));
+        assert_eq!(counters.attributes["reservedQuantity"], 0, "{end}");
+        assert_eq!(counters.attributes["quantity"], quantity, "{end}");
+        assert_eq!(held.version, ExpectedVersion::Exactly(1));
+        assert_eq!(held.attributes["state"], end);
+    }
+    // A reservation ended already, or refused, or none: nothing is written.
+    for held in [Some("released"), Some("deducted"), Some("failed"), None] {
+        let (data, _) = stock_and_reservations(
+            |_| Some(inventory("PRD-001", 100, 0, 5)),
+            move |_| held.map(|state| reservation("ORD-000001", "PRD-001", 2, state, 2)),
+        );
+        let (commands, _) = nothing_published();
+        let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
+        service
+            .release("ORD-000001", &ctx())
+            .await
+            .expect("nothing to release");
+        service
+            .deduct("ORD-000001", &ctx())
+            .await
+            .expect("nothing to deduct");
+    }
 }
 
 // ---- idempotency keys ---------------------------------------------------------
@@ -750,21 +918,6 @@ async fn update_status_at_the_clients_version_refuses_what_a_conflict_reveals() 
 
 // ---- InventoryService::set ------------------------------------------------------
 
-/// Data holding the product PRD-001 and the inventory records `stock` returns, in turn.
-fn stock_data(stock: impl Fn(usize) -> Option<DataItem> + Send + Sync + 'static) -> MockDataService {
-    let reads = AtomicUsize::new(0);
-    let mut data = MockDataService::new();
-    data.expect_get_item().returning(move |key, _| {
-        Ok(if key.sk.starts_with("PRODUCT#") {
-            Some(product("PRD-001", 29.99, true))
-        } else {
-            stock(reads.fetch_add(1, Ordering::SeqCst))
-        })
-    });
-    data.expect_get_latest().returning(|_, _| Ok(None));
-    data
-}
-
 fn set_request(quantity: i64, version: Option<u64>) -> ecommerce::services::SetInventory {
     ecommerce::services::SetInventory {
         quantity,
@@ -776,7 +929,7 @@ fn set_request(quantity: i64, version: Option<u64>) -> ecommerce::services::SetI
 #[tokio::test]
 async fn set_inventory_at_a_stale_version_is_a_version_conflict_without_publishing() {
     let (commands, sequences) = nothing_published();
-    let data = stock_data(|_| Some(inventory("PRD-001", 100, 0, 3)));
+    let (data, _) = stock_and_reservations(|_| Some(inventory("PRD-001", 100, 0, 3)), |_| None);
     let service = InventoryService::new(services(commands, data, sequences));
     let err = service
         .set("PRD-001", set_request(7, Some(2)), &ctx())
@@ -795,45 +948,39 @@ async fn set_inventory_at_a_stale_version_is_a_version_conflict_without_publishi
 
 #[tokio::test]
 async fn set_inventory_creates_the_record_at_version_zero() {
-    let mut commands = MockCommandService::new();
-    commands
-        .expect_publish_sync()
-        .withf(|cmd, _| {
-            cmd.sk == "INVENTORY#PRD-001"
-                && cmd.version == ExpectedVersion::NEW
-                && cmd.attributes["quantity"] == 5
-                && cmd.attributes["reservedQuantity"] == 0
-        })
-        .times(1)
-        .returning(|cmd, _| Ok(Published::Written(applied(&cmd))));
-    let data = stock_data(|_| None);
+    let (data, _) = stock_and_reservations(|_| None, |_| None);
+    let (commands, committed) = committing(|_, _| Ok(()));
     let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
     let created = service
         .set("PRD-001", set_request(5, Some(0)), &ctx())
         .await
         .expect("created");
     assert_eq!(created.version, 1);
+    assert_eq!(created.attributes["quantity"], 5);
+    let committed = committed.lock().unwrap();
+    let [command] = &committed[0][..] else {
+        panic!("one command: {:?}", committed[0]);
+    };
+    assert_eq!(command.sk, "INVENTORY#PRD-001");
+    assert_eq!(command.version, ExpectedVersion::NEW);
+    assert_eq!(command.attributes["reservedQuantity"], 0);
 }
 
 #[tokio::test]
 async fn set_inventory_without_a_version_decides_again_after_a_conflict() {
     // Reserved 0, then 6 by the time of the retry: 5 units would be below it.
-    let data = stock_data(|read| {
-        Some(inventory(
-            "PRD-001",
-            100,
-            if read == 0 { 0 } else { 6 },
-            1 + read as u64,
-        ))
-    });
-    let mut commands = MockCommandService::new();
-    commands.expect_publish_sync().times(1).returning(|cmd, _| {
-        Err(Error::Conflict {
-            key: cmd.key().id(),
-            expected: cmd.version,
-            actual: Some(2),
-        })
-    });
+    let (data, _) = stock_and_reservations(
+        |read| {
+            Some(inventory(
+                "PRD-001",
+                100,
+                if read == 0 { 0 } else { 6 },
+                1 + read as u64,
+            ))
+        },
+        |_| None,
+    );
+    let (commands, committed) = committing(|_, cmds| Err(conflict_on(&cmds[0])));
     let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
     let err = service
         .set("PRD-001", set_request(5, None), &ctx())
@@ -843,13 +990,19 @@ async fn set_inventory_without_a_version_decides_again_after_a_conflict() {
         matches!(err, ShopError::Conflict(ref m) if m.contains("6 units reserved")),
         "{err:?}"
     );
+    assert_eq!(
+        committed.lock().unwrap().len(),
+        1,
+        "tried once, refused on the second read"
+    );
 }
 
 // ---- the order handler ------------------------------------------------------------
 
-/// The handler over mocks whose order reads return `orders` in turn and whose
-/// inventory reads return `stock` in turn; what it publishes and commits is
-/// recorded.
+/// The handler over mocks whose order, inventory and reservation reads
+/// return `orders`, `stock` and `held` in turn (the last one again when
+/// exhausted; no reservation when `held` is empty); what it publishes and
+/// commits is recorded.
 struct HandlerWorld {
     handler: OrderSyncHandler,
     notifier: Arc<OutboxNotifier>,
@@ -857,15 +1010,21 @@ struct HandlerWorld {
     committed: Arc<Mutex<Vec<Vec<CommandInput>>>>,
 }
 
-fn handler_world(orders: Vec<DataItem>, stock: Vec<DataItem>) -> HandlerWorld {
-    let (order_reads, stock_reads) = (AtomicUsize::new(0), AtomicUsize::new(0));
+fn handler_world(orders: Vec<DataItem>, stock: Vec<DataItem>, held: Vec<DataItem>) -> HandlerWorld {
+    let (order_reads, stock_reads, held_reads) =
+        (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
     let mut data = MockDataService::new();
     data.expect_get_item().returning(move |key, _| {
         let (items, reads) = if key.sk.starts_with("ORDER#") {
             (&orders, &order_reads)
+        } else if key.sk.starts_with("RESERVATION#") {
+            (&held, &held_reads)
         } else {
             (&stock, &stock_reads)
         };
+        if items.is_empty() {
+            return Ok(None);
+        }
         let n = reads.fetch_add(1, Ordering::SeqCst).min(items.len() - 1);
         Ok(Some(items[n].clone()))
     });
@@ -898,7 +1057,11 @@ fn handler_world(orders: Vec<DataItem>, stock: Vec<DataItem>) -> HandlerWorld {
 #[tokio::test]
 async fn the_handler_reserves_then_marks_the_order_at_the_version_read() {
     let placed = order("ORD-000001", "pending", "pending", 1);
-    let world = handler_world(vec![placed.clone()], vec![inventory("PRD-001", 100, 0, 3)]);
+    let world = handler_world(
+        vec![placed.clone()],
+        vec![inventory("PRD-001", 100, 0, 3)],
+        Vec::new(),
+    );
     world
         .handler
         .handle(&DataSyncEvent::of(None, placed))
@@ -906,11 +1069,11 @@ async fn the_handler_reserves_then_marks_the_order_at_the_version_read() {
         .expect("handled");
     let committed = world.committed.lock().unwrap();
     assert_eq!(committed.len(), 1);
+    assert_eq!(committed[0][0].sk, "INVENTORY#PRD-001");
     assert_eq!(committed[0][0].version, ExpectedVersion::Exactly(3));
-    assert_eq!(
-        committed[0][0].attributes["reservations"],
-        json!({ "ORD-000001": 2 })
-    );
+    assert_eq!(committed[0][0].attributes["reservedQuantity"], 2);
+    assert_eq!(committed[0][1].sk, "RESERVATION#ORD-000001");
+    assert_eq!(committed[0][1].attributes["units"], json!({ "PRD-001": 2 }));
     let published = world.published.lock().unwrap();
     let mark = published
         .iter()
@@ -929,11 +1092,11 @@ async fn the_handler_reserves_then_marks_the_order_at_the_version_read() {
 async fn the_handler_releases_instead_of_marking_an_order_cancelled_meanwhile() {
     let placed = order("ORD-000001", "pending", "pending", 1);
     let cancelled = order("ORD-000001", "cancelled", "pending", 2);
-    let mut held = inventory("PRD-001", 100, 2, 4);
-    held.attributes["reservations"] = json!({ "ORD-000001": 2 });
     let world = handler_world(
         vec![placed.clone(), cancelled],
-        vec![inventory("PRD-001", 100, 0, 3), held],
+        vec![inventory("PRD-001", 100, 0, 3), inventory("PRD-001", 100, 2, 4)],
+        // Read by the release only (the reservation is not read before its creation).
+        vec![reservation("ORD-000001", "PRD-001", 2, "reserved", 1)],
     );
     world
         .handler
@@ -942,10 +1105,13 @@ async fn the_handler_releases_instead_of_marking_an_order_cancelled_meanwhile() 
         .expect("handled");
     let committed = world.committed.lock().unwrap();
     assert_eq!(committed.len(), 2, "reserved, then released");
-    let release = &committed[1][0];
-    assert_eq!(release.version, ExpectedVersion::Exactly(4));
-    assert_eq!(release.attributes["reservedQuantity"], 0);
-    assert_eq!(release.attributes["reservations"], json!({}));
+    let [counters, held] = &committed[1][..] else {
+        panic!("two commands: {:?}", committed[1]);
+    };
+    assert_eq!(counters.version, ExpectedVersion::Exactly(4));
+    assert_eq!(counters.attributes["reservedQuantity"], 0);
+    assert_eq!(held.version, ExpectedVersion::Exactly(1));
+    assert_eq!(held.attributes["state"], "released");
     let published = world.published.lock().unwrap();
     assert!(
         !published.iter().any(|c| c.sk == "ORDER#ORD-000001"),

@@ -1,42 +1,35 @@
 //! Stock: setting it, and reserving, releasing and deducting it for orders.
 //!
-//! Every change is one of the framework's read-modify-writes: setting the
-//! quantity is [`Services::update`] of one record, and a change to several
-//! products is [`Services::commit_with`], one all-or-nothing commit at the
-//! versions just read. A version conflict means another writer got in
-//! between; the framework then reads again and the change is decided again,
-//! a bounded number of times. Each inventory record keeps the units reserved
-//! per order, so reserving, releasing and deducting twice for the same order
-//! changes the stock once.
+//! Every change goes through the [stock desk](StockDesk): queued per tenant,
+//! decided in batches on the counters read once per batch, and written in
+//! one all-or-nothing commit per batch (the inventory records that changed,
+//! plus one reservation entity per order). Concurrent orders of one product
+//! therefore share commits instead of retrying each other's version
+//! conflicts, and a restock waits for one batch.
+//!
+//! An inventory record keeps counters only (`quantity`, `reservedQuantity`);
+//! what each order holds is its own entity, `RESERVATION#{orderCode}`
+//! ([`ReservationAttributes`]), created at version 0 with the counters it
+//! changes and moved to `released` or `deducted` with them again. Reserving,
+//! releasing and deducting twice for the same order therefore change the
+//! stock once, and no record grows with the number of open orders.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use chrono::Utc;
-use cqrs_core::{
-    tenant_pk, CommandInput, DataItem, EntityKey, ExpectedVersion, InvocationContext, RetryPolicy, Services,
-};
+use cqrs_core::{tenant_pk, DataItem, EntityKey, InvocationContext, Services};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{access, validate, ProductService};
-use crate::domain::{inventory_sk, InventoryAttributes};
+use super::stock_desk::{Done, End, Op, StockDesk};
+use super::{access, validate};
+use crate::domain::{inventory_sk, reservation_sk, ReservationAttributes};
 use crate::error::{ShopError, ShopResult};
 
-/// Tries of a reservation (or release, or deduction, or a stock change
-/// without a version) before giving up under contention.
+/// Tries of a batch of stock changes before giving up, when its commit
+/// keeps conflicting with another process's (another replica, the stream
+/// consumer, a Lambda): each try reads the records again and decides the
+/// whole batch again. Within one process batches never conflict.
 pub const MAX_ATTEMPTS: u32 = 40;
-
-/// The retries of stock changes after version conflicts: every order of a
-/// product writes its inventory record, so they contend. [`MAX_ATTEMPTS`]
-/// tries, each after a random wait below 4 ms, 8 ms, ... 128 ms.
-fn contended() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: MAX_ATTEMPTS,
-        initial_backoff: Duration::from_millis(4),
-        max_backoff: Duration::from_millis(128),
-    }
-}
 
 /// The most units on hand a product may have.
 pub const MAX_STOCK: i64 = 1_000_000_000;
@@ -74,19 +67,26 @@ pub enum ReserveOutcome {
 #[derive(Clone)]
 pub struct InventoryService {
     services: Services,
-    products: ProductService,
+    desk: StockDesk,
 }
 
 impl InventoryService {
-    /// Over the given framework services.
+    /// Over the given framework services, with a stock desk of its own
+    /// (and of its clones).
     pub fn new(services: Services) -> Self {
-        let products = ProductService::new(services.clone());
-        Self { services, products }
+        Self::with_desk(services, StockDesk::new())
     }
 
-    /// The services, retrying conflicts as stock changes need ([`MAX_ATTEMPTS`]).
-    fn contended(&self) -> Services {
-        self.services.clone().with_conflict_retry(contended())
+    /// Over the given framework services, queueing its changes on `desk`:
+    /// give every inventory service of one engine the same desk (the HTTP
+    /// API's and the order handler's), so that their changes share batches.
+    pub fn with_desk(services: Services, desk: StockDesk) -> Self {
+        Self { services, desk }
+    }
+
+    /// The desk its changes are queued on.
+    pub fn desk(&self) -> &StockDesk {
+        &self.desk
     }
 
     fn key(ctx: &InvocationContext, product_code: &str) -> EntityKey {
@@ -104,11 +104,29 @@ impl InventoryService {
             .ok_or_else(|| ShopError::NotFound(format!("no inventory for product {product_code}")))
     }
 
-    /// Sets the quantity on hand (staff only), creating the record on first
-    /// use. Without an expected version a concurrent change is read and the
-    /// update decided again ([`MAX_ATTEMPTS`] tries); with one, the record
-    /// must be at it (0: it must not exist yet), else it is a version
-    /// conflict.
+    /// An order's reservation, if its stock was ever reserved or refused
+    /// (staff only; the order handler and the audits read it).
+    pub async fn reservation(
+        &self,
+        order_code: &str,
+        ctx: &InvocationContext,
+    ) -> ShopResult<Option<ReservationAttributes>> {
+        access::staff(ctx, "reading a reservation")?;
+        validate::code("order code", order_code)?;
+        let key = EntityKey::new(tenant_pk(&ctx.tenant_code), reservation_sk(order_code));
+        match self.services.data.get_item(&key, ctx).await? {
+            Some(item) => Ok(Some(item.attributes_as()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets the quantity on hand (staff only) of a product of the catalogue,
+    /// creating the record on first use. Queued with the tenant's other
+    /// stock changes and applied in the next batch, before the reservations
+    /// of that batch. With an expected
+    /// version, the record must be at it (0: it must not exist yet), else it
+    /// is a version conflict. Returns the record as the batch's commit left
+    /// it (with the batch's reservations).
     pub async fn set(
         &self,
         product_code: &str,
@@ -124,193 +142,76 @@ impl InventoryService {
                 request.quantity
             )));
         }
-        if self.products.attributes(product_code, ctx).await?.is_none() {
-            return Err(ShopError::NotFound(format!("product {product_code} not found")));
-        }
-        let key = Self::key(ctx, product_code);
-        let retry = match request.version {
-            // The closure checks the client's version: reading again after
-            // a conflict could only find it stale.
-            Some(_) => RetryPolicy {
-                max_attempts: 1,
-                ..contended()
-            },
-            None => contended(),
+        // The product's existence is checked by the batch, with its reads.
+        let op = Op::Set {
+            product_code: product_code.to_owned(),
+            request,
         };
-        let set = self
-            .services
-            .update(&key)
-            .retry(retry)
-            .publish_sync(ctx, |current: Option<&DataItem>| {
-                let found = current.map(|item| item.version);
-                if let Some(expected) = request.version.filter(|v| *v != found.unwrap_or(0)) {
-                    return Err(ShopError::Core(cqrs_core::Error::Conflict {
-                        key: key.id(),
-                        expected: ExpectedVersion::Exactly(expected),
-                        actual: found,
-                    }));
-                }
-                let now = Utc::now();
-                let command = match current {
-                    None => {
-                        let attributes = InventoryAttributes {
-                            product_code: product_code.to_owned(),
-                            quantity: request.quantity,
-                            reserved_quantity: 0,
-                            warehouse_code: request.warehouse_code.clone(),
-                            last_restocked_at: now,
-                            reservations: BTreeMap::new(),
-                        };
-                        CommandInput::new(&key.pk, &key.sk)
-                            .name(format!("Inventory {product_code}"))
-                            .attributes_from(&attributes)?
-                    }
-                    Some(item) => {
-                        let mut attributes: InventoryAttributes = item.attributes_as()?;
-                        if request.quantity < attributes.reserved_quantity {
-                            return Err(ShopError::Conflict(format!(
-                                "quantity {} is below the {} units reserved for open orders",
-                                request.quantity, attributes.reserved_quantity
-                            )));
-                        }
-                        attributes.quantity = request.quantity;
-                        attributes.warehouse_code = request.warehouse_code.clone();
-                        attributes.last_restocked_at = now;
-                        CommandInput::update_of(item).attributes_from(&attributes)?
-                    }
-                };
-                Ok(Some(command))
-            })
-            .await;
-        match set {
-            Ok(Some(published)) => Ok(published.into_item()),
-            // The closure never skips.
-            Ok(None) => Err(ShopError::NotFound(format!(
-                "no inventory for product {product_code}"
-            ))),
-            Err(ShopError::Core(e)) if e.is_conflict() && request.version.is_none() => Err(
-                ShopError::Conflict(format!("inventory of {product_code} is changing too fast, retry")),
-            ),
-            Err(e) => Err(e),
+        match self.desk.submit(&self.services, op, ctx).await? {
+            Done::Set(item) => Ok(*item),
+            other => Err(unexpected(other)),
         }
     }
 
-    /// Reserves `units` per product for `order_code`, all or nothing. Not a
-    /// caller's operation: the order handler's, on the order's event, so it
-    /// checks no role.
+    /// Reserves `units` per product for `order_code`, all or nothing, and
+    /// records the decision in the order's reservation: a second call for
+    /// the same order answers the first one's outcome and changes nothing.
+    /// Not a caller's operation: the order handler's, on the order's event,
+    /// so it checks no role.
     pub async fn reserve(
         &self,
         order_code: &str,
         units: &BTreeMap<String, i64>,
         ctx: &InvocationContext,
     ) -> ShopResult<ReserveOutcome> {
-        let keys: Vec<EntityKey> = units.keys().map(|code| Self::key(ctx, code)).collect();
-        let mut outcome = ReserveOutcome::Reserved;
-        let committed = self
-            .contended()
-            .commit_with(&keys, ctx, |records: &[Option<DataItem>]| {
-                // Decided afresh on every read.
-                outcome = ReserveOutcome::Reserved;
-                let mut commands = Vec::with_capacity(records.len());
-                for ((product_code, &requested), record) in units.iter().zip(records) {
-                    let Some(item) = record else {
-                        outcome = ReserveOutcome::Insufficient {
-                            product_code: product_code.clone(),
-                            requested,
-                            available: 0,
-                        };
-                        return Ok(Vec::new());
-                    };
-                    let mut attributes: InventoryAttributes = item.attributes_as()?;
-                    if attributes.reservations.contains_key(order_code) {
-                        // An earlier delivery reserved it (commits are all or nothing).
-                        return Ok(Vec::new());
-                    }
-                    if attributes.available() < requested {
-                        outcome = ReserveOutcome::Insufficient {
-                            product_code: product_code.clone(),
-                            requested,
-                            available: attributes.available(),
-                        };
-                        return Ok(Vec::new());
-                    }
-                    attributes.reserved_quantity += requested;
-                    attributes.reservations.insert(order_code.to_owned(), requested);
-                    commands.push(CommandInput::update_of(item).attributes_from(&attributes)?);
-                }
-                Ok::<_, ShopError>(commands)
-            })
-            .await;
-        match committed {
-            Ok(_) => Ok(outcome),
-            Err(e) => Err(contended_for(order_code, e)),
+        validate::code("order code", order_code)?;
+        if let Some((product_code, n)) = units.iter().find(|(_, n)| **n < 1) {
+            return Err(ShopError::InvalidInput(format!(
+                "units of {product_code} must be at least 1, got {n}"
+            )));
+        }
+        if units.is_empty() {
+            return Ok(ReserveOutcome::Reserved);
+        }
+        let op = Op::Reserve {
+            order_code: order_code.to_owned(),
+            units: units.clone(),
+        };
+        match self.desk.submit(&self.services, op, ctx).await? {
+            Done::Reserve(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
         }
     }
 
-    /// Gives back what `order_code` reserved (nothing if it reserved nothing).
-    pub async fn release(
-        &self,
-        order_code: &str,
-        products: &[String],
-        ctx: &InvocationContext,
-    ) -> ShopResult<()> {
-        self.settle(order_code, products, ctx, |attributes, units| {
-            attributes.reserved_quantity -= units;
-        })
-        .await
+    /// Gives back what `order_code` holds (nothing if it holds nothing:
+    /// never reserved, refused, or released or deducted already).
+    pub async fn release(&self, order_code: &str, ctx: &InvocationContext) -> ShopResult<()> {
+        self.settle(order_code, End::Release, ctx).await
     }
 
-    /// Takes what `order_code` reserved out of stock (it was shipped).
-    pub async fn deduct(
-        &self,
-        order_code: &str,
-        products: &[String],
-        ctx: &InvocationContext,
-    ) -> ShopResult<()> {
-        self.settle(order_code, products, ctx, |attributes, units| {
-            attributes.reserved_quantity -= units;
-            attributes.quantity -= units;
-        })
-        .await
+    /// Takes what `order_code` holds out of stock (it was shipped); nothing
+    /// if it holds nothing.
+    pub async fn deduct(&self, order_code: &str, ctx: &InvocationContext) -> ShopResult<()> {
+        self.settle(order_code, End::Deduct, ctx).await
     }
 
-    /// Ends `order_code`'s reservations with `change`, all or nothing; a
-    /// product without a reservation of the order is left alone, which makes
-    /// a second run a no-op.
-    async fn settle(
-        &self,
-        order_code: &str,
-        products: &[String],
-        ctx: &InvocationContext,
-        change: impl Fn(&mut InventoryAttributes, i64) + Send + Sync,
-    ) -> ShopResult<()> {
-        let keys: Vec<EntityKey> = products.iter().map(|code| Self::key(ctx, code)).collect();
-        self.contended()
-            .commit_with(&keys, ctx, |records: &[Option<DataItem>]| {
-                let mut commands = Vec::new();
-                for item in records.iter().flatten() {
-                    let mut attributes: InventoryAttributes = item.attributes_as()?;
-                    let Some(units) = attributes.reservations.remove(order_code) else {
-                        continue;
-                    };
-                    change(&mut attributes, units);
-                    commands.push(CommandInput::update_of(item).attributes_from(&attributes)?);
-                }
-                Ok::<_, ShopError>(commands)
-            })
-            .await
-            .map(drop)
-            .map_err(|e| contended_for(order_code, e))
+    async fn settle(&self, order_code: &str, end: End, ctx: &InvocationContext) -> ShopResult<()> {
+        validate::code("order code", order_code)?;
+        let op = Op::Settle {
+            order_code: order_code.to_owned(),
+            end,
+        };
+        match self.desk.submit(&self.services, op, ctx).await? {
+            Done::Settled => Ok(()),
+            other => Err(unexpected(other)),
+        }
     }
 }
 
-/// A conflict left after every try is the stock being contended: the
-/// caller (the order handler's pipeline) may retry later.
-fn contended_for(order_code: &str, error: ShopError) -> ShopError {
-    match error {
-        ShopError::Core(e) if e.is_conflict() => {
-            ShopError::Conflict(format!("stock for order {order_code} is contended, retry"))
-        }
-        other => other,
-    }
+/// An answer of the wrong kind: a bug of the desk.
+fn unexpected(done: Done) -> ShopError {
+    ShopError::Core(cqrs_core::Error::invalid(
+        "stock desk",
+        format!("answered {done:?} to another operation"),
+    ))
 }

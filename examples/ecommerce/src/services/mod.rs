@@ -6,8 +6,10 @@ pub mod access;
 mod inventory;
 mod orders;
 mod products;
+mod stock_desk;
 mod validate;
 
 pub use inventory::{InventoryService, ReserveOutcome, SetInventory, MAX_ATTEMPTS, MAX_STOCK};
 pub use orders::{order_indexes, NewOrder, OrderService, Placed, ORDERS_BY_CUSTOMER, ORDERS_BY_STATUS};
 pub use products::{NewProduct, ProductService};
+pub use stock_desk::{DeskStats, StockDesk, DESK_USER, MAX_COMMANDS_PER_COMMIT};
