@@ -669,6 +669,97 @@ async fn release_and_deduct_move_the_counters_and_the_reservation_together_once(
     }
 }
 
+#[tokio::test]
+async fn a_leader_starts_its_next_batch_from_what_it_committed_and_reads_again_after_a_conflict() {
+    // Read 0: the record before the burst; read 1: after another process
+    // reserved 90 units (it conflicts with the second batch).
+    let (data, reads) = stock_and_reservations(
+        |n| {
+            Some(inventory(
+                "PRD-001",
+                100,
+                if n == 0 { 0 } else { 90 },
+                if n == 0 { 3 } else { 5 },
+            ))
+        },
+        |_| None,
+    );
+    let (commands, committed) = committing(|n, cmds| {
+        if n == 1 {
+            Err(conflict_on(&cmds[0]))
+        } else {
+            Ok(())
+        }
+    });
+    let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
+    // 31 orders queued before the leader runs (this runtime has one
+    // thread): a batch of 24 (1 record + 24 reservations fill a commit),
+    // then the other 7.
+    let orders: Vec<String> = (1..=31).map(|n| format!("ORD-{n:06}")).collect();
+    let (ctx, one) = (ctx(), units("PRD-001", 1));
+    let outcomes =
+        futures::future::join_all(orders.iter().map(|order| service.reserve(order, &one, &ctx))).await;
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Ok(ReserveOutcome::Reserved))),
+        "{outcomes:?}"
+    );
+    let committed = committed.lock().unwrap();
+    let records: Vec<(ExpectedVersion, Value, usize)> = committed
+        .iter()
+        .map(|c| (c[0].version, c[0].attributes["reservedQuantity"].clone(), c.len()))
+        .collect();
+    assert_eq!(
+        records,
+        vec![
+            (ExpectedVersion::Exactly(3), json!(24), 25),
+            // From what the first commit left (version 4), without reading.
+            (ExpectedVersion::Exactly(4), json!(31), 8),
+            // Refused: read again, decided again on the other process's 90.
+            (ExpectedVersion::Exactly(5), json!(97), 8),
+        ]
+    );
+    assert_eq!(
+        reads.inventory.load(Ordering::SeqCst),
+        2,
+        "read before the first batch and after the conflict"
+    );
+    assert_eq!(
+        reads.reservations.load(Ordering::SeqCst),
+        7,
+        "after the conflict, the batch's reservations"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_decided_on_what_a_leader_knows_checks_the_records_version() {
+    // 24 units: the first batch takes them all.
+    let (data, reads) = stock_and_reservations(|_| Some(inventory("PRD-001", 24, 0, 3)), |_| None);
+    let (commands, committed) = committing(|_, _| Ok(()));
+    let service = InventoryService::new(services(commands, data, MockSequenceService::new()));
+    let orders: Vec<String> = (1..=31).map(|n| format!("ORD-{n:06}")).collect();
+    let (ctx, one) = (ctx(), units("PRD-001", 1));
+    let outcomes =
+        futures::future::join_all(orders.iter().map(|order| service.reserve(order, &one, &ctx))).await;
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(ReserveOutcome::Insufficient { available: 0, .. })))
+        .count();
+    assert_eq!(refused, 7, "{outcomes:?}");
+    let committed = committed.lock().unwrap();
+    assert_eq!(committed.len(), 2);
+    // The refusals were decided on the record as the first commit left it
+    // (not read again): it rides in their commit unchanged, at that version.
+    let check = &committed[1][0];
+    assert_eq!(check.sk, "INVENTORY#PRD-001");
+    assert_eq!(check.version, ExpectedVersion::Exactly(4));
+    assert_eq!(check.attributes["reservedQuantity"], 24);
+    assert_eq!(committed[1].len(), 8, "the record and 7 refusals");
+    assert!(committed[1][1..]
+        .iter()
+        .all(|c| c.attributes["state"] == "failed"));
+    assert_eq!(reads.inventory.load(Ordering::SeqCst), 1);
+}
+
 // ---- idempotency keys ---------------------------------------------------------
 
 /// A sequence that hands out `ORD-00000n`, counting the calls.

@@ -4,11 +4,12 @@
 //! set — is queued per tenant. The first caller that finds its tenant's
 //! queue idle spawns a leader task; the leader drains the queue in batches
 //! until it is empty, then ends. For each batch it reads the inventory
-//! records the batch touches (once), decides every operation in turn against
-//! the running counters (an order's lines all or nothing), and writes the
-//! accepted ones in one all-or-nothing commit: each inventory record once,
-//! plus one reservation entity per order. Each caller awaits its own
-//! outcome on a oneshot channel.
+//! records the batch touches (once; a record its previous batch committed
+//! is not read again: the commit checks its version), decides every
+//! operation in turn against the running counters (an order's lines all or
+//! nothing), and writes the accepted ones in one all-or-nothing commit: each
+//! inventory record once, plus one reservation entity per order. Each
+//! caller awaits its own outcome on a oneshot channel.
 //!
 //! Within one process there are therefore no version conflicts on a hot
 //! product: N orders cost about N / 24 commits instead of N commits, each
@@ -25,7 +26,7 @@
 //! committed for the dropped caller is found by the retry.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -209,6 +210,7 @@ impl StockDesk {
                 desk: self.clone(),
                 tenant,
                 services: services.clone(),
+                known: Known::default(),
                 finished: false,
             };
             tokio::spawn(leader.run());
@@ -227,15 +229,44 @@ struct Leader {
     desk: StockDesk,
     tenant: String,
     services: Services,
+    /// What its earlier batches read and wrote.
+    known: Known,
     /// Set when the queue was found empty and handed back.
     finished: bool,
+}
+
+/// What a leader knows from its earlier batches: the inventory records as
+/// its last commit left them (or as it read them), and the products found
+/// in the catalogue. A batch starts from them instead of reading them
+/// again; every record it consults is then in its commit at the version
+/// known — changed, or unchanged as a version check — so a record another
+/// process changed meanwhile fails the commit, and the batch is read again
+/// and decided again. A conflict or an error forgets everything.
+#[derive(Default)]
+struct Known {
+    rows: HashMap<String, DataItem>,
+    listed: HashSet<String>,
+}
+
+impl Known {
+    fn forget(&mut self) {
+        self.rows.clear();
+        self.listed.clear();
+    }
 }
 
 impl Leader {
     async fn run(mut self) {
         let mut deferred = Vec::new();
         while let Some(batch) = self.next_batch(std::mem::take(&mut deferred)) {
-            deferred = run_batch(&self.services, &self.tenant, batch, &self.desk.counters).await;
+            deferred = run_batch(
+                &self.services,
+                &self.tenant,
+                batch,
+                &self.desk.counters,
+                &mut self.known,
+            )
+            .await;
         }
     }
 
@@ -290,6 +321,7 @@ async fn run_batch(
     tenant: &str,
     batch: Vec<Queued>,
     counters: &Counters,
+    known: &mut Known,
 ) -> Vec<Queued> {
     let retry = contended();
     let mut attempt = 1;
@@ -299,7 +331,10 @@ async fn run_batch(
     let mut read_all = false;
     let ops: Vec<&Op> = batch.iter().map(|q| &q.op).collect();
     let outcome = loop {
-        let tried = attempt_batch(services, tenant, &batch, &ops, read_all).await;
+        let tried = attempt_batch(services, tenant, &batch, &ops, read_all, known).await;
+        if tried.is_err() {
+            known.forget();
+        }
         match tried {
             Err(ShopError::Core(e)) if e.is_conflict() => {
                 counters.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -449,6 +484,7 @@ async fn attempt_batch(
     batch: &[Queued],
     ops: &[&Op],
     read_all: bool,
+    known: &mut Known,
 ) -> ShopResult<Decided> {
     let pk = tenant_pk(tenant);
     let ctx = commit_context(tenant, batch);
@@ -476,19 +512,48 @@ async fn attempt_batch(
             }
         }
     }
-    let (rows, reservations, listed) = tokio::join!(
-        read_all_of(services, &pk, products.iter().map(|p| inventory_sk(p)), &ctx),
+    // What the leader knows already is not read again (see `Known`).
+    let unknown_products: Vec<&str> = products
+        .iter()
+        .copied()
+        .filter(|p| read_all || !known.rows.contains_key(*p))
+        .collect();
+    let unknown_listing: Vec<&str> = catalogue
+        .iter()
+        .copied()
+        .filter(|p| read_all || !known.listed.contains(*p))
+        .collect();
+    let (rows, reservations, listing) = tokio::join!(
+        read_all_of(
+            services,
+            &pk,
+            unknown_products.iter().map(|p| inventory_sk(p)),
+            &ctx
+        ),
         read_all_of(services, &pk, orders.iter().map(|o| reservation_sk(o)), &ctx),
-        read_all_of(services, &pk, catalogue.iter().map(|p| product_sk(p)), &ctx),
+        read_all_of(services, &pk, unknown_listing.iter().map(|p| product_sk(p)), &ctx),
     );
+    for (product, item) in unknown_listing.iter().zip(listing?) {
+        if item.is_some() {
+            known.listed.insert((*product).to_owned());
+        }
+    }
     let listed: BTreeSet<String> = catalogue
         .iter()
-        .zip(listed?)
-        .filter(|(_, item)| item.is_some())
-        .map(|(p, _)| (*p).to_owned())
+        .filter(|p| known.listed.contains(**p))
+        .map(|p| (*p).to_owned())
         .collect();
-    let mut rows: BTreeMap<String, Option<DataItem>> =
-        products.iter().map(|p| (*p).to_owned()).zip(rows?).collect();
+    // Per product: the record, and whether it is known rather than read.
+    let mut rows: BTreeMap<String, (Option<DataItem>, bool)> = unknown_products
+        .iter()
+        .map(|p| (*p).to_owned())
+        .zip(rows?.into_iter().map(|item| (item, false)))
+        .collect();
+    for product in &products {
+        if let (false, Some(item)) = (rows.contains_key(*product), known.rows.get(*product)) {
+            rows.insert((*product).to_owned(), (Some(item.clone()), true));
+        }
+    }
     let reservations: BTreeMap<String, Option<DataItem>> = orders
         .iter()
         .map(|o| (*o).to_owned())
@@ -503,9 +568,26 @@ async fn attempt_batch(
             }
         }
     }
+    let missing: Vec<String> = missing
+        .into_iter()
+        .filter(|p| {
+            let cached = known.rows.get(p).filter(|_| !read_all).cloned();
+            match cached {
+                Some(item) => {
+                    rows.insert(p.clone(), (Some(item), true));
+                    false
+                }
+                None => true,
+            }
+        })
+        .collect();
     if !missing.is_empty() {
         let read = read_all_of(services, &pk, missing.iter().map(|p| inventory_sk(p)), &ctx).await?;
-        rows.extend(missing.into_iter().zip(read));
+        rows.extend(
+            missing
+                .into_iter()
+                .zip(read.into_iter().map(|item| (item, false))),
+        );
     }
 
     let mut state = Batch::new(&pk, rows, reservations, listed);
@@ -536,14 +618,31 @@ async fn attempt_batch(
         }
     }
     let commands = state.commands()?;
-    let committed = !commands.is_empty();
-    let published = if commands.is_empty() {
+    let published: Vec<(EntityKey, Published<DataItem>)> = if commands.is_empty() {
         Vec::new()
     } else {
         let keys: Vec<EntityKey> = commands.iter().map(CommandInput::key).collect();
         let published = services.commands.commit(commands, &ctx).await?;
         keys.into_iter().zip(published).collect()
     };
+    let committed = published.iter().any(|(_, p)| matches!(p, Published::Written(_)));
+    // What the next batch may start from: the records as committed, or as read.
+    for (product, row) in &state.rows {
+        let committed = published
+            .iter()
+            .find(|(k, _)| *k == row.key)
+            .map(|(_, p)| match p {
+                Published::Written(item) | Published::Unchanged(item) => item.clone(),
+            });
+        match committed.or_else(|| row.read.clone()) {
+            Some(item) => {
+                known.rows.insert(product.clone(), item);
+            }
+            None => {
+                known.rows.remove(product);
+            }
+        }
+    }
     for answer in decided {
         answers.push(match answer {
             None => Err(ShopError::Conflict("deferred".into())),
@@ -639,7 +738,13 @@ struct Row {
     read: Option<DataItem>,
     /// `None`: no record (yet); `Err`: unreadable.
     attributes: Result<Option<InventoryAttributes>, String>,
+    /// Known from an earlier batch, not read by this one.
+    known: bool,
+    /// Changed by an operation of this batch.
     changed: bool,
+    /// In the commit: changed, or known and consulted (then committed
+    /// unchanged, which checks its version).
+    committed: bool,
 }
 
 /// An order's reservation as the batch has it.
@@ -677,18 +782,20 @@ struct Batch {
 impl Batch {
     fn new(
         pk: &str,
-        rows: BTreeMap<String, Option<DataItem>>,
+        rows: BTreeMap<String, (Option<DataItem>, bool)>,
         reservations: BTreeMap<String, Option<DataItem>>,
         listed: BTreeSet<String>,
     ) -> Self {
         let rows = rows
             .into_iter()
-            .map(|(product, read)| {
+            .map(|(product, (read, known))| {
                 let row = Row {
                     key: EntityKey::new(pk, inventory_sk(&product)),
                     attributes: decode(read.as_ref(), || format!("inventory of {product}")),
                     read,
+                    known,
                     changed: false,
+                    committed: false,
                 };
                 (product, row)
             })
@@ -756,7 +863,9 @@ impl Batch {
             key: EntityKey::new(pk.as_str(), inventory_sk(product_code)),
             read: None,
             attributes: Ok(None),
+            known: false,
             changed: false,
+            committed: false,
         })
     }
 
@@ -764,9 +873,30 @@ impl Batch {
     fn put_row(&mut self, product_code: &str, attributes: InventoryAttributes) {
         let row = self.row(product_code);
         row.attributes = Ok(Some(attributes));
-        if !std::mem::replace(&mut row.changed, true) {
+        row.changed = true;
+        if !std::mem::replace(&mut row.committed, true) {
             self.changes += 1;
         }
+    }
+
+    /// Puts a record a decision consulted into the commit, unchanged, when
+    /// it was not read by this batch: its version is then checked.
+    fn check_row(&mut self, product_code: &str) {
+        let row = self.row(product_code);
+        if row.known && !std::mem::replace(&mut row.committed, true) {
+            self.changes += 1;
+        }
+    }
+
+    /// Commands the records of `products` add to the commit: those not in
+    /// it yet that will be changed, or (`check_only`) checked.
+    fn rows_to_add<'a>(&self, products: impl Iterator<Item = &'a String>, check_only: bool) -> usize {
+        products
+            .filter(|p| match self.rows.get(p.as_str()) {
+                Some(row) => !row.committed && (!check_only || row.known),
+                None => !check_only,
+            })
+            .count()
     }
 
     /// Marks `order_code`'s reservation changed with `attributes`.
@@ -784,12 +914,6 @@ impl Batch {
         }
     }
 
-    fn unchanged_rows<'a>(&self, products: impl Iterator<Item = &'a String>) -> usize {
-        products
-            .filter(|p| !self.rows.get(p.as_str()).is_some_and(|r| r.changed))
-            .count()
-    }
-
     fn set(&mut self, product_code: &str, request: &SetInventory) -> Result<Answer, Room> {
         if !self.listed.contains(product_code) {
             return Ok(Answer::Now(Err(ShopError::NotFound(format!(
@@ -797,57 +921,71 @@ impl Batch {
             )))));
         }
         let row = self.row(product_code);
+        let key = row.key.clone();
+        let (known, committed) = (row.known, row.committed);
         let found = row.read.as_ref().map(|item| item.version);
-        if let Some(expected) = request.version {
+        let decided = match &row.attributes {
+            Err(why) => Err(unreadable(why)),
             // The record as the client saw it: at that version, and not
             // changed by an earlier set of this batch.
-            let actual = if row.changed {
-                Some(found.unwrap_or(0) + 1)
-            } else {
-                found
-            };
-            if actual.unwrap_or(0) != expected {
-                return Ok(Answer::Now(Err(ShopError::Core(cqrs_core::Error::Conflict {
-                    key: row.key.id(),
-                    expected: ExpectedVersion::Exactly(expected),
-                    actual,
-                }))));
+            Ok(_)
+                if request.version.is_some_and(|expected| {
+                    let actual = if row.changed {
+                        found.unwrap_or(0) + 1
+                    } else {
+                        found.unwrap_or(0)
+                    };
+                    actual != expected
+                }) =>
+            {
+                Err(ShopError::Core(cqrs_core::Error::Conflict {
+                    key: key.id(),
+                    expected: ExpectedVersion::Exactly(request.version.unwrap_or(0)),
+                    actual: if row.changed {
+                        Some(found.unwrap_or(0) + 1)
+                    } else {
+                        found
+                    },
+                }))
             }
-        }
-        let key = row.key.clone();
-        let current = match &row.attributes {
-            Ok(current) => current.clone(),
-            Err(why) => return Ok(Answer::Now(Err(unreadable(why)))),
-        };
-        let more = usize::from(!row.changed);
-        let now = Utc::now();
-        let attributes = match current {
-            None => InventoryAttributes {
+            Ok(None) => Ok(InventoryAttributes {
                 product_code: product_code.to_owned(),
                 quantity: request.quantity,
                 reserved_quantity: 0,
                 warehouse_code: request.warehouse_code.clone(),
-                last_restocked_at: now,
-            },
-            Some(mut attributes) => {
-                if request.quantity < attributes.reserved_quantity {
-                    return Ok(Answer::Now(Err(ShopError::Conflict(format!(
-                        "quantity {} is below the {} units reserved for open orders",
-                        request.quantity, attributes.reserved_quantity
-                    )))));
-                }
+                last_restocked_at: Utc::now(),
+            }),
+            Ok(Some(current)) if request.quantity < current.reserved_quantity => {
+                Err(ShopError::Conflict(format!(
+                    "quantity {} is below the {} units reserved for open orders",
+                    request.quantity, current.reserved_quantity
+                )))
+            }
+            Ok(Some(current)) => {
+                let mut attributes = current.clone();
                 attributes.quantity = request.quantity;
                 attributes.warehouse_code = request.warehouse_code.clone();
-                attributes.last_restocked_at = now;
-                attributes
+                attributes.last_restocked_at = Utc::now();
+                Ok(attributes)
             }
         };
+        // A refusal decided on a record known from an earlier batch checks
+        // its version in the commit.
+        let more = usize::from(!committed && (decided.is_ok() || known));
         match self.room(more) {
             Room::Yes => {}
             refused => return Err(refused),
         }
-        self.put_row(product_code, attributes);
-        Ok(Answer::Record(key))
+        match decided {
+            Ok(attributes) => {
+                self.put_row(product_code, attributes);
+                Ok(Answer::Record(key))
+            }
+            Err(refusal) => {
+                self.check_row(product_code);
+                Ok(Answer::Now(Err(refusal)))
+            }
+        }
     }
 
     fn reserve(&mut self, order_code: &str, units: &BTreeMap<String, i64>) -> Result<Answer, Room> {
@@ -879,16 +1017,20 @@ impl Batch {
                 counters.push((product_code, attributes));
             }
         }
-        let more = match shortfall {
-            Some(_) => 1,
-            None => 1 + self.unchanged_rows(units.keys()),
-        };
+        // A refusal decided on records known from an earlier batch checks
+        // their versions in the commit.
+        let more = 1 + self.rows_to_add(units.keys(), shortfall.is_some());
         match self.room(more) {
             Room::Yes => {}
             refused => return Err(refused),
         }
         let state = match shortfall {
-            Some(_) => ReservationState::Failed,
+            Some(_) => {
+                for product_code in units.keys() {
+                    self.check_row(product_code);
+                }
+                ReservationState::Failed
+            }
             None => {
                 for (product_code, attributes) in counters {
                     self.put_row(product_code, attributes);
@@ -936,7 +1078,7 @@ impl Batch {
                 Err(why) => return Ok(Answer::Now(Err(unreadable(why)))),
             }
         }
-        let more = usize::from(!held_changed) + self.unchanged_rows(counters.iter().map(|(p, _)| p));
+        let more = usize::from(!held_changed) + self.rows_to_add(counters.iter().map(|(p, _)| p), false);
         match self.room(more) {
             Room::Yes => {}
             refused => return Err(refused),
@@ -957,16 +1099,23 @@ impl Batch {
     fn commands(&self) -> ShopResult<Vec<CommandInput>> {
         let mut commands = Vec::with_capacity(self.changes);
         for (product_code, row) in &self.rows {
-            let (true, Ok(Some(attributes))) = (row.changed, &row.attributes) else {
+            if !row.committed {
                 continue;
-            };
-            let command = match &row.read {
-                Some(item) => CommandInput::update_of(item),
-                None => CommandInput::new(&row.key.pk, &row.key.sk)
+            }
+            let command = match (&row.read, &row.attributes) {
+                // Consulted, not changed: the record as known, which checks
+                // its version and writes nothing.
+                (Some(item), _) if !row.changed => CommandInput::update_of(item),
+                (Some(item), Ok(Some(attributes))) => {
+                    CommandInput::update_of(item).attributes_from(attributes)?
+                }
+                (None, Ok(Some(attributes))) => CommandInput::new(&row.key.pk, &row.key.sk)
                     .name(format!("Inventory {product_code}"))
-                    .version(ExpectedVersion::NEW),
+                    .version(ExpectedVersion::NEW)
+                    .attributes_from(attributes)?,
+                _ => continue,
             };
-            commands.push(command.attributes_from(attributes)?);
+            commands.push(command);
         }
         for (order_code, held) in &self.held {
             let (true, Ok(Some(attributes))) = (held.changed, &held.attributes) else {
