@@ -30,9 +30,10 @@
 //! unit, every later one is still a valid `201` whose reservation the
 //! pipeline then marks `failed`. With `HTTP_BENCH_RESTOCK=1` the generator
 //! first sets PRD-001 to 100,000,000 units so that every reservation
-//! succeeds; every reservation then rewrites the one inventory record, which
-//! remembers each order's units, so that record (and its history) grows
-//! with every order.
+//! succeeds; the reservations then change the one inventory record's
+//! counters (several per commit: the example's stock desk), and each
+//! order's reservation is an entity of its own, so the record stays the
+//! same size however many orders are open.
 //!
 //! Environment (all optional): `HTTP_BENCH_CONNECTIONS` (32),
 //! `HTTP_BENCH_SECS` (10), `HTTP_BENCH_WARMUP_SECS` (2),
