@@ -114,10 +114,16 @@ struct TenantQueue {
     leading: bool,
 }
 
-/// The queue of the stock changes of a process, per tenant (see the
-/// [module](self)). Cheap to clone: clones share the queue. One desk per
-/// engine: the order handler's and the HTTP API's inventory services share
-/// it ([`InventoryService::with_desk`](super::InventoryService::with_desk)),
+/// The queue of the stock changes of a process, per tenant: the first
+/// caller that finds its tenant's queue idle spawns a leader task, which
+/// decides the queued changes in batches on the counters it read, commits
+/// each batch at once (the inventory records plus one reservation entity
+/// per order), answers every caller, and ends when the queue is empty
+/// (`docs/hot-entities.md` in the repository explains the design).
+///
+/// Cheap to clone: clones share the queue. One desk per engine: the order
+/// handler's and the HTTP API's inventory services share it
+/// ([`InventoryService::with_desk`](super::InventoryService::with_desk)),
 /// so that a restock waits for one batch, not for a storm of retries.
 #[derive(Clone, Default)]
 pub struct StockDesk {
