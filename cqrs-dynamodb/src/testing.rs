@@ -151,18 +151,48 @@ impl LocalDynamo {
         let db_path =
             std::env::temp_dir().join(format!("cqrs-dynamodb-local-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&db_path).map_err(|e| Error::backend(e, false))?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| Error::backend(e, false))?
-            .port();
         let mut local = Self {
             dir,
             db_path,
-            port,
+            port: 0,
             child: None,
         };
-        local.spawn().await?;
-        Ok(local)
+        // The port is free when picked and released before Java binds it:
+        // another process (a parallel test's instance) may take it meanwhile,
+        // and answer in our place. Ours then exits, unable to bind: go again
+        // on another port.
+        for _ in 0..5 {
+            local.port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| Error::backend(e, false))?
+                .port();
+            match local.spawn().await {
+                Ok(()) if local.still_running_after(PORT_CHECK).await => return Ok(local),
+                Ok(()) => {}
+                Err(e) if local.child.is_none() => {
+                    tracing::warn!(%e, "DynamoDB Local did not start; another port")
+                }
+                Err(e) => return Err(e),
+            }
+            local.kill();
+        }
+        Err(Error::backend(
+            "DynamoDB Local could not keep a port of its own in 5 tries",
+            false,
+        ))
+    }
+
+    /// Whether the process is still running `within` from now: one that lost
+    /// its port to another process exits within it.
+    async fn still_running_after(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if !matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None))) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
     }
 
     /// The endpoint, `http://127.0.0.1:{port}`.
@@ -285,6 +315,9 @@ impl LocalDynamo {
         }
     }
 }
+
+/// How long a started DynamoDB Local must keep running to hold its port.
+const PORT_CHECK: Duration = Duration::from_millis(1500);
 
 impl Drop for LocalDynamo {
     fn drop(&mut self) {
