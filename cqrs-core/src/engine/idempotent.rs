@@ -139,10 +139,7 @@ impl Engine {
         keyed: Option<&Keyed>,
         ctx: &InvocationContext,
     ) -> Result<Published<CommandRecord>> {
-        let Some(keyed) = keyed.filter(|_| may_be_a_retry(&outcome)) else {
-            return outcome;
-        };
-        match self.held_key(&keyed.key, Some(&keyed.fingerprint), ctx).await? {
+        match self.key_held_after(&outcome, keyed, ctx).await? {
             Some(row) => self.first_command(&row).await.map(Published::Written),
             None => outcome,
         }
@@ -155,12 +152,23 @@ impl Engine {
         keyed: Option<&Keyed>,
         ctx: &InvocationContext,
     ) -> Result<Published<DataItem>> {
-        let Some(keyed) = keyed.filter(|_| may_be_a_retry(&outcome)) else {
-            return outcome;
-        };
-        match self.held_key(&keyed.key, Some(&keyed.fingerprint), ctx).await? {
+        match self.key_held_after(&outcome, keyed, ctx).await? {
             Some(row) => self.first_item(&row).await.map(Published::Written),
             None => outcome,
+        }
+    }
+
+    /// The live row of a keyed publish's key when its outcome may be a
+    /// retry's; read only then, so a first publish costs no read.
+    async fn key_held_after<T>(
+        &self,
+        outcome: &Result<Published<T>>,
+        keyed: Option<&Keyed>,
+        ctx: &InvocationContext,
+    ) -> Result<Option<IdempotencyRecord>> {
+        match keyed.filter(|_| may_be_a_retry(outcome)) {
+            Some(keyed) => self.held_key(&keyed.key, Some(&keyed.fingerprint), ctx).await,
+            None => Ok(None),
         }
     }
 

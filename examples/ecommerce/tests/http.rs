@@ -8,7 +8,6 @@
 //! `CQRS_REQUIRE_DYNAMODB` or `CI` is set.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,8 +28,6 @@ use tokio::task::JoinHandle;
 
 const SECRET: &[u8] = b"test-secret-of-at-least-32-bytes";
 const ROLES: &[&str] = &["staff"];
-const ENDPOINT_VAR: &str = "DYNAMODB_ENDPOINT";
-const REQUIRE_VAR: &str = "CQRS_REQUIRE_DYNAMODB";
 
 // ---- backends ---------------------------------------------------------------
 
@@ -38,32 +35,6 @@ const REQUIRE_VAR: &str = "CQRS_REQUIRE_DYNAMODB";
 enum Backend {
     Memory,
     DynamoDb,
-}
-
-fn dynamodb_endpoint() -> Option<String> {
-    std::env::var(ENDPOINT_VAR).ok().filter(|e| !e.is_empty())
-}
-
-/// The guard of the other DynamoDB tests (cqrs-dynamodb/tests/common): without
-/// an endpoint, skip loudly under plain `cargo test`, fail under
-/// `scripts/test` and in CI.
-fn dynamodb_available() -> bool {
-    if dynamodb_endpoint().is_some() {
-        return true;
-    }
-    let required = std::env::var_os(REQUIRE_VAR).is_some() || std::env::var_os("CI").is_some();
-    assert!(
-        !required,
-        "{ENDPOINT_VAR} is not set, but DynamoDB tests are required here ({REQUIRE_VAR} or CI is set): \
-         run them through ./scripts/test, which starts DynamoDB Local"
-    );
-    // Straight to the process's stderr: the test harness captures eprintln!.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED: {ENDPOINT_VAR} is not set, so this DynamoDB test did not run. \
-         Run ./scripts/test to start DynamoDB Local and run it. ***"
-    );
-    false
 }
 
 /// A fresh, empty shop, and its DynamoDB storage (to drop its tables at the end).
@@ -86,10 +57,11 @@ impl Backend {
                 dynamodb: None,
             }),
             Backend::DynamoDb => {
-                if !dynamodb_available() {
+                if !cqrs_dynamodb::testing::available() {
                     return None;
                 }
-                let endpoint = dynamodb_endpoint().expect("checked by dynamodb_available()");
+                let endpoint = cqrs_dynamodb::testing::endpoint()
+                    .expect("checked by cqrs_dynamodb::testing::available()");
                 let prefix = format!("t-ecom-{test}-{}", uuid::Uuid::new_v4().simple());
                 let storage = Arc::new(cqrs_dynamodb::DynamoDbStorage::new(
                     cqrs_dynamodb::local_client(&endpoint),

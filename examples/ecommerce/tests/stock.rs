@@ -10,7 +10,6 @@
 //! loudly without it (fails when `CQRS_REQUIRE_DYNAMODB` or `CI` is set).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,8 +28,6 @@ use tokio::sync::Barrier;
 
 const TENANT: &str = "shop-a";
 const PRODUCT: &str = "PRD-HOT";
-const ENDPOINT_VAR: &str = "DYNAMODB_ENDPOINT";
-const REQUIRE_VAR: &str = "CQRS_REQUIRE_DYNAMODB";
 
 // ---- backends ---------------------------------------------------------------
 
@@ -38,26 +35,6 @@ const REQUIRE_VAR: &str = "CQRS_REQUIRE_DYNAMODB";
 enum Backend {
     Memory,
     DynamoDb,
-}
-
-fn dynamodb_endpoint() -> Option<String> {
-    std::env::var(ENDPOINT_VAR).ok().filter(|e| !e.is_empty())
-}
-
-fn dynamodb_available() -> bool {
-    if dynamodb_endpoint().is_some() {
-        return true;
-    }
-    let required = std::env::var_os(REQUIRE_VAR).is_some() || std::env::var_os("CI").is_some();
-    assert!(
-        !required,
-        "{ENDPOINT_VAR} is not set, but DynamoDB tests are required here ({REQUIRE_VAR} or CI is set)"
-    );
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED: {ENDPOINT_VAR} is not set, so this DynamoDB test did not run. ***"
-    );
-    false
 }
 
 /// A fresh, empty store and a shop over it.
@@ -72,10 +49,10 @@ impl Backend {
         let (storage, dynamodb): (Arc<dyn Storage>, _) = match self {
             Backend::Memory => (Arc::new(cqrs_memory::InMemory::new()), None),
             Backend::DynamoDb => {
-                if !dynamodb_available() {
+                if !cqrs_dynamodb::testing::available() {
                     return None;
                 }
-                let endpoint = dynamodb_endpoint().expect("checked");
+                let endpoint = cqrs_dynamodb::testing::endpoint().expect("checked");
                 let prefix = format!("t-stock-{test}-{}", uuid::Uuid::new_v4().simple());
                 let storage = Arc::new(cqrs_dynamodb::DynamoDbStorage::new(
                     cqrs_dynamodb::local_client(&endpoint),
