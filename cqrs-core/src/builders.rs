@@ -9,7 +9,7 @@
 //!     .version(3)
 //!     .attributes(json!({ "status": "shipped" }))
 //!     .build();
-//! assert_eq!((item.code.as_str(), item.tenant_code.as_str(), item.csk.as_str()),
+//! assert_eq!((item.code.as_str(), item.tenant_code(), item.csk().as_str()),
 //!            ("ORD-000001", "shop-a", "ORDER#ORD-000001@3"));
 //!
 //! let command = CommandRecord::builder("TENANT#shop-a", "ORDER#ORD-000001")
@@ -29,38 +29,39 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
+use smol_str::SmolStr;
 
+use crate::attributes::Attributes;
 use crate::context::InvocationContext;
 use crate::engine::records::{command_record, data_item};
 use crate::error::Result;
 use crate::handler::DataSyncEvent;
 use crate::keys::tenant_of_pk;
-use crate::model::{to_attributes, CommandInput, CommandRecord, CommandStatus, DataItem};
+use crate::model::{CommandInput, CommandRecord, CommandStatus, DataItem};
 
 /// What both builders share: the command's content and its audit fields.
 #[derive(Debug, Clone)]
 struct Fixture {
     input: CommandInput,
     version: u64,
-    user: String,
+    user: SmolStr,
     at: DateTime<Utc>,
 }
 
 impl Fixture {
-    fn new(pk: String, sk: String) -> Self {
+    fn new(pk: SmolStr, sk: SmolStr) -> Self {
         Self {
             input: CommandInput::new(pk, sk),
             version: 1,
-            user: "user-1".to_owned(),
+            user: SmolStr::new_static("user-1"),
             at: DateTime::UNIX_EPOCH,
         }
     }
 
     fn command(self, status: CommandStatus) -> CommandRecord {
-        let tenant = tenant_of_pk(&self.input.pk).unwrap_or_default().to_owned();
+        let tenant = tenant_of_pk(&self.input.pk).unwrap_or_default();
         let mut ctx = InvocationContext::new(tenant, self.user);
-        ctx.request_id = "fixture".to_owned();
+        ctx.request_id = SmolStr::new_static("fixture");
         command_record(self.input, self.version, status, &ctx, self.at)
     }
 }
@@ -76,32 +77,32 @@ macro_rules! fixture_setters {
             }
 
             /// Sets the attributes (default `{}`).
-            pub fn attributes(mut self, attributes: Value) -> Self {
-                self.fixture.input.attributes = attributes;
+            pub fn attributes(mut self, attributes: impl Into<Attributes>) -> Self {
+                self.fixture.input.attributes = attributes.into();
                 self
             }
 
             /// Sets the attributes from any serializable value.
             pub fn attributes_from<T: Serialize + ?Sized>(mut self, attributes: &T) -> Result<Self> {
-                self.fixture.input.attributes = to_attributes(attributes)?;
+                self.fixture.input.attributes = Attributes::from_serialize(attributes)?;
                 Ok(self)
             }
 
             /// Sets the name (default: the code).
-            pub fn name(mut self, name: impl Into<String>) -> Self {
-                self.fixture.input.name = name.into();
+            pub fn name(mut self, name: impl AsRef<str>) -> Self {
+                self.fixture.input.name = SmolStr::new(name);
                 self
             }
 
             /// Sets the code (default: the sort key after its last `#`).
-            pub fn code(mut self, code: impl Into<String>) -> Self {
-                self.fixture.input.code = code.into();
+            pub fn code(mut self, code: impl AsRef<str>) -> Self {
+                self.fixture.input.code = SmolStr::new(code);
                 self
             }
 
             /// Sets the entity type (default: the sort key before its first `#`).
-            pub fn entity_type(mut self, entity_type: impl Into<String>) -> Self {
-                self.fixture.input.entity_type = entity_type.into();
+            pub fn entity_type(mut self, entity_type: impl AsRef<str>) -> Self {
+                self.fixture.input.entity_type = SmolStr::new(entity_type);
                 self
             }
 
@@ -112,8 +113,8 @@ macro_rules! fixture_setters {
             }
 
             /// Sets who published it (default `user-1`).
-            pub fn user(mut self, user: impl Into<String>) -> Self {
-                self.fixture.user = user.into();
+            pub fn user(mut self, user: impl AsRef<str>) -> Self {
+                self.fixture.user = SmolStr::new(user);
                 self
             }
 
@@ -169,9 +170,9 @@ impl CommandRecordBuilder {
 impl DataItem {
     /// A builder of an item at `pk`/`sk`, version 1, empty attributes: for
     /// tests (a mock's return value).
-    pub fn builder(pk: impl Into<String>, sk: impl Into<String>) -> DataItemBuilder {
+    pub fn builder(pk: impl AsRef<str>, sk: impl AsRef<str>) -> DataItemBuilder {
         DataItemBuilder {
-            fixture: Fixture::new(pk.into(), sk.into()),
+            fixture: Fixture::new(SmolStr::new(pk), SmolStr::new(sk)),
         }
     }
 }
@@ -179,9 +180,9 @@ impl DataItem {
 impl CommandRecord {
     /// A builder of a stored command at `pk`/`sk`, version 1, status
     /// `finished`: for tests.
-    pub fn builder(pk: impl Into<String>, sk: impl Into<String>) -> CommandRecordBuilder {
+    pub fn builder(pk: impl AsRef<str>, sk: impl AsRef<str>) -> CommandRecordBuilder {
         CommandRecordBuilder {
-            fixture: Fixture::new(pk.into(), sk.into()),
+            fixture: Fixture::new(SmolStr::new(pk), SmolStr::new(sk)),
             status: CommandStatus::Finished,
         }
     }
@@ -192,27 +193,8 @@ impl DataSyncEvent {
     /// when `old` is `None`): for testing a handler. The command is `new`'s
     /// content at `new`'s version; the context is its publisher's.
     pub fn of(old: Option<DataItem>, new: DataItem) -> DataSyncEvent {
-        let command = CommandRecord {
-            pk: new.pk.clone(),
-            sk: new.sk.clone(),
-            id: new.id.clone(),
-            code: new.code.clone(),
-            name: new.name.clone(),
-            version: new.version,
-            tenant_code: new.tenant_code.clone(),
-            entity_type: new.entity_type.clone(),
-            attributes: new.attributes.clone(),
-            is_deleted: new.is_deleted,
-            ttl: new.ttl,
-            seq: new.seq,
-            status: CommandStatus::Applied,
-            source: None,
-            request_id: new.request_id.clone(),
-            created_at: new.updated_at,
-            created_by: new.updated_by.clone(),
-            created_ip: new.updated_ip.clone(),
-        };
-        let mut context = InvocationContext::new(new.tenant_code.clone(), new.updated_by.clone());
+        let command = new.command(CommandStatus::Applied, None);
+        let mut context = InvocationContext::new(new.tenant_code(), new.updated_by.clone());
         context.request_id = new.request_id.clone();
         DataSyncEvent {
             command,

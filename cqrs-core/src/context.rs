@@ -2,6 +2,7 @@
 //! enforces isolation between tenants.
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::error::{Error, Result};
 use crate::keys::tenant_of_pk;
@@ -24,27 +25,27 @@ use crate::keys::tenant_of_pk;
 #[non_exhaustive]
 pub struct InvocationContext {
     /// The caller's tenant.
-    pub tenant_code: String,
+    pub tenant_code: SmolStr,
     /// The caller's user id (`sub` of a JWT).
-    pub user_id: String,
+    pub user_id: SmolStr,
     /// The caller's roles in its tenant.
     pub roles: Vec<String>,
     /// Id of the request, recorded on every command it publishes.
-    pub request_id: String,
+    pub request_id: SmolStr,
     /// The caller's IP address, if known.
-    pub source_ip: Option<String>,
+    pub source_ip: Option<SmolStr>,
     /// What produced the request (e.g. `POST /orders`), recorded on commands.
-    pub source: Option<String>,
+    pub source: Option<SmolStr>,
 }
 
 impl InvocationContext {
     /// A context for `user_id` in `tenant_code`, with a fresh request id.
-    pub fn new(tenant_code: impl Into<String>, user_id: impl Into<String>) -> Self {
+    pub fn new(tenant_code: impl AsRef<str>, user_id: impl AsRef<str>) -> Self {
         Self {
-            tenant_code: tenant_code.into(),
-            user_id: user_id.into(),
+            tenant_code: SmolStr::new(tenant_code),
+            user_id: SmolStr::new(user_id),
             roles: Vec::new(),
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: SmolStr::new(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer())),
             source_ip: None,
             source: None,
         }
@@ -61,20 +62,20 @@ impl InvocationContext {
     }
 
     /// Sets the request id.
-    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
-        self.request_id = request_id.into();
+    pub fn with_request_id(mut self, request_id: impl AsRef<str>) -> Self {
+        self.request_id = SmolStr::new(request_id);
         self
     }
 
     /// Sets the source IP address.
-    pub fn with_source_ip(mut self, ip: impl Into<String>) -> Self {
-        self.source_ip = Some(ip.into());
+    pub fn with_source_ip(mut self, ip: impl AsRef<str>) -> Self {
+        self.source_ip = Some(SmolStr::new(ip));
         self
     }
 
     /// Sets the source (what produced the request).
-    pub fn with_source(mut self, source: impl Into<String>) -> Self {
-        self.source = Some(source.into());
+    pub fn with_source(mut self, source: impl AsRef<str>) -> Self {
+        self.source = Some(SmolStr::new(source));
         self
     }
 
@@ -124,7 +125,7 @@ impl TenancyPolicy {
             Ok(())
         } else {
             Err(Error::TenantViolation {
-                caller_tenant: ctx.tenant_code.clone(),
+                caller_tenant: ctx.tenant_code.to_string(),
                 key_tenant: key_tenant.to_owned(),
             })
         }

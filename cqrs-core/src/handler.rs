@@ -62,7 +62,7 @@ impl DataSyncEvent {
     /// A key unique to this command (`pk#sk@version`), the same on every
     /// delivery: store it with a side effect to make a handler idempotent.
     pub fn idempotency_key(&self) -> String {
-        format!("{}@{}", self.command.id, self.command.version)
+        format!("{}@{}", self.command.id(), self.command.version)
     }
 }
 

@@ -8,6 +8,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::error::{Error, Result};
 
@@ -61,17 +62,17 @@ pub fn parse_command_sk(command_sk: &str) -> Option<(&str, u64)> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct EntityKey {
     /// Partition key, e.g. `TENANT#shop-a`.
-    pub pk: String,
+    pub pk: SmolStr,
     /// Sort key, e.g. `ORDER#ORD-000001`.
-    pub sk: String,
+    pub sk: SmolStr,
 }
 
 impl EntityKey {
     /// Builds a key from its parts.
-    pub fn new(pk: impl Into<String>, sk: impl Into<String>) -> Self {
+    pub fn new(pk: impl AsRef<str>, sk: impl AsRef<str>) -> Self {
         Self {
-            pk: pk.into(),
-            sk: sk.into(),
+            pk: SmolStr::new(pk),
+            sk: SmolStr::new(sk),
         }
     }
 

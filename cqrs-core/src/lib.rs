@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod attributes;
 mod builders;
 mod context;
 mod engine;
@@ -23,6 +24,7 @@ mod update;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use attributes::Attributes;
 pub use builders::{CommandRecordBuilder, DataItemBuilder};
 pub use context::{InvocationContext, TenancyPolicy};
 pub use engine::{
@@ -55,3 +57,6 @@ pub use services::{CommandService, DataService, DataServiceExt, SequenceService,
 pub use services::{MockCommandService, MockDataService, MockSequenceService};
 pub use storage::{ApplyWrite, CommandWrite, RangePage, RangeQuery, Storage, StorageLimits};
 pub use update::Update;
+/// The string type of keys and short row fields: inline up to 23 bytes,
+/// shared beyond, so copies never allocate.
+pub use smol_str::SmolStr;

@@ -5,12 +5,15 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
+use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
+use smol_str::SmolStr;
 
+use crate::attributes::Attributes;
 use crate::error::{Error, Result};
 use crate::idempotency::IdempotencyKey;
-use crate::keys::{EntityKey, KEY_SEPARATOR};
+use crate::keys::{tenant_of_pk, EntityKey, KEY_SEPARATOR, VERSION_SEPARATOR};
 
 /// The version a command expects its entity to be at.
 ///
@@ -89,9 +92,9 @@ impl<'de> Deserialize<'de> for ExpectedVersion {
 #[serde(rename_all = "camelCase")]
 pub struct CommandInput {
     /// Partition key, `{TYPE}#{tenant}`.
-    pub pk: String,
+    pub pk: SmolStr,
     /// Sort key, without version.
-    pub sk: String,
+    pub sk: SmolStr,
     /// Entity id; when given it must be `pk#sk` (it is always stored as such).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -99,18 +102,18 @@ pub struct CommandInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_code: Option<String>,
     /// Business code of the entity.
-    pub code: String,
+    pub code: SmolStr,
     /// Display name.
-    pub name: String,
+    pub name: SmolStr,
     /// The version the entity is expected to be at.
     #[serde(default)]
     pub version: ExpectedVersion,
     /// Entity type.
     #[serde(rename = "type")]
-    pub entity_type: String,
+    pub entity_type: SmolStr,
     /// The entity's attributes.
     #[serde(default)]
-    pub attributes: Value,
+    pub attributes: Attributes,
     /// Soft-delete flag.
     #[serde(default)]
     pub is_deleted: bool,
@@ -128,11 +131,11 @@ pub struct CommandInput {
 
 impl CommandInput {
     /// A command creating (version 0) the entity at `pk`/`sk` with empty attributes.
-    pub fn new(pk: impl Into<String>, sk: impl Into<String>) -> Self {
-        let pk = pk.into();
-        let sk = sk.into();
-        let code = sk.rsplit(KEY_SEPARATOR).next().unwrap_or_default().to_owned();
-        let entity_type = sk.split(KEY_SEPARATOR).next().unwrap_or_default().to_owned();
+    pub fn new(pk: impl AsRef<str>, sk: impl AsRef<str>) -> Self {
+        let pk = SmolStr::new(pk);
+        let sk = SmolStr::new(sk);
+        let code = SmolStr::new(sk.rsplit(KEY_SEPARATOR).next().unwrap_or_default());
+        let entity_type = SmolStr::new(sk.split(KEY_SEPARATOR).next().unwrap_or_default());
         Self {
             pk,
             id: None,
@@ -142,7 +145,7 @@ impl CommandInput {
             sk,
             version: ExpectedVersion::NEW,
             entity_type,
-            attributes: Value::Object(Default::default()),
+            attributes: Attributes::new(),
             is_deleted: false,
             ttl: None,
             seq: None,
@@ -182,20 +185,20 @@ impl CommandInput {
     }
 
     /// Sets the code.
-    pub fn code(mut self, code: impl Into<String>) -> Self {
-        self.code = code.into();
+    pub fn code(mut self, code: impl AsRef<str>) -> Self {
+        self.code = SmolStr::new(code);
         self
     }
 
     /// Sets the name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+    pub fn name(mut self, name: impl AsRef<str>) -> Self {
+        self.name = SmolStr::new(name);
         self
     }
 
     /// Sets the entity type.
-    pub fn entity_type(mut self, entity_type: impl Into<String>) -> Self {
-        self.entity_type = entity_type.into();
+    pub fn entity_type(mut self, entity_type: impl AsRef<str>) -> Self {
+        self.entity_type = SmolStr::new(entity_type);
         self
     }
 
@@ -205,15 +208,15 @@ impl CommandInput {
         self
     }
 
-    /// Sets the attributes from a JSON value.
-    pub fn attributes(mut self, attributes: Value) -> Self {
-        self.attributes = attributes;
+    /// Sets the attributes from a JSON value (or the [`Attributes`] of an item).
+    pub fn attributes(mut self, attributes: impl Into<Attributes>) -> Self {
+        self.attributes = attributes.into();
         self
     }
 
     /// Sets the attributes from any serializable value.
     pub fn attributes_from<T: Serialize + ?Sized>(mut self, attributes: &T) -> Result<Self> {
-        self.attributes = to_attributes(attributes)?;
+        self.attributes = Attributes::from_serialize(attributes)?;
         Ok(self)
     }
 
@@ -251,9 +254,9 @@ impl CommandInput {
 #[serde(rename_all = "camelCase")]
 pub struct PartialUpdate {
     /// Partition key.
-    pub pk: String,
+    pub pk: SmolStr,
     /// Sort key.
-    pub sk: String,
+    pub sk: SmolStr,
     /// The version the entity is expected to be at.
     pub version: ExpectedVersion,
     /// Merge patch applied to the current attributes.
@@ -261,7 +264,7 @@ pub struct PartialUpdate {
     pub attributes: Value,
     /// New name, if it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<SmolStr>,
     /// New soft-delete flag, if it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_deleted: Option<bool>,
@@ -272,10 +275,10 @@ pub struct PartialUpdate {
 
 impl PartialUpdate {
     /// An update of the entity at `pk`/`sk` expected at `version`, changing nothing yet.
-    pub fn new(pk: impl Into<String>, sk: impl Into<String>, version: ExpectedVersion) -> Self {
+    pub fn new(pk: impl AsRef<str>, sk: impl AsRef<str>, version: ExpectedVersion) -> Self {
         Self {
-            pk: pk.into(),
-            sk: sk.into(),
+            pk: SmolStr::new(pk),
+            sk: SmolStr::new(sk),
             version,
             attributes: Value::Object(Default::default()),
             name: None,
@@ -308,8 +311,8 @@ impl PartialUpdate {
     }
 
     /// Sets a new name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
+    pub fn name(mut self, name: impl AsRef<str>) -> Self {
+        self.name = Some(SmolStr::new(name));
         self
     }
 
@@ -336,56 +339,66 @@ pub enum CommandStatus {
 }
 
 /// A stored command: one per version of an entity, stored at `{sk}@{version}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Serialized with the fields the reference framework stores, including
+/// the derived `id` (`pk#sk`) and `tenantCode` (the pk's tenant); they are
+/// computed, not stored, here.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandRecord {
     /// Partition key.
-    pub pk: String,
+    pub pk: SmolStr,
     /// Sort key of the entity, without version (the row's key is [`CommandRecord::command_sk`]).
-    pub sk: String,
-    /// Entity id, `pk#sk`.
-    pub id: String,
+    pub sk: SmolStr,
     /// Business code.
-    pub code: String,
+    pub code: SmolStr,
     /// Display name.
-    pub name: String,
+    pub name: SmolStr,
     /// The version this command produces.
     pub version: u64,
-    /// Tenant of the entity.
-    pub tenant_code: String,
     /// Entity type.
     #[serde(rename = "type")]
-    pub entity_type: String,
+    pub entity_type: SmolStr,
     /// Attributes.
-    pub attributes: Value,
+    pub attributes: Attributes,
     /// Soft-delete flag.
     pub is_deleted: bool,
     /// Expiry of the data item (seconds since the Unix epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ttl: Option<i64>,
     /// Sequence number of the entity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub seq: Option<u64>,
     /// Pipeline status.
     pub status: CommandStatus,
     /// What produced the command (from the invocation context).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    #[serde(default)]
+    pub source: Option<SmolStr>,
     /// Request that published the command.
-    pub request_id: String,
+    pub request_id: SmolStr,
     /// When the command was published.
     pub created_at: DateTime<Utc>,
     /// Who published it.
-    pub created_by: String,
+    pub created_by: SmolStr,
     /// From which address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created_ip: Option<String>,
+    #[serde(default)]
+    pub created_ip: Option<SmolStr>,
 }
 
 impl CommandRecord {
     /// The entity's key.
     pub fn key(&self) -> EntityKey {
         EntityKey::new(self.pk.clone(), self.sk.clone())
+    }
+
+    /// Entity id, `pk#sk`.
+    pub fn id(&self) -> String {
+        entity_id(&self.pk, &self.sk)
+    }
+
+    /// Tenant of the entity: the pk's.
+    pub fn tenant_code(&self) -> &str {
+        tenant_of_pk(&self.pk).unwrap_or_default()
     }
 
     /// The sort key of this command's row: `{sk}@{version}`.
@@ -395,69 +408,179 @@ impl CommandRecord {
 
     /// Deserializes the attributes.
     pub fn attributes_as<T: DeserializeOwned>(&self) -> Result<T> {
-        from_attributes(&self.attributes)
+        self.attributes.deserialize()
     }
+}
+
+impl Serialize for CommandRecord {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut row = serializer.serialize_struct("CommandRecord", 17)?;
+        row.serialize_field("pk", &self.pk)?;
+        row.serialize_field("sk", &self.sk)?;
+        row.serialize_field("id", &Joined(&self.pk, KEY_SEPARATOR, &self.sk))?;
+        row.serialize_field("code", &self.code)?;
+        row.serialize_field("name", &self.name)?;
+        row.serialize_field("version", &self.version)?;
+        row.serialize_field("tenantCode", self.tenant_code())?;
+        row.serialize_field("type", &self.entity_type)?;
+        row.serialize_field("attributes", &self.attributes)?;
+        row.serialize_field("isDeleted", &self.is_deleted)?;
+        optional_field(&mut row, "ttl", &self.ttl)?;
+        optional_field(&mut row, "seq", &self.seq)?;
+        row.serialize_field("status", &self.status)?;
+        optional_field(&mut row, "source", &self.source)?;
+        row.serialize_field("requestId", &self.request_id)?;
+        row.serialize_field("createdAt", &self.created_at)?;
+        row.serialize_field("createdBy", &self.created_by)?;
+        optional_field(&mut row, "createdIp", &self.created_ip)?;
+        row.end()
+    }
+}
+
+/// Writes `name` when `value` is set, skips it otherwise.
+fn optional_field<S: SerializeStruct, T: Serialize>(
+    row: &mut S,
+    name: &'static str,
+    value: &Option<T>,
+) -> std::result::Result<(), S::Error> {
+    match value {
+        Some(value) => row.serialize_field(name, value),
+        None => row.skip_field(name),
+    }
+}
+
+/// `{a}{separator}{b}`, serialized without building the string first.
+struct Joined<'a>(&'a str, char, &'a str);
+
+impl fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}{}", self.0, self.1, self.2)
+    }
+}
+
+impl Serialize for Joined<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// `{sk}@{version}`, serialized without building the string first.
+struct VersionedSk<'a>(&'a str, u64);
+
+impl Serialize for VersionedSk<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{}{VERSION_SEPARATOR}{}", self.0, self.1))
+    }
+}
+
+fn entity_id(pk: &str, sk: &str) -> String {
+    let mut id = String::with_capacity(pk.len() + 1 + sk.len());
+    id.push_str(pk);
+    id.push(KEY_SEPARATOR);
+    id.push_str(sk);
+    id
 }
 
 /// An entity in the data (read) table: the state of its latest applied version.
 ///
 /// History rows have the same shape: the snapshot of a superseded version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Copies are cheap: the strings are short or shared, and the attributes
+/// are shared (see [`Attributes`]).
+///
+/// Serialized with the fields the reference framework stores, including the
+/// derived `id`, `tenantCode`, `cpk` and `csk`; they are computed, not
+/// stored, here.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DataItem {
     /// Partition key.
-    pub pk: String,
+    pub pk: SmolStr,
     /// Sort key (bare, without version).
-    pub sk: String,
-    /// Entity id, `pk#sk`.
-    pub id: String,
+    pub sk: SmolStr,
     /// Business code.
-    pub code: String,
+    pub code: SmolStr,
     /// Display name.
-    pub name: String,
+    pub name: SmolStr,
     /// Current version (1 after creation).
     pub version: u64,
-    /// Tenant of the entity.
-    pub tenant_code: String,
     /// Entity type.
     #[serde(rename = "type")]
-    pub entity_type: String,
+    pub entity_type: SmolStr,
     /// Attributes.
-    pub attributes: Value,
+    pub attributes: Attributes,
     /// Soft-delete flag.
     pub is_deleted: bool,
     /// Expiry (seconds since the Unix epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ttl: Option<i64>,
     /// Sequence number of the entity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub seq: Option<u64>,
-    /// Partition key of the command that produced this version.
-    pub cpk: String,
-    /// Sort key of the command that produced this version (`{sk}@{version}`).
-    pub csk: String,
     /// Request that produced this version.
-    pub request_id: String,
+    pub request_id: SmolStr,
     /// When the entity was created (version 1).
     pub created_at: DateTime<Utc>,
     /// Who created it.
-    pub created_by: String,
+    pub created_by: SmolStr,
     /// From which address it was created.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created_ip: Option<String>,
+    #[serde(default)]
+    pub created_ip: Option<SmolStr>,
     /// When this version was published.
     pub updated_at: DateTime<Utc>,
     /// Who published this version.
-    pub updated_by: String,
+    pub updated_by: SmolStr,
     /// From which address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub updated_ip: Option<String>,
+    #[serde(default)]
+    pub updated_ip: Option<SmolStr>,
 }
 
 impl DataItem {
     /// The entity's key.
     pub fn key(&self) -> EntityKey {
         EntityKey::new(self.pk.clone(), self.sk.clone())
+    }
+
+    /// Entity id, `pk#sk`.
+    pub fn id(&self) -> String {
+        entity_id(&self.pk, &self.sk)
+    }
+
+    /// Tenant of the entity: the pk's.
+    pub fn tenant_code(&self) -> &str {
+        tenant_of_pk(&self.pk).unwrap_or_default()
+    }
+
+    /// Partition key of the command that produced this version (the pk).
+    pub fn cpk(&self) -> &str {
+        &self.pk
+    }
+
+    /// Sort key of the command that produced this version: `{sk}@{version}`.
+    pub fn csk(&self) -> String {
+        crate::keys::command_sk(&self.sk, self.version)
+    }
+
+    /// The command that produced this version, with `status` and `source`
+    /// (the only fields of a command row its data row does not have).
+    pub fn command(&self, status: CommandStatus, source: Option<SmolStr>) -> CommandRecord {
+        CommandRecord {
+            pk: self.pk.clone(),
+            sk: self.sk.clone(),
+            code: self.code.clone(),
+            name: self.name.clone(),
+            version: self.version,
+            entity_type: self.entity_type.clone(),
+            attributes: self.attributes.clone(),
+            is_deleted: self.is_deleted,
+            ttl: self.ttl,
+            seq: self.seq,
+            status,
+            source,
+            request_id: self.request_id.clone(),
+            created_at: self.updated_at,
+            created_by: self.updated_by.clone(),
+            created_ip: self.updated_ip.clone(),
+        }
     }
 
     /// Deserializes the attributes.
@@ -471,7 +594,7 @@ impl DataItem {
     /// # Ok(()) }
     /// ```
     pub fn attributes_as<T: DeserializeOwned>(&self) -> Result<T> {
-        from_attributes(&self.attributes)
+        self.attributes.deserialize()
     }
 
     /// The value at a dotted path of the item as it is serialized:
@@ -482,7 +605,7 @@ impl DataItem {
             None => (path, None),
         };
         if head == "attributes" {
-            let mut value = &self.attributes;
+            let mut value = self.attributes.as_value();
             for part in rest.into_iter().flat_map(|r| r.split('.')) {
                 value = match value {
                     Value::Object(map) => map.get(part)?,
@@ -498,11 +621,11 @@ impl DataItem {
         Some(match head {
             "pk" => Value::from(self.pk.as_str()),
             "sk" => Value::from(self.sk.as_str()),
-            "id" => Value::from(self.id.as_str()),
+            "id" => Value::from(self.id()),
             "code" => Value::from(self.code.as_str()),
             "name" => Value::from(self.name.as_str()),
             "version" => Value::from(self.version),
-            "tenantCode" => Value::from(self.tenant_code.as_str()),
+            "tenantCode" => Value::from(self.tenant_code()),
             "type" => Value::from(self.entity_type.as_str()),
             "isDeleted" => Value::from(self.is_deleted),
             "seq" => Value::from(self.seq?),
@@ -511,6 +634,34 @@ impl DataItem {
             "updatedBy" => Value::from(self.updated_by.as_str()),
             _ => return None,
         })
+    }
+}
+
+impl Serialize for DataItem {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut row = serializer.serialize_struct("DataItem", 21)?;
+        row.serialize_field("pk", &self.pk)?;
+        row.serialize_field("sk", &self.sk)?;
+        row.serialize_field("id", &Joined(&self.pk, KEY_SEPARATOR, &self.sk))?;
+        row.serialize_field("code", &self.code)?;
+        row.serialize_field("name", &self.name)?;
+        row.serialize_field("version", &self.version)?;
+        row.serialize_field("tenantCode", self.tenant_code())?;
+        row.serialize_field("type", &self.entity_type)?;
+        row.serialize_field("attributes", &self.attributes)?;
+        row.serialize_field("isDeleted", &self.is_deleted)?;
+        optional_field(&mut row, "ttl", &self.ttl)?;
+        optional_field(&mut row, "seq", &self.seq)?;
+        row.serialize_field("cpk", &self.pk)?;
+        row.serialize_field("csk", &VersionedSk(&self.sk, self.version))?;
+        row.serialize_field("requestId", &self.request_id)?;
+        row.serialize_field("createdAt", &self.created_at)?;
+        row.serialize_field("createdBy", &self.created_by)?;
+        optional_field(&mut row, "createdIp", &self.created_ip)?;
+        row.serialize_field("updatedAt", &self.updated_at)?;
+        row.serialize_field("updatedBy", &self.updated_by)?;
+        optional_field(&mut row, "updatedIp", &self.updated_ip)?;
+        row.end()
     }
 }
 
@@ -600,10 +751,6 @@ impl Published<DataItem> {
 
 pub(crate) fn to_attributes<T: Serialize + ?Sized>(value: &T) -> Result<Value> {
     serde_json::to_value(value).map_err(|e| Error::invalid("attributes", e.to_string()))
-}
-
-pub(crate) fn from_attributes<T: DeserializeOwned>(value: &Value) -> Result<T> {
-    T::deserialize(value).map_err(|e| Error::invalid("attributes", e.to_string()))
 }
 
 #[cfg(test)]

@@ -22,68 +22,113 @@ pub const MIN_NUMBER_MAGNITUDE: f64 = 1e-130;
 /// and fails with [`Error::InvalidInput`] on a number outside DynamoDB's
 /// range, naming where it is (`attributes.items[2].price`).
 pub(crate) fn normalize_numbers(value: &mut Value) -> Result<()> {
-    normalize_at(value, &mut String::from("attributes"))
+    if normalize_at(value).is_ok() {
+        return Ok(());
+    }
+    // Only now is the place of the bad number worth writing out.
+    Err(find_out_of_range(value, &mut String::from("attributes"))
+        .unwrap_or_else(|| Error::invalid("attributes", "a number is out of range")))
 }
 
-fn normalize_at(value: &mut Value, path: &mut String) -> Result<()> {
+/// A number out of range, found.
+struct OutOfRange;
+
+fn normalize_at(value: &mut Value) -> std::result::Result<(), OutOfRange> {
     match value {
-        Value::Number(number) => {
-            if let Some(normal) = normalized(number, path)? {
-                *number = normal;
+        Value::Number(number) if number.is_f64() => {
+            let float = number.as_f64().unwrap_or(f64::NAN);
+            if !in_range(float) {
+                return Err(OutOfRange);
+            }
+            if let Some(integer) = integral(number) {
+                *number = integer.into();
             }
             Ok(())
         }
-        Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                normalize_at(item, path)?;
-                path.truncate(len);
-            }
-            Ok(())
-        }
-        Value::Object(map) => {
-            for (key, item) in map.iter_mut() {
-                let len = path.len();
-                path.push('.');
-                path.push_str(key);
-                normalize_at(item, path)?;
-                path.truncate(len);
-            }
-            Ok(())
-        }
+        Value::Array(items) => items.iter_mut().try_for_each(normalize_at),
+        Value::Object(map) => map.values_mut().try_for_each(normalize_at),
         _ => Ok(()),
     }
 }
 
-/// The normal form of a float, `None` when it already is (integers are).
-fn normalized(number: &Number, path: &str) -> Result<Option<Number>> {
-    let Some(float) = number.as_f64().filter(|_| number.is_f64()) else {
-        return Ok(None);
-    };
+fn find_out_of_range(value: &Value, path: &mut String) -> Option<Error> {
+    match value {
+        Value::Number(number) => {
+            let float = number.as_f64().filter(|_| number.is_f64())?;
+            (!in_range(float)).then(|| {
+                Error::invalid(
+                    path.as_str(),
+                    format!(
+                        "{float} is outside the range a number can have (0, or a magnitude from {MIN_NUMBER_MAGNITUDE:e} to below {MAX_NUMBER_MAGNITUDE:e})"
+                    ),
+                )
+            })
+        }
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let found = find_out_of_range(item, path);
+            path.truncate(len);
+            found
+        }),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            let len = path.len();
+            path.push('.');
+            path.push_str(key);
+            let found = find_out_of_range(item, path);
+            path.truncate(len);
+            found
+        }),
+        _ => None,
+    }
+}
+
+fn in_range(float: f64) -> bool {
     let magnitude = float.abs();
-    if !float.is_finite()
-        || (magnitude != 0.0 && !(MIN_NUMBER_MAGNITUDE..=MAX_NUMBER_MAGNITUDE).contains(&magnitude))
-    {
-        return Err(Error::invalid(
-            path,
-            format!(
-                "{float} is outside the range a number can have (0, or a magnitude from {MIN_NUMBER_MAGNITUDE:e} to below {MAX_NUMBER_MAGNITUDE:e})"
-            ),
-        ));
+    float.is_finite() && (magnitude == 0.0 || (MIN_NUMBER_MAGNITUDE..=MAX_NUMBER_MAGNITUDE).contains(&magnitude))
+}
+
+/// An integer a float normalizes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Integral {
+    Unsigned(u64),
+    Signed(i64),
+}
+
+impl From<Integral> for Number {
+    fn from(integral: Integral) -> Self {
+        match integral {
+            Integral::Unsigned(n) => n.into(),
+            Integral::Signed(n) => n.into(),
+        }
     }
-    if float.fract() != 0.0 {
-        return Ok(None);
+}
+
+/// The integer DynamoDB gives a float back as: `None` for an integer, a
+/// float with a fraction, or one no integer type holds.
+pub(crate) fn integral(number: &Number) -> Option<Integral> {
+    let float = number.as_f64().filter(|_| number.is_f64())?;
+    if !float.is_finite() || float.fract() != 0.0 {
+        return None;
     }
-    // The decimal DynamoDB keeps is the float's shortest form written out
-    // (`1e19` is 10000000000000000000); it reads back as an integer when
-    // an integer type holds it, and as a float otherwise.
+    // Below 2^53 every float with no fraction is an integer written the
+    // same way; the shortest form of a larger one may differ from its
+    // exact value (2^60 is written 1152921504606847000), and that decimal
+    // is what DynamoDB keeps.
+    const EXACT: f64 = (1u64 << 53) as f64;
+    if float.abs() < EXACT {
+        let integer = float as i64;
+        return Some(match u64::try_from(integer) {
+            Ok(unsigned) => Integral::Unsigned(unsigned),
+            Err(_) => Integral::Signed(integer),
+        });
+    }
     let decimal = format!("{float}");
-    let integer = decimal
+    decimal
         .parse::<u64>()
-        .map(Number::from)
-        .or_else(|_| decimal.parse::<i64>().map(Number::from));
-    Ok(integer.ok())
+        .map(Integral::Unsigned)
+        .or_else(|_| decimal.parse::<i64>().map(Integral::Signed))
+        .ok()
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 use cqrs_core::{
     ApplyWrite, CommandRecord, CommandStatus, CommandWrite, DataItem, EntityKey, Error, ExpectedVersion,
-    FailedCommand, IdempotencyRecord, IndexEntry, RangePage, RangeQuery, Result, SortOrder, Storage,
-    StorageLimits,
+    FailedCommand, IdempotencyRecord, IndexEntry, RangePage, RangeQuery, Result, SmolStr, SortOrder,
+    Storage, StorageLimits,
 };
 use versions::Versions;
 
@@ -25,11 +25,13 @@ use versions::Versions;
 /// Same conditions, same errors and the same limits as the DynamoDB backend
 /// (by default DynamoDB's: 100 rows per transaction, 400 KB per item), so code
 /// tested against it behaves the same in production. Every write is atomic
-/// under one lock; reads return copies.
+/// under one lock.
 ///
-/// Rows are kept behind `Arc`s, so that the lock is held only to look rows
-/// up and to link them in: copying a row out for a read, building the rows
-/// of a write and freeing replaced rows happen outside it.
+/// Rows are kept compact: each entity is one entry holding its data row,
+/// its history rows and its command rows, and a command row that was
+/// applied is stored as its status alone, its content being the data (or
+/// history) row of its version. Rows share their attributes text (see
+/// [`cqrs_core::Attributes`]), so a read copies no attributes.
 ///
 /// Cheap to clone: clones share the same tables.
 #[derive(Debug, Clone, Default)]
@@ -74,7 +76,11 @@ impl InMemory {
 
     /// Number of data rows stored, over all partitions.
     pub fn data_len(&self) -> usize {
-        self.read().data.values().map(BTreeMap::len).sum()
+        self.read()
+            .partitions
+            .values()
+            .map(|p| p.values().filter(|e| e.data.is_some()).count())
+            .sum()
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Tables> {
@@ -87,10 +93,10 @@ impl InMemory {
         self.tables.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes the rows of `writes` atomically: every condition is checked,
-    /// then every row linked in, under one lock. The rows replaced (and, on
-    /// failure, the rows not written) are freed after the lock is released.
-    fn apply_rows(&self, writes: Vec<Rows>) -> Result<()> {
+    /// Writes `writes` atomically: every condition is checked, then every
+    /// row stored, under one lock. The rows replaced are freed after the
+    /// lock is released.
+    fn apply_writes(&self, writes: Vec<ApplyWrite>) -> Result<()> {
         let count = writes.len() * self.limits.rows_per_command;
         if count > self.limits.max_transaction_items {
             return Err(Error::TooLarge {
@@ -99,112 +105,144 @@ impl InMemory {
                 limit: self.limits.max_transaction_items,
             });
         }
-        let replaced: Vec<Arc<DataItem>> = {
+        let replaced: Vec<Replaced> = {
             let mut tables = self.write();
             for write in &writes {
                 tables.check(write)?;
             }
-            writes
-                .into_iter()
-                .filter_map(|write| tables.store(write))
-                .collect()
+            writes.into_iter().map(|write| tables.store(write)).collect()
         };
         drop(replaced);
         Ok(())
     }
+
+    /// Reads one entity under the read lock.
+    fn with_entity<T>(&self, key: &EntityKey, read: impl FnOnce(&Entity) -> T) -> Option<T> {
+        self.read().entity(&key.pk, &key.sk).map(read)
+    }
 }
 
-/// Rows by partition key, then sort key: lookups take `&str`s, so reading
-/// or writing an existing entity allocates no key.
-type ByEntity<T> = HashMap<String, HashMap<String, T>>;
+/// A fast hasher for the tables' keys (the process's own random seed).
+type Hasher = foldhash::fast::RandomState;
 
 #[derive(Debug, Default)]
 struct Tables {
-    /// Command rows per entity, by version.
-    commands: ByEntity<Versions<Arc<CommandRecord>>>,
-    /// Data rows per partition, by sort key (sorted for range queries).
-    data: HashMap<String, BTreeMap<String, Arc<DataItem>>>,
-    /// History rows per entity, by version.
-    history: ByEntity<Versions<Arc<DataItem>>>,
+    /// Entities per partition, by sort key (sorted for range queries).
+    partitions: HashMap<SmolStr, Partition, Hasher>,
     /// Sequence counters by (pk, sk).
-    counters: HashMap<(String, String), u64>,
+    counters: HashMap<(String, String), u64, Hasher>,
     /// Failure records by (entity, version).
-    failures: HashMap<(EntityKey, u64), FailedCommand>,
+    failures: HashMap<(EntityKey, u64), FailedCommand, Hasher>,
     /// Idempotency keys by (tenant, key), live or expired.
-    idempotency: HashMap<(String, String), IdempotencyRecord>,
-    /// Index partitions by (index, partition): entry sort key → the item's sk
-    /// (every item of an index partition has the pk the partition starts with).
-    indexes: HashMap<(String, String), BTreeMap<String, (String, String)>>,
-    /// Each entity's entries in the indexes, replaced when it is written.
-    index_entries: ByEntity<Vec<IndexEntry>>,
+    idempotency: HashMap<(String, String), IdempotencyRecord, Hasher>,
+    /// Index partitions by (index, partition): entry sort key → the item's
+    /// sk (every item of an index partition has the pk the partition starts with).
+    indexes: HashMap<(String, String), BTreeMap<String, (SmolStr, SmolStr)>, Hasher>,
 }
 
-/// The rows of one entity.
-fn rows<'a, T>(table: &'a ByEntity<T>, pk: &str, sk: &str) -> Option<&'a T> {
-    table.get(pk)?.get(sk)
+type Partition = BTreeMap<SmolStr, Box<Entity>>;
+
+/// Everything stored of one entity.
+#[derive(Debug, Default)]
+struct Entity {
+    /// The data row, once a command was applied.
+    data: Option<DataItem>,
+    /// Superseded data rows, by version.
+    history: Versions<DataItem>,
+    /// Command rows, by version.
+    commands: Versions<CommandRow>,
+    /// The entity's entries in the indexes, replaced when it is written.
+    index_entries: Vec<IndexEntry>,
 }
 
-/// The rows of one entity, created empty if missing (the only case that
-/// allocates its keys).
-fn rows_mut<'a, T: Default>(table: &'a mut ByEntity<T>, pk: &str, sk: &str) -> &'a mut T {
-    let partition = partition_mut(table, pk);
-    if !partition.contains_key(sk) {
-        partition.insert(sk.to_owned(), T::default());
+/// A stored command row.
+#[derive(Debug)]
+enum CommandRow {
+    /// Applied, and equal to the data (or history) row of its version but
+    /// for these: the row is rebuilt from it when read.
+    Applied {
+        status: CommandStatus,
+        source: Option<SmolStr>,
+    },
+    /// Not applied yet (or not equal to its data row): kept whole.
+    Whole(Box<CommandRecord>),
+}
+
+/// What a write replaced, freed once the lock is released.
+type Replaced = Option<DataItem>;
+
+impl Entity {
+    fn latest_version(&self) -> Option<u64> {
+        self.commands.last_version()
     }
-    partition.get_mut(sk).expect("just inserted")
+
+    fn data_version(&self) -> Option<u64> {
+        self.data.as_ref().map(|d| d.version)
+    }
+
+    /// The data row of `version`: the current one or a history row.
+    fn row_of(&self, version: u64) -> Option<&DataItem> {
+        match &self.data {
+            Some(data) if data.version == version => Some(data),
+            _ => self.history.get(&version),
+        }
+    }
+
+    /// The command row of `version`, rebuilt if stored compact.
+    fn command(&self, version: u64) -> Option<CommandRecord> {
+        match self.commands.get(&version)? {
+            CommandRow::Whole(record) => Some((**record).clone()),
+            CommandRow::Applied { status, source } => {
+                Some(self.row_of(version)?.command(*status, source.clone()))
+            }
+        }
+    }
+
+    fn commands(&self) -> Vec<CommandRecord> {
+        self.commands
+            .versions()
+            .filter_map(|version| self.command(version))
+            .collect()
+    }
 }
 
-/// A partition of a table, created empty if missing.
-fn partition_mut<'a, T: Default>(table: &'a mut HashMap<String, T>, pk: &str) -> &'a mut T {
-    if !table.contains_key(pk) {
-        table.insert(pk.to_owned(), T::default());
-    }
-    table.get_mut(pk).expect("just inserted")
+/// The compact form of `record` once `data` (its data row) is stored, if
+/// the row can be rebuilt from it.
+fn compact(record: &CommandRecord, data: &DataItem) -> Option<CommandRow> {
+    (data.command(record.status, record.source.clone()) == *record).then(|| CommandRow::Applied {
+        status: record.status,
+        source: record.source.clone(),
+    })
 }
 
 fn entity_id(pk: &str, sk: &str) -> String {
     EntityKey::new(pk, sk).id()
 }
 
-/// Copies of shared rows, made once the lock is released.
-fn copies<T: Clone>(rows: Vec<Arc<T>>) -> Vec<T> {
-    rows.into_iter().map(Arc::unwrap_or_clone).collect()
-}
-
-/// The rows of one [`ApplyWrite`], built before the lock is taken.
-struct Rows {
-    /// The command row to insert; `None`: mark the existing one applied.
-    command: Option<Arc<CommandRecord>>,
-    data: Arc<DataItem>,
-    expected_data_version: u64,
-    history: Option<Arc<DataItem>>,
-    idempotency: Option<IdempotencyRecord>,
-    indexes: Vec<IndexEntry>,
-}
-
-impl From<ApplyWrite> for Rows {
-    fn from(write: ApplyWrite) -> Self {
-        Self {
-            command: match write.command {
-                CommandWrite::Insert(command) => Some(Arc::new(*command)),
-                CommandWrite::MarkApplied => None,
-            },
-            data: Arc::new(write.data),
-            expected_data_version: write.expected_data_version,
-            history: write.history.map(Arc::new),
-            idempotency: write.idempotency,
-            indexes: write.indexes,
-        }
-    }
-}
-
 impl Tables {
-    fn latest_version(&self, pk: &str, sk: &str) -> Option<u64> {
-        rows(&self.commands, pk, sk).and_then(Versions::last_version)
+    fn entity(&self, pk: &str, sk: &str) -> Option<&Entity> {
+        self.partitions.get(pk)?.get(sk).map(Box::as_ref)
     }
 
-    fn data_version(&self, pk: &str, sk: &str) -> Option<u64> {
-        self.data.get(pk).and_then(|p| p.get(sk)).map(|d| d.version)
+    fn entity_mut(&mut self, pk: &str, sk: &str) -> Option<&mut Entity> {
+        self.partitions.get_mut(pk)?.get_mut(sk).map(Box::as_mut)
+    }
+
+    /// The entity's entry, created empty if missing (the only case that
+    /// allocates its keys).
+    fn entity_or_default(&mut self, pk: &SmolStr, sk: &SmolStr) -> &mut Entity {
+        if !self.partitions.contains_key(pk.as_str()) {
+            self.partitions.insert(pk.clone(), Partition::new());
+        }
+        let partition = self.partitions.get_mut(pk.as_str()).expect("just inserted");
+        if !partition.contains_key(sk.as_str()) {
+            partition.insert(sk.clone(), Box::default());
+        }
+        partition.get_mut(sk.as_str()).expect("just inserted")
+    }
+
+    fn latest_version(&self, pk: &str, sk: &str) -> Option<u64> {
+        self.entity(pk, sk).and_then(Entity::latest_version)
     }
 
     /// Whether a live row holds the key of `record`.
@@ -217,12 +255,11 @@ impl Tables {
 
     /// Replaces the index entries of `data`'s entity with `entries`.
     fn index(&mut self, data: &DataItem, entries: Vec<IndexEntry>) {
-        let (pk, sk) = (data.pk.as_str(), data.sk.as_str());
-        let current = rows(&self.index_entries, pk, sk);
-        if current.is_none_or(Vec::is_empty) && entries.is_empty() {
+        let entity = self.entity_or_default(&data.pk, &data.sk);
+        if entity.index_entries.is_empty() && entries.is_empty() {
             return;
         }
-        let previous = std::mem::replace(rows_mut(&mut self.index_entries, pk, sk), entries.clone());
+        let previous = std::mem::replace(&mut entity.index_entries, entries.clone());
         for entry in previous {
             if let Some(partition) = self.indexes.get_mut(&(entry.index, entry.pk)) {
                 partition.remove(&entry.sk);
@@ -232,7 +269,7 @@ impl Tables {
             self.indexes
                 .entry((entry.index, entry.pk))
                 .or_default()
-                .insert(entry.sk, (pk.to_owned(), sk.to_owned()));
+                .insert(entry.sk, (data.pk.clone(), data.sk.clone()));
         }
     }
 
@@ -241,9 +278,10 @@ impl Tables {
             .insert((record.tenant_code.clone(), record.key.clone()), record);
     }
 
-    fn check(&self, write: &Rows) -> Result<()> {
+    fn check(&self, write: &ApplyWrite) -> Result<()> {
         let (pk, sk, version) = (write.data.pk.as_str(), write.data.sk.as_str(), write.data.version);
-        let actual = self.data_version(pk, sk);
+        let entity = self.entity(pk, sk);
+        let actual = entity.and_then(Entity::data_version);
         if actual.unwrap_or(0) != write.expected_data_version
             || write.idempotency.as_ref().is_some_and(|k| self.key_taken(k))
         {
@@ -253,24 +291,23 @@ impl Tables {
                 actual,
             });
         }
-        let versions = rows(&self.commands, pk, sk);
-        let exists = versions.is_some_and(|v| v.contains_key(&version));
+        let exists = entity.is_some_and(|e| e.commands.contains_key(&version));
         match (&write.command, exists) {
-            (Some(_), true) => Err(Error::Conflict {
+            (CommandWrite::Insert(_), true) => Err(Error::Conflict {
                 key: entity_id(pk, sk),
                 expected: ExpectedVersion::Exactly(write.expected_data_version),
                 actual: self.latest_version(pk, sk),
             }),
-            (None, false) => Err(Error::NotFound {
+            (CommandWrite::MarkApplied, false) => Err(Error::NotFound {
                 key: format!("{}@{version}", entity_id(pk, sk)),
             }),
             _ => Ok(()),
         }
     }
 
-    /// Links in the rows of one checked write; returns the data row it replaces.
-    fn store(&mut self, write: Rows) -> Option<Arc<DataItem>> {
-        let Rows {
+    /// Stores the rows of one checked write; returns what it replaced.
+    fn store(&mut self, write: ApplyWrite) -> Replaced {
+        let ApplyWrite {
             command,
             data,
             history,
@@ -282,31 +319,31 @@ impl Tables {
             self.store_key(record);
         }
         self.index(&data, indexes);
-        let (pk, sk, version) = (data.pk.as_str(), data.sk.as_str(), data.version);
+        let entity = self.entity_or_default(&data.pk, &data.sk);
+        let version = data.version;
         match command {
-            Some(command) => rows_mut(&mut self.commands, pk, sk).insert(version, command),
-            None => {
-                if let Some(command) = self
-                    .commands
-                    .get_mut(pk)
-                    .and_then(|p| p.get_mut(sk))
-                    .and_then(|v| v.get_mut(&version))
-                {
-                    Arc::make_mut(command).status = CommandStatus::Applied;
+            CommandWrite::Insert(record) => {
+                let row = compact(&record, &data).unwrap_or(CommandRow::Whole(record));
+                entity.commands.insert(version, row);
+            }
+            CommandWrite::MarkApplied => {
+                if let Some(row) = entity.commands.get_mut(&version) {
+                    match row {
+                        CommandRow::Applied { status, .. } => *status = CommandStatus::Applied,
+                        CommandRow::Whole(record) => {
+                            record.status = CommandStatus::Applied;
+                            if let Some(compact) = compact(record, &data) {
+                                *row = compact;
+                            }
+                        }
+                    }
                 }
             }
         }
         if let Some(history) = history {
-            rows_mut(&mut self.history, pk, sk).insert(history.version, history);
+            entity.history.insert(history.version, history);
         }
-        let partition = partition_mut(&mut self.data, pk);
-        match partition.get_mut(sk) {
-            Some(row) => Some(std::mem::replace(row, data)),
-            None => {
-                partition.insert(sk.to_owned(), data);
-                None
-            }
-        }
+        entity.data.replace(data)
     }
 }
 
@@ -322,9 +359,9 @@ impl Storage for InMemory {
         idempotency: Option<&IdempotencyRecord>,
     ) -> Result<()> {
         let (pk, sk) = (command.pk.as_str(), command.sk.as_str());
-        let row = Arc::new(command.clone());
+        let row = CommandRow::Whole(Box::new(command.clone()));
         let mut tables = self.write();
-        let versions = rows(&tables.commands, pk, sk);
+        let versions = tables.entity(pk, sk).map(|e| &e.commands);
         let taken = versions.is_some_and(|v| v.contains_key(&command.version));
         let predecessor_missing =
             command.version > 1 && !versions.is_some_and(|v| v.contains_key(&(command.version - 1)));
@@ -336,7 +373,10 @@ impl Storage for InMemory {
                 actual: tables.latest_version(pk, sk),
             });
         }
-        rows_mut(&mut tables.commands, pk, sk).insert(command.version, row);
+        tables
+            .entity_or_default(&command.pk, &command.sk)
+            .commands
+            .insert(command.version, row);
         if let Some(record) = idempotency {
             tables.store_key(record.clone());
         }
@@ -344,8 +384,7 @@ impl Storage for InMemory {
     }
 
     async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>> {
-        let row = rows(&self.read().commands, &key.pk, &key.sk).and_then(|v| v.get(&version).cloned());
-        Ok(row.map(Arc::unwrap_or_clone))
+        Ok(self.with_entity(key, |e| e.command(version)).flatten())
     }
 
     async fn latest_command(
@@ -353,127 +392,118 @@ impl Storage for InMemory {
         key: &EntityKey,
         _data_version: Option<u64>,
     ) -> Result<Option<CommandRecord>> {
-        let row = rows(&self.read().commands, &key.pk, &key.sk).and_then(|v| v.last().cloned());
-        Ok(row.map(Arc::unwrap_or_clone))
+        Ok(self
+            .with_entity(key, |e| e.latest_version().and_then(|v| e.command(v)))
+            .flatten())
     }
 
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
-        let rows: Vec<_> = rows(&self.read().commands, &key.pk, &key.sk)
-            .map(|v| v.values().cloned().collect())
-            .unwrap_or_default();
-        Ok(copies(rows))
+        Ok(self.with_entity(key, Entity::commands).unwrap_or_default())
     }
 
     async fn set_command_status(&self, key: &EntityKey, version: u64, status: CommandStatus) -> Result<()> {
         let mut tables = self.write();
-        let command = tables
-            .commands
-            .get_mut(&key.pk)
-            .and_then(|p| p.get_mut(&key.sk))
-            .and_then(|v| v.get_mut(&version))
+        let row = tables
+            .entity_mut(&key.pk, &key.sk)
+            .and_then(|e| e.commands.get_mut(&version))
             .ok_or_else(|| Error::NotFound {
                 key: format!("{}@{version}", key.id()),
             })?;
-        // Copies the row only if a reader still holds it.
-        Arc::make_mut(command).status = status;
+        match row {
+            CommandRow::Applied { status: stored, .. } => *stored = status,
+            CommandRow::Whole(record) => record.status = status,
+        }
         Ok(())
     }
 
     async fn apply(&self, writes: &[ApplyWrite]) -> Result<()> {
-        self.apply_rows(writes.iter().cloned().map(Rows::from).collect())
+        self.apply_writes(writes.to_vec())
     }
 
-    async fn apply_owned(&self, writes: Vec<ApplyWrite>) -> Result<Vec<DataItem>> {
-        let data: Vec<DataItem> = writes.iter().map(|w| w.data.clone()).collect();
-        self.apply_rows(writes.into_iter().map(Rows::from).collect())?;
-        Ok(data)
+    async fn apply_owned(&self, mut writes: Vec<ApplyWrite>) -> Result<Vec<DataItem>> {
+        // The store keeps a copy (which shares the attributes' text and
+        // drops their parsed value); the caller gets the row it handed over.
+        let given = writes
+            .iter_mut()
+            .map(|write| {
+                let stored = write.data.clone();
+                std::mem::replace(&mut write.data, stored)
+            })
+            .collect();
+        self.apply_writes(writes)?;
+        Ok(given)
     }
 
     async fn get_data(&self, key: &EntityKey) -> Result<Option<DataItem>> {
-        let row = self
-            .read()
-            .data
-            .get(&key.pk)
-            .and_then(|p| p.get(&key.sk).cloned());
-        Ok(row.map(Arc::unwrap_or_clone))
+        Ok(self.with_entity(key, |e| e.data.clone()).flatten())
     }
 
     async fn query_data(&self, query: &RangeQuery) -> Result<RangePage> {
-        let rows: Vec<Arc<DataItem>> = {
+        let items: Vec<DataItem> = {
             let tables = self.read();
-            let Some(partition) = tables.data.get(&query.pk) else {
+            let Some(partition) = tables.partitions.get(query.pk.as_str()) else {
                 return Ok(RangePage {
                     items: Vec::new(),
                     last_sk: None,
                 });
             };
             let bounds = range::SkRange::new(query.sk.as_ref(), query.order, query.start_after.as_deref());
+            let with_data = |(_, entity): (&SmolStr, &Box<Entity>)| entity.data.clone();
             match (bounds.as_range(), query.order) {
                 (None, _) => Vec::new(),
                 (Some(r), SortOrder::Ascending) => partition
                     .range::<str, _>(r)
+                    .filter_map(with_data)
                     .take(query.limit)
-                    .map(|(_, v)| v.clone())
                     .collect(),
                 (Some(r), SortOrder::Descending) => partition
                     .range::<str, _>(r)
                     .rev()
+                    .filter_map(with_data)
                     .take(query.limit)
-                    .map(|(_, v)| v.clone())
                     .collect(),
             }
         };
-        let items = copies(rows);
         // Like DynamoDB: a full page says "there may be more".
         let last_sk = (items.len() == query.limit)
-            .then(|| items.last().map(|i| i.sk.clone()))
+            .then(|| items.last().map(|i| i.sk.to_string()))
             .flatten();
         Ok(RangePage { items, last_sk })
     }
 
     async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
-        let (rows, last_sk) = {
-            let tables = self.read();
-            let Some(partition) = tables.indexes.get(&(index.to_owned(), query.pk.clone())) else {
-                return Ok(RangePage {
-                    items: Vec::new(),
-                    last_sk: None,
-                });
-            };
-            let bounds = range::SkRange::new(query.sk.as_ref(), query.order, query.start_after.as_deref());
-            let entries: Vec<(&String, &(String, String))> = match (bounds.as_range(), query.order) {
-                (None, _) => Vec::new(),
-                (Some(r), SortOrder::Ascending) => partition.range::<str, _>(r).take(query.limit).collect(),
-                (Some(r), SortOrder::Descending) => {
-                    partition.range::<str, _>(r).rev().take(query.limit).collect()
-                }
-            };
-            // Like DynamoDB: a full page says "there may be more".
-            let last_sk = (entries.len() == query.limit)
-                .then(|| entries.last().map(|(entry_sk, _)| (*entry_sk).clone()))
-                .flatten();
-            let rows: Vec<Arc<DataItem>> = entries
-                .iter()
-                .filter_map(|(_, (pk, sk))| tables.data.get(pk).and_then(|p| p.get(sk)).cloned())
-                .collect();
-            (rows, last_sk)
+        let tables = self.read();
+        let Some(partition) = tables.indexes.get(&(index.to_owned(), query.pk.clone())) else {
+            return Ok(RangePage {
+                items: Vec::new(),
+                last_sk: None,
+            });
         };
-        Ok(RangePage {
-            items: copies(rows),
-            last_sk,
-        })
+        let bounds = range::SkRange::new(query.sk.as_ref(), query.order, query.start_after.as_deref());
+        let entries: Vec<(&String, &(SmolStr, SmolStr))> = match (bounds.as_range(), query.order) {
+            (None, _) => Vec::new(),
+            (Some(r), SortOrder::Ascending) => partition.range::<str, _>(r).take(query.limit).collect(),
+            (Some(r), SortOrder::Descending) => partition.range::<str, _>(r).rev().take(query.limit).collect(),
+        };
+        // Like DynamoDB: a full page says "there may be more".
+        let last_sk = (entries.len() == query.limit)
+            .then(|| entries.last().map(|(entry_sk, _)| (*entry_sk).clone()))
+            .flatten();
+        let items = entries
+            .iter()
+            .filter_map(|(_, (pk, sk))| tables.entity(pk, sk).and_then(|e| e.data.clone()))
+            .collect();
+        Ok(RangePage { items, last_sk })
     }
 
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {
-        let row = rows(&self.read().history, &key.pk, &key.sk).and_then(|h| h.get(&version).cloned());
-        Ok(row.map(Arc::unwrap_or_clone))
+        Ok(self.with_entity(key, |e| e.history.get(&version).cloned()).flatten())
     }
 
     async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>> {
-        let rows: Vec<_> = rows(&self.read().history, &key.pk, &key.sk)
-            .map(|h| h.values().cloned().collect())
-            .unwrap_or_default();
-        Ok(copies(rows))
+        Ok(self
+            .with_entity(key, |e| e.history.values().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn next_counter(&self, pk: &str, sk: &str) -> Result<u64> {

@@ -39,10 +39,19 @@ impl<T> Versions<T> {
     }
 
     /// Stores `row` at `version`, replacing any row there.
+    ///
+    /// The vector grows by half its length (one row at a time while short)
+    /// rather than doubling: most entities have few versions, and each row
+    /// held for nothing would be memory held for every entity.
     pub(crate) fn insert(&mut self, version: u64, row: T) {
         match self.find(version) {
             Ok(i) => self.rows[i].1 = row,
-            Err(i) => self.rows.insert(i, (version, row)),
+            Err(i) => {
+                if self.rows.len() == self.rows.capacity() {
+                    self.rows.reserve_exact((self.rows.len() / 2).max(1));
+                }
+                self.rows.insert(i, (version, row))
+            }
         }
     }
 
@@ -51,14 +60,14 @@ impl<T> Versions<T> {
         self.rows.last().map(|(v, _)| *v)
     }
 
-    /// The row of the highest version.
-    pub(crate) fn last(&self) -> Option<&T> {
-        self.rows.last().map(|(_, row)| row)
-    }
-
     /// The rows by ascending version.
     pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
         self.rows.iter().map(|(_, row)| row)
+    }
+
+    /// The versions stored, ascending.
+    pub(crate) fn versions(&self) -> impl Iterator<Item = u64> + '_ {
+        self.rows.iter().map(|(version, _)| *version)
     }
 }
 
@@ -78,7 +87,8 @@ mod tests {
             versions.values().copied().collect::<Vec<_>>(),
             [10, 20, 30, 40, 55, 70]
         );
-        assert_eq!((versions.last_version(), versions.last()), (Some(7), Some(&70)));
+        assert_eq!(versions.last_version(), Some(7));
+        assert_eq!(versions.versions().collect::<Vec<_>>(), [1, 2, 3, 4, 5, 7]);
         assert_eq!(versions.get(&4), Some(&40));
         assert!(versions.get(&6).is_none() && !versions.contains_key(&8) && versions.contains_key(&1));
         *versions.get_mut(&1).unwrap() = 11;

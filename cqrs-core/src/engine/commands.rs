@@ -23,7 +23,6 @@ use crate::model::{
     CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, FailedCommand, PartialUpdate,
     Published,
 };
-use crate::numbers::normalize_numbers;
 use crate::services::CommandService;
 use crate::storage::{ApplyWrite, CommandWrite};
 
@@ -91,7 +90,7 @@ impl Engine {
         ctx: &InvocationContext,
     ) -> Result<Prepared> {
         let mut command = command;
-        normalize_numbers(&mut command.attributes)?;
+        command.attributes.normalize()?;
         let base = check_version(key, command.version, current.as_ref().map(|c| c.version))?;
         let previous = match current {
             Some(current) if current.content() == command.content() => {
@@ -106,7 +105,10 @@ impl Engine {
         if !self.inner.pipeline.has_handlers_for(&record) {
             record.status = CommandStatus::Finished;
         }
-        let data = data_item(&record, previous.as_ref());
+        let mut data = data_item(&record, previous.as_ref());
+        // The caller gets the data row: let it keep the parsed attributes
+        // it published (the stored rows share the text).
+        std::mem::swap(&mut data.attributes, &mut record.attributes);
         check_size(&self.storage_ref().limits(), &data)?;
         Ok(Prepared::Write(ApplyWrite {
             command: CommandWrite::Insert(Box::new(record)),
@@ -278,7 +280,7 @@ impl Engine {
         keyed: Option<&Keyed>,
         ctx: &InvocationContext,
     ) -> Result<Published<CommandRecord>> {
-        normalize_numbers(&mut command.attributes)?;
+        command.attributes.normalize()?;
         let base_version = match (&base, command.version) {
             (Some(base), _) => base.version,
             (None, ExpectedVersion::Exactly(v)) => v,

@@ -81,11 +81,11 @@ impl Keyed {
         let now = Utc::now();
         let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX / 2);
         IdempotencyRecord {
-            tenant_code: ctx.tenant_code.clone(),
+            tenant_code: ctx.tenant_code.to_string(),
             key: self.key.clone(),
             fingerprint: self.fingerprint.clone(),
-            pk: entity.pk.clone(),
-            sk: entity.sk.clone(),
+            pk: entity.pk.to_string(),
+            sk: entity.sk.to_string(),
             version,
             created_at: now,
             expires_at: now.timestamp().saturating_add(retention),

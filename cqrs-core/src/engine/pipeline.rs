@@ -425,10 +425,10 @@ impl Pipeline {
     async fn record_failure(&self, command: &CommandRecord, failures: Vec<HandlerFailure>) -> Result<()> {
         let key = command.key();
         let failed = FailedCommand {
-            pk: command.pk.clone(),
-            sk: command.sk.clone(),
+            pk: command.pk.to_string(),
+            sk: command.sk.to_string(),
             version: command.version,
-            tenant_code: command.tenant_code.clone(),
+            tenant_code: command.tenant_code().to_owned(),
             failures,
             failed_at: Utc::now(),
         };

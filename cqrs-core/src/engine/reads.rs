@@ -47,7 +47,7 @@ impl DataService for Engine {
         let storage = self.storage_ref();
         let sk = query.sk.clone();
         let fetch = |range: RangeQuery| async move { storage.query_data(&range).await };
-        self.paged(pk, sk, &query, fetch, |item| Some(item.sk.clone()))
+        self.paged(pk, sk, &query, fetch, |item| Some(item.sk.to_string()))
             .await
     }
 

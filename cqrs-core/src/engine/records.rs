@@ -1,12 +1,10 @@
 //! Building stored rows from commands: versions, audit fields, the dirty check.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
+use crate::attributes::Attributes;
 use crate::context::InvocationContext;
-use crate::keys::{command_sk, tenant_of_pk};
 use crate::model::{CommandInput, CommandRecord, CommandStatus, DataItem};
-use crate::query::same_value;
 
 /// The stored command of `input` at `version`.
 pub(crate) fn command_record(
@@ -16,11 +14,7 @@ pub(crate) fn command_record(
     ctx: &InvocationContext,
     now: DateTime<Utc>,
 ) -> CommandRecord {
-    let id = format!("{}#{}", input.pk, input.sk);
-    let tenant_code = tenant_of_pk(&input.pk).unwrap_or_default().to_owned();
     CommandRecord {
-        id,
-        tenant_code,
         pk: input.pk,
         sk: input.sk,
         code: input.code,
@@ -41,7 +35,8 @@ pub(crate) fn command_record(
 }
 
 /// The data row `command` produces over `previous`: creation audit fields
-/// carry over, update audit fields come from the command.
+/// carry over, update audit fields come from the command. Every field is
+/// shared with the command's, the attributes included.
 pub(crate) fn data_item(command: &CommandRecord, previous: Option<&DataItem>) -> DataItem {
     let (created_at, created_by, created_ip) = match previous {
         Some(p) => (p.created_at, p.created_by.clone(), p.created_ip.clone()),
@@ -54,18 +49,14 @@ pub(crate) fn data_item(command: &CommandRecord, previous: Option<&DataItem>) ->
     DataItem {
         pk: command.pk.clone(),
         sk: command.sk.clone(),
-        id: command.id.clone(),
         code: command.code.clone(),
         name: command.name.clone(),
         version: command.version,
-        tenant_code: command.tenant_code.clone(),
         entity_type: command.entity_type.clone(),
         attributes: command.attributes.clone(),
         is_deleted: command.is_deleted,
         ttl: command.ttl,
         seq: command.seq,
-        cpk: command.pk.clone(),
-        csk: command_sk(&command.sk, command.version),
         request_id: command.request_id.clone(),
         created_at,
         created_by,
@@ -83,7 +74,7 @@ pub(crate) struct Content<'a> {
     code: &'a str,
     name: &'a str,
     entity_type: &'a str,
-    attributes: &'a Value,
+    attributes: &'a Attributes,
     is_deleted: bool,
     ttl: Option<i64>,
     seq: Option<u64>,
@@ -97,7 +88,7 @@ impl PartialEq for Content<'_> {
             && self.is_deleted == other.is_deleted
             && self.ttl == other.ttl
             && self.seq == other.seq
-            && same_value(self.attributes, other.attributes)
+            && self.attributes == other.attributes
     }
 }
 
@@ -126,7 +117,7 @@ content_of!(DataItem);
 /// The context a handler gets in the async pipeline, rebuilt from what the
 /// command stored (roles are not stored).
 pub(crate) fn context_of(command: &CommandRecord) -> InvocationContext {
-    let mut ctx = InvocationContext::new(command.tenant_code.clone(), command.created_by.clone())
+    let mut ctx = InvocationContext::new(command.tenant_code(), command.created_by.clone())
         .with_request_id(command.request_id.clone());
     ctx.source_ip = command.created_ip.clone();
     ctx.source = command.source.clone();

@@ -1,12 +1,11 @@
 //! Input checks shared by every write: keys, tenancy, ids and sizes.
 
 use std::io;
-use std::sync::OnceLock;
 
 use serde::Serialize;
-use serde_json::Value;
 
 use super::records::data_item;
+use crate::attributes::Attributes;
 use crate::context::{InvocationContext, TenancyPolicy};
 use crate::error::{Error, Result};
 use crate::keys::EntityKey;
@@ -123,101 +122,54 @@ fn serialized_size<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
 /// optional numbers and a flag (65), two timestamps of at most 35 bytes.
 const FIXED_FIELDS_BOUND: usize = 1024;
 
-/// The longest JSON form of a number without `arbitrary_precision`: an
-/// `i64`/`u64` takes at most 20 bytes, an `f64` (shortest round trip) 24.
-const NUMBER_BOUND: usize = 32;
-
 /// An upper bound of the size of `item` in JSON (a string byte escapes to
-/// at most 6 bytes, `\u001f`).
+/// at most 6 bytes, `\u001f`; the attributes count as their canonical text,
+/// which is what they serialize to once normalized).
 fn size_bound(item: &DataItem) -> usize {
+    // pk, sk, id (pk#sk), code, name, tenant (part of the pk), type, cpk
+    // (the pk), csk (sk@version), request id, creator, updater.
     let strings = [
-        &item.pk,
-        &item.sk,
-        &item.id,
-        &item.code,
-        &item.name,
-        &item.tenant_code,
-        &item.entity_type,
-        &item.cpk,
-        &item.csk,
-        &item.request_id,
-        &item.created_by,
-        &item.updated_by,
+        item.pk.len() * 4 + 1,
+        item.sk.len() * 3,
+        item.code.len(),
+        item.name.len(),
+        item.entity_type.len(),
+        item.request_id.len(),
+        item.created_by.len(),
+        item.updated_by.len(),
+        item.created_ip.as_ref().map_or(0, |ip| ip.len()),
+        item.updated_ip.as_ref().map_or(0, |ip| ip.len()),
     ];
-    let optional = [&item.created_ip, &item.updated_ip];
-    bound_of(&strings, &optional, 0, &item.attributes)
+    bound_of(&strings, &item.attributes)
 }
 
-/// [`size_bound`] of `data_item(record, None)`: `cpk` is the pk, `csk` the
-/// sk with `@` and the version (at most 21 more bytes), the update audit
-/// fields are the creation ones.
+/// [`size_bound`] of `data_item(record, None)`: the update audit fields are
+/// the creation ones.
 fn record_size_bound(record: &CommandRecord) -> usize {
     let strings = [
-        &record.pk,
-        &record.sk,
-        &record.id,
-        &record.code,
-        &record.name,
-        &record.tenant_code,
-        &record.entity_type,
-        &record.pk,
-        &record.sk,
-        &record.request_id,
-        &record.created_by,
-        &record.created_by,
+        record.pk.len() * 4 + 1,
+        record.sk.len() * 3,
+        record.code.len(),
+        record.name.len(),
+        record.entity_type.len(),
+        record.request_id.len(),
+        record.created_by.len() * 2,
+        record.created_ip.as_ref().map_or(0, |ip| ip.len()) * 2,
     ];
-    let optional = [&record.created_ip, &record.created_ip];
-    bound_of(&strings, &optional, 6 * 21, &record.attributes)
+    bound_of(&strings, &record.attributes)
 }
 
-fn bound_of(strings: &[&String], optional: &[&Option<String>], extra: usize, attributes: &Value) -> usize {
+fn bound_of(string_bytes: &[usize], attributes: &Attributes) -> usize {
+    // Eleven strings at most, each with its quotes.
     FIXED_FIELDS_BOUND
-        .saturating_add(extra)
-        .saturating_add(strings.iter().map(|s| string_bound(s)).sum::<usize>())
-        .saturating_add(
-            optional
-                .iter()
-                .filter_map(|s| s.as_deref())
-                .map(string_bound)
-                .sum::<usize>(),
-        )
-        .saturating_add(value_bound(attributes))
+        .saturating_add(VERSION_BOUND)
+        .saturating_add(string_bytes.iter().sum::<usize>().saturating_mul(6))
+        .saturating_add(2 * 12)
+        .saturating_add(attributes.json_len())
 }
 
-fn string_bound(s: &str) -> usize {
-    s.len().saturating_mul(6).saturating_add(2)
-}
-
-fn value_bound(value: &Value) -> usize {
-    match value {
-        Value::Null => 4,
-        Value::Bool(_) => 5,
-        Value::Number(n) if numbers_keep_text() => serialized_size(n).unwrap_or(usize::MAX),
-        Value::Number(_) => NUMBER_BOUND,
-        Value::String(s) => string_bound(s),
-        // Brackets, and a comma after each element (one more than needed).
-        Value::Array(items) => items
-            .iter()
-            .fold(2 + items.len(), |sum, v| sum.saturating_add(value_bound(v))),
-        // Braces, and a colon and a comma per entry.
-        Value::Object(map) => map.iter().fold(2, |sum, (k, v)| {
-            sum.saturating_add(string_bound(k))
-                .saturating_add(2)
-                .saturating_add(value_bound(v))
-        }),
-    }
-}
-
-/// Whether numbers keep their text, with no bound on its length: serde_json's
-/// `arbitrary_precision` feature, which any crate of a build can turn on.
-/// Checked once, by behaviour.
-fn numbers_keep_text() -> bool {
-    static KEEP: OnceLock<bool> = OnceLock::new();
-    *KEEP.get_or_init(|| {
-        let long = "0.10000000000000000000000000000000000000000000001";
-        serde_json::from_str::<serde_json::Number>(long).is_ok_and(|n| n.to_string().len() >= long.len())
-    })
-}
+/// The digits of a version after `@` in `csk`.
+const VERSION_BOUND: usize = 21;
 
 /// Counts serialized bytes without keeping them.
 struct ByteCounter(usize);
@@ -236,28 +188,27 @@ impl io::Write for ByteCounter {
 #[cfg(test)]
 mod tests {
     use chrono::{TimeZone, Utc};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
     fn item(attributes: Value, text: &str) -> DataItem {
         let max_time = Utc.with_ymd_and_hms(262_000, 12, 31, 23, 59, 59).unwrap()
             + chrono::Duration::nanoseconds(999_999_999);
+        // As stored: the canonical text (the numbers here are not all in
+        // DynamoDB's range, which is checked before sizes).
+        let attributes = Attributes::from_canonical(Attributes::from(attributes).shared_json().clone());
         DataItem {
             pk: text.into(),
             sk: text.into(),
-            id: text.into(),
             code: text.into(),
             name: text.into(),
             version: u64::MAX,
-            tenant_code: text.into(),
             entity_type: text.into(),
             attributes,
             is_deleted: false,
             ttl: Some(i64::MIN),
             seq: Some(u64::MAX),
-            cpk: text.into(),
-            csk: text.into(),
             request_id: text.into(),
             created_at: max_time,
             created_by: text.into(),
@@ -297,7 +248,8 @@ mod tests {
         let ctx = InvocationContext::new("a", escapes.clone()).with_request_id(escapes.clone());
         let input = CommandInput::new("TENANT#a", format!("X#{escapes}"))
             .attributes(json!({ "n": [0.1, u64::MAX], escapes.clone(): escapes.clone() }));
-        let record = command_record(input, u64::MAX, CommandStatus::Published, &ctx, Utc::now());
+        let mut record = command_record(input, u64::MAX, CommandStatus::Published, &ctx, Utc::now());
+        record.attributes.normalize().unwrap();
         let exact = serialized_size(&data_item(&record, None)).unwrap();
         assert!(record_size_bound(&record) >= exact);
     }

@@ -119,7 +119,7 @@ impl DataSyncHandler for Scripted {
         self.completed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((event.command.sk.clone(), event.command.version));
+            .push((event.command.sk.to_string(), event.command.version));
         Ok(())
     }
 }

@@ -5,13 +5,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::{json, Value};
+use serde_json::json;
+use smol_str::SmolStr;
 
 use super::{Interleaved, StorageFactory};
 use crate::context::InvocationContext;
 use crate::engine::{AsyncDispatch, Engine, EngineBuilder, RetryPolicy};
 use crate::error::BoxError;
 use crate::handler::{DataSyncEvent, DataSyncHandler, Interest};
+use crate::attributes::Attributes;
 use crate::model::{CommandInput, ExpectedVersion};
 
 pub(crate) const PK_A: &str = "TENANT#shop-a";
@@ -47,16 +49,16 @@ pub(crate) async fn external_engine(factory: &dyn StorageFactory, handler: Arc<R
         .build()
 }
 
-pub(crate) fn cmd(pk: &str, sk: &str, attributes: Value) -> CommandInput {
+pub(crate) fn cmd(pk: &str, sk: &str, attributes: impl Into<Attributes>) -> CommandInput {
     CommandInput::new(pk, sk).attributes(attributes)
 }
 
-pub(crate) fn cmd_at(pk: &str, sk: &str, version: u64, attributes: Value) -> CommandInput {
+pub(crate) fn cmd_at(pk: &str, sk: &str, version: u64, attributes: impl Into<Attributes>) -> CommandInput {
     cmd(pk, sk, attributes).version(ExpectedVersion::Exactly(version))
 }
 
-pub(crate) fn n(value: u64) -> Value {
-    json!({ "n": value })
+pub(crate) fn n(value: u64) -> Attributes {
+    json!({ "n": value }).into()
 }
 
 /// A handler that records every event it receives and can be told to fail.
@@ -91,7 +93,7 @@ impl RecordingHandler {
     }
 
     /// `(sk, version)` of every received event, in order.
-    pub fn seen(&self) -> Vec<(String, u64)> {
+    pub fn seen(&self) -> Vec<(SmolStr, u64)> {
         self.events()
             .into_iter()
             .map(|e| (e.command.sk, e.command.version))

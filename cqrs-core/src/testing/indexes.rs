@@ -89,7 +89,7 @@ async fn eventually_lists(engine: &Engine, lookup: &IndexLookup, tenant: &str, e
         let found: Vec<String> = all_pages(engine, lookup, ListQuery::new().limit(7), tenant)
             .await
             .into_iter()
-            .map(|i| i.sk)
+            .map(|i| i.sk.to_string())
             .collect();
         if found == expected {
             return;
@@ -335,7 +335,7 @@ pub async fn index_lookups_are_validated(factory: &dyn StorageFactory) {
         .expect("list")
         .items
         .into_iter()
-        .map(|i| i.sk)
+        .map(|i| i.sk.to_string())
         .collect();
     assert!(written.is_empty(), "nothing written: {written:?}");
 }

@@ -80,8 +80,8 @@ pub async fn interest_selects_commands(factory: &dyn StorageFactory) {
         .publish_sync(cmd(PK_A, "INVENTORY#1", n(1)), &a)
         .await
         .unwrap();
-    assert_eq!(orders.seen(), [("ORDER#1".to_owned(), 1)]);
-    assert_eq!(products.seen(), [("PRODUCT#1".to_owned(), 1)]);
+    assert_eq!(orders.seen(), [("ORDER#1".into(), 1)]);
+    assert_eq!(products.seen(), [("PRODUCT#1".into(), 1)]);
     let inventory = engine
         .get_command(&EntityKey::new(PK_A, "INVENTORY#1"), 1, &a)
         .await

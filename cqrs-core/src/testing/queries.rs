@@ -15,11 +15,11 @@ use crate::model::DataItem;
 use crate::query::{Cursor, Filter, ListQuery, SkCondition, SortOrder, MAX_LIMIT};
 use crate::services::{CommandService, DataService, DataServiceExt};
 
-async fn create_all(
+async fn create_all<A: Into<crate::Attributes>>(
     engine: &Engine,
     ctx: &InvocationContext,
     pk: &str,
-    sks: impl IntoIterator<Item = (String, serde_json::Value)>,
+    sks: impl IntoIterator<Item = (String, A)>,
 ) {
     try_join_all(
         sks.into_iter()
@@ -54,7 +54,7 @@ async fn walk(
 }
 
 fn sks(items: &[DataItem]) -> Vec<String> {
-    items.iter().map(|i| i.sk.clone()).collect()
+    items.iter().map(|i| i.sk.to_string()).collect()
 }
 
 /// Walking the pages returns every item exactly once, in order, in both

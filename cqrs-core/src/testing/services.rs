@@ -73,7 +73,7 @@ pub async fn read_your_writes_sees_pending_commands(factory: &dyn StorageFactory
     }
     let latest = engine.get_latest(&key, &a).await.expect("latest").expect("item");
     assert_eq!((latest.version, counter(Some(&latest))), (15, 15));
-    assert_eq!(latest.csk, "ORDER#1@15");
+    assert_eq!(latest.csk(), "ORDER#1@15");
     assert_eq!(
         (latest.created_at, &latest.created_by),
         (applied.created_at, &applied.created_by)
@@ -300,8 +300,8 @@ impl DataSyncHandler for Projector {
         let version = event.command.version;
         self.services
             .update_with(&key, &event.context, |current| {
-                let mut summary = current.map_or_else(|| json!({}), |i| i.attributes.clone());
-                summary[&event.command.code] = json!(version);
+                let mut summary = current.map_or_else(|| json!({}), |i| i.attributes.clone().into_value());
+                summary[event.command.code.as_str()] = json!(version);
                 Ok::<_, Error>(Some(CommandInput::new(&key.pk, &key.sk).attributes(summary)))
             })
             .await?;

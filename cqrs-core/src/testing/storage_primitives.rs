@@ -215,7 +215,7 @@ pub async fn storage_apply_owned_matches_apply(factory: &dyn StorageFactory) {
         let current = storage.get_data(&a).await.unwrap().unwrap();
         let mut write = insert("O#1", version, Some(&current));
         let history = write.history.as_mut().unwrap();
-        history.attributes = json!({ "given": version });
+        history.attributes = json!({ "given": version }).into();
         let given = history.clone();
         if owned {
             storage.apply_owned(vec![write]).await.unwrap();

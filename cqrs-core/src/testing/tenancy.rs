@@ -95,7 +95,7 @@ pub async fn common_tenant_and_cross_tenant_roles(factory: &dyn StorageFactory) 
         .await
         .unwrap()
         .into_item();
-    assert_eq!(common.tenant_code, "common");
+    assert_eq!(common.tenant_code(), "common");
     assert!(engine
         .get_item(&common.key(), &ctx("shop-b"))
         .await
@@ -107,7 +107,7 @@ pub async fn common_tenant_and_cross_tenant_roles(factory: &dyn StorageFactory) 
         .await
         .unwrap()
         .into_item();
-    assert_eq!(theirs.tenant_code, "shop-b");
+    assert_eq!(theirs.tenant_code(), "shop-b");
     assert_eq!(
         engine
             .next(&SequenceRequest::new("ORDER").tenant("shop-b"), &admin)

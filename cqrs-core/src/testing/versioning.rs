@@ -32,12 +32,12 @@ pub async fn create_and_read_back(factory: &dyn StorageFactory) {
     let input = cmd(PK_A, "PRODUCT#PRD-001", json!({"price": 2999})).name("Mouse");
     let item = engine.publish_sync(input, &ctx).await.unwrap().written().unwrap();
     assert_eq!(item.version, 1);
-    assert_eq!(item.id, "TENANT#shop-a#PRODUCT#PRD-001");
-    assert_eq!(item.tenant_code, "shop-a");
+    assert_eq!(item.id(), "TENANT#shop-a#PRODUCT#PRD-001");
+    assert_eq!(item.tenant_code(), "shop-a");
     assert_eq!((item.code.as_str(), item.name.as_str()), ("PRD-001", "Mouse"));
     assert_eq!(item.entity_type, "PRODUCT");
     assert_eq!(
-        (item.cpk.as_str(), item.csk.as_str()),
+        (item.cpk(), item.csk().as_str()),
         (PK_A, "PRODUCT#PRD-001@1")
     );
     assert_eq!(item.created_by, "user-1");
@@ -104,7 +104,7 @@ pub async fn update_at_current_version(factory: &dyn StorageFactory) {
         .into_item();
     assert_eq!(v2.version, 2);
     assert_eq!(v2.attributes, n(2));
-    assert_eq!(v2.csk, "P#1@2");
+    assert_eq!(v2.csk(), "P#1@2");
     assert_eq!((v2.created_by.as_str(), v2.created_at), ("user-1", v1.created_at));
     assert_eq!(v2.updated_by, "user-2");
     assert_eq!(v2.updated_ip, None);
@@ -248,7 +248,7 @@ pub async fn sync_publish_conflicts_with_pending_async_command(factory: &dyn Sto
     assert_eq!(engine.process(&key, 1).await.unwrap(), CommandStatus::Finished);
     let item = engine.get_item(&key, &ctx).await.unwrap().unwrap();
     assert_eq!((item.version, item.attributes), (1, n(1)));
-    assert_eq!(handler.seen(), vec![("P#1".to_owned(), 1)]);
+    assert_eq!(handler.seen(), vec![("P#1".into(), 1)]);
 }
 
 /// A command equal to the current state writes nothing and says so.
@@ -408,7 +408,7 @@ pub async fn versions_and_history_are_complete(factory: &dyn StorageFactory) {
     let history = engine.list_history(&key, &ctx).await.unwrap();
     let seen: Vec<_> = history
         .iter()
-        .map(|h| (h.version, h.attributes.clone(), h.csk.clone()))
+        .map(|h| (h.version, h.attributes.clone(), h.csk()))
         .collect();
     let expected: Vec<_> = (1..=4).map(|v| (v, n(v), format!("P#1@{v}"))).collect();
     assert_eq!(seen, expected);
