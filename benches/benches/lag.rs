@@ -59,7 +59,7 @@ impl DataSyncHandler for Recorder {
 
     async fn handle(&self, event: &DataSyncEvent) -> Result<(), BoxError> {
         let now = Instant::now();
-        let key = (event.command.sk.clone(), event.command.version);
+        let key = (event.command.sk.to_string(), event.command.version);
         self.seen.lock().expect("lock").entry(key).or_insert(now);
         Ok(())
     }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cqrs_core::{
-    tenant_pk, CommandInput, CommandRecord, CommandService, DataItem, InvocationContext, Storage,
+    tenant_pk, CommandInput, CommandService, DataItem, InvocationContext, Storage,
 };
 use cqrs_memory::InMemory;
 
@@ -187,7 +187,6 @@ struct Measured {
     attributes_json: usize,
     command_json: usize,
     sample_data: DataItem,
-    sample_command: CommandRecord,
 }
 
 async fn insert(items: usize) -> Measured {
@@ -245,7 +244,6 @@ async fn insert(items: usize) -> Measured {
         attributes_json: attributes_json / items,
         command_json,
         sample_data,
-        sample_command,
     }
 }
 
@@ -255,73 +253,45 @@ struct Part {
     heap: (f64, f64, f64),
 }
 
-/// The heap of each part of the two rows and of the table structures around them.
+/// The heap of each part of an item's rows and of the table structures around them.
+///
+/// The store keeps one entry per entity: its data row (a `DataItem`, whose
+/// strings are inline up to 23 bytes), its command row of version 1 as a
+/// status (its content is the data row's) and the attributes' canonical
+/// text, shared by both.
 fn breakdown(m: &Measured) -> Vec<Part> {
     let d = &m.sample_data;
-    let c = &m.sample_command;
-    let strings = |fields: &[(&str, &String)]| {
-        let names: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
-        let heap = fields
-            .iter()
-            .map(|(_, s)| heap_of(|| (*s).clone()))
-            .fold(Heap::default(), |a, b| Heap {
-                requested: a.requested + b.requested,
-                chunks: a.chunks + b.chunks,
-                count: a.count + b.count,
-            });
-        (names.join(", "), heap)
-    };
-    let (data_names, data_strings) = strings(&[
+    let text = d.attributes.json().to_owned();
+    let attributes = heap_of(|| std::sync::Arc::<str>::from(text.as_str()));
+    let heap_strings: Vec<&str> = [
         ("pk", &d.pk),
         ("sk", &d.sk),
-        ("id", &d.id),
         ("code", &d.code),
         ("name", &d.name),
-        ("tenantCode", &d.tenant_code),
         ("type", &d.entity_type),
-        ("cpk", &d.cpk),
-        ("csk", &d.csk),
-        ("requestId", &d.request_id),
         ("createdBy", &d.created_by),
         ("updatedBy", &d.updated_by),
-    ]);
-    let (command_names, command_strings) = strings(&[
-        ("pk", &c.pk),
-        ("sk", &c.sk),
-        ("id", &c.id),
-        ("code", &c.code),
-        ("name", &c.name),
-        ("tenantCode", &c.tenant_code),
-        ("type", &c.entity_type),
-        ("requestId", &c.request_id),
-        ("createdBy", &c.created_by),
-    ]);
-    let attributes = heap_of(|| d.attributes.clone());
+    ]
+    .iter()
+    .filter(|(_, s)| s.is_heap_allocated())
+    .map(|(n, _)| *n)
+    .collect();
     let inline = |bytes: usize| (bytes as f64, bytes as f64, 0.0);
     let mut parts = vec![
         Part {
-            what: format!("data row: 12 strings on the heap ({data_names})"),
-            heap: data_strings.per(1),
-        },
-        Part {
-            what: "data row: attributes `Value` tree (map node, 4 key strings, 1 string value)".into(),
+            what: format!(
+                "attributes: the canonical JSON text ({} bytes), one `Arc<str>` shared by the data and command rows",
+                text.len()
+            ),
             heap: attributes.per(1),
         },
         Part {
-            what: "data row: the `DataItem` struct itself (inline, wherever the table keeps it)".into(),
+            what: format!(
+                "data row: the `DataItem` struct (inline in the entity's entry; strings inline up to 23 bytes; \
+                 on the heap here: {}; the request id is shared by every row of its request)",
+                if heap_strings.is_empty() { "none".to_owned() } else { heap_strings.join(", ") }
+            ),
             heap: inline(size_of::<DataItem>()),
-        },
-        Part {
-            what: format!("command row: 9 strings on the heap ({command_names})"),
-            heap: command_strings.per(1),
-        },
-        Part {
-            what: "command row: attributes `Value` tree (a second copy)".into(),
-            heap: attributes.per(1),
-        },
-        Part {
-            what: "command row: the `CommandRecord` struct itself (inline)".into(),
-            heap: inline(size_of::<CommandRecord>()),
         },
     ];
     let rows = parts.iter().fold((0.0, 0.0, 0.0), |a, p| {
@@ -329,8 +299,9 @@ fn breakdown(m: &Measured) -> Vec<Part> {
     });
     let (requested, chunks, count) = m.heap.per(m.items);
     parts.push(Part {
-        what: "rest: the tables around the rows (key strings, hash buckets, tree nodes, spare \
-               capacity; allocations holding inline rows counted here, their row bytes above)"
+        what: "rest: the entity's entry around the data row (history and command vectors, the \
+               command row as a status, index entries), the partition's tree nodes and spare \
+               capacity (allocations holding inline rows counted here, their row bytes above)"
             .into(),
         heap: (requested - rows.0, chunks - rows.1, count - rows.2),
     });

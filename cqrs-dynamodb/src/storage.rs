@@ -298,7 +298,7 @@ impl DynamoDbStorage {
                 .query()
                 .table_name(&self.tables.command)
                 .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                .expression_attribute_values(":pk", s(&key.pk))
+                .expression_attribute_values(":pk", s(key.pk.as_str()))
                 .expression_attribute_values(":prefix", s(prefix))
                 .consistent_read(true)
                 .set_exclusive_start_key(start)

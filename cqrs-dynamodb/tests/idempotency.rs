@@ -51,8 +51,8 @@ fn key_record(key: &str, entity: &EntityKey, version: u64, expires_at: i64) -> I
         tenant_code: common::TENANT.into(),
         key: key.into(),
         fingerprint: format!("fingerprint-of-{key}-{version}"),
-        pk: entity.pk.clone(),
-        sk: entity.sk.clone(),
+        pk: entity.pk.to_string(),
+        sk: entity.sk.to_string(),
         version,
         created_at: Utc::now(),
         expires_at,
@@ -171,7 +171,6 @@ async fn live_keys_stop_writes_and_expired_ones_do_not() {
     let at = |entity: &EntityKey, version: u64| {
         let mut record = v1.clone();
         record.sk = entity.sk.clone();
-        record.id = entity.id();
         record.version = version;
         record
     };

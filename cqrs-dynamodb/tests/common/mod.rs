@@ -103,7 +103,7 @@ impl Recorder {
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((event.command.sk.clone(), event.command.version));
+            .push((event.command.sk.to_string(), event.command.version));
     }
 }
 

@@ -372,7 +372,7 @@ impl Tour<'_> {
             .iter()
             .max_by_key(|c| number(c))
             .cloned()
-            .unwrap_or_else(|| a2.code.clone());
+            .unwrap_or_else(|| a2.code.to_string());
         let seen_by_b = shop.orders.get(&code, &ctx(b)).await;
         match &seen_by_b {
             Err(e) => self.say(format!("   {b} asks for {a}'s {code}: {e}")),
@@ -462,7 +462,7 @@ impl Tour<'_> {
         let mut refused = 0;
         for task in tasks {
             match task.await {
-                Ok(Ok(command)) => codes.push(command.code),
+                Ok(Ok(command)) => codes.push(command.code.to_string()),
                 Ok(Err(e)) => {
                     refused += 1;
                     self.say(format!("   an order was refused: {e}"));

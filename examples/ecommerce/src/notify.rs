@@ -74,8 +74,8 @@ impl Notification {
     pub fn of(event: &DataSyncEvent, kind: NotificationKind, message: String) -> Self {
         Self {
             kind,
-            tenant: event.command.tenant_code.clone(),
-            order_code: event.command.code.clone(),
+            tenant: event.command.tenant_code().to_owned(),
+            order_code: event.command.code.to_string(),
             message,
             key: format!("{}#{}", event.idempotency_key(), kind.as_str()),
         }

@@ -371,7 +371,7 @@ async fn audit(inspector: &Inspector, accepted: &[String]) -> Counts {
         .into_iter()
         .map(|o| {
             let attributes = o.attributes_as().expect("an order");
-            (o.code.clone(), (o, attributes))
+            (o.code.to_string(), (o, attributes))
         })
         .collect();
     let mut counts = Counts {
@@ -717,7 +717,7 @@ async fn lost_answers_to_keyed_orders_place_each_order_once() {
         per_customer
             .entry(attributes.customer_id)
             .or_default()
-            .push(order.code.clone());
+            .push(order.code.to_string());
     }
     for (i, code) in accepted.iter().enumerate() {
         let placed = per_customer

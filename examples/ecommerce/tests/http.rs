@@ -1819,7 +1819,7 @@ async fn reservations(api: &Api, tenant: &str) -> std::collections::BTreeMap<Str
                 .expect("listed");
         for item in page.items {
             let state = item.attributes["state"].as_str().expect("a state").to_owned();
-            held.insert(item.code, state);
+            held.insert(item.code.to_string(), state);
         }
         match page.cursor {
             Some(next) => cursor = Some(next),

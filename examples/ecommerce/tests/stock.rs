@@ -336,7 +336,7 @@ async fn one_order_handled_four_times_at_once(backend: Backend) {
     let (attributes, _) = stock(shop).await;
     assert_eq!(attributes.reserved_quantity, 3, "reserved once: {attributes:?}");
     let held = reservations(shop).await;
-    let (reservation, version) = &held[&placed.code];
+    let (reservation, version) = &held[placed.code.as_str()];
     assert_eq!(
         (reservation.state, *version),
         (ReservationState::Reserved, 1),

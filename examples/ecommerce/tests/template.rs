@@ -1165,7 +1165,7 @@ async fn the_guides_replay_event_settles_its_command() {
     );
     let status = engine.get_command(&key, 1, &ctx).await.unwrap().map(|c| c.status);
     assert_eq!(status, Some(CommandStatus::Finished));
-    assert_eq!(handler.seen(), [(sk.to_owned(), 1)]);
+    assert_eq!(handler.seen(), [(sk.into(), 1)]);
 }
 
 #[test]

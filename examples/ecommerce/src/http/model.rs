@@ -1,6 +1,6 @@
 //! Request and response bodies of the API that are not the services' own.
 
-use cqrs_core::{CommandRecord, DataItem, Page};
+use cqrs_core::{Attributes, CommandRecord, DataItem, Page, SmolStr};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -13,19 +13,23 @@ macro_rules! entity {
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
         pub struct $name {
             /// Partition key: `TENANT#{tenant}`.
-            pub pk: String,
+            #[schema(value_type = String)]
+            pub pk: SmolStr,
             /// Sort key.
-            pub sk: String,
+            #[schema(value_type = String)]
+            pub sk: SmolStr,
             /// Business code.
-            pub code: String,
+            #[schema(value_type = String)]
+            pub code: SmolStr,
             /// Display name.
-            pub name: String,
+            #[schema(value_type = String)]
+            pub name: SmolStr,
             /// Version: 1 after creation, +1 per change. Send it back to
             /// update under an optimistic version check.
             pub version: u64,
             /// The entity's attributes.
             #[schema(value_type = $attributes)]
-            pub attributes: serde_json::Value,
+            pub attributes: Attributes,
         }
 
         impl From<DataItem> for $name {

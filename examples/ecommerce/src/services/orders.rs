@@ -206,7 +206,7 @@ impl OrderService {
         let code = number.formatted;
         let attributes = OrderAttributes {
             customer_id: order.customer_id,
-            user_id: ctx.user_id.clone(),
+            user_id: ctx.user_id.to_string(),
             items: order.items,
             shipping_address: order.shipping_address,
             payment_method: order.payment_method,
@@ -347,7 +347,7 @@ impl OrderService {
                 let current = current.filter(|item| may_read(item, ctx)).ok_or_else(not_found)?;
                 if let Some(expected) = version.filter(|v| *v != current.version) {
                     return Err(ShopError::Core(cqrs_core::Error::Conflict {
-                        key: current.id.clone(),
+                        key: current.id(),
                         expected: ExpectedVersion::Exactly(expected),
                         actual: Some(current.version),
                     }));

@@ -119,7 +119,7 @@ impl ProductService {
         match self.services.data.get_item(&key, ctx).await? {
             Some(item) => {
                 let attributes = item.attributes_as()?;
-                Ok(Some((item.name, attributes)))
+                Ok(Some((item.name.to_string(), attributes)))
             }
             None => Ok(None),
         }

@@ -200,7 +200,7 @@ impl StockDesk {
         ctx: &InvocationContext,
     ) -> ShopResult<Done> {
         let (reply, answer) = oneshot::channel();
-        let tenant = ctx.tenant_code.clone();
+        let tenant = ctx.tenant_code.to_string();
         let lead = {
             let mut queues = self.lock();
             let queue = queues.entry(tenant.clone()).or_default();
