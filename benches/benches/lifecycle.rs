@@ -20,7 +20,10 @@
 //!
 //! `cargo bench -p cqrs-benches --bench lifecycle`
 //! (`CQRS_BENCH_ORDERS=n` changes the number of orders; `CQRS_BENCH_ONLY=ours`
-//! runs ours alone, once, for profiling).
+//! or `=peer` runs one system alone, once, for profiling: instructions per
+//! command are the difference of two runs under
+//! `valgrind --tool=callgrind` with different `CQRS_BENCH_ORDERS`, divided by
+//! the difference in commands).
 
 mod peer_orders;
 
@@ -185,10 +188,18 @@ fn main() {
         }
         return;
     }
-    if std::env::var("CQRS_BENCH_ONLY").as_deref() == Ok("ours") {
-        let d = rt.block_on(ours_run(orders));
-        println!("ours: {commands} commands in {:.3} s", d.as_secs_f64());
-        return;
+    match std::env::var("CQRS_BENCH_ONLY").as_deref() {
+        Ok("ours") => {
+            let d = rt.block_on(ours_run(orders));
+            println!("ours: {commands} commands in {:.3} s", d.as_secs_f64());
+            return;
+        }
+        Ok("peer") => {
+            let d = rt.block_on(peer_run(QuietMemStore::<Order>::default(), orders));
+            println!("peer: {commands} commands in {:.3} s", d.as_secs_f64());
+            return;
+        }
+        _ => {}
     }
 
     // Warm-up (allocator, page faults, code), then alternate the systems.

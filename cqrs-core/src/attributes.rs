@@ -6,11 +6,11 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, OnceLock};
 
 use serde::de::DeserializeOwned;
-use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 
 use crate::error::{Error, Result};
+use crate::numbers::Integral;
 
 /// The attributes of an entity: a JSON value, usually an object.
 ///
@@ -90,7 +90,7 @@ impl Attributes {
     pub(crate) fn shared_json(&self) -> &Arc<str> {
         self.json.get_or_init(|| {
             let value = self.value.get().unwrap_or(&Value::Null);
-            canonical_text(value)
+            canonical_text(value).0
         })
     }
 
@@ -108,12 +108,20 @@ impl Attributes {
     /// back and refuses those it cannot store (see `numbers`); then writes
     /// the canonical text. Done by every publish, before anything is stored.
     pub(crate) fn normalize(&mut self) -> Result<()> {
-        if let Some(value) = self.value.get_mut() {
-            if self.json.get().is_none() {
-                crate::numbers::normalize_numbers(value)?;
-            }
+        if self.json.get().is_some() {
+            // The text is canonical, and a parsed value was parsed from it.
+            return Ok(());
         }
-        self.shared_json();
+        let Some(value) = self.value.get_mut() else {
+            return Ok(());
+        };
+        // One walk writes the text and notices the numbers to look at; the
+        // value is walked again only when there are some (seldom).
+        let (text, numbers) = canonical_text(value);
+        if numbers.out_of_range || numbers.integral_floats {
+            crate::numbers::normalize_numbers(value)?;
+        }
+        let _ = self.json.set(text);
         Ok(())
     }
 
@@ -237,8 +245,18 @@ thread_local! {
     static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Numbers a canonical text was written from that its value does not
+/// hold in normal form.
+#[derive(Debug, Default, Clone, Copy)]
+struct Numbers {
+    /// Floats with no fraction, written as integers.
+    integral_floats: bool,
+    /// Numbers outside DynamoDB's range.
+    out_of_range: bool,
+}
+
 /// The canonical JSON text of `value`.
-fn canonical_text(value: &Value) -> Arc<str> {
+fn canonical_text(value: &Value) -> (Arc<str>, Numbers) {
     BUFFER.with(|buffer| {
         let mut buffer = match buffer.try_borrow_mut() {
             Ok(buffer) => buffer,
@@ -255,61 +273,152 @@ fn canonical_text(value: &Value) -> Arc<str> {
     })
 }
 
-fn canonical_text_in(value: &Value, buffer: &mut Vec<u8>) -> Arc<str> {
-    // Writing a `Value` into memory cannot fail, and serde_json writes UTF-8.
-    let _ = serde_json::to_writer(&mut *buffer, &Canonical(value));
-    Arc::from(std::str::from_utf8(buffer).unwrap_or("null"))
+fn canonical_text_in(value: &Value, buffer: &mut Vec<u8>) -> (Arc<str>, Numbers) {
+    let mut numbers = Numbers::default();
+    write_canonical(value, buffer, &mut numbers);
+    // Only whole UTF-8 strings and ASCII are written.
+    (Arc::from(std::str::from_utf8(buffer).unwrap_or("null")), numbers)
 }
 
-/// A value serialized in canonical form: object keys in order, numbers
+/// Writes `value` in canonical form: object keys in order, numbers
 /// normalized (a float with no fraction that an integer holds is written
-/// as that integer, as DynamoDB gives it back).
-struct Canonical<'a>(&'a Value);
-
-impl Serialize for Canonical<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        match self.0 {
-            Value::Number(number) => match crate::numbers::integral(number) {
-                Some(integer) => integer.serialize(serializer),
-                None => number.serialize(serializer),
-            },
-            Value::Array(items) => {
-                let mut seq = serializer.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(&Canonical(item))?;
+/// as that integer, as DynamoDB gives it back), strings escaped as
+/// serde_json escapes them, no spaces.
+///
+/// Written by hand rather than through serde: it runs on every publish, and
+/// a plain walk that copies unescaped runs of a string whole is several
+/// times faster than a serializer visiting every byte.
+fn write_canonical(value: &Value, out: &mut Vec<u8>, numbers: &mut Numbers) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(number) => write_number(number, out, numbers),
+        Value::String(text) => write_string(text, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
                 }
-                seq.end()
+                write_canonical(item, out, numbers);
             }
-            Value::Object(map) => {
-                let mut out = serializer.serialize_map(Some(map.len()))?;
-                // serde_json keeps maps sorted unless a crate of the build
-                // enables its `preserve_order`: sort only then.
-                let sorted = map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b);
-                if sorted {
-                    for (key, value) in map {
-                        out.serialize_entry(key, &Canonical(value))?;
-                    }
-                } else {
-                    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-                    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                    for (key, value) in entries {
-                        out.serialize_entry(key, &Canonical(value))?;
-                    }
-                }
-                out.end()
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            out.push(b'{');
+            if maps_are_sorted() {
+                write_entries(map.iter(), out, numbers);
+            } else {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                write_entries(entries.into_iter(), out, numbers);
             }
-            other => other.serialize(serializer),
+            out.push(b'}');
         }
     }
 }
 
-impl Serialize for crate::numbers::Integral {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        match *self {
-            crate::numbers::Integral::Unsigned(n) => serializer.serialize_u64(n),
-            crate::numbers::Integral::Signed(n) => serializer.serialize_i64(n),
+fn write_entries<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a Value)>,
+    out: &mut Vec<u8>,
+    numbers: &mut Numbers,
+) {
+    for (i, (key, value)) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(key, out);
+        out.push(b':');
+        write_canonical(value, out, numbers);
+    }
+}
+
+fn write_number(number: &Number, out: &mut Vec<u8>, numbers: &mut Numbers) {
+    let mut digits = itoa::Buffer::new();
+    if let Some(n) = number.as_u64() {
+        out.extend_from_slice(digits.format(n).as_bytes());
+    } else if let Some(n) = number.as_i64() {
+        out.extend_from_slice(digits.format(n).as_bytes());
+    } else {
+        let float = number.as_f64().unwrap_or(f64::NAN);
+        numbers.out_of_range |= !crate::numbers::in_range(float);
+        let integral = crate::numbers::integral(number);
+        numbers.integral_floats |= integral.is_some();
+        match integral {
+            Some(Integral::Unsigned(n)) => out.extend_from_slice(digits.format(n).as_bytes()),
+            Some(Integral::Signed(n)) => out.extend_from_slice(digits.format(n).as_bytes()),
+            // Floats as serde_json writes them (shortest round trip).
+            None => {
+                let _ = serde_json::to_writer(&mut *out, number);
+            }
         }
     }
+}
+
+/// Which bytes a JSON string escapes: `"`, `\\` and the control characters.
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// `text` as a JSON string, escaped as serde_json escapes: `"`, `\\` and
+/// the control characters, nothing else.
+fn write_string(text: &str, out: &mut Vec<u8>) {
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    // Most strings need no escape: one copy.
+    match bytes.iter().position(|&b| ESCAPED[usize::from(b)]) {
+        None => out.extend_from_slice(bytes),
+        Some(first) => write_escaped(bytes, first, out),
+    }
+    out.push(b'"');
+}
+
+fn write_escaped(bytes: &[u8], first: usize, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(&bytes[..first]);
+    for &byte in &bytes[first..] {
+        if !ESCAPED[usize::from(byte)] {
+            out.push(byte);
+            continue;
+        }
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(byte >> 4)]);
+                out.push(HEX[usize::from(byte & 0xf)]);
+            }
+        }
+    }
+}
+
+/// Whether serde_json's maps keep their keys in order (they do unless a
+/// crate of the build turns on its `preserve_order`). Checked once, by
+/// behaviour.
+fn maps_are_sorted() -> bool {
+    static SORTED: OnceLock<bool> = OnceLock::new();
+    *SORTED.get_or_init(|| {
+        let mut map = Map::new();
+        map.insert("b".into(), Value::Null);
+        map.insert("a".into(), Value::Null);
+        map.keys().next().is_some_and(|k| k == "a")
+    })
 }
 
 #[cfg(test)]
@@ -322,6 +431,21 @@ mod tests {
     fn canonical_text_is_sorted_and_normalized() {
         let attributes = Attributes::from(json!({"b": [1.0, {"z": 2, "a": -3.0}], "a": 1.5, "c": null}));
         assert_eq!(attributes.json(), r#"{"a":1.5,"b":[1,{"a":-3,"z":2}],"c":null}"#);
+    }
+
+    #[test]
+    fn the_text_is_what_serde_json_writes_of_the_normalized_value() {
+        let escapes: String = (0u8..0x80).map(char::from).chain("é😀\u{2028}".chars()).collect();
+        let mut value = json!({
+            "z": [escapes.clone(), {"b": 1, "a": [true, false, null]}],
+            escapes.clone(): -7,
+            "floats": [0.1, -2.5e-7, 1e120, 6.0, -0.0, 1e19, u64::MAX, i64::MIN],
+            "": {}
+        });
+        let text = Attributes::from(value.clone()).json().to_owned();
+        crate::numbers::normalize_numbers(&mut value).unwrap();
+        assert_eq!(text, serde_json::to_string(&value).unwrap());
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), value);
     }
 
     #[test]

@@ -83,7 +83,7 @@ fn find_out_of_range(value: &Value, path: &mut String) -> Option<Error> {
     }
 }
 
-fn in_range(float: f64) -> bool {
+pub(crate) fn in_range(float: f64) -> bool {
     let magnitude = float.abs();
     float.is_finite() && (magnitude == 0.0 || (MIN_NUMBER_MAGNITUDE..=MAX_NUMBER_MAGNITUDE).contains(&magnitude))
 }

@@ -9,7 +9,7 @@ mod versions;
 #[doc = include_str!("../../docs/services.md")]
 struct ServicesGuide;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
@@ -79,7 +79,7 @@ impl InMemory {
         self.read()
             .partitions
             .values()
-            .map(|p| p.values().filter(|e| e.data.is_some()).count())
+            .map(|p| p.with_data.len())
             .sum()
     }
 
@@ -137,10 +137,19 @@ struct Tables {
     idempotency: HashMap<(String, String), IdempotencyRecord, Hasher>,
     /// Index partitions by (index, partition): entry sort key → the item's
     /// sk (every item of an index partition has the pk the partition starts with).
-    indexes: HashMap<(String, String), BTreeMap<String, (SmolStr, SmolStr)>, Hasher>,
+    indexes: IndexPartitions,
 }
 
-type Partition = BTreeMap<SmolStr, Box<Entity>>;
+type IndexPartitions = HashMap<(String, String), BTreeMap<String, (SmolStr, SmolStr)>, Hasher>;
+
+/// The entities of one partition: found by hashing their sort key, listed
+/// in sort-key order.
+#[derive(Debug, Default)]
+struct Partition {
+    entities: HashMap<SmolStr, Box<Entity>, Hasher>,
+    /// The sort keys of the entities that have a data row, in order.
+    with_data: BTreeSet<SmolStr>,
+}
 
 /// Everything stored of one entity.
 #[derive(Debug, Default)]
@@ -207,9 +216,23 @@ impl Entity {
 }
 
 /// The compact form of `record` once `data` (its data row) is stored, if
-/// the row can be rebuilt from it.
+/// the row can be rebuilt from it (see [`DataItem::command`]).
 fn compact(record: &CommandRecord, data: &DataItem) -> Option<CommandRow> {
-    (data.command(record.status, record.source.clone()) == *record).then(|| CommandRow::Applied {
+    let same = record.version == data.version
+        && record.pk == data.pk
+        && record.sk == data.sk
+        && record.code == data.code
+        && record.name == data.name
+        && record.entity_type == data.entity_type
+        && record.is_deleted == data.is_deleted
+        && record.ttl == data.ttl
+        && record.seq == data.seq
+        && record.request_id == data.request_id
+        && record.created_at == data.updated_at
+        && record.created_by == data.updated_by
+        && record.created_ip == data.updated_ip
+        && record.attributes == data.attributes;
+    same.then(|| CommandRow::Applied {
         status: record.status,
         source: record.source.clone(),
     })
@@ -221,24 +244,21 @@ fn entity_id(pk: &str, sk: &str) -> String {
 
 impl Tables {
     fn entity(&self, pk: &str, sk: &str) -> Option<&Entity> {
-        self.partitions.get(pk)?.get(sk).map(Box::as_ref)
+        self.partitions.get(pk)?.entities.get(sk).map(Box::as_ref)
     }
 
     fn entity_mut(&mut self, pk: &str, sk: &str) -> Option<&mut Entity> {
-        self.partitions.get_mut(pk)?.get_mut(sk).map(Box::as_mut)
+        self.partitions.get_mut(pk)?.entities.get_mut(sk).map(Box::as_mut)
     }
 
-    /// The entity's entry, created empty if missing (the only case that
-    /// allocates its keys).
+    /// The entity's entry, created empty if missing.
     fn entity_or_default(&mut self, pk: &SmolStr, sk: &SmolStr) -> &mut Entity {
-        if !self.partitions.contains_key(pk.as_str()) {
-            self.partitions.insert(pk.clone(), Partition::new());
-        }
-        let partition = self.partitions.get_mut(pk.as_str()).expect("just inserted");
-        if !partition.contains_key(sk.as_str()) {
-            partition.insert(sk.clone(), Box::default());
-        }
-        partition.get_mut(sk.as_str()).expect("just inserted")
+        self.partitions
+            .entry(pk.clone())
+            .or_default()
+            .entities
+            .entry(sk.clone())
+            .or_default()
     }
 
     fn latest_version(&self, pk: &str, sk: &str) -> Option<u64> {
@@ -251,26 +271,6 @@ impl Tables {
         self.idempotency
             .get(&(record.tenant_code.clone(), record.key.clone()))
             .is_some_and(|stored| stored.is_live(now))
-    }
-
-    /// Replaces the index entries of `data`'s entity with `entries`.
-    fn index(&mut self, data: &DataItem, entries: Vec<IndexEntry>) {
-        let entity = self.entity_or_default(&data.pk, &data.sk);
-        if entity.index_entries.is_empty() && entries.is_empty() {
-            return;
-        }
-        let previous = std::mem::replace(&mut entity.index_entries, entries.clone());
-        for entry in previous {
-            if let Some(partition) = self.indexes.get_mut(&(entry.index, entry.pk)) {
-                partition.remove(&entry.sk);
-            }
-        }
-        for entry in entries {
-            self.indexes
-                .entry((entry.index, entry.pk))
-                .or_default()
-                .insert(entry.sk, (data.pk.clone(), data.sk.clone()));
-        }
     }
 
     fn store_key(&mut self, record: IdempotencyRecord) {
@@ -318,8 +318,14 @@ impl Tables {
         if let Some(record) = idempotency {
             self.store_key(record);
         }
-        self.index(&data, indexes);
-        let entity = self.entity_or_default(&data.pk, &data.sk);
+        let Tables {
+            partitions,
+            indexes: index_partitions,
+            ..
+        } = self;
+        let partition = partitions.entry(data.pk.clone()).or_default();
+        let entity = partition.entities.entry(data.sk.clone()).or_default();
+        reindex(index_partitions, entity, &data, indexes);
         let version = data.version;
         match command {
             CommandWrite::Insert(record) => {
@@ -343,7 +349,37 @@ impl Tables {
         if let Some(history) = history {
             entity.history.insert(history.version, history);
         }
-        entity.data.replace(data)
+        let sk = data.sk.clone();
+        let replaced = entity.data.replace(data);
+        if replaced.is_none() {
+            partition.with_data.insert(sk);
+        }
+        replaced
+    }
+}
+
+/// Replaces the index entries of `entity` (whose new data row is `data`)
+/// with `entries`.
+fn reindex(
+    index_partitions: &mut IndexPartitions,
+    entity: &mut Entity,
+    data: &DataItem,
+    entries: Vec<IndexEntry>,
+) {
+    if entity.index_entries.is_empty() && entries.is_empty() {
+        return;
+    }
+    let previous = std::mem::replace(&mut entity.index_entries, entries.clone());
+    for entry in previous {
+        if let Some(partition) = index_partitions.get_mut(&(entry.index, entry.pk)) {
+            partition.remove(&entry.sk);
+        }
+    }
+    for entry in entries {
+        index_partitions
+            .entry((entry.index, entry.pk))
+            .or_default()
+            .insert(entry.sk, (data.pk.clone(), data.sk.clone()));
     }
 }
 
@@ -448,19 +484,21 @@ impl Storage for InMemory {
                 });
             };
             let bounds = range::SkRange::new(query.sk.as_ref(), query.order, query.start_after.as_deref());
-            let with_data = |(_, entity): (&SmolStr, &Box<Entity>)| entity.data.clone();
+            let data = |sk: &SmolStr| partition.entities.get(sk).and_then(|e| e.data.clone());
             match (bounds.as_range(), query.order) {
                 (None, _) => Vec::new(),
                 (Some(r), SortOrder::Ascending) => partition
+                    .with_data
                     .range::<str, _>(r)
-                    .filter_map(with_data)
                     .take(query.limit)
+                    .filter_map(data)
                     .collect(),
                 (Some(r), SortOrder::Descending) => partition
+                    .with_data
                     .range::<str, _>(r)
                     .rev()
-                    .filter_map(with_data)
                     .take(query.limit)
+                    .filter_map(data)
                     .collect(),
             }
         };

@@ -158,7 +158,12 @@ impl Engine {
             Ok(prepared) => self.write_prepared(prepared, ctx).await,
             Err(error) => Err(error),
         };
-        self.resolve_sync(outcome, keyed, ctx).await
+        match keyed {
+            None => outcome,
+            // Boxed: a keyed publish is the rarer one, and its state would
+            // otherwise make every publish's future larger.
+            Some(_) => Box::pin(self.resolve_sync(outcome, keyed, ctx)).await,
+        }
     }
 
     /// Applies a prepared sync publish and runs its handlers.
@@ -187,6 +192,14 @@ impl Engine {
             tracing::info!("published (sync)");
             return Ok(Published::Written(data));
         }
+        Box::pin(self.write_then_handle(write, ctx)).await
+    }
+
+    /// Applies a sync write whose handlers follow, and runs them, on a task
+    /// of its own. Reached through a box from [`Engine::write_prepared`]:
+    /// this future is large, and the write without handlers should not
+    /// carry its size.
+    async fn write_then_handle(&self, write: ApplyWrite, ctx: &InvocationContext) -> Result<Published<DataItem>> {
         let ctx = ctx.clone();
         self.detached(move |engine| {
             async move {
@@ -268,7 +281,10 @@ impl Engine {
             false => None,
         };
         let outcome = self.publish_async_on(key, command, base, keyed, ctx).await;
-        self.resolve_async(outcome, keyed, ctx).await
+        match keyed {
+            None => outcome,
+            Some(_) => Box::pin(self.resolve_async(outcome, keyed, ctx)).await,
+        }
     }
 
     /// One attempt of an async publish of `command` on top of `base`.
@@ -411,9 +427,9 @@ impl CommandService for Engine {
                     .await
             }
             ExpectedVersion::Latest => {
-                self.retrying_latest(command.version, || {
+                Box::pin(self.retrying_latest(command.version, || {
                     self.publish_async_once(&key, command.clone(), keyed, ctx)
-                })
+                }))
                 .instrument(span)
                 .await
             }
@@ -438,9 +454,9 @@ impl CommandService for Engine {
                     .await
             }
             ExpectedVersion::Latest => {
-                self.retrying_latest(command.version, || {
+                Box::pin(self.retrying_latest(command.version, || {
                     self.publish_sync_once(&key, command.clone(), keyed, ctx)
-                })
+                }))
                 .instrument(span)
                 .await
             }

@@ -464,7 +464,8 @@ impl Engine {
         let in_flight = self.inner.activity.start();
         let work = work(self.clone());
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return work.await;
+            // Boxed, so that this future does not hold the work inline.
+            return Box::pin(work).await;
         };
         let task = runtime.spawn(async move {
             let _in_flight = in_flight;
