@@ -376,11 +376,40 @@ fn write_string(text: &str, out: &mut Vec<u8>) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     // Most strings need no escape: one copy.
-    match bytes.iter().position(|&b| ESCAPED[usize::from(b)]) {
+    match first_escaped(bytes) {
         None => out.extend_from_slice(bytes),
         Some(first) => write_escaped(bytes, first, out),
     }
     out.push(b'"');
+}
+
+/// The position of the first byte to escape, eight bytes at a time.
+fn first_escaped(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // A zero byte in `word` sets the high bit of its byte in the result
+    // (the classic test: exact for "is there one", and the chunk is then
+    // searched byte by byte, so a false position cannot mislead).
+    let zero_in = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+        let quote = zero_in(word ^ (ONES * u64::from(b'"')));
+        let backslash = zero_in(word ^ (ONES * u64::from(b'\\')));
+        if control | quote | backslash != 0 {
+            if let Some(i) = chunk.iter().position(|&b| ESCAPED[usize::from(b)]) {
+                return Some(offset + i);
+            }
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| ESCAPED[usize::from(b)])
+        .map(|i| offset + i)
 }
 
 fn write_escaped(bytes: &[u8], first: usize, out: &mut Vec<u8>) {
@@ -446,6 +475,17 @@ mod tests {
         crate::numbers::normalize_numbers(&mut value).unwrap();
         assert_eq!(text, serde_json::to_string(&value).unwrap());
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), value);
+    }
+
+    #[test]
+    fn escapes_are_found_wherever_they_are() {
+        for special in ['"', '\\', '\n', '\u{1}', '\u{1f}', 'é', ' ', '~', '\u{7f}'] {
+            for at in 0..20 {
+                let text: String = (0..24).map(|i| if i == at { special } else { 'a' }).collect();
+                let attributes = Attributes::from(Value::String(text.clone()));
+                assert_eq!(attributes.json(), serde_json::to_string(&text).unwrap(), "{special:?} at {at}");
+            }
+        }
     }
 
     #[test]

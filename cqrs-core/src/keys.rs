@@ -123,6 +123,9 @@ pub fn validate_pk(pk: &str) -> Result<()> {
     Ok(())
 }
 
+/// Digits of `u64::MAX`, the longest version.
+const U64_DIGITS: usize = 20;
+
 /// Validates a sort key (see [`EntityKey::validate`]).
 pub fn validate_sk(sk: &str) -> Result<()> {
     validate_parts("sk", sk)?;
@@ -133,12 +136,12 @@ pub fn validate_sk(sk: &str) -> Result<()> {
         ));
     }
     // Room for the longest "@{version}" suffix of the command row.
-    let with_version = sk.len() + 1 + u64::MAX.to_string().len();
-    if with_version > MAX_SK_BYTES {
+    const LIMIT: usize = MAX_SK_BYTES - 1 - U64_DIGITS;
+    if sk.len() > LIMIT {
         return Err(Error::TooLarge {
             what: "sk".into(),
             size: sk.len(),
-            limit: MAX_SK_BYTES - 1 - u64::MAX.to_string().len(),
+            limit: LIMIT,
         });
     }
     Ok(())

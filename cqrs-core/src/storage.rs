@@ -179,6 +179,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         Ok(writes.into_iter().map(|w| w.data).collect())
     }
 
+    /// [`Storage::apply_owned`] of a single write: its data row. The engine
+    /// calls it for a sync publish no handler is interested in (the most
+    /// common write). The default calls `apply_owned`.
+    async fn apply_one(&self, write: Box<ApplyWrite>) -> Result<DataItem> {
+        let mut rows = self.apply_owned(vec![*write]).await?;
+        rows.pop()
+            .ok_or_else(|| crate::Error::backend("apply_owned returned no data row", false))
+    }
+
     /// The data row of an entity.
     async fn get_data(&self, key: &EntityKey) -> Result<Option<DataItem>>;
 

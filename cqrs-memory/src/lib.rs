@@ -116,6 +116,20 @@ impl InMemory {
         Ok(())
     }
 
+    /// [`InMemory::apply_writes`] of one write, without a vector.
+    fn apply_write(&self, write: Box<ApplyWrite>) -> Result<()> {
+        if self.limits.rows_per_command > self.limits.max_transaction_items {
+            return self.apply_writes(vec![*write]);
+        }
+        let replaced = {
+            let mut tables = self.write();
+            tables.check(&write)?;
+            tables.store(*write)
+        };
+        drop(replaced);
+        Ok(())
+    }
+
     /// Reads one entity under the read lock.
     fn with_entity<T>(&self, key: &EntityKey, read: impl FnOnce(&Entity) -> T) -> Option<T> {
         self.read().entity(&key.pk, &key.sk).map(read)
@@ -467,6 +481,13 @@ impl Storage for InMemory {
             })
             .collect();
         self.apply_writes(writes)?;
+        Ok(given)
+    }
+
+    async fn apply_one(&self, mut write: Box<ApplyWrite>) -> Result<DataItem> {
+        let stored = write.data.clone();
+        let given = std::mem::replace(&mut write.data, stored);
+        self.apply_write(write)?;
         Ok(given)
     }
 

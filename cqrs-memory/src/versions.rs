@@ -40,15 +40,19 @@ impl<T> Versions<T> {
 
     /// Stores `row` at `version`, replacing any row there.
     ///
-    /// The vector grows by half its length (one row at a time while short)
-    /// rather than doubling: most entities have few versions, and each row
-    /// held for nothing would be memory held for every entity.
+    /// The first row takes a vector of exactly one (most entities of a large
+    /// table have a single version, and a row held for nothing would be
+    /// memory held for each of them); an entity that changes is likely to
+    /// change again, so the second row makes room for four, and from there
+    /// the vector doubles.
     pub(crate) fn insert(&mut self, version: u64, row: T) {
         match self.find(version) {
             Ok(i) => self.rows[i].1 = row,
             Err(i) => {
-                if self.rows.len() == self.rows.capacity() {
-                    self.rows.reserve_exact((self.rows.len() / 2).max(1));
+                match self.rows.len() {
+                    0 => self.rows.reserve_exact(1),
+                    1 => self.rows.reserve_exact(3),
+                    _ => {}
                 }
                 self.rows.insert(i, (version, row))
             }

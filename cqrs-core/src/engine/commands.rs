@@ -57,11 +57,11 @@ fn check_version(key: &EntityKey, expected: ExpectedVersion, current: Option<u64
 }
 
 /// What a sync publish will do, once the entity is read.
-// Short-lived, one per publish: boxing the write would cost an allocation for nothing.
-#[allow(clippy::large_enum_variant)]
 enum Prepared {
-    /// Write this (its command is [`CommandWrite::Insert`]).
-    Write(ApplyWrite),
+    /// Write this (its command is [`CommandWrite::Insert`]). Boxed: the
+    /// write is large and goes through several futures and the storage by
+    /// value; a pointer moves where the rows would be copied each time.
+    Write(Box<ApplyWrite>),
     /// Nothing: the command equals the current item.
     Unchanged(DataItem),
 }
@@ -110,14 +110,14 @@ impl Engine {
         // it published (the stored rows share the text).
         std::mem::swap(&mut data.attributes, &mut record.attributes);
         check_size(&self.storage_ref().limits(), &data)?;
-        Ok(Prepared::Write(ApplyWrite {
+        Ok(Prepared::Write(Box::new(ApplyWrite {
             command: CommandWrite::Insert(Box::new(record)),
             indexes: self.inner.pipeline.index_entries(&data)?,
             data,
             expected_data_version: base,
             history: previous,
             idempotency: self.key_row(keyed, key, version, ctx),
-        }))
+        })))
     }
 
     /// Runs `attempt` once, or — for a last-writer-wins publish — again on
@@ -183,16 +183,12 @@ impl Engine {
             // One atomic write and nothing after it: nothing to detach.
             // Nothing needs the rows after the write but the caller its data
             // row: hand them over, for a backend that can keep them as they are.
-            let data = self.storage_ref().apply_owned(vec![write]).await?;
-            let data = data
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::backend("apply_owned returned no data row", false))?;
+            let data = self.storage_ref().apply_one(write).await?;
             tracing::Span::current().record("version", data.version);
             tracing::info!("published (sync)");
             return Ok(Published::Written(data));
         }
-        Box::pin(self.write_then_handle(write, ctx)).await
+        Box::pin(self.write_then_handle(*write, ctx)).await
     }
 
     /// Applies a sync write whose handlers follow, and runs them, on a task
@@ -561,7 +557,7 @@ impl CommandService for Engine {
         let writes: Vec<ApplyWrite> = prepared
             .iter()
             .filter_map(|p| match p {
-                Prepared::Write(write) => Some(write.clone()),
+                Prepared::Write(write) => Some((**write).clone()),
                 Prepared::Unchanged(_) => None,
             })
             .collect();

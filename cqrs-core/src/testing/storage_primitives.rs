@@ -210,20 +210,30 @@ pub async fn storage_apply_owned_matches_apply(factory: &dyn StorageFactory) {
     assert_eq!(storage.list_history(&a).await.unwrap(), vec![a1]);
 
     // A history row that is not the stored data row is stored as given, by
-    // `apply` as by `apply_owned`.
-    for (version, owned) in [(3, false), (4, true)] {
+    // `apply`, `apply_owned` and `apply_one`.
+    for (version, way) in [(3, "apply"), (4, "apply_owned"), (5, "apply_one")] {
         let current = storage.get_data(&a).await.unwrap().unwrap();
         let mut write = insert("O#1", version, Some(&current));
         let history = write.history.as_mut().unwrap();
         history.attributes = json!({ "given": version }).into();
         let given = history.clone();
-        if owned {
-            storage.apply_owned(vec![write]).await.unwrap();
-        } else {
-            storage.apply(&[write]).await.unwrap();
+        let data = write.data.clone();
+        match way {
+            "apply" => storage.apply(&[write]).await.unwrap(),
+            "apply_owned" => assert_eq!(storage.apply_owned(vec![write]).await.unwrap(), vec![data]),
+            _ => assert_eq!(storage.apply_one(Box::new(write)).await.unwrap(), data),
         }
         assert_eq!(storage.get_history(&a, version - 1).await.unwrap(), Some(given));
     }
+
+    // `apply_one` is as conditional as the others: a stale write is refused.
+    let current = storage.get_data(&a).await.unwrap().unwrap();
+    let stale = insert("O#1", current.version, Some(&current));
+    assert_eq!(
+        conflict_actual(storage.apply_one(Box::new(stale)).await.unwrap_err()),
+        Some(current.version)
+    );
+    assert_eq!(storage.get_data(&a).await.unwrap(), Some(current));
 }
 
 /// `query_data`: ranges, order, `start_after` and `last_sk`.
