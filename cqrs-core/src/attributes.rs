@@ -94,8 +94,9 @@ impl Attributes {
         })
     }
 
-    /// Deserializes the attributes into `T`.
-    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T> {
+    /// Deserializes the attributes into `T`: straight from the text when
+    /// they have not been parsed, without building a [`Value`].
+    pub fn deserialize_into<T: DeserializeOwned>(&self) -> Result<T> {
         let parsed = match (self.value.get(), self.json.get()) {
             (Some(value), _) => T::deserialize(value).map_err(|e| e.to_string()),
             (None, Some(json)) => serde_json::from_str(json).map_err(|e| e.to_string()),
@@ -531,7 +532,7 @@ mod tests {
         let mut normalized = from_value.clone();
         normalized.normalize().unwrap();
         let from_text = Attributes::from_canonical(normalized.shared_json().clone());
-        assert_eq!(from_text.deserialize::<Stock>().unwrap(), Stock { quantity: 3 });
-        assert_eq!(normalized.deserialize::<Stock>().unwrap(), Stock { quantity: 3 });
+        assert_eq!(from_text.deserialize_into::<Stock>().unwrap(), Stock { quantity: 3 });
+        assert_eq!(normalized.deserialize_into::<Stock>().unwrap(), Stock { quantity: 3 });
     }
 }

@@ -408,7 +408,7 @@ impl CommandRecord {
 
     /// Deserializes the attributes.
     pub fn attributes_as<T: DeserializeOwned>(&self) -> Result<T> {
-        self.attributes.deserialize()
+        self.attributes.deserialize_into()
     }
 }
 
@@ -594,7 +594,7 @@ impl DataItem {
     /// # Ok(()) }
     /// ```
     pub fn attributes_as<T: DeserializeOwned>(&self) -> Result<T> {
-        self.attributes.deserialize()
+        self.attributes.deserialize_into()
     }
 
     /// The value at a dotted path of the item as it is serialized:
