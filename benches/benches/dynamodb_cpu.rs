@@ -365,7 +365,7 @@ async fn run(n: usize, reps: usize) -> Vec<Vec<String>> {
 
     // Updates at version 1: every GetItem finds the order's data row.
     let updates = |canned: &Canned| -> Vec<CommandInput> {
-        canned.answer_get_items(items.iter().map(|item| rows[&item.sk].clone()));
+        canned.answer_get_items(items.iter().map(|item| rows[item.sk.as_str()].clone()));
         items
             .iter()
             .map(|item| update_command(item, "confirmed"))
