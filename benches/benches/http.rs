@@ -483,7 +483,7 @@ fn main() {
             .ok()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| DEVELOPMENT_SECRET.to_owned()),
-        None => "http-bench-secret".to_owned(),
+        None => "http-bench-secret-of-at-least-32-bytes".to_owned(),
     };
     let auth = Auth::new(secret.as_bytes());
     let token = auth.token(TENANT, "bench-user", &["staff"], TOKEN_TTL);
