@@ -26,9 +26,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cqrs_core::{
-    tenant_pk, CommandInput, CommandService, DataItem, InvocationContext, Storage,
-};
+use cqrs_core::{tenant_pk, CommandInput, CommandService, DataItem, InvocationContext, Storage};
 use cqrs_memory::InMemory;
 
 // ---------------------------------------------------------------------------

@@ -77,8 +77,8 @@ pub mod peer {
 ///
 /// A bench binary installs it with
 /// `#[global_allocator] static ALLOCATOR: Counting = Counting;` and reads
-/// [`Tally::now`] around what it measures. It counts only while
-/// [`set_counting`] is on (off by default), so that a timed loop does not
+/// [`Tally::now`](counting::Tally::now) around what it measures. It counts only while
+/// [`set_counting`](counting::set_counting) is on (off by default), so that a timed loop does not
 /// pay for the counters.
 ///
 /// Counted as dhat counts them: every `alloc`, `alloc_zeroed` and `realloc`
@@ -193,7 +193,7 @@ pub mod cpu {
 }
 
 /// Callgrind client requests, to count the instructions of one measured
-/// loop: [`dump`] writes the counts collected since the previous dump to a
+/// loop: [`dump`](callgrind::dump) writes the counts collected since the previous dump to a
 /// file of their own (`callgrind.out.PID.N`, its `desc:` line naming the
 /// label) and zeroes them. Outside Valgrind the request is a few no-op
 /// instructions (the sequence from `valgrind.h`, amd64 only; nothing

@@ -484,7 +484,11 @@ mod tests {
             for at in 0..20 {
                 let text: String = (0..24).map(|i| if i == at { special } else { 'a' }).collect();
                 let attributes = Attributes::from(Value::String(text.clone()));
-                assert_eq!(attributes.json(), serde_json::to_string(&text).unwrap(), "{special:?} at {at}");
+                assert_eq!(
+                    attributes.json(),
+                    serde_json::to_string(&text).unwrap(),
+                    "{special:?} at {at}"
+                );
             }
         }
     }
@@ -532,7 +536,13 @@ mod tests {
         let mut normalized = from_value.clone();
         normalized.normalize().unwrap();
         let from_text = Attributes::from_canonical(normalized.shared_json().clone());
-        assert_eq!(from_text.deserialize_into::<Stock>().unwrap(), Stock { quantity: 3 });
-        assert_eq!(normalized.deserialize_into::<Stock>().unwrap(), Stock { quantity: 3 });
+        assert_eq!(
+            from_text.deserialize_into::<Stock>().unwrap(),
+            Stock { quantity: 3 }
+        );
+        assert_eq!(
+            normalized.deserialize_into::<Stock>().unwrap(),
+            Stock { quantity: 3 }
+        );
     }
 }

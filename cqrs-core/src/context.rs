@@ -45,7 +45,11 @@ impl InvocationContext {
             tenant_code: SmolStr::new(tenant_code),
             user_id: SmolStr::new(user_id),
             roles: Vec::new(),
-            request_id: SmolStr::new(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer())),
+            request_id: SmolStr::new(
+                uuid::Uuid::new_v4()
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+            ),
             source_ip: None,
             source: None,
         }

@@ -26,7 +26,7 @@ impl Interest {
         match self {
             Interest::All => true,
             Interest::SkPrefix(prefix) => command.sk.starts_with(prefix.as_str()),
-            Interest::EntityType(entity_type) => &command.entity_type == entity_type,
+            Interest::EntityType(entity_type) => command.entity_type == *entity_type,
         }
     }
 }

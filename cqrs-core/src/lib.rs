@@ -55,8 +55,8 @@ pub use sequence::{
 pub use services::{CommandService, DataService, DataServiceExt, SequenceService, Typed};
 #[cfg(feature = "mock")]
 pub use services::{MockCommandService, MockDataService, MockSequenceService};
-pub use storage::{ApplyWrite, CommandWrite, RangePage, RangeQuery, Storage, StorageLimits};
-pub use update::Update;
 /// The string type of keys and short row fields: inline up to 23 bytes,
 /// shared beyond, so copies never allocate.
 pub use smol_str::SmolStr;
+pub use storage::{ApplyWrite, CommandWrite, RangePage, RangeQuery, Storage, StorageLimits};
+pub use update::Update;

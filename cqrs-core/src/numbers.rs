@@ -85,7 +85,8 @@ fn find_out_of_range(value: &Value, path: &mut String) -> Option<Error> {
 
 pub(crate) fn in_range(float: f64) -> bool {
     let magnitude = float.abs();
-    float.is_finite() && (magnitude == 0.0 || (MIN_NUMBER_MAGNITUDE..=MAX_NUMBER_MAGNITUDE).contains(&magnitude))
+    float.is_finite()
+        && (magnitude == 0.0 || (MIN_NUMBER_MAGNITUDE..=MAX_NUMBER_MAGNITUDE).contains(&magnitude))
 }
 
 /// An integer a float normalizes to.

@@ -284,7 +284,11 @@ impl Fixture {
     }
 
     fn seen(&self) -> Vec<(String, u64)> {
-        self.handler.seen().into_iter().map(|(sk, v)| (sk.to_string(), v)).collect()
+        self.handler
+            .seen()
+            .into_iter()
+            .map(|(sk, v)| (sk.to_string(), v))
+            .collect()
     }
 }
 
@@ -422,7 +426,10 @@ async fn published_inserts_are_applied_in_order_and_handled_once() {
     let response = fx.handle(records.clone()).await.expect("handled");
     assert!(failures(&response).is_empty());
     let a = fx.data("ORDER#A").await.expect("applied");
-    assert_eq!((a.version, a.attributes.clone().into_value()), (3, json!({ "n": 3 })));
+    assert_eq!(
+        (a.version, a.attributes.clone().into_value()),
+        (3, json!({ "n": 3 }))
+    );
     assert_eq!(fx.data_version("ORDER#B").await, Some(1));
     // In order per entity; entities side by side.
     let expected = fx.seen();
@@ -702,7 +709,10 @@ async fn images_match_the_stored_dynamodb_items() {
         let stored = client
             .get_item()
             .table_name(&table)
-            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(row.pk.to_string()))
+            .key(
+                "pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(row.pk.to_string()),
+            )
             .key(
                 "sk",
                 aws_sdk_dynamodb::types::AttributeValue::S(command_sk(&row.sk, row.version)),

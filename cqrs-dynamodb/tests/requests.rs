@@ -257,7 +257,10 @@ async fn latest_reads_are_constant_in_versions() {
     }
     log.take();
     let latest = engine.get_latest(&key, &ctx).await.unwrap().unwrap();
-    assert_eq!((latest.version, latest.attributes.as_value()), (15, &json!({ "n": 15 })));
+    assert_eq!(
+        (latest.version, latest.attributes.as_value()),
+        (15, &json!({ "n": 15 }))
+    );
     assert_eq!(
         log.take(),
         ops(&["GetItem", "BatchGetItem", "BatchGetItem"]),

@@ -15,8 +15,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 use cqrs_core::{
     ApplyWrite, CommandRecord, CommandStatus, CommandWrite, DataItem, EntityKey, Error, ExpectedVersion,
-    FailedCommand, IdempotencyRecord, IndexEntry, RangePage, RangeQuery, Result, SmolStr, SortOrder,
-    Storage, StorageLimits,
+    FailedCommand, IdempotencyRecord, IndexEntry, RangePage, RangeQuery, Result, SmolStr, SortOrder, Storage,
+    StorageLimits,
 };
 use versions::Versions;
 
@@ -76,11 +76,7 @@ impl InMemory {
 
     /// Number of data rows stored, over all partitions.
     pub fn data_len(&self) -> usize {
-        self.read()
-            .partitions
-            .values()
-            .map(|p| p.with_data.len())
-            .sum()
+        self.read().partitions.values().map(|p| p.with_data.len()).sum()
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Tables> {
@@ -542,7 +538,9 @@ impl Storage for InMemory {
         let entries: Vec<(&String, &(SmolStr, SmolStr))> = match (bounds.as_range(), query.order) {
             (None, _) => Vec::new(),
             (Some(r), SortOrder::Ascending) => partition.range::<str, _>(r).take(query.limit).collect(),
-            (Some(r), SortOrder::Descending) => partition.range::<str, _>(r).rev().take(query.limit).collect(),
+            (Some(r), SortOrder::Descending) => {
+                partition.range::<str, _>(r).rev().take(query.limit).collect()
+            }
         };
         // Like DynamoDB: a full page says "there may be more".
         let last_sk = (entries.len() == query.limit)
@@ -556,7 +554,9 @@ impl Storage for InMemory {
     }
 
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {
-        Ok(self.with_entity(key, |e| e.history.get(&version).cloned()).flatten())
+        Ok(self
+            .with_entity(key, |e| e.history.get(&version).cloned())
+            .flatten())
     }
 
     async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>> {

@@ -63,7 +63,7 @@ enum Prepared {
     /// value; a pointer moves where the rows would be copied each time.
     Write(Box<ApplyWrite>),
     /// Nothing: the command equals the current item.
-    Unchanged(DataItem),
+    Unchanged(Box<DataItem>),
 }
 
 impl Engine {
@@ -94,7 +94,7 @@ impl Engine {
         let base = check_version(key, command.version, current.as_ref().map(|c| c.version))?;
         let previous = match current {
             Some(current) if current.content() == command.content() => {
-                return Ok(Prepared::Unchanged(current))
+                return Ok(Prepared::Unchanged(Box::new(current)))
             }
             other => other,
         };
@@ -180,7 +180,7 @@ impl Engine {
     ) -> Result<Published<DataItem>> {
         let write = match prepared {
             Prepared::Write(write) => write,
-            Prepared::Unchanged(unchanged) => return Ok(Published::Unchanged(unchanged)),
+            Prepared::Unchanged(unchanged) => return Ok(Published::Unchanged(*unchanged)),
         };
         let handled = write
             .inserted_command()
@@ -201,7 +201,11 @@ impl Engine {
     /// of its own. Reached through a box from [`Engine::write_prepared`]:
     /// this future is large, and the write without handlers should not
     /// carry its size.
-    async fn write_then_handle(&self, write: ApplyWrite, ctx: &InvocationContext) -> Result<Published<DataItem>> {
+    async fn write_then_handle(
+        &self,
+        write: ApplyWrite,
+        ctx: &InvocationContext,
+    ) -> Result<Published<DataItem>> {
         let ctx = ctx.clone();
         self.detached(move |engine| {
             async move {
@@ -597,7 +601,7 @@ impl CommandService for Engine {
             .into_iter()
             .map(|p| match p {
                 Prepared::Write(write) => Published::Written(write.data),
-                Prepared::Unchanged(unchanged) => Published::Unchanged(unchanged),
+                Prepared::Unchanged(unchanged) => Published::Unchanged(*unchanged),
             })
             .collect())
     }

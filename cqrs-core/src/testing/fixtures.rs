@@ -9,11 +9,11 @@ use serde_json::json;
 use smol_str::SmolStr;
 
 use super::{Interleaved, StorageFactory};
+use crate::attributes::Attributes;
 use crate::context::InvocationContext;
 use crate::engine::{AsyncDispatch, Engine, EngineBuilder, RetryPolicy};
 use crate::error::BoxError;
 use crate::handler::{DataSyncEvent, DataSyncHandler, Interest};
-use crate::attributes::Attributes;
 use crate::model::{CommandInput, ExpectedVersion};
 
 pub(crate) const PK_A: &str = "TENANT#shop-a";

@@ -36,10 +36,7 @@ pub async fn create_and_read_back(factory: &dyn StorageFactory) {
     assert_eq!(item.tenant_code(), "shop-a");
     assert_eq!((item.code.as_str(), item.name.as_str()), ("PRD-001", "Mouse"));
     assert_eq!(item.entity_type, "PRODUCT");
-    assert_eq!(
-        (item.cpk(), item.csk().as_str()),
-        (PK_A, "PRODUCT#PRD-001@1")
-    );
+    assert_eq!((item.cpk(), item.csk().as_str()), (PK_A, "PRODUCT#PRD-001@1"));
     assert_eq!(item.created_by, "user-1");
     assert_eq!(item.created_ip.as_deref(), Some("192.0.2.1"));
     assert_eq!(item.request_id, ctx.request_id);
