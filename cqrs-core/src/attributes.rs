@@ -41,6 +41,10 @@ pub struct Attributes {
     json: OnceLock<Arc<str>>,
     /// The parsed value, owned by this copy.
     value: OnceLock<Value>,
+    /// The numbers were checked against DynamoDB's range and the value
+    /// brought to normal form (see [`Attributes::normalize`]): set by a
+    /// publish and for stored rows, cleared by a change.
+    normalized: bool,
 }
 
 impl Attributes {
@@ -61,6 +65,7 @@ impl Attributes {
         Self {
             json: OnceLock::from(json),
             value: OnceLock::new(),
+            normalized: true,
         }
     }
 
@@ -109,10 +114,10 @@ impl Attributes {
     /// back and refuses those it cannot store (see `numbers`); then writes
     /// the canonical text. Done by every publish, before anything is stored.
     pub(crate) fn normalize(&mut self) -> Result<()> {
-        if self.json.get().is_some() {
-            // The text is canonical, and a parsed value was parsed from it.
+        if self.normalized {
             return Ok(());
         }
+        self.as_value();
         let Some(value) = self.value.get_mut() else {
             return Ok(());
         };
@@ -122,7 +127,8 @@ impl Attributes {
         if numbers.out_of_range || numbers.integral_floats {
             crate::numbers::normalize_numbers(value)?;
         }
-        let _ = self.json.set(text);
+        self.json = OnceLock::from(text);
+        self.normalized = true;
         Ok(())
     }
 
@@ -143,6 +149,7 @@ impl From<Value> for Attributes {
         Self {
             json: OnceLock::new(),
             value: OnceLock::from(value),
+            normalized: false,
         }
     }
 }
@@ -158,7 +165,11 @@ impl Clone for Attributes {
     /// attributes always have it): no copy of the value.
     fn clone(&self) -> Self {
         match self.json.get() {
-            Some(json) => Self::from_canonical(json.clone()),
+            Some(json) => Self {
+                json: OnceLock::from(json.clone()),
+                value: OnceLock::new(),
+                normalized: self.normalized,
+            },
             None => Self::from(self.as_value().clone()),
         }
     }
@@ -178,6 +189,7 @@ impl DerefMut for Attributes {
     fn deref_mut(&mut self) -> &mut Value {
         self.as_value();
         self.json.take();
+        self.normalized = false;
         self.value.get_or_init(|| Value::Null);
         self.value.get_mut().expect("initialized above")
     }
@@ -505,6 +517,19 @@ mod tests {
         assert_eq!(changed.json(), r#"{"status":"paid"}"#);
         assert_eq!(copy.json(), r#"{"status":"new"}"#);
         assert_ne!(changed, copy);
+    }
+
+    #[test]
+    fn a_text_written_before_the_publish_does_not_skip_its_checks() {
+        let mut attributes = Attributes::from(json!({"huge": 1e200, "six": 6.0}));
+        assert_eq!(attributes.json(), r#"{"huge":1e+200,"six":6}"#);
+        let mut copy = attributes.clone();
+        assert!(matches!(attributes.normalize(), Err(Error::InvalidInput { .. })));
+        assert!(matches!(copy.normalize(), Err(Error::InvalidInput { .. })));
+        let mut fine = Attributes::from(json!({"six": 6.0}));
+        fine.json();
+        fine.normalize().unwrap();
+        assert!(fine["six"].is_u64(), "the parsed value is normalized too");
     }
 
     #[test]
