@@ -48,10 +48,8 @@
 mod backends;
 mod peer_orders;
 
-use std::future::Future;
-
 use cqrs_benches::counting::{set_counting, Counting};
-use cqrs_benches::window::{Measured, Window};
+use cqrs_benches::window::{measure, Measured, Window};
 use cqrs_core::{
     CommandInput, CommandService, DataItem, DataService, EntityKey, ExpectedVersion, InvocationContext,
     ListQuery, PartialUpdate, SkCondition,
@@ -94,30 +92,6 @@ fn update_command(item: &DataItem, status: &str) -> CommandInput {
     CommandInput::update_of(item).attributes(with_status(item, status))
 }
 
-/// Runs `op` on every input, the first `WARMUP` uncounted, the rest counted
-/// (and dumped to Callgrind under `label`); returns what was counted and
-/// every output.
-async fn measure<I, O, F, Fut>(label: &str, inputs: Vec<I>, mut op: F) -> (Measured, Vec<O>)
-where
-    F: FnMut(I) -> Fut,
-    Fut: Future<Output = O>,
-{
-    let mut outputs = Vec::with_capacity(inputs.len());
-    let mut inputs = inputs.into_iter();
-    for input in inputs.by_ref().take(WARMUP) {
-        outputs.push(op(input).await);
-    }
-    let counted = inputs.len();
-    set_counting(true);
-    let window = Window::open(label);
-    for input in inputs {
-        outputs.push(op(input).await);
-    }
-    let measured = window.close(counted);
-    set_counting(false);
-    (measured, outputs)
-}
-
 /// A row of the table: the operation and what one costs.
 fn row(operation: &str, m: &Measured) -> Vec<String> {
     vec![
@@ -139,13 +113,19 @@ async fn run(n: usize) -> Vec<Vec<String>> {
     let creates = (0..orders)
         .map(|i| CommandInput::new(PK, order_sk(i)).attributes(order_attributes(i)))
         .collect();
-    let (m, items) = measure("publish_sync create", creates, |command| async move {
-        engine
-            .publish_sync(command, ctx)
-            .await
-            .expect("create")
-            .into_item()
-    })
+    let (m, items) = measure(
+        "publish_sync create",
+        WARMUP,
+        true,
+        creates,
+        |command| async move {
+            engine
+                .publish_sync(command, ctx)
+                .await
+                .expect("create")
+                .into_item()
+        },
+    )
     .await;
     rows.push(row("`publish_sync`, create", &m));
 
@@ -162,14 +142,20 @@ async fn run(n: usize) -> Vec<Vec<String>> {
     let building = window.close(n);
     set_counting(false);
     drop(items);
-    let (m, items) = measure("publish_sync update", updates, |command| async move {
-        engine
-            .publish_sync(command, ctx)
-            .await
-            .expect("update")
-            .written()
-            .expect("a new version")
-    })
+    let (m, items) = measure(
+        "publish_sync update",
+        WARMUP,
+        true,
+        updates,
+        |command| async move {
+            engine
+                .publish_sync(command, ctx)
+                .await
+                .expect("update")
+                .written()
+                .expect("a new version")
+        },
+    )
     .await;
     assert!(items.iter().all(|item| item.version == 2));
     rows.push(row("`publish_sync`, update (full new state at `Exactly(1)`)", &m));
@@ -181,7 +167,7 @@ async fn run(n: usize) -> Vec<Vec<String>> {
 
     // 3. Get.
     let keys = (0..orders).map(|i| EntityKey::new(PK, order_sk(i))).collect();
-    let (m, _) = measure("get_item", keys, |key| async move {
+    let (m, _) = measure("get_item", WARMUP, true, keys, |key| async move {
         engine.get_item(&key, ctx).await.expect("get").expect("stored");
     })
     .await;
@@ -195,7 +181,7 @@ async fn run(n: usize) -> Vec<Vec<String>> {
                 .limit(PAGE)
         })
         .collect();
-    let (m, _) = measure("list_items", queries, |query| async move {
+    let (m, _) = measure("list_items", WARMUP, true, queries, |query| async move {
         let page = engine.list_items(PK, query, ctx).await.expect("list");
         assert_eq!(page.items.len(), PAGE);
     })
@@ -209,14 +195,20 @@ async fn run(n: usize) -> Vec<Vec<String>> {
                 .attributes(json!({ "status": "processing" }))
         })
         .collect();
-    let (m, items) = measure("publish_partial_update_sync", partials, |update| async move {
-        engine
-            .publish_partial_update_sync(update, ctx)
-            .await
-            .expect("partial update")
-            .written()
-            .expect("a new version")
-    })
+    let (m, items) = measure(
+        "publish_partial_update_sync",
+        WARMUP,
+        true,
+        partials,
+        |update| async move {
+            engine
+                .publish_partial_update_sync(update, ctx)
+                .await
+                .expect("partial update")
+                .written()
+                .expect("a new version")
+        },
+    )
     .await;
     assert!(items.iter().all(|item| item.version == 3));
     rows.push(row("`publish_partial_update_sync`", &m));
@@ -224,15 +216,21 @@ async fn run(n: usize) -> Vec<Vec<String>> {
     // 6. Async publish, applied by the in-process pipeline.
     let updates: Vec<_> = items.iter().map(|item| update_command(item, "shipped")).collect();
     drop(items);
-    let (m, _) = measure("publish_async + wait_idle", updates, |command| async move {
-        engine
-            .publish_async(command, ctx)
-            .await
-            .expect("async publish")
-            .written()
-            .expect("a new version");
-        engine.wait_idle().await;
-    })
+    let (m, _) = measure(
+        "publish_async + wait_idle",
+        WARMUP,
+        true,
+        updates,
+        |command| async move {
+            engine
+                .publish_async(command, ctx)
+                .await
+                .expect("async publish")
+                .written()
+                .expect("a new version");
+            engine.wait_idle().await;
+        },
+    )
     .await;
     rows.push(row(
         "`publish_async` + pipeline apply (`wait_idle`), full new state",
@@ -252,17 +250,29 @@ async fn run(n: usize) -> Vec<Vec<String>> {
     let cqrs = CqrsFramework::new(QuietMemStore::<Order>::default(), vec![], ());
     let cqrs = &cqrs;
     let creates = (0..orders).map(|i| (order_code(i), create_command(i))).collect();
-    let (m, _) = measure("cqrs-es create", creates, |(id, command)| async move {
-        cqrs.execute(&id, command).await.expect("create");
-    })
+    let (m, _) = measure(
+        "cqrs-es create",
+        WARMUP,
+        true,
+        creates,
+        |(id, command)| async move {
+            cqrs.execute(&id, command).await.expect("create");
+        },
+    )
     .await;
     rows.push(row("cqrs-es 0.5 `execute`, `Create`", &m));
     let confirms = (0..orders)
         .map(|i| (order_code(i), OrderCommand::Confirm))
         .collect();
-    let (m, _) = measure("cqrs-es update", confirms, |(id, command)| async move {
-        cqrs.execute(&id, command).await.expect("confirm");
-    })
+    let (m, _) = measure(
+        "cqrs-es update",
+        WARMUP,
+        true,
+        confirms,
+        |(id, command)| async move {
+            cqrs.execute(&id, command).await.expect("confirm");
+        },
+    )
     .await;
     rows.push(row(
         "cqrs-es 0.5 `execute`, `Confirm` (1 event loaded and replayed)",

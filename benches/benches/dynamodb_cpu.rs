@@ -56,7 +56,6 @@ mod backends;
 mod peer_orders;
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -69,8 +68,8 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
-use cqrs_benches::counting::{set_counting, Counting};
-use cqrs_benches::window::{Measured, Window};
+use cqrs_benches::counting::Counting;
+use cqrs_benches::window::{measure, Measured};
 use cqrs_core::{CommandInput, CommandService, DataItem, Engine, InvocationContext};
 use cqrs_dynamodb::{DynamoDbStorage, TableNames};
 use peer_orders::{order_attributes, order_sk, PK};
@@ -238,29 +237,6 @@ fn update_command(item: &DataItem, status: &str) -> CommandInput {
     CommandInput::update_of(item).attributes(attributes)
 }
 
-/// Runs `op` on every input, the first `WARMUP` unmeasured; returns the
-/// measurement of the rest (allocations counted if `count`) and every output.
-async fn measure<I, O, F, Fut>(label: &str, count: bool, inputs: Vec<I>, mut op: F) -> (Measured, Vec<O>)
-where
-    F: FnMut(I) -> Fut,
-    Fut: Future<Output = O>,
-{
-    let mut outputs = Vec::with_capacity(inputs.len());
-    let mut inputs = inputs.into_iter();
-    for input in inputs.by_ref().take(WARMUP) {
-        outputs.push(op(input).await);
-    }
-    let measured = inputs.len();
-    set_counting(count);
-    let window = Window::open(label);
-    for input in inputs {
-        outputs.push(op(input).await);
-    }
-    let result = window.close(measured);
-    set_counting(false);
-    (result, outputs)
-}
-
 /// The timed runs and the counted run of one kind of publish.
 struct Runs {
     timed: Vec<Measured>,
@@ -291,7 +267,7 @@ async fn publish_all(
     count: bool,
     commands: Vec<CommandInput>,
 ) -> (Measured, Vec<DataItem>) {
-    measure(label, count, commands, |command| async move {
+    measure(label, WARMUP, count, commands, |command| async move {
         engine
             .publish_sync(command, ctx)
             .await
@@ -316,7 +292,7 @@ async fn canned_alone(n: usize, count: bool, label: &str) -> Measured {
     let pairs = (0..WARMUP + n)
         .map(|_| [request("GetItem"), request("TransactWriteItems")])
         .collect();
-    let (measured, _) = measure(label, count, pairs, |pair| {
+    let (measured, _) = measure(label, WARMUP, count, pairs, |pair| {
         let canned = canned.clone();
         async move {
             for request in pair {

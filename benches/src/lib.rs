@@ -246,6 +246,36 @@ pub mod window {
     use crate::counting::Tally;
     use crate::{callgrind, cpu};
 
+    /// Runs `op` on every input, the first `warmup` unmeasured; returns the
+    /// measurement of the rest (allocations counted if `count`, dumped to
+    /// Callgrind under `label`) and every output.
+    pub async fn measure<I, O, F, Fut>(
+        label: &str,
+        warmup: usize,
+        count: bool,
+        inputs: Vec<I>,
+        mut op: F,
+    ) -> (Measured, Vec<O>)
+    where
+        F: FnMut(I) -> Fut,
+        Fut: std::future::Future<Output = O>,
+    {
+        let mut outputs = Vec::with_capacity(inputs.len());
+        let mut inputs = inputs.into_iter();
+        for input in inputs.by_ref().take(warmup) {
+            outputs.push(op(input).await);
+        }
+        let measured = inputs.len();
+        crate::counting::set_counting(count);
+        let window = Window::open(label);
+        for input in inputs {
+            outputs.push(op(input).await);
+        }
+        let result = window.close(measured);
+        crate::counting::set_counting(false);
+        (result, outputs)
+    }
+
     /// An open measurement window.
     pub struct Window {
         label: CString,

@@ -61,6 +61,7 @@ impl Attributes {
     }
 
     /// The attributes of a canonical JSON text written by [`Attributes::json`].
+    #[cfg(test)]
     pub(crate) fn from_canonical(json: Arc<str>) -> Self {
         Self {
             json: OnceLock::from(json),

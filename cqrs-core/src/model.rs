@@ -415,18 +415,7 @@ impl CommandRecord {
 impl Serialize for CommandRecord {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         let mut row = serializer.serialize_struct("CommandRecord", 17)?;
-        row.serialize_field("pk", &self.pk)?;
-        row.serialize_field("sk", &self.sk)?;
-        row.serialize_field("id", &Joined(&self.pk, KEY_SEPARATOR, &self.sk))?;
-        row.serialize_field("code", &self.code)?;
-        row.serialize_field("name", &self.name)?;
-        row.serialize_field("version", &self.version)?;
-        row.serialize_field("tenantCode", self.tenant_code())?;
-        row.serialize_field("type", &self.entity_type)?;
-        row.serialize_field("attributes", &self.attributes)?;
-        row.serialize_field("isDeleted", &self.is_deleted)?;
-        optional_field(&mut row, "ttl", &self.ttl)?;
-        optional_field(&mut row, "seq", &self.seq)?;
+        serialize_entity_fields!(row, self);
         row.serialize_field("status", &self.status)?;
         optional_field(&mut row, "source", &self.source)?;
         row.serialize_field("requestId", &self.request_id)?;
@@ -436,6 +425,26 @@ impl Serialize for CommandRecord {
         row.end()
     }
 }
+
+/// Serializes the fields a command row and a data row share, in the
+/// reference framework's order (both types have them under the same names).
+macro_rules! serialize_entity_fields {
+    ($row:ident, $entity:ident) => {
+        $row.serialize_field("pk", &$entity.pk)?;
+        $row.serialize_field("sk", &$entity.sk)?;
+        $row.serialize_field("id", &Joined(&$entity.pk, KEY_SEPARATOR, &$entity.sk))?;
+        $row.serialize_field("code", &$entity.code)?;
+        $row.serialize_field("name", &$entity.name)?;
+        $row.serialize_field("version", &$entity.version)?;
+        $row.serialize_field("tenantCode", $entity.tenant_code())?;
+        $row.serialize_field("type", &$entity.entity_type)?;
+        $row.serialize_field("attributes", &$entity.attributes)?;
+        $row.serialize_field("isDeleted", &$entity.is_deleted)?;
+        optional_field(&mut $row, "ttl", &$entity.ttl)?;
+        optional_field(&mut $row, "seq", &$entity.seq)?;
+    };
+}
+use serialize_entity_fields;
 
 /// Writes `name` when `value` is set, skips it otherwise.
 fn optional_field<S: SerializeStruct, T: Serialize>(
@@ -583,6 +592,21 @@ impl DataItem {
         }
     }
 
+    /// Whether `record` is the command this row was produced by, but for
+    /// its status and source: what [`DataItem::command`] rebuilds, compared
+    /// without building it. A store can then keep such a command row as
+    /// its status alone.
+    pub fn is_row_of(&self, record: &CommandRecord) -> bool {
+        record.version == self.version
+            && record.pk == self.pk
+            && record.sk == self.sk
+            && record.request_id == self.request_id
+            && record.created_at == self.updated_at
+            && record.created_by == self.updated_by
+            && record.created_ip == self.updated_ip
+            && record.content() == self.content()
+    }
+
     /// Deserializes the attributes.
     ///
     /// ```
@@ -640,18 +664,7 @@ impl DataItem {
 impl Serialize for DataItem {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         let mut row = serializer.serialize_struct("DataItem", 21)?;
-        row.serialize_field("pk", &self.pk)?;
-        row.serialize_field("sk", &self.sk)?;
-        row.serialize_field("id", &Joined(&self.pk, KEY_SEPARATOR, &self.sk))?;
-        row.serialize_field("code", &self.code)?;
-        row.serialize_field("name", &self.name)?;
-        row.serialize_field("version", &self.version)?;
-        row.serialize_field("tenantCode", self.tenant_code())?;
-        row.serialize_field("type", &self.entity_type)?;
-        row.serialize_field("attributes", &self.attributes)?;
-        row.serialize_field("isDeleted", &self.is_deleted)?;
-        optional_field(&mut row, "ttl", &self.ttl)?;
-        optional_field(&mut row, "seq", &self.seq)?;
+        serialize_entity_fields!(row, self);
         row.serialize_field("cpk", &self.pk)?;
         row.serialize_field("csk", &VersionedSk(&self.sk, self.version))?;
         row.serialize_field("requestId", &self.request_id)?;
@@ -765,6 +778,22 @@ mod tests {
         let v: ExpectedVersion = serde_json::from_value(json!(-1)).unwrap();
         assert_eq!(v, ExpectedVersion::Latest);
         assert!(serde_json::from_value::<ExpectedVersion>(json!(-2)).is_err());
+    }
+
+    #[test]
+    fn a_data_row_knows_the_command_it_was_produced_by() {
+        let item = DataItem::builder("TENANT#a", "ORDER#1")
+            .version(3)
+            .attributes(json!({"n": 1}))
+            .build();
+        let command = item.command(CommandStatus::Finished, Some("POST /orders".into()));
+        assert!(item.is_row_of(&command));
+        let mut other = command.clone();
+        other.attributes = json!({"n": 2}).into();
+        assert!(!item.is_row_of(&other));
+        let mut other = command;
+        other.created_by = "someone-else".into();
+        assert!(!item.is_row_of(&other));
     }
 
     #[test]

@@ -226,23 +226,9 @@ impl Entity {
 }
 
 /// The compact form of `record` once `data` (its data row) is stored, if
-/// the row can be rebuilt from it (see [`DataItem::command`]).
+/// the row can be rebuilt from it.
 fn compact(record: &CommandRecord, data: &DataItem) -> Option<CommandRow> {
-    let same = record.version == data.version
-        && record.pk == data.pk
-        && record.sk == data.sk
-        && record.code == data.code
-        && record.name == data.name
-        && record.entity_type == data.entity_type
-        && record.is_deleted == data.is_deleted
-        && record.ttl == data.ttl
-        && record.seq == data.seq
-        && record.request_id == data.request_id
-        && record.created_at == data.updated_at
-        && record.created_by == data.updated_by
-        && record.created_ip == data.updated_ip
-        && record.attributes == data.attributes;
-    same.then(|| CommandRow::Applied {
+    data.is_row_of(record).then(|| CommandRow::Applied {
         status: record.status,
         source: record.source.clone(),
     })
