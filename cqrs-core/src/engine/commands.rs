@@ -84,20 +84,16 @@ impl Engine {
     fn prepare_sync_over(
         &self,
         key: &EntityKey,
-        current: Option<DataItem>,
-        command: CommandInput,
+        previous: Option<DataItem>,
+        mut command: CommandInput,
         keyed: Option<&Keyed>,
         ctx: &InvocationContext,
     ) -> Result<Prepared> {
-        let mut command = command;
         command.attributes.normalize()?;
-        let base = check_version(key, command.version, current.as_ref().map(|c| c.version))?;
-        let previous = match current {
-            Some(current) if current.content() == command.content() => {
-                return Ok(Prepared::Unchanged(Box::new(current)))
-            }
-            other => other,
-        };
+        let base = check_version(key, command.version, previous.as_ref().map(|c| c.version))?;
+        if let Some(current) = previous.as_ref().filter(|c| c.content() == command.content()) {
+            return Ok(Prepared::Unchanged(Box::new(current.clone())));
+        }
         let version = next_version(key, base)?;
         let mut record = command_record(command, version, CommandStatus::Applied, ctx, Utc::now());
         // With no handler to run, the command is done once written: a stream
