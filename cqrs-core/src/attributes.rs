@@ -132,11 +132,6 @@ impl Attributes {
         self.normalized = true;
         Ok(())
     }
-
-    /// Size of the canonical text, in bytes.
-    pub(crate) fn json_len(&self) -> usize {
-        self.shared_json().len()
-    }
 }
 
 impl Default for Attributes {

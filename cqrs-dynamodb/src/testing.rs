@@ -79,6 +79,21 @@ pub fn available() -> bool {
     )
 }
 
+/// Drops the four tables of `storage` (commands, data, history, sequences):
+/// the clean-up of a test that made its own. Every table is tried; the
+/// first failure is returned.
+pub async fn drop_tables(storage: &crate::DynamoDbStorage) -> Result<()> {
+    let tables = storage.tables();
+    let mut outcome = Ok(());
+    for table in [&tables.command, &tables.data, &tables.history, &tables.sequences] {
+        let dropped = storage.client().delete_table().table_name(table).send().await;
+        if let (Err(error), Ok(())) = (dropped, &outcome) {
+            outcome = Err(crate::error::sdk_error(error));
+        }
+    }
+    outcome
+}
+
 /// The folder holding `DynamoDBLocal.jar`: [`LOCAL_DIR_VAR`], or else where
 /// `scripts/dynamodb-local` installs it
 /// (`${CQRS_DYNAMODB_LOCAL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cqrs-rs/dynamodb-local-1.25.1}/package/emulator`).

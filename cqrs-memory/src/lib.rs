@@ -93,14 +93,7 @@ impl InMemory {
     /// row stored, under one lock. The rows replaced are freed after the
     /// lock is released.
     fn apply_writes(&self, writes: Vec<ApplyWrite>) -> Result<()> {
-        let count = writes.len() * self.limits.rows_per_command;
-        if count > self.limits.max_transaction_items {
-            return Err(Error::TooLarge {
-                what: "transaction".into(),
-                size: count,
-                limit: self.limits.max_transaction_items,
-            });
-        }
+        self.check_transaction(writes.len())?;
         let replaced: Vec<Replaced> = {
             let mut tables = self.write();
             for write in &writes {
@@ -114,15 +107,26 @@ impl InMemory {
 
     /// [`InMemory::apply_writes`] of one write, without a vector.
     fn apply_write(&self, write: Box<ApplyWrite>) -> Result<()> {
-        if self.limits.rows_per_command > self.limits.max_transaction_items {
-            return self.apply_writes(vec![*write]);
-        }
+        self.check_transaction(1)?;
         let replaced = {
             let mut tables = self.write();
             tables.check(&write)?;
             tables.store(*write)
         };
         drop(replaced);
+        Ok(())
+    }
+
+    /// Fails when `writes` writes are more rows than one transaction takes.
+    fn check_transaction(&self, writes: usize) -> Result<()> {
+        let count = writes * self.limits.rows_per_command;
+        if count > self.limits.max_transaction_items {
+            return Err(Error::TooLarge {
+                what: "transaction".into(),
+                size: count,
+                limit: self.limits.max_transaction_items,
+            });
+        }
         Ok(())
     }
 
@@ -232,6 +236,14 @@ fn compact(record: &CommandRecord, data: &DataItem) -> Option<CommandRow> {
         status: record.status,
         source: record.source.clone(),
     })
+}
+
+/// Leaves a copy of `write`'s data row in it for the store and gives back
+/// the row handed over: the copy shares the attributes' text and drops
+/// their parsed value, which the caller keeps.
+fn keep_a_copy(write: &mut ApplyWrite) -> DataItem {
+    let stored = write.data.clone();
+    std::mem::replace(&mut write.data, stored)
 }
 
 fn entity_id(pk: &str, sk: &str) -> String {
@@ -453,22 +465,13 @@ impl Storage for InMemory {
     }
 
     async fn apply_owned(&self, mut writes: Vec<ApplyWrite>) -> Result<Vec<DataItem>> {
-        // The store keeps a copy (which shares the attributes' text and
-        // drops their parsed value); the caller gets the row it handed over.
-        let given = writes
-            .iter_mut()
-            .map(|write| {
-                let stored = write.data.clone();
-                std::mem::replace(&mut write.data, stored)
-            })
-            .collect();
+        let given = writes.iter_mut().map(keep_a_copy).collect();
         self.apply_writes(writes)?;
         Ok(given)
     }
 
     async fn apply_one(&self, mut write: Box<ApplyWrite>) -> Result<DataItem> {
-        let stored = write.data.clone();
-        let given = std::mem::replace(&mut write.data, stored);
+        let given = keep_a_copy(&mut write);
         self.apply_write(write)?;
         Ok(given)
     }

@@ -150,13 +150,7 @@ impl Engine {
         keyed: Option<&Keyed>,
         ctx: &InvocationContext,
     ) -> Result<Published<DataItem>> {
-        // The read is awaited here rather than in `prepare_sync`: one future
-        // fewer to carry the command through.
-        let prepared = match self.storage_ref().get_data(key).await {
-            Ok(current) => self.prepare_sync_over(key, current, command, keyed, ctx),
-            Err(error) => Err(error),
-        };
-        let outcome = match prepared {
+        let outcome = match self.prepare_sync(key, command, keyed, ctx).await {
             Ok(prepared) => self.write_prepared(prepared, ctx).await,
             Err(error) => Err(error),
         };

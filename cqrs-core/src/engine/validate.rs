@@ -165,7 +165,7 @@ fn bound_of(string_bytes: &[usize], attributes: &Attributes) -> usize {
         .saturating_add(VERSION_BOUND)
         .saturating_add(string_bytes.iter().sum::<usize>().saturating_mul(6))
         .saturating_add(2 * 12)
-        .saturating_add(attributes.json_len())
+        .saturating_add(attributes.json().len())
 }
 
 /// The digits of a version after `@` in `csk`.

@@ -82,16 +82,9 @@ impl Fresh {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         if let Some(storage) = self.dynamodb {
-            let tables = storage.tables();
-            for table in [&tables.command, &tables.data, &tables.history, &tables.sequences] {
-                storage
-                    .client()
-                    .delete_table()
-                    .table_name(table)
-                    .send()
-                    .await
-                    .expect("table dropped");
-            }
+            cqrs_dynamodb::testing::drop_tables(&storage)
+                .await
+                .expect("tables dropped");
         }
     }
 }
