@@ -2,12 +2,13 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::ops::{Deref, DerefMut};
+use std::ops::{Deref, DerefMut, Index, IndexMut};
 use std::sync::{Arc, OnceLock};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Number, Value};
+use smol_str::SmolStr;
 
 use crate::error::{Error, Result};
 use crate::numbers::Integral;
@@ -24,6 +25,10 @@ use crate::numbers::Integral;
 /// It reads like a [`Value`] (it dereferences to one) and changes like
 /// one: the first change takes the parsed value for itself and drops the
 /// shared text, which is written anew when the attributes are published.
+/// A change made by indexing a top-level field (`attributes["status"] =
+/// …`, `attributes["items"][0]["quantity"] = …`) is remembered: the
+/// publish then writes only the fields so changed and copies the others
+/// from the text they were read with.
 ///
 /// ```
 /// use cqrs_core::Attributes;
@@ -45,6 +50,26 @@ pub struct Attributes {
     /// brought to normal form (see [`Attributes::normalize`]): set by a
     /// publish and for stored rows, cleared by a change.
     normalized: bool,
+    /// Where the top-level fields of the last normalized text are, and
+    /// which of them were changed since: kept by the copy a publish
+    /// normalized (never by stored rows), so that the next publish of it
+    /// writes the changed fields only.
+    patch: Option<Box<Patch>>,
+}
+
+/// The top-level fields of a canonical object text, and the changes made
+/// to them by indexing since it was written.
+#[derive(Debug, Default)]
+struct Patch {
+    /// The text the offsets describe, once a change has dropped it from
+    /// [`Attributes::json`].
+    stale: Option<Arc<str>>,
+    /// The byte offset just past each top-level field of the text.
+    ends: Vec<u32>,
+    /// Room for the offsets of the next text, kept to save an allocation.
+    next_ends: Vec<u32>,
+    /// The top-level keys changed since, each with whether the text has it.
+    touched: Vec<(SmolStr, bool)>,
 }
 
 impl Attributes {
@@ -67,6 +92,7 @@ impl Attributes {
             json: OnceLock::from(json),
             value: OnceLock::new(),
             normalized: true,
+            patch: None,
         }
     }
 
@@ -96,7 +122,7 @@ impl Attributes {
     pub(crate) fn shared_json(&self) -> &Arc<str> {
         self.json.get_or_init(|| {
             let value = self.value.get().unwrap_or(&Value::Null);
-            canonical_text(value).0
+            canonical_text(value, None).0
         })
     }
 
@@ -109,6 +135,37 @@ impl Attributes {
             (None, None) => T::deserialize(Value::Null).map_err(|e| e.to_string()),
         };
         parsed.map_err(|why| Error::invalid("attributes", why))
+    }
+
+    /// The parsed value, for this copy to change: the shared text no
+    /// longer describes it.
+    fn value_to_change(&mut self) -> &mut Value {
+        self.as_value();
+        let text = self.json.take();
+        // The text the patch describes is the one a publish wrote, not one
+        // written for a reader since the first change.
+        if let Some(patch) = self.patch.as_deref_mut().filter(|p| p.stale.is_none()) {
+            patch.stale = text;
+        }
+        self.normalized = false;
+        self.value.get_or_init(|| Value::Null);
+        self.value.get_mut().expect("initialized above")
+    }
+
+    /// Notes that the top-level field `key` is about to change.
+    fn touch(&mut self, key: &str) {
+        let Some(patch) = self.patch.as_deref_mut() else {
+            return;
+        };
+        if patch.touched.iter().any(|(touched, _)| touched == key) {
+            return;
+        }
+        let present = self
+            .value
+            .get()
+            .and_then(Value::as_object)
+            .is_some_and(|map| map.contains_key(key));
+        patch.touched.push((SmolStr::new(key), present));
     }
 
     /// Brings the numbers of the parsed value to the form DynamoDB gives
@@ -124,9 +181,14 @@ impl Attributes {
         };
         // One walk writes the text and notices the numbers to look at; the
         // value is walked again only when there are some (seldom).
-        let (text, numbers) = canonical_text(value);
+        let patch = self.patch.get_or_insert_with(Box::default);
+        let (text, numbers) = canonical_text(value, Some(patch));
         if numbers.out_of_range || numbers.integral_floats {
             crate::numbers::normalize_numbers(value)?;
+        }
+        if patch.ends.is_empty() {
+            // Not an object: nothing to patch next time.
+            self.patch = None;
         }
         self.json = OnceLock::from(text);
         self.normalized = true;
@@ -146,6 +208,7 @@ impl From<Value> for Attributes {
             json: OnceLock::new(),
             value: OnceLock::from(value),
             normalized: false,
+            patch: None,
         }
     }
 }
@@ -165,6 +228,7 @@ impl Clone for Attributes {
                 json: OnceLock::from(json.clone()),
                 value: OnceLock::new(),
                 normalized: self.normalized,
+                patch: None,
             },
             None => Self::from(self.as_value().clone()),
         }
@@ -183,11 +247,57 @@ impl DerefMut for Attributes {
     /// Takes the parsed value for this copy and drops the canonical text,
     /// which no longer describes it.
     fn deref_mut(&mut self) -> &mut Value {
-        self.as_value();
-        self.json.take();
-        self.normalized = false;
-        self.value.get_or_init(|| Value::Null);
-        self.value.get_mut().expect("initialized above")
+        // Any part may change: the whole text is written again.
+        self.patch = None;
+        self.value_to_change()
+    }
+}
+
+impl Index<&str> for Attributes {
+    type Output = Value;
+
+    /// The field `key`, or `null`, as [`Value`] indexes.
+    fn index(&self, key: &str) -> &Value {
+        &self.as_value()[key]
+    }
+}
+
+impl IndexMut<&str> for Attributes {
+    /// The field `key` to change, inserted as `null` if absent, as
+    /// [`Value`] indexes (which panics when the value is not an object).
+    /// Only this field is written again by the next publish.
+    fn index_mut(&mut self, key: &str) -> &mut Value {
+        self.touch(key);
+        &mut self.value_to_change()[key]
+    }
+}
+
+impl Index<&String> for Attributes {
+    type Output = Value;
+
+    fn index(&self, key: &String) -> &Value {
+        &self[key.as_str()]
+    }
+}
+
+impl IndexMut<&String> for Attributes {
+    fn index_mut(&mut self, key: &String) -> &mut Value {
+        &mut self[key.as_str()]
+    }
+}
+
+impl Index<usize> for Attributes {
+    type Output = Value;
+
+    /// The element `index` of an array, or `null`, as [`Value`] indexes.
+    fn index(&self, index: usize) -> &Value {
+        &self.as_value()[index]
+    }
+}
+
+impl IndexMut<usize> for Attributes {
+    fn index_mut(&mut self, index: usize) -> &mut Value {
+        &mut (**self)[index]
     }
 }
 
@@ -264,16 +374,19 @@ struct Numbers {
     out_of_range: bool,
 }
 
-/// The canonical JSON text of `value`.
-fn canonical_text(value: &Value) -> (Arc<str>, Numbers) {
+/// The canonical JSON text of `value`: written whole, or — when `patch`
+/// holds the text `value` was read with and the top-level fields changed
+/// since — with the other fields copied from that text. `patch` is left
+/// describing the new text.
+fn canonical_text(value: &Value, patch: Option<&mut Patch>) -> (Arc<str>, Numbers) {
     BUFFER.with(|buffer| {
         let mut buffer = match buffer.try_borrow_mut() {
             Ok(buffer) => buffer,
             // Re-entered (cannot happen: writing calls nothing of ours).
-            Err(_) => return canonical_text_in(value, &mut Vec::new()),
+            Err(_) => return canonical_text_in(value, patch, &mut Vec::new()),
         };
         buffer.clear();
-        let text = canonical_text_in(value, &mut buffer);
+        let text = canonical_text_in(value, patch, &mut buffer);
         // A very large value should not keep its buffer alive.
         if buffer.capacity() > 64 * 1024 {
             *buffer = Vec::new();
@@ -282,11 +395,110 @@ fn canonical_text(value: &Value) -> (Arc<str>, Numbers) {
     })
 }
 
-fn canonical_text_in(value: &Value, buffer: &mut Vec<u8>) -> (Arc<str>, Numbers) {
+fn canonical_text_in(value: &Value, patch: Option<&mut Patch>, buffer: &mut Vec<u8>) -> (Arc<str>, Numbers) {
     let mut numbers = Numbers::default();
-    write_canonical(value, buffer, &mut numbers);
+    match patch {
+        None => write_canonical(value, buffer, &mut numbers),
+        Some(patch) => {
+            let patched = match (value, patch.stale.take()) {
+                (Value::Object(map), Some(stale)) => write_patched(map, &stale, patch, buffer, &mut numbers),
+                _ => false,
+            };
+            if !patched {
+                buffer.clear();
+                numbers = Numbers::default();
+                patch.ends.clear();
+                match value {
+                    Value::Object(map) if maps_are_sorted() => {
+                        write_object(map, buffer, &mut numbers, &mut patch.ends);
+                    }
+                    _ => write_canonical(value, buffer, &mut numbers),
+                }
+            }
+            patch.touched.clear();
+            if u32::try_from(buffer.len()).is_err() {
+                patch.ends.clear();
+            }
+        }
+    }
     // Only whole UTF-8 strings and ASCII are written.
     (Arc::from(std::str::from_utf8(buffer).unwrap_or("null")), numbers)
+}
+
+/// Writes a top-level object, noting in `ends` where each field ends.
+fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>, numbers: &mut Numbers, ends: &mut Vec<u32>) {
+    out.push(b'{');
+    for (i, (key, value)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(key, out);
+        out.push(b':');
+        write_canonical(value, out, numbers);
+        ends.push(out.len() as u32);
+    }
+    out.push(b'}');
+}
+
+/// Whether `field` (`"key":value`) is the field of `key`.
+fn is_field_of(field: &[u8], key: &str) -> bool {
+    let key = key.as_bytes();
+    field.get(1..=key.len()) == Some(key) && field.get(key.len() + 1..key.len() + 3) == Some(b"\":")
+}
+
+/// Writes `map` as [`write_object`] would, copying the fields not in
+/// `patch.touched` from `stale`, the text `map` was read with, whose fields
+/// end at `patch.ends`; leaves in `patch.ends` those of the new text. False
+/// when `stale` does not match (the text is then to be written whole).
+fn write_patched(
+    map: &Map<String, Value>,
+    stale: &str,
+    patch: &mut Patch,
+    out: &mut Vec<u8>,
+    numbers: &mut Numbers,
+) -> bool {
+    if !maps_are_sorted() {
+        return false;
+    }
+    let stale = stale.as_bytes();
+    let old_ends = std::mem::take(&mut patch.ends);
+    let mut ends = std::mem::take(&mut patch.next_ends);
+    ends.clear();
+    // The stale field `next` starts at `start`.
+    let (mut next, mut start) = (0, 1);
+    out.push(b'{');
+    for (i, (key, value)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let touched = patch.touched.iter().find(|(touched, _)| touched == key);
+        if touched.is_none_or(|(_, present)| *present) {
+            let Some(end) = old_ends.get(next).map(|&end| end as usize) else {
+                return false;
+            };
+            if touched.is_none() {
+                // The stale field is this key's (a key that needs escapes
+                // does not match: the text is then written whole).
+                let Some(field) = stale.get(start..end).filter(|f| is_field_of(f, key)) else {
+                    return false;
+                };
+                out.extend_from_slice(field);
+            }
+            (next, start) = (next + 1, end + 1);
+        }
+        if touched.is_some() {
+            write_string(key, out);
+            out.push(b':');
+            write_canonical(value, out, numbers);
+        }
+        ends.push(out.len() as u32);
+    }
+    out.push(b'}');
+    // Every stale field accounted for, and the text as long as told.
+    let whole = next == old_ends.len() && start == stale.len();
+    patch.ends = ends;
+    patch.next_ends = old_ends;
+    whole
 }
 
 /// Writes `value` in canonical form: object keys in order, numbers
@@ -526,6 +738,103 @@ mod tests {
         fine.json();
         fine.normalize().unwrap();
         assert!(fine["six"].is_u64(), "the parsed value is normalized too");
+    }
+
+    /// The text a publish writes of `attributes`, and the one written
+    /// whole from a fresh copy of its value: they must be the same.
+    fn patched_and_whole(attributes: &mut Attributes) -> (String, String) {
+        attributes.normalize().unwrap();
+        let whole = Attributes::from(attributes.as_value().clone()).json().to_owned();
+        (attributes.json().to_owned(), whole)
+    }
+
+    #[test]
+    fn a_publish_writes_only_the_fields_changed_by_indexing() {
+        let mut attributes = Attributes::from(json!({
+            "b": {"n": [1, 2]}, "d": "four", "f": 6.5, "\u{1}esc": 1, "h": [true]
+        }));
+        attributes.normalize().unwrap();
+        attributes["d"] = json!("changed");
+        assert!(attributes.patch.as_ref().is_some_and(|p| p.stale.is_some()), "the publish will patch");
+        attributes["b"]["n"][0] = json!(7.0);
+        attributes["a"] = json!("inserted first");
+        attributes["e"] = json!({"inserted": "between"});
+        attributes["z"] = json!(null);
+        let (patched, whole) = patched_and_whole(&mut attributes);
+        assert_eq!(patched, whole);
+        assert!(patched.contains(r#""n":[7,2]"#), "touched numbers are normalized: {patched}");
+        assert!(attributes["b"]["n"][0].is_u64(), "and so is the parsed value");
+        // And again, from the text just written.
+        attributes["h"][0] = json!(false);
+        attributes["\u{1}esc"] = json!(2);
+        let (patched, whole) = patched_and_whole(&mut attributes);
+        assert_eq!(patched, whole);
+    }
+
+    #[test]
+    fn patched_texts_match_whole_ones_whatever_the_changes() {
+        let mut rng = fastrand::Rng::with_seed(13);
+        let keys = ["a", "b", "c", "d", "e", "f", "g", "h", "quote\"d"];
+        let leaf = |rng: &mut fastrand::Rng| match rng.u8(0..5) {
+            0 => json!(rng.i64(-1000..1000)),
+            1 => json!(f64::from(rng.i32(-100..100)) / 4.0),
+            2 => json!("x".repeat(rng.usize(0..12))),
+            3 => json!([rng.bool(), {"k": rng.u8(..)}]),
+            _ => Value::Null,
+        };
+        for round in 0..300 {
+            let mut attributes = Attributes::from(json!({"m": 1}));
+            for step in 0..12 {
+                let key = keys[rng.usize(..keys.len())];
+                match rng.u8(0..10) {
+                    0 => {
+                        // A change through DerefMut: written whole next time.
+                        attributes.as_object_mut().unwrap().remove(key);
+                    }
+                    1 => {
+                        // A reader asks for the text between changes.
+                        attributes.json();
+                    }
+                    2 => {
+                        // A copy starts without the patch.
+                        attributes = attributes.clone();
+                    }
+                    3 if attributes.get(key).is_some_and(Value::is_array) => {
+                        attributes[key][0] = leaf(&mut rng);
+                    }
+                    _ => attributes[key] = leaf(&mut rng),
+                }
+                if rng.bool() {
+                    let (patched, whole) = patched_and_whole(&mut attributes);
+                    assert_eq!(patched, whole, "round {round}, step {step}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_touched_number_out_of_range_is_refused_and_the_next_text_is_whole() {
+        let mut attributes = Attributes::from(json!({"a": 1, "b": 2}));
+        attributes.normalize().unwrap();
+        attributes["b"] = json!(1e200);
+        assert!(matches!(attributes.normalize(), Err(Error::InvalidInput { .. })));
+        attributes["b"] = json!(3);
+        let (patched, whole) = patched_and_whole(&mut attributes);
+        assert_eq!(patched, whole);
+        assert_eq!(patched, r#"{"a":1,"b":3}"#);
+    }
+
+    #[test]
+    fn a_stale_text_that_does_not_match_is_not_copied() {
+        let mut attributes = Attributes::from(json!({"a": 1, "b": 2}));
+        attributes.normalize().unwrap();
+        attributes["b"] = json!(5);
+        // Offsets that do not describe the stale text: written whole.
+        if let Some(patch) = attributes.patch.as_deref_mut() {
+            patch.ends = vec![3, 5];
+        }
+        let (patched, whole) = patched_and_whole(&mut attributes);
+        assert_eq!(patched, whole);
     }
 
     #[test]

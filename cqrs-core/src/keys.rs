@@ -41,10 +41,9 @@ pub fn tenant_pk(tenant_code: &str) -> String {
 /// assert_eq!(cqrs_core::tenant_of_pk("MASTER"), None);
 /// ```
 pub fn tenant_of_pk(pk: &str) -> Option<&str> {
-    match pk.rsplit_once(KEY_SEPARATOR) {
-        Some((_, tenant)) if !tenant.is_empty() => Some(tenant),
-        _ => None,
-    }
+    // The separator is ASCII: a byte search finds it, on a char boundary.
+    let after = pk.as_bytes().iter().rposition(|&b| b == KEY_SEPARATOR as u8)? + 1;
+    Some(&pk[after..]).filter(|tenant| !tenant.is_empty())
 }
 
 /// The sort key of version `version` of a command: `{sk}@{version}`.
@@ -129,7 +128,7 @@ const U64_DIGITS: usize = 20;
 /// Validates a sort key (see [`EntityKey::validate`]).
 pub fn validate_sk(sk: &str) -> Result<()> {
     validate_parts("sk", sk)?;
-    if sk.contains(VERSION_SEPARATOR) {
+    if sk.as_bytes().contains(&(VERSION_SEPARATOR as u8)) {
         return Err(Error::invalid(
             "sk",
             format!("'{sk}' contains '{VERSION_SEPARATOR}', which is reserved for versions"),
@@ -151,7 +150,13 @@ fn validate_parts(what: &str, key: &str) -> Result<()> {
     if key.is_empty() {
         return Err(Error::invalid(what, "must not be empty"));
     }
-    if key.split(KEY_SEPARATOR).any(str::is_empty) {
+    // An empty part: a separator first, last, or twice in a row.
+    let separator = KEY_SEPARATOR as u8;
+    let bytes = key.as_bytes();
+    let empty_part = bytes.first() == Some(&separator)
+        || bytes.last() == Some(&separator)
+        || bytes.windows(2).any(|pair| pair == [separator, separator]);
+    if empty_part {
         return Err(Error::invalid(
             what,
             format!("'{key}' has an empty '{KEY_SEPARATOR}'-separated part"),

@@ -134,8 +134,14 @@ impl CommandInput {
     pub fn new(pk: impl AsRef<str>, sk: impl AsRef<str>) -> Self {
         let pk = SmolStr::new(pk);
         let sk = SmolStr::new(sk);
-        let code = SmolStr::new(sk.rsplit(KEY_SEPARATOR).next().unwrap_or_default());
-        let entity_type = SmolStr::new(sk.split(KEY_SEPARATOR).next().unwrap_or_default());
+        // The separator is ASCII: a byte search finds it, and cuts the key
+        // on character boundaries.
+        let separator = KEY_SEPARATOR as u8;
+        let bytes = sk.as_bytes();
+        let first = bytes.iter().position(|&b| b == separator).unwrap_or(bytes.len());
+        let last = bytes.iter().rposition(|&b| b == separator).map_or(0, |i| i + 1);
+        let code = SmolStr::new(&sk[last..]);
+        let entity_type = SmolStr::new(&sk[..first]);
         Self {
             pk,
             id: None,
