@@ -755,14 +755,20 @@ mod tests {
         }));
         attributes.normalize().unwrap();
         attributes["d"] = json!("changed");
-        assert!(attributes.patch.as_ref().is_some_and(|p| p.stale.is_some()), "the publish will patch");
+        assert!(
+            attributes.patch.as_ref().is_some_and(|p| p.stale.is_some()),
+            "the publish will patch"
+        );
         attributes["b"]["n"][0] = json!(7.0);
         attributes["a"] = json!("inserted first");
         attributes["e"] = json!({"inserted": "between"});
         attributes["z"] = json!(null);
         let (patched, whole) = patched_and_whole(&mut attributes);
         assert_eq!(patched, whole);
-        assert!(patched.contains(r#""n":[7,2]"#), "touched numbers are normalized: {patched}");
+        assert!(
+            patched.contains(r#""n":[7,2]"#),
+            "touched numbers are normalized: {patched}"
+        );
         assert!(attributes["b"]["n"][0].is_u64(), "and so is the parsed value");
         // And again, from the text just written.
         attributes["h"][0] = json!(false);

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
+// Every type a public item names can be named (and found) from the crate root.
+#![deny(unnameable_types)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod attributes;
@@ -22,6 +24,7 @@ mod storage;
 mod update;
 
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
 pub use attributes::Attributes;
@@ -54,6 +57,7 @@ pub use sequence::{
 };
 pub use services::{CommandService, DataService, DataServiceExt, SequenceService, Typed};
 #[cfg(feature = "mock")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub use services::{MockCommandService, MockDataService, MockSequenceService};
 /// The string type of keys and short row fields: inline up to 23 bytes,
 /// shared beyond, so copies never allocate.

@@ -2,7 +2,7 @@
 //! and concurrent publish-sync, get and sequence numbers.
 //!
 //! `./scripts/dynamodb-local` prints an endpoint; then
-//! `DYNAMODB_ENDPOINT=http://127.0.0.1:PORT cargo bench -p cqrs-dynamodb --bench throughput`
+//! `DYNAMODB_ENDPOINT=http://127.0.0.1:PORT cargo bench -p cqrs-serverless-dynamodb --bench throughput`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

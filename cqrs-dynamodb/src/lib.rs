@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
+// Every type a public item names can be named (and found) from the crate root.
+#![deny(unnameable_types)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;

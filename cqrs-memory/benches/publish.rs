@@ -1,6 +1,6 @@
 //! Throughput of the core operations on the in-memory backend.
 //!
-//! `cargo bench -p cqrs-memory --bench publish`
+//! `cargo bench -p cqrs-serverless-memory --bench publish`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

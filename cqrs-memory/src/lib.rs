@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
+// Every type a public item names can be named (and found) from the crate root.
+#![deny(unnameable_types)]
 
 mod range;
 mod versions;
@@ -8,6 +10,12 @@ mod versions;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/services.md")]
 struct ServicesGuide;
+
+/// The quick start of the repository's README, compiled and run as a doctest
+/// (`tests/readme.rs` checks its dependency lines).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct QuickStart;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -92,7 +92,7 @@ pub(crate) struct HandlerRun<'a> {
 
 impl HandlerRun<'_> {
     /// Every matching handler; success marks the command finished.
-    pub const ALL: HandlerRun<'static> = HandlerRun {
+    pub(crate) const ALL: HandlerRun<'static> = HandlerRun {
         only: None,
         on_success: OnSuccess::MarkFinished,
     };
