@@ -51,9 +51,12 @@ pub use model::{
     PartialUpdate, Published,
 };
 pub use numbers::{MAX_NUMBER_MAGNITUDE, MIN_NUMBER_MAGNITUDE};
-pub use query::{Cursor, Filter, ListQuery, Page, SkCondition, SortOrder, DEFAULT_LIMIT, MAX_LIMIT};
+pub use query::{
+    Cursor, Filter, ListQuery, Page, SkCondition, SortOrder, UnreadableRow, DEFAULT_LIMIT, MAX_LIMIT,
+};
 pub use sequence::{
-    fiscal_year, Rotation, SequenceRequest, SequenceValue, DEFAULT_FORMAT, MAX_SUB_CODES, SEQUENCE_PK_PREFIX,
+    fiscal_year, Counter, Rotation, SequenceRequest, SequenceValue, DEFAULT_FORMAT, MAX_SUB_CODES,
+    SEQUENCE_PK_PREFIX,
 };
 pub use services::{CommandService, DataService, DataServiceExt, SequenceService, Typed};
 #[cfg(feature = "mock")]

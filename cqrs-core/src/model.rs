@@ -344,13 +344,70 @@ pub enum CommandStatus {
     Failed,
 }
 
+impl CommandStatus {
+    /// This framework's name of the status, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandStatus::Published => "published",
+            CommandStatus::Applied => "applied",
+            CommandStatus::Finished => "finished",
+            CommandStatus::Failed => "failed",
+        }
+    }
+
+    /// What a stored status means here, and whether it is one of ours.
+    ///
+    /// | Stored | Status |
+    /// |---|---|
+    /// | `published`, `applied`, `finished`, `failed` | the same (ours) |
+    /// | `finish:FINISHED` (the reference framework's last step) | `Finished` |
+    /// | `{step}:FAILED` | `Failed` |
+    /// | `{step}:STARTED`, other `{step}:FINISHED` (in its pipeline) | `Published` |
+    /// | nothing (`""`: its async command, not yet processed) | `Published` |
+    /// | anything else | `Published`: not applied as far as we know |
+    ///
+    /// A read never fails on a status: an unknown one is kept as
+    /// [`CommandRecord::foreign_status`] and means "not known to be done".
+    ///
+    /// ```
+    /// use cqrs_core::CommandStatus;
+    /// assert_eq!(CommandStatus::from_stored("applied"), (CommandStatus::Applied, true));
+    /// assert_eq!(CommandStatus::from_stored("finish:FINISHED"), (CommandStatus::Finished, false));
+    /// assert_eq!(CommandStatus::from_stored("check_version:FAILED"), (CommandStatus::Failed, false));
+    /// assert_eq!(CommandStatus::from_stored("sync_data:STARTED"), (CommandStatus::Published, false));
+    /// assert_eq!(CommandStatus::from_stored(""), (CommandStatus::Published, false));
+    /// ```
+    pub fn from_stored(stored: &str) -> (CommandStatus, bool) {
+        let ours = [
+            CommandStatus::Published,
+            CommandStatus::Applied,
+            CommandStatus::Finished,
+            CommandStatus::Failed,
+        ];
+        if let Some(status) = ours.into_iter().find(|s| s.as_str() == stored) {
+            return (status, true);
+        }
+        let status = match stored.rsplit_once(':') {
+            Some(("finish", "FINISHED")) => CommandStatus::Finished,
+            Some((_, "FAILED")) => CommandStatus::Failed,
+            _ => CommandStatus::Published,
+        };
+        (status, false)
+    }
+}
+
 /// A stored command: one per version of an entity, stored at `{sk}@{version}`.
 ///
 /// Serialized with the fields the reference framework stores, including
 /// the derived `id` (`pk#sk`) and `tenantCode` (the pk's tenant); they are
 /// computed, not stored, here.
+///
+/// Deserialized from what either framework writes: the reference
+/// framework may leave out `isDeleted` (false), `requestId`, `createdBy` and
+/// `status` (an async command not yet processed: `published`), and stores
+/// statuses of its own (see [`CommandRecord::foreign_status`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(from = "StoredCommand")]
 pub struct CommandRecord {
     /// Partition key.
     pub pk: SmolStr,
@@ -377,18 +434,81 @@ pub struct CommandRecord {
     pub seq: Option<u64>,
     /// Pipeline status.
     pub status: CommandStatus,
+    /// The status as another writer stored it, when it is not one of ours;
+    /// `status` is then what it means here (see
+    /// [`CommandStatus::from_stored`]). The reference framework stores
+    /// `{step}:{STARTED|FINISHED|FAILED}` (`finish:FINISHED` when done), and
+    /// no status at all for an async command (kept as `""`). `None` for a
+    /// row of ours.
+    pub foreign_status: Option<SmolStr>,
     /// What produced the command (from the invocation context).
-    #[serde(default)]
     pub source: Option<SmolStr>,
-    /// Request that published the command.
+    /// Request that published the command (empty when the writer had none).
     pub request_id: SmolStr,
     /// When the command was published.
     pub created_at: DateTime<Utc>,
-    /// Who published it.
+    /// Who published it (empty when the writer had no user).
     pub created_by: SmolStr,
     /// From which address.
-    #[serde(default)]
     pub created_ip: Option<SmolStr>,
+}
+
+/// A command row as stored, by this framework or the reference framework:
+/// what [`CommandRecord`] is deserialized through.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredCommand {
+    pk: SmolStr,
+    sk: SmolStr,
+    code: SmolStr,
+    name: SmolStr,
+    version: u64,
+    #[serde(rename = "type")]
+    entity_type: SmolStr,
+    attributes: Attributes,
+    #[serde(default)]
+    is_deleted: bool,
+    #[serde(default)]
+    ttl: Option<i64>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    status: Option<SmolStr>,
+    #[serde(default)]
+    source: Option<SmolStr>,
+    #[serde(default)]
+    request_id: SmolStr,
+    created_at: DateTime<Utc>,
+    #[serde(default)]
+    created_by: SmolStr,
+    #[serde(default)]
+    created_ip: Option<SmolStr>,
+}
+
+impl From<StoredCommand> for CommandRecord {
+    fn from(row: StoredCommand) -> Self {
+        let stored = row.status.as_deref().unwrap_or_default();
+        let (status, ours) = CommandStatus::from_stored(stored);
+        CommandRecord {
+            pk: row.pk,
+            sk: row.sk,
+            code: row.code,
+            name: row.name,
+            version: row.version,
+            entity_type: row.entity_type,
+            attributes: row.attributes,
+            is_deleted: row.is_deleted,
+            ttl: row.ttl,
+            seq: row.seq,
+            status,
+            foreign_status: (!ours).then(|| row.status.unwrap_or_default()),
+            source: row.source,
+            request_id: row.request_id,
+            created_at: row.created_at,
+            created_by: row.created_by,
+            created_ip: row.created_ip,
+        }
+    }
 }
 
 impl CommandRecord {
@@ -422,7 +542,12 @@ impl Serialize for CommandRecord {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         let mut row = serializer.serialize_struct("CommandRecord", 17)?;
         serialize_entity_fields!(row, self);
-        row.serialize_field("status", &self.status)?;
+        match self.foreign_status.as_deref() {
+            // The row as its writer left it (its status was never changed here).
+            Some("") => row.skip_field("status")?,
+            Some(foreign) => row.serialize_field("status", foreign)?,
+            None => row.serialize_field("status", &self.status)?,
+        }
         optional_field(&mut row, "source", &self.source)?;
         row.serialize_field("requestId", &self.request_id)?;
         row.serialize_field("createdAt", &self.created_at)?;
@@ -523,7 +648,8 @@ pub struct DataItem {
     pub entity_type: SmolStr,
     /// Attributes.
     pub attributes: Attributes,
-    /// Soft-delete flag.
+    /// Soft-delete flag (absent in a row: false).
+    #[serde(default)]
     pub is_deleted: bool,
     /// Expiry (seconds since the Unix epoch).
     #[serde(default)]
@@ -531,18 +657,21 @@ pub struct DataItem {
     /// Sequence number of the entity.
     #[serde(default)]
     pub seq: Option<u64>,
-    /// Request that produced this version.
+    /// Request that produced this version (empty when the writer had none).
+    #[serde(default)]
     pub request_id: SmolStr,
     /// When the entity was created (version 1).
     pub created_at: DateTime<Utc>,
-    /// Who created it.
+    /// Who created it (empty when the writer had no user).
+    #[serde(default)]
     pub created_by: SmolStr,
     /// From which address it was created.
     #[serde(default)]
     pub created_ip: Option<SmolStr>,
     /// When this version was published.
     pub updated_at: DateTime<Utc>,
-    /// Who published this version.
+    /// Who published this version (empty when the writer had no user).
+    #[serde(default)]
     pub updated_by: SmolStr,
     /// From which address.
     #[serde(default)]
@@ -590,6 +719,7 @@ impl DataItem {
             ttl: self.ttl,
             seq: self.seq,
             status,
+            foreign_status: None,
             source,
             request_id: self.request_id.clone(),
             created_at: self.updated_at,
@@ -610,6 +740,7 @@ impl DataItem {
             && record.created_at == self.updated_at
             && record.created_by == self.updated_by
             && record.created_ip == self.updated_ip
+            && record.foreign_status.is_none()
             && record.content() == self.content()
     }
 

@@ -294,6 +294,23 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Where to continue; `None` on the last page.
     pub cursor: Option<Cursor>,
+    /// Rows of the range that could not be read (left out of `items`): one
+    /// odd row, written by another program or damaged, does not fail the
+    /// page. A row near the end of a page may be reported on the next one
+    /// too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<UnreadableRow>,
+}
+
+/// A row a backend found but could not read as an item, by its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadableRow {
+    /// Its partition key.
+    pub pk: String,
+    /// Its sort key.
+    pub sk: String,
+    /// Why it could not be read.
+    pub reason: String,
 }
 
 /// An opaque position in a query, handed to the client and back.

@@ -128,14 +128,44 @@ pub struct SequenceValue {
     pub issued_at: DateTime<Utc>,
 }
 
-/// The counter's key, and the format checked, for one request on one day.
+/// The counter a number is drawn from, in the reference framework's layout,
+/// so that both frameworks draw from the same counter: pk `SEQ#{tenant}`, sk
+/// `{typeCode}[#code1..#code5]#{period}` where the period is `none` without
+/// rotation, else `YYYY`, `YYYYMM`, `YYYYMMDD`, or the year a fiscal year
+/// starts in; the count in the attribute `seq`, with the descriptive fields
+/// the reference framework writes beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CounterKey {
+pub struct Counter {
+    /// `SEQ#{tenant}`.
     pub pk: String,
+    /// `{typeCode}[#code1..#code5]#{period or none}`.
     pub sk: String,
+    /// Where this framework counted this sequence before it shared the
+    /// reference framework's counters (sk `{typeCode}[#codes]`, or with
+    /// `#{period}`, `FY{year}` for fiscal years, attribute `counter`): the
+    /// first number drawn at `sk` when it has no count yet continues from
+    /// the count there, so migrated counters keep counting. Often `sk`
+    /// itself.
+    pub legacy_sk: String,
+    /// The sequence's type code (stored as `type`).
+    pub type_code: String,
+    /// The rotation's name as the reference framework stores it (`name`):
+    /// `none`, `yearly`, `monthly`, `daily` or `fiscal_yearly`.
+    pub rotation: &'static str,
+    /// The tenant (`tenantCode`).
+    pub tenant_code: String,
+    /// Who draws the number (`createdBy` on the first draw, `updatedBy`).
+    pub user: String,
+    /// From which address (`createdIp`, `updatedIp`), if known.
+    pub source_ip: Option<String>,
+    /// The request drawing it (`requestId`).
+    pub request_id: String,
+    /// When (`createdAt` on the first draw, `updatedAt`).
+    pub at: DateTime<Utc>,
 }
 
-/// Validates `request` and computes its counter key for `tenant` on `date`.
+/// Validates `request` and computes its counter's key for `tenant` on
+/// `date` (the other fields of the [`Counter`] are the caller's).
 pub(crate) fn counter_key(request: &SequenceRequest, tenant: &str, date: NaiveDate) -> Result<CounterKey> {
     validate_code("tenantCode", tenant)?;
     validate_code("typeCode", &request.type_code)?;
@@ -162,19 +192,64 @@ pub(crate) fn counter_key(request: &SequenceRequest, tenant: &str, date: NaiveDa
     // Reject a bad format before the counter moves: a number must never be burnt.
     render(&request.format, &FormatValues::new(request, tenant, date, 0))?;
 
-    let mut sk = request.type_code.clone();
+    let mut codes = request.type_code.clone();
     for code in &request.sub_codes {
-        sk.push(KEY_SEPARATOR);
-        sk.push_str(code);
+        codes.push(KEY_SEPARATOR);
+        codes.push_str(code);
     }
-    if let Some(period) = period(request.rotation, date) {
-        sk.push(KEY_SEPARATOR);
-        sk.push_str(&period);
-    }
+    let sk = format!("{codes}{KEY_SEPARATOR}{}", period(request.rotation, date));
+    let legacy_sk = match legacy_period(request.rotation, date) {
+        Some(period) => format!("{codes}{KEY_SEPARATOR}{period}"),
+        None => codes,
+    };
     Ok(CounterKey {
         pk: format!("{SEQUENCE_PK_PREFIX}{KEY_SEPARATOR}{tenant}"),
         sk,
+        legacy_sk,
     })
+}
+
+impl Counter {
+    /// The counter at `pk`/`sk` with nothing more to say: no earlier
+    /// location (`legacy_sk` is `sk`), type code the first part of `sk`, no
+    /// rotation, the tenant of `pk`, user `system`, now. For tests of a
+    /// backend; the engine fills every field from the request.
+    pub fn new(pk: impl Into<String>, sk: impl Into<String>) -> Self {
+        let (pk, sk) = (pk.into(), sk.into());
+        Counter {
+            type_code: sk.split(KEY_SEPARATOR).next().unwrap_or_default().to_owned(),
+            tenant_code: crate::keys::tenant_of_pk(&pk).unwrap_or_default().to_owned(),
+            legacy_sk: sk.clone(),
+            pk,
+            sk,
+            rotation: Rotation::None.name(),
+            user: "system".to_owned(),
+            source_ip: None,
+            request_id: String::new(),
+            at: Utc::now(),
+        }
+    }
+}
+
+/// The keys of a [`Counter`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CounterKey {
+    pub pk: String,
+    pub sk: String,
+    pub legacy_sk: String,
+}
+
+impl Rotation {
+    /// Its name in the reference framework's counter rows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rotation::None => "none",
+            Rotation::Yearly => "yearly",
+            Rotation::Monthly => "monthly",
+            Rotation::Daily => "daily",
+            Rotation::FiscalYearly { .. } => "fiscal_yearly",
+        }
+    }
 }
 
 /// Formats number `no` of `request`.
@@ -209,14 +284,27 @@ pub fn fiscal_year(date: NaiveDate, start_month: u32) -> i32 {
     }
 }
 
-/// The period part of the counter key, `None` without rotation.
-fn period(rotation: Rotation, date: NaiveDate) -> Option<String> {
+/// The period part of the counter's sort key, as the reference framework
+/// writes it: `none` without rotation, the fiscal year as the year it
+/// starts in.
+fn period(rotation: Rotation, date: NaiveDate) -> String {
+    match rotation {
+        Rotation::None => "none".to_owned(),
+        Rotation::Yearly => format!("{:04}", date.year()),
+        Rotation::Monthly => format!("{:04}{:02}", date.year(), date.month()),
+        Rotation::Daily => format!("{:04}{:02}{:02}", date.year(), date.month(), date.day()),
+        Rotation::FiscalYearly { start_month } => format!("{:04}", fiscal_year(date, start_month)),
+    }
+}
+
+/// The period part of the sort key this framework counted at before it
+/// shared the reference framework's layout: none without rotation, `FY`
+/// before a fiscal year.
+fn legacy_period(rotation: Rotation, date: NaiveDate) -> Option<String> {
     match rotation {
         Rotation::None => None,
-        Rotation::Yearly => Some(format!("{:04}", date.year())),
-        Rotation::Monthly => Some(format!("{:04}{:02}", date.year(), date.month())),
-        Rotation::Daily => Some(format!("{:04}{:02}{:02}", date.year(), date.month(), date.day())),
         Rotation::FiscalYearly { start_month } => Some(format!("FY{:04}", fiscal_year(date, start_month))),
+        other => Some(period(other, date)),
     }
 }
 
@@ -365,13 +453,24 @@ mod tests {
                 .unwrap()
                 .sk
         };
-        assert_eq!(key(Rotation::None), "ORDER");
+        // The reference framework's layout.
+        assert_eq!(key(Rotation::None), "ORDER#none");
         assert_eq!(key(Rotation::Yearly), "ORDER#2024");
         assert_eq!(key(Rotation::Monthly), "ORDER#202403");
         assert_eq!(key(Rotation::Daily), "ORDER#20240309");
-        assert_eq!(key(Rotation::FiscalYearly { start_month: 4 }), "ORDER#FY2023");
+        assert_eq!(key(Rotation::FiscalYearly { start_month: 4 }), "ORDER#2023");
         let sub = counter_key(&SequenceRequest::new("ORDER").sub_codes(["A", "B"]), "a", d).unwrap();
-        assert_eq!((sub.pk.as_str(), sub.sk.as_str()), ("SEQ#a", "ORDER#A#B"));
+        assert_eq!((sub.pk.as_str(), sub.sk.as_str()), ("SEQ#a", "ORDER#A#B#none"));
+        // Where this framework counted before.
+        let legacy = |r| {
+            counter_key(&SequenceRequest::new("ORDER").rotation(r), "a", d)
+                .unwrap()
+                .legacy_sk
+        };
+        assert_eq!(legacy(Rotation::None), "ORDER");
+        assert_eq!(legacy(Rotation::Monthly), "ORDER#202403");
+        assert_eq!(legacy(Rotation::FiscalYearly { start_month: 4 }), "ORDER#FY2023");
+        assert_eq!(sub.legacy_sk, "ORDER#A#B");
     }
 
     #[test]

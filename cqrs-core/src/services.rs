@@ -246,6 +246,7 @@ pub trait DataServiceExt: DataService {
                 .map(Typed::from_item)
                 .collect::<Result<_>>()?,
             cursor: page.cursor,
+            unreadable: page.unreadable,
         })
     }
 }

@@ -13,7 +13,8 @@ use crate::idempotency::IdempotencyRecord;
 use crate::index::IndexEntry;
 use crate::keys::EntityKey;
 use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand};
-use crate::query::{SkCondition, SortOrder};
+use crate::query::{SkCondition, SortOrder, UnreadableRow};
+use crate::sequence::Counter;
 
 /// Sizes a backend can store. The engine checks them before writing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +104,9 @@ pub struct RangePage {
     pub items: Vec<DataItem>,
     /// The sort key to continue after, `None` when the range is exhausted.
     pub last_sk: Option<String>,
+    /// Rows of the range that could not be read as items; `last_sk` counts
+    /// them as read.
+    pub unreadable: Vec<UnreadableRow>,
 }
 
 /// The primitives of a storage backend.
@@ -213,9 +217,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// (the caller checks [`IdempotencyRecord::is_live`]).
     async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>>;
 
-    /// Atomically increments the counter at `pk`/`sk` (starting from 0) and
-    /// returns the new value.
-    async fn next_counter(&self, pk: &str, sk: &str) -> Result<u64>;
+    /// Atomically increments the count of `counter` and returns the new
+    /// value. A counter with no count yet starts from the count at
+    /// `counter.legacy_sk` (where this framework counted before), or from 0.
+    /// A backend that stores rows writes the count as `seq` with the
+    /// descriptive fields of [`Counter`], as the reference framework does.
+    async fn next_counter(&self, counter: &Counter) -> Result<u64>;
 
     /// Records (or replaces) the failure of a command.
     async fn put_failure(&self, failure: &FailedCommand) -> Result<()>;

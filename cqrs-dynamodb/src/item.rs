@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use cqrs_core::{
-    command_sk, parse_command_sk, CommandRecord, DataItem, EntityKey, Error, FailedCommand,
+    command_sk, parse_command_sk, CommandRecord, CommandStatus, DataItem, EntityKey, Error, FailedCommand,
     IdempotencyRecord, Result,
 };
 use serde::de::DeserializeOwned;
@@ -41,8 +41,23 @@ fn to_item<T: Serialize>(value: &T) -> Result<Item> {
     serde_dynamo::to_item(value).map_err(|e| Error::invalid("item", e.to_string()))
 }
 
+/// Decodes a row; an error names the row by its key, so that a row another
+/// program wrote in an unexpected shape can be found.
 fn from_item<T: DeserializeOwned>(what: &str, item: Item) -> Result<T> {
-    serde_dynamo::from_item(item).map_err(|e| shape_error(what, e))
+    let key = format!(
+        "{} {}",
+        string_attribute(&item, "pk"),
+        string_attribute(&item, "sk")
+    );
+    serde_dynamo::from_item(item).map_err(|e| shape_error(&format!("{what} {key}"), e))
+}
+
+/// The string attribute `name` of `item`, or `""`.
+pub(crate) fn string_attribute(item: &Item, name: &str) -> String {
+    match item.get(name) {
+        Some(AttributeValue::S(value)) => value.clone(),
+        _ => String::new(),
+    }
 }
 
 /// Moves a versioned sort key `{sk}@{n}` back to the bare `sk`.
@@ -57,10 +72,21 @@ fn unversion(what: &str, mut item: Item) -> Result<Item> {
     Ok(item)
 }
 
-/// A command row: the record at `{sk}@{version}`.
+/// Attribute by which the reference framework's stream consumer tells a
+/// sync publish (`"SYNC"`, which it leaves alone) from an async one (for
+/// which it starts its Step Functions pipeline).
+pub const SYNC_MODE_ATTRIBUTE: &str = "syncMode";
+
+/// A command row: the record at `{sk}@{version}`. A row not inserted
+/// `published` was applied in the same write (a sync publish or a commit):
+/// it carries `syncMode: "SYNC"`, so that the reference framework's stream
+/// consumer, if one reads the table, does not process it again.
 pub(crate) fn command_to_item(command: &CommandRecord) -> Result<Item> {
     let mut item = to_item(command)?;
     item.insert("sk".into(), s(command.command_sk()));
+    if command.foreign_status.is_none() && command.status != CommandStatus::Published {
+        item.insert(SYNC_MODE_ATTRIBUTE.into(), s("SYNC"));
+    }
     Ok(item)
 }
 

@@ -7,22 +7,23 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    AttributeValue, ConditionCheck, KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure,
     TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::Utc;
 use cqrs_core::{
-    command_sk, ApplyWrite, CommandRecord, CommandStatus, CommandWrite, DataItem, EntityKey, Error,
+    command_sk, ApplyWrite, CommandRecord, CommandStatus, CommandWrite, Counter, DataItem, EntityKey, Error,
     ExpectedVersion, FailedCommand, IdempotencyRecord, RangePage, RangeQuery, Result, SkCondition, SortOrder,
-    Storage, StorageLimits, INDEX_KEY_SEPARATOR,
+    Storage, StorageLimits, UnreadableRow, INDEX_KEY_SEPARATOR,
 };
 
+use crate::counter;
 use crate::error::{is_retryable_code, sdk_error, shape_error};
 use crate::item::{
     check_size, command_from_item, command_to_item, data_from_item, data_to_item, failure_from_item,
     failure_key, failure_to_item, history_from_item, history_to_item, idempotency_from_item, idempotency_key,
-    idempotency_to_item, key, n, s, version_of, Item, FAILURE_PK_PREFIX, MAX_ITEM_BYTES,
+    idempotency_to_item, key, n, s, string_attribute, version_of, Item, FAILURE_PK_PREFIX, MAX_ITEM_BYTES,
 };
 use crate::tables::{ensure_tables, index_attributes, TableNames};
 
@@ -853,23 +854,19 @@ impl Storage for DynamoDbStorage {
         out.item.map(idempotency_from_item).transpose()
     }
 
-    async fn next_counter(&self, pk: &str, sk: &str) -> Result<u64> {
-        let out = self
-            .client
-            .update_item()
-            .table_name(&self.tables.sequences)
-            .set_key(Some(key(pk, sk)))
-            .update_expression("ADD #counter :one")
-            .expression_attribute_names("#counter", "counter")
-            .expression_attribute_values(":one", n(1))
-            .return_values(ReturnValue::UpdatedNew)
-            .send()
-            .await
-            .map_err(sdk_error)?;
-        match out.attributes.as_ref().and_then(|a| a.get("counter")) {
-            Some(AttributeValue::N(value)) => value.parse().map_err(|e| shape_error("counter", e)),
-            _ => Err(shape_error("counter", "no number returned")),
+    /// One `UpdateItem` when the counter has a count (the usual case); when
+    /// it has none, a `GetItem` of the legacy count and an `UpdateItem`
+    /// that starts from it unless another draw got there first.
+    async fn next_counter(&self, counter: &Counter) -> Result<u64> {
+        let table = &self.tables.sequences;
+        if let Some(no) = counter::draw(&self.client, table, counter, None).await? {
+            return Ok(no);
         }
+        let legacy = self.get(table, &counter.pk, &counter.legacy_sk).await?;
+        let start = legacy.as_ref().and_then(counter::count).unwrap_or(0);
+        counter::draw(&self.client, table, counter, Some(start))
+            .await?
+            .ok_or_else(|| shape_error("counter", "no count after a draw without condition"))
     }
 
     async fn put_failure(&self, failure: &FailedCommand) -> Result<()> {
@@ -977,13 +974,26 @@ fn range_page(
         Some(AttributeValue::S(sk)) => Some(sk.clone()),
         _ => None,
     };
-    let items = page
-        .items
-        .unwrap_or_default()
-        .into_iter()
-        .map(data_from_item)
-        .collect::<Result<_>>()?;
-    Ok(RangePage { items, last_sk })
+    let mut items = Vec::new();
+    let mut unreadable = Vec::new();
+    for item in page.items.unwrap_or_default() {
+        // One row another program wrote in a shape this one cannot read
+        // must not fail the page: it is reported by its key.
+        let (pk, sk) = (string_attribute(&item, "pk"), string_attribute(&item, "sk"));
+        match data_from_item(item) {
+            Ok(item) => items.push(item),
+            Err(error) => unreadable.push(UnreadableRow {
+                pk,
+                sk,
+                reason: error.to_string(),
+            }),
+        }
+    }
+    Ok(RangePage {
+        items,
+        last_sk,
+        unreadable,
+    })
 }
 
 /// The key condition on the sort key attribute `name` (`sk`, or an

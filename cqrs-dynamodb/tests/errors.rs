@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::get_item::GetItemError;
 use common::*;
-use cqrs_core::{Error, Storage};
+use cqrs_core::{Counter, Error, Storage};
 use cqrs_dynamodb::{
     local_client, DynamoDbError, DynamoDbErrorKind, DynamoDbStorage, TableNames, OPERATION_TIMEOUT,
 };
@@ -87,7 +87,7 @@ async fn a_missing_table_shows_dynamodbs_code_message_and_request_id() {
 
     // Every operation says which one failed.
     let error = storage
-        .next_counter("COUNTER", "ORDER")
+        .next_counter(&Counter::new("SEQ#a", "ORDER#none"))
         .await
         .expect_err("no such table");
     let dynamo = structured(&error);

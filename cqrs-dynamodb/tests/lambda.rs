@@ -20,7 +20,7 @@ use aws_lambda_events::event::streams::DynamoDbEventResponse;
 use cqrs_core::testing::{ctx, RecordingHandler};
 use cqrs_core::{
     command_sk, ApplyWrite, AsyncDispatch, CommandInput, CommandRecord, CommandService, CommandStatus,
-    DataItem, Engine, EntityKey, Error, ExpectedVersion, FailedCommand, IdempotencyRecord, Interest,
+    Counter, DataItem, Engine, EntityKey, Error, ExpectedVersion, FailedCommand, IdempotencyRecord, Interest,
     RangePage, RangeQuery, Result, RetryPolicy, Storage, StorageLimits,
 };
 use cqrs_dynamodb::lambda::handle_event;
@@ -150,8 +150,8 @@ impl Storage for Faulty {
     async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>> {
         self.inner.list_history(key).await
     }
-    async fn next_counter(&self, pk: &str, sk: &str) -> Result<u64> {
-        self.inner.next_counter(pk, sk).await
+    async fn next_counter(&self, counter: &Counter) -> Result<u64> {
+        self.inner.next_counter(counter).await
     }
     async fn put_failure(&self, failure: &FailedCommand) -> Result<()> {
         self.inner.put_failure(failure).await

@@ -22,9 +22,9 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use cqrs_core::{
-    ApplyWrite, CommandRecord, CommandStatus, CommandWrite, DataItem, EntityKey, Error, ExpectedVersion,
-    FailedCommand, IdempotencyRecord, IndexEntry, RangePage, RangeQuery, Result, SmolStr, SortOrder, Storage,
-    StorageLimits,
+    ApplyWrite, CommandRecord, CommandStatus, CommandWrite, Counter, DataItem, EntityKey, Error,
+    ExpectedVersion, FailedCommand, IdempotencyRecord, IndexEntry, RangePage, RangeQuery, Result, SmolStr,
+    SortOrder, Storage, StorageLimits,
 };
 use versions::Versions;
 
@@ -353,7 +353,9 @@ impl Tables {
                     match row {
                         CommandRow::Applied { status, .. } => *status = CommandStatus::Applied,
                         CommandRow::Whole(record) => {
+                            // Our status replaces another writer's, as on DynamoDB.
                             record.status = CommandStatus::Applied;
+                            record.foreign_status = None;
                             if let Some(compact) = compact(record, &data) {
                                 *row = compact;
                             }
@@ -463,7 +465,10 @@ impl Storage for InMemory {
             })?;
         match row {
             CommandRow::Applied { status: stored, .. } => *stored = status,
-            CommandRow::Whole(record) => record.status = status,
+            CommandRow::Whole(record) => {
+                record.status = status;
+                record.foreign_status = None;
+            }
         }
         Ok(())
     }
@@ -495,6 +500,7 @@ impl Storage for InMemory {
                 return Ok(RangePage {
                     items: Vec::new(),
                     last_sk: None,
+                    unreadable: Vec::new(),
                 });
             };
             let bounds = range::SkRange::new(query.sk.as_ref(), query.order, query.start_after.as_deref());
@@ -520,7 +526,12 @@ impl Storage for InMemory {
         let last_sk = (items.len() == query.limit)
             .then(|| items.last().map(|i| i.sk.to_string()))
             .flatten();
-        Ok(RangePage { items, last_sk })
+        // Every row here is typed: none is unreadable.
+        Ok(RangePage {
+            items,
+            last_sk,
+            unreadable: Vec::new(),
+        })
     }
 
     async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
@@ -529,6 +540,7 @@ impl Storage for InMemory {
             return Ok(RangePage {
                 items: Vec::new(),
                 last_sk: None,
+                unreadable: Vec::new(),
             });
         };
         let bounds = range::SkRange::new(query.sk.as_ref(), query.order, query.start_after.as_deref());
@@ -547,7 +559,12 @@ impl Storage for InMemory {
             .iter()
             .filter_map(|(_, (pk, sk))| tables.entity(pk, sk).and_then(|e| e.data.clone()))
             .collect();
-        Ok(RangePage { items, last_sk })
+        // Every row here is typed: none is unreadable.
+        Ok(RangePage {
+            items,
+            last_sk,
+            unreadable: Vec::new(),
+        })
     }
 
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {
@@ -562,11 +579,17 @@ impl Storage for InMemory {
             .unwrap_or_default())
     }
 
-    async fn next_counter(&self, pk: &str, sk: &str) -> Result<u64> {
+    async fn next_counter(&self, counter: &Counter) -> Result<u64> {
         let mut tables = self.write();
-        let counter = tables.counters.entry((pk.to_owned(), sk.to_owned())).or_insert(0);
-        *counter += 1;
-        Ok(*counter)
+        let key = (counter.pk.clone(), counter.sk.clone());
+        if !tables.counters.contains_key(&key) {
+            let legacy = (counter.pk.clone(), counter.legacy_sk.clone());
+            let start = tables.counters.get(&legacy).copied().unwrap_or(0);
+            tables.counters.insert(key.clone(), start);
+        }
+        let count = tables.counters.entry(key).or_insert(0);
+        *count += 1;
+        Ok(*count)
     }
 
     async fn put_failure(&self, failure: &FailedCommand) -> Result<()> {

@@ -121,6 +121,7 @@ impl Engine {
             wanted.max(FILTERED_BATCH)
         };
         let mut items = Vec::with_capacity(wanted.min(FILTERED_BATCH));
+        let mut unreadable = Vec::new();
         loop {
             let range = RangeQuery {
                 pk: partition.to_owned(),
@@ -130,6 +131,10 @@ impl Engine {
                 limit: batch,
             };
             let page = fetch(range).await?;
+            for row in &page.unreadable {
+                tracing::warn!(pk = %row.pk, sk = %row.sk, reason = %row.reason, "unreadable row left out of a page");
+            }
+            unreadable.extend(page.unreadable);
             for item in page.items {
                 if query.filters.iter().all(|f| f.matches(&item)) {
                     items.push(item);
@@ -152,7 +157,11 @@ impl Engine {
         } else {
             None
         };
-        Ok(Page { items, cursor })
+        Ok(Page {
+            items,
+            cursor,
+            unreadable,
+        })
     }
 }
 

@@ -26,6 +26,7 @@ pub(crate) fn command_record(
         ttl: input.ttl,
         seq: input.seq,
         status,
+        foreign_status: None,
         source: ctx.source.clone(),
         request_id: ctx.request_id.clone(),
         created_at: now,

@@ -6,7 +6,7 @@ use chrono::Utc;
 use super::Engine;
 use crate::context::InvocationContext;
 use crate::error::Result;
-use crate::sequence::{counter_key, format_number, SequenceRequest, SequenceValue};
+use crate::sequence::{counter_key, format_number, Counter, SequenceRequest, SequenceValue};
 use crate::services::SequenceService;
 
 #[async_trait]
@@ -18,9 +18,21 @@ impl SequenceService for Engine {
         let date = request.date.unwrap_or_else(|| issued_at.date_naive());
         // Validates codes and format before the counter moves.
         let key = counter_key(request, tenant, date)?;
-        let no = self.storage_ref().next_counter(&key.pk, &key.sk).await?;
+        let counter = Counter {
+            pk: key.pk,
+            sk: key.sk,
+            legacy_sk: key.legacy_sk,
+            type_code: request.type_code.clone(),
+            rotation: request.rotation.name(),
+            tenant_code: tenant.to_owned(),
+            user: ctx.user_id.to_string(),
+            source_ip: ctx.source_ip.as_ref().map(ToString::to_string),
+            request_id: ctx.request_id.to_string(),
+            at: issued_at,
+        };
+        let no = self.storage_ref().next_counter(&counter).await?;
         let formatted = format_number(request, tenant, date, no)?;
-        tracing::debug!(tenant, sequence = %key.sk, no, "number issued");
+        tracing::debug!(tenant, sequence = %counter.sk, no, "number issued");
         Ok(SequenceValue {
             no,
             formatted,

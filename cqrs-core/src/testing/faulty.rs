@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::idempotency::IdempotencyRecord;
 use crate::keys::EntityKey;
 use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand};
+use crate::sequence::Counter;
 use crate::storage::{ApplyWrite, RangePage, RangeQuery, Storage, StorageLimits};
 
 /// A call of the [`Storage`] trait.
@@ -364,8 +365,8 @@ impl Storage for FaultyStorage {
         self.call(Op::ListHistory, self.inner.list_history(key)).await
     }
 
-    async fn next_counter(&self, pk: &str, sk: &str) -> Result<u64> {
-        self.call(Op::NextCounter, self.inner.next_counter(pk, sk)).await
+    async fn next_counter(&self, counter: &Counter) -> Result<u64> {
+        self.call(Op::NextCounter, self.inner.next_counter(counter)).await
     }
 
     async fn put_failure(&self, failure: &FailedCommand) -> Result<()> {
@@ -432,6 +433,7 @@ mod tests {
             Ok(RangePage {
                 items: vec![],
                 last_sk: None,
+                unreadable: vec![],
             })
         }
         async fn get_history(&self, _: &EntityKey, _: u64) -> Result<Option<DataItem>> {
@@ -440,7 +442,7 @@ mod tests {
         async fn list_history(&self, _: &EntityKey) -> Result<Vec<DataItem>> {
             Ok(vec![])
         }
-        async fn next_counter(&self, _: &str, _: &str) -> Result<u64> {
+        async fn next_counter(&self, _: &Counter) -> Result<u64> {
             Ok(1)
         }
         async fn put_failure(&self, _: &FailedCommand) -> Result<()> {
@@ -462,6 +464,7 @@ mod tests {
             Ok(RangePage {
                 items: vec![],
                 last_sk: None,
+                unreadable: vec![],
             })
         }
     }
@@ -475,7 +478,8 @@ mod tests {
                 .after(1)
                 .times(2),
         );
-        let results: Vec<bool> = futures::future::join_all((0..5).map(|_| storage.next_counter("p", "s")))
+        let counter = Counter::new("SEQ#p", "s");
+        let results: Vec<bool> = futures::future::join_all((0..5).map(|_| storage.next_counter(&counter)))
             .await
             .into_iter()
             .map(|r| r.is_ok())

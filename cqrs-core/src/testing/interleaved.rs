@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::idempotency::IdempotencyRecord;
 use crate::keys::EntityKey;
 use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand};
+use crate::sequence::Counter;
 use crate::storage::{ApplyWrite, RangePage, RangeQuery, Storage, StorageLimits};
 
 /// Wraps a storage; every call yields before and after it runs.
@@ -80,8 +81,8 @@ impl Storage for Interleaved {
         interleave!(self.list_history(key))
     }
 
-    async fn next_counter(&self, pk: &str, sk: &str) -> Result<u64> {
-        interleave!(self.next_counter(pk, sk))
+    async fn next_counter(&self, counter: &Counter) -> Result<u64> {
+        interleave!(self.next_counter(counter))
     }
 
     async fn put_failure(&self, failure: &FailedCommand) -> Result<()> {

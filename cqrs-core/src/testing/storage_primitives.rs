@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::keys::EntityKey;
 use crate::model::{CommandInput, CommandRecord, CommandStatus, DataItem};
 use crate::query::{SkCondition, SortOrder};
+use crate::sequence::Counter;
 use crate::storage::{ApplyWrite, CommandWrite, RangeQuery};
 
 fn record(sk: &str, version: u64, status: CommandStatus) -> CommandRecord {
@@ -280,11 +281,33 @@ pub async fn storage_query_ranges(factory: &dyn StorageFactory) {
     assert!(storage.query_data(&other).await.unwrap().items.is_empty());
 }
 
-/// Counters start at 1 and are independent per key.
+/// Counters start at 1 and are independent per key; a new counter goes on
+/// from the count at its legacy key, once.
 pub async fn storage_counters(factory: &dyn StorageFactory) {
     let storage = factory.storage().await;
-    assert_eq!(storage.next_counter("SEQ#a", "ORDER").await.unwrap(), 1);
-    assert_eq!(storage.next_counter("SEQ#a", "ORDER").await.unwrap(), 2);
-    assert_eq!(storage.next_counter("SEQ#a", "INVOICE").await.unwrap(), 1);
-    assert_eq!(storage.next_counter("SEQ#b", "ORDER").await.unwrap(), 1);
+    let next = |pk: &str, sk: &str| {
+        let counter = Counter::new(pk, sk);
+        let storage = storage.clone();
+        async move { storage.next_counter(&counter).await.unwrap() }
+    };
+    assert_eq!(next("SEQ#a", "ORDER#none").await, 1);
+    assert_eq!(next("SEQ#a", "ORDER#none").await, 2);
+    assert_eq!(next("SEQ#a", "INVOICE#none").await, 1);
+    assert_eq!(next("SEQ#b", "ORDER#none").await, 1);
+
+    // A counter of the old layout, at 3: the new one continues from it.
+    for _ in 0..3 {
+        next("SEQ#a", "QUOTE").await;
+    }
+    let moved = Counter {
+        legacy_sk: "QUOTE".into(),
+        ..Counter::new("SEQ#a", "QUOTE#none")
+    };
+    assert_eq!(storage.next_counter(&moved).await.unwrap(), 4);
+    assert_eq!(storage.next_counter(&moved).await.unwrap(), 5, "seeded once");
+    let fresh = Counter {
+        legacy_sk: "NOTHING".into(),
+        ..Counter::new("SEQ#a", "NOTHING#none")
+    };
+    assert_eq!(storage.next_counter(&fresh).await.unwrap(), 1);
 }
