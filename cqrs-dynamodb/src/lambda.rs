@@ -236,6 +236,7 @@ pub fn classify_event_record(record: &EventRecord) -> RecordAction {
     classify(
         &record.event_name,
         string(image.get("status")),
+        string(image.get(crate::SYNC_MODE_ATTRIBUTE)),
         key("pk"),
         key("sk"),
     )
@@ -382,13 +383,19 @@ mod tests {
             classify_event_record(&record("INSERT", &keys, Some("applied"))),
             settle(CommandStatus::Applied)
         );
-        for status in [Some("finished"), Some("failed"), None] {
+        for status in [Some("finished"), Some("failed"), Some("finish:FINISHED")] {
             assert_eq!(
                 classify_event_record(&record("INSERT", &keys, status)),
                 RecordAction::Skip,
                 "{status:?}"
             );
         }
+        // No status: the reference framework's async command, which the
+        // engine settles only if it owns the pipeline.
+        assert_eq!(
+            classify_event_record(&record("INSERT", &keys, None)),
+            settle(CommandStatus::Published)
+        );
         assert_eq!(
             classify_event_record(&record("MODIFY", &keys, Some("published"))),
             RecordAction::Skip

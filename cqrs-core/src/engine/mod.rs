@@ -29,7 +29,7 @@ use crate::model::CommandStatus;
 use crate::storage::Storage;
 
 use activity::Activity;
-use pipeline::Pipeline;
+use pipeline::{Foreign, Pipeline};
 pub use pipeline::{RetryPolicy, APPLY_STEP};
 use worker::Worker;
 
@@ -86,6 +86,14 @@ pub struct EngineConfig {
     /// a retry within it gets the first result, after it the key is free.
     /// Default [`DEFAULT_IDEMPOTENCY_RETENTION`](crate::DEFAULT_IDEMPOTENCY_RETENTION).
     pub idempotency_retention: Duration,
+    /// Whether [`Engine::settle_inserted`] applies commands another framework
+    /// wrote to a shared command table and left to its own pipeline (rows
+    /// with a [foreign status](crate::CommandRecord::foreign_status), such
+    /// as the reference framework's async commands, which have no status).
+    /// Off by default: such a row is left to its writer's pipeline. Turn it
+    /// on only in the one process that owns the table's pipeline (see the
+    /// DynamoDB guide, "Sharing tables with MBC CQRS Serverless").
+    pub apply_foreign_commands: bool,
 }
 
 /// Default [`EngineConfig::handler_timeout`]: 10 seconds.
@@ -104,6 +112,7 @@ impl Default for EngineConfig {
             handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             recovery_grace: DEFAULT_RECOVERY_GRACE,
             idempotency_retention: crate::idempotency::DEFAULT_IDEMPOTENCY_RETENTION,
+            apply_foreign_commands: false,
         }
     }
 }
@@ -259,6 +268,13 @@ impl EngineBuilder {
     /// Sets the longest run of one handler (see [`EngineConfig::handler_timeout`]).
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.config.handler_timeout = timeout;
+        self
+    }
+
+    /// Makes this engine's pipeline the owner of commands another framework
+    /// wrote and left to its own (see [`EngineConfig::apply_foreign_commands`]).
+    pub fn apply_foreign_commands(mut self, apply: bool) -> Self {
+        self.config.apply_foreign_commands = apply;
         self
     }
 
@@ -435,7 +451,12 @@ impl Engine {
             CommandStatus::Published => Duration::ZERO,
             _ => self.inner.config.recovery_grace,
         };
-        self.inner.pipeline.settle(key, version, grace).await
+        let foreign = if self.inner.config.apply_foreign_commands {
+            Foreign::Apply
+        } else {
+            Foreign::Leave
+        };
+        self.inner.pipeline.settle(key, version, grace, foreign).await
     }
 
     /// Waits until every piece of work started so far has ended: async

@@ -109,6 +109,16 @@ enum HandlerOutcome {
     Transient(HandlerFailure),
 }
 
+/// What [`Pipeline::settle`] does with a command another framework wrote
+/// (see [`EngineConfig::apply_foreign_commands`](super::EngineConfig::apply_foreign_commands)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Foreign {
+    /// Settle it like one of ours.
+    Apply,
+    /// Leave it to its writer's pipeline.
+    Leave,
+}
+
 pub(crate) struct Pipeline {
     pub(crate) storage: Arc<dyn Storage>,
     handlers: Vec<Arc<dyn DataSyncHandler>>,
@@ -153,11 +163,16 @@ impl Pipeline {
         key: &EntityKey,
         version: u64,
         grace: Duration,
+        foreign: Foreign,
     ) -> Result<CommandStatus> {
         let Some(command) = self.retry.run(|| self.storage.get_command(key, version)).await? else {
             // Expired after it was applied (time to live of superseded rows).
             return Ok(CommandStatus::Applied);
         };
+        if let (Some(stored), Foreign::Leave) = (&command.foreign_status, foreign) {
+            tracing::debug!(pk = %key.pk, sk = %key.sk, version, status = %stored, "command of another framework left to its pipeline");
+            return Ok(command.status);
+        }
         match command.status {
             CommandStatus::Published => self.process_known(key, version, Some(command)).await,
             CommandStatus::Applied => {

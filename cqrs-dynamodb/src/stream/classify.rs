@@ -37,23 +37,29 @@ pub const SETTLED_STATUSES: [&str; 2] = ["published", "applied"];
 /// Classifies one stream record from its parts.
 ///
 /// The rule: an `INSERT` whose new image has `status` `published` or
-/// `applied` ([`SETTLED_STATUSES`]) is a command to settle. Everything else is
-/// skipped: `MODIFY` (status changes, TTL set on a superseded row) and
-/// `REMOVE` (TTL expiry) records carry no new command, and rows inserted
-/// `finished` (no handler interested) or `failed` need nothing. `pk` and
+/// `applied` ([`SETTLED_STATUSES`]) is a command to settle; so is one with no
+/// `status` and no `syncMode: "SYNC"`, an async command of the reference
+/// framework, which the engine leaves to that framework's pipeline unless
+/// it owns the table's ([`EngineConfig::apply_foreign_commands`](cqrs_core::EngineConfig::apply_foreign_commands)).
+/// Everything else is skipped: `MODIFY` (status changes, TTL set on a
+/// superseded row) and `REMOVE` (TTL expiry) records carry no new command,
+/// and rows inserted `finished` (no handler interested), `failed`, or with
+/// the reference framework's step statuses need nothing here. `pk` and
 /// `row_sk` are the keys of the record (the sort key with its `@{version}`).
 pub fn classify(
     event_name: &str,
     status: Option<&str>,
+    sync_mode: Option<&str>,
     pk: Option<&str>,
     row_sk: Option<&str>,
 ) -> RecordAction {
     if event_name != "INSERT" {
         return RecordAction::Skip;
     }
-    let inserted = match status {
-        Some("published") => CommandStatus::Published,
-        Some("applied") => CommandStatus::Applied,
+    let inserted = match (status, sync_mode) {
+        (Some("published"), _) => CommandStatus::Published,
+        (Some("applied"), _) => CommandStatus::Applied,
+        (None, mode) if mode != Some("SYNC") => CommandStatus::Published,
         _ => return RecordAction::Skip,
     };
     let (Some(pk), Some(row_sk)) = (pk, row_sk) else {
@@ -98,7 +104,13 @@ pub fn classify_record(record: &Record) -> RecordAction {
         }
     }
     let key = |name: &str| string(data.keys(), name).or_else(|| string(Some(image), name));
-    classify(event_name, string(Some(image), "status"), key("pk"), key("sk"))
+    classify(
+        event_name,
+        string(Some(image), "status"),
+        string(Some(image), crate::SYNC_MODE_ATTRIBUTE),
+        key("pk"),
+        key("sk"),
+    )
 }
 
 /// Orders DynamoDB stream sequence numbers: decimal strings of varying length.
@@ -171,6 +183,29 @@ mod tests {
     }
 
     #[test]
+    fn inserts_of_the_reference_framework_are_settled_only_when_async() {
+        let (pk, sk) = (Some("TENANT#a"), Some("PRODUCT#P@1"));
+        // Its async command has no status and no syncMode: the engine decides
+        // (it leaves the row to that framework unless it owns the pipeline).
+        assert_eq!(
+            classify("INSERT", None, None, pk, sk),
+            RecordAction::Settle {
+                key: EntityKey::new("TENANT#a", "PRODUCT#P"),
+                version: 1,
+                inserted: CommandStatus::Published,
+            }
+        );
+        assert_eq!(classify("INSERT", None, Some("SYNC"), pk, sk), RecordAction::Skip);
+        for status in ["finish:FINISHED", "check_version:FAILED", "sync_data:STARTED"] {
+            assert_eq!(
+                classify("INSERT", Some(status), Some("SYNC"), pk, sk),
+                RecordAction::Skip,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
     fn unusable_keys_are_malformed() {
         for (pk, sk) in [
             (None, None),
@@ -183,7 +218,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    classify("INSERT", Some("published"), pk, sk),
+                    classify("INSERT", Some("published"), None, pk, sk),
                     RecordAction::Malformed(_)
                 ),
                 "{pk:?} {sk:?}"

@@ -1,0 +1,400 @@
+//! Sharing tables with MBC CQRS Serverless, the reference framework, for
+//! real: the rows its own code wrote (`tests/fixtures/mbc-items.json`, from
+//! its core and sequence packages run against DynamoDB Local; each entry says
+//! which call wrote it) are loaded into fresh tables and read, listed and
+//! updated through this framework, and numbers are drawn from its counter.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use cqrs_core::{
+    AsyncDispatch, CommandInput, CommandService, CommandStatus, DataService, Engine, EntityKey,
+    ExpectedVersion, InvocationContext, ListQuery, SequenceRequest, SequenceService, Storage,
+};
+use cqrs_dynamodb::{DynamoDbStorage, Item};
+use serde_json::{json, Value};
+
+const FIXTURES: &str = include_str!("fixtures/mbc-items.json");
+const PK: &str = "TENANT#shop-a";
+
+/// A value of DynamoDB JSON (`{"S": "x"}`, `{"M": {...}}`, ...).
+fn attribute(value: &Value) -> AttributeValue {
+    let (kind, inner) = value
+        .as_object()
+        .and_then(|o| o.iter().next())
+        .expect("a typed DynamoDB value");
+    match kind.as_str() {
+        "S" => AttributeValue::S(inner.as_str().expect("S").to_owned()),
+        "N" => AttributeValue::N(inner.as_str().expect("N").to_owned()),
+        "BOOL" => AttributeValue::Bool(inner.as_bool().expect("BOOL")),
+        "NULL" => AttributeValue::Null(true),
+        "L" => AttributeValue::L(inner.as_array().expect("L").iter().map(attribute).collect()),
+        "M" => AttributeValue::M(item(inner)),
+        other => panic!("no {other} in the fixtures"),
+    }
+}
+
+fn item(map: &Value) -> Item {
+    map.as_object()
+        .expect("an item")
+        .iter()
+        .map(|(name, value)| (name.clone(), attribute(value)))
+        .collect()
+}
+
+/// The fixture items: (table, item).
+fn fixtures() -> Vec<(String, Item)> {
+    let entries: Vec<Value> = serde_json::from_str(FIXTURES).expect("fixtures");
+    entries
+        .iter()
+        .map(|entry| {
+            (
+                entry["table"].as_str().expect("table").to_owned(),
+                item(&entry["item"]),
+            )
+        })
+        .collect()
+}
+
+fn table<'a>(storage: &'a DynamoDbStorage, name: &str) -> &'a str {
+    let tables = storage.tables();
+    match name {
+        "command" => &tables.command,
+        "data" => &tables.data,
+        "history" => &tables.history,
+        "sequences" => &tables.sequences,
+        other => panic!("no table {other}"),
+    }
+}
+
+async fn put(storage: &DynamoDbStorage, table_name: &str, item: Item) {
+    storage
+        .client()
+        .put_item()
+        .table_name(table(storage, table_name))
+        .set_item(Some(item))
+        .send()
+        .await
+        .expect("put");
+}
+
+async fn raw(storage: &DynamoDbStorage, table_name: &str, pk: &str, sk: &str) -> Item {
+    storage
+        .client()
+        .get_item()
+        .table_name(table(storage, table_name))
+        .key("pk", AttributeValue::S(pk.into()))
+        .key("sk", AttributeValue::S(sk.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get")
+        .item
+        .expect("the row")
+}
+
+/// Fresh tables holding every fixture row.
+async fn loaded(test: &str) -> DynamoDbStorage {
+    let storage = common::fresh_storage(test).await;
+    for (table_name, item) in fixtures() {
+        put(&storage, &table_name, item).await;
+    }
+    storage
+}
+
+fn engine(storage: &DynamoDbStorage) -> Engine {
+    Engine::builder(Arc::new(storage.clone()))
+        .dispatch(AsyncDispatch::External)
+        .build()
+}
+
+fn ctx() -> InvocationContext {
+    common::ctx()
+}
+
+fn key(sk: &str) -> EntityKey {
+    EntityKey::new(PK, sk)
+}
+
+fn string<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    match item.get(name) {
+        Some(AttributeValue::S(value)) => Some(value),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn every_row_mbc_wrote_reads_through_our_storage_and_engine() {
+    if !common::available() {
+        return;
+    }
+    let storage = loaded("mbc-read").await;
+    let engine = engine(&storage);
+
+    // Command rows: its statuses mapped, the raw one kept; absent fields empty.
+    let expected = [
+        ("ORDER#ORD-000001", 3, CommandStatus::Applied, None),
+        (
+            "ORDER#ORD-000001",
+            4,
+            CommandStatus::Finished,
+            Some("finish:FINISHED"),
+        ),
+        (
+            "PRODUCT#PRD-002",
+            1,
+            CommandStatus::Failed,
+            Some("check_version:FAILED"),
+        ),
+        (
+            "PRODUCT#PRD-100",
+            1,
+            CommandStatus::Finished,
+            Some("finish:FINISHED"),
+        ),
+        (
+            "PRODUCT#PRD-101",
+            1,
+            CommandStatus::Finished,
+            Some("finish:FINISHED"),
+        ),
+        ("PRODUCT#PRD-102", 1, CommandStatus::Published, Some("")),
+        (
+            "PRODUCT#PRD-103",
+            1,
+            CommandStatus::Finished,
+            Some("finish:FINISHED"),
+        ),
+    ];
+    for (sk, version, status, foreign) in expected {
+        let command = storage
+            .get_command(&key(sk), version)
+            .await
+            .unwrap_or_else(|e| panic!("{sk}@{version}: {e}"))
+            .unwrap_or_else(|| panic!("{sk}@{version} found"));
+        assert_eq!(command.status, status, "{sk}@{version}");
+        assert_eq!(command.foreign_status.as_deref(), foreign, "{sk}@{version}");
+    }
+    let batch = storage
+        .get_command(&key("PRODUCT#PRD-103"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((batch.request_id.as_str(), batch.created_by.as_str()), ("", ""));
+    // Its timestamps: whole seconds with an offset.
+    assert_eq!(batch.created_at.to_rfc3339(), "2026-12-01T02:09:45+00:00");
+    let versions = engine
+        .list_versions(&key("ORDER#ORD-000001"), &ctx())
+        .await
+        .unwrap();
+    assert_eq!(versions.iter().map(|c| c.version).collect::<Vec<_>>(), [3, 4]);
+
+    // Data rows: without isDeleted (false), without a user or request id.
+    for sk in ["PRODUCT#PRD-100", "PRODUCT#PRD-101", "PRODUCT#PRD-103"] {
+        let item = engine.get_item(&key(sk), &ctx()).await.unwrap().expect(sk);
+        assert_eq!(item.version, 1, "{sk}");
+        assert!(!item.is_deleted, "{sk}");
+        assert_eq!(item.ttl, None, "{sk}: ttl stored as NULL");
+    }
+    let no_user = engine
+        .get_item(&key("PRODUCT#PRD-103"), &ctx())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(no_user.created_by, "");
+    assert_eq!(no_user.attributes["sku"], "S3");
+
+    // Its history row.
+    let history = engine
+        .list_history(&key("ORDER#ORD-000001"), &ctx())
+        .await
+        .unwrap();
+    assert_eq!(history.iter().map(|h| h.version).collect::<Vec<_>>(), [3]);
+    assert_eq!(history[0].attributes["status"], "confirmed");
+
+    // The whole partition lists, nothing left out.
+    let page = engine.list_items(PK, ListQuery::new(), &ctx()).await.unwrap();
+    let listed: Vec<&str> = page.items.iter().map(|i| i.sk.as_str()).collect();
+    assert_eq!(listed, ["PRODUCT#PRD-100", "PRODUCT#PRD-101", "PRODUCT#PRD-103"]);
+    assert!(page.unreadable.is_empty(), "{:?}", page.unreadable);
+}
+
+#[tokio::test]
+async fn every_data_row_mbc_wrote_updates_to_its_next_version_as_a_sync_row() {
+    if !common::available() {
+        return;
+    }
+    let storage = loaded("mbc-update").await;
+    let engine = engine(&storage);
+    for sk in ["PRODUCT#PRD-100", "PRODUCT#PRD-101", "PRODUCT#PRD-103"] {
+        let mut item = engine.get_item(&key(sk), &ctx()).await.unwrap().expect(sk);
+        item.attributes["price"] = json!(59.5);
+        let command = CommandInput::update_of(&item);
+        let updated = engine.publish_sync(command, &ctx()).await.unwrap().into_item();
+        assert_eq!(updated.version, 2, "{sk}");
+        assert_eq!(updated.created_at, item.created_at, "{sk}: creation kept");
+        assert_eq!(updated.created_by, item.created_by, "{sk}");
+
+        // Its stream consumer leaves our sync rows alone.
+        let row = raw(&storage, "command", PK, &format!("{sk}@2")).await;
+        assert_eq!(string(&row, "syncMode"), Some("SYNC"), "{sk}");
+        assert_eq!(string(&row, "status"), Some("finished"), "{sk}");
+    }
+    // And the order it updated after ours: v4 (its) → v5 (ours).
+    let order = key("ORDER#ORD-000001");
+    let v4 = storage.get_command(&order, 4).await.unwrap().unwrap();
+    let mut attributes = v4.attributes.clone();
+    attributes["status"] = json!("delivered");
+    let command = CommandInput::new(PK, "ORDER#ORD-000001")
+        .version(ExpectedVersion::Exactly(4))
+        .attributes(attributes);
+    // Our data row of the order is not among the fixtures: the command goes
+    // in as an async one on top of its v4.
+    let published = engine.publish_async(command, &ctx()).await.unwrap();
+    assert_eq!(published.written().map(|c| c.version), Some(5));
+}
+
+#[tokio::test]
+async fn a_partition_with_an_unreadable_row_lists_the_rest() {
+    if !common::available() {
+        return;
+    }
+    let storage = loaded("mbc-unreadable").await;
+    let engine = engine(&storage);
+    let broken: Item = HashMap::from([
+        ("pk".to_owned(), AttributeValue::S(PK.into())),
+        ("sk".to_owned(), AttributeValue::S("PRODUCT#PRD-101X".into())),
+        ("version".to_owned(), AttributeValue::S("not a number".into())),
+    ]);
+    put(&storage, "data", broken).await;
+
+    let page = engine.list_items(PK, ListQuery::new(), &ctx()).await.unwrap();
+    let listed: Vec<&str> = page.items.iter().map(|i| i.sk.as_str()).collect();
+    assert_eq!(listed, ["PRODUCT#PRD-100", "PRODUCT#PRD-101", "PRODUCT#PRD-103"]);
+    assert_eq!(page.unreadable.len(), 1);
+    assert_eq!(
+        (page.unreadable[0].pk.as_str(), page.unreadable[0].sk.as_str()),
+        (PK, "PRODUCT#PRD-101X")
+    );
+    // Paging around it: every readable row once.
+    let mut seen = Vec::new();
+    let mut query = ListQuery::new().limit(1);
+    loop {
+        let page = engine.list_items(PK, query.clone(), &ctx()).await.unwrap();
+        seen.extend(page.items.into_iter().map(|i| i.sk.to_string()));
+        match page.cursor {
+            Some(cursor) => query = query.after(Some(cursor)),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["PRODUCT#PRD-100", "PRODUCT#PRD-101", "PRODUCT#PRD-103"]);
+
+    // Read alone, it is an error that names it.
+    let error = engine
+        .get_item(&key("PRODUCT#PRD-101X"), &ctx())
+        .await
+        .expect_err("unreadable");
+    assert!(error.to_string().contains("PRODUCT#PRD-101X"), "{error}");
+}
+
+#[tokio::test]
+async fn the_next_order_number_follows_mbcs_counter() {
+    if !common::available() {
+        return;
+    }
+    let storage = loaded("mbc-sequence").await;
+    let engine = engine(&storage);
+    let request = SequenceRequest::new("ORDER").format("ORD-{no:06}");
+    let no = engine.next(&request, &ctx()).await.unwrap();
+    assert_eq!((no.no, no.formatted.as_str()), (3, "ORD-000003"));
+
+    let row = raw(&storage, "sequences", "SEQ#shop-a", "ORDER#none").await;
+    assert_eq!(row.get("seq"), Some(&AttributeValue::N("3".into())));
+    assert_eq!(string(&row, "code"), Some("ORDER#none"));
+    assert_eq!(string(&row, "name"), Some("none"));
+    assert_eq!(string(&row, "type"), Some("ORDER"));
+    assert_eq!(string(&row, "tenantCode"), Some("shop-a"));
+    assert_eq!(string(&row, "createdBy"), Some("system"), "the first drawer's");
+    assert_eq!(string(&row, "updatedBy"), Some("user-1"));
+    // As it writes timestamps: whole seconds with an offset.
+    let updated_at = string(&row, "updatedAt").unwrap();
+    assert!(
+        updated_at.ends_with("+00:00") && updated_at.len() == 25,
+        "{updated_at}"
+    );
+}
+
+#[tokio::test]
+async fn a_counter_of_the_old_layout_keeps_counting_once_under_concurrent_draws() {
+    if !common::available() {
+        return;
+    }
+    let storage = loaded("mbc-legacy-counter").await;
+    let engine = engine(&storage);
+    // This framework's counter before it shared the layout: sk without
+    // period, the count in `counter`.
+    let legacy: Item = HashMap::from([
+        ("pk".to_owned(), AttributeValue::S("SEQ#shop-a".into())),
+        ("sk".to_owned(), AttributeValue::S("INVOICE".into())),
+        ("counter".to_owned(), AttributeValue::N("41".into())),
+    ]);
+    put(&storage, "sequences", legacy).await;
+
+    let request = SequenceRequest::new("INVOICE");
+    let draws = (0..8).map(|_| {
+        let (engine, request) = (engine.clone(), request.clone());
+        tokio::spawn(async move { engine.next(&request, &ctx()).await.unwrap().no })
+    });
+    let mut numbers: Vec<u64> = futures::future::join_all(draws)
+        .await
+        .into_iter()
+        .map(|n| n.expect("task"))
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (42..=49).collect::<Vec<_>>());
+    let row = raw(&storage, "sequences", "SEQ#shop-a", "INVOICE#none").await;
+    assert_eq!(row.get("seq"), Some(&AttributeValue::N("49".into())));
+}
+
+#[tokio::test]
+async fn mbcs_async_command_is_left_to_it_unless_our_pipeline_owns_the_table() {
+    if !common::available() {
+        return;
+    }
+    let storage = loaded("mbc-async").await;
+    let product = key("PRODUCT#PRD-102");
+
+    // Not the owner: the row is left as MBC wrote it.
+    let bystander = engine(&storage);
+    let status = bystander
+        .settle_inserted(&product, 1, CommandStatus::Published)
+        .await
+        .unwrap();
+    assert_eq!(status, CommandStatus::Published);
+    assert_eq!(bystander.get_item(&product, &ctx()).await.unwrap(), None);
+    let row = raw(&storage, "command", PK, "PRODUCT#PRD-102@1").await;
+    assert_eq!(string(&row, "status"), None);
+
+    // The owner applies it like one of ours.
+    let owner = Engine::builder(Arc::new(storage.clone()))
+        .dispatch(AsyncDispatch::External)
+        .apply_foreign_commands(true)
+        .build();
+    // No handler is interested: applied is where it ends, as ours do.
+    let status = owner
+        .settle_inserted(&product, 1, CommandStatus::Published)
+        .await
+        .unwrap();
+    assert_eq!(status, CommandStatus::Applied);
+    let item = owner.get_item(&product, &ctx()).await.unwrap().expect("applied");
+    assert_eq!((item.version, item.name.as_str()), (1, "Async"));
+    assert_eq!(item.attributes["price"], 1);
+    let command = storage.get_command(&product, 1).await.unwrap().unwrap();
+    assert_eq!(
+        (command.status, command.foreign_status),
+        (CommandStatus::Applied, None)
+    );
+}
