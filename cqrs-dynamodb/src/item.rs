@@ -90,7 +90,9 @@ pub(crate) fn command_to_item(command: &CommandRecord) -> Result<Item> {
     Ok(item)
 }
 
-pub(crate) fn command_from_item(item: Item) -> Result<CommandRecord> {
+/// Reads a command row (`{sk}@{version}`), as this framework or the
+/// reference framework wrote it: for a stream image or a `Scan` of one's own.
+pub fn command_from_item(item: Item) -> Result<CommandRecord> {
     from_item("command row", unversion("command row", item)?)
 }
 
@@ -98,7 +100,8 @@ pub(crate) fn data_to_item(data: &DataItem) -> Result<Item> {
     to_item(data)
 }
 
-pub(crate) fn data_from_item(item: Item) -> Result<DataItem> {
+/// Reads a data row, as this framework or the reference framework wrote it.
+pub fn data_from_item(item: Item) -> Result<DataItem> {
     from_item("data row", item)
 }
 
@@ -113,7 +116,8 @@ pub(crate) fn history_to_item(data: &DataItem, ttl: Option<i64>) -> Result<Item>
     Ok(item)
 }
 
-pub(crate) fn history_from_item(item: Item) -> Result<DataItem> {
+/// Reads a history row (`{sk}@{version}`), as either framework wrote it.
+pub fn history_from_item(item: Item) -> Result<DataItem> {
     from_item("history row", unversion("history row", item)?)
 }
 

@@ -23,7 +23,10 @@ pub use client::{
     OPERATION_ATTEMPT_TIMEOUT, OPERATION_TIMEOUT, SDK_MAX_ATTEMPTS,
 };
 pub use error::{DynamoDbError, DynamoDbErrorKind};
-pub use item::{item_size, Item, MAX_ITEM_BYTES, SYNC_MODE_ATTRIBUTE};
+pub use item::{
+    command_from_item, data_from_item, history_from_item, item_size, Item, MAX_ITEM_BYTES,
+    SYNC_MODE_ATTRIBUTE,
+};
 pub use storage::{DynamoDbStorage, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_ITEMS};
 pub use stream::{ConsumerMonitor, ConsumerStats, StreamConsumer};
 pub use tables::{ensure_tables, index_attributes, TableNames, TableRole, TableSpec, TTL_ATTRIBUTE};

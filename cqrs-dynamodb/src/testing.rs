@@ -16,6 +16,9 @@
 //! Tests that break DynamoDB on purpose (kill it, restart it, hang it) start
 //! their own with [`LocalDynamo::start`], guarded by
 //! [`LocalDynamo::available`].
+//!
+//! Rows another program wrote (the reference framework's, say) load as
+//! fixtures with [`item_from_json`].
 
 use std::io::Write as _;
 use std::net::TcpListener;
@@ -26,6 +29,70 @@ use std::time::{Duration, Instant};
 use cqrs_core::{Error, Result};
 
 use crate::client::local_config;
+
+/// An item from its DynamoDB JSON, as `Scan` returns it and the AWS CLI
+/// prints it: `{"pk": {"S": "TENANT#a"}, "version": {"N": "1"}, ...}`.
+///
+/// ```
+/// let item = cqrs_dynamodb::testing::item_from_json(&serde_json::json!({
+///     "pk": { "S": "TENANT#a" }, "ttl": { "NULL": true }, "tags": { "L": [{ "N": "1" }] }
+/// }))
+/// .unwrap();
+/// assert_eq!(item.len(), 3);
+/// ```
+pub fn item_from_json(json: &serde_json::Value) -> Result<crate::Item> {
+    let object = json
+        .as_object()
+        .ok_or_else(|| Error::invalid("item", "not a JSON object"))?;
+    object
+        .iter()
+        .map(|(name, value)| Ok((name.clone(), attribute_from_json(value)?)))
+        .collect()
+}
+
+fn attribute_from_json(json: &serde_json::Value) -> Result<aws_sdk_dynamodb::types::AttributeValue> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let bad = |why: &str| Error::invalid("item", format!("{why}: {json}"));
+    let (kind, inner) = match json.as_object().map(|o| (o.len(), o.iter().next())) {
+        Some((1, Some(typed))) => typed,
+        _ => return Err(bad("not a typed value")),
+    };
+    let text = || {
+        inner
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| bad("not a string"))
+    };
+    Ok(match kind.as_str() {
+        "S" => AttributeValue::S(text()?),
+        "N" => AttributeValue::N(text()?),
+        "BOOL" => AttributeValue::Bool(inner.as_bool().ok_or_else(|| bad("not a boolean"))?),
+        "NULL" => AttributeValue::Null(true),
+        "L" => AttributeValue::L(
+            inner
+                .as_array()
+                .ok_or_else(|| bad("not a list"))?
+                .iter()
+                .map(attribute_from_json)
+                .collect::<Result<_>>()?,
+        ),
+        "M" => AttributeValue::M(item_from_json(inner)?),
+        "SS" | "NS" => {
+            let texts = inner
+                .as_array()
+                .ok_or_else(|| bad("not a list"))?
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| bad("not a string")))
+                .collect::<Result<Vec<_>>>()?;
+            if kind == "SS" {
+                AttributeValue::Ss(texts)
+            } else {
+                AttributeValue::Ns(texts)
+            }
+        }
+        other => return Err(bad(&format!("type {other} is not supported"))),
+    })
+}
 
 /// The variable naming the DynamoDB endpoint (DynamoDB Local in tests).
 pub const ENDPOINT_VAR: &str = "DYNAMODB_ENDPOINT";

@@ -2606,6 +2606,91 @@ async fn demo_runs(shop: &Shop) {
     );
 }
 
+/// The reference framework's own rows (`cqrs-dynamodb/tests/fixtures`):
+/// the items MBC CQRS Serverless wrote into tables of this example.
+const MBC_ROWS: &str = include_str!("../../../cqrs-dynamodb/tests/fixtures/mbc-items.json");
+
+/// Sharing tables with MBC CQRS Serverless, through the HTTP API: the rows
+/// its code wrote into the example's tables are served, listed and counted
+/// on. DynamoDB only: they are DynamoDB items.
+mod mbc_rows {
+    use super::*;
+
+    async fn put(storage: &cqrs_dynamodb::DynamoDbStorage, table: &str, item: cqrs_dynamodb::Item) {
+        let tables = storage.tables();
+        let name = match table {
+            "command" => &tables.command,
+            "data" => &tables.data,
+            "history" => &tables.history,
+            "sequences" => &tables.sequences,
+            other => panic!("no table {other}"),
+        };
+        storage
+            .client()
+            .put_item()
+            .table_name(name)
+            .set_item(Some(item))
+            .send()
+            .await
+            .expect("put");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn served_listed_and_numbered_after() {
+        let Some(api) = Api::start(Backend::DynamoDb, "mbc").await else {
+            return;
+        };
+        let storage = api.dynamodb.clone().expect("on DynamoDB");
+        let entries: Vec<Value> = serde_json::from_str(MBC_ROWS).expect("fixtures");
+        for entry in &entries {
+            let item = cqrs_dynamodb::testing::item_from_json(&entry["item"]).expect("an item");
+            put(&storage, entry["table"].as_str().expect("table"), item).await;
+        }
+        let token = api.token("shop-a");
+
+        // Its products, written without isDeleted, or without a user.
+        for (code, name) in [("PRD-100", "MBC Keyboard PRD-100"), ("PRD-103", "No user")] {
+            let resp = api.get(&format!("/products/{code}"), &token).await;
+            assert_eq!(resp.status, 200, "{code}: {:?}", resp.body);
+            assert_item(&resp.body, "shop-a", &format!("PRODUCT#{code}"), 1);
+            assert_eq!(resp.body["name"], name);
+        }
+        // The whole catalogue lists: ours and its.
+        let resp = api.get("/products?limit=50", &token).await;
+        assert_eq!(resp.status, 200, "{:?}", resp.body);
+        let listed = codes(assert_list(&resp.body));
+        for code in ["PRD-001", "PRD-002", "PRD-003", "PRD-100", "PRD-101", "PRD-103"] {
+            assert!(listed.contains(&code.to_owned()), "{code} in {listed:?}");
+        }
+        assert!(resp.body.get("unreadable").is_none(), "{:?}", resp.body);
+
+        // Numbers follow its counter (at 2): the next order is ORD-000003.
+        let resp = api
+            .post("/orders", &token, &order_body("PRD-001", 1, 29.99))
+            .await;
+        assert_eq!(resp.status, 201, "{:?}", resp.body);
+        assert_eq!(resp.body["code"], "ORD-000003");
+
+        // A row nobody can read is reported by key; the rest still lists.
+        let broken = cqrs_dynamodb::testing::item_from_json(&json!({
+            "pk": { "S": "TENANT#shop-a" },
+            "sk": { "S": "PRODUCT#PRD-104" },
+            "version": { "S": "one" }
+        }))
+        .expect("an item");
+        put(&storage, "data", broken).await;
+        let resp = api.get("/products?limit=50", &token).await;
+        assert_eq!(resp.status, 200, "{:?}", resp.body);
+        assert_eq!(codes(assert_list(&resp.body)).len(), listed.len());
+        assert_eq!(
+            resp.body["unreadable"][0]["sk"], "PRODUCT#PRD-104",
+            "{:?}",
+            resp.body
+        );
+        api.stop().await;
+    }
+}
+
 on_both_backends!(
     every_endpoint,
     lifecycle,

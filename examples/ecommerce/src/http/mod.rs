@@ -53,7 +53,8 @@ use utoipa::{Modify, OpenApi};
 
 pub use error::ErrorBody;
 pub use model::{
-    Health, Inventory, Order, OrderListQuery, OrderPage, Product, ProductListQuery, ProductPage, StatusChange,
+    Health, Inventory, Order, OrderListQuery, OrderPage, Product, ProductListQuery, ProductPage,
+    StatusChange, Unreadable,
 };
 
 use crate::auth::Auth;
@@ -136,6 +137,7 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
         OrderPage,
         Product,
         ProductPage,
+        Unreadable,
         Inventory,
         StatusChange,
         Health,

@@ -1,6 +1,6 @@
 //! Request and response bodies of the API that are not the services' own.
 
-use cqrs_core::{Attributes, CommandRecord, DataItem, Page, SmolStr};
+use cqrs_core::{Attributes, CommandRecord, DataItem, Page, SmolStr, UnreadableRow};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -60,7 +60,30 @@ macro_rules! entity {
     };
 }
 
-/// A page of entities: `{"items": [...], "cursor": ...}`.
+/// A stored row of the range that could not be read (written by another
+/// program in a shape this one does not know): left out of `items`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Unreadable {
+    /// Its partition key.
+    pub pk: String,
+    /// Its sort key.
+    pub sk: String,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
+impl From<UnreadableRow> for Unreadable {
+    fn from(row: UnreadableRow) -> Self {
+        Self {
+            pk: row.pk,
+            sk: row.sk,
+            reason: row.reason,
+        }
+    }
+}
+
+/// A page of entities: `{"items": [...], "cursor": ...}`, and `unreadable`
+/// when rows of the range could not be read.
 macro_rules! page {
     ($(#[$meta:meta])* $name:ident, $item:ident) => {
         $(#[$meta])*
@@ -70,6 +93,10 @@ macro_rules! page {
             pub items: Vec<$item>,
             /// Pass it as `cursor` to get the next page; `null` on the last page.
             pub cursor: Option<String>,
+            /// Rows of this page's range that could not be read, by key
+            /// (absent when there are none): one odd row does not fail the list.
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            pub unreadable: Vec<Unreadable>,
         }
 
         impl From<Page<DataItem>> for $name {
@@ -77,6 +104,7 @@ macro_rules! page {
                 Self {
                     items: page.items.into_iter().map($item::from).collect(),
                     cursor: page.cursor.map(|c| c.as_str().to_owned()),
+                    unreadable: page.unreadable.into_iter().map(Unreadable::from).collect(),
                 }
             }
         }
