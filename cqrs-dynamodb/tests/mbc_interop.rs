@@ -459,3 +459,59 @@ async fn the_same_rows_in_memory_read_the_same_and_settle_the_same() {
         .into_item();
     assert_eq!(updated.version, 2);
 }
+
+/// The row of its async command, as it inserts it.
+fn async_row() -> Item {
+    fixtures()
+        .into_iter()
+        .find(|(t, item)| t == "command" && string(item, "sk") == Some("PRODUCT#PRD-102@1"))
+        .map(|(_, item)| item)
+        .expect("its async command among the fixtures")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stream_consumer_of_the_owner_applies_its_async_command_and_a_bystanders_passes_it_by() {
+    use std::time::Duration;
+    if !common::available() {
+        return;
+    }
+    let product = key("PRODUCT#PRD-102");
+
+    // A bystander's consumer: our async command is applied, its is not.
+    let storage = common::fresh_storage("mbc-stream-bystander").await;
+    let bystander = common::engine(Arc::new(storage.clone()), common::Recorder::new());
+    let running = common::Running::start(common::consumer(&bystander, &storage));
+    put(&storage, "command", async_row()).await;
+    let ours = CommandInput::new(PK, "PRODUCT#OURS").attributes(json!({ "price": 2 }));
+    bystander.publish_async(ours, &ctx()).await.unwrap();
+    common::wait_until_async("our async command applied", Duration::from_secs(30), || async {
+        bystander
+            .get_item(&key("PRODUCT#OURS"), &ctx())
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    // Its record came before ours on the stream: whatever the consumer made
+    // of it, it did not apply it.
+    running.stop(Duration::from_secs(10)).await;
+    assert_eq!(bystander.get_item(&product, &ctx()).await.unwrap(), None);
+    let row = raw(&storage, "command", PK, "PRODUCT#PRD-102@1").await;
+    assert_eq!(string(&row, "status"), None, "left as it wrote it");
+
+    // The owner's consumer applies it.
+    let storage = common::fresh_storage("mbc-stream-owner").await;
+    let owner = Engine::builder(Arc::new(storage.clone()))
+        .dispatch(AsyncDispatch::External)
+        .apply_foreign_commands(true)
+        .build();
+    let running = common::Running::start(common::consumer(&owner, &storage));
+    put(&storage, "command", async_row()).await;
+    common::wait_until_async("its async command applied", Duration::from_secs(30), || async {
+        owner.get_item(&product, &ctx()).await.unwrap().is_some()
+    })
+    .await;
+    running.stop(Duration::from_secs(10)).await;
+    let row = raw(&storage, "command", PK, "PRODUCT#PRD-102@1").await;
+    assert_eq!(string(&row, "status"), Some("applied"));
+}
