@@ -339,25 +339,33 @@ async fn mbcs_async_command_is_left_to_it_unless_our_pipeline_owns_the_table() {
         return;
     }
     let storage = loaded("mbc-async").await;
-    let product = key("PRODUCT#PRD-102");
+    left_alone_then_applied_by_the_owner(Arc::new(storage.clone())).await;
+    // On the row: our status replaces the absent one.
+    let row = raw(&storage, "command", PK, "PRODUCT#PRD-102@1").await;
+    assert_eq!(string(&row, "status"), Some("applied"));
+}
 
-    // Not the owner: the row is left as MBC wrote it.
-    let bystander = engine(&storage);
+/// Its async command PRD-102@1, stored in `storage`: an engine that does not
+/// own the pipeline leaves it as it is; the owner's applies it like one of
+/// ours (no handler is interested: `applied` is where it ends, as ours do).
+async fn left_alone_then_applied_by_the_owner(storage: Arc<dyn Storage>) {
+    let product = key("PRODUCT#PRD-102");
+    let bystander = Engine::builder(storage.clone())
+        .dispatch(AsyncDispatch::External)
+        .build();
     let status = bystander
         .settle_inserted(&product, 1, CommandStatus::Published)
         .await
         .unwrap();
     assert_eq!(status, CommandStatus::Published);
     assert_eq!(bystander.get_item(&product, &ctx()).await.unwrap(), None);
-    let row = raw(&storage, "command", PK, "PRODUCT#PRD-102@1").await;
-    assert_eq!(string(&row, "status"), None);
+    let command = storage.get_command(&product, 1).await.unwrap().unwrap();
+    assert_eq!(command.foreign_status.as_deref(), Some(""), "left as it wrote it");
 
-    // The owner applies it like one of ours.
-    let owner = Engine::builder(Arc::new(storage.clone()))
+    let owner = Engine::builder(storage.clone())
         .dispatch(AsyncDispatch::External)
         .apply_foreign_commands(true)
         .build();
-    // No handler is interested: applied is where it ends, as ours do.
     let status = owner
         .settle_inserted(&product, 1, CommandStatus::Published)
         .await
@@ -426,24 +434,7 @@ async fn the_same_rows_in_memory_read_the_same_and_settle_the_same() {
     );
 
     // Its async command: left alone, then applied by an owner.
-    let product = key("PRODUCT#PRD-102");
-    let status = engine
-        .settle_inserted(&product, 1, CommandStatus::Published)
-        .await
-        .unwrap();
-    assert_eq!(status, CommandStatus::Published);
-    assert_eq!(engine.get_item(&product, &ctx()).await.unwrap(), None);
-    let owner = Engine::builder(Arc::new(memory.clone()))
-        .dispatch(AsyncDispatch::External)
-        .apply_foreign_commands(true)
-        .build();
-    let status = owner
-        .settle_inserted(&product, 1, CommandStatus::Published)
-        .await
-        .unwrap();
-    assert_eq!(status, CommandStatus::Applied);
-    let item = owner.get_item(&product, &ctx()).await.unwrap().expect("applied");
-    assert_eq!((item.version, item.name.as_str()), (1, "Async"));
+    left_alone_then_applied_by_the_owner(Arc::new(memory.clone())).await;
 
     // And its data rows update to their next version.
     let mut item = engine
