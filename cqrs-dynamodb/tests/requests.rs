@@ -121,6 +121,13 @@ async fn requests_per_operation() {
         .unwrap();
     assert_eq!(log.take(), ops(&["Query"]), "one list page");
 
+    // The first number of a counter looks for a count of the old layout.
+    engine.next(&SequenceRequest::new("ORDER"), &ctx).await.unwrap();
+    assert_eq!(
+        log.take(),
+        ops(&["UpdateItem", "GetItem", "UpdateItem"]),
+        "first sequence next"
+    );
     engine.next(&SequenceRequest::new("ORDER"), &ctx).await.unwrap();
     assert_eq!(log.take(), ops(&["UpdateItem"]), "sequence next");
 
