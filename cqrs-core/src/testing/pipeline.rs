@@ -339,3 +339,81 @@ pub async fn process_catches_up_missing_versions(factory: &dyn StorageFactory) {
     let item = engine.get_item(&key, &a).await.unwrap().unwrap();
     assert_eq!((item.version, item.attributes), (4, n(4)));
 }
+
+/// A command another framework wrote to the table (the reference
+/// framework's async command: no status; its finished one: its own status)
+/// reads back as it was stored, mapped; only an engine that owns the
+/// pipeline applies it, and its status is then ours.
+pub async fn foreign_commands_are_kept_and_applied_only_by_the_owner(factory: &dyn StorageFactory) {
+    use crate::engine::records::command_record;
+    use crate::model::CommandInput;
+    use crate::{AsyncDispatch, Engine, SmolStr};
+    use std::sync::Arc;
+
+    let storage = factory.storage().await;
+    let foreign = |sk: &str, status: CommandStatus, stored: &str| {
+        let input = CommandInput::new(PK_A, sk).attributes(json!({ "n": 1 }));
+        let mut record = command_record(input, 1, status, &ctx("shop-a"), chrono::Utc::now());
+        record.foreign_status = Some(SmolStr::new(stored));
+        record
+    };
+    let pending = foreign("E#FOREIGN", CommandStatus::Published, "");
+    let done = foreign("E#DONE", CommandStatus::Finished, "finish:FINISHED");
+    for record in [&pending, &done] {
+        storage.put_command(record, None).await.unwrap();
+        let read = storage
+            .get_command(&record.key(), 1)
+            .await
+            .unwrap()
+            .expect("stored");
+        assert_eq!(
+            (read.status, read.foreign_status.as_deref()),
+            (record.status, record.foreign_status.as_deref()),
+            "{}",
+            record.sk
+        );
+    }
+
+    let engine = |apply: bool| {
+        Engine::builder(storage.clone())
+            .dispatch(AsyncDispatch::External)
+            .apply_foreign_commands(apply)
+            .build()
+    };
+    let (bystander, owner) = (engine(false), engine(true));
+    let key = pending.key();
+    let settled = bystander
+        .settle_inserted(&key, 1, CommandStatus::Published)
+        .await
+        .unwrap();
+    assert_eq!(settled, CommandStatus::Published);
+    assert_eq!(bystander.get_item(&key, &ctx("shop-a")).await.unwrap(), None);
+
+    let settled = owner
+        .settle_inserted(&key, 1, CommandStatus::Published)
+        .await
+        .unwrap();
+    assert_eq!(settled, CommandStatus::Applied);
+    let item = owner
+        .get_item(&key, &ctx("shop-a"))
+        .await
+        .unwrap()
+        .expect("applied");
+    assert_eq!((item.version, &item.attributes["n"]), (1, &json!(1)));
+    let command = storage.get_command(&key, 1).await.unwrap().expect("stored");
+    assert_eq!(
+        (command.status, command.foreign_status),
+        (CommandStatus::Applied, None)
+    );
+
+    // Its finished command is done for both.
+    let done_key = done.key();
+    assert_eq!(
+        owner
+            .settle_inserted(&done_key, 1, CommandStatus::Published)
+            .await
+            .unwrap(),
+        CommandStatus::Finished
+    );
+    assert_eq!(owner.get_item(&done_key, &ctx("shop-a")).await.unwrap(), None);
+}
