@@ -348,7 +348,6 @@ pub async fn foreign_commands_are_kept_and_applied_only_by_the_owner(factory: &d
     use crate::engine::records::command_record;
     use crate::model::CommandInput;
     use crate::{AsyncDispatch, Engine, SmolStr};
-    use std::sync::Arc;
 
     let storage = factory.storage().await;
     let foreign = |sk: &str, status: CommandStatus, stored: &str| {
