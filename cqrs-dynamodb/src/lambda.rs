@@ -133,8 +133,9 @@ pub async fn handle_event_with(
     let mut lanes: Vec<(EntityKey, Vec<LaneRecord>)> = Vec::new();
     let mut lane_of: HashMap<EntityKey, usize> = HashMap::new();
     for (position, record) in event.records.iter().enumerate() {
-        match classify_event_record(record) {
-            RecordAction::Skip => {}
+        match classify_event_record(record).for_engine(engine) {
+            // `for_engine` resolved a foreign command: one not owned here.
+            RecordAction::Skip | RecordAction::Foreign { .. } => {}
             RecordAction::Malformed(why) => {
                 tracing::error!(
                     event_id = %record.event_id,
@@ -394,7 +395,10 @@ mod tests {
         // engine settles only if it owns the pipeline.
         assert_eq!(
             classify_event_record(&record("INSERT", &keys, None)),
-            settle(CommandStatus::Published)
+            RecordAction::Foreign {
+                key: EntityKey::new("TENANT#a", "ORDER#1"),
+                version: 2,
+            }
         );
         assert_eq!(
             classify_event_record(&record("MODIFY", &keys, Some("published"))),

@@ -21,11 +21,43 @@ pub enum RecordAction {
         /// The status the row was inserted with: `Published` or `Applied`.
         inserted: CommandStatus,
     },
+    /// The insert of a command row another framework wrote and left to its
+    /// own pipeline (the reference framework's async command: no `status`,
+    /// no `syncMode: SYNC`). Settled as `published` by an engine that owns
+    /// the table's pipeline, passed by otherwise, without reading the row:
+    /// see [`RecordAction::for_engine`].
+    Foreign {
+        /// The entity.
+        key: EntityKey,
+        /// The command's version.
+        version: u64,
+    },
     /// The insert of a command row to settle, whose key cannot be read (no
     /// string `pk`/`sk`, or a sort key that is not `{sk}@{version}`). It can
     /// never succeed: it is logged and skipped, for retrying it would hold up
     /// every later record of its shard.
     Malformed(String),
+}
+
+impl RecordAction {
+    /// What `engine` does with the record: a [`RecordAction::Foreign`]
+    /// command is settled when the engine owns foreign commands
+    /// ([`EngineConfig::apply_foreign_commands`](cqrs_core::EngineConfig::apply_foreign_commands)),
+    /// and skipped otherwise, so that a bystander never reads (or waits on)
+    /// rows another framework's pipeline is in charge of.
+    pub fn for_engine(self, engine: &cqrs_core::Engine) -> RecordAction {
+        match self {
+            RecordAction::Foreign { key, version } if engine.config().apply_foreign_commands => {
+                RecordAction::Settle {
+                    key,
+                    version,
+                    inserted: CommandStatus::Published,
+                }
+            }
+            RecordAction::Foreign { .. } => RecordAction::Skip,
+            other => other,
+        }
+    }
 }
 
 /// Status values of an inserted command row that still need work: `published`
@@ -39,8 +71,8 @@ pub const SETTLED_STATUSES: [&str; 2] = ["published", "applied"];
 /// The rule: an `INSERT` whose new image has `status` `published` or
 /// `applied` ([`SETTLED_STATUSES`]) is a command to settle; so is one with no
 /// `status` and no `syncMode: "SYNC"`, an async command of the reference
-/// framework, which the engine leaves to that framework's pipeline unless
-/// it owns the table's ([`EngineConfig::apply_foreign_commands`](cqrs_core::EngineConfig::apply_foreign_commands)).
+/// framework, is [`RecordAction::Foreign`]: settled only by an engine that
+/// owns the table's pipeline ([`RecordAction::for_engine`]).
 /// Everything else is skipped: `MODIFY` (status changes, TTL set on a
 /// superseded row) and `REMOVE` (TTL expiry) records carry no new command,
 /// and rows inserted `finished` (no handler interested), `failed`, or with
@@ -57,20 +89,26 @@ pub fn classify(
         return RecordAction::Skip;
     }
     let inserted = match (status, sync_mode) {
-        (Some("published"), _) => CommandStatus::Published,
-        (Some("applied"), _) => CommandStatus::Applied,
-        (None, mode) if mode != Some("SYNC") => CommandStatus::Published,
+        (Some("published"), _) => Some(CommandStatus::Published),
+        (Some("applied"), _) => Some(CommandStatus::Applied),
+        (None, mode) if mode != Some("SYNC") => None,
         _ => return RecordAction::Skip,
     };
     let (Some(pk), Some(row_sk)) = (pk, row_sk) else {
         return RecordAction::Malformed("no string pk and sk".into());
     };
     match parse_command_sk(row_sk) {
-        Some((sk, version)) if !sk.is_empty() && !pk.is_empty() && version > 0 => RecordAction::Settle {
-            key: EntityKey::new(pk, sk),
-            version,
-            inserted,
-        },
+        Some((sk, version)) if !sk.is_empty() && !pk.is_empty() && version > 0 => {
+            let key = EntityKey::new(pk, sk);
+            match inserted {
+                Some(inserted) => RecordAction::Settle {
+                    key,
+                    version,
+                    inserted,
+                },
+                None => RecordAction::Foreign { key, version },
+            }
+        }
         _ => RecordAction::Malformed(format!("sort key '{row_sk}' is not {{sk}}@{{version}}")),
     }
 }
@@ -189,10 +227,9 @@ mod tests {
         // (it leaves the row to that framework unless it owns the pipeline).
         assert_eq!(
             classify("INSERT", None, None, pk, sk),
-            RecordAction::Settle {
+            RecordAction::Foreign {
                 key: EntityKey::new("TENANT#a", "PRODUCT#P"),
                 version: 1,
-                inserted: CommandStatus::Published,
             }
         );
         assert_eq!(classify("INSERT", None, Some("SYNC"), pk, sk), RecordAction::Skip);

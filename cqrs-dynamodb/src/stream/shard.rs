@@ -370,7 +370,9 @@ impl Worker {
                     }
                     false
                 }
-                RecordAction::Skip => {
+                // A foreign command was resolved by `for_engine` when read:
+                // here it is one this engine does not own.
+                RecordAction::Skip | RecordAction::Foreign { .. } => {
                     Counters::add(&self.counters().skipped, 1);
                     true
                 }
@@ -637,7 +639,7 @@ async fn read_shard(
             };
             batch.push(ReadRecord {
                 sequence_number: sequence_number.to_owned(),
-                action: classify_record(record),
+                action: classify_record(record).for_engine(&shared.engine),
                 created_at: created_at(record),
             });
             position = Some(sequence_number.to_owned());
