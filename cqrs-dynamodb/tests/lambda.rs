@@ -454,6 +454,38 @@ async fn published_inserts_are_applied_in_order_and_handled_once() {
     assert_eq!(fx.data_version("ORDER#A").await, Some(3));
 }
 
+/// The reference framework's async command (no status, no `syncMode`): a
+/// function whose engine does not own the table's pipeline passes it by; one
+/// whose engine does applies it and runs its handlers.
+#[tokio::test]
+async fn another_frameworks_async_insert_is_applied_only_by_the_owner() {
+    let fx = Fixture::in_memory();
+    let mut row = CommandRecord::builder(PK, "PRODUCT#MBC")
+        .status(CommandStatus::Published)
+        .attributes(json!({ "price": 1 }))
+        .build();
+    row.foreign_status = Some("".into());
+    fx.storage.put_command(&row, None).await.expect("stored");
+    let insert = fx.insert(&row);
+    assert!(insert["dynamodb"]["NewImage"].get("status").is_none(), "{insert}");
+
+    let response = fx.handle(vec![insert.clone()]).await.expect("handled");
+    assert!(failures(&response).is_empty());
+    assert_eq!(fx.data("PRODUCT#MBC").await, None, "left to its pipeline");
+    assert!(fx.seen().is_empty());
+
+    let owner = Engine::builder(fx.storage.clone())
+        .dispatch(AsyncDispatch::External)
+        .apply_foreign_commands(true)
+        .handler_arc(fx.handler.clone())
+        .build();
+    let response = handle_event(&owner, event(vec![insert])).await.expect("handled");
+    assert!(failures(&response).is_empty());
+    assert_eq!(fx.data_version("PRODUCT#MBC").await, Some(1));
+    assert_eq!(fx.seen(), seen(&[("PRODUCT#MBC", 1)]));
+    assert_eq!(fx.stored("PRODUCT#MBC", 1).await.status, CommandStatus::Finished);
+}
+
 #[tokio::test]
 async fn a_later_version_applies_its_missing_predecessors_first() {
     let fx = Fixture::in_memory();

@@ -242,6 +242,34 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_foreign_insert_is_settled_only_by_an_engine_that_owns_it() {
+        use cqrs_core::{AsyncDispatch, Engine};
+        let storage = std::sync::Arc::new(cqrs_memory::InMemory::new());
+        let engine = |owner: bool| {
+            Engine::builder(storage.clone())
+                .dispatch(AsyncDispatch::External)
+                .apply_foreign_commands(owner)
+                .build()
+        };
+        let key = EntityKey::new("TENANT#a", "PRODUCT#P");
+        let foreign = || RecordAction::Foreign {
+            key: key.clone(),
+            version: 1,
+        };
+        assert_eq!(foreign().for_engine(&engine(false)), RecordAction::Skip);
+        assert_eq!(
+            foreign().for_engine(&engine(true)),
+            RecordAction::Settle {
+                key: key.clone(),
+                version: 1,
+                inserted: CommandStatus::Published,
+            }
+        );
+        // Everything else is the engine's whatever it owns.
+        assert_eq!(RecordAction::Skip.for_engine(&engine(true)), RecordAction::Skip);
+    }
+
     #[test]
     fn unusable_keys_are_malformed() {
         for (pk, sk) in [
