@@ -94,6 +94,77 @@ fn attribute_from_json(json: &serde_json::Value) -> Result<aws_sdk_dynamodb::typ
     })
 }
 
+/// Stores rows another program wrote to a DynamoDB table set (items of the
+/// `command`, `data` and `sequences` tables, as `(table, item)`) in any
+/// storage, through its primitives, for running the same checks on the
+/// in-memory backend:
+///
+/// - a data row with the command row of its version, when that version is 1;
+/// - a command row of version 1 that has no data row (an async command);
+/// - a counter (`seq` at `SEQ#{tenant}`), drawn up to its count.
+///
+/// A storage has no primitive for the rest (history rows, later versions
+/// without their predecessors, other sequence rows): they are left out, as
+/// are rows whose key the storage already holds. Returns how many rows were
+/// stored.
+pub async fn store_rows(storage: &dyn cqrs_core::Storage, rows: &[(String, crate::Item)]) -> Result<usize> {
+    use cqrs_core::{ApplyWrite, CommandWrite, Counter};
+    let text = |item: &crate::Item, name: &str| crate::item::string_attribute(item, name);
+    let commands: Vec<cqrs_core::CommandRecord> = rows
+        .iter()
+        .filter(|(table, _)| table == "command")
+        .map(|(_, item)| crate::command_from_item(item.clone()))
+        .collect::<Result<_>>()?;
+    let mut stored = 0;
+    let mut applied = std::collections::HashSet::new();
+    for (_, item) in rows.iter().filter(|(table, _)| table == "data") {
+        let data = crate::data_from_item(item.clone())?;
+        let Some(command) = commands
+            .iter()
+            .find(|c| c.version == 1 && data.version == 1 && c.key() == data.key())
+        else {
+            continue;
+        };
+        applied.insert(data.key());
+        let write = ApplyWrite {
+            command: CommandWrite::Insert(Box::new(command.clone())),
+            data,
+            expected_data_version: 0,
+            history: None,
+            idempotency: None,
+            indexes: Vec::new(),
+        };
+        match storage.apply(std::slice::from_ref(&write)).await {
+            Ok(()) => stored += 2,
+            Err(e) if e.is_conflict() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for command in commands
+        .iter()
+        .filter(|c| c.version == 1 && !applied.contains(&c.key()))
+    {
+        match storage.put_command(command, None).await {
+            Ok(()) => stored += 1,
+            Err(e) if e.is_conflict() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for (_, item) in rows.iter().filter(|(table, _)| table == "sequences") {
+        let count = crate::counter::count(item).unwrap_or(0);
+        let (pk, sk) = (text(item, "pk"), text(item, "sk"));
+        if !pk.starts_with("SEQ#") || count == 0 {
+            continue;
+        }
+        let counter = Counter::new(pk, sk);
+        for _ in 0..count {
+            storage.next_counter(&counter).await?;
+        }
+        stored += 1;
+    }
+    Ok(stored)
+}
+
 /// The variable naming the DynamoDB endpoint (DynamoDB Local in tests).
 pub const ENDPOINT_VAR: &str = "DYNAMODB_ENDPOINT";
 /// Set by `scripts/test` (and so by CI): a missing DynamoDB is a failure, not a skip.

@@ -381,41 +381,19 @@ async fn left_alone_then_applied_by_the_owner(storage: Arc<dyn Storage>) {
     );
 }
 
-/// The same rows in the in-memory backend: decoded by this crate's row
-/// readers and stored through the storage primitives (the products, whose
-/// command and data rows are all among the fixtures; the order's earlier
-/// versions and the counter row are not, and memory has no primitive to
-/// store a bare history or counter row). No DynamoDB needed.
+/// The same rows in the in-memory backend, stored through its primitives
+/// (`testing::store_rows`: the products, the async command and the counter;
+/// memory has no primitive for the order's later versions or a bare history
+/// row). No DynamoDB needed.
 #[tokio::test]
 async fn the_same_rows_in_memory_read_the_same_and_settle_the_same() {
-    use cqrs_core::{ApplyWrite, CommandWrite};
-    use cqrs_dynamodb::{command_from_item, data_from_item};
-
     let memory = cqrs_memory::InMemory::new();
-    let rows = fixtures();
-    let command_of = |sk: &str| {
-        rows.iter()
-            .find(|(t, item)| t == "command" && string(item, "sk") == Some(sk))
-            .map(|(_, item)| command_from_item(item.clone()).expect("a command row"))
-            .unwrap_or_else(|| panic!("{sk} among the fixtures"))
-    };
-    for (_, item) in rows.iter().filter(|(t, _)| t == "data") {
-        let data = data_from_item(item.clone()).expect("a data row");
-        let command = command_of(&format!("{}@1", data.sk));
-        let write = ApplyWrite {
-            command: CommandWrite::Insert(Box::new(command)),
-            data,
-            expected_data_version: 0,
-            history: None,
-            idempotency: None,
-            indexes: Vec::new(),
-        };
-        memory.apply(&[write]).await.expect("stored");
-    }
-    memory
-        .put_command(&command_of("PRODUCT#PRD-102@1"), None)
+    let stored = cqrs_dynamodb::testing::store_rows(&memory, &fixtures())
         .await
-        .expect("stored");
+        .unwrap();
+    // Three products (data and command rows), its async command, the other
+    // product's command and the counter.
+    assert_eq!(stored, 9);
 
     let engine = Engine::builder(Arc::new(memory.clone()))
         .dispatch(AsyncDispatch::External)
@@ -449,6 +427,11 @@ async fn the_same_rows_in_memory_read_the_same_and_settle_the_same() {
         .unwrap()
         .into_item();
     assert_eq!(updated.version, 2);
+
+    // Its counter, drawn up to 2 here: the next order number is 3.
+    let request = SequenceRequest::new("ORDER").format("ORD-{no:06}");
+    let no = engine.next(&request, &ctx()).await.unwrap();
+    assert_eq!(no.formatted, "ORD-000003");
 }
 
 /// The row of its async command, as it inserts it.
