@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use common::*;
 use cqrs_core::{
-    tenant_pk, BoxError, CommandInput, CommandService, CommandStatus, DataSyncEvent, DataSyncHandler, Engine,
-    Storage,
+    tenant_pk, BoxError, CommandInput, CommandRecord, CommandService, CommandStatus, DataSyncEvent,
+    DataSyncHandler, Engine, Storage,
 };
 use cqrs_dynamodb::testing::LocalDynamo;
 use cqrs_dynamodb::{DynamoDbStorage, OPERATION_TIMEOUT};
@@ -151,6 +151,70 @@ async fn dynamodb_killed_and_restarted_mid_run_loses_no_accepted_command() {
         recorder.duplicates()
     );
     assert!(handled_at_kill < 40, "killed mid-run");
+}
+
+/// Writes `count` async commands as the reference framework does (no status,
+/// no `syncMode`), version 1 of each `{prefix}{i}`; returns those stored.
+async fn insert_foreign(storage: &DynamoDbStorage, prefix: &str, count: usize) -> Vec<String> {
+    let mut stored = Vec::new();
+    for i in 0..count {
+        let sk = format!("{prefix}{i:03}");
+        let mut row = CommandRecord::builder(tenant_pk(TENANT), &sk)
+            .status(CommandStatus::Published)
+            .attributes(json!({ "n": 1 }))
+            .build();
+        row.foreign_status = Some("".into());
+        let write = storage.put_command(&row, None);
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), write).await {
+            stored.push(sk);
+        }
+    }
+    stored
+}
+
+/// The engine that owns the table's pipeline applies the reference
+/// framework's async commands through a kill of DynamoDB as it does ours:
+/// every stored one ends applied (once: its data row at version 1) and
+/// handled, none stranded or recorded as failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_owner_applies_every_foreign_command_through_a_dynamodb_kill() {
+    if !LocalDynamo::available() {
+        return;
+    }
+    let mut local = LocalDynamo::start().await.expect("DynamoDB Local started");
+    let storage = fresh_storage_at(&local.endpoint(), "outage-foreign").await;
+    let recorder = Recorder::new();
+    let owner = engine_builder(Arc::new(storage.clone()), recorder.clone())
+        .apply_foreign_commands(true)
+        .build();
+    let running = Running::start(consumer_at(&local.endpoint(), &owner, storage.tables()));
+
+    let mut stored = insert_foreign(&storage, "PRODUCT#A", 30).await;
+    assert_eq!(stored.len(), 30, "DynamoDB is up: every row is stored");
+    wait_until("one handled", MINUTE, || recorder.len() >= 1).await;
+    local.kill();
+    let handled_at_kill = recorder.len();
+    assert!(insert_foreign(&storage, "PRODUCT#DOWN", 1).await.is_empty());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    local.restart().await.expect("DynamoDB Local restarted");
+    stored.extend(insert_foreign(&storage, "PRODUCT#B", 10).await);
+    assert_eq!(stored.len(), 40);
+
+    assert_all_settled(&storage, &owner, &recorder, &stored).await;
+    let mut lost = 0;
+    for sk in &stored {
+        match storage.get_data(&key(sk)).await.expect("read") {
+            Some(item) => assert_eq!(item.version, 1, "{sk} applied once"),
+            None => lost += 1,
+        }
+    }
+    running.stop(Duration::from_secs(20)).await;
+    println!(
+        "killed with {handled_at_kill} of 30 handled: {} stored, {lost} lost, {} handler duplicates",
+        stored.len(),
+        recorder.duplicates()
+    );
+    assert_eq!(lost, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

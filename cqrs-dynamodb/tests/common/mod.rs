@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use chrono::Utc;
 use cqrs_core::{
     tenant_pk, ApplyWrite, AsyncDispatch, BoxError, CommandInput, CommandRecord, CommandService,
-    CommandStatus, CommandWrite, DataItem, DataService, DataSyncEvent, DataSyncHandler, Engine, EntityKey,
-    ExpectedVersion, InvocationContext, RetryPolicy, Storage,
+    CommandStatus, CommandWrite, DataItem, DataService, DataSyncEvent, DataSyncHandler, Engine,
+    EngineBuilder, EntityKey, ExpectedVersion, InvocationContext, RetryPolicy, Storage,
 };
 use cqrs_dynamodb::stream::StreamConsumer;
 use cqrs_dynamodb::{local_client, local_streams_client, DynamoDbStorage, TableNames};
@@ -126,6 +126,11 @@ pub const RECOVERY_GRACE: Duration = Duration::from_secs(1);
 /// An engine that leaves async commands to the stream, with short retries
 /// and a short recovery grace.
 pub fn engine(storage: Arc<dyn Storage>, handler: Arc<dyn DataSyncHandler>) -> Engine {
+    engine_builder(storage, handler).build()
+}
+
+/// [`engine`], to be built with more settings.
+pub fn engine_builder(storage: Arc<dyn Storage>, handler: Arc<dyn DataSyncHandler>) -> EngineBuilder {
     Engine::builder(storage)
         .dispatch(AsyncDispatch::External)
         .retry(RetryPolicy {
@@ -135,7 +140,6 @@ pub fn engine(storage: Arc<dyn Storage>, handler: Arc<dyn DataSyncHandler>) -> E
         })
         .recovery_grace(RECOVERY_GRACE)
         .handler_arc(handler)
-        .build()
 }
 
 /// A consumer with test timings: short lease, fast polls.
