@@ -345,16 +345,6 @@ pub enum CommandStatus {
 }
 
 impl CommandStatus {
-    /// This framework's name of the status, as stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CommandStatus::Published => "published",
-            CommandStatus::Applied => "applied",
-            CommandStatus::Finished => "finished",
-            CommandStatus::Failed => "failed",
-        }
-    }
-
     /// What a stored status means here, and whether it is one of ours.
     ///
     /// | Stored | Status |
@@ -378,13 +368,10 @@ impl CommandStatus {
     /// assert_eq!(CommandStatus::from_stored(""), (CommandStatus::Published, false));
     /// ```
     pub fn from_stored(stored: &str) -> (CommandStatus, bool) {
-        let ours = [
-            CommandStatus::Published,
-            CommandStatus::Applied,
-            CommandStatus::Finished,
-            CommandStatus::Failed,
-        ];
-        if let Some(status) = ours.into_iter().find(|s| s.as_str() == stored) {
+        // Ours, by the names serde gives them.
+        let ours: std::result::Result<_, serde::de::value::Error> =
+            CommandStatus::deserialize(serde::de::IntoDeserializer::into_deserializer(stored));
+        if let Ok(status) = ours {
             return (status, true);
         }
         let status = match stored.rsplit_once(':') {

@@ -39,6 +39,23 @@ pub struct TableNames {
 }
 
 impl TableNames {
+    /// The table of a role: `command`, `data`, `history` or `sequences`.
+    ///
+    /// ```
+    /// let names = cqrs_dynamodb::TableNames::new("dev", "shop", "order");
+    /// assert_eq!(names.by_role("data"), Some("dev-shop-order-data"));
+    /// assert_eq!(names.by_role("other"), None);
+    /// ```
+    pub fn by_role(&self, role: &str) -> Option<&str> {
+        match role {
+            "command" => Some(&self.command),
+            "data" => Some(&self.data),
+            "history" => Some(&self.history),
+            "sequences" => Some(&self.sequences),
+            _ => None,
+        }
+    }
+
     /// `{env}-{app}-{module}-command|data|history` and `{env}-{app}-sequences`.
     ///
     /// ```

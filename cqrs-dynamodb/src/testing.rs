@@ -94,6 +94,44 @@ fn attribute_from_json(json: &serde_json::Value) -> Result<aws_sdk_dynamodb::typ
     })
 }
 
+/// Rows in this repository's fixture format: a JSON array of
+/// `{"table": "command"|"data"|"history"|"sequences", "item": {DynamoDB JSON}}`
+/// (other fields, such as who wrote the row, are ignored), as `(table, item)`.
+pub fn rows_from_json(json: &str) -> Result<Vec<(String, crate::Item)>> {
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(json).map_err(|e| Error::invalid("rows", e.to_string()))?;
+    entries
+        .iter()
+        .map(|entry| {
+            let table = entry["table"]
+                .as_str()
+                .ok_or_else(|| Error::invalid("rows", "an entry without a table"))?;
+            Ok((table.to_owned(), item_from_json(&entry["item"])?))
+        })
+        .collect()
+}
+
+/// Writes items as they are, each to the table of its role in `storage`
+/// ([`TableNames::by_role`](crate::TableNames::by_role)): rows another
+/// program wrote, for a test to read through this one.
+pub async fn put_rows(storage: &crate::DynamoDbStorage, rows: &[(String, crate::Item)]) -> Result<()> {
+    for (role, item) in rows {
+        let table = storage
+            .tables()
+            .by_role(role)
+            .ok_or_else(|| Error::invalid("table", format!("no table for '{role}'")))?;
+        storage
+            .client()
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item.clone()))
+            .send()
+            .await
+            .map_err(crate::error::sdk_error)?;
+    }
+    Ok(())
+}
+
 /// Stores rows another program wrote to a DynamoDB table set (items of the
 /// `command`, `data` and `sequences` tables, as `(table, item)`) in any
 /// storage, through its primitives, for running the same checks on the

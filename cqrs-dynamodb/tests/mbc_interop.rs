@@ -14,52 +14,27 @@ use cqrs_core::{
     AsyncDispatch, CommandInput, CommandService, CommandStatus, DataService, Engine, EntityKey,
     ExpectedVersion, InvocationContext, ListQuery, SequenceRequest, SequenceService, Storage,
 };
-use cqrs_dynamodb::testing::item_from_json;
+use cqrs_dynamodb::testing::{put_rows, rows_from_json};
 use cqrs_dynamodb::{DynamoDbStorage, Item};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const FIXTURES: &str = include_str!("fixtures/mbc-items.json");
 const PK: &str = "TENANT#shop-a";
 
 /// The fixture items: (table, item).
 fn fixtures() -> Vec<(String, Item)> {
-    let entries: Vec<Value> = serde_json::from_str(FIXTURES).expect("fixtures");
-    entries
-        .iter()
-        .map(|entry| {
-            let item = item_from_json(&entry["item"]).expect("an item in DynamoDB JSON");
-            (entry["table"].as_str().expect("table").to_owned(), item)
-        })
-        .collect()
+    rows_from_json(FIXTURES).expect("fixtures")
 }
 
-fn table<'a>(storage: &'a DynamoDbStorage, name: &str) -> &'a str {
-    let tables = storage.tables();
-    match name {
-        "command" => &tables.command,
-        "data" => &tables.data,
-        "history" => &tables.history,
-        "sequences" => &tables.sequences,
-        other => panic!("no table {other}"),
-    }
-}
-
-async fn put(storage: &DynamoDbStorage, table_name: &str, item: Item) {
-    storage
-        .client()
-        .put_item()
-        .table_name(table(storage, table_name))
-        .set_item(Some(item))
-        .send()
-        .await
-        .expect("put");
+async fn put(storage: &DynamoDbStorage, table: &str, item: Item) {
+    put_rows(storage, &[(table.to_owned(), item)]).await.expect("put");
 }
 
 async fn raw(storage: &DynamoDbStorage, table_name: &str, pk: &str, sk: &str) -> Item {
     storage
         .client()
         .get_item()
-        .table_name(table(storage, table_name))
+        .table_name(storage.tables().by_role(table_name).expect("a table"))
         .key("pk", AttributeValue::S(pk.into()))
         .key("sk", AttributeValue::S(sk.into()))
         .consistent_read(true)
@@ -73,9 +48,7 @@ async fn raw(storage: &DynamoDbStorage, table_name: &str, pk: &str, sk: &str) ->
 /// Fresh tables holding every fixture row.
 async fn loaded(test: &str) -> DynamoDbStorage {
     let storage = common::fresh_storage(test).await;
-    for (table_name, item) in fixtures() {
-        put(&storage, &table_name, item).await;
-    }
+    put_rows(&storage, &fixtures()).await.expect("fixtures stored");
     storage
 }
 

@@ -2619,33 +2619,7 @@ mod mbc_rows {
     use super::*;
 
     fn rows() -> Vec<(String, cqrs_dynamodb::Item)> {
-        let entries: Vec<Value> = serde_json::from_str(MBC_ROWS).expect("fixtures");
-        entries
-            .iter()
-            .map(|entry| {
-                let item = cqrs_dynamodb::testing::item_from_json(&entry["item"]).expect("an item");
-                (entry["table"].as_str().expect("table").to_owned(), item)
-            })
-            .collect()
-    }
-
-    async fn put(storage: &cqrs_dynamodb::DynamoDbStorage, table: &str, item: cqrs_dynamodb::Item) {
-        let tables = storage.tables();
-        let name = match table {
-            "command" => &tables.command,
-            "data" => &tables.data,
-            "history" => &tables.history,
-            "sequences" => &tables.sequences,
-            other => panic!("no table {other}"),
-        };
-        storage
-            .client()
-            .put_item()
-            .table_name(name)
-            .set_item(Some(item))
-            .send()
-            .await
-            .expect("put");
+        cqrs_dynamodb::testing::rows_from_json(MBC_ROWS).expect("fixtures")
     }
 
     async fn served_listed_and_numbered_after(backend: Backend) {
@@ -2653,11 +2627,9 @@ mod mbc_rows {
             return;
         };
         match &api.dynamodb {
-            Some(storage) => {
-                for (table, item) in rows() {
-                    put(storage, &table, item).await;
-                }
-            }
+            Some(storage) => cqrs_dynamodb::testing::put_rows(storage, &rows())
+                .await
+                .expect("stored"),
             None => {
                 let storage = api.shop.engine.storage();
                 cqrs_dynamodb::testing::store_rows(&**storage, &rows())
@@ -2699,7 +2671,9 @@ mod mbc_rows {
                 "version": { "S": "one" }
             }))
             .expect("an item");
-            put(storage, "data", broken).await;
+            cqrs_dynamodb::testing::put_rows(storage, &[("data".into(), broken)])
+                .await
+                .expect("stored");
             let resp = api.get("/products?limit=50", &token).await;
             assert_eq!(resp.status, 200, "{:?}", resp.body);
             assert_eq!(codes(assert_list(&resp.body)).len(), listed.len());
