@@ -171,25 +171,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// conflict of the first failing entity (actual = its data version).
     async fn apply(&self, writes: &[ApplyWrite]) -> Result<()>;
 
-    /// [`Storage::apply`], with the writes given by value; returns their data
-    /// rows, in order. Same conditions, same atomicity, same errors.
-    ///
-    /// For a backend that keeps the rows it is given (the in-memory one):
-    /// it can store them as they are instead of copies. The engine calls it
-    /// when it needs nothing but the data row after the write (a sync
-    /// publish that no handler is interested in). The default calls `apply`.
-    async fn apply_owned(&self, writes: Vec<ApplyWrite>) -> Result<Vec<DataItem>> {
-        self.apply(&writes).await?;
-        Ok(writes.into_iter().map(|w| w.data).collect())
-    }
-
-    /// [`Storage::apply_owned`] of a single write: its data row. The engine
-    /// calls it for a sync publish no handler is interested in (the most
-    /// common write). The default calls `apply_owned`.
+    /// [`Storage::apply`] of a single write given by value; returns its data
+    /// row. Same conditions, same atomicity, same errors. The engine calls it
+    /// for a sync publish no handler is interested in (the most common
+    /// write), which needs nothing but the data row afterwards. A backend
+    /// that keeps the rows it is given (the in-memory one) can store them as
+    /// they are instead of copies. The default calls `apply`.
     async fn apply_one(&self, write: Box<ApplyWrite>) -> Result<DataItem> {
-        let mut rows = self.apply_owned(vec![*write]).await?;
-        rows.pop()
-            .ok_or_else(|| crate::Error::backend("apply_owned returned no data row", false))
+        self.apply(std::slice::from_ref(&*write)).await?;
+        Ok(write.data)
     }
 
     /// The data row of an entity.

@@ -477,12 +477,6 @@ impl Storage for InMemory {
         self.apply_writes(writes.to_vec())
     }
 
-    async fn apply_owned(&self, mut writes: Vec<ApplyWrite>) -> Result<Vec<DataItem>> {
-        let given = writes.iter_mut().map(keep_a_copy).collect();
-        self.apply_writes(writes)?;
-        Ok(given)
-    }
-
     async fn apply_one(&self, mut write: Box<ApplyWrite>) -> Result<DataItem> {
         let given = keep_a_copy(&mut write);
         self.apply_write(write)?;

@@ -48,7 +48,7 @@ pub enum Op {
     ListCommands,
     /// [`Storage::set_command_status`]
     SetCommandStatus,
-    /// [`Storage::apply`] and [`Storage::apply_owned`]
+    /// [`Storage::apply`] and [`Storage::apply_one`]
     Apply,
     /// [`Storage::get_data`]
     GetData,
@@ -344,8 +344,8 @@ impl Storage for FaultyStorage {
         self.call(Op::Apply, self.inner.apply(writes)).await
     }
 
-    async fn apply_owned(&self, writes: Vec<ApplyWrite>) -> Result<Vec<DataItem>> {
-        self.call(Op::Apply, self.inner.apply_owned(writes)).await
+    async fn apply_one(&self, write: Box<ApplyWrite>) -> Result<DataItem> {
+        self.call(Op::Apply, self.inner.apply_one(write)).await
     }
 
     async fn get_data(&self, key: &EntityKey) -> Result<Option<DataItem>> {

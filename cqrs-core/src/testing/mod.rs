@@ -134,7 +134,7 @@ macro_rules! conformance_tests {
             concurrent_partial_updates_lose_nothing,
             storage_put_command_conditions,
             storage_apply_is_conditional_and_atomic,
-            storage_apply_owned_matches_apply,
+            storage_apply_one_matches_apply,
             storage_query_ranges,
             storage_counters,
             dropped_sync_publish_still_runs_its_handlers,

@@ -176,15 +176,14 @@ pub async fn storage_apply_is_conditional_and_atomic(factory: &dyn StorageFactor
     assert_eq!(storage.get_data(&c).await.unwrap().unwrap().version, 1);
 }
 
-/// `apply_owned`: the conditions and atomicity of `apply`, the data rows
-/// given back; and whichever way a write is given, the history row stored
-/// is the one given.
-pub async fn storage_apply_owned_matches_apply(factory: &dyn StorageFactory) {
+/// `apply_one`: the conditions of `apply`, the data row given back; and
+/// whichever way a write is given, the history row stored is the one given.
+pub async fn storage_apply_one_matches_apply(factory: &dyn StorageFactory) {
     let storage = factory.storage().await;
     let a = EntityKey::new(PK_A, "O#1");
     let first = insert("O#1", 1, None);
-    let rows = storage.apply_owned(vec![first.clone()]).await.unwrap();
-    assert_eq!(rows, vec![first.data.clone()]);
+    let row = storage.apply_one(Box::new(first.clone())).await.unwrap();
+    assert_eq!(row, first.data);
     let a1 = storage.get_data(&a).await.unwrap().unwrap();
     assert_eq!(a1, first.data);
     assert_eq!(
@@ -195,7 +194,7 @@ pub async fn storage_apply_owned_matches_apply(factory: &dyn StorageFactory) {
     // A failing write in a batch: nothing is written.
     let b_new = insert("O#2", 1, None);
     let a_stale = insert("O#1", 1, None);
-    let err = storage.apply_owned(vec![b_new, a_stale]).await.unwrap_err();
+    let err = storage.apply(&[b_new, a_stale]).await.unwrap_err();
     assert_eq!(conflict_actual(err), Some(1));
     assert!(storage
         .get_data(&EntityKey::new(PK_A, "O#2"))
@@ -205,14 +204,14 @@ pub async fn storage_apply_owned_matches_apply(factory: &dyn StorageFactory) {
 
     // Version 2 over version 1: history keeps version 1.
     let second = insert("O#1", 2, Some(&a1));
-    let rows = storage.apply_owned(vec![second.clone()]).await.unwrap();
-    assert_eq!(rows, vec![second.data.clone()]);
+    let row = storage.apply_one(Box::new(second.clone())).await.unwrap();
+    assert_eq!(row, second.data);
     assert_eq!(storage.get_data(&a).await.unwrap(), Some(second.data.clone()));
     assert_eq!(storage.list_history(&a).await.unwrap(), vec![a1]);
 
     // A history row that is not the stored data row is stored as given, by
-    // `apply`, `apply_owned` and `apply_one`.
-    for (version, way) in [(3, "apply"), (4, "apply_owned"), (5, "apply_one")] {
+    // `apply` and `apply_one`.
+    for (version, way) in [(3, "apply"), (4, "apply_one")] {
         let current = storage.get_data(&a).await.unwrap().unwrap();
         let mut write = insert("O#1", version, Some(&current));
         let history = write.history.as_mut().unwrap();
@@ -221,7 +220,6 @@ pub async fn storage_apply_owned_matches_apply(factory: &dyn StorageFactory) {
         let data = write.data.clone();
         match way {
             "apply" => storage.apply(&[write]).await.unwrap(),
-            "apply_owned" => assert_eq!(storage.apply_owned(vec![write]).await.unwrap(), vec![data]),
             _ => assert_eq!(storage.apply_one(Box::new(write)).await.unwrap(), data),
         }
         assert_eq!(storage.get_history(&a, version - 1).await.unwrap(), Some(given));
