@@ -7,6 +7,7 @@
 mod attributes;
 mod builders;
 mod context;
+mod decorator;
 mod engine;
 mod error;
 mod handle;
@@ -30,6 +31,7 @@ pub mod testing;
 pub use attributes::Attributes;
 pub use builders::{CommandRecordBuilder, DataItemBuilder};
 pub use context::{InvocationContext, TenancyPolicy};
+pub use decorator::StorageDecorator;
 pub use engine::{
     AsyncDispatch, Engine, EngineBuilder, EngineConfig, RetryPolicy, APPLY_STEP, DEFAULT_HANDLER_TIMEOUT,
     DEFAULT_RECOVERY_GRACE,

@@ -20,8 +20,8 @@ use aws_lambda_events::event::streams::DynamoDbEventResponse;
 use cqrs_core::testing::{ctx, RecordingHandler};
 use cqrs_core::{
     command_sk, ApplyWrite, AsyncDispatch, CommandInput, CommandRecord, CommandService, CommandStatus,
-    Counter, DataItem, Engine, EntityKey, Error, ExpectedVersion, FailedCommand, IdempotencyRecord, Interest,
-    RangePage, RangeQuery, Result, RetryPolicy, Storage, StorageLimits,
+    DataItem, Engine, EntityKey, Error, ExpectedVersion, Interest, Result, RetryPolicy, Storage,
+    StorageDecorator,
 };
 use cqrs_dynamodb::lambda::handle_event;
 use serde_json::{json, Value};
@@ -100,33 +100,11 @@ impl Faulty {
 }
 
 #[async_trait]
-impl Storage for Faulty {
-    fn limits(&self) -> StorageLimits {
-        self.inner.limits()
+impl StorageDecorator for Faulty {
+    fn inner(&self) -> &dyn Storage {
+        self.inner.as_ref()
     }
-    async fn put_command(
-        &self,
-        command: &CommandRecord,
-        idempotency: Option<&IdempotencyRecord>,
-    ) -> Result<()> {
-        self.inner.put_command(command, idempotency).await
-    }
-    async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>> {
-        self.inner.get_command(key, version).await
-    }
-    async fn latest_command(
-        &self,
-        key: &EntityKey,
-        data_version: Option<u64>,
-    ) -> Result<Option<CommandRecord>> {
-        self.inner.latest_command(key, data_version).await
-    }
-    async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
-        self.inner.list_commands(key).await
-    }
-    async fn set_command_status(&self, key: &EntityKey, version: u64, status: CommandStatus) -> Result<()> {
-        self.inner.set_command_status(key, version, status).await
-    }
+
     async fn apply(&self, writes: &[ApplyWrite]) -> Result<()> {
         let failing = self
             .fail_apply_of
@@ -137,40 +115,6 @@ impl Storage for Faulty {
             return Err(Error::backend("injected outage", true));
         }
         self.inner.apply(writes).await
-    }
-    async fn get_data(&self, key: &EntityKey) -> Result<Option<DataItem>> {
-        self.inner.get_data(key).await
-    }
-    async fn query_data(&self, query: &RangeQuery) -> Result<RangePage> {
-        self.inner.query_data(query).await
-    }
-    async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {
-        self.inner.get_history(key, version).await
-    }
-    async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>> {
-        self.inner.list_history(key).await
-    }
-    async fn next_counter(&self, counter: &Counter) -> Result<u64> {
-        self.inner.next_counter(counter).await
-    }
-    async fn put_failure(&self, failure: &FailedCommand) -> Result<()> {
-        self.inner.put_failure(failure).await
-    }
-    async fn delete_failure(&self, key: &EntityKey, version: u64) -> Result<()> {
-        self.inner.delete_failure(key, version).await
-    }
-    async fn get_failure(&self, key: &EntityKey, version: u64) -> Result<Option<FailedCommand>> {
-        self.inner.get_failure(key, version).await
-    }
-    async fn list_failures(&self, tenant_code: Option<&str>) -> Result<Vec<FailedCommand>> {
-        self.inner.list_failures(tenant_code).await
-    }
-    async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
-        self.inner.get_idempotency(tenant_code, key).await
-    }
-
-    async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
-        self.inner.query_index(index, query).await
     }
 }
 
@@ -465,7 +409,9 @@ async fn another_frameworks_async_insert_is_applied_only_by_the_owner() {
         .attributes(json!({ "price": 1 }))
         .build();
     row.foreign_status = Some("".into());
-    fx.storage.put_command(&row, None).await.expect("stored");
+    Storage::put_command(fx.storage.as_ref(), &row, None)
+        .await
+        .expect("stored");
     let insert = fx.insert(&row);
     assert!(insert["dynamodb"]["NewImage"].get("status").is_none(), "{insert}");
 
