@@ -12,7 +12,7 @@ use crate::idempotency::IdempotencyKey;
 use crate::index::IndexLookup;
 use crate::keys::EntityKey;
 use crate::model::{
-    CommandInput, CommandRecord, CommandStatus, DataItem, FailedCommand, PartialUpdate, Published,
+    CommandInput, CommandRecord, CommandStatus, DataItem, FailedCommand, PartialUpdate, Published, Synced,
 };
 use crate::query::{ListQuery, Page};
 use crate::sequence::{SequenceRequest, SequenceValue};
@@ -151,11 +151,7 @@ impl CommandService for WeakEngine {
         self.engine()?.publish_async(command, ctx).await
     }
 
-    async fn publish_sync(
-        &self,
-        command: CommandInput,
-        ctx: &InvocationContext,
-    ) -> Result<Published<DataItem>> {
+    async fn publish_sync(&self, command: CommandInput, ctx: &InvocationContext) -> Result<Synced> {
         self.engine()?.publish_sync(command, ctx).await
     }
 
@@ -171,15 +167,11 @@ impl CommandService for WeakEngine {
         &self,
         update: PartialUpdate,
         ctx: &InvocationContext,
-    ) -> Result<Published<DataItem>> {
+    ) -> Result<Synced> {
         self.engine()?.publish_partial_update_sync(update, ctx).await
     }
 
-    async fn commit(
-        &self,
-        commands: Vec<CommandInput>,
-        ctx: &InvocationContext,
-    ) -> Result<Vec<Published<DataItem>>> {
+    async fn commit(&self, commands: Vec<CommandInput>, ctx: &InvocationContext) -> Result<Vec<Synced>> {
         self.engine()?.commit(commands, ctx).await
     }
 

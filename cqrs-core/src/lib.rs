@@ -49,8 +49,8 @@ pub use keys::{
 };
 pub use merge::merge_patch;
 pub use model::{
-    CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, FailedCommand, HandlerFailure,
-    PartialUpdate, Published,
+    CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, FailedCommand, Handled,
+    HandlerFailure, PartialUpdate, Published, Synced, Updated,
 };
 pub use numbers::{MAX_NUMBER_MAGNITUDE, MIN_NUMBER_MAGNITUDE};
 pub use query::{

@@ -886,6 +886,172 @@ impl Published<DataItem> {
     }
 }
 
+/// How the data-sync handlers of a synchronous publish ended, when the
+/// publish returned. The write stands whatever this says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Handled {
+    /// No handler ran: none is interested in the command, or nothing was
+    /// written (the dirty check).
+    NoHandlers,
+    /// Every interested handler succeeded; the command is `finished`.
+    Finished,
+    /// A handler failed on every attempt: the command is recorded as
+    /// failed ([`list_failures`](crate::CommandService::list_failures)),
+    /// and [`reprocess`](crate::CommandService::reprocess) runs the failed
+    /// handlers again.
+    Failed(Vec<HandlerFailure>),
+    /// The handlers did not finish (storage unavailable, a handler that
+    /// could not reach it): the command was handed to recovery, which runs
+    /// them again until they do.
+    Recovering,
+    /// An asynchronous publish: the pipeline runs the handlers later.
+    Later,
+}
+
+impl Handled {
+    /// `true` when a handler failed for good ([`Handled::Failed`]).
+    pub fn is_failed(&self) -> bool {
+        matches!(self, Handled::Failed(_))
+    }
+
+    /// The handlers that failed for good (empty unless [`Handled::Failed`]).
+    pub fn failures(&self) -> &[HandlerFailure] {
+        match self {
+            Handled::Failed(failures) => failures,
+            _ => &[],
+        }
+    }
+}
+
+/// What a synchronous publish did: the data item after it, whether it was
+/// written, and how its handlers ended.
+///
+/// ```
+/// use cqrs_core::{DataItem, Handled, Published, Synced};
+///
+/// fn report(synced: Synced) -> DataItem {
+///     if let Handled::Failed(failures) = synced.handled() {
+///         for failure in failures {
+///             eprintln!("{} failed: {}", failure.handler, failure.error);
+///         }
+///     }
+///     synced.into_item()
+/// }
+/// # let item = DataItem::builder("TENANT#a", "ORDER#1").build();
+/// # report(Synced::new(Published::Written(item), Handled::Finished));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Synced {
+    published: Published<DataItem>,
+    handled: Handled,
+}
+
+impl Synced {
+    /// A result of a publish (to build the answers of a mock service).
+    pub fn new(published: Published<DataItem>, handled: Handled) -> Self {
+        Self { published, handled }
+    }
+
+    /// A newly written item whose handlers finished: the common answer of
+    /// a mock service.
+    pub fn finished(item: DataItem) -> Self {
+        Self::new(Published::Written(item), Handled::Finished)
+    }
+
+    /// Whether the publish wrote a new version, and the item after it.
+    pub fn published(&self) -> &Published<DataItem> {
+        &self.published
+    }
+
+    /// [`Synced::published`], by value.
+    pub fn into_published(self) -> Published<DataItem> {
+        self.published
+    }
+
+    /// How the handlers ended.
+    pub fn handled(&self) -> &Handled {
+        &self.handled
+    }
+
+    /// The data item after the publish, written or not.
+    pub fn into_item(self) -> DataItem {
+        self.published.into_inner()
+    }
+
+    /// [`Synced::into_item`] (the name [`Published`] uses).
+    pub fn into_inner(self) -> DataItem {
+        self.into_item()
+    }
+
+    /// A reference to the data item after the publish.
+    pub fn get(&self) -> &DataItem {
+        self.published.get()
+    }
+
+    /// The written item, `None` when nothing was written.
+    pub fn written(self) -> Option<DataItem> {
+        self.published.written()
+    }
+
+    /// `true` when the dirty check found nothing to write.
+    pub fn is_unchanged(&self) -> bool {
+        self.published.is_unchanged()
+    }
+}
+
+/// What a read-modify-write ([`Services::update_with`](crate::Services::update_with)) did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Updated {
+    /// The closure returned a command, and it was published: what the
+    /// publish did (for an asynchronous one, [`Handled::Later`]).
+    Published(Synced),
+    /// The closure returned no command: nothing was written. Carries the
+    /// state it was shown (`None`: the entity does not exist).
+    Skipped(Option<DataItem>),
+}
+
+impl Updated {
+    /// The entity's state after the update: what was written, what the
+    /// dirty check kept, or what the closure was shown.
+    pub fn into_item(self) -> Option<DataItem> {
+        match self {
+            Updated::Published(synced) => Some(synced.into_item()),
+            Updated::Skipped(item) => item,
+        }
+    }
+
+    /// A reference to the entity's state after the update.
+    pub fn item(&self) -> Option<&DataItem> {
+        match self {
+            Updated::Published(synced) => Some(synced.get()),
+            Updated::Skipped(item) => item.as_ref(),
+        }
+    }
+
+    /// `true` when a new version was written.
+    pub fn is_written(&self) -> bool {
+        matches!(self, Updated::Published(synced) if !synced.is_unchanged())
+    }
+
+    /// The written item, `None` when nothing was written.
+    pub fn written(self) -> Option<DataItem> {
+        match self {
+            Updated::Published(synced) => synced.written(),
+            Updated::Skipped(_) => None,
+        }
+    }
+
+    /// How the handlers of the publish ended ([`Handled::NoHandlers`] when
+    /// nothing was published).
+    pub fn handled(&self) -> &Handled {
+        match self {
+            Updated::Published(synced) => synced.handled(),
+            Updated::Skipped(_) => &Handled::NoHandlers,
+        }
+    }
+}
+
 pub(crate) fn to_attributes<T: Serialize + ?Sized>(value: &T) -> Result<Value> {
     serde_json::to_value(value).map_err(|e| Error::invalid("attributes", e.to_string()))
 }

@@ -10,7 +10,7 @@ use crate::idempotency::IdempotencyKey;
 use crate::index::IndexLookup;
 use crate::keys::EntityKey;
 use crate::model::{
-    CommandInput, CommandRecord, CommandStatus, DataItem, FailedCommand, PartialUpdate, Published,
+    CommandInput, CommandRecord, CommandStatus, DataItem, FailedCommand, PartialUpdate, Published, Synced,
 };
 use crate::query::{ListQuery, Page};
 use crate::sequence::{SequenceRequest, SequenceValue};
@@ -65,12 +65,9 @@ pub trait CommandService: Send + Sync {
     /// A failing handler does not fail the publish — the data is written by
     /// then: the command is marked [`Failed`](crate::CommandStatus::Failed),
     /// listed by [`list_failures`](CommandService::list_failures) and can be
-    /// [reprocessed](CommandService::reprocess).
-    async fn publish_sync(
-        &self,
-        command: CommandInput,
-        ctx: &InvocationContext,
-    ) -> Result<Published<DataItem>>;
+    /// [reprocessed](CommandService::reprocess). The result says how the
+    /// handlers ended ([`Synced::handled`]).
+    async fn publish_sync(&self, command: CommandInput, ctx: &InvocationContext) -> Result<Synced>;
 
     /// Deep-merges the update over the entity's latest state and publishes
     /// the result asynchronously.
@@ -86,17 +83,14 @@ pub trait CommandService: Send + Sync {
         &self,
         update: PartialUpdate,
         ctx: &InvocationContext,
-    ) -> Result<Published<DataItem>>;
+    ) -> Result<Synced>;
 
     /// Applies commands on different entities all-or-nothing: either every
     /// one is written (each at its expected version) or none is. Handlers run
-    /// afterwards for each written command. Commands equal to their entity's
-    /// current state are left out, as by the dirty check.
-    async fn commit(
-        &self,
-        commands: Vec<CommandInput>,
-        ctx: &InvocationContext,
-    ) -> Result<Vec<Published<DataItem>>>;
+    /// afterwards for each written command (each result says how they
+    /// ended). Commands equal to their entity's current state are left out,
+    /// as by the dirty check.
+    async fn commit(&self, commands: Vec<CommandInput>, ctx: &InvocationContext) -> Result<Vec<Synced>>;
 
     /// The command that produced `version` of the entity.
     async fn get_command(

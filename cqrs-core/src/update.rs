@@ -11,7 +11,10 @@ use crate::error::Error;
 use crate::handle::Services;
 use crate::idempotency::{fingerprint, IdempotencyKey};
 use crate::keys::EntityKey;
-use crate::model::{CommandInput, CommandRecord, DataItem, ExpectedVersion, Published};
+use crate::model::{
+    CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, Handled, Published, Synced,
+    Updated,
+};
 
 /// A read-modify-write of one entity, configured: from [`Services::update`].
 ///
@@ -24,8 +27,8 @@ use crate::model::{CommandInput, CommandRecord, DataItem, ExpectedVersion, Publi
 /// [conflict retry](Services::with_conflict_retry) attempts, with random
 /// backoff; then the conflict is returned.
 ///
-/// Returns what the publish did, or — when the closure skipped — the state
-/// it saw as [`Published::Unchanged`] (`None` if the entity does not exist).
+/// Returns what the publish did ([`Updated::Published`]), or — when the
+/// closure skipped — the state it saw ([`Updated::Skipped`]).
 ///
 /// ```
 /// use cqrs_core::{CommandInput, EntityKey, IdempotencyKey, InvocationContext, Services};
@@ -83,7 +86,7 @@ impl Services {
         key: &EntityKey,
         ctx: &InvocationContext,
         change: F,
-    ) -> Result<Option<Published<DataItem>>, E>
+    ) -> Result<Updated, E>
     where
         F: FnMut(Option<&DataItem>) -> Result<Option<CommandInput>, E> + Send,
         E: From<Error> + Send,
@@ -97,7 +100,7 @@ impl Services {
         key: &EntityKey,
         ctx: &InvocationContext,
         change: F,
-    ) -> Result<Option<Published<DataItem>>, E>
+    ) -> Result<Updated, E>
     where
         F: FnMut(Option<&DataItem>) -> Result<Option<CommandInput>, E> + Send,
         E: From<Error> + Send,
@@ -119,7 +122,7 @@ impl Services {
         keys: &[EntityKey],
         ctx: &InvocationContext,
         mut change: F,
-    ) -> Result<Vec<Published<DataItem>>, E>
+    ) -> Result<Vec<Synced>, E>
     where
         F: FnMut(&[Option<DataItem>]) -> Result<Vec<CommandInput>, E> + Send,
         E: From<Error> + Send,
@@ -197,11 +200,7 @@ impl Update<'_> {
     }
 
     /// Reads the entity's applied state, decides, and publishes synchronously.
-    pub async fn publish_sync<E, F>(
-        self,
-        ctx: &InvocationContext,
-        change: F,
-    ) -> Result<Option<Published<DataItem>>, E>
+    pub async fn publish_sync<E, F>(self, ctx: &InvocationContext, change: F) -> Result<Updated, E>
     where
         F: FnMut(Option<&DataItem>) -> Result<Option<CommandInput>, E> + Send,
         E: From<Error> + Send,
@@ -214,11 +213,7 @@ impl Update<'_> {
     /// and publishes asynchronously. Two updates in a row see each other
     /// even before the pipeline applied the first. The item returned is the
     /// state the command leads to.
-    pub async fn publish_async<E, F>(
-        self,
-        ctx: &InvocationContext,
-        change: F,
-    ) -> Result<Option<Published<DataItem>>, E>
+    pub async fn publish_async<E, F>(self, ctx: &InvocationContext, change: F) -> Result<Updated, E>
     where
         F: FnMut(Option<&DataItem>) -> Result<Option<CommandInput>, E> + Send,
         E: From<Error> + Send,
@@ -226,12 +221,7 @@ impl Update<'_> {
         self.run(ctx, Mode::Async, change).await
     }
 
-    async fn run<E, F>(
-        self,
-        ctx: &InvocationContext,
-        mode: Mode,
-        mut change: F,
-    ) -> Result<Option<Published<DataItem>>, E>
+    async fn run<E, F>(self, ctx: &InvocationContext, mode: Mode, mut change: F) -> Result<Updated, E>
     where
         F: FnMut(Option<&DataItem>) -> Result<Option<CommandInput>, E> + Send,
         E: From<Error> + Send,
@@ -249,7 +239,9 @@ impl Update<'_> {
                     // The key's entity: with an explicit fingerprint, a key
                     // may name another entity than this update's.
                     let current = services.data.get_item(&first.key(), ctx).await?;
-                    return Ok(Some(Published::Written(item_of(&first, current.as_ref()))));
+                    let handled = handled_so_far(services, &first, ctx).await?;
+                    let item = item_of(&first, current.as_ref());
+                    return Ok(Updated::Published(Synced::new(Published::Written(item), handled)));
                 }
             }
             let current = match mode {
@@ -258,7 +250,7 @@ impl Update<'_> {
             };
             let outcome = match current {
                 Ok(current) => match change(current.as_ref())? {
-                    None => return Ok(current.map(Published::Unchanged)),
+                    None => return Ok(Updated::Skipped(current)),
                     Some(command) => {
                         self.publish(command, current, idempotency.clone(), mode, ctx)
                             .await
@@ -271,7 +263,7 @@ impl Update<'_> {
                     conflict_backoff(&self.retry, attempt).await;
                     attempt += 1;
                 }
-                other => return other.map(Some).map_err(E::from),
+                other => return other.map(Updated::Published).map_err(E::from),
             }
         }
     }
@@ -284,7 +276,7 @@ impl Update<'_> {
         idempotency: Option<IdempotencyKey>,
         mode: Mode,
         ctx: &InvocationContext,
-    ) -> Result<Published<DataItem>, Error> {
+    ) -> Result<Synced, Error> {
         if command.key() != self.key {
             return Err(Error::invalid(
                 "update",
@@ -301,12 +293,18 @@ impl Update<'_> {
         match mode {
             Mode::Sync => commands.publish_sync(command, ctx).await,
             Mode::Async => Ok(match commands.publish_async(command, ctx).await? {
-                Published::Written(record) => Published::Written(item_of(&record, current.as_ref())),
+                Published::Written(record) => Synced::new(
+                    Published::Written(item_of(&record, current.as_ref())),
+                    Handled::Later,
+                ),
                 // Equal to the state read: that state is the answer.
-                Published::Unchanged(record) => Published::Unchanged(match current {
-                    Some(item) => item,
-                    None => item_of(&record, None),
-                }),
+                Published::Unchanged(record) => Synced::new(
+                    Published::Unchanged(match current {
+                        Some(item) => item,
+                        None => item_of(&record, None),
+                    }),
+                    Handled::NoHandlers,
+                ),
             }),
         }
     }
@@ -331,6 +329,27 @@ impl Mode {
 /// the entity (its creation fields are the entity's, whatever its version).
 fn item_of(command: &CommandRecord, other: Option<&DataItem>) -> DataItem {
     data_item(command, other)
+}
+
+/// How the handlers of a keyed update's first publish have ended so far,
+/// from its command's status (and its failure record, when it failed).
+async fn handled_so_far(
+    services: &Services,
+    first: &CommandRecord,
+    ctx: &InvocationContext,
+) -> Result<Handled, Error> {
+    Ok(match first.status {
+        CommandStatus::Finished => Handled::Finished,
+        CommandStatus::Published => Handled::Later,
+        CommandStatus::Applied => Handled::Recovering,
+        CommandStatus::Failed => {
+            let failures = services.commands.list_failures(ctx).await?;
+            let failed = failures
+                .into_iter()
+                .find(|f| f.key() == first.key() && f.version == first.version);
+            Handled::Failed(failed.map(|f| f.failures).unwrap_or_default())
+        }
+    })
 }
 
 /// Waits a random time below the policy's backoff for `attempt`, so that

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cqrs_core::{
     CommandInput, CommandService, DataItem, DataService, EntityKey, Error, ExpectedVersion,
-    InvocationContext, MockCommandService, MockDataService, Published,
+    InvocationContext, MockCommandService, MockDataService, Synced,
 };
 use serde_json::json;
 
@@ -57,7 +57,7 @@ async fn rename_publishes_at_the_current_version() {
         .returning(|_, _| {
             let mut item = product(4);
             item.name = "Wireless Mouse".into();
-            Ok(Published::Written(item))
+            Ok(Synced::finished(item))
         });
     let catalogue = Catalogue {
         commands: Arc::new(commands),

@@ -20,8 +20,8 @@ use crate::idempotency::IdempotencyKey;
 use crate::keys::EntityKey;
 use crate::merge::merge_patch;
 use crate::model::{
-    CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, FailedCommand, PartialUpdate,
-    Published,
+    CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, FailedCommand, Handled,
+    PartialUpdate, Published, Synced,
 };
 use crate::services::CommandService;
 use crate::storage::{ApplyWrite, CommandWrite};
@@ -149,7 +149,7 @@ impl Engine {
         command: CommandInput,
         keyed: Option<&Keyed>,
         ctx: &InvocationContext,
-    ) -> Result<Published<DataItem>> {
+    ) -> Result<Synced> {
         let outcome = match self.prepare_sync(key, command, keyed, ctx).await {
             Ok(prepared) => self.write_prepared(prepared, ctx).await,
             Err(error) => Err(error),
@@ -163,14 +163,12 @@ impl Engine {
     }
 
     /// Applies a prepared sync publish and runs its handlers.
-    async fn write_prepared(
-        &self,
-        prepared: Prepared,
-        ctx: &InvocationContext,
-    ) -> Result<Published<DataItem>> {
+    async fn write_prepared(&self, prepared: Prepared, ctx: &InvocationContext) -> Result<Synced> {
         let write = match prepared {
             Prepared::Write(write) => write,
-            Prepared::Unchanged(unchanged) => return Ok(Published::Unchanged(*unchanged)),
+            Prepared::Unchanged(unchanged) => {
+                return Ok(Synced::new(Published::Unchanged(*unchanged), Handled::NoHandlers))
+            }
         };
         let handled = write
             .inserted_command()
@@ -182,7 +180,7 @@ impl Engine {
             let data = self.storage_ref().apply_one(write).await?;
             tracing::Span::current().record("version", data.version);
             tracing::info!("published (sync)");
-            return Ok(Published::Written(data));
+            return Ok(Synced::new(Published::Written(data), Handled::NoHandlers));
         }
         Box::pin(self.write_then_handle(*write, ctx)).await
     }
@@ -191,19 +189,15 @@ impl Engine {
     /// of its own. Reached through a box from [`Engine::write_prepared`]:
     /// this future is large, and the write without handlers should not
     /// carry its size.
-    async fn write_then_handle(
-        &self,
-        write: ApplyWrite,
-        ctx: &InvocationContext,
-    ) -> Result<Published<DataItem>> {
+    async fn write_then_handle(&self, write: ApplyWrite, ctx: &InvocationContext) -> Result<Synced> {
         let ctx = ctx.clone();
         self.detached(move |engine| {
             async move {
                 engine.apply_or_recover(std::slice::from_ref(&write)).await?;
                 tracing::Span::current().record("version", write.data.version);
                 tracing::info!("published (sync)");
-                engine.run_handlers_after_write(&write, &ctx).await;
-                Ok(Published::Written(write.data))
+                let handled = engine.run_handlers_after_write(&write, &ctx).await;
+                Ok(Synced::new(Published::Written(write.data), handled))
             }
             .in_current_span()
         })
@@ -231,9 +225,9 @@ impl Engine {
     /// could not reach it), the command stays `applied` and is handed to
     /// recovery — the in-process processor, or the stream consumer once the
     /// recovery grace has passed — which runs the handlers again.
-    async fn run_handlers_after_write(&self, write: &ApplyWrite, ctx: &InvocationContext) {
+    async fn run_handlers_after_write(&self, write: &ApplyWrite, ctx: &InvocationContext) -> Handled {
         let Some(record) = write.inserted_command() else {
-            return;
+            return Handled::NoHandlers;
         };
         let outcome = self
             .inner
@@ -246,10 +240,11 @@ impl Engine {
                 HandlerRun::ALL,
             )
             .await;
-        if let Err(error) = outcome {
+        outcome.unwrap_or_else(|error| {
             tracing::warn!(version = record.version, %error, "handlers of a sync publish did not complete; left to recovery");
             self.dispatch(record.key(), record.version);
-        }
+            Handled::Recovering
+        })
     }
 
     /// The command an async publish builds on: the row at the expected
@@ -432,11 +427,7 @@ impl CommandService for Engine {
         }
     }
 
-    async fn publish_sync(
-        &self,
-        command: CommandInput,
-        ctx: &InvocationContext,
-    ) -> Result<Published<DataItem>> {
+    async fn publish_sync(&self, command: CommandInput, ctx: &InvocationContext) -> Result<Synced> {
         let key = check_command(self.tenancy(), &command, ctx)?;
         let span = command_span(&key, ctx, "sync");
         let mut command = command;
@@ -500,7 +491,7 @@ impl CommandService for Engine {
         &self,
         update: PartialUpdate,
         ctx: &InvocationContext,
-    ) -> Result<Published<DataItem>> {
+    ) -> Result<Synced> {
         let key = update.key();
         check_key(self.tenancy(), &key, ctx)?;
         let keyed = checked_key(&update)?.map(|k| Keyed::of_update(k, &update, "sync"));
@@ -525,11 +516,7 @@ impl CommandService for Engine {
         .await
     }
 
-    async fn commit(
-        &self,
-        commands: Vec<CommandInput>,
-        ctx: &InvocationContext,
-    ) -> Result<Vec<Published<DataItem>>> {
+    async fn commit(&self, commands: Vec<CommandInput>, ctx: &InvocationContext) -> Result<Vec<Synced>> {
         let mut keys = HashSet::with_capacity(commands.len());
         for command in &commands {
             let key = check_command(self.tenancy(), command, ctx)?;
@@ -570,7 +557,8 @@ impl CommandService for Engine {
             w.inserted_command()
                 .is_some_and(|c| c.status == CommandStatus::Applied)
         });
-        if handled {
+        // How the handlers of each write ended, in the order of `writes`.
+        let mut handled = if handled {
             // Handlers follow the write: detached, so that they run even if
             // the caller's future is dropped.
             let ctx = ctx.clone();
@@ -578,24 +566,32 @@ impl CommandService for Engine {
                 async move {
                     engine.apply_or_recover(&writes).await?;
                     tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
-                    futures::future::join_all(
+                    Ok(futures::future::join_all(
                         writes.iter().map(|w| engine.run_handlers_after_write(w, &ctx)),
                     )
-                    .await;
-                    Ok(())
+                    .await)
                 }
                 .in_current_span()
             })
-            .await?;
-        } else if !writes.is_empty() {
-            self.storage_ref().apply(&writes).await?;
-            tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
+            .await?
+        } else {
+            if !writes.is_empty() {
+                self.storage_ref().apply(&writes).await?;
+                tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
+            }
+            vec![Handled::NoHandlers; writes.len()]
         }
+        .into_iter();
         Ok(prepared
             .into_iter()
             .map(|p| match p {
-                Prepared::Write(write) => Published::Written(write.data),
-                Prepared::Unchanged(unchanged) => Published::Unchanged(*unchanged),
+                Prepared::Write(write) => Synced::new(
+                    Published::Written(write.data),
+                    handled.next().unwrap_or(Handled::NoHandlers),
+                ),
+                Prepared::Unchanged(unchanged) => {
+                    Synced::new(Published::Unchanged(*unchanged), Handled::NoHandlers)
+                }
             })
             .collect())
     }

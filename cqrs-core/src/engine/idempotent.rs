@@ -18,7 +18,9 @@ use crate::context::InvocationContext;
 use crate::error::{Error, Result};
 use crate::idempotency::{Fingerprint, IdempotencyKey, IdempotencyRecord};
 use crate::keys::EntityKey;
-use crate::model::{CommandInput, CommandRecord, DataItem, PartialUpdate, Published};
+use crate::model::{
+    CommandInput, CommandRecord, CommandStatus, DataItem, Handled, PartialUpdate, Published, Synced,
+};
 
 /// An idempotency key with its fingerprint worked out.
 pub(crate) struct Keyed {
@@ -139,7 +141,8 @@ impl Engine {
         keyed: Option<&Keyed>,
         ctx: &InvocationContext,
     ) -> Result<Published<CommandRecord>> {
-        match self.key_held_after(&outcome, keyed, ctx).await? {
+        let maybe_retry = may_be_a_retry(outcome.as_ref().map(Published::is_unchanged));
+        match self.key_held_after(maybe_retry, keyed, ctx).await? {
             Some(row) => self.first_command(&row).await.map(Published::Written),
             None => outcome,
         }
@@ -148,25 +151,44 @@ impl Engine {
     /// [`Engine::resolve_async`] for a sync publish.
     pub(crate) async fn resolve_sync(
         &self,
-        outcome: Result<Published<DataItem>>,
+        outcome: Result<Synced>,
         keyed: Option<&Keyed>,
         ctx: &InvocationContext,
-    ) -> Result<Published<DataItem>> {
-        match self.key_held_after(&outcome, keyed, ctx).await? {
-            Some(row) => self.first_item(&row).await.map(Published::Written),
-            None => outcome,
-        }
+    ) -> Result<Synced> {
+        let maybe_retry = may_be_a_retry(outcome.as_ref().map(Synced::is_unchanged));
+        let Some(row) = self.key_held_after(maybe_retry, keyed, ctx).await? else {
+            return outcome;
+        };
+        let item = self.first_item(&row).await?;
+        let handled = self.first_handled(&row).await?;
+        Ok(Synced::new(Published::Written(item), handled))
+    }
+
+    /// How the handlers of a key's first publish have ended so far, from its
+    /// command row's status.
+    async fn first_handled(&self, row: &IdempotencyRecord) -> Result<Handled> {
+        let command = self.first_command(row).await?;
+        Ok(match command.status {
+            CommandStatus::Finished => Handled::Finished,
+            CommandStatus::Failed => {
+                let failure = self.storage_ref().get_failure(&row.entity(), row.version).await?;
+                Handled::Failed(failure.map(|f| f.failures).unwrap_or_default())
+            }
+            CommandStatus::Published => Handled::Later,
+            CommandStatus::Applied if self.inner.pipeline.has_handlers_for(&command) => Handled::Recovering,
+            CommandStatus::Applied => Handled::NoHandlers,
+        })
     }
 
     /// The live row of a keyed publish's key when its outcome may be a
     /// retry's; read only then, so a first publish costs no read.
-    async fn key_held_after<T>(
+    async fn key_held_after(
         &self,
-        outcome: &Result<Published<T>>,
+        maybe_retry: bool,
         keyed: Option<&Keyed>,
         ctx: &InvocationContext,
     ) -> Result<Option<IdempotencyRecord>> {
-        match keyed.filter(|_| may_be_a_retry(outcome)) {
+        match keyed.filter(|_| maybe_retry) {
             Some(keyed) => self.held_key(&keyed.key, Some(&keyed.fingerprint), ctx).await,
             None => Ok(None),
         }
@@ -205,9 +227,10 @@ impl Engine {
 
 /// A keyed publish that conflicted or found nothing to write may be the
 /// retry of one that did write.
-fn may_be_a_retry<T>(outcome: &Result<Published<T>>) -> bool {
+/// `outcome` says whether the publish found nothing to write.
+fn may_be_a_retry(outcome: Result<bool, &Error>) -> bool {
     match outcome {
-        Ok(published) => published.is_unchanged(),
+        Ok(unchanged) => unchanged,
         Err(error) => error.is_conflict(),
     }
 }

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::handler::{DataSyncEvent, DataSyncHandler};
 use crate::index::{Index, IndexEntry};
 use crate::keys::EntityKey;
-use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand, HandlerFailure};
+use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand, Handled, HandlerFailure};
 use crate::storage::{ApplyWrite, CommandWrite, Storage};
 
 /// The name recorded when applying a command itself failed (not a handler).
@@ -230,7 +230,7 @@ impl Pipeline {
                     return Ok(CommandStatus::Applied);
                 };
                 return match command.status {
-                    CommandStatus::Applied => self.rerun(&command, HandlerRun::ALL).await,
+                    CommandStatus::Applied => Ok(status_of(&self.rerun(&command, HandlerRun::ALL).await?)),
                     done => Ok(done),
                 };
             }
@@ -241,15 +241,17 @@ impl Pipeline {
                 };
                 match self.apply_published(&command, data.as_ref()).await {
                     Ok(new) => {
-                        status = self
-                            .run_handlers(
-                                &command,
-                                data.as_ref(),
-                                &new,
-                                || context_of(&command),
-                                HandlerRun::ALL,
-                            )
-                            .await?;
+                        status = status_of(
+                            &self
+                                .run_handlers(
+                                    &command,
+                                    data.as_ref(),
+                                    &new,
+                                    || context_of(&command),
+                                    HandlerRun::ALL,
+                                )
+                                .await?,
+                        );
                         // An earlier delivery failed to apply it and recorded
                         // that (the row says `failed`); this one succeeded.
                         if command.status == CommandStatus::Failed && status != CommandStatus::Failed {
@@ -338,7 +340,7 @@ impl Pipeline {
         new: &DataItem,
         context: impl FnOnce() -> InvocationContext,
         run: HandlerRun<'_>,
-    ) -> Result<CommandStatus> {
+    ) -> Result<Handled> {
         let matching: Vec<_> = self
             .handlers
             .iter()
@@ -346,7 +348,7 @@ impl Pipeline {
             .filter(|h| run.only.is_none_or(|names| names.iter().any(|n| n == h.name())))
             .collect();
         if matching.is_empty() {
-            return Ok(CommandStatus::Applied);
+            return Ok(Handled::NoHandlers);
         }
         let event = DataSyncEvent {
             command: command.clone(),
@@ -375,8 +377,8 @@ impl Pipeline {
             }
         }
         if !failures.is_empty() {
-            self.record_failure(command, failures).await?;
-            return Ok(CommandStatus::Failed);
+            self.record_failure(command, failures.clone()).await?;
+            return Ok(Handled::Failed(failures));
         }
         let key = command.key();
         match run.on_success {
@@ -393,7 +395,7 @@ impl Pipeline {
                     .set_command_status(&key, command.version, CommandStatus::Finished)
             })
             .await?;
-        Ok(CommandStatus::Finished)
+        Ok(Handled::Finished)
     }
 
     /// Runs one handler with retries, each run bounded by the handler timeout.
@@ -458,7 +460,7 @@ impl Pipeline {
 
     /// Runs the handlers of an applied version again, with its old and new
     /// images rebuilt from the data and history rows.
-    pub(crate) async fn rerun(&self, command: &CommandRecord, run: HandlerRun<'_>) -> Result<CommandStatus> {
+    pub(crate) async fn rerun(&self, command: &CommandRecord, run: HandlerRun<'_>) -> Result<Handled> {
         let key = command.key();
         let version = command.version;
         let data = self.storage.get_data(&key).await?;
@@ -502,7 +504,16 @@ impl Pipeline {
             only: only.as_deref(),
             on_success: OnSuccess::MarkFinishedAndClearFailure,
         };
-        self.rerun(&command, run).await
+        Ok(status_of(&self.rerun(&command, run).await?))
+    }
+}
+
+/// The status a command is left in by a handler run that ended as `handled`.
+fn status_of(handled: &Handled) -> CommandStatus {
+    match handled {
+        Handled::Finished => CommandStatus::Finished,
+        Handled::Failed(_) => CommandStatus::Failed,
+        _ => CommandStatus::Applied,
     }
 }
 

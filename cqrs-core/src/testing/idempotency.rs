@@ -54,7 +54,7 @@ pub async fn keyed_publishes_write_once(factory: &dyn StorageFactory) {
         .await
         .expect("a later change");
     let again = engine.publish_sync(update, &a).await.expect("retry");
-    assert_eq!(written_version(again.clone(), |i| i.version), 2);
+    assert_eq!(written_version(again.published().clone(), |i| i.version), 2);
     assert_eq!(again.into_item().attributes, first.into_item().attributes);
     assert_eq!(versions(&engine, "ORDER#1").await, 3);
 
@@ -68,7 +68,10 @@ pub async fn keyed_publishes_write_once(factory: &dyn StorageFactory) {
         .await
         .expect("a later change");
     let again = engine.publish_sync(latest, &a).await.expect("retry");
-    assert_eq!(written_version(again, |i| i.version), first.get().version);
+    assert_eq!(
+        written_version(again.into_published(), |i| i.version),
+        first.get().version
+    );
     assert_eq!(versions(&engine, "ORDER#1").await, 5);
 
     let publish = cmd(PK_A, "ORDER#2", n(1)).idempotency_key("async-1");
@@ -88,7 +91,7 @@ pub async fn keyed_publishes_write_once(factory: &dyn StorageFactory) {
         .publish_partial_update_sync(patch, &a)
         .await
         .expect("retry");
-    assert_eq!(written_version(again, |i| i.version), 2);
+    assert_eq!(written_version(again.into_published(), |i| i.version), 2);
     engine.wait_idle().await;
     assert_eq!(versions(&engine, "ORDER#2").await, 2);
 
@@ -261,9 +264,14 @@ pub async fn lost_response_is_answered_by_the_keyed_retry(factory: &dyn StorageF
         };
         assert!(lost.expect_err("the response was lost").is_retryable());
         let version = match sync {
-            true => written_version(engine.publish_sync(command, &a).await.expect("retry"), |i| {
-                i.version
-            }),
+            true => written_version(
+                engine
+                    .publish_sync(command, &a)
+                    .await
+                    .expect("retry")
+                    .into_published(),
+                |i| i.version,
+            ),
             false => written_version(engine.publish_async(command, &a).await.expect("retry"), |c| {
                 c.version
             }),
@@ -326,10 +334,11 @@ pub async fn keyed_updates_replay_without_deciding_again(factory: &dyn StorageFa
                 ))
             })
     };
-    let first = ship().await.expect("ship").expect("written");
-    let again = ship().await.expect("retry").expect("the first result");
-    assert_eq!(first.get().version, 2);
-    assert_eq!(again, Published::Written(first.into_inner()));
+    let first = ship().await.expect("ship").written().expect("written");
+    let again = ship().await.expect("retry");
+    assert_eq!(first.version, 2);
+    assert!(again.is_written(), "the first result");
+    assert_eq!(again.into_item(), Some(first));
     assert_eq!(
         decisions.load(Ordering::SeqCst),
         1,

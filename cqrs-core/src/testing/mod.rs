@@ -115,6 +115,7 @@ macro_rules! conformance_tests {
             async_pipeline_applies_each_entity_in_order,
             failing_handler_is_retried,
             failed_command_is_recorded_and_reprocessed,
+            sync_publish_reports_how_handlers_ended,
             async_failures_do_not_stall_later_versions,
             redelivery_does_not_apply_twice,
             process_catches_up_missing_versions,

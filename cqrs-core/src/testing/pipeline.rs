@@ -7,7 +7,7 @@ use super::fixtures::{builder, cmd, cmd_at, ctx, external_engine, n, RecordingHa
 use super::StorageFactory;
 use crate::handler::Interest;
 use crate::keys::EntityKey;
-use crate::model::{CommandStatus, ExpectedVersion};
+use crate::model::{CommandStatus, ExpectedVersion, Handled};
 use crate::services::{CommandService, DataService};
 
 /// Handlers get the data item before (`None` on creation) and after the
@@ -415,4 +415,82 @@ pub async fn foreign_commands_are_kept_and_applied_only_by_the_owner(factory: &d
         CommandStatus::Finished
     );
     assert_eq!(owner.get_item(&done_key, &ctx("shop-a")).await.unwrap(), None);
+}
+
+/// A sync publish says how its handlers ended: finished, failed (with the
+/// failures recorded), or none ran; a keyed retry and a commit say the same,
+/// and so does a read-modify-write.
+pub async fn sync_publish_reports_how_handlers_ended(factory: &dyn StorageFactory) {
+    let broken = RecordingHandler::new("broken", Interest::SkPrefix("BROKEN#".into()));
+    let healthy = RecordingHandler::new("healthy", Interest::SkPrefix("ORDER#".into()));
+    broken.fail_next(u32::MAX);
+    let engine = builder(factory)
+        .await
+        .handler_arc(broken.clone())
+        .handler_arc(healthy.clone())
+        .build();
+    let services = engine.services();
+    let a = ctx("shop-a");
+
+    let finished = engine.publish_sync(cmd(PK_A, "ORDER#1", n(1)), &a).await.unwrap();
+    assert_eq!(finished.handled(), &Handled::Finished);
+    let ignored = engine.publish_sync(cmd(PK_A, "OTHER#1", n(1)), &a).await.unwrap();
+    assert_eq!(ignored.handled(), &Handled::NoHandlers);
+    let unchanged = engine
+        .publish_sync(cmd_at(PK_A, "ORDER#1", 1, n(1)), &a)
+        .await
+        .unwrap();
+    assert!(unchanged.is_unchanged());
+    assert_eq!(unchanged.handled(), &Handled::NoHandlers);
+
+    let keyed = cmd(PK_A, "BROKEN#1", n(1)).idempotency_key("broken-1");
+    let failed = engine.publish_sync(keyed.clone(), &a).await.unwrap();
+    assert_eq!(
+        failed.get().version,
+        1,
+        "the data is written even when a handler fails"
+    );
+    let Handled::Failed(failures) = failed.handled() else {
+        panic!("a failed handler is reported: {:?}", failed.handled());
+    };
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].handler, "broken");
+    assert_eq!(failures[0].attempts, 3);
+    assert_eq!(
+        engine.list_failures(&a).await.unwrap()[0].failures,
+        *failures,
+        "what the publish reports is what was recorded"
+    );
+    let again = engine.publish_sync(keyed, &a).await.unwrap();
+    assert_eq!(
+        again.handled(),
+        failed.handled(),
+        "a keyed retry reports the first outcome"
+    );
+
+    let committed = engine
+        .commit(
+            vec![
+                cmd(PK_A, "ORDER#2", n(1)),
+                cmd(PK_A, "BROKEN#2", n(1)),
+                cmd(PK_A, "OTHER#2", n(1)),
+            ],
+            &a,
+        )
+        .await
+        .unwrap();
+    let handled: Vec<_> = committed.iter().map(|c| c.handled().clone()).collect();
+    assert_eq!(handled[0], Handled::Finished);
+    assert!(handled[1].is_failed() && handled[1].failures()[0].handler == "broken");
+    assert_eq!(handled[2], Handled::NoHandlers);
+
+    let key = EntityKey::new(PK_A, "BROKEN#3");
+    let updated = services
+        .update_with(&key, &a, |_| {
+            Ok::<_, crate::Error>(Some(cmd(PK_A, "BROKEN#3", n(1))))
+        })
+        .await
+        .unwrap();
+    assert!(updated.is_written());
+    assert!(updated.handled().is_failed());
 }

@@ -15,7 +15,7 @@ use crate::error::{BoxError, Error};
 use crate::handle::Services;
 use crate::handler::{DataSyncEvent, DataSyncHandler, Interest};
 use crate::keys::EntityKey;
-use crate::model::{CommandInput, DataItem, Published};
+use crate::model::{CommandInput, DataItem, Updated};
 use crate::services::{CommandService, DataService};
 
 /// Generous retries, so that a contention check counts lost updates, not
@@ -109,9 +109,10 @@ pub async fn updates_see_pending_commands(factory: &dyn StorageFactory) {
             .update_with_async(&key, &a, bump)
             .await
             .expect("bump")
+            .written()
             .expect("written");
         assert_eq!(
-            (published.get().version, counter(Some(published.get()))),
+            (published.version, counter(Some(&published))),
             (expected, expected)
         );
     }
@@ -145,8 +146,13 @@ pub async fn updates_see_pending_commands(factory: &dyn StorageFactory) {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     engine.process(&pending, 1).await.expect("apply the creation");
-    let updated = update.await.expect("task").expect("update").expect("written");
-    assert_eq!((updated.get().version, counter(Some(updated.get()))), (2, 11));
+    let updated = update
+        .await
+        .expect("task")
+        .expect("update")
+        .written()
+        .expect("written");
+    assert_eq!((updated.version, counter(Some(&updated))), (2, 11));
     assert!(
         !saw_absent.load(Ordering::SeqCst),
         "the closure never saw the entity absent"
@@ -178,11 +184,7 @@ pub async fn concurrent_updates_lose_nothing(factory: &dyn StorageFactory) {
         })
     });
     for outcome in futures::future::join_all(tasks).await {
-        assert!(!outcome
-            .expect("task")
-            .expect("update")
-            .expect("written")
-            .is_unchanged());
+        assert!(outcome.expect("task").expect("update").is_written());
     }
     let item = engine.get_item(&key, &a).await.expect("read").expect("item");
     assert_eq!((item.version, counter(Some(&item))), (17, 16));
@@ -246,7 +248,7 @@ pub async fn updates_skip_and_refuse(factory: &dyn StorageFactory) {
         .update_with(&key, &a, |_| Ok::<_, Error>(None))
         .await
         .expect("skip");
-    assert_eq!(skipped, None, "skipping an absent entity");
+    assert_eq!(skipped, Updated::Skipped(None), "skipping an absent entity");
     let created = engine
         .publish_sync(cmd(PK_A, "ORDER#1", n(1)), &a)
         .await
@@ -256,7 +258,7 @@ pub async fn updates_skip_and_refuse(factory: &dyn StorageFactory) {
         .update_with(&key, &a, |_| Ok::<_, Error>(None))
         .await
         .expect("skip");
-    assert_eq!(skipped, Some(Published::Unchanged(created)));
+    assert_eq!(skipped, Updated::Skipped(Some(created)));
     let refused = services
         .update_with(&key, &a, |_| {
             Err::<Option<CommandInput>, _>(Error::invalid("order", "refused"))

@@ -15,7 +15,7 @@ use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
 use cqrs_core::{
-    tenant_pk, CommandInput, DataSyncEvent, InvocationContext, ListQuery, Published, Services, SkCondition,
+    tenant_pk, CommandInput, DataSyncEvent, InvocationContext, ListQuery, Services, SkCondition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -182,11 +182,11 @@ impl ClaimingNotifier {
             .name(format!("{} {}", kind.as_str(), notification.order_code))
             .attributes_from(&notification)?;
         match self.services.commands.publish_sync(claim, ctx).await {
-            Ok(Published::Written(_)) => {
+            Ok(claimed) if claimed.is_unchanged() => Ok(false),
+            Ok(_) => {
                 transport.send(notification).await;
                 Ok(true)
             }
-            Ok(Published::Unchanged(_)) => Ok(false),
             Err(e) if e.is_conflict() => {
                 tracing::debug!(key = %notification.key, "notification sent by an earlier run");
                 Ok(false)

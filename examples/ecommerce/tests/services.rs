@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use cqrs_core::{
     CommandInput, CommandRecord, CommandStatus, DataItem, DataSyncEvent, DataSyncHandler, EntityKey, Error,
     ExpectedVersion, IdempotencyKey, InvocationContext, MockCommandService, MockDataService,
-    MockSequenceService, Published, SequenceValue, Services,
+    MockSequenceService, Published, SequenceValue, Services, Synced,
 };
 use ecommerce::domain::OrderStatus;
 use ecommerce::notify::OutboxNotifier;
@@ -332,7 +332,7 @@ async fn update_status_to_shipped_sets_shipped_at_at_the_current_version() {
                 && cmd.attributes["reservation"] == "reserved"
         })
         .times(1)
-        .returning(|cmd, _| Ok(Published::Written(applied(&cmd))));
+        .returning(|cmd, _| Ok(Synced::finished(applied(&cmd))));
     commands.expect_publish_async().never();
     let mut sequences = MockSequenceService::new();
     sequences.expect_next().never();
@@ -363,7 +363,7 @@ async fn update_status_to_delivered_sets_delivered_at() {
                 && cmd.attributes["deliveredAt"].is_string()
         })
         .times(1)
-        .returning(|cmd, _| Ok(Published::Written(applied(&cmd))));
+        .returning(|cmd, _| Ok(Synced::finished(applied(&cmd))));
     let service = OrderService::new(services(commands, data, MockSequenceService::new()));
     let delivered = service
         .update_status("ORD-000001", OrderStatus::Delivered, None, None, &ctx())
@@ -451,7 +451,7 @@ fn committing(
             committed.len() - 1
         };
         answer(n, &cmds)?;
-        Ok(cmds.iter().map(|c| Published::Written(applied(c))).collect())
+        Ok(cmds.iter().map(|c| Synced::finished(applied(c))).collect())
     });
     (commands, committed)
 }
@@ -948,7 +948,7 @@ async fn update_status_with_a_fresh_key_publishes_it_with_the_move() {
                 && cmd.idempotency_key.as_ref().is_some_and(|k| k.key == "confirm-1")
         })
         .times(1)
-        .returning(|cmd, _| Ok(Published::Written(applied(&cmd))));
+        .returning(|cmd, _| Ok(Synced::finished(applied(&cmd))));
     let mut data = MockDataService::new();
     data.expect_get_item()
         .returning(|_, _| Ok(Some(order("ORD-000001", "pending", "reserved", 2))));
@@ -1125,12 +1125,12 @@ fn handler_world(orders: Vec<DataItem>, stock: Vec<DataItem>, held: Vec<DataItem
     let record = published.clone();
     commands.expect_publish_sync().returning(move |cmd, _| {
         record.lock().unwrap().push(cmd.clone());
-        Ok(Published::Written(applied(&cmd)))
+        Ok(Synced::finished(applied(&cmd)))
     });
     let record = committed.clone();
     commands.expect_commit().returning(move |cmds, _| {
         record.lock().unwrap().push(cmds.clone());
-        Ok(cmds.iter().map(|c| Published::Written(applied(c))).collect())
+        Ok(cmds.iter().map(|c| Synced::finished(applied(c))).collect())
     });
     let notifier = Arc::new(OutboxNotifier::new());
     let handler = OrderSyncHandler::new(

@@ -380,9 +380,8 @@ impl OrderService {
             })
             .await;
         match moved {
-            Ok(Some(published)) => Ok(published.into_item()),
             // The closure never skips.
-            Ok(None) => Err(not_found()),
+            Ok(updated) => updated.into_item().ok_or_else(not_found),
             Err(ShopError::Core(e)) if e.is_conflict() && version.is_none() => Err(ShopError::Conflict(
                 format!("order {code} is changing too fast, retry"),
             )),

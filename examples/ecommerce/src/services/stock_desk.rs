@@ -35,7 +35,7 @@ use std::time::Duration;
 use chrono::Utc;
 use cqrs_core::{
     tenant_pk, CommandInput, DataItem, EntityKey, ExpectedVersion, InvocationContext, Published, RetryPolicy,
-    Services,
+    Services, Synced,
 };
 use tokio::sync::oneshot;
 
@@ -629,7 +629,9 @@ async fn attempt_batch(
     } else {
         let keys: Vec<EntityKey> = commands.iter().map(CommandInput::key).collect();
         let published = services.commands.commit(commands, &ctx).await?;
-        keys.into_iter().zip(published).collect()
+        keys.into_iter()
+            .zip(published.into_iter().map(Synced::into_published))
+            .collect()
     };
     let committed = published.iter().any(|(_, p)| matches!(p, Published::Written(_)));
     // What the next batch may start from: the records as committed, or as read.
