@@ -60,6 +60,7 @@ async fn delete(storage: &DynamoDbStorage, table: &str, pk: &str, sk: &str) {
 /// Pending runs that end in each probe window and across them: the first
 /// read (the known version and the next), the 16 after, the 32, the 64,
 /// the 100s.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn every_run_of_pending_commands_is_found() {
     if !common::available() {
@@ -116,6 +117,7 @@ async fn every_run_of_pending_commands_is_found() {
 
 /// When the version it starts from is missing (a row deleted by its time
 /// to live), every version is read: the answer is still the latest.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn a_missing_starting_version_falls_back_to_reading_every_version() {
     if !common::available() {
@@ -142,6 +144,7 @@ async fn a_missing_starting_version_falls_back_to_reading_every_version() {
 }
 
 /// A conflict reports the latest stored version, found the same way.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn conflicts_report_the_latest_version() {
     if !common::available() {

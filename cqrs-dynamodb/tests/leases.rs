@@ -39,6 +39,7 @@ fn names(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("{prefix}{i:03}")).collect()
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn two_consumers_lose_nothing_when_the_lease_holder_is_killed() {
     if !available() {
@@ -159,6 +160,7 @@ async fn two_consumers_lose_nothing_when_the_lease_holder_is_killed() {
     assert!(failures.is_empty(), "{failures:?}");
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lease_is_not_taken_before_it_expires_and_a_fenced_owner_cannot_checkpoint() {
     if !available() {
@@ -228,6 +230,7 @@ async fn a_lease_is_not_taken_before_it_expires_and_a_fenced_owner_cannot_checkp
     );
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consumer_whose_lease_is_taken_stops_at_once_and_takes_the_shard_back_after_expiry() {
     if !available() {
@@ -288,6 +291,7 @@ async fn a_consumer_whose_lease_is_taken_stops_at_once_and_takes_the_shard_back_
     assert_each_once(&recorder);
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_creating_the_same_tables_at_once_all_succeed() {
     if !available() {

@@ -5,6 +5,7 @@ mod common;
 use cqrs_core::{CommandInput, CommandService, DataService, Engine, EntityKey, Error, InvocationContext};
 use serde_json::json;
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn a_commit_over_four_megabytes_is_refused_before_writing() {
     if !common::available() {

@@ -74,6 +74,7 @@ fn ops(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn requests_per_operation() {
     if !common::available() {
@@ -164,6 +165,7 @@ async fn requests_per_operation() {
     );
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn publish_async_is_one_request_without_the_dirty_check() {
     if !common::available() {
@@ -184,6 +186,7 @@ async fn publish_async_is_one_request_without_the_dirty_check() {
 }
 
 /// With a handler interested, completion is recorded: one write more.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn requests_per_operation_with_a_handler() {
     if !common::available() {
@@ -235,6 +238,7 @@ async fn applied_versions(engine: &Engine, pk: &str, sk: &str, versions: u64, ct
 /// the number of versions: the data row, then one `BatchGetItem` of its
 /// version and the next (and one more, of 16 versions, when commands are
 /// pending).
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn latest_reads_are_constant_in_versions() {
     if !common::available() {
@@ -309,6 +313,7 @@ async fn latest_reads_are_constant_in_versions() {
 /// costs what an unkeyed one does (an async create: a `TransactWriteItems`
 /// instead of a `PutItem`). Its retry conflicts and reads the key's row and
 /// the first result.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn keyed_publishes_cost_no_request_more() {
     if !common::available() {
@@ -366,6 +371,7 @@ async fn keyed_publishes_cost_no_request_more() {
 /// A read-modify-write costs what the hand-written loop did — a read, then
 /// the publish (which reads the row again for its checks) — and an
 /// idempotency key adds the read of its row.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn updates_cost_a_read_and_a_publish() {
     if !common::available() {
@@ -410,6 +416,7 @@ async fn updates_cost_a_read_and_a_publish() {
 /// A page of an index costs one `Query` whatever the partition holds: 20
 /// pending orders among 100 orders, then among 10,000. Listing the same
 /// page by filtering the tenant's partition reads every order before it.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn index_pages_cost_the_page_not_the_partition() {
     if !common::available() {

@@ -31,6 +31,7 @@ async fn ttl_of(storage: &DynamoDbStorage, table: &str, sk: &str) -> Option<i64>
     }
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn superseded_rows_expire_and_current_rows_do_not() {
     if !common::available() {
@@ -73,6 +74,7 @@ async fn superseded_rows_expire_and_current_rows_do_not() {
     );
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn ttl_costs_a_row_per_command_in_a_commit() {
     if !common::available() {
