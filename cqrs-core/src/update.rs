@@ -179,6 +179,41 @@ impl Services {
     }
 }
 
+impl Services {
+    /// The result of the keyed read-modify-write that holds `key`, if one
+    /// does: the entity as its command left it.
+    async fn first_update(
+        &self,
+        key: &IdempotencyKey,
+        ctx: &InvocationContext,
+    ) -> Result<Option<Published<DataItem>>, Error> {
+        let Some(first) = self.commands.find_idempotent(key, ctx).await? else {
+            return Ok(None);
+        };
+        // The key's entity: with an explicit fingerprint, a key may name
+        // another entity than this update's.
+        let current = self.data.get_item(&first.key(), ctx).await?;
+        Ok(Some(Published::Written(item_of(&first, current.as_ref()))))
+    }
+
+    /// `outcome` — a closure's refusal or skip, a conflict — unless `key` is
+    /// held by now: then a run with the same key (a racing duplicate) wrote
+    /// first, and its result is the answer; or another request holds it
+    /// ([`Error::IdempotencyKeyReused`]). Reads the key only for a keyed run.
+    async fn unless_key_held<E: From<Error>>(
+        &self,
+        key: Option<&IdempotencyKey>,
+        ctx: &InvocationContext,
+        outcome: Result<Option<Published<DataItem>>, E>,
+    ) -> Result<Option<Published<DataItem>>, E> {
+        let Some(key) = key else { return outcome };
+        match self.first_update(key, ctx).await? {
+            Some(first) => Ok(Some(first)),
+            None => outcome,
+        }
+    }
+}
+
 impl Update<'_> {
     /// Makes the update idempotent: while the key is held, a retry returns
     /// the first update's result without calling the closure. Its default
@@ -242,14 +277,12 @@ impl Update<'_> {
             let fingerprint = key.fingerprint_or(derived);
             key.fingerprint(fingerprint)
         });
+        let idempotency = idempotency.as_ref();
         let mut attempt = 1;
         loop {
-            if let Some(key) = &idempotency {
-                if let Some(first) = services.commands.find_idempotent(key, ctx).await? {
-                    // The key's entity: with an explicit fingerprint, a key
-                    // may name another entity than this update's.
-                    let current = services.data.get_item(&first.key(), ctx).await?;
-                    return Ok(Some(Published::Written(item_of(&first, current.as_ref()))));
+            if let Some(key) = idempotency {
+                if let Some(first) = services.first_update(key, ctx).await? {
+                    return Ok(Some(first));
                 }
             }
             let current = match mode {
@@ -257,10 +290,17 @@ impl Update<'_> {
                 Mode::Async => services.data.get_latest(&self.key, ctx).await,
             };
             let outcome = match current {
-                Ok(current) => match change(current.as_ref())? {
-                    None => return Ok(current.map(Published::Unchanged)),
-                    Some(command) => {
-                        self.publish(command, current, idempotency.clone(), mode, ctx)
+                Ok(current) => match change(current.as_ref()) {
+                    // A refusal or a skip may be a duplicate's, decided on
+                    // the state a run with the same key left: that run's
+                    // result is the answer.
+                    Err(refused) => return services.unless_key_held(idempotency, ctx, Err(refused)).await,
+                    Ok(None) => {
+                        let skipped = Ok(current.map(Published::Unchanged));
+                        return services.unless_key_held(idempotency, ctx, skipped).await;
+                    }
+                    Ok(Some(command)) => {
+                        self.publish(command, current, idempotency.cloned(), mode, ctx)
                             .await
                     }
                 },
@@ -270,6 +310,9 @@ impl Update<'_> {
                 Err(error) if error.is_conflict() && attempt < self.retry.max_attempts => {
                     conflict_backoff(&self.retry, attempt).await;
                     attempt += 1;
+                }
+                Err(error) if error.is_conflict() => {
+                    return services.unless_key_held(idempotency, ctx, Err(E::from(error))).await;
                 }
                 other => return other.map(Some).map_err(E::from),
             }

@@ -20,6 +20,7 @@ mod fixtures;
 mod idempotency;
 mod indexes;
 mod interleaved;
+mod keyed_races;
 mod pipeline;
 mod queries;
 mod races;
@@ -45,6 +46,7 @@ pub use fixtures::{ctx, RecordingHandler};
 pub use idempotency::*;
 pub use indexes::*;
 pub use interleaved::Interleaved;
+pub use keyed_races::*;
 pub use pipeline::*;
 pub use queries::*;
 pub use races::*;
@@ -159,6 +161,8 @@ macro_rules! conformance_tests {
             lost_response_is_answered_by_the_keyed_retry,
             idempotency_keys_expire,
             keyed_updates_replay_without_deciding_again,
+            racing_keyed_publishes_answer_the_first_result,
+            racing_keyed_updates_answer_the_first_result,
             read_your_writes_sees_pending_commands,
             updates_see_pending_commands,
             concurrent_updates_lose_nothing,
