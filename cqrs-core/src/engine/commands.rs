@@ -10,6 +10,7 @@ use futures::future::try_join_all;
 use tracing::Instrument;
 
 use super::idempotent::Keyed;
+use super::landed::WriteId;
 use super::pipeline::HandlerRun;
 use super::records::{command_record, data_item};
 use super::validate::{check_command, check_key, check_size, check_size_as_data, check_transaction_size};
@@ -179,7 +180,16 @@ impl Engine {
             // One atomic write and nothing after it: nothing to detach.
             // Nothing needs the rows after the write but the caller its data
             // row: hand them over, for a backend that can keep them as they are.
-            let data = self.storage_ref().apply_one(write).await?;
+            let id = WriteId::of_apply(std::slice::from_ref(&*write));
+            let data = match self.storage_ref().apply_one(write).await {
+                Ok(data) => data,
+                Err(error) => match id {
+                    Some(id) if self.landed_despite(&error, Some(&id)).await? => {
+                        self.state_at(id.key(), id.version()).await?
+                    }
+                    _ => return Err(error),
+                },
+            };
             tracing::Span::current().record("version", data.version);
             tracing::info!("published (sync)");
             return Ok(Published::Written(data));
@@ -215,6 +225,7 @@ impl Engine {
     /// handed to recovery, which runs their handlers if they were stored.
     async fn apply_or_recover(&self, writes: &[ApplyWrite]) -> Result<()> {
         let applied = self.storage_ref().apply(writes).await;
+        let applied = self.unless_landed(applied, WriteId::of_apply(writes).as_ref()).await;
         if let Err(error) = &applied {
             if error.is_retryable() {
                 for record in writes.iter().filter_map(ApplyWrite::inserted_command) {
@@ -335,6 +346,7 @@ impl Engine {
         };
         let key_row = self.key_row(keyed, key, record.version, ctx);
         let stored = self.storage_ref().put_command(&record, key_row.as_ref()).await;
+        let stored = self.unless_landed(stored, Some(&WriteId::of(&record))).await;
         if !stored.as_ref().is_err_and(Error::is_retryable) {
             // Stored, or certainly not (a conflict): no doubt to clear up.
             cancelled.engine = None;
@@ -588,7 +600,8 @@ impl CommandService for Engine {
             })
             .await?;
         } else if !writes.is_empty() {
-            self.storage_ref().apply(&writes).await?;
+            let applied = self.storage_ref().apply(&writes).await;
+            self.unless_landed(applied, WriteId::of_apply(&writes).as_ref()).await?;
             tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
         }
         Ok(prepared

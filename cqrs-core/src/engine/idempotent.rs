@@ -187,18 +187,30 @@ impl Engine {
     /// that version, its history row if superseded, or the command's state
     /// if not applied yet.
     pub(crate) async fn first_item(&self, row: &IdempotencyRecord) -> Result<DataItem> {
-        let entity = row.entity();
-        let current = self.storage_ref().get_data(&entity).await?;
+        self.state_at(&row.entity(), row.version).await
+    }
+
+    /// The entity as `version` left it: the data row if still at that
+    /// version, its history row if superseded, or the command's state if
+    /// not applied yet.
+    pub(crate) async fn state_at(&self, entity: &EntityKey, version: u64) -> Result<DataItem> {
+        let current = self.storage_ref().get_data(entity).await?;
         match &current {
-            Some(item) if item.version == row.version => return Ok(item.clone()),
-            Some(item) if item.version > row.version => {
-                if let Some(history) = self.storage_ref().get_history(&entity, row.version).await? {
+            Some(item) if item.version == version => return Ok(item.clone()),
+            Some(item) if item.version > version => {
+                if let Some(history) = self.storage_ref().get_history(entity, version).await? {
                     return Ok(history);
                 }
             }
             _ => {}
         }
-        let command = self.first_command(row).await?;
+        let command = self
+            .storage_ref()
+            .get_command(entity, version)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                key: format!("{}@{version}", entity.id()),
+            })?;
         Ok(data_item(&command, current.as_ref()))
     }
 }

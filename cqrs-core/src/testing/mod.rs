@@ -24,6 +24,7 @@ mod keyed_races;
 mod pipeline;
 mod queries;
 mod races;
+mod retried_writes;
 mod sequences;
 mod services;
 mod storage_primitives;
@@ -50,6 +51,7 @@ pub use keyed_races::*;
 pub use pipeline::*;
 pub use queries::*;
 pub use races::*;
+pub use retried_writes::*;
 pub use sequences::*;
 pub use services::*;
 pub use storage_primitives::*;
@@ -163,6 +165,7 @@ macro_rules! conformance_tests {
             keyed_updates_replay_without_deciding_again,
             racing_keyed_publishes_answer_the_first_result,
             racing_keyed_updates_answer_the_first_result,
+            writes_retried_after_landing_are_answered_as_written,
             read_your_writes_sees_pending_commands,
             updates_see_pending_commands,
             concurrent_updates_lose_nothing,
