@@ -143,6 +143,33 @@ pub struct IdempotencyRecord {
     /// backend treats the row as absent from then on (and may delete it: on
     /// DynamoDB it is the item's time to live).
     pub expires_at: i64,
+    /// For a keyed [commit](crate::CommandService::commit_idempotent): every
+    /// command of it, in order (`pk`/`sk`/`version` above are its first
+    /// written one). Empty for a single publish.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commit: Vec<CommitMember>,
+}
+
+/// One command of a keyed commit, as its [`IdempotencyRecord`] keeps it: a
+/// retry answers with the state each entity had after the commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitMember {
+    /// Partition key of the entity.
+    pub pk: String,
+    /// Sort key of the entity.
+    pub sk: String,
+    /// The version the commit wrote, or found (when unchanged).
+    pub version: u64,
+    /// Whether the commit wrote it (`false`: equal to its state, left out).
+    pub written: bool,
+}
+
+impl CommitMember {
+    /// The member's entity.
+    pub fn entity(&self) -> EntityKey {
+        EntityKey::new(self.pk.clone(), self.sk.clone())
+    }
 }
 
 impl IdempotencyRecord {

@@ -32,20 +32,24 @@ impl Keyed {
     pub(crate) fn of_command(key: IdempotencyKey, command: &CommandInput, mode: &str) -> Keyed {
         let fingerprint = key.fingerprint_or(|| {
             let mut hash = Fingerprint::default();
-            hash.str(mode)
-                .str(&command.pk)
-                .str(&command.sk)
-                .str(&command.code)
-                .str(&command.name);
-            hash.str(&command.entity_type).str(&command.version.to_string());
-            hash.value(&json!([
-                command.is_deleted,
-                command.ttl,
-                command.seq,
-                command.id,
-                command.tenant_code
-            ]));
-            hash.value(&command.attributes);
+            hash.str(mode);
+            hash_command(&mut hash, command);
+            hash.finish()
+        });
+        Keyed {
+            key: key.key,
+            fingerprint,
+        }
+    }
+
+    /// `key` for a commit of `commands`: their contents, in order.
+    pub(crate) fn of_commit(key: IdempotencyKey, commands: &[CommandInput]) -> Keyed {
+        let fingerprint = key.fingerprint_or(|| {
+            let mut hash = Fingerprint::default();
+            hash.str("commit");
+            for command in commands {
+                hash_command(&mut hash, command);
+            }
             hash.finish()
         });
         Keyed {
@@ -89,8 +93,26 @@ impl Keyed {
             version,
             created_at: now,
             expires_at: now.timestamp().saturating_add(retention),
+            commit: Vec::new(),
         }
     }
+}
+
+/// Feeds what a command asks for to a fingerprint.
+fn hash_command(hash: &mut Fingerprint, command: &CommandInput) {
+    hash.str(&command.pk)
+        .str(&command.sk)
+        .str(&command.code)
+        .str(&command.name);
+    hash.str(&command.entity_type).str(&command.version.to_string());
+    hash.value(&json!([
+        command.is_deleted,
+        command.ttl,
+        command.seq,
+        command.id,
+        command.tenant_code
+    ]));
+    hash.value(&command.attributes);
 }
 
 impl Engine {
@@ -170,6 +192,45 @@ impl Engine {
             Some(keyed) => self.held_key(&keyed.key, Some(&keyed.fingerprint), ctx).await,
             None => Ok(None),
         }
+    }
+
+    /// A keyed commit's outcome, or the first commit's result when the
+    /// outcome says the key may have been used: a conflict, or nothing
+    /// written.
+    pub(crate) async fn resolve_commit(
+        &self,
+        outcome: Result<Vec<Published<DataItem>>>,
+        keyed: &Keyed,
+        ctx: &InvocationContext,
+    ) -> Result<Vec<Published<DataItem>>> {
+        let may_be_a_retry = match &outcome {
+            Ok(published) => published.iter().all(Published::is_unchanged),
+            Err(error) => error.is_conflict(),
+        };
+        if !may_be_a_retry {
+            return outcome;
+        }
+        match self.held_key(&keyed.key, Some(&keyed.fingerprint), ctx).await? {
+            Some(row) => self.first_commit(&row).await,
+            None => outcome,
+        }
+    }
+
+    /// What a key's first commit answered: each entity as the commit left
+    /// it, written or unchanged, in the commit's order. A key a single
+    /// publish holds answers as a commit of that one command.
+    pub(crate) async fn first_commit(&self, row: &IdempotencyRecord) -> Result<Vec<Published<DataItem>>> {
+        if row.commit.is_empty() {
+            return Ok(vec![Published::Written(self.first_item(row).await?)]);
+        }
+        futures::future::try_join_all(row.commit.iter().map(|member| async move {
+            let state = self.state_at(&member.entity(), member.version).await?;
+            Ok(match member.written {
+                true => Published::Written(state),
+                false => Published::Unchanged(state),
+            })
+        }))
+        .await
     }
 
     /// The command a key's first publish wrote.

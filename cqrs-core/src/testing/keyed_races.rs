@@ -175,3 +175,75 @@ pub async fn racing_keyed_updates_answer_the_first_result(factory: &dyn StorageF
         assert_eq!(versions(&engine, &sk, &a).await, 2, "round {round}: written once");
     }
 }
+
+/// The move of the commit checks: a paid order ships and takes a unit of
+/// its stock; an order that is not paid is refused.
+fn ship_from_stock(current: &[Option<DataItem>], order: &EntityKey) -> Result<Vec<CommandInput>, Error> {
+    let (Some(item), Some(stock)) = (&current[0], &current[1]) else {
+        return Err(Error::not_found(order));
+    };
+    if item.attributes["status"] != "paid" {
+        return Err(Error::invalid("status", "only a paid order ships"));
+    }
+    let units = stock.attributes["units"].as_i64().unwrap_or(0);
+    Ok(vec![
+        CommandInput::update_of(item).attributes(json!({ "status": "shipped" })),
+        CommandInput::update_of(stock).attributes(json!({ "units": units - 1 })),
+    ])
+}
+
+/// Ten concurrent duplicates of a keyed commit (`commit_idempotent`, at the
+/// versions read) and of a keyed `update_all` whose closure refuses the
+/// move once made, thirty rounds each: all answer the first result, and
+/// each entity gets one version more.
+pub async fn racing_keyed_commits_answer_the_first_result(factory: &dyn StorageFactory) {
+    let engine = engine(factory).await;
+    let services = engine.services();
+    let a = ctx("shop-a");
+    for (what, round) in ["commit_idempotent", "update_all"]
+        .into_iter()
+        .flat_map(|what| (0..ROUNDS).map(move |round| (what, round)))
+    {
+        let (order, stock) = (format!("ORDER#{what}-{round}"), format!("STOCK#{what}-{round}"));
+        engine
+            .commit(
+                vec![
+                    cmd(PK_A, &order, json!({ "status": "paid" })),
+                    cmd(PK_A, &stock, json!({ "units": 10 })),
+                ],
+                &a,
+            )
+            .await
+            .expect("created");
+        let keys = [EntityKey::new(PK_A, &order), EntityKey::new(PK_A, &stock)];
+        let outcomes = race(|| {
+            let (engine, services, a, keys) = (engine.clone(), services.clone(), a.clone(), keys.clone());
+            let key = format!("{what}-{round}");
+            async move {
+                if what == "update_all" {
+                    return services
+                        .update_all(&keys)
+                        .idempotency_key(key)
+                        .commit(&a, |current| ship_from_stock(current, &keys[0]))
+                        .await;
+                }
+                let commands = vec![
+                    cmd_at(PK_A, &keys[0].sk, 1, json!({ "status": "shipped" })),
+                    cmd_at(PK_A, &keys[1].sk, 1, json!({ "units": 9 })),
+                ];
+                engine.commit_idempotent(commands, key.into(), &a).await
+            }
+        })
+        .await;
+        let first = all_the_same(what, round, outcomes);
+        assert_eq!(
+            first.iter().map(|p| (p.is_unchanged(), p.get().version)).collect::<Vec<_>>(),
+            [(false, 2), (false, 2)],
+            "{what}, round {round}"
+        );
+        assert_eq!(first[1].get().attributes["units"], 9);
+        for sk in [&order, &stock] {
+            assert_eq!(versions(&engine, sk, &a).await, 2, "{what}, round {round}: {sk} written once");
+        }
+    }
+}

@@ -20,6 +20,7 @@ mod fixtures;
 mod idempotency;
 mod indexes;
 mod interleaved;
+mod keyed_commits;
 mod keyed_races;
 mod pipeline;
 mod queries;
@@ -47,6 +48,7 @@ pub use fixtures::{ctx, RecordingHandler};
 pub use idempotency::*;
 pub use indexes::*;
 pub use interleaved::Interleaved;
+pub use keyed_commits::*;
 pub use keyed_races::*;
 pub use pipeline::*;
 pub use queries::*;
@@ -166,6 +168,9 @@ macro_rules! conformance_tests {
             racing_keyed_publishes_answer_the_first_result,
             racing_keyed_updates_answer_the_first_result,
             writes_retried_after_landing_are_answered_as_written,
+            racing_keyed_commits_answer_the_first_result,
+            keyed_commits_write_once,
+            keyed_commits_count_their_key_row,
             read_your_writes_sees_pending_commands,
             updates_see_pending_commands,
             concurrent_updates_lose_nothing,
