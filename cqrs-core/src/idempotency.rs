@@ -22,13 +22,17 @@ pub const DEFAULT_IDEMPOTENCY_RETENTION: std::time::Duration = std::time::Durati
 /// An idempotency key, with the fingerprint of the request it names.
 ///
 /// Put it on a command ([`CommandInput::idempotency_key`](crate::CommandInput::idempotency_key)),
-/// a partial update, or a read-modify-write ([`Update::idempotency_key`](crate::Update::idempotency_key)).
+/// a partial update, a read-modify-write ([`Update::idempotency_key`](crate::Update::idempotency_key)),
+/// or a commit ([`CommandService::commit_idempotent`](crate::CommandService::commit_idempotent),
+/// [`UpdateAll::idempotency_key`](crate::UpdateAll::idempotency_key)).
 /// The key is stored with the command, in the same atomic write, for the
 /// engine's [retention](crate::EngineConfig::idempotency_retention). A
 /// publish whose key is stored returns the first publish's result and
 /// writes nothing; one whose key is stored for another request (another
 /// fingerprint) fails with [`Error::IdempotencyKeyReused`]. Keys are per
-/// tenant.
+/// tenant. Duplicates that race the first publish get its result too: a
+/// keyed run that conflicts, or whose closure refuses or skips, looks the
+/// key up again before answering.
 ///
 /// Without an explicit fingerprint, a command's is derived from its content
 /// (key, expected version, name, attributes, ...), a partial update's from

@@ -220,6 +220,12 @@ impl Update<'_> {
     /// fingerprint is the entity's key (what the closure publishes may differ
     /// between tries); set one with [`IdempotencyKey::fingerprint_of`] to
     /// tell requests apart. Costs one read per try.
+    ///
+    /// A duplicate racing the first update (a client retrying before it was
+    /// answered) gets the first result too: when the closure refuses or
+    /// skips, or the publish conflicts, the key is looked up again before
+    /// answering, so a closure that refuses a move already made needs no
+    /// special case.
     pub fn idempotency_key(mut self, key: impl Into<IdempotencyKey>) -> Self {
         self.idempotency = Some(key.into());
         self
@@ -312,7 +318,9 @@ impl Update<'_> {
                     attempt += 1;
                 }
                 Err(error) if error.is_conflict() => {
-                    return services.unless_key_held(idempotency, ctx, Err(E::from(error))).await;
+                    return services
+                        .unless_key_held(idempotency, ctx, Err(E::from(error)))
+                        .await;
                 }
                 other => return other.map(Some).map_err(E::from),
             }
@@ -419,7 +427,11 @@ impl UpdateAll<'_> {
     }
 
     /// Reads every entity, decides, and commits (see [`UpdateAll`]).
-    pub async fn commit<E, F>(self, ctx: &InvocationContext, mut change: F) -> Result<Vec<Published<DataItem>>, E>
+    pub async fn commit<E, F>(
+        self,
+        ctx: &InvocationContext,
+        mut change: F,
+    ) -> Result<Vec<Published<DataItem>>, E>
     where
         F: FnMut(&[Option<DataItem>]) -> Result<Vec<CommandInput>, E> + Send,
         E: From<Error> + Send,
@@ -449,9 +461,13 @@ impl UpdateAll<'_> {
                     let mut commands = match change(&current) {
                         // As for a keyed update: a refusal or a skip may be
                         // a duplicate's, decided on what the first run wrote.
-                        Err(refused) => return services.unless_commit_held(idempotency, ctx, Err(refused)).await,
+                        Err(refused) => {
+                            return services.unless_commit_held(idempotency, ctx, Err(refused)).await
+                        }
                         Ok(commands) if commands.is_empty() => {
-                            return services.unless_commit_held(idempotency, ctx, Ok(Vec::new())).await;
+                            return services
+                                .unless_commit_held(idempotency, ctx, Ok(Vec::new()))
+                                .await;
                         }
                         Ok(commands) => commands,
                     };
@@ -464,7 +480,12 @@ impl UpdateAll<'_> {
                             ExpectedVersion::Exactly(current[at].as_ref().map_or(0, |i| i.version));
                     }
                     match idempotency {
-                        Some(key) => services.commands.commit_idempotent(commands, key.clone(), ctx).await,
+                        Some(key) => {
+                            services
+                                .commands
+                                .commit_idempotent(commands, key.clone(), ctx)
+                                .await
+                        }
                         None => services.commands.commit(commands, ctx).await,
                     }
                 }
@@ -476,7 +497,9 @@ impl UpdateAll<'_> {
                     attempt += 1;
                 }
                 Err(error) if error.is_conflict() => {
-                    return services.unless_commit_held(idempotency, ctx, Err(E::from(error))).await;
+                    return services
+                        .unless_commit_held(idempotency, ctx, Err(E::from(error)))
+                        .await;
                 }
                 other => return other.map_err(E::from),
             }

@@ -269,7 +269,10 @@ mod tests {
             commit: Vec::new(),
         };
         let item = idempotency_to_item(&record).unwrap();
-        assert!(!item.contains_key("commit"), "a single publish's row has no members");
+        assert!(
+            !item.contains_key("commit"),
+            "a single publish's row has no members"
+        );
         assert_eq!(item["pk"], s("IDEMPOTENCY#shop-a"));
         assert_eq!(item["sk"], s("req-1"));
         assert_eq!(item["entityPk"], s("TENANT#shop-a"));

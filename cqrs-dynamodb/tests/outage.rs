@@ -311,5 +311,9 @@ async fn a_create_retried_by_the_sdk_during_a_pause_is_answered_as_written() {
         .await
         .expect("commands listed");
     assert_eq!(stored.len(), 1, "stored once");
-    assert_eq!(stored[0].created_at, published.get().created_at, "the publish's own row");
+    assert_eq!(
+        stored[0].created_at,
+        published.get().created_at,
+        "the publish's own row"
+    );
 }

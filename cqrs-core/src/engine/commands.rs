@@ -225,7 +225,9 @@ impl Engine {
     /// handed to recovery, which runs their handlers if they were stored.
     async fn apply_or_recover(&self, writes: &[ApplyWrite]) -> Result<()> {
         let applied = self.storage_ref().apply(writes).await;
-        let applied = self.unless_landed(applied, WriteId::of_apply(writes).as_ref()).await;
+        let applied = self
+            .unless_landed(applied, WriteId::of_apply(writes).as_ref())
+            .await;
         if let Err(error) = &applied {
             if error.is_retryable() {
                 for record in writes.iter().filter_map(ApplyWrite::inserted_command) {
@@ -430,7 +432,8 @@ impl Engine {
             .await?;
         } else if !writes.is_empty() {
             let applied = self.storage_ref().apply(&writes).await;
-            self.unless_landed(applied, WriteId::of_apply(&writes).as_ref()).await?;
+            self.unless_landed(applied, WriteId::of_apply(&writes).as_ref())
+                .await?;
             tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
         }
         Ok(prepared
@@ -682,7 +685,6 @@ impl CommandService for Engine {
         check_key(self.tenancy(), &row.entity(), ctx)?;
         self.first_commit(&row).await.map(Some)
     }
-
 
     async fn get_command(
         &self,

@@ -343,12 +343,14 @@ impl Storage for FaultyStorage {
     }
 
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
-        self.call(Op::ListCommands, || self.inner.list_commands(key)).await
+        self.call(Op::ListCommands, || self.inner.list_commands(key))
+            .await
     }
 
     async fn set_command_status(&self, key: &EntityKey, version: u64, status: CommandStatus) -> Result<()> {
-        self.call(Op::SetCommandStatus, || self.inner.set_command_status(key, version, status),
-        )
+        self.call(Op::SetCommandStatus, || {
+            self.inner.set_command_status(key, version, status)
+        })
         .await
     }
 
@@ -379,11 +381,13 @@ impl Storage for FaultyStorage {
     }
 
     async fn next_counter(&self, counter: &Counter) -> Result<u64> {
-        self.call(Op::NextCounter, || self.inner.next_counter(counter)).await
+        self.call(Op::NextCounter, || self.inner.next_counter(counter))
+            .await
     }
 
     async fn put_failure(&self, failure: &FailedCommand) -> Result<()> {
-        self.call(Op::PutFailure, || self.inner.put_failure(failure)).await
+        self.call(Op::PutFailure, || self.inner.put_failure(failure))
+            .await
     }
 
     async fn delete_failure(&self, key: &EntityKey, version: u64) -> Result<()> {
@@ -402,8 +406,10 @@ impl Storage for FaultyStorage {
     }
 
     async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
-        self.call(Op::GetIdempotency, || self.inner.get_idempotency(tenant_code, key))
-            .await
+        self.call(Op::GetIdempotency, || {
+            self.inner.get_idempotency(tenant_code, key)
+        })
+        .await
     }
 
     async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {

@@ -41,12 +41,18 @@ pub async fn keyed_commits_write_once(factory: &dyn StorageFactory) {
         .await
         .expect("move");
     assert_eq!(
-        moved.iter().map(|p| (p.is_unchanged(), p.get().version)).collect::<Vec<_>>(),
+        moved
+            .iter()
+            .map(|p| (p.is_unchanged(), p.get().version))
+            .collect::<Vec<_>>(),
         [(false, 2), (true, 1)]
     );
     // The entities move on; the retry still answers what the commit did.
     engine
-        .commit(vec![cmd_at(PK_A, "STOCK#A", 2, n(8)), cmd_at(PK_A, "STOCK#B", 1, n(1))], &a)
+        .commit(
+            vec![cmd_at(PK_A, "STOCK#A", 2, n(8)), cmd_at(PK_A, "STOCK#B", 1, n(1))],
+            &a,
+        )
         .await
         .expect("a later change");
     let again = engine
@@ -65,9 +71,16 @@ pub async fn keyed_commits_write_once(factory: &dyn StorageFactory) {
         .await
         .expect("find")
         .expect("held");
-    assert_eq!((command.sk.as_str(), command.version), ("STOCK#A", 2), "its first written command");
+    assert_eq!(
+        (command.sk.as_str(), command.version),
+        ("STOCK#A", 2),
+        "its first written command"
+    );
     for (sk, versions) in [("STOCK#A", 3), ("STOCK#B", 2)] {
-        assert_eq!(engine.list_versions(&key(sk), &a).await.expect("versions").len(), versions);
+        assert_eq!(
+            engine.list_versions(&key(sk), &a).await.expect("versions").len(),
+            versions
+        );
     }
 
     // The key for another commit, or a single publish's key for a commit.
@@ -76,7 +89,10 @@ pub async fn keyed_commits_write_once(factory: &dyn StorageFactory) {
         .commit_idempotent(other.clone(), IdempotencyKey::new("move"), &a)
         .await
         .expect_err("another commit");
-    assert!(matches!(&error, Error::IdempotencyKeyReused { key, .. } if key == "move"), "{error}");
+    assert!(
+        matches!(&error, Error::IdempotencyKeyReused { key, .. } if key == "move"),
+        "{error}"
+    );
     engine
         .publish_sync(cmd(PK_A, "ORDER#1", n(1)).idempotency_key("single"), &a)
         .await
@@ -87,7 +103,11 @@ pub async fn keyed_commits_write_once(factory: &dyn StorageFactory) {
         .expect_err("a publish's key");
     assert!(matches!(error, Error::IdempotencyKeyReused { .. }), "{error}");
     assert_eq!(
-        engine.get_item(&key("STOCK#A"), &a).await.expect("read").map(|i| i.version),
+        engine
+            .get_item(&key("STOCK#A"), &a)
+            .await
+            .expect("read")
+            .map(|i| i.version),
         Some(3),
         "nothing written"
     );
@@ -104,14 +124,25 @@ pub async fn keyed_commits_write_once(factory: &dyn StorageFactory) {
         .await
         .expect("find")
         .is_none());
-    assert!(engine.get_item(&key("STOCK#C"), &a).await.expect("read").is_none());
+    assert!(engine
+        .get_item(&key("STOCK#C"), &a)
+        .await
+        .expect("read")
+        .is_none());
 
     // Keys are checked; the commands of a commit still take none.
     let error = engine
-        .commit_idempotent(vec![cmd(PK_A, "STOCK#D", n(1))], IdempotencyKey::new("has space"), &a)
+        .commit_idempotent(
+            vec![cmd(PK_A, "STOCK#D", n(1))],
+            IdempotencyKey::new("has space"),
+            &a,
+        )
         .await
         .expect_err("bad key");
-    assert!(matches!(&error, Error::InvalidInput { what, .. } if what == "idempotencyKey"), "{error}");
+    assert!(
+        matches!(&error, Error::InvalidInput { what, .. } if what == "idempotencyKey"),
+        "{error}"
+    );
     let error = engine
         .commit_idempotent(
             vec![cmd(PK_A, "STOCK#D", n(1)).idempotency_key("inner")],
@@ -120,7 +151,10 @@ pub async fn keyed_commits_write_once(factory: &dyn StorageFactory) {
         )
         .await
         .expect_err("a keyed command in a commit");
-    assert!(matches!(&error, Error::InvalidInput { what, .. } if what == "idempotencyKey"), "{error}");
+    assert!(
+        matches!(&error, Error::InvalidInput { what, .. } if what == "idempotencyKey"),
+        "{error}"
+    );
 }
 
 /// The key row is one more item of the commit's transaction: the largest
@@ -138,16 +172,18 @@ pub async fn keyed_commits_count_their_key_row(factory: &dyn StorageFactory) {
         .await
         .expect("created");
     assert_eq!(created.len(), fitting);
-    let updates = |count: usize| -> Vec<CommandInput> {
-        (0..count).map(|i| cmd_at(PK_A, &sk(i), 1, n(2))).collect()
-    };
+    let updates =
+        |count: usize| -> Vec<CommandInput> { (0..count).map(|i| cmd_at(PK_A, &sk(i), 1, n(2))).collect() };
     // One command more than fits with the key row: refused, nothing written.
     let error = engine
         .commit_idempotent(updates(fitting_keyed + 1), IdempotencyKey::new("too-many"), &a)
         .await
         .expect_err("too large with its key row");
     assert!(matches!(error, Error::TooLarge { .. }), "{error:?}");
-    assert_eq!(engine.get_item(&key(&sk(0)), &a).await.unwrap().unwrap().version, 1);
+    assert_eq!(
+        engine.get_item(&key(&sk(0)), &a).await.unwrap().unwrap().version,
+        1
+    );
     let written = engine
         .commit_idempotent(updates(fitting_keyed), IdempotencyKey::new("fits"), &a)
         .await
@@ -160,7 +196,11 @@ pub async fn keyed_commits_count_their_key_row(factory: &dyn StorageFactory) {
         .expect("retry");
     assert_eq!(again, written);
     assert_eq!(
-        engine.get_item(&key(&sk(0)), &a).await.unwrap().map(|i| i.attributes),
+        engine
+            .get_item(&key(&sk(0)), &a)
+            .await
+            .unwrap()
+            .map(|i| i.attributes),
         Some(json!({ "n": 2 }).into())
     );
 }

@@ -50,7 +50,10 @@ fn all_the_same<T: PartialEq + Debug>(what: &str, round: usize, outcomes: Vec<Re
     }
     let first = answers.remove(0);
     for other in &answers {
-        assert_eq!(other, &first, "{what}, round {round}: a duplicate answered otherwise");
+        assert_eq!(
+            other, &first,
+            "{what}, round {round}: a duplicate answered otherwise"
+        );
     }
     first
 }
@@ -237,13 +240,20 @@ pub async fn racing_keyed_commits_answer_the_first_result(factory: &dyn StorageF
         .await;
         let first = all_the_same(what, round, outcomes);
         assert_eq!(
-            first.iter().map(|p| (p.is_unchanged(), p.get().version)).collect::<Vec<_>>(),
+            first
+                .iter()
+                .map(|p| (p.is_unchanged(), p.get().version))
+                .collect::<Vec<_>>(),
             [(false, 2), (false, 2)],
             "{what}, round {round}"
         );
         assert_eq!(first[1].get().attributes["units"], 9);
         for sk in [&order, &stock] {
-            assert_eq!(versions(&engine, sk, &a).await, 2, "{what}, round {round}: {sk} written once");
+            assert_eq!(
+                versions(&engine, sk, &a).await,
+                2,
+                "{what}, round {round}: {sk} written once"
+            );
         }
     }
 }

@@ -2525,7 +2525,10 @@ async fn racing_keyed_status_changes(api: &Api) {
             .collect();
         for (status, body) in &answers {
             assert_eq!(*status, 200, "round {round}: {body}");
-            assert_eq!(body, &answers[0].1, "round {round}: every duplicate answers the same");
+            assert_eq!(
+                body, &answers[0].1,
+                "round {round}: every duplicate answers the same"
+            );
         }
         assert_eq!(answers[0].1["version"], 3.0);
         assert_eq!(answers[0].1["attributes"]["status"], "confirmed");
