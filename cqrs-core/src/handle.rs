@@ -175,6 +175,23 @@ impl CommandService for WeakEngine {
         self.engine()?.commit(commands, ctx).await
     }
 
+    async fn commit_idempotent(
+        &self,
+        commands: Vec<CommandInput>,
+        key: IdempotencyKey,
+        ctx: &InvocationContext,
+    ) -> Result<Vec<Synced>> {
+        self.engine()?.commit_idempotent(commands, key, ctx).await
+    }
+
+    async fn find_idempotent_commit(
+        &self,
+        key: &IdempotencyKey,
+        ctx: &InvocationContext,
+    ) -> Result<Option<Vec<Synced>>> {
+        self.engine()?.find_idempotent_commit(key, ctx).await
+    }
+
     async fn get_command(
         &self,
         key: &EntityKey,

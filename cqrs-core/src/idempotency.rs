@@ -22,13 +22,17 @@ pub const DEFAULT_IDEMPOTENCY_RETENTION: std::time::Duration = std::time::Durati
 /// An idempotency key, with the fingerprint of the request it names.
 ///
 /// Put it on a command ([`CommandInput::idempotency_key`](crate::CommandInput::idempotency_key)),
-/// a partial update, or a read-modify-write ([`Update::idempotency_key`](crate::Update::idempotency_key)).
+/// a partial update, a read-modify-write ([`Update::idempotency_key`](crate::Update::idempotency_key)),
+/// or a commit ([`CommandService::commit_idempotent`](crate::CommandService::commit_idempotent),
+/// [`UpdateAll::idempotency_key`](crate::UpdateAll::idempotency_key)).
 /// The key is stored with the command, in the same atomic write, for the
 /// engine's [retention](crate::EngineConfig::idempotency_retention). A
 /// publish whose key is stored returns the first publish's result and
 /// writes nothing; one whose key is stored for another request (another
 /// fingerprint) fails with [`Error::IdempotencyKeyReused`]. Keys are per
-/// tenant.
+/// tenant. Duplicates that race the first publish get its result too: a
+/// keyed run that conflicts, or whose closure refuses or skips, looks the
+/// key up again before answering.
 ///
 /// Without an explicit fingerprint, a command's is derived from its content
 /// (key, expected version, name, attributes, ...), a partial update's from
@@ -143,6 +147,33 @@ pub struct IdempotencyRecord {
     /// backend treats the row as absent from then on (and may delete it: on
     /// DynamoDB it is the item's time to live).
     pub expires_at: i64,
+    /// For a keyed [commit](crate::CommandService::commit_idempotent): every
+    /// command of it, in order (`pk`/`sk`/`version` above are its first
+    /// written one). Empty for a single publish.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commit: Vec<CommitMember>,
+}
+
+/// One command of a keyed commit, as its [`IdempotencyRecord`] keeps it: a
+/// retry answers with the state each entity had after the commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitMember {
+    /// Partition key of the entity.
+    pub pk: String,
+    /// Sort key of the entity.
+    pub sk: String,
+    /// The version the commit wrote, or found (when unchanged).
+    pub version: u64,
+    /// Whether the commit wrote it (`false`: equal to its state, left out).
+    pub written: bool,
+}
+
+impl CommitMember {
+    /// The member's entity.
+    pub fn entity(&self) -> EntityKey {
+        EntityKey::new(self.pk.clone(), self.sk.clone())
+    }
 }
 
 impl IdempotencyRecord {

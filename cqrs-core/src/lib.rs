@@ -40,7 +40,7 @@ pub use error::{BoxError, Error, Result};
 pub use handle::{default_conflict_retry, Services};
 pub use handler::{DataSyncEvent, DataSyncHandler, Interest};
 pub use idempotency::{
-    IdempotencyKey, IdempotencyRecord, DEFAULT_IDEMPOTENCY_RETENTION, MAX_IDEMPOTENCY_KEY_BYTES,
+    CommitMember, IdempotencyKey, IdempotencyRecord, DEFAULT_IDEMPOTENCY_RETENTION, MAX_IDEMPOTENCY_KEY_BYTES,
 };
 pub use index::{Index, IndexEntry, IndexLookup, INDEX_KEY_SEPARATOR, MAX_INDEXES, MAX_INDEX_SK_BYTES};
 pub use keys::{
@@ -68,4 +68,4 @@ pub use services::{MockCommandService, MockDataService, MockSequenceService};
 /// shared beyond, so copies never allocate.
 pub use smol_str::SmolStr;
 pub use storage::{ApplyWrite, CommandWrite, RangePage, RangeQuery, Storage, StorageLimits};
-pub use update::Update;
+pub use update::{Update, UpdateAll};

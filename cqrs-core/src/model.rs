@@ -891,10 +891,11 @@ impl Published<DataItem> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Handled {
-    /// No handler ran: none is interested in the command, or nothing was
-    /// written (the dirty check).
+    /// No handler ran because nothing was written (the dirty check), or the
+    /// closure of a read-modify-write published nothing.
     NoHandlers,
-    /// Every interested handler succeeded; the command is `finished`.
+    /// Every interested handler succeeded (a command no handler is
+    /// interested in is finished once written); the command is `finished`.
     Finished,
     /// A handler failed on every attempt: the command is recorded as
     /// failed ([`list_failures`](crate::CommandService::list_failures)),

@@ -113,7 +113,9 @@ impl Services {
     /// the same order, and [commits](crate::CommandService::commit) the
     /// commands it returns, each expecting the version read for its key. An
     /// empty list writes nothing. On a version conflict everything is read
-    /// again and `change` called again, as in [`Update`].
+    /// again and `change` called again, as in [`Update`]. The same as
+    /// [`Services::update_all`] without a key:
+    /// `services.update_all(keys).commit(ctx, change)`.
     ///
     /// A command for a key that is not in `keys` is refused (nothing was
     /// read for it to expect).
@@ -121,41 +123,23 @@ impl Services {
         &self,
         keys: &[EntityKey],
         ctx: &InvocationContext,
-        mut change: F,
+        change: F,
     ) -> Result<Vec<Synced>, E>
     where
         F: FnMut(&[Option<DataItem>]) -> Result<Vec<CommandInput>, E> + Send,
         E: From<Error> + Send,
     {
-        let mut attempt = 1;
-        loop {
-            let read =
-                futures::future::try_join_all(keys.iter().map(|key| self.read_applied(key, ctx))).await;
-            let outcome = match read {
-                Ok(current) => {
-                    let mut commands = change(&current)?;
-                    if commands.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    for command in &mut commands {
-                        let key = command.key();
-                        let at = keys.iter().position(|k| *k == key).ok_or_else(|| {
-                            Error::invalid("commit_with", format!("{key} was not read: add it to the keys"))
-                        })?;
-                        command.version =
-                            ExpectedVersion::Exactly(current[at].as_ref().map_or(0, |i| i.version));
-                    }
-                    self.commands.commit(commands, ctx).await
-                }
-                Err(error) => Err(error),
-            };
-            match outcome {
-                Err(error) if error.is_conflict() && attempt < self.conflict_retry.max_attempts => {
-                    conflict_backoff(&self.conflict_retry, attempt).await;
-                    attempt += 1;
-                }
-                other => return other.map_err(E::from),
-            }
+        self.update_all(keys).commit(ctx, change).await
+    }
+
+    /// Starts a read-modify-write of several entities, all or nothing (see
+    /// [`UpdateAll`]).
+    pub fn update_all(&self, keys: &[EntityKey]) -> UpdateAll<'_> {
+        UpdateAll {
+            services: self,
+            keys: keys.to_vec(),
+            idempotency: None,
+            retry: self.conflict_retry.clone(),
         }
     }
 
@@ -182,12 +166,74 @@ impl Services {
     }
 }
 
+impl Services {
+    /// The result of the keyed read-modify-write that holds `key`, if one
+    /// does: the entity as its command left it.
+    async fn first_update(
+        &self,
+        key: &IdempotencyKey,
+        ctx: &InvocationContext,
+    ) -> Result<Option<Updated>, Error> {
+        let Some(first) = self.commands.find_idempotent(key, ctx).await? else {
+            return Ok(None);
+        };
+        // The key's entity: with an explicit fingerprint, a key may name
+        // another entity than this update's.
+        let current = self.data.get_item(&first.key(), ctx).await?;
+        let handled = handled_so_far(self, &first, ctx).await?;
+        let item = item_of(&first, current.as_ref());
+        Ok(Some(Updated::Published(Synced::new(
+            Published::Written(item),
+            handled,
+        ))))
+    }
+
+    /// `outcome` — a closure's refusal or skip, a conflict — unless `key` is
+    /// held by now: then a run with the same key (a racing duplicate) wrote
+    /// first, and its result is the answer; or another request holds it
+    /// ([`Error::IdempotencyKeyReused`]). Reads the key only for a keyed run.
+    async fn unless_key_held<E: From<Error>>(
+        &self,
+        key: Option<&IdempotencyKey>,
+        ctx: &InvocationContext,
+        outcome: Result<Updated, E>,
+    ) -> Result<Updated, E> {
+        let Some(key) = key else { return outcome };
+        match self.first_update(key, ctx).await? {
+            Some(first) => Ok(first),
+            None => outcome,
+        }
+    }
+}
+
+impl Services {
+    /// [`Services::unless_key_held`] for a commit.
+    async fn unless_commit_held<E: From<Error>>(
+        &self,
+        key: Option<&IdempotencyKey>,
+        ctx: &InvocationContext,
+        outcome: Result<Vec<Synced>, E>,
+    ) -> Result<Vec<Synced>, E> {
+        let Some(key) = key else { return outcome };
+        match self.commands.find_idempotent_commit(key, ctx).await? {
+            Some(first) => Ok(first),
+            None => outcome,
+        }
+    }
+}
+
 impl Update<'_> {
     /// Makes the update idempotent: while the key is held, a retry returns
     /// the first update's result without calling the closure. Its default
     /// fingerprint is the entity's key (what the closure publishes may differ
     /// between tries); set one with [`IdempotencyKey::fingerprint_of`] to
     /// tell requests apart. Costs one read per try.
+    ///
+    /// A duplicate racing the first update (a client retrying before it was
+    /// answered) gets the first result too: when the closure refuses or
+    /// skips, or the publish conflicts, the key is looked up again before
+    /// answering, so a closure that refuses a move already made needs no
+    /// special case.
     pub fn idempotency_key(mut self, key: impl Into<IdempotencyKey>) -> Self {
         self.idempotency = Some(key.into());
         self
@@ -232,16 +278,12 @@ impl Update<'_> {
             let fingerprint = key.fingerprint_or(derived);
             key.fingerprint(fingerprint)
         });
+        let idempotency = idempotency.as_ref();
         let mut attempt = 1;
         loop {
-            if let Some(key) = &idempotency {
-                if let Some(first) = services.commands.find_idempotent(key, ctx).await? {
-                    // The key's entity: with an explicit fingerprint, a key
-                    // may name another entity than this update's.
-                    let current = services.data.get_item(&first.key(), ctx).await?;
-                    let handled = handled_so_far(services, &first, ctx).await?;
-                    let item = item_of(&first, current.as_ref());
-                    return Ok(Updated::Published(Synced::new(Published::Written(item), handled)));
+            if let Some(key) = idempotency {
+                if let Some(first) = services.first_update(key, ctx).await? {
+                    return Ok(first);
                 }
             }
             let current = match mode {
@@ -249,10 +291,17 @@ impl Update<'_> {
                 Mode::Async => services.data.get_latest(&self.key, ctx).await,
             };
             let outcome = match current {
-                Ok(current) => match change(current.as_ref())? {
-                    None => return Ok(Updated::Skipped(current)),
-                    Some(command) => {
-                        self.publish(command, current, idempotency.clone(), mode, ctx)
+                Ok(current) => match change(current.as_ref()) {
+                    // A refusal or a skip may be a duplicate's, decided on
+                    // the state a run with the same key left: that run's
+                    // result is the answer.
+                    Err(refused) => return services.unless_key_held(idempotency, ctx, Err(refused)).await,
+                    Ok(None) => {
+                        let skipped = Ok(Updated::Skipped(current));
+                        return services.unless_key_held(idempotency, ctx, skipped).await;
+                    }
+                    Ok(Some(command)) => {
+                        self.publish(command, current, idempotency.cloned(), mode, ctx)
                             .await
                     }
                 },
@@ -262,6 +311,11 @@ impl Update<'_> {
                 Err(error) if error.is_conflict() && attempt < self.retry.max_attempts => {
                     conflict_backoff(&self.retry, attempt).await;
                     attempt += 1;
+                }
+                Err(error) if error.is_conflict() => {
+                    return services
+                        .unless_key_held(idempotency, ctx, Err(E::from(error)))
+                        .await;
                 }
                 other => return other.map(Updated::Published).map_err(E::from),
             }
@@ -306,6 +360,146 @@ impl Update<'_> {
                     Handled::NoHandlers,
                 ),
             }),
+        }
+    }
+}
+
+/// A read-modify-write of several entities, all or nothing, configured:
+/// from [`Services::update_all`]. [`UpdateAll::commit`] reads each entity
+/// (applied state; `None`: absent), passes them to the closure in the order
+/// of the keys, and [commits](crate::CommandService::commit) the commands it
+/// returns, each expecting the version read for its key; on a version
+/// conflict everything is read again and the closure called again. The
+/// closure refuses with an error of yours, or skips with an empty list.
+///
+/// With [`UpdateAll::idempotency_key`], the commit is keyed
+/// ([`commit_idempotent`](crate::CommandService::commit_idempotent)): while
+/// the key is held, a retry — or a duplicate racing the first run — returns
+/// the first commit's result without calling the closure, and one whose
+/// closure refuses or skips because a run with the same key already moved
+/// the entities gets that run's result instead.
+///
+/// ```
+/// use cqrs_core::{CommandInput, EntityKey, InvocationContext, Services};
+///
+/// async fn transfer(services: &Services, ctx: &InvocationContext) -> cqrs_core::Result<()> {
+///     let from = EntityKey::new("TENANT#shop-a", "STOCK#TOKYO");
+///     let to = EntityKey::new("TENANT#shop-a", "STOCK#OSAKA");
+///     services
+///         .update_all(&[from.clone(), to.clone()])
+///         .idempotency_key("transfer-42")
+///         .commit(ctx, |current| {
+///             let (Some(a), Some(b)) = (&current[0], &current[1]) else {
+///                 return Err(cqrs_core::Error::not_found(&from));
+///             };
+///             let units = |item: &cqrs_core::DataItem| item.attributes["units"].as_i64().unwrap_or(0);
+///             Ok(vec![
+///                 CommandInput::update_of(a).attributes(serde_json::json!({ "units": units(a) - 5 })),
+///                 CommandInput::update_of(b).attributes(serde_json::json!({ "units": units(b) + 5 })),
+///             ])
+///         })
+///         .await?;
+///     Ok(())
+/// }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "an update does nothing until `commit` is awaited"]
+pub struct UpdateAll<'a> {
+    services: &'a Services,
+    keys: Vec<EntityKey>,
+    idempotency: Option<IdempotencyKey>,
+    retry: RetryPolicy,
+}
+
+impl UpdateAll<'_> {
+    /// Makes the commit idempotent (see [`UpdateAll`]). Its default
+    /// fingerprint is the list of keys (what the closure commits may differ
+    /// between tries); set one with [`IdempotencyKey::fingerprint_of`] to
+    /// tell requests apart. Costs one read per try.
+    pub fn idempotency_key(mut self, key: impl Into<IdempotencyKey>) -> Self {
+        self.idempotency = Some(key.into());
+        self
+    }
+
+    /// Retries after version conflicts for this update only.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Reads every entity, decides, and commits (see [`UpdateAll`]).
+    pub async fn commit<E, F>(self, ctx: &InvocationContext, mut change: F) -> Result<Vec<Synced>, E>
+    where
+        F: FnMut(&[Option<DataItem>]) -> Result<Vec<CommandInput>, E> + Send,
+        E: From<Error> + Send,
+    {
+        let services = self.services;
+        let keys = &self.keys;
+        let idempotency = self.idempotency.clone().map(|key| {
+            let derived = || {
+                let keys: Vec<[&str; 2]> = keys.iter().map(|k| [k.pk.as_str(), k.sk.as_str()]).collect();
+                fingerprint(&json!({ "op": "update-all", "keys": keys }))
+            };
+            let fingerprint = key.fingerprint_or(derived);
+            key.fingerprint(fingerprint)
+        });
+        let idempotency = idempotency.as_ref();
+        let mut attempt = 1;
+        loop {
+            if let Some(key) = idempotency {
+                if let Some(first) = services.commands.find_idempotent_commit(key, ctx).await? {
+                    return Ok(first);
+                }
+            }
+            let read =
+                futures::future::try_join_all(keys.iter().map(|key| services.read_applied(key, ctx))).await;
+            let outcome = match read {
+                Ok(current) => {
+                    let mut commands = match change(&current) {
+                        // As for a keyed update: a refusal or a skip may be
+                        // a duplicate's, decided on what the first run wrote.
+                        Err(refused) => {
+                            return services.unless_commit_held(idempotency, ctx, Err(refused)).await
+                        }
+                        Ok(commands) if commands.is_empty() => {
+                            return services
+                                .unless_commit_held(idempotency, ctx, Ok(Vec::new()))
+                                .await;
+                        }
+                        Ok(commands) => commands,
+                    };
+                    for command in &mut commands {
+                        let key = command.key();
+                        let at = keys.iter().position(|k| *k == key).ok_or_else(|| {
+                            Error::invalid("commit_with", format!("{key} was not read: add it to the keys"))
+                        })?;
+                        command.version =
+                            ExpectedVersion::Exactly(current[at].as_ref().map_or(0, |i| i.version));
+                    }
+                    match idempotency {
+                        Some(key) => {
+                            services
+                                .commands
+                                .commit_idempotent(commands, key.clone(), ctx)
+                                .await
+                        }
+                        None => services.commands.commit(commands, ctx).await,
+                    }
+                }
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Err(error) if error.is_conflict() && attempt < self.retry.max_attempts => {
+                    conflict_backoff(&self.retry, attempt).await;
+                    attempt += 1;
+                }
+                Err(error) if error.is_conflict() => {
+                    return services
+                        .unless_commit_held(idempotency, ctx, Err(E::from(error)))
+                        .await;
+                }
+                other => return other.map_err(E::from),
+            }
         }
     }
 }

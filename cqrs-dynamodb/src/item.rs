@@ -266,8 +266,13 @@ mod tests {
             version: 3,
             created_at: chrono::Utc::now(),
             expires_at: 1_700_000_000,
+            commit: Vec::new(),
         };
         let item = idempotency_to_item(&record).unwrap();
+        assert!(
+            !item.contains_key("commit"),
+            "a single publish's row has no members"
+        );
         assert_eq!(item["pk"], s("IDEMPOTENCY#shop-a"));
         assert_eq!(item["sk"], s("req-1"));
         assert_eq!(item["entityPk"], s("TENANT#shop-a"));
@@ -275,5 +280,22 @@ mod tests {
         assert_eq!(item["expiresAt"], n(1_700_000_000));
         assert_eq!(item["ttl"], n(1_700_000_000));
         assert_eq!(idempotency_from_item(item).unwrap(), record);
+
+        // A keyed commit's row keeps its members, in order.
+        let members = [("ORDER#1", 3, true), ("STOCK#1", 7, false)];
+        let commit = IdempotencyRecord {
+            commit: members
+                .iter()
+                .map(|(sk, version, written)| cqrs_core::CommitMember {
+                    pk: "TENANT#shop-a".into(),
+                    sk: (*sk).into(),
+                    version: *version,
+                    written: *written,
+                })
+                .collect(),
+            ..record
+        };
+        let item = idempotency_to_item(&commit).unwrap();
+        assert_eq!(idempotency_from_item(item).unwrap(), commit);
     }
 }

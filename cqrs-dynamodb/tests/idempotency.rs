@@ -56,6 +56,7 @@ fn key_record(key: &str, entity: &EntityKey, version: u64, expires_at: i64) -> I
         version,
         created_at: Utc::now(),
         expires_at,
+        commit: Vec::new(),
     }
 }
 

@@ -18,7 +18,7 @@ use cqrs_core::{
     DataSyncHandler, Engine, Storage,
 };
 use cqrs_dynamodb::testing::LocalDynamo;
-use cqrs_dynamodb::{DynamoDbStorage, OPERATION_TIMEOUT};
+use cqrs_dynamodb::{DynamoDbStorage, OPERATION_ATTEMPT_TIMEOUT, OPERATION_TIMEOUT};
 use serde_json::json;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -265,5 +265,55 @@ async fn a_hung_dynamodb_fails_calls_within_the_sdk_timeouts() {
     println!(
         "DynamoDB Local hung: calls failed after {failed_after:?} (operation timeout {OPERATION_TIMEOUT:?}); consumer {:?}",
         monitor.stats()
+    );
+}
+
+/// DynamoDB paused for longer than the SDK's attempt timeout while an order
+/// is created (an async publish of version 1, the path of `POST /orders`):
+/// the SDK sends the `PutItem` again; DynamoDB, resumed before the retry,
+/// stores the first attempt and fails the retry's condition on that row. The publish is
+/// answered as written — not as a conflict — and the command is stored once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_retried_by_the_sdk_during_a_pause_is_answered_as_written() {
+    if !LocalDynamo::available() {
+        return;
+    }
+    let mut local = LocalDynamo::start().await.expect("DynamoDB Local started");
+    let storage = fresh_storage_at(&local.endpoint(), "outage-retried").await;
+    let engine = engine(Arc::new(storage.clone()), Recorder::new());
+    let a = ctx();
+    // Warm: the connection pool and the tables answer before the pause.
+    engine
+        .publish_async(CommandInput::new(tenant_pk(TENANT), "ORDER#WARM"), &a)
+        .await
+        .expect("warm-up publish");
+
+    local.pause().expect("paused");
+    let publish = tokio::spawn({
+        let (engine, a) = (engine.clone(), a.clone());
+        async move {
+            let command = CommandInput::new(tenant_pk(TENANT), "ORDER#PAUSED").attributes(json!({ "n": 1 }));
+            engine.publish_async(command, &a).await
+        }
+    });
+    // Resumed just after the first attempt timed out, while the SDK backs
+    // off (a random wait below a second) before its second attempt: the
+    // first is stored on resuming, the second finds its row.
+    tokio::time::sleep(OPERATION_ATTEMPT_TIMEOUT + Duration::from_millis(50)).await;
+    local.resume().expect("resumed");
+    let published = publish
+        .await
+        .expect("publish task")
+        .expect("the create landed: answered as written, not as a conflict");
+    assert_eq!(published.get().version, 1);
+    let stored = storage
+        .list_commands(&key("ORDER#PAUSED"))
+        .await
+        .expect("commands listed");
+    assert_eq!(stored.len(), 1, "stored once");
+    assert_eq!(
+        stored[0].created_at,
+        published.get().created_at,
+        "the publish's own row"
     );
 }

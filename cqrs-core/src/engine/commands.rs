@@ -10,13 +10,14 @@ use futures::future::try_join_all;
 use tracing::Instrument;
 
 use super::idempotent::Keyed;
+use super::landed::WriteId;
 use super::pipeline::HandlerRun;
 use super::records::{command_record, data_item};
 use super::validate::{check_command, check_key, check_size, check_size_as_data, check_transaction_size};
 use super::Engine;
 use crate::context::InvocationContext;
 use crate::error::{Error, Result};
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::{CommitMember, IdempotencyKey, IdempotencyRecord};
 use crate::keys::EntityKey;
 use crate::merge::merge_patch;
 use crate::model::{
@@ -177,10 +178,19 @@ impl Engine {
             // One atomic write and nothing after it: nothing to detach.
             // Nothing needs the rows after the write but the caller its data
             // row: hand them over, for a backend that can keep them as they are.
-            let data = self.storage_ref().apply_one(write).await?;
+            let id = WriteId::of_apply(std::slice::from_ref(&*write));
+            let data = match self.storage_ref().apply_one(write).await {
+                Ok(data) => data,
+                Err(error) => match id {
+                    Some(id) if self.landed_despite(&error, Some(&id)).await? => {
+                        self.state_at(id.key(), id.version()).await?
+                    }
+                    _ => return Err(error),
+                },
+            };
             tracing::Span::current().record("version", data.version);
             tracing::info!("published (sync)");
-            return Ok(Synced::new(Published::Written(data), Handled::NoHandlers));
+            return Ok(Synced::new(Published::Written(data), Handled::Finished));
         }
         Box::pin(self.write_then_handle(*write, ctx)).await
     }
@@ -209,6 +219,9 @@ impl Engine {
     /// handed to recovery, which runs their handlers if they were stored.
     async fn apply_or_recover(&self, writes: &[ApplyWrite]) -> Result<()> {
         let applied = self.storage_ref().apply(writes).await;
+        let applied = self
+            .unless_landed(applied, WriteId::of_apply(writes).as_ref())
+            .await;
         if let Err(error) = &applied {
             if error.is_retryable() {
                 for record in writes.iter().filter_map(ApplyWrite::inserted_command) {
@@ -229,6 +242,10 @@ impl Engine {
         let Some(record) = write.inserted_command() else {
             return Handled::NoHandlers;
         };
+        // Written finished: no handler is interested in it.
+        if record.status == CommandStatus::Finished {
+            return Handled::Finished;
+        }
         let outcome = self
             .inner
             .pipeline
@@ -330,6 +347,7 @@ impl Engine {
         };
         let key_row = self.key_row(keyed, key, record.version, ctx);
         let stored = self.storage_ref().put_command(&record, key_row.as_ref()).await;
+        let stored = self.unless_landed(stored, Some(&WriteId::of(&record))).await;
         if !stored.as_ref().is_err_and(Error::is_retryable) {
             // Stored, or certainly not (a conflict): no doubt to clear up.
             cancelled.engine = None;
@@ -339,6 +357,130 @@ impl Engine {
         tracing::info!("published (async)");
         self.dispatch(key.clone(), record.version);
         Ok(Published::Written(record))
+    }
+
+    /// Applies `commands` all or nothing (see [`CommandService::commit`]);
+    /// with `keyed`, stores the key row in the same transaction, naming
+    /// every command of the commit.
+    async fn commit_keyed(
+        &self,
+        commands: Vec<CommandInput>,
+        keyed: Option<&Keyed>,
+        ctx: &InvocationContext,
+    ) -> Result<Vec<Synced>> {
+        let mut keys = HashSet::with_capacity(commands.len());
+        for command in &commands {
+            let key = check_command(self.tenancy(), command, ctx)?;
+            if command.idempotency_key.is_some() {
+                return Err(Error::invalid(
+                    "idempotencyKey",
+                    "the commands of a commit take no idempotency keys: key the commit (commit_idempotent)",
+                ));
+            }
+            if !keys.insert(key.clone()) {
+                return Err(Error::invalid("commit", format!("{key} appears more than once")));
+            }
+        }
+        let limits = self.storage_ref().limits();
+        // A keyed commit writes its key row in the same transaction.
+        let rows = commands.len() * limits.rows_per_command + usize::from(keyed.is_some());
+        let limit = limits.max_transaction_items;
+        if rows > limit {
+            return Err(Error::TooLarge {
+                what: "transaction".into(),
+                size: rows,
+                limit,
+            });
+        }
+        let prepared = try_join_all(commands.into_iter().map(|command| {
+            let key = command.key();
+            async move { self.prepare_sync(&key, command, None, ctx).await }
+        }))
+        .await?;
+        let mut writes: Vec<ApplyWrite> = prepared
+            .iter()
+            .filter_map(|p| match p {
+                Prepared::Write(write) => Some((**write).clone()),
+                Prepared::Unchanged(_) => None,
+            })
+            .collect();
+        if let (Some(keyed), Some(first)) = (keyed, writes.first_mut()) {
+            first.idempotency = Some(self.commit_key_row(keyed, &first.data, &prepared, ctx));
+        }
+        check_transaction_size(&limits, &writes)?;
+        let handled = writes.iter().any(|w| {
+            w.inserted_command()
+                .is_some_and(|c| c.status == CommandStatus::Applied)
+        });
+        // How the handlers of each write ended, in the order of `writes`.
+        let mut handled = if handled {
+            // Handlers follow the write: detached, so that they run even if
+            // the caller's future is dropped.
+            let ctx = ctx.clone();
+            self.detached(move |engine| {
+                async move {
+                    engine.apply_or_recover(&writes).await?;
+                    tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
+                    Ok(futures::future::join_all(
+                        writes.iter().map(|w| engine.run_handlers_after_write(w, &ctx)),
+                    )
+                    .await)
+                }
+                .in_current_span()
+            })
+            .await?
+        } else {
+            if !writes.is_empty() {
+                let applied = self.storage_ref().apply(&writes).await;
+                self.unless_landed(applied, WriteId::of_apply(&writes).as_ref())
+                    .await?;
+                tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
+            }
+            // No handler is interested in any of them: written finished.
+            vec![Handled::Finished; writes.len()]
+        }
+        .into_iter();
+        Ok(prepared
+            .into_iter()
+            .map(|p| match p {
+                Prepared::Write(write) => Synced::new(
+                    Published::Written(write.data),
+                    handled.next().unwrap_or(Handled::NoHandlers),
+                ),
+                Prepared::Unchanged(unchanged) => {
+                    Synced::new(Published::Unchanged(*unchanged), Handled::NoHandlers)
+                }
+            })
+            .collect())
+    }
+
+    /// The key row of a keyed commit, stored with its first write: it names
+    /// that command, and every command of the commit in order.
+    fn commit_key_row(
+        &self,
+        keyed: &Keyed,
+        first: &DataItem,
+        prepared: &[Prepared],
+        ctx: &InvocationContext,
+    ) -> IdempotencyRecord {
+        let retention = self.config().idempotency_retention;
+        let mut row = keyed.record(&first.key(), first.version, ctx, retention);
+        row.commit = prepared
+            .iter()
+            .map(|p| {
+                let (item, written) = match p {
+                    Prepared::Write(write) => (&write.data, true),
+                    Prepared::Unchanged(item) => (&**item, false),
+                };
+                CommitMember {
+                    pk: item.pk.to_string(),
+                    sk: item.sk.to_string(),
+                    version: item.version,
+                    written,
+                }
+            })
+            .collect();
+        row
     }
 
     /// `update` merged over `base`.
@@ -517,83 +659,32 @@ impl CommandService for Engine {
     }
 
     async fn commit(&self, commands: Vec<CommandInput>, ctx: &InvocationContext) -> Result<Vec<Synced>> {
-        let mut keys = HashSet::with_capacity(commands.len());
-        for command in &commands {
-            let key = check_command(self.tenancy(), command, ctx)?;
-            if command.idempotency_key.is_some() {
-                return Err(Error::invalid(
-                    "idempotencyKey",
-                    "a commit does not take idempotency keys: publish the command alone to key it",
-                ));
-            }
-            if !keys.insert(key.clone()) {
-                return Err(Error::invalid("commit", format!("{key} appears more than once")));
-            }
-        }
-        let limits = self.storage_ref().limits();
-        let rows = commands.len() * limits.rows_per_command;
-        let limit = limits.max_transaction_items;
-        if rows > limit {
-            return Err(Error::TooLarge {
-                what: "transaction".into(),
-                size: rows,
-                limit,
-            });
-        }
-        let prepared = try_join_all(commands.into_iter().map(|command| {
-            let key = command.key();
-            async move { self.prepare_sync(&key, command, None, ctx).await }
-        }))
-        .await?;
-        let writes: Vec<ApplyWrite> = prepared
-            .iter()
-            .filter_map(|p| match p {
-                Prepared::Write(write) => Some((**write).clone()),
-                Prepared::Unchanged(_) => None,
-            })
-            .collect();
-        check_transaction_size(&limits, &writes)?;
-        let handled = writes.iter().any(|w| {
-            w.inserted_command()
-                .is_some_and(|c| c.status == CommandStatus::Applied)
-        });
-        // How the handlers of each write ended, in the order of `writes`.
-        let mut handled = if handled {
-            // Handlers follow the write: detached, so that they run even if
-            // the caller's future is dropped.
-            let ctx = ctx.clone();
-            self.detached(move |engine| {
-                async move {
-                    engine.apply_or_recover(&writes).await?;
-                    tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
-                    Ok(futures::future::join_all(
-                        writes.iter().map(|w| engine.run_handlers_after_write(w, &ctx)),
-                    )
-                    .await)
-                }
-                .in_current_span()
-            })
-            .await?
-        } else {
-            if !writes.is_empty() {
-                self.storage_ref().apply(&writes).await?;
-                tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
-            }
-            vec![Handled::NoHandlers; writes.len()]
-        }
-        .into_iter();
-        Ok(prepared
-            .into_iter()
-            .map(|p| match p {
-                Prepared::Write(write) => Synced::new(
-                    Published::Written(write.data),
-                    handled.next().unwrap_or(Handled::NoHandlers),
-                ),
-                Prepared::Unchanged(unchanged) => {
-                    Synced::new(Published::Unchanged(*unchanged), Handled::NoHandlers)
-                }
-            })
-            .collect())
+        self.commit_keyed(commands, None, ctx).await
+    }
+
+    async fn commit_idempotent(
+        &self,
+        commands: Vec<CommandInput>,
+        key: IdempotencyKey,
+        ctx: &InvocationContext,
+    ) -> Result<Vec<Synced>> {
+        key.validate()?;
+        let keyed = Keyed::of_commit(key, &commands);
+        let outcome = self.commit_keyed(commands, Some(&keyed), ctx).await;
+        self.resolve_commit(outcome, &keyed, ctx).await
+    }
+
+    async fn find_idempotent_commit(
+        &self,
+        key: &IdempotencyKey,
+        ctx: &InvocationContext,
+    ) -> Result<Option<Vec<Synced>>> {
+        key.validate()?;
+        let Some(row) = self.held_key(&key.key, key.fingerprint.as_deref(), ctx).await? else {
+            return Ok(None);
+        };
+        check_key(self.tenancy(), &row.entity(), ctx)?;
+        self.first_commit(&row).await.map(Some)
     }
 
     async fn get_command(

@@ -34,20 +34,24 @@ impl Keyed {
     pub(crate) fn of_command(key: IdempotencyKey, command: &CommandInput, mode: &str) -> Keyed {
         let fingerprint = key.fingerprint_or(|| {
             let mut hash = Fingerprint::default();
-            hash.str(mode)
-                .str(&command.pk)
-                .str(&command.sk)
-                .str(&command.code)
-                .str(&command.name);
-            hash.str(&command.entity_type).str(&command.version.to_string());
-            hash.value(&json!([
-                command.is_deleted,
-                command.ttl,
-                command.seq,
-                command.id,
-                command.tenant_code
-            ]));
-            hash.value(&command.attributes);
+            hash.str(mode);
+            hash_command(&mut hash, command);
+            hash.finish()
+        });
+        Keyed {
+            key: key.key,
+            fingerprint,
+        }
+    }
+
+    /// `key` for a commit of `commands`: their contents, in order.
+    pub(crate) fn of_commit(key: IdempotencyKey, commands: &[CommandInput]) -> Keyed {
+        let fingerprint = key.fingerprint_or(|| {
+            let mut hash = Fingerprint::default();
+            hash.str("commit");
+            for command in commands {
+                hash_command(&mut hash, command);
+            }
             hash.finish()
         });
         Keyed {
@@ -91,8 +95,26 @@ impl Keyed {
             version,
             created_at: now,
             expires_at: now.timestamp().saturating_add(retention),
+            commit: Vec::new(),
         }
     }
+}
+
+/// Feeds what a command asks for to a fingerprint.
+fn hash_command(hash: &mut Fingerprint, command: &CommandInput) {
+    hash.str(&command.pk)
+        .str(&command.sk)
+        .str(&command.code)
+        .str(&command.name);
+    hash.str(&command.entity_type).str(&command.version.to_string());
+    hash.value(&json!([
+        command.is_deleted,
+        command.ttl,
+        command.seq,
+        command.id,
+        command.tenant_code
+    ]));
+    hash.value(&command.attributes);
 }
 
 impl Engine {
@@ -160,23 +182,26 @@ impl Engine {
             return outcome;
         };
         let item = self.first_item(&row).await?;
-        let handled = self.first_handled(&row).await?;
+        let handled = self.handled_at(&row.entity(), row.version).await?;
         Ok(Synced::new(Published::Written(item), handled))
     }
 
-    /// How the handlers of a key's first publish have ended so far, from its
-    /// command row's status.
-    async fn first_handled(&self, row: &IdempotencyRecord) -> Result<Handled> {
-        let command = self.first_command(row).await?;
+    /// How the handlers of `version` of `entity` have ended so far, from its
+    /// command row's status: the outcome a keyed retry reports.
+    async fn handled_at(&self, entity: &EntityKey, version: u64) -> Result<Handled> {
+        let Some(command) = self.storage_ref().get_command(entity, version).await? else {
+            // Expired after it was applied: done long ago.
+            return Ok(Handled::Finished);
+        };
         Ok(match command.status {
             CommandStatus::Finished => Handled::Finished,
             CommandStatus::Failed => {
-                let failure = self.storage_ref().get_failure(&row.entity(), row.version).await?;
+                let failure = self.storage_ref().get_failure(entity, version).await?;
                 Handled::Failed(failure.map(|f| f.failures).unwrap_or_default())
             }
             CommandStatus::Published => Handled::Later,
             CommandStatus::Applied if self.inner.pipeline.has_handlers_for(&command) => Handled::Recovering,
-            CommandStatus::Applied => Handled::NoHandlers,
+            CommandStatus::Applied => Handled::Finished,
         })
     }
 
@@ -194,6 +219,50 @@ impl Engine {
         }
     }
 
+    /// A keyed commit's outcome, or the first commit's result when the
+    /// outcome says the key may have been used: a conflict, or nothing
+    /// written.
+    pub(crate) async fn resolve_commit(
+        &self,
+        outcome: Result<Vec<Synced>>,
+        keyed: &Keyed,
+        ctx: &InvocationContext,
+    ) -> Result<Vec<Synced>> {
+        let may_be_a_retry = match &outcome {
+            Ok(published) => published.iter().all(Synced::is_unchanged),
+            Err(error) => error.is_conflict(),
+        };
+        if !may_be_a_retry {
+            return outcome;
+        }
+        match self.held_key(&keyed.key, Some(&keyed.fingerprint), ctx).await? {
+            Some(row) => self.first_commit(&row).await,
+            None => outcome,
+        }
+    }
+
+    /// What a key's first commit answered: each entity as the commit left
+    /// it, written or unchanged, in the commit's order. A key a single
+    /// publish holds answers as a commit of that one command.
+    pub(crate) async fn first_commit(&self, row: &IdempotencyRecord) -> Result<Vec<Synced>> {
+        if row.commit.is_empty() {
+            let item = self.first_item(row).await?;
+            let handled = self.handled_at(&row.entity(), row.version).await?;
+            return Ok(vec![Synced::new(Published::Written(item), handled)]);
+        }
+        futures::future::try_join_all(row.commit.iter().map(|member| async move {
+            let state = self.state_at(&member.entity(), member.version).await?;
+            Ok(match member.written {
+                true => Synced::new(
+                    Published::Written(state),
+                    self.handled_at(&member.entity(), member.version).await?,
+                ),
+                false => Synced::new(Published::Unchanged(state), Handled::NoHandlers),
+            })
+        }))
+        .await
+    }
+
     /// The command a key's first publish wrote.
     pub(crate) async fn first_command(&self, row: &IdempotencyRecord) -> Result<CommandRecord> {
         let entity = row.entity();
@@ -209,18 +278,30 @@ impl Engine {
     /// that version, its history row if superseded, or the command's state
     /// if not applied yet.
     pub(crate) async fn first_item(&self, row: &IdempotencyRecord) -> Result<DataItem> {
-        let entity = row.entity();
-        let current = self.storage_ref().get_data(&entity).await?;
+        self.state_at(&row.entity(), row.version).await
+    }
+
+    /// The entity as `version` left it: the data row if still at that
+    /// version, its history row if superseded, or the command's state if
+    /// not applied yet.
+    pub(crate) async fn state_at(&self, entity: &EntityKey, version: u64) -> Result<DataItem> {
+        let current = self.storage_ref().get_data(entity).await?;
         match &current {
-            Some(item) if item.version == row.version => return Ok(item.clone()),
-            Some(item) if item.version > row.version => {
-                if let Some(history) = self.storage_ref().get_history(&entity, row.version).await? {
+            Some(item) if item.version == version => return Ok(item.clone()),
+            Some(item) if item.version > version => {
+                if let Some(history) = self.storage_ref().get_history(entity, version).await? {
                     return Ok(history);
                 }
             }
             _ => {}
         }
-        let command = self.first_command(row).await?;
+        let command = self
+            .storage_ref()
+            .get_command(entity, version)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                key: format!("{}@{version}", entity.id()),
+            })?;
         Ok(data_item(&command, current.as_ref()))
     }
 }

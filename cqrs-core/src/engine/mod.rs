@@ -8,6 +8,7 @@
 mod activity;
 mod commands;
 mod idempotent;
+mod landed;
 mod pipeline;
 mod reads;
 pub(crate) mod records;

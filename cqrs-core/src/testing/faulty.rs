@@ -94,6 +94,12 @@ pub enum Fault {
     /// Waits until the rule is removed, then makes the call: storage that
     /// hangs, then comes back. A caller that gives up drops the call.
     Hang,
+    /// Makes the call twice and returns the second call's result: a
+    /// client's retry of a request whose first attempt landed unseen (the
+    /// AWS SDK retrying a conditional write that timed out while DynamoDB
+    /// was paused). A conditional write then fails on the row its own first
+    /// attempt stored.
+    RetriedAfterLanding,
 }
 
 /// Which calls get a fault: by default every call of every operation, from
@@ -270,7 +276,11 @@ impl FaultyStorage {
         }
     }
 
-    async fn call<T>(&self, op: Op, call: impl Future<Output = Result<T>>) -> Result<T> {
+    async fn call<T, F>(&self, op: Op, make_call: impl Fn() -> F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let call = make_call();
         let Some((id, fault)) = self.decide(op) else {
             return call.await;
         };
@@ -295,6 +305,10 @@ impl FaultyStorage {
                 self.hang_until_removed(id).await;
                 call.await
             }
+            Fault::RetriedAfterLanding => {
+                let _ = call.await;
+                make_call().await
+            }
         }
     }
 }
@@ -310,12 +324,12 @@ impl Storage for FaultyStorage {
         command: &CommandRecord,
         idempotency: Option<&IdempotencyRecord>,
     ) -> Result<()> {
-        self.call(Op::PutCommand, self.inner.put_command(command, idempotency))
+        self.call(Op::PutCommand, || self.inner.put_command(command, idempotency))
             .await
     }
 
     async fn get_command(&self, key: &EntityKey, version: u64) -> Result<Option<CommandRecord>> {
-        self.call(Op::GetCommand, self.inner.get_command(key, version))
+        self.call(Op::GetCommand, || self.inner.get_command(key, version))
             .await
     }
 
@@ -324,77 +338,82 @@ impl Storage for FaultyStorage {
         key: &EntityKey,
         data_version: Option<u64>,
     ) -> Result<Option<CommandRecord>> {
-        self.call(Op::LatestCommand, self.inner.latest_command(key, data_version))
+        self.call(Op::LatestCommand, || self.inner.latest_command(key, data_version))
             .await
     }
 
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>> {
-        self.call(Op::ListCommands, self.inner.list_commands(key)).await
+        self.call(Op::ListCommands, || self.inner.list_commands(key))
+            .await
     }
 
     async fn set_command_status(&self, key: &EntityKey, version: u64, status: CommandStatus) -> Result<()> {
-        self.call(
-            Op::SetCommandStatus,
-            self.inner.set_command_status(key, version, status),
-        )
+        self.call(Op::SetCommandStatus, || {
+            self.inner.set_command_status(key, version, status)
+        })
         .await
     }
 
     async fn apply(&self, writes: &[ApplyWrite]) -> Result<()> {
-        self.call(Op::Apply, self.inner.apply(writes)).await
+        self.call(Op::Apply, || self.inner.apply(writes)).await
     }
 
     async fn apply_one(&self, write: Box<ApplyWrite>) -> Result<DataItem> {
-        self.call(Op::Apply, self.inner.apply_one(write)).await
+        // Cloned per call: a fault may make the call twice.
+        self.call(Op::Apply, || self.inner.apply_one(write.clone())).await
     }
 
     async fn get_data(&self, key: &EntityKey) -> Result<Option<DataItem>> {
-        self.call(Op::GetData, self.inner.get_data(key)).await
+        self.call(Op::GetData, || self.inner.get_data(key)).await
     }
 
     async fn query_data(&self, query: &RangeQuery) -> Result<RangePage> {
-        self.call(Op::QueryData, self.inner.query_data(query)).await
+        self.call(Op::QueryData, || self.inner.query_data(query)).await
     }
 
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {
-        self.call(Op::GetHistory, self.inner.get_history(key, version))
+        self.call(Op::GetHistory, || self.inner.get_history(key, version))
             .await
     }
 
     async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>> {
-        self.call(Op::ListHistory, self.inner.list_history(key)).await
+        self.call(Op::ListHistory, || self.inner.list_history(key)).await
     }
 
     async fn next_counter(&self, counter: &Counter) -> Result<u64> {
-        self.call(Op::NextCounter, self.inner.next_counter(counter)).await
+        self.call(Op::NextCounter, || self.inner.next_counter(counter))
+            .await
     }
 
     async fn put_failure(&self, failure: &FailedCommand) -> Result<()> {
-        self.call(Op::PutFailure, self.inner.put_failure(failure)).await
+        self.call(Op::PutFailure, || self.inner.put_failure(failure))
+            .await
     }
 
     async fn delete_failure(&self, key: &EntityKey, version: u64) -> Result<()> {
-        self.call(Op::DeleteFailure, self.inner.delete_failure(key, version))
+        self.call(Op::DeleteFailure, || self.inner.delete_failure(key, version))
             .await
     }
 
     async fn get_failure(&self, key: &EntityKey, version: u64) -> Result<Option<FailedCommand>> {
-        self.call(Op::GetFailure, self.inner.get_failure(key, version))
+        self.call(Op::GetFailure, || self.inner.get_failure(key, version))
             .await
     }
 
     async fn list_failures(&self, tenant_code: Option<&str>) -> Result<Vec<FailedCommand>> {
-        self.call(Op::ListFailures, self.inner.list_failures(tenant_code))
+        self.call(Op::ListFailures, || self.inner.list_failures(tenant_code))
             .await
     }
 
     async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
-        self.call(Op::GetIdempotency, self.inner.get_idempotency(tenant_code, key))
-            .await
+        self.call(Op::GetIdempotency, || {
+            self.inner.get_idempotency(tenant_code, key)
+        })
+        .await
     }
 
     async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
-        self.call(Op::QueryIndex, self.inner.query_index(index, query))
+        self.call(Op::QueryIndex, || self.inner.query_index(index, query))
             .await
     }
 }

@@ -20,9 +20,12 @@ mod fixtures;
 mod idempotency;
 mod indexes;
 mod interleaved;
+mod keyed_commits;
+mod keyed_races;
 mod pipeline;
 mod queries;
 mod races;
+mod retried_writes;
 mod sequences;
 mod services;
 mod storage_primitives;
@@ -45,9 +48,12 @@ pub use fixtures::{ctx, RecordingHandler};
 pub use idempotency::*;
 pub use indexes::*;
 pub use interleaved::Interleaved;
+pub use keyed_commits::*;
+pub use keyed_races::*;
 pub use pipeline::*;
 pub use queries::*;
 pub use races::*;
+pub use retried_writes::*;
 pub use sequences::*;
 pub use services::*;
 pub use storage_primitives::*;
@@ -171,6 +177,12 @@ macro_rules! conformance_tests {
             lost_response_is_answered_by_the_keyed_retry,
             idempotency_keys_expire,
             keyed_updates_replay_without_deciding_again,
+            racing_keyed_publishes_answer_the_first_result,
+            racing_keyed_updates_answer_the_first_result,
+            writes_retried_after_landing_are_answered_as_written,
+            racing_keyed_commits_answer_the_first_result,
+            keyed_commits_write_once,
+            keyed_commits_count_their_key_row,
             read_your_writes_sees_pending_commands,
             updates_see_pending_commands,
             concurrent_updates_lose_nothing,

@@ -2489,6 +2489,57 @@ async fn idempotent_status_changes(api: &Api) {
     );
 }
 
+/// Ten concurrent `PATCH /orders/{code}/status` with one `Idempotency-Key`
+/// (a client retrying before its first try was answered), on five orders:
+/// every one answers the same 200 body — none the `invalid_transition` the
+/// status machine gives the order a duplicate already moved — and one
+/// version is written.
+async fn racing_keyed_status_changes(api: &Api) {
+    let a = api.token("shop-a");
+    let ctx = ctx("shop-a");
+    for round in 0..5 {
+        let code = api.place(&a, "PRD-001", 1, 29.99).await;
+        api.settled(&a, &code).await;
+        let racing = (0..10).map(|_| {
+            let client = api.client.clone();
+            let url = format!("{}/orders/{code}/status", api.base);
+            let token = a.clone();
+            tokio::spawn(async move {
+                let response = client
+                    .patch(url)
+                    .bearer_auth(token)
+                    .header("idempotency-key", format!("confirm-{round}"))
+                    .json(&json!({ "status": "confirmed" }))
+                    .send()
+                    .await
+                    .expect("answered");
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.expect("JSON");
+                (status, numbers_as_f64(&body))
+            })
+        });
+        let answers: Vec<(u16, Value)> = futures::future::join_all(racing)
+            .await
+            .into_iter()
+            .map(|answer| answer.expect("the request task did not panic"))
+            .collect();
+        for (status, body) in &answers {
+            assert_eq!(*status, 200, "round {round}: {body}");
+            assert_eq!(
+                body, &answers[0].1,
+                "round {round}: every duplicate answers the same"
+            );
+        }
+        assert_eq!(answers[0].1["version"], 3.0);
+        assert_eq!(answers[0].1["attributes"]["status"], "confirmed");
+        let key = EntityKey::new("TENANT#shop-a", format!("ORDER#{code}"));
+        let versions = CommandService::list_versions(&api.shop.engine, &key, &ctx)
+            .await
+            .expect("listed");
+        assert_eq!(versions.len(), 3, "round {round}: one move written");
+    }
+}
+
 /// Read-your-writes: right after `POST /orders`, `GET /orders/{code}` shows
 /// the order, before the pipeline applied it.
 async fn read_your_writes(api: &Api) {
@@ -2712,5 +2763,6 @@ on_both_backends!(
     cancel_races_reservation,
     idempotent_orders,
     idempotent_status_changes,
+    racing_keyed_status_changes,
     read_your_writes,
 );
