@@ -31,7 +31,7 @@ pub use attributes::Attributes;
 pub use builders::{CommandRecordBuilder, DataItemBuilder};
 pub use context::{InvocationContext, TenancyPolicy};
 pub use engine::{
-    AsyncDispatch, Engine, EngineBuilder, EngineConfig, RetryPolicy, APPLY_STEP, DEFAULT_HANDLER_TIMEOUT,
+    AsyncDispatch, Engine, EngineBuilder, EngineConfig, Reindexed, RetryPolicy, APPLY_STEP, DEFAULT_HANDLER_TIMEOUT,
     DEFAULT_RECOVERY_GRACE,
 };
 pub use error::{BoxError, Error, Result};

@@ -172,6 +172,18 @@ impl Storage for Faulty {
     async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
         self.inner.query_index(index, query).await
     }
+
+    async fn put_index_entries(
+        &self,
+        key: &EntityKey,
+        data_version: u64,
+        indexes: &[String],
+        entries: &[cqrs_core::IndexEntry],
+    ) -> Result<()> {
+        self.inner
+            .put_index_entries(key, data_version, indexes, entries)
+            .await
+    }
 }
 
 /// An engine as the Lambda function builds it (external dispatch), with a
