@@ -31,8 +31,8 @@ pub use attributes::Attributes;
 pub use builders::{CommandRecordBuilder, DataItemBuilder};
 pub use context::{InvocationContext, TenancyPolicy};
 pub use engine::{
-    AsyncDispatch, Engine, EngineBuilder, EngineConfig, Reindexed, RetryPolicy, APPLY_STEP, DEFAULT_HANDLER_TIMEOUT,
-    DEFAULT_RECOVERY_GRACE,
+    AsyncDispatch, Engine, EngineBuilder, EngineConfig, Reindexed, RetryPolicy, APPLY_STEP,
+    DEFAULT_HANDLER_TIMEOUT, DEFAULT_RECOVERY_GRACE,
 };
 pub use error::{BoxError, Error, Result};
 pub use handle::{default_conflict_retry, Services};

@@ -15,8 +15,8 @@ use aws_sdk_dynamodb::Client;
 use chrono::Utc;
 use cqrs_core::{
     command_sk, ApplyWrite, CommandRecord, CommandStatus, CommandWrite, Counter, DataItem, EntityKey, Error,
-    ExpectedVersion, FailedCommand, IdempotencyRecord, IndexEntry, RangePage, RangeQuery, Result, SkCondition, SortOrder,
-    Storage, StorageLimits, UnreadableRow, INDEX_KEY_SEPARATOR,
+    ExpectedVersion, FailedCommand, IdempotencyRecord, IndexEntry, RangePage, RangeQuery, Result,
+    SkCondition, SortOrder, Storage, StorageLimits, UnreadableRow, INDEX_KEY_SEPARATOR,
 };
 
 use crate::counter;

@@ -126,7 +126,12 @@ impl Engine {
             }
         }
         if !stale.is_empty() {
-            tracing::warn!(index = index.name(), partition, stale = stale.len(), "stale index entries left out of a page");
+            tracing::warn!(
+                index = index.name(),
+                partition,
+                stale = stale.len(),
+                "stale index entries left out of a page"
+            );
         }
         for item in &stale {
             match self.rewrite_entries(item).await {

@@ -33,6 +33,12 @@ const REINDEX_BATCH: usize = 100;
 /// under it (each write in between wrote entries of its own).
 const REPAIR_ATTEMPTS: usize = 5;
 
+/// Reads of the data row by [`Engine::repair_indexes_after`] while it waits
+/// for another program's data write, and the first pause between them
+/// (growing linearly: 1.5 s in all).
+const FOREIGN_WRITE_WAITS: u32 = 6;
+const FOREIGN_WRITE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What [`Engine::reindex`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -69,6 +75,30 @@ impl Engine {
             }
         }
         Err(last_conflict.unwrap_or_else(|| Error::backend("index repair did not settle", true)))
+    }
+
+    /// [`Engine::repair_indexes`] after another program's write of `version`
+    /// (a stream record of its command row): that program writes the data
+    /// row after the command row, so the repair first waits, briefly and
+    /// bounded, for the data row to reach `version`; then it repairs
+    /// whatever version is there (a later write of the other program comes
+    /// with a record of its own).
+    pub async fn repair_indexes_after(&self, key: &EntityKey, version: u64) -> Result<Option<u64>> {
+        if self.inner.pipeline.indexes.is_empty() {
+            return Ok(None);
+        }
+        for attempt in 1..=FOREIGN_WRITE_WAITS {
+            match self.storage_ref().get_data(key).await? {
+                Some(data) if data.version >= version => break,
+                _ if attempt < FOREIGN_WRITE_WAITS => {
+                    tokio::time::sleep(FOREIGN_WRITE_WAIT * attempt).await;
+                }
+                _ => {
+                    tracing::debug!(pk = %key.pk, sk = %key.sk, version, "the data row of another program's write is not there yet: repairing what is");
+                }
+            }
+        }
+        self.repair_indexes(key).await
     }
 
     /// Rewrites the index entries of every data row of the partition `pk`
@@ -117,7 +147,12 @@ impl Engine {
                 None => break,
             }
         }
-        tracing::info!(pk, rewritten = done.rewritten, unreadable = done.unreadable, "partition reindexed");
+        tracing::info!(
+            pk,
+            rewritten = done.rewritten,
+            unreadable = done.unreadable,
+            "partition reindexed"
+        );
         Ok(done)
     }
 

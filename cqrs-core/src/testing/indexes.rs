@@ -17,9 +17,9 @@ use crate::error::Error;
 use crate::index::{Index, IndexEntry, IndexLookup};
 use crate::keys::EntityKey;
 use crate::model::{CommandStatus, DataItem};
-use crate::storage::{ApplyWrite, CommandWrite};
 use crate::query::{Cursor, Filter, ListQuery, SkCondition, SortOrder};
 use crate::services::{CommandService, DataService};
+use crate::storage::{ApplyWrite, CommandWrite};
 
 /// The indexes the checks declare: a backend whose indexes must exist
 /// before they are used (DynamoDB's global secondary indexes) creates them
@@ -469,7 +469,11 @@ pub async fn index_entries_of_other_writers_are_checked_and_repaired(factory: &d
     // The primitive is conditioned on the data version: entries computed
     // from version 1 never replace those of version 2.
     let names = vec!["orders-by-status".to_owned()];
-    let stale = by_status().entry(&v1).expect("entry").into_iter().collect::<Vec<_>>();
+    let stale = by_status()
+        .entry(&v1)
+        .expect("entry")
+        .into_iter()
+        .collect::<Vec<_>>();
     let error = engine
         .storage()
         .put_index_entries(&v1.key(), 1, &names, &stale)
