@@ -539,3 +539,70 @@ async fn a_row_without_attributes_reads_as_empty_attributes_on_both_backends() {
     put_rows(&storage, &without_attributes()).await.expect("stored");
     reads_as_empty_attributes(Arc::new(storage)).await;
 }
+
+/// The stream consumer repairs the index entries of the reference
+/// framework's writes: it moves one of our orders to `delivered` (a partial
+/// update: it reads our row, our index attributes with it, and writes them
+/// back as they were), and the order is found under `delivered` once the
+/// consumer has seen its command row — without any read of the stale
+/// `shipped` entry, which would repair it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stream_consumer_repairs_the_index_entries_of_its_writes() {
+    use std::time::Duration;
+    if !common::available() {
+        return;
+    }
+    let storage = common::fresh_storage("mbc-stream-reindex").await;
+    let engine = Engine::builder(Arc::new(storage.clone()))
+        .dispatch(AsyncDispatch::External)
+        .index(
+            cqrs_core::Index::new("orders-by-status")
+                .entity_type("ORDER")
+                .partition_by("attributes.status"),
+        )
+        .build();
+    let running = common::Running::start(common::consumer(&engine, &storage));
+    engine
+        .publish_sync(
+            CommandInput::new(PK, "ORDER#R1").attributes(json!({ "status": "shipped" })),
+            &ctx(),
+        )
+        .await
+        .expect("ours");
+
+    // Its publishPartialUpdateSync: the command row of version 2 first, its
+    // data row (with our index attributes copied) a moment later.
+    let delivered = AttributeValue::M(HashMap::from([(
+        "status".to_owned(),
+        AttributeValue::S("delivered".into()),
+    )]));
+    let mut data = raw(&storage, "data", PK, "ORDER#R1").await;
+    assert!(data.contains_key("ix_orders-by-status_pk"), "ours has its entry");
+    data.insert("version".into(), AttributeValue::N("2".into()));
+    data.insert("attributes".into(), delivered.clone());
+    let mut command = raw(&storage, "command", PK, "ORDER#R1@1").await;
+    command.insert("sk".into(), AttributeValue::S("ORDER#R1@2".into()));
+    command.insert("version".into(), AttributeValue::N("2".into()));
+    command.insert("attributes".into(), delivered);
+    command.insert("status".into(), AttributeValue::S("finish:FINISHED".into()));
+    command.insert("syncMode".into(), AttributeValue::S("SYNC".into()));
+    put(&storage, "command", command).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    put(&storage, "data", data).await;
+
+    let lookup = cqrs_core::IndexLookup::new("orders-by-status", PK).value("delivered");
+    common::wait_until_async("listed under delivered", Duration::from_secs(30), || async {
+        let page = engine
+            .list_by_index(&lookup, ListQuery::new(), &ctx())
+            .await
+            .unwrap();
+        page.items.iter().any(|i| i.sk == "ORDER#R1")
+    })
+    .await;
+    running.stop(Duration::from_secs(10)).await;
+    let row = raw(&storage, "data", PK, "ORDER#R1").await;
+    assert_eq!(
+        string(&row, "ix_orders-by-status_pk"),
+        Some("TENANT#shop-a\u{1}delivered")
+    );
+}
