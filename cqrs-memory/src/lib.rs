@@ -574,6 +574,12 @@ impl Storage for InMemory {
         indexes: &[String],
         entries: &[IndexEntry],
     ) -> Result<()> {
+        if let Some(stray) = entries.iter().find(|e| !indexes.contains(&e.index)) {
+            return Err(Error::invalid(
+                "index",
+                format!("an entry of {} that is not among the indexes named", stray.index),
+            ));
+        }
         let mut tables = self.write();
         let Tables {
             partitions,
@@ -584,12 +590,10 @@ impl Storage for InMemory {
             .get_mut(key.pk.as_str())
             .and_then(|p| p.entities.get_mut(key.sk.as_str()));
         let actual = entity.as_ref().and_then(|e| e.data_version());
-        let (Some(entity), Some(version)) = (entity, actual) else {
+        let Some(entity) = entity.filter(|_| actual == Some(data_version)) else {
             return Err(version_conflict(key, data_version, actual));
         };
-        if version != data_version {
-            return Err(version_conflict(key, data_version, actual));
-        }
+        // Present: its version was just read.
         let Some(data) = entity.data.clone() else {
             return Err(version_conflict(key, data_version, None));
         };

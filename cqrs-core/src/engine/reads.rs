@@ -136,7 +136,8 @@ impl Engine {
         for item in &stale {
             match self.rewrite_entries(item).await {
                 Ok(()) => {}
-                // Written since: that write wrote its own entries.
+                // Written since: a read that finds the newer version under
+                // an entry it does not have repairs it then.
                 Err(Error::Conflict { .. }) => {}
                 Err(error) => {
                     tracing::warn!(pk = %item.pk, sk = %item.sk, %error, "stale index entries not repaired");
