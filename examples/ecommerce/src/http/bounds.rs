@@ -7,7 +7,9 @@ use utoipa::openapi::schema::{Object, Schema};
 use utoipa::openapi::{OpenApi, RefOr};
 use utoipa::Modify;
 
-use crate::services::{MAX_IMAGES, MAX_LINES, MAX_PAGE_SIZE, MAX_QUANTITY, MAX_STOCK, MIN_PAGE_SIZE};
+use crate::services::{
+    MAX_IMAGES, MAX_LINES, MAX_PAGE_SIZE, MAX_QUANTITY, MAX_STOCK, MIN_PAGE_SIZE, MIN_QUANTITY,
+};
 
 /// Sets every documented bound of a request field.
 pub(crate) struct Bounds;
@@ -21,7 +23,7 @@ impl Modify for Bounds {
             }
         }
         if let Some(quantity) = property(openapi, "OrderItem", "quantity") {
-            quantity.minimum = Some(1.into());
+            quantity.minimum = Some((MIN_QUANTITY as usize).into());
             quantity.maximum = Some((MAX_QUANTITY as usize).into());
         }
         if let Some(quantity) = property(openapi, "SetInventory", "quantity") {

@@ -14,7 +14,7 @@ pub use validate::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MIN_PAGE_SIZE};
 
 pub use inventory::{InventoryService, ReserveOutcome, SetInventory, MAX_ATTEMPTS, MAX_STOCK};
 pub use orders::{
-    order_indexes, NewOrder, OrderService, Placed, MAX_LINES, MAX_QUANTITY, ORDERS_BY_CUSTOMER,
+    order_indexes, NewOrder, OrderService, Placed, MAX_LINES, MAX_QUANTITY, MIN_QUANTITY, ORDERS_BY_CUSTOMER,
     ORDERS_BY_STATUS,
 };
 pub use products::{NewProduct, ProductService, MAX_IMAGES};

@@ -37,6 +37,8 @@ pub fn order_indexes() -> [Index; 2] {
 
 /// Lines an order may have.
 pub const MAX_LINES: usize = 100;
+/// Units a line must have at least.
+pub const MIN_QUANTITY: u32 = 1;
 /// Units a line may have.
 pub const MAX_QUANTITY: u32 = 10_000;
 
@@ -163,9 +165,9 @@ impl OrderService {
         let mut catalogue = BTreeMap::new();
         for item in &mut order.items {
             validate::code("productCode", &item.product_code)?;
-            if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+            if !(MIN_QUANTITY..=MAX_QUANTITY).contains(&item.quantity) {
                 return Err(ShopError::InvalidInput(format!(
-                    "quantity of {} must be 1 to {MAX_QUANTITY}, got {}",
+                    "quantity of {} must be {MIN_QUANTITY} to {MAX_QUANTITY}, got {}",
                     item.product_code, item.quantity
                 )));
             }
