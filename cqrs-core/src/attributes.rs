@@ -352,6 +352,20 @@ impl Serialize for Attributes {
     }
 }
 
+impl Attributes {
+    /// Deserializes attributes a row may lack: `null` reads as empty, as an
+    /// absent field does (with `#[serde(default)]`). The reference framework
+    /// stores commands without attributes.
+    pub(crate) fn deserialize_or_empty<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        match Value::deserialize(deserializer)? {
+            Value::Null => Ok(Self::new()),
+            value => Ok(Self::from(value)),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Attributes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         Value::deserialize(deserializer).map(Self::from)

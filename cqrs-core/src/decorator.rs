@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::idempotency::IdempotencyRecord;
+use crate::index::IndexEntry;
 use crate::keys::EntityKey;
 use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand};
 use crate::sequence::Counter;
@@ -140,6 +141,19 @@ pub trait StorageDecorator: Send + Sync + std::fmt::Debug + 'static {
         self.inner().query_index(index, query).await
     }
 
+    /// See [`Storage::put_index_entries`].
+    async fn put_index_entries(
+        &self,
+        key: &EntityKey,
+        data_version: u64,
+        indexes: &[String],
+        entries: &[IndexEntry],
+    ) -> Result<()> {
+        self.inner()
+            .put_index_entries(key, data_version, indexes, entries)
+            .await
+    }
+
     /// See [`Storage::get_history`].
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {
         self.inner().get_history(key, version).await
@@ -233,6 +247,16 @@ impl<D: StorageDecorator> Storage for D {
 
     async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
         StorageDecorator::query_index(self, index, query).await
+    }
+
+    async fn put_index_entries(
+        &self,
+        key: &EntityKey,
+        data_version: u64,
+        indexes: &[String],
+        entries: &[IndexEntry],
+    ) -> Result<()> {
+        StorageDecorator::put_index_entries(self, key, data_version, indexes, entries).await
     }
 
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {

@@ -33,8 +33,8 @@ pub use builders::{CommandRecordBuilder, DataItemBuilder};
 pub use context::{InvocationContext, TenancyPolicy};
 pub use decorator::StorageDecorator;
 pub use engine::{
-    AsyncDispatch, Engine, EngineBuilder, EngineConfig, RetryPolicy, APPLY_STEP, DEFAULT_HANDLER_TIMEOUT,
-    DEFAULT_RECOVERY_GRACE,
+    AsyncDispatch, Engine, EngineBuilder, EngineConfig, Reindexed, RetryPolicy, APPLY_STEP,
+    DEFAULT_HANDLER_TIMEOUT, DEFAULT_RECOVERY_GRACE,
 };
 pub use error::{BoxError, Error, Result};
 pub use handle::{default_conflict_retry, Services};

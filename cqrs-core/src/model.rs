@@ -452,6 +452,7 @@ struct StoredCommand {
     version: u64,
     #[serde(rename = "type")]
     entity_type: SmolStr,
+    #[serde(default, deserialize_with = "Attributes::deserialize_or_empty")]
     attributes: Attributes,
     #[serde(default)]
     is_deleted: bool,
@@ -633,7 +634,9 @@ pub struct DataItem {
     /// Entity type.
     #[serde(rename = "type")]
     pub entity_type: SmolStr,
-    /// Attributes.
+    /// Attributes (absent or null in a row: empty; the reference framework
+    /// accepts commands without attributes).
+    #[serde(default, deserialize_with = "Attributes::deserialize_or_empty")]
     pub attributes: Attributes,
     /// Soft-delete flag (absent in a row: false).
     #[serde(default)]
@@ -1069,6 +1072,24 @@ mod tests {
         let v: ExpectedVersion = serde_json::from_value(json!(-1)).unwrap();
         assert_eq!(v, ExpectedVersion::Latest);
         assert!(serde_json::from_value::<ExpectedVersion>(json!(-2)).is_err());
+    }
+
+    /// The reference framework accepts commands without attributes: their
+    /// rows (data, history, command) read with empty attributes.
+    #[test]
+    fn rows_without_attributes_read_as_empty_attributes() {
+        let row = json!({
+            "pk": "TENANT#a", "sk": "PRODUCT#1", "code": "1", "name": "n", "version": 1,
+            "type": "PRODUCT", "createdAt": "2026-12-01T00:00:00Z", "updatedAt": "2026-12-01T00:00:00Z",
+        });
+        let mut with_null = row.clone();
+        with_null["attributes"] = Value::Null;
+        for row in [row, with_null] {
+            let data: DataItem = serde_json::from_value(row.clone()).expect("a data row");
+            assert_eq!(data.attributes.as_value(), &json!({}));
+            let command: CommandRecord = serde_json::from_value(row).expect("a command row");
+            assert_eq!(command.attributes.as_value(), &json!({}));
+        }
     }
 
     #[test]

@@ -107,6 +107,24 @@ pub struct RangePage {
     /// Rows of the range that could not be read as items; `last_sk` counts
     /// them as read.
     pub unreadable: Vec<UnreadableRow>,
+    /// For [`Storage::query_index`]: the sort key of the entry each item was
+    /// found by ([`IndexEntry::sk`]), one per item, in the same order. The
+    /// engine checks it against the entry the item's current values give,
+    /// for a row another program wrote may carry entries it no longer
+    /// matches. Empty for [`Storage::query_data`].
+    pub index_keys: Vec<String>,
+}
+
+impl RangePage {
+    /// A page with no rows, the end of its range.
+    pub fn empty() -> Self {
+        Self {
+            items: Vec::new(),
+            last_sk: None,
+            unreadable: Vec::new(),
+            index_keys: Vec::new(),
+        }
+    }
 }
 
 /// The primitives of a storage backend.
@@ -196,6 +214,24 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// eventually consistent); a row is never found under an entry it no
     /// longer has once the lag has passed.
     async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage>;
+
+    /// Replaces the entity's entries in the indexes named in `indexes` with
+    /// `entries` (an index of `indexes` without an entry there loses the
+    /// entity's), on condition that its data row is at `data_version`;
+    /// entries of other indexes are kept. The repair of a data row another
+    /// program wrote with missing or stale entries: the condition keeps it
+    /// from overwriting the entries of a newer write.
+    ///
+    /// Fails with [`Error::Conflict`](crate::Error::Conflict) (expected
+    /// `data_version`, actual: the data row's version, `None` when there is
+    /// none) when the condition fails, and writes nothing.
+    async fn put_index_entries(
+        &self,
+        key: &EntityKey,
+        data_version: u64,
+        indexes: &[String],
+        entries: &[IndexEntry],
+    ) -> Result<()>;
 
     /// The history row of `version` (a superseded data version).
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>>;

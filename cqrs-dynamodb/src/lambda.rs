@@ -132,10 +132,12 @@ pub async fn handle_event_with(
     // Per entity, its records in order (position in the batch, version).
     let mut lanes: Vec<(EntityKey, Vec<LaneRecord>)> = Vec::new();
     let mut lane_of: HashMap<EntityKey, usize> = HashMap::new();
+    let mut repairs: Vec<(EntityKey, u64)> = Vec::new();
     for (position, record) in event.records.iter().enumerate() {
         match classify_event_record(record).for_engine(engine) {
             // `for_engine` resolved a foreign command: one not owned here.
             RecordAction::Skip | RecordAction::Foreign { .. } => {}
+            RecordAction::RepairIndexes { key, version } => repairs.push((key, version)),
             RecordAction::Malformed(why) => {
                 tracing::error!(
                     event_id = %record.event_id,
@@ -157,6 +159,20 @@ pub async fn handle_event_with(
             }
         }
     }
+    // Another framework's writes: their index entries repaired (best
+    // effort, not retried: reads never serve a stale entry, and
+    // `Engine::reindex` backfills what a failed repair missed).
+    futures::stream::iter(repairs)
+        .for_each_concurrent(
+            options.max_concurrent_entities.max(1),
+            |(key, version)| async move {
+                if let Err(error) = engine.repair_indexes_after(&key, version).await {
+                    tracing::warn!(pk = %key.pk, sk = %key.sk, version, %error,
+                    "index entries of another program's write not repaired");
+                }
+            },
+        )
+        .await;
     // Per failed entity: the position of its first record not completed, and why.
     let failed: Vec<(usize, Error)> = futures::stream::iter(lanes)
         .map(|(key, records)| settle_lane(engine, key, records, &options.retry))
@@ -384,13 +400,22 @@ mod tests {
             classify_event_record(&record("INSERT", &keys, Some("applied"))),
             settle(CommandStatus::Applied)
         );
-        for status in [Some("finished"), Some("failed"), Some("finish:FINISHED")] {
+        for status in [Some("finished"), Some("failed"), Some("check_version:FAILED")] {
             assert_eq!(
                 classify_event_record(&record("INSERT", &keys, status)),
                 RecordAction::Skip,
                 "{status:?}"
             );
         }
+        // A version the reference framework finished applying: its index
+        // entries are repaired.
+        assert_eq!(
+            classify_event_record(&record("INSERT", &keys, Some("finish:FINISHED"))),
+            RecordAction::RepairIndexes {
+                key: EntityKey::new("TENANT#a", "ORDER#1"),
+                version: 2,
+            }
+        );
         // No status: the reference framework's async command, which the
         // engine settles only if it owns the pipeline.
         assert_eq!(

@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConditionCheck, KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure,
     TransactWriteItem, Update,
@@ -14,8 +15,8 @@ use aws_sdk_dynamodb::Client;
 use chrono::Utc;
 use cqrs_core::{
     command_sk, ApplyWrite, CommandRecord, CommandStatus, CommandWrite, Counter, DataItem, EntityKey, Error,
-    ExpectedVersion, FailedCommand, IdempotencyRecord, RangePage, RangeQuery, Result, SkCondition, SortOrder,
-    Storage, StorageLimits, UnreadableRow, INDEX_KEY_SEPARATOR,
+    ExpectedVersion, FailedCommand, IdempotencyRecord, IndexEntry, RangePage, RangeQuery, Result,
+    SkCondition, SortOrder, Storage, StorageLimits, UnreadableRow, INDEX_KEY_SEPARATOR,
 };
 
 use crate::counter;
@@ -787,7 +788,7 @@ impl Storage for DynamoDbStorage {
             request = request.set_exclusive_start_key(Some(key(&query.pk, after)));
         }
         let page = request.send().await.map_err(sdk_error)?;
-        range_page(page, "sk")
+        range_page(page, "sk", false)
     }
 
     /// One `Query` of the index's global secondary index (eventually
@@ -826,7 +827,70 @@ impl Storage for DynamoDbStorage {
             request = request.set_exclusive_start_key(Some(start));
         }
         let page = request.send().await.map_err(sdk_error)?;
-        range_page(page, &range)
+        range_page(page, &range, true)
+    }
+
+    /// One conditional `UpdateItem` of the data row: `SET` the attributes
+    /// of the given entries, `REMOVE` those of the other named indexes.
+    async fn put_index_entries(
+        &self,
+        key: &EntityKey,
+        data_version: u64,
+        indexes: &[String],
+        entries: &[IndexEntry],
+    ) -> Result<()> {
+        let mut sets = Vec::new();
+        let mut removes = Vec::new();
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.tables.data)
+            .set_key(Some(self::key(&key.pk, &key.sk)))
+            .condition_expression("version = :version")
+            .expression_attribute_values(":version", n(data_version))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (i, index) in indexes.iter().enumerate() {
+            let (hash, range) = index_attributes(index);
+            request = request
+                .expression_attribute_names(format!("#h{i}"), hash)
+                .expression_attribute_names(format!("#r{i}"), range);
+            match entries.iter().find(|e| e.index == *index) {
+                Some(entry) => {
+                    sets.push(format!("#h{i} = :h{i}, #r{i} = :r{i}"));
+                    request = request
+                        .expression_attribute_values(format!(":h{i}"), s(&entry.pk))
+                        .expression_attribute_values(format!(":r{i}"), s(&entry.sk));
+                }
+                None => removes.push(format!("#h{i}, #r{i}")),
+            }
+        }
+        if let Some(stray) = entries.iter().find(|e| !indexes.contains(&e.index)) {
+            return Err(Error::invalid(
+                "index",
+                format!("an entry of {} that is not among the indexes named", stray.index),
+            ));
+        }
+        let mut expression = String::new();
+        if !sets.is_empty() {
+            expression = format!("SET {}", sets.join(", "));
+        }
+        if !removes.is_empty() {
+            expression = format!("{expression} REMOVE {}", removes.join(", "));
+        }
+        if expression.is_empty() {
+            return Ok(());
+        }
+        match request.update_expression(expression.trim()).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(failed)) => Err(Self::conflict(
+                    key,
+                    data_version,
+                    failed.item().and_then(version_of),
+                )),
+                _ => Err(sdk_error(e)),
+            },
+        }
     }
 
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {
@@ -965,6 +1029,7 @@ fn key_of_command(key: &EntityKey, version: u64) -> HashMap<String, AttributeVal
 fn range_page(
     page: aws_sdk_dynamodb::operation::query::QueryOutput,
     sort_attribute: &str,
+    of_index: bool,
 ) -> Result<RangePage> {
     let last_sk = match page
         .last_evaluated_key
@@ -976,12 +1041,19 @@ fn range_page(
     };
     let mut items = Vec::new();
     let mut unreadable = Vec::new();
+    let mut index_keys = Vec::new();
     for item in page.items.unwrap_or_default() {
         // One row another program wrote in a shape this one cannot read
         // must not fail the page: it is reported by its key.
         let (pk, sk) = (string_attribute(&item, "pk"), string_attribute(&item, "sk"));
+        let index_key = string_attribute(&item, sort_attribute);
         match data_from_item(item) {
-            Ok(item) => items.push(item),
+            Ok(item) => {
+                items.push(item);
+                if of_index {
+                    index_keys.push(index_key);
+                }
+            }
             Err(error) => unreadable.push(UnreadableRow {
                 pk,
                 sk,
@@ -993,6 +1065,7 @@ fn range_page(
         items,
         last_sk,
         unreadable,
+        index_keys,
     })
 }
 

@@ -20,8 +20,8 @@ use aws_lambda_events::event::streams::DynamoDbEventResponse;
 use cqrs_core::testing::{ctx, RecordingHandler};
 use cqrs_core::{
     command_sk, ApplyWrite, AsyncDispatch, CommandInput, CommandRecord, CommandService, CommandStatus,
-    DataItem, Engine, EntityKey, Error, ExpectedVersion, Interest, Result, RetryPolicy, Storage,
-    StorageDecorator,
+    CommandWrite, DataItem, DataService, Engine, EntityKey, Error, ExpectedVersion, Index, IndexLookup,
+    Interest, ListQuery, Result, RetryPolicy, Storage, StorageDecorator,
 };
 use cqrs_dynamodb::lambda::handle_event;
 use serde_json::{json, Value};
@@ -350,6 +350,98 @@ async fn aws_wire_format_insert_parses_and_is_processed() {
         serde_json::to_value(&response).expect("JSON"),
         json!({ "batchItemFailures": [] })
     );
+}
+
+/// The reference framework finished a write of one of our orders (moved
+/// it to `delivered`, keeping the `shipped` entry it copied) and created
+/// one without entries: the records of its command rows repair their
+/// index entries, so each is listed under its status (without any read of
+/// the stale entry, which would repair it too).
+#[tokio::test]
+async fn another_frameworks_finished_writes_have_their_index_entries_repaired() {
+    let storage = Arc::new(cqrs_memory::InMemory::new());
+    let by_status = Index::new("orders-by-status")
+        .entity_type("ORDER")
+        .partition_by("attributes.status");
+    let engine = Engine::builder(storage.clone())
+        .dispatch(AsyncDispatch::External)
+        .index(by_status.clone())
+        .build();
+    let c = ctx(TENANT);
+    let v1 = engine
+        .publish_sync(
+            CommandInput::new(PK, "ORDER#1").attributes(json!({ "status": "shipped" })),
+            &c,
+        )
+        .await
+        .expect("ours")
+        .into_item();
+    // Its writes, through the storage's primitives.
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    v2.attributes = json!({ "status": "delivered" }).into();
+    let created = DataItem::builder(PK, "ORDER#2")
+        .entity_type("ORDER")
+        .attributes(json!({ "status": "delivered" }))
+        .build();
+    for (previous, new, entries) in [
+        (
+            Some(&v1),
+            &v2,
+            by_status.entry(&v1).unwrap().into_iter().collect(),
+        ),
+        (None, &created, Vec::new()),
+    ] {
+        let write = ApplyWrite {
+            command: CommandWrite::Insert(Box::new(new.command(CommandStatus::Finished, None))),
+            data: new.clone(),
+            expected_data_version: previous.map_or(0, |p| p.version),
+            history: previous.cloned(),
+            idempotency: None,
+            indexes: entries,
+        };
+        storage.apply(&[write]).await.expect("its write");
+    }
+    let delivered = IndexLookup::new("orders-by-status", PK).value("delivered");
+    let listed =
+        |page: cqrs_core::Page<DataItem>| page.items.iter().map(|i| i.sk.to_string()).collect::<Vec<_>>();
+    let before = engine
+        .list_by_index(&delivered, ListQuery::new(), &c)
+        .await
+        .expect("read");
+    assert!(listed(before).is_empty(), "no entry under delivered yet");
+
+    // Its command rows' records, as it marks them finished.
+    let records = [&v2, &created]
+        .iter()
+        .enumerate()
+        .map(|(n, item)| {
+            let row = item.command(CommandStatus::Finished, None);
+            let mut image = image(&row);
+            image["status"] = json!({ "S": "finish:FINISHED" });
+            image["syncMode"] = json!({ "S": "SYNC" });
+            stream_record(
+                "INSERT",
+                Some(&format!("{:021}", 500 + n)),
+                Some(image),
+                None,
+                &keys_of(&row),
+            )
+        })
+        .collect();
+    let response = handle_event(&engine, event(records)).await.expect("handled");
+    assert!(response.batch_item_failures.is_empty());
+    let after = engine
+        .list_by_index(&delivered, ListQuery::new(), &c)
+        .await
+        .expect("read");
+    assert_eq!(listed(after), ["ORDER#1", "ORDER#2"]);
+    let shipped = IndexLookup::new("orders-by-status", PK).value("shipped");
+    let page = engine
+        .list_by_index(&shipped, ListQuery::new(), &c)
+        .await
+        .expect("read");
+    assert!(listed(page).is_empty());
 }
 
 #[tokio::test]

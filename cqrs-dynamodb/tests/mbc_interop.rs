@@ -462,3 +462,147 @@ async fn the_stream_consumer_of_the_owner_applies_its_async_command_and_a_bystan
     let row = raw(&storage, "command", PK, "PRODUCT#PRD-102@1").await;
     assert_eq!(string(&row, "status"), Some("applied"));
 }
+
+/// A product the reference framework published without attributes (it
+/// allows that): its data, command and history rows, as DynamoDB items.
+fn without_attributes() -> Vec<(String, Item)> {
+    let data = json!({
+        "pk": { "S": PK }, "sk": { "S": "PRODUCT#BARE" }, "id": { "S": format!("{PK}#PRODUCT#BARE") },
+        "code": { "S": "BARE" }, "name": { "S": "No attributes" }, "version": { "N": "1" },
+        "type": { "S": "PRODUCT" }, "tenantCode": { "S": "shop-a" },
+        "createdAt": { "S": "2026-12-01T02:08:29+00:00" }, "updatedAt": { "S": "2026-12-01T02:08:29+00:00" },
+    });
+    let mut command = data.clone();
+    command["sk"] = json!({ "S": "PRODUCT#BARE@1" });
+    command["status"] = json!({ "S": "finish:FINISHED" });
+    command["syncMode"] = json!({ "S": "SYNC" });
+    let item = |json: &serde_json::Value| cqrs_dynamodb::testing::item_from_json(json).expect("an item");
+    vec![("command".into(), item(&command)), ("data".into(), item(&data))]
+}
+
+/// Every read of an entity without attributes, on `storage`: empty
+/// attributes, never an error.
+async fn reads_as_empty_attributes(storage: Arc<dyn Storage>) {
+    let engine = Engine::builder(storage.clone())
+        .dispatch(AsyncDispatch::External)
+        .build();
+    let bare = key("PRODUCT#BARE");
+    let item = engine
+        .get_item(&bare, &ctx())
+        .await
+        .expect("read")
+        .expect("the row");
+    assert_eq!(item.attributes.as_value(), &json!({}));
+    let latest = engine
+        .get_latest(&bare, &ctx())
+        .await
+        .expect("read")
+        .expect("the row");
+    assert_eq!(latest.attributes.as_value(), &json!({}));
+    let page = engine
+        .list_items(PK, ListQuery::new(), &ctx())
+        .await
+        .expect("list");
+    assert!(page.unreadable.is_empty(), "{:?}", page.unreadable);
+    assert!(page.items.iter().any(|i| i.sk == "PRODUCT#BARE"));
+    let command = storage
+        .get_command(&bare, 1)
+        .await
+        .expect("read")
+        .expect("the row");
+    assert_eq!(command.attributes.as_value(), &json!({}));
+    // And it updates like any other.
+    let mut item = item;
+    item.attributes["price"] = json!(3);
+    let updated = engine
+        .publish_sync(CommandInput::update_of(&item), &ctx())
+        .await
+        .expect("updated")
+        .into_item();
+    assert_eq!(updated.version, 2);
+    let history = engine.list_history(&bare, &ctx()).await.expect("history");
+    assert_eq!(history[0].attributes.as_value(), &json!({}));
+}
+
+#[tokio::test]
+async fn a_row_without_attributes_reads_as_empty_attributes_on_both_backends() {
+    let memory = cqrs_memory::InMemory::new();
+    let stored = cqrs_dynamodb::testing::store_rows(&memory, &without_attributes())
+        .await
+        .expect("stored");
+    assert_eq!(stored, 2);
+    reads_as_empty_attributes(Arc::new(memory)).await;
+    if !common::available() {
+        return;
+    }
+    let storage = common::fresh_storage("mbc-bare").await;
+    put_rows(&storage, &without_attributes()).await.expect("stored");
+    reads_as_empty_attributes(Arc::new(storage)).await;
+}
+
+/// The stream consumer repairs the index entries of the reference
+/// framework's writes: it moves one of our orders to `delivered` (a partial
+/// update: it reads our row, our index attributes with it, and writes them
+/// back as they were), and the order is found under `delivered` once the
+/// consumer has seen its command row — without any read of the stale
+/// `shipped` entry, which would repair it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stream_consumer_repairs_the_index_entries_of_its_writes() {
+    use std::time::Duration;
+    if !common::available() {
+        return;
+    }
+    let storage = common::fresh_storage("mbc-stream-reindex").await;
+    let engine = Engine::builder(Arc::new(storage.clone()))
+        .dispatch(AsyncDispatch::External)
+        .index(
+            cqrs_core::Index::new("orders-by-status")
+                .entity_type("ORDER")
+                .partition_by("attributes.status"),
+        )
+        .build();
+    let running = common::Running::start(common::consumer(&engine, &storage));
+    engine
+        .publish_sync(
+            CommandInput::new(PK, "ORDER#R1").attributes(json!({ "status": "shipped" })),
+            &ctx(),
+        )
+        .await
+        .expect("ours");
+
+    // Its publishPartialUpdateSync: the command row of version 2 first, its
+    // data row (with our index attributes copied) a moment later.
+    let delivered = AttributeValue::M(HashMap::from([(
+        "status".to_owned(),
+        AttributeValue::S("delivered".into()),
+    )]));
+    let mut data = raw(&storage, "data", PK, "ORDER#R1").await;
+    assert!(data.contains_key("ix_orders-by-status_pk"), "ours has its entry");
+    data.insert("version".into(), AttributeValue::N("2".into()));
+    data.insert("attributes".into(), delivered.clone());
+    let mut command = raw(&storage, "command", PK, "ORDER#R1@1").await;
+    command.insert("sk".into(), AttributeValue::S("ORDER#R1@2".into()));
+    command.insert("version".into(), AttributeValue::N("2".into()));
+    command.insert("attributes".into(), delivered);
+    command.insert("status".into(), AttributeValue::S("finish:FINISHED".into()));
+    command.insert("syncMode".into(), AttributeValue::S("SYNC".into()));
+    put(&storage, "command", command).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    put(&storage, "data", data).await;
+
+    let lookup = cqrs_core::IndexLookup::new("orders-by-status", PK).value("delivered");
+    common::wait_until_async("listed under delivered", Duration::from_secs(30), || async {
+        let page = engine
+            .list_by_index(&lookup, ListQuery::new(), &ctx())
+            .await
+            .unwrap();
+        page.items.iter().any(|i| i.sk == "ORDER#R1")
+    })
+    .await;
+    running.stop(Duration::from_secs(10)).await;
+    let row = raw(&storage, "data", PK, "ORDER#R1").await;
+    assert_eq!(
+        string(&row, "ix_orders-by-status_pk"),
+        Some("TENANT#shop-a\u{1}delivered")
+    );
+}

@@ -376,6 +376,15 @@ impl Tables {
     }
 }
 
+/// The conflict of a condition on an entity's data version.
+fn version_conflict(key: &EntityKey, expected: u64, actual: Option<u64>) -> Error {
+    Error::Conflict {
+        key: key.id(),
+        expected: ExpectedVersion::Exactly(expected),
+        actual,
+    }
+}
+
 /// Replaces the index entries of `entity` (whose new data row is `data`)
 /// with `entries`.
 fn reindex(
@@ -491,11 +500,7 @@ impl Storage for InMemory {
         let items: Vec<DataItem> = {
             let tables = self.read();
             let Some(partition) = tables.partitions.get(query.pk.as_str()) else {
-                return Ok(RangePage {
-                    items: Vec::new(),
-                    last_sk: None,
-                    unreadable: Vec::new(),
-                });
+                return Ok(RangePage::empty());
             };
             let bounds = range::SkRange::new(query.sk.as_ref(), query.order, query.start_after.as_deref());
             let data = |sk: &SmolStr| partition.entities.get(sk).and_then(|e| e.data.clone());
@@ -525,17 +530,14 @@ impl Storage for InMemory {
             items,
             last_sk,
             unreadable: Vec::new(),
+            index_keys: Vec::new(),
         })
     }
 
     async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
         let tables = self.read();
         let Some(partition) = tables.indexes.get(&(index.to_owned(), query.pk.clone())) else {
-            return Ok(RangePage {
-                items: Vec::new(),
-                last_sk: None,
-                unreadable: Vec::new(),
-            });
+            return Ok(RangePage::empty());
         };
         let bounds = range::SkRange::new(query.sk.as_ref(), query.order, query.start_after.as_deref());
         let entries: Vec<(&String, &(SmolStr, SmolStr))> = match (bounds.as_range(), query.order) {
@@ -549,16 +551,63 @@ impl Storage for InMemory {
         let last_sk = (entries.len() == query.limit)
             .then(|| entries.last().map(|(entry_sk, _)| (*entry_sk).clone()))
             .flatten();
-        let items = entries
+        let (items, index_keys) = entries
             .iter()
-            .filter_map(|(_, (pk, sk))| tables.entity(pk, sk).and_then(|e| e.data.clone()))
-            .collect();
+            .filter_map(|(entry_sk, (pk, sk))| {
+                let data = tables.entity(pk, sk).and_then(|e| e.data.clone())?;
+                Some((data, (*entry_sk).clone()))
+            })
+            .unzip();
         // Every row here is typed: none is unreadable.
         Ok(RangePage {
             items,
             last_sk,
             unreadable: Vec::new(),
+            index_keys,
         })
+    }
+
+    async fn put_index_entries(
+        &self,
+        key: &EntityKey,
+        data_version: u64,
+        indexes: &[String],
+        entries: &[IndexEntry],
+    ) -> Result<()> {
+        if let Some(stray) = entries.iter().find(|e| !indexes.contains(&e.index)) {
+            return Err(Error::invalid(
+                "index",
+                format!("an entry of {} that is not among the indexes named", stray.index),
+            ));
+        }
+        let mut tables = self.write();
+        let Tables {
+            partitions,
+            indexes: index_partitions,
+            ..
+        } = &mut *tables;
+        let entity = partitions
+            .get_mut(key.pk.as_str())
+            .and_then(|p| p.entities.get_mut(key.sk.as_str()));
+        let actual = entity.as_ref().and_then(|e| e.data_version());
+        let Some(entity) = entity.filter(|_| actual == Some(data_version)) else {
+            return Err(version_conflict(key, data_version, actual));
+        };
+        // Present: its version was just read.
+        let Some(data) = entity.data.clone() else {
+            return Err(version_conflict(key, data_version, None));
+        };
+        // Entries of indexes not named stay, as attributes not named stay
+        // on DynamoDB.
+        let mut kept: Vec<IndexEntry> = entity
+            .index_entries
+            .iter()
+            .filter(|e| !indexes.contains(&e.index))
+            .cloned()
+            .collect();
+        kept.extend(entries.iter().cloned());
+        reindex(index_partitions, entity, &data, kept);
+        Ok(())
     }
 
     async fn get_history(&self, key: &EntityKey, version: u64) -> Result<Option<DataItem>> {

@@ -12,6 +12,7 @@ mod landed;
 mod pipeline;
 mod reads;
 pub(crate) mod records;
+mod reindex;
 mod sequences;
 mod validate;
 mod worker;
@@ -32,6 +33,7 @@ use crate::storage::Storage;
 use activity::Activity;
 use pipeline::{Foreign, Pipeline};
 pub use pipeline::{RetryPolicy, APPLY_STEP};
+pub use reindex::Reindexed;
 use worker::Worker;
 
 /// Who applies commands published with `publish_async`, and who finishes

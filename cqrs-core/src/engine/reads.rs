@@ -7,7 +7,7 @@ use super::validate::check_key;
 use super::Engine;
 use crate::context::InvocationContext;
 use crate::error::{Error, Result};
-use crate::index::{sort_condition, IndexLookup};
+use crate::index::{sort_condition, Index, IndexLookup};
 use crate::keys::{validate_pk, EntityKey};
 use crate::model::DataItem;
 use crate::query::{Cursor, ListQuery, Page, SkCondition, MAX_LIMIT};
@@ -71,11 +71,15 @@ impl DataService for Engine {
         let storage = self.storage_ref();
         let sk = query.sk.as_ref().map(sort_condition);
         let position = |item: &DataItem| index.entry(item).ok().flatten().map(|entry| entry.sk);
+        let partition_ref = partition.as_str();
         self.paged(
             &partition,
             sk,
             &query,
-            |range: RangeQuery| async move { storage.query_index(index.name(), &range).await },
+            |range: RangeQuery| async move {
+                let page = storage.query_index(index.name(), &range).await?;
+                Ok(self.current_entries_only(index, partition_ref, page).await)
+            },
             position,
         )
         .await
@@ -88,6 +92,66 @@ impl DataService for Engine {
 }
 
 impl Engine {
+    /// The items of an index page whose current values give the entry they
+    /// were found by. Another program writing the table (the reference
+    /// framework) may leave a row with entries copied from an earlier
+    /// version, or an index may lag its rows: an item found under an entry
+    /// it no longer has is left out, logged, and its entries repaired
+    /// (conditioned on the version found, so a newer write is never undone;
+    /// a repair that fails is logged, the read still answers).
+    async fn current_entries_only(&self, index: &Index, partition: &str, page: RangePage) -> RangePage {
+        let RangePage {
+            items,
+            last_sk,
+            unreadable,
+            index_keys,
+        } = page;
+        let mut kept = Vec::with_capacity(items.len());
+        let mut kept_keys = Vec::with_capacity(index_keys.len());
+        let mut stale = Vec::new();
+        for (n, item) in items.into_iter().enumerate() {
+            let found_by = index_keys.get(n);
+            let current = index.entry(&item).ok().flatten();
+            let matches = current.as_ref().is_some_and(|entry| {
+                entry.pk == partition && found_by.is_none_or(|found| *found == entry.sk)
+            });
+            if matches {
+                kept.push(item);
+                kept_keys.extend(found_by.cloned());
+            } else {
+                tracing::warn!(index = index.name(), pk = %item.pk, sk = %item.sk, version = item.version,
+                    found_in = partition, found_at = found_by.map(String::as_str).unwrap_or(""),
+                    "an index entry does not match its item's values: the item is left out of the page");
+                stale.push(item);
+            }
+        }
+        if !stale.is_empty() {
+            tracing::warn!(
+                index = index.name(),
+                partition,
+                stale = stale.len(),
+                "stale index entries left out of a page"
+            );
+        }
+        for item in &stale {
+            match self.rewrite_entries(item).await {
+                Ok(()) => {}
+                // Written since: a read that finds the newer version under
+                // an entry it does not have repairs it then.
+                Err(Error::Conflict { .. }) => {}
+                Err(error) => {
+                    tracing::warn!(pk = %item.pk, sk = %item.sk, %error, "stale index entries not repaired");
+                }
+            }
+        }
+        RangePage {
+            items: kept,
+            last_sk,
+            unreadable,
+            index_keys: kept_keys,
+        }
+    }
+
     /// A page of `query` over the rows `fetch` reads from `partition` in
     /// the order of their positions (sort keys, or index sort keys), with
     /// `sk` on those positions. Reads one match more than the page, so that

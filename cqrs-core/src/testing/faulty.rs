@@ -72,6 +72,8 @@ pub enum Op {
     QueryIndex,
     /// [`Storage::list_failures`]
     ListFailures,
+    /// [`Storage::put_index_entries`]
+    PutIndexEntries,
 }
 
 /// What happens to a call a [`Rule`] selects.
@@ -416,6 +418,19 @@ impl Storage for FaultyStorage {
         self.call(Op::QueryIndex, || self.inner.query_index(index, query))
             .await
     }
+
+    async fn put_index_entries(
+        &self,
+        key: &EntityKey,
+        data_version: u64,
+        indexes: &[String],
+        entries: &[crate::index::IndexEntry],
+    ) -> Result<()> {
+        self.call(Op::PutIndexEntries, || {
+            self.inner.put_index_entries(key, data_version, indexes, entries)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -449,11 +464,7 @@ mod tests {
             Ok(None)
         }
         async fn query_data(&self, _: &RangeQuery) -> Result<RangePage> {
-            Ok(RangePage {
-                items: vec![],
-                last_sk: None,
-                unreadable: vec![],
-            })
+            Ok(RangePage::empty())
         }
         async fn get_history(&self, _: &EntityKey, _: u64) -> Result<Option<DataItem>> {
             Ok(None)
@@ -480,11 +491,16 @@ mod tests {
             Ok(None)
         }
         async fn query_index(&self, _: &str, _: &RangeQuery) -> Result<RangePage> {
-            Ok(RangePage {
-                items: vec![],
-                last_sk: None,
-                unreadable: vec![],
-            })
+            Ok(RangePage::empty())
+        }
+        async fn put_index_entries(
+            &self,
+            _: &EntityKey,
+            _: u64,
+            _: &[String],
+            _: &[crate::index::IndexEntry],
+        ) -> Result<()> {
+            Ok(())
         }
     }
 

@@ -14,11 +14,12 @@ use super::fixtures::{builder, cmd, cmd_at, ctx, PK_A, PK_B};
 use super::StorageFactory;
 use crate::engine::{AsyncDispatch, Engine};
 use crate::error::Error;
-use crate::index::{Index, IndexLookup};
+use crate::index::{Index, IndexEntry, IndexLookup};
 use crate::keys::EntityKey;
-use crate::model::DataItem;
+use crate::model::{CommandStatus, DataItem};
 use crate::query::{Cursor, Filter, ListQuery, SkCondition, SortOrder};
 use crate::services::{CommandService, DataService};
+use crate::storage::{ApplyWrite, CommandWrite};
 
 /// The indexes the checks declare: a backend whose indexes must exist
 /// before they are used (DynamoDB's global secondary indexes) creates them
@@ -338,4 +339,169 @@ pub async fn index_lookups_are_validated(factory: &dyn StorageFactory) {
         .map(|i| i.sk.to_string())
         .collect();
     assert!(written.is_empty(), "nothing written: {written:?}");
+}
+
+/// A write of another program sharing the table (the reference framework),
+/// through the storage primitives: the command row and the data row of
+/// `new` (over `previous`, kept in history), with the index entries it
+/// wrote, which are not the engine's (none, or those it copied).
+async fn foreign_write(
+    engine: &Engine,
+    previous: Option<&DataItem>,
+    new: &DataItem,
+    entries: Vec<IndexEntry>,
+) {
+    let write = ApplyWrite {
+        command: CommandWrite::Insert(Box::new(new.command(CommandStatus::Finished, None))),
+        data: new.clone(),
+        expected_data_version: previous.map_or(0, |p| p.version),
+        history: previous.cloned(),
+        idempotency: None,
+        indexes: entries,
+    };
+    engine
+        .storage()
+        .apply(std::slice::from_ref(&write))
+        .await
+        .expect("another program's write");
+}
+
+/// Reads `lookup` until it lists exactly `expected`, checking on every read
+/// that each item listed has the status it was looked up by.
+async fn lists_only_matching(engine: &Engine, status: &str, expected: &[String]) {
+    let lookup = IndexLookup::new("orders-by-status", PK_A).value(status);
+    let deadline = Instant::now() + INDEX_LAG;
+    loop {
+        let items = all_pages(engine, &lookup, ListQuery::new().limit(2), "shop-a").await;
+        for item in &items {
+            assert_eq!(
+                item.field("attributes.status"),
+                Some(json!(status)),
+                "{} listed under '{status}' at version {}: {:?}",
+                item.sk,
+                item.version,
+                item.attributes
+            );
+        }
+        let found: Vec<String> = items.iter().map(|i| i.sk.to_string()).collect();
+        if found == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "'{status}': found {found:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rows another program wrote with index entries that are not the
+/// engine's: an order it moved to `delivered` keeping the `shipped` entry
+/// it copied, and orders it created without entries. An index page never
+/// lists an item under an entry its values do not give; the stale entry is
+/// repaired by the read that finds it, a single entity by
+/// [`Engine::repair_indexes`], a partition by [`Engine::reindex`]; a
+/// repair is conditioned on the data version it was computed from.
+pub async fn index_entries_of_other_writers_are_checked_and_repaired(factory: &dyn StorageFactory) {
+    let engine = builder(factory).await.index(by_status()).build();
+    let a = ctx("shop-a");
+    for n in 1..=2 {
+        engine
+            .publish_sync(cmd(PK_A, &sk(n), order(n, "shipped", "c")), &a)
+            .await
+            .expect("order");
+    }
+    lists_only_matching(&engine, "shipped", &[sk(1), sk(2)]).await;
+
+    // Order 1 moved to delivered, with the entries of version 1 copied.
+    let v1 = engine
+        .get_item(&EntityKey::new(PK_A, sk(1)), &a)
+        .await
+        .expect("read")
+        .expect("order 1");
+    let copied = by_status().entry(&v1).expect("entry").into_iter().collect();
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    v2.attributes = order(1, "delivered", "c").into();
+    foreign_write(&engine, Some(&v1), &v2, copied).await;
+    // Orders 3 and 4 created delivered, without entries.
+    let created = |n: u32| {
+        DataItem::builder(PK_A, sk(n))
+            .entity_type("ORDER")
+            .attributes(order(n, "delivered", "c"))
+            .build()
+    };
+    for n in [3, 4] {
+        foreign_write(&engine, None, &created(n), Vec::new()).await;
+    }
+
+    // Never listed under the entry it no longer matches; the read that
+    // found it there repaired it.
+    lists_only_matching(&engine, "shipped", &[sk(2)]).await;
+    lists_only_matching(&engine, "delivered", &[sk(1)]).await;
+
+    // One entity repaired: its current version.
+    let version = engine
+        .repair_indexes(&EntityKey::new(PK_A, sk(3)))
+        .await
+        .expect("repair");
+    assert_eq!(version, Some(1));
+    lists_only_matching(&engine, "delivered", &[sk(1), sk(3)]).await;
+    assert_eq!(
+        engine
+            .repair_indexes(&EntityKey::new(PK_A, "ORDER#none"))
+            .await
+            .expect("nothing to repair"),
+        None
+    );
+
+    // The backfill of the partition: every data row, once.
+    let done = engine.reindex(PK_A, &a).await.expect("reindex");
+    assert_eq!((done.rewritten, done.unreadable), (4, 0));
+    lists_only_matching(&engine, "delivered", &[sk(1), sk(3), sk(4)]).await;
+    lists_only_matching(&engine, "shipped", &[sk(2)]).await;
+    let error = engine
+        .reindex(PK_B, &a)
+        .await
+        .expect_err("another tenant's partition");
+    assert!(matches!(error, Error::TenantViolation { .. }), "{error}");
+
+    // The primitive is conditioned on the data version: entries computed
+    // from version 1 never replace those of version 2.
+    let names = vec!["orders-by-status".to_owned()];
+    let stale = by_status()
+        .entry(&v1)
+        .expect("entry")
+        .into_iter()
+        .collect::<Vec<_>>();
+    let error = engine
+        .storage()
+        .put_index_entries(&v1.key(), 1, &names, &stale)
+        .await
+        .expect_err("a stale version");
+    assert!(
+        matches!(error, Error::Conflict { actual: Some(2), .. }),
+        "{error}"
+    );
+    let error = engine
+        .storage()
+        .put_index_entries(&EntityKey::new(PK_A, "ORDER#none"), 1, &names, &[])
+        .await
+        .expect_err("no data row");
+    assert!(matches!(error, Error::Conflict { actual: None, .. }), "{error}");
+    lists_only_matching(&engine, "shipped", &[sk(2)]).await;
+    lists_only_matching(&engine, "delivered", &[sk(1), sk(3), sk(4)]).await;
+
+    // Our next write of a repaired row keeps it where it belongs.
+    let v2 = engine
+        .get_item(&EntityKey::new(PK_A, sk(1)), &a)
+        .await
+        .expect("read")
+        .expect("order 1");
+    engine
+        .publish_sync(cmd_at(PK_A, &sk(1), v2.version, order(1, "shipped", "c")), &a)
+        .await
+        .expect("back to shipped");
+    lists_only_matching(&engine, "shipped", &[sk(1), sk(2)]).await;
+    lists_only_matching(&engine, "delivered", &[sk(3), sk(4)]).await;
 }

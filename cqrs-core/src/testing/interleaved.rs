@@ -108,4 +108,14 @@ impl Storage for Interleaved {
     async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
         interleave!(self.query_index(index, query))
     }
+
+    async fn put_index_entries(
+        &self,
+        key: &EntityKey,
+        data_version: u64,
+        indexes: &[String],
+        entries: &[crate::index::IndexEntry],
+    ) -> Result<()> {
+        interleave!(self.put_index_entries(key, data_version, indexes, entries))
+    }
 }

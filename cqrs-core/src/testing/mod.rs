@@ -193,6 +193,7 @@ macro_rules! conformance_tests {
             indexes_follow_every_write_path,
             indexes_keep_tenants_apart,
             index_lookups_are_validated,
+            index_entries_of_other_writers_are_checked_and_repaired,
             foreign_commands_are_kept_and_applied_only_by_the_owner,
         );
     };

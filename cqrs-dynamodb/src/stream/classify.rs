@@ -32,6 +32,18 @@ pub enum RecordAction {
         /// The command's version.
         version: u64,
     },
+    /// Another framework finished applying this version of this entity (the
+    /// reference framework's command row, inserted or updated with a status
+    /// `{step}:FINISHED`): it wrote the data row without this engine's
+    /// index entries, or with those of the previous version. Its entries
+    /// are rewritten from the data row
+    /// ([`Engine::repair_indexes_after`](cqrs_core::Engine::repair_indexes_after)).
+    RepairIndexes {
+        /// The entity.
+        key: EntityKey,
+        /// The command's version.
+        version: u64,
+    },
     /// The insert of a command row to settle, whose key cannot be read (no
     /// string `pk`/`sk`, or a sort key that is not `{sk}@{version}`). It can
     /// never succeed: it is logged and skipped, for retrying it would hold up
@@ -72,7 +84,9 @@ pub const SETTLED_STATUSES: [&str; 2] = ["published", "applied"];
 /// `applied` ([`SETTLED_STATUSES`]) is a command to settle; so is one with no
 /// `status` and no `syncMode: "SYNC"`, an async command of the reference
 /// framework, is [`RecordAction::Foreign`]: settled only by an engine that
-/// owns the table's pipeline ([`RecordAction::for_engine`]).
+/// owns the table's pipeline ([`RecordAction::for_engine`]). An `INSERT`
+/// or `MODIFY` whose status is the reference framework's `{step}:FINISHED`
+/// is [`RecordAction::RepairIndexes`]: it wrote that version's data row.
 /// Everything else is skipped: `MODIFY` (status changes, TTL set on a
 /// superseded row) and `REMOVE` (TTL expiry) records carry no new command,
 /// and rows inserted `finished` (no handler interested), `failed`, or with
@@ -85,6 +99,12 @@ pub fn classify(
     pk: Option<&str>,
     row_sk: Option<&str>,
 ) -> RecordAction {
+    if status.is_some_and(|s| s.ends_with(FOREIGN_FINISHED)) && matches!(event_name, "INSERT" | "MODIFY") {
+        return match command_key(pk, row_sk) {
+            Ok((key, version)) => RecordAction::RepairIndexes { key, version },
+            Err(why) => RecordAction::Malformed(why),
+        };
+    }
     if event_name != "INSERT" {
         return RecordAction::Skip;
     }
@@ -110,6 +130,23 @@ pub fn classify(
             }
         }
         _ => RecordAction::Malformed(format!("sort key '{row_sk}' is not {{sk}}@{{version}}")),
+    }
+}
+
+/// The end of the status the reference framework gives a command it
+/// finished applying (`finish:FINISHED`).
+const FOREIGN_FINISHED: &str = ":FINISHED";
+
+/// The entity and version of a command row's keys.
+fn command_key(pk: Option<&str>, row_sk: Option<&str>) -> Result<(EntityKey, u64), String> {
+    let (Some(pk), Some(row_sk)) = (pk, row_sk) else {
+        return Err("no string pk and sk".into());
+    };
+    match parse_command_sk(row_sk) {
+        Some((sk, version)) if !sk.is_empty() && !pk.is_empty() && version > 0 => {
+            Ok((EntityKey::new(pk, sk), version))
+        }
+        _ => Err(format!("sort key '{row_sk}' is not {{sk}}@{{version}}")),
     }
 }
 
@@ -233,13 +270,39 @@ mod tests {
             }
         );
         assert_eq!(classify("INSERT", None, Some("SYNC"), pk, sk), RecordAction::Skip);
-        for status in ["finish:FINISHED", "check_version:FAILED", "sync_data:STARTED"] {
+        for status in ["check_version:FAILED", "sync_data:STARTED"] {
             assert_eq!(
                 classify("INSERT", Some(status), Some("SYNC"), pk, sk),
                 RecordAction::Skip,
                 "{status}"
             );
         }
+        // A version it finished applying: its data row, whose index entries
+        // are repaired; inserted so (a sync publish) or marked so later.
+        let repair = RecordAction::RepairIndexes {
+            key: EntityKey::new("TENANT#a", "PRODUCT#P"),
+            version: 1,
+        };
+        for event in ["INSERT", "MODIFY"] {
+            assert_eq!(
+                classify(event, Some("finish:FINISHED"), Some("SYNC"), pk, sk),
+                repair,
+                "{event}"
+            );
+            assert_eq!(
+                classify(event, Some("finish:FINISHED"), None, pk, sk),
+                repair,
+                "{event}"
+            );
+        }
+        assert_eq!(
+            classify("REMOVE", Some("finish:FINISHED"), None, pk, sk),
+            RecordAction::Skip
+        );
+        assert!(matches!(
+            classify("MODIFY", Some("finish:FINISHED"), None, pk, Some("PRODUCT#P")),
+            RecordAction::Malformed(_)
+        ));
     }
 
     #[tokio::test]

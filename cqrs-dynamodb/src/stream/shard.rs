@@ -370,6 +370,20 @@ impl Worker {
                     }
                     false
                 }
+                // Another framework's write: its index entries are repaired
+                // on the side (best effort: reads never serve a stale entry,
+                // and `Engine::reindex` backfills what a lost repair missed).
+                RecordAction::RepairIndexes { key, version } => {
+                    let engine = self.shared.engine.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = engine.repair_indexes_after(&key, version).await {
+                            tracing::warn!(pk = %key.pk, sk = %key.sk, version, %error,
+                                "index entries of another program's write not repaired");
+                        }
+                    });
+                    Counters::add(&self.counters().skipped, 1);
+                    true
+                }
                 // A foreign command was resolved by `for_engine` when read:
                 // here it is one this engine does not own.
                 RecordAction::Skip | RecordAction::Foreign { .. } => {

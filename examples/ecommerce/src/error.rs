@@ -25,6 +25,21 @@ pub enum ShopError {
     /// A version conflict or a business conflict such as stock (409).
     #[error("{0}")]
     Conflict(String),
+    /// A stored row that does not read as what it was asked for: written by
+    /// another program sharing the tables, its attributes are not an order
+    /// (or a product) (409: the row must be repaired, a retry changes
+    /// nothing).
+    #[error("the stored {what} {pk} {sk} cannot be read: {reason}")]
+    Unreadable {
+        /// What it was read as ("order", "product").
+        what: String,
+        /// Its partition key.
+        pk: String,
+        /// Its sort key.
+        sk: String,
+        /// Why it does not read.
+        reason: String,
+    },
     /// The framework refused or failed. Kept as the error's source (not
     /// transparent), so that the pipeline sees a storage outage in a
     /// handler's error and retries it instead of recording a failure.
@@ -42,6 +57,7 @@ impl ShopError {
             ShopError::Forbidden(_) => (403, "forbidden"),
             ShopError::NotFound(_) => (404, "not_found"),
             ShopError::Conflict(_) => (409, "conflict"),
+            ShopError::Unreadable { .. } => (409, "unreadable_row"),
             ShopError::Core(e) => match e {
                 E::NotFound { .. } => (404, "not_found"),
                 // Never say that another tenant's item exists.

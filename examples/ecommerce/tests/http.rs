@@ -2657,6 +2657,235 @@ async fn demo_runs(shop: &Shop) {
     );
 }
 
+/// One step of the way to a field in a request: a property, or every
+/// element of an array.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Property(String),
+    Elements,
+}
+
+/// A bound the OpenAPI document states on a request field: where (`GET
+/// /orders` query `limit`, or a body field), which keyword, which value.
+#[derive(Debug, Clone)]
+struct DocumentedBound {
+    method: String,
+    path: String,
+    query: Option<String>,
+    field: Vec<Step>,
+    keyword: String,
+    value: i64,
+}
+
+const BOUND_KEYWORDS: [&str; 6] = [
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+];
+
+/// Every bound of the schema `schema` (following `$ref`s into the
+/// document's components) at `field`.
+fn bounds_of(doc: &Value, schema: &Value, field: Vec<Step>, found: &mut Vec<(Vec<Step>, String, i64)>) {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.rsplit('/').next().unwrap_or_default();
+        return bounds_of(doc, &doc["components"]["schemas"][name], field, found);
+    }
+    for keyword in BOUND_KEYWORDS {
+        if let Some(value) = schema.get(keyword) {
+            let value = value.as_f64().unwrap_or_else(|| panic!("{keyword} {value}"));
+            found.push((field.clone(), keyword.to_owned(), value as i64));
+        }
+    }
+    for combined in ["allOf", "oneOf", "anyOf"] {
+        for part in schema[combined].as_array().into_iter().flatten() {
+            bounds_of(doc, part, field.clone(), found);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        let mut inner = field.clone();
+        inner.push(Step::Elements);
+        bounds_of(doc, items, inner, found);
+    }
+    for (name, property) in schema["properties"].as_object().into_iter().flatten() {
+        let mut inner = field.clone();
+        inner.push(Step::Property(name.clone()));
+        bounds_of(doc, property, inner, found);
+    }
+}
+
+/// Every bound the document states on a request: query parameters and
+/// request bodies of every operation.
+fn documented_bounds(doc: &Value) -> Vec<DocumentedBound> {
+    let mut bounds = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            let mut found = Vec::new();
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                let mut of_parameter = Vec::new();
+                bounds_of(doc, &parameter["schema"], Vec::new(), &mut of_parameter);
+                for (_, keyword, value) in of_parameter {
+                    assert_eq!(parameter["in"], "query", "a bound on {parameter}");
+                    bounds.push(DocumentedBound {
+                        method: method.to_uppercase(),
+                        path: path.clone(),
+                        query: parameter["name"].as_str().map(str::to_owned),
+                        field: Vec::new(),
+                        keyword,
+                        value,
+                    });
+                }
+            }
+            let body = &operation["requestBody"]["content"]["application/json"]["schema"];
+            if !body.is_null() {
+                bounds_of(doc, body, Vec::new(), &mut found);
+            }
+            for (field, keyword, value) in found {
+                bounds.push(DocumentedBound {
+                    method: method.to_uppercase(),
+                    path: path.clone(),
+                    query: None,
+                    field,
+                    keyword,
+                    value,
+                });
+            }
+        }
+    }
+    bounds
+}
+
+/// Sets the field at `steps` of `body` (every element of an array) to
+/// `value`.
+fn set_field(body: &mut Value, steps: &[Step], value: &Value) {
+    match steps.split_first() {
+        None => *body = value.clone(),
+        Some((Step::Property(name), rest)) => set_field(&mut body[name.as_str()], rest, value),
+        Some((Step::Elements, rest)) => {
+            for element in body.as_array_mut().expect("an array").iter_mut() {
+                set_field(element, rest, value);
+            }
+        }
+    }
+}
+
+/// The value at `steps` of `body` (the first element of an array).
+fn get_field<'a>(body: &'a Value, steps: &[Step]) -> &'a Value {
+    match steps.split_first() {
+        None => body,
+        Some((Step::Property(name), rest)) => get_field(&body[name.as_str()], rest),
+        Some((Step::Elements, rest)) => get_field(&body[0], rest),
+    }
+}
+
+/// The value of a field that meets `keyword` at `n`: the number, a string
+/// of `n` letters, or an array of `n` copies of the field's element.
+fn value_at(keyword: &str, n: i64, current: &Value) -> Value {
+    match keyword {
+        "minimum" | "maximum" => json!(n),
+        "minLength" | "maxLength" => json!("A".repeat(usize::try_from(n).expect("a length"))),
+        _ => {
+            let element = current
+                .as_array()
+                .and_then(|a| a.first().cloned())
+                .unwrap_or_else(|| json!("https://example.com/image.png"));
+            Value::Array(vec![element; usize::try_from(n).expect("a count")])
+        }
+    }
+}
+
+/// Sends the request of `bound` with its field at `n`; answers the status.
+async fn probe(api: &Api, token: &str, order_code: &str, bound: &DocumentedBound, n: i64, run: usize) -> u16 {
+    if let Some(name) = &bound.query {
+        assert_eq!(bound.method, "GET", "{bound:?}");
+        return api.get(&format!("{}?{name}={n}", bound.path), token).await.status;
+    }
+    let (path, mut body) = match (bound.method.as_str(), bound.path.as_str()) {
+        ("POST", "/orders") => ("/orders".to_owned(), order_body("PRD-001", 1, 29.99)),
+        ("POST", "/products") => (
+            "/products".to_owned(),
+            json!({
+                "code": format!("PRD-B{run}-{n}"), "name": "Bound", "categoryCode": "X", "sku": "S",
+                "price": 1.5, "currency": "USD", "isActive": true, "images": []
+            }),
+        ),
+        ("PATCH", "/inventory/{productCode}") => (
+            "/inventory/PRD-002".to_owned(),
+            json!({ "quantity": 5, "warehouseCode": "W1" }),
+        ),
+        ("PATCH", "/orders/{code}/status") => (
+            format!("/orders/{order_code}/status"),
+            json!({ "status": "cancelled" }),
+        ),
+        other => panic!("no request to probe the bound {bound:?} of {other:?} with: add one"),
+    };
+    let value = value_at(&bound.keyword, n, get_field(&body, &bound.field));
+    set_field(&mut body, &bound.field, &value);
+    let method = Method::from_bytes(bound.method.as_bytes()).expect("a method");
+    api.send(method, &path, Some(token), Some(body.to_string().into_bytes()))
+        .await
+        .status
+}
+
+/// The OpenAPI document states the bounds the server enforces, exactly:
+/// for every bound it states on a request field (walking every operation's
+/// query parameters and body), a value at the bound is accepted (no 400)
+/// and one past it is refused with a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_documented_bound_is_the_servers() {
+    let Some(api) = Api::start(Backend::Memory, "bounds").await else {
+        return;
+    };
+    let token = api.token("shop-a");
+    let doc = api.send(Method::GET, "/openapi.json", None, None).await.body;
+    let bounds = documented_bounds(&doc);
+    let find = |method: &str, path: &str, what: &str, keyword: &str| {
+        bounds
+            .iter()
+            .find(|b| {
+                b.method == method
+                    && b.path == path
+                    && b.keyword == keyword
+                    && (b.query.as_deref() == Some(what)
+                        || b.field.last() == Some(&Step::Property(what.to_owned())))
+            })
+            .map(|b| b.value)
+    };
+    // The bounds the server checks are all stated.
+    for path in ["/orders", "/products"] {
+        assert_eq!(find("GET", path, "limit", "minimum"), Some(1), "{path}");
+        assert_eq!(find("GET", path, "limit", "maximum"), Some(100), "{path}");
+    }
+    assert_eq!(find("POST", "/orders", "quantity", "minimum"), Some(1));
+    assert_eq!(find("POST", "/orders", "quantity", "maximum"), Some(10_000));
+    assert_eq!(find("POST", "/orders", "items", "minItems"), Some(1));
+    assert_eq!(find("POST", "/orders", "items", "maxItems"), Some(100));
+    assert_eq!(find("POST", "/products", "images", "maxItems"), Some(20));
+    assert_eq!(
+        find("PATCH", "/inventory/{productCode}", "quantity", "minimum"),
+        Some(0)
+    );
+
+    let order_code = api.place(&token, "PRD-001", 1, 29.99).await;
+    for (run, bound) in bounds.iter().enumerate() {
+        let past = if bound.keyword.starts_with("min") {
+            bound.value - 1
+        } else {
+            bound.value + 1
+        };
+        let at = probe(&api, &token, &order_code, bound, bound.value, run).await;
+        assert_ne!(at, 400, "{bound:?}: the bound itself is refused");
+        // A length or a count below zero cannot be sent.
+        if past >= 0 || bound.keyword.ends_with("imum") {
+            let beyond = probe(&api, &token, &order_code, bound, past, run).await;
+            assert_eq!(beyond, 400, "{bound:?}: {past} is accepted");
+        }
+    }
+    api.stop().await;
+}
+
 /// The reference framework's own rows (`cqrs-dynamodb/tests/fixtures`):
 /// the items MBC CQRS Serverless wrote into tables of this example.
 const MBC_ROWS: &str = include_str!("../../../cqrs-dynamodb/tests/fixtures/mbc-items.json");
@@ -2735,6 +2964,185 @@ mod mbc_rows {
             );
         }
         api.stop().await;
+    }
+
+    /// A data row another program wrote, with the command row of its
+    /// version, as DynamoDB items: `attributes` a DynamoDB JSON map (`None`:
+    /// no attributes at all, which the reference framework allows).
+    fn written_by_another(
+        sk: &str,
+        code: &str,
+        entity_type: &str,
+        attributes: Option<Value>,
+        deleted: bool,
+    ) -> Vec<(String, cqrs_dynamodb::Item)> {
+        let mut data = json!({
+            "pk": { "S": "TENANT#shop-a" }, "sk": { "S": sk }, "id": { "S": format!("TENANT#shop-a#{sk}") },
+            "code": { "S": code }, "name": { "S": format!("{code} by MBC") }, "version": { "N": "1" },
+            "type": { "S": entity_type }, "tenantCode": { "S": "shop-a" }, "isDeleted": { "BOOL": deleted },
+            "createdAt": { "S": "2026-12-01T02:08:29+00:00" }, "updatedAt": { "S": "2026-12-01T02:08:29+00:00" },
+        });
+        if let Some(attributes) = attributes {
+            data["attributes"] = attributes;
+        }
+        let mut command = data.clone();
+        command["sk"] = json!({ "S": format!("{sk}@1") });
+        command["status"] = json!({ "S": "finish:FINISHED" });
+        command["syncMode"] = json!({ "S": "SYNC" });
+        let item = |json: &Value| cqrs_dynamodb::testing::item_from_json(json).expect("an item");
+        vec![("command".into(), item(&command)), ("data".into(), item(&data))]
+    }
+
+    /// A product's attributes as the reference framework stores them.
+    fn product_attributes() -> Value {
+        json!({ "M": {
+            "images": { "L": [] }, "price": { "N": "29.99" }, "description": { "S": "" },
+            "currency": { "S": "USD" }, "categoryCode": { "S": "X" }, "isActive": { "BOOL": true },
+            "sku": { "S": "SKU" }
+        } })
+    }
+
+    /// Rows of another program that are not what the example's types say:
+    /// without attributes, with attributes of another shape, or deleted.
+    /// None is served as a product or an order: a deleted one is missing
+    /// (and cannot be ordered), the others are reported by key — in a list
+    /// among `unreadable`, read alone as a 409 `unreadable_row` naming the
+    /// row, never a 500.
+    async fn rows_that_are_not_the_examples_types(backend: Backend) {
+        let Some(api) = Api::start(backend, "mbc-odd").await else {
+            return;
+        };
+        let shape = Some(json!({ "M": { "shape": { "S": "not an order" } } }));
+        let mut rows = Vec::new();
+        rows.extend(written_by_another(
+            "PRODUCT#PRD-200",
+            "PRD-200",
+            "PRODUCT",
+            None,
+            false,
+        ));
+        rows.extend(written_by_another(
+            "PRODUCT#PRD-201",
+            "PRD-201",
+            "PRODUCT",
+            Some(product_attributes()),
+            true,
+        ));
+        rows.extend(written_by_another(
+            "ORDER#ORD-900",
+            "ORD-900",
+            "ORDER",
+            None,
+            false,
+        ));
+        rows.extend(written_by_another(
+            "ORDER#ORD-901",
+            "ORD-901",
+            "ORDER",
+            shape.clone(),
+            false,
+        ));
+        rows.extend(written_by_another(
+            "ORDER#ORD-902",
+            "ORD-902",
+            "ORDER",
+            shape,
+            true,
+        ));
+        match &api.dynamodb {
+            Some(storage) => cqrs_dynamodb::testing::put_rows(storage, &rows)
+                .await
+                .expect("stored"),
+            None => {
+                let stored = cqrs_dynamodb::testing::store_rows(&**api.shop.engine.storage(), &rows)
+                    .await
+                    .expect("stored");
+                assert_eq!(stored, 10);
+            }
+        }
+        let token = api.token("shop-a");
+
+        // Read alone: an error naming the row, not a 500.
+        for (path, sk) in [
+            ("/products/PRD-200", "PRODUCT#PRD-200"),
+            ("/orders/ORD-900", "ORDER#ORD-900"),
+            ("/orders/ORD-901", "ORDER#ORD-901"),
+        ] {
+            let resp = api.get(path, &token).await;
+            assert_eq!(resp.status, 409, "{path}: {:?}", resp.body);
+            assert_eq!(resp.body["error"], "unreadable_row", "{path}: {:?}", resp.body);
+            let message = resp.body["message"].as_str().unwrap_or_default();
+            assert!(message.contains(sk), "{path}: {message}");
+        }
+        for code in ["ORD-900", "ORD-901"] {
+            let resp = api
+                .patch(
+                    &format!("/orders/{code}/status"),
+                    &token,
+                    &json!({ "status": "cancelled" }),
+                )
+                .await;
+            assert_eq!(resp.status, 409, "{code}: {:?}", resp.body);
+            assert_eq!(resp.body["error"], "unreadable_row", "{code}: {:?}", resp.body);
+        }
+
+        // Listed: the odd rows among `unreadable`, the deleted ones nowhere.
+        let resp = api.get("/products?limit=50", &token).await;
+        assert_eq!(resp.status, 200, "{:?}", resp.body);
+        let listed = codes(assert_list(&resp.body));
+        assert!(listed.contains(&"PRD-001".to_owned()), "{listed:?}");
+        for code in ["PRD-200", "PRD-201"] {
+            assert!(!listed.contains(&code.to_owned()), "{code} in {listed:?}");
+        }
+        let unreadable: Vec<&str> = resp.body["unreadable"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|row| row["sk"].as_str())
+            .collect();
+        assert_eq!(unreadable, ["PRODUCT#PRD-200"], "{:?}", resp.body);
+
+        let resp = api.get("/orders?limit=50", &token).await;
+        assert_eq!(resp.status, 200, "{:?}", resp.body);
+        let listed = codes(assert_list(&resp.body));
+        assert!(
+            listed.is_empty(),
+            "no order of ours, none of its served: {listed:?}"
+        );
+        let mut unreadable: Vec<&str> = resp.body["unreadable"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|row| row["sk"].as_str())
+            .collect();
+        unreadable.sort_unstable();
+        assert_eq!(unreadable, ["ORDER#ORD-900", "ORDER#ORD-901"], "{:?}", resp.body);
+
+        // Deleted: not found, and not orderable.
+        for path in ["/products/PRD-201", "/orders/ORD-902"] {
+            let resp = api.get(path, &token).await;
+            assert_eq!(resp.status, 404, "{path}: {:?}", resp.body);
+        }
+        let resp = api
+            .post("/orders", &token, &order_body("PRD-201", 1, 29.99))
+            .await;
+        assert_eq!(resp.status, 400, "{:?}", resp.body);
+        let message = resp.body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("PRD-201") && message.contains("deleted"),
+            "{message}"
+        );
+        api.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn odd_rows_memory() {
+        rows_that_are_not_the_examples_types(Backend::Memory).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn odd_rows_dynamodb() {
+        rows_that_are_not_the_examples_types(Backend::DynamoDb).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -31,6 +31,7 @@
 //! and body does the work once and answers as the first request did; a
 //! replayed `POST /orders` says so with `Idempotent-Replayed: true`.
 
+mod bounds;
 pub mod docs;
 mod error;
 mod extract;
@@ -57,6 +58,7 @@ pub use model::{
     StatusChange, Unreadable,
 };
 
+use self::bounds::Bounds;
 use crate::auth::Auth;
 use crate::Shop;
 
@@ -143,7 +145,7 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
         Health,
         ErrorBody,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Bounds),
     tags(
         (name = "orders", description = "Placing orders and moving them through their statuses"),
         (name = "products", description = "The catalogue"),

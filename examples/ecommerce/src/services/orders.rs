@@ -11,7 +11,7 @@ use cqrs_core::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{access, validate, ProductService};
+use super::{access, typed, validate, ProductService};
 use crate::domain::{order_sk, Address, OrderAttributes, OrderItem, OrderStatus, Reservation};
 use crate::error::{ShopError, ShopResult};
 use crate::money::totals;
@@ -37,6 +37,8 @@ pub fn order_indexes() -> [Index; 2] {
 
 /// Lines an order may have.
 pub const MAX_LINES: usize = 100;
+/// Units a line must have at least.
+pub const MIN_QUANTITY: u32 = 1;
 /// Units a line may have.
 pub const MAX_QUANTITY: u32 = 10_000;
 
@@ -163,9 +165,9 @@ impl OrderService {
         let mut catalogue = BTreeMap::new();
         for item in &mut order.items {
             validate::code("productCode", &item.product_code)?;
-            if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+            if !(MIN_QUANTITY..=MAX_QUANTITY).contains(&item.quantity) {
                 return Err(ShopError::InvalidInput(format!(
-                    "quantity of {} must be 1 to {MAX_QUANTITY}, got {}",
+                    "quantity of {} must be {MIN_QUANTITY} to {MAX_QUANTITY}, got {}",
                     item.product_code, item.quantity
                 )));
             }
@@ -251,12 +253,14 @@ impl OrderService {
         access::shopper(ctx, "reading an order")?;
         validate::code("order code", code)?;
         let not_found = || ShopError::NotFound(format!("order {code} not found"));
-        self.services
+        let order = self
+            .services
             .data
             .get_latest(&Self::key(ctx, code), ctx)
             .await?
             .filter(|item| may_read(item, ctx))
-            .ok_or_else(not_found)
+            .ok_or_else(not_found)?;
+        typed::checked::<OrderAttributes>(order, "order")
     }
 
     /// A page of orders, optionally of one status: staff see every order of
@@ -271,6 +275,7 @@ impl OrderService {
         access::shopper(ctx, "listing orders")?;
         let pk = tenant_pk(&ctx.tenant_code);
         let query = ListQuery::new()
+            .filter(typed::not_deleted())
             .limit(validate::limit(limit)?)
             .after(cursor.map(Cursor::from));
         let data = &self.services.data;
@@ -295,7 +300,7 @@ impl OrderService {
                 data.list_by_index(&lookup, query, ctx).await?
             }
         };
-        Ok(page)
+        Ok(typed::page::<OrderAttributes>(page, "order"))
     }
 
     /// Moves an order to `next`, as the seed's status machine allows. With
@@ -352,7 +357,7 @@ impl OrderService {
                         actual: Some(current.version),
                     }));
                 }
-                let mut attributes: OrderAttributes = current.attributes_as()?;
+                let mut attributes: OrderAttributes = typed::attributes(current, "order")?;
                 if !attributes.status.can_become(next) {
                     return Err(ShopError::InvalidTransition {
                         from: attributes.status,
@@ -390,7 +395,10 @@ impl OrderService {
     }
 }
 
-/// Whether the caller may read `order`: staff any, a customer their own.
+/// Whether the caller may read `order`: staff any, a customer their own;
+/// nobody an order deleted (by another program sharing the table).
 fn may_read(order: &DataItem, ctx: &InvocationContext) -> bool {
-    access::is_staff(ctx) || order.attributes.get("userId").and_then(|u| u.as_str()) == Some(&ctx.user_id)
+    !order.is_deleted
+        && (access::is_staff(ctx)
+            || order.attributes.get("userId").and_then(|u| u.as_str()) == Some(&ctx.user_id))
 }

@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{access, validate};
+use super::{access, typed, validate};
 use crate::domain::{product_sk, ProductAttributes};
 use crate::error::{ShopError, ShopResult};
 use crate::money;
@@ -97,19 +97,28 @@ impl ProductService {
         }
     }
 
-    /// A product (staff or customer).
+    /// A product (staff or customer); a deleted one is not found, one whose
+    /// attributes are not a product's is [`ShopError::Unreadable`].
     pub async fn get(&self, code: &str, ctx: &InvocationContext) -> ShopResult<DataItem> {
         access::shopper(ctx, "reading the catalogue")?;
         validate::code("product code", code)?;
-        let key = EntityKey::new(tenant_pk(&ctx.tenant_code), product_sk(code));
-        self.services
-            .data
-            .get_item(&key, ctx)
+        let item = self
+            .live(code, ctx)
             .await?
-            .ok_or_else(|| ShopError::NotFound(format!("product {code} not found")))
+            .ok_or_else(|| ShopError::NotFound(format!("product {code} not found")))?;
+        typed::checked::<ProductAttributes>(item, "product")
     }
 
-    /// A product's name and attributes, `None` when it does not exist.
+    /// The data row of a product, `None` when it does not exist or was
+    /// deleted (by another program sharing the table: `isDeleted`).
+    async fn live(&self, code: &str, ctx: &InvocationContext) -> ShopResult<Option<DataItem>> {
+        let key = EntityKey::new(tenant_pk(&ctx.tenant_code), product_sk(code));
+        let item = self.services.data.get_item(&key, ctx).await?;
+        Ok(item.filter(|item| !item.is_deleted))
+    }
+
+    /// A product's name and attributes, to order it: `None` when it does not
+    /// exist, [`ShopError::InvalidInput`] when it was deleted.
     pub async fn find(
         &self,
         code: &str,
@@ -117,28 +126,31 @@ impl ProductService {
     ) -> ShopResult<Option<(String, ProductAttributes)>> {
         let key = EntityKey::new(tenant_pk(&ctx.tenant_code), product_sk(code));
         match self.services.data.get_item(&key, ctx).await? {
+            Some(item) if item.is_deleted => Err(ShopError::InvalidInput(format!(
+                "product {code} was deleted: it cannot be ordered"
+            ))),
             Some(item) => {
-                let attributes = item.attributes_as()?;
+                let attributes = typed::attributes(&item, "product")?;
                 Ok(Some((item.name.to_string(), attributes)))
             }
             None => Ok(None),
         }
     }
 
-    /// A product's attributes, `None` when it does not exist.
+    /// A product's attributes, `None` when it does not exist or was deleted.
     pub async fn attributes(
         &self,
         code: &str,
         ctx: &InvocationContext,
     ) -> ShopResult<Option<ProductAttributes>> {
-        let key = EntityKey::new(tenant_pk(&ctx.tenant_code), product_sk(code));
-        match self.services.data.get_item(&key, ctx).await? {
-            Some(item) => Ok(Some(item.attributes_as()?)),
+        match self.live(code, ctx).await? {
+            Some(item) => Ok(Some(typed::attributes(&item, "product")?)),
             None => Ok(None),
         }
     }
 
-    /// A page of the catalogue (staff or customer).
+    /// A page of the catalogue (staff or customer): deleted products left
+    /// out, rows that are not products among its `unreadable` rows.
     pub async fn list(
         &self,
         limit: Option<usize>,
@@ -148,12 +160,14 @@ impl ProductService {
         access::shopper(ctx, "reading the catalogue")?;
         let query = ListQuery::new()
             .sk(SkCondition::BeginsWith("PRODUCT#".into()))
+            .filter(typed::not_deleted())
             .limit(validate::limit(limit)?)
             .after(cursor.map(Cursor::from));
-        Ok(self
+        let page = self
             .services
             .data
             .list_items(&tenant_pk(&ctx.tenant_code), query, ctx)
-            .await?)
+            .await?;
+        Ok(typed::page::<ProductAttributes>(page, "product"))
     }
 }

@@ -427,6 +427,12 @@ fn copy_error(error: &ShopError) -> ShopError {
         ShopError::Forbidden(m) => ShopError::Forbidden(m.clone()),
         ShopError::NotFound(m) => ShopError::NotFound(m.clone()),
         ShopError::Conflict(m) => ShopError::Conflict(m.clone()),
+        ShopError::Unreadable { what, pk, sk, reason } => ShopError::Unreadable {
+            what: what.clone(),
+            pk: pk.clone(),
+            sk: sk.clone(),
+            reason: reason.clone(),
+        },
         ShopError::Core(e) => ShopError::Core(match e {
             E::NotFound { key } => E::NotFound { key: key.clone() },
             E::Conflict {

@@ -44,12 +44,19 @@ pub(crate) fn optional_text(what: &str, value: &str, max: usize) -> ShopResult<(
     Ok(())
 }
 
+/// The smallest page size a listing accepts.
+pub const MIN_PAGE_SIZE: usize = 1;
+/// The largest page size a listing accepts.
+pub const MAX_PAGE_SIZE: usize = 100;
+/// The page size of a listing that asks for none.
+pub const DEFAULT_PAGE_SIZE: usize = 20;
+
 /// A page size.
 pub(crate) fn limit(limit: Option<usize>) -> ShopResult<usize> {
-    match limit.unwrap_or(20) {
-        l @ 1..=100 => Ok(l),
+    match limit.unwrap_or(DEFAULT_PAGE_SIZE) {
+        l if (MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&l) => Ok(l),
         l => Err(ShopError::InvalidInput(format!(
-            "limit must be 1 to 100, got {l}"
+            "limit must be {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE}, got {l}"
         ))),
     }
 }
