@@ -147,6 +147,7 @@ macro_rules! conformance_tests {
             settle_finishes_what_a_dead_publisher_left,
             numbers_read_back_as_written,
             numbers_outside_the_range_are_rejected,
+            numbers_at_the_edges_of_the_range,
             commits_over_the_transaction_size_are_rejected,
             async_commands_accepted_can_be_applied,
             cursors_outside_their_query_are_rejected,
