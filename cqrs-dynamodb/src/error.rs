@@ -6,7 +6,7 @@ use std::error::Error as StdError;
 use std::fmt;
 
 use aws_sdk_dynamodb::config::http::HttpResponse;
-use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{BuildError, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::RequestId;
 use cqrs_core::{BoxError, Error};
 
@@ -284,6 +284,36 @@ where
     let error = DynamoDbError::from_sdk(err);
     let retryable = error.retryable;
     Error::backend(error, retryable)
+}
+
+/// [`sdk_error`], retryable also when `retryable` says so: for a cancelled
+/// transaction, whose reasons (`TransactionConflict`, throttling) decide.
+pub(crate) fn sdk_error_retryable_if<E>(err: SdkError<E, HttpResponse>, retryable: bool) -> Error
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+{
+    let mut error = DynamoDbError::from_sdk(err);
+    error.retryable |= retryable;
+    let retryable = error.retryable;
+    Error::backend(error, retryable)
+}
+
+/// A backend error for a request of `operation` the SDK's builders refused
+/// (a required field missing): not retryable.
+pub(crate) fn build_error(operation: &'static str) -> impl Fn(BuildError) -> Error + Copy {
+    move |err| {
+        let error = DynamoDbError {
+            kind: DynamoDbErrorKind::Request,
+            operation: Some(operation.to_owned()),
+            code: None,
+            message: err.to_string(),
+            request_id: None,
+            endpoint: None,
+            retryable: false,
+            source: Some(Box::new(err)),
+        };
+        Error::backend(error, false)
+    }
 }
 
 /// A backend error for an item this crate could not read or write (a row
