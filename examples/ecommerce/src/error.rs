@@ -2,6 +2,10 @@
 
 use crate::domain::OrderStatus;
 
+/// Seconds a client should wait before retrying a request answered 503
+/// (the `Retry-After` header).
+pub const RETRY_AFTER_SECONDS: u64 = 2;
+
 /// What can go wrong in the storefront.
 #[derive(Debug, thiserror::Error)]
 pub enum ShopError {
@@ -65,9 +69,20 @@ impl ShopError {
             ShopError::Core(cqrs_core::Error::IdempotencyKeyReused { key, .. }) => format!(
                 "the Idempotency-Key '{key}' was used for another request: send a new key with a new request"
             ),
+            // What the storage said stays in the server's log (it names
+            // tables and endpoints); the client learns whether a retry helps.
+            ShopError::Core(e @ cqrs_core::Error::Backend { .. }) if e.is_retryable() => {
+                tracing::error!(error = %e, "transient backend error");
+                format!(
+                    "the storage is temporarily unavailable: retry in {RETRY_AFTER_SECONDS} seconds \
+                     (with the same Idempotency-Key, where the request takes one)"
+                )
+            }
             ShopError::Core(e @ cqrs_core::Error::Backend { .. }) => {
-                tracing::error!(error = %e, "backend error");
-                "the service is unavailable, please retry".to_owned()
+                tracing::error!(error = %e, "permanent backend error");
+                "internal error: the storage refused the request, and would refuse it again; \
+                 retrying will not help (the details are in the server's log)"
+                    .to_owned()
             }
             other => other.to_string(),
         }
