@@ -80,7 +80,10 @@ pub enum Error {
     /// The storage backend failed.
     #[error("backend error: {source}")]
     Backend {
-        /// The underlying error.
+        /// The underlying error. Built with [`Error::backend`], a retryable
+        /// error's is a [`TransientCause`] wrapping it (it displays as the
+        /// error it wraps, which is its own `source()`); walk the chain of
+        /// sources to find a backend's own error type.
         #[source]
         source: BoxError,
         /// Whether the same call may succeed when retried (throttling,
@@ -121,12 +124,62 @@ impl Error {
         }
     }
 
-    /// Builds an [`Error::Backend`] from any error.
+    /// Builds an [`Error::Backend`] from any error; a retryable one keeps it
+    /// in a [`TransientCause`], so that it is recognised as transient even
+    /// behind a `#[error(transparent)]` wrapper of the caller's own.
     pub fn backend(source: impl Into<BoxError>, retryable: bool) -> Self {
-        Error::Backend {
-            source: source.into(),
-            retryable,
+        let source = source.into();
+        let source = if retryable && !source.is::<TransientCause>() {
+            Box::new(TransientCause(source))
+        } else {
+            source
+        };
+        Error::Backend { source, retryable }
+    }
+}
+
+/// The cause of a retryable [`Error::Backend`], marked as transient: what
+/// [`Error::backend`] keeps as the `source` of a retryable error.
+///
+/// A handler's error is retried as transient when a retryable [`Error`] is
+/// in its chain of sources. A user's error enum that wraps [`Error`] with
+/// `#[error(transparent)]` forwards `source()` to the wrapped error's
+/// source, so the chain skips the [`Error`] itself; this marker, its
+/// source, is still in the chain, and [`TransientCause::in_chain`] finds
+/// either. It displays as the error it wraps, which is its `source()`.
+#[derive(Debug)]
+pub struct TransientCause(BoxError);
+
+impl TransientCause {
+    /// The error it wraps (the backend's own).
+    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.0.as_ref()
+    }
+
+    /// Whether `error`'s chain of sources, `error` included, holds a
+    /// retryable [`Error`] or a [`TransientCause`]: whether the failure
+    /// came from storage being unavailable for now.
+    pub fn in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if e.is::<TransientCause>() || e.downcast_ref::<Error>().is_some_and(Error::is_retryable) {
+                return true;
+            }
+            current = e.source();
         }
+        false
+    }
+}
+
+impl fmt::Display for TransientCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for TransientCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
     }
 }
 
@@ -158,6 +211,46 @@ mod tests {
         );
         assert!(e.is_conflict());
         assert!(!e.is_retryable());
+    }
+
+    /// A user's error enum, as the guide writes it.
+    #[derive(Debug, thiserror::Error)]
+    enum UserError {
+        #[error(transparent)]
+        Cqrs(#[from] Error),
+        #[error("out of stock")]
+        OutOfStock,
+    }
+
+    #[test]
+    fn a_retryable_error_is_found_through_a_transparent_wrapper() {
+        use std::error::Error as _;
+
+        let cause = std::io::Error::other("throttled");
+        let wrapped = UserError::from(Error::backend(cause, true));
+        // The wrapper forwards source() past the framework's error...
+        assert!(wrapped.source().unwrap().downcast_ref::<Error>().is_none());
+        // ...and the marker is still in the chain, with the cause behind it.
+        assert!(TransientCause::in_chain(&wrapped));
+        let marker = wrapped.source().unwrap().downcast_ref::<TransientCause>().unwrap();
+        assert!(marker.cause().is::<std::io::Error>());
+        assert!(marker.source().unwrap().is::<std::io::Error>());
+
+        let permanent = UserError::from(Error::backend(std::io::Error::other("bad request"), false));
+        assert!(!TransientCause::in_chain(&permanent));
+        assert!(!TransientCause::in_chain(&UserError::OutOfStock));
+        assert!(!TransientCause::in_chain(&UserError::from(Error::invalid("pk", "empty"))));
+    }
+
+    #[test]
+    fn a_retryable_error_displays_as_before() {
+        let error = Error::backend("throttled", true);
+        assert_eq!(error.to_string(), "backend error: throttled");
+        // Built again from its own source: one marker, not two.
+        let Error::Backend { source, .. } = error else { unreachable!() };
+        let again = Error::backend(source, true);
+        let Error::Backend { source, .. } = &again else { unreachable!() };
+        assert!(source.downcast_ref::<TransientCause>().unwrap().cause().downcast_ref::<TransientCause>().is_none());
     }
 
     #[test]

@@ -56,8 +56,9 @@ pub enum DynamoDbErrorKind {
 ///   connect error: Connection refused (os error 111)`;
 /// - a timeout: `DynamoDB GetItem timed out: …`.
 ///
-/// Find it with [`DynamoDbError::find`] (or by downcasting the backend
-/// error's `source()`); the original SDK error is its own `source()`.
+/// Find it with [`DynamoDbError::find`]: it is the backend error's
+/// `source()`, behind a [`cqrs_core::TransientCause`] when the error is
+/// retryable. The original SDK error is its own `source()`.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct DynamoDbError {
@@ -364,9 +365,14 @@ mod tests {
         SdkError::service_error(GetItemError::generic(meta), response(400, request_id))
     }
 
-    /// The backend error's source, as this crate's error.
+    /// The backend error's source, as this crate's error: itself for a
+    /// permanent error, behind the transient marker for a retryable one.
     fn structured(error: &Error) -> &DynamoDbError {
-        let source = StdError::source(error).expect("a source");
+        let mut source = StdError::source(error).expect("a source");
+        if let Some(marker) = source.downcast_ref::<cqrs_core::TransientCause>() {
+            assert!(error.is_retryable());
+            source = StdError::source(marker).expect("the marked cause");
+        }
         source.downcast_ref::<DynamoDbError>().expect("a DynamoDbError")
     }
 

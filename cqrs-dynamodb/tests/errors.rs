@@ -33,13 +33,10 @@ fn storage_without_tables(endpoint: &str) -> DynamoDbStorage {
     )
 }
 
-/// The backend error's source, downcast to this crate's error.
+/// This crate's error in the backend error's chain of sources.
 fn structured(error: &Error) -> &DynamoDbError {
     assert!(matches!(error, Error::Backend { .. }), "{error:?}");
-    error
-        .source()
-        .and_then(|source| source.downcast_ref::<DynamoDbError>())
-        .unwrap_or_else(|| panic!("no DynamoDbError source: {error:?}"))
+    DynamoDbError::find(error).unwrap_or_else(|| panic!("no DynamoDbError source: {error:?}"))
 }
 
 /// A `127.0.0.1` port nothing listens on.

@@ -144,6 +144,7 @@ macro_rules! conformance_tests {
             storage_outage_completes_every_accepted_command,
             failure_records_are_written_once_storage_is_back,
             transient_handler_errors_are_retried_until_they_pass,
+            transient_errors_are_found_through_transparent_wrappers,
             settle_finishes_what_a_dead_publisher_left,
             numbers_read_back_as_written,
             numbers_outside_the_range_are_rejected,
