@@ -13,7 +13,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong when publishing, reading or numbering.
 ///
 /// Variants are structured so callers can map them without parsing messages:
-/// an HTTP layer maps [`Error::NotFound`] to 404, [`Error::Conflict`] to 409,
+/// an HTTP layer maps [`Error::NotFound`] to 404, [`Error::Conflict`] (and
+/// [`Error::ConflictRetriesExhausted`]: see [`Error::is_conflict`]) to 409,
 /// [`Error::InvalidInput`] to 400, [`Error::TenantViolation`] to 403 (or 404 to
 /// hide existence), [`Error::TooLarge`] to 413, [`Error::IdempotencyKeyReused`]
 /// to 422 and [`Error::Backend`] to 503 when [`Error::is_retryable`] says so.
@@ -36,6 +37,27 @@ pub enum Error {
         expected: ExpectedVersion,
         /// The version found, `None` when the entity does not exist.
         actual: Option<u64>,
+    },
+
+    /// A read-modify-write ([`Services::update_with`](crate::Services::update_with),
+    /// `commit_with`) or a `Latest` publish met a version conflict on every
+    /// one of its `attempts`: the entity is written faster than this writer
+    /// can read and decide. Nothing was written by the last attempt. A
+    /// conflict ([`Error::is_conflict`]): map it as one (409).
+    #[error(
+        "version conflict on {key}: expected {expected}, actual {}, still after {attempts} attempts (raise the conflict retry's max_attempts, or spread the writes: see hot entities)",
+        DisplayActual(*.actual)
+    )]
+    ConflictRetriesExhausted {
+        /// `pk#sk` of the entity of the last conflict.
+        key: String,
+        /// The version the last attempt expected.
+        expected: ExpectedVersion,
+        /// The version the last attempt found, `None` when the entity did
+        /// not exist.
+        actual: Option<u64>,
+        /// Attempts made, each ended by a conflict.
+        attempts: u32,
     },
 
     /// The input was rejected before anything was written.
@@ -101,9 +123,26 @@ impl Error {
         matches!(self, Error::Backend { retryable: true, .. })
     }
 
-    /// `true` for a version conflict.
+    /// `true` for a version conflict: [`Error::Conflict`], or
+    /// [`Error::ConflictRetriesExhausted`] when retries did not get past it.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Error::Conflict { .. })
+        matches!(self, Error::Conflict { .. } | Error::ConflictRetriesExhausted { .. })
+    }
+
+    /// A conflict that ended a retry loop after `attempts` attempts, as
+    /// [`Error::ConflictRetriesExhausted`]; any other error unchanged.
+    pub(crate) fn after_conflict_retries(self, attempts: u32) -> Self {
+        match self {
+            Error::Conflict { key, expected, actual } | Error::ConflictRetriesExhausted { key, expected, actual, .. } => {
+                Error::ConflictRetriesExhausted {
+                    key,
+                    expected,
+                    actual,
+                    attempts,
+                }
+            }
+            other => other,
+        }
     }
 
     /// `true` for a missing item.
@@ -251,6 +290,26 @@ mod tests {
         let again = Error::backend(source, true);
         let Error::Backend { source, .. } = &again else { unreachable!() };
         assert!(source.downcast_ref::<TransientCause>().unwrap().cause().downcast_ref::<TransientCause>().is_none());
+    }
+
+    #[test]
+    fn exhausted_conflict_retries_say_how_many_attempts_were_made() {
+        let e = Error::Conflict {
+            key: "TENANT#a#STOCK#1".into(),
+            expected: ExpectedVersion::Exactly(7),
+            actual: Some(9),
+        }
+        .after_conflict_retries(20);
+        assert!(e.is_conflict());
+        assert!(!e.is_retryable());
+        assert!(
+            e.to_string()
+                .starts_with("version conflict on TENANT#a#STOCK#1: expected 7, actual 9, still after 20 attempts"),
+            "{e}"
+        );
+        assert!(matches!(e, Error::ConflictRetriesExhausted { attempts: 20, .. }));
+        let other = Error::invalid("pk", "empty").after_conflict_retries(3);
+        assert!(matches!(other, Error::InvalidInput { .. }));
     }
 
     #[test]

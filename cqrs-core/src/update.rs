@@ -151,7 +151,7 @@ impl Services {
                     conflict_backoff(&self.conflict_retry, attempt).await;
                     attempt += 1;
                 }
-                other => return other.map_err(E::from),
+                other => return other.map_err(|error| E::from(error.after_conflict_retries(attempt))),
             }
         }
     }
@@ -271,7 +271,11 @@ impl Update<'_> {
                     conflict_backoff(&self.retry, attempt).await;
                     attempt += 1;
                 }
-                other => return other.map(Some).map_err(E::from),
+                other => {
+                    return other
+                        .map(Some)
+                        .map_err(|error| E::from(error.after_conflict_retries(attempt)))
+                }
             }
         }
     }

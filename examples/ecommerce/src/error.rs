@@ -50,7 +50,7 @@ impl ShopError {
                 E::NotFound { .. } => (404, "not_found"),
                 // Never say that another tenant's item exists.
                 E::TenantViolation { .. } => (404, "not_found"),
-                E::Conflict { .. } => (409, "version_conflict"),
+                E::Conflict { .. } | E::ConflictRetriesExhausted { .. } => (409, "version_conflict"),
                 E::InvalidInput { .. } => (400, "invalid_input"),
                 E::TooLarge { .. } => (413, "too_large"),
                 E::IdempotencyKeyReused { .. } => (422, "idempotency_key_reused"),
@@ -97,3 +97,29 @@ impl From<crate::money::MoneyError> for ShopError {
 
 /// Result alias of the storefront.
 pub type ShopResult<T> = Result<T, ShopError>;
+
+#[cfg(test)]
+mod tests {
+    use cqrs_core::{Error, ExpectedVersion};
+
+    use super::*;
+
+    #[test]
+    fn every_conflict_is_409_and_a_backend_error_says_whether_a_retry_helps() {
+        let spent = ShopError::Core(Error::ConflictRetriesExhausted {
+            key: "TENANT#shop-a#INVENTORY#PRD-001".into(),
+            expected: ExpectedVersion::Exactly(3),
+            actual: Some(4),
+            attempts: 20,
+        });
+        assert_eq!(spent.status_and_kind(), (409, "version_conflict"));
+        assert!(spent.client_message().contains("still after 20 attempts"));
+
+        let transient = ShopError::Core(Error::backend("throttled", true));
+        assert_eq!(transient.status_and_kind(), (503, "unavailable"));
+        let permanent = ShopError::Core(Error::backend("ValidationException", false));
+        assert_eq!(permanent.status_and_kind(), (500, "internal"));
+        assert!(permanent.client_message().contains("retrying will not help"));
+        assert!(!permanent.client_message().contains("unavailable"));
+    }
+}
