@@ -126,21 +126,32 @@ impl Error {
     /// `true` for a version conflict: [`Error::Conflict`], or
     /// [`Error::ConflictRetriesExhausted`] when retries did not get past it.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Error::Conflict { .. } | Error::ConflictRetriesExhausted { .. })
+        matches!(
+            self,
+            Error::Conflict { .. } | Error::ConflictRetriesExhausted { .. }
+        )
     }
 
     /// A conflict that ended a retry loop after `attempts` attempts, as
     /// [`Error::ConflictRetriesExhausted`]; any other error unchanged.
     pub(crate) fn after_conflict_retries(self, attempts: u32) -> Self {
         match self {
-            Error::Conflict { key, expected, actual } | Error::ConflictRetriesExhausted { key, expected, actual, .. } => {
-                Error::ConflictRetriesExhausted {
-                    key,
-                    expected,
-                    actual,
-                    attempts,
-                }
+            Error::Conflict {
+                key,
+                expected,
+                actual,
             }
+            | Error::ConflictRetriesExhausted {
+                key,
+                expected,
+                actual,
+                ..
+            } => Error::ConflictRetriesExhausted {
+                key,
+                expected,
+                actual,
+                attempts,
+            },
             other => other,
         }
     }
@@ -271,14 +282,20 @@ mod tests {
         assert!(wrapped.source().unwrap().downcast_ref::<Error>().is_none());
         // ...and the marker is still in the chain, with the cause behind it.
         assert!(TransientCause::in_chain(&wrapped));
-        let marker = wrapped.source().unwrap().downcast_ref::<TransientCause>().unwrap();
+        let marker = wrapped
+            .source()
+            .unwrap()
+            .downcast_ref::<TransientCause>()
+            .unwrap();
         assert!(marker.cause().is::<std::io::Error>());
         assert!(marker.source().unwrap().is::<std::io::Error>());
 
         let permanent = UserError::from(Error::backend(std::io::Error::other("bad request"), false));
         assert!(!TransientCause::in_chain(&permanent));
         assert!(!TransientCause::in_chain(&UserError::OutOfStock));
-        assert!(!TransientCause::in_chain(&UserError::from(Error::invalid("pk", "empty"))));
+        assert!(!TransientCause::in_chain(&UserError::from(Error::invalid(
+            "pk", "empty"
+        ))));
     }
 
     #[test]
@@ -286,10 +303,19 @@ mod tests {
         let error = Error::backend("throttled", true);
         assert_eq!(error.to_string(), "backend error: throttled");
         // Built again from its own source: one marker, not two.
-        let Error::Backend { source, .. } = error else { unreachable!() };
+        let Error::Backend { source, .. } = error else {
+            unreachable!()
+        };
         let again = Error::backend(source, true);
-        let Error::Backend { source, .. } = &again else { unreachable!() };
-        assert!(source.downcast_ref::<TransientCause>().unwrap().cause().downcast_ref::<TransientCause>().is_none());
+        let Error::Backend { source, .. } = &again else {
+            unreachable!()
+        };
+        assert!(source
+            .downcast_ref::<TransientCause>()
+            .unwrap()
+            .cause()
+            .downcast_ref::<TransientCause>()
+            .is_none());
     }
 
     #[test]
@@ -303,8 +329,9 @@ mod tests {
         assert!(e.is_conflict());
         assert!(!e.is_retryable());
         assert!(
-            e.to_string()
-                .starts_with("version conflict on TENANT#a#STOCK#1: expected 7, actual 9, still after 20 attempts"),
+            e.to_string().starts_with(
+                "version conflict on TENANT#a#STOCK#1: expected 7, actual 9, still after 20 attempts"
+            ),
             "{e}"
         );
         assert!(matches!(e, Error::ConflictRetriesExhausted { attempts: 20, .. }));

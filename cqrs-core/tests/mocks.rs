@@ -113,16 +113,13 @@ async fn spent_conflict_retries_say_how_many_attempts_were_made() {
     let mut data = MockDataService::new();
     data.expect_get_item().returning(|_, _| Ok(Some(product(3))));
     let mut commands = MockCommandService::new();
-    commands
-        .expect_publish_sync()
-        .times(4)
-        .returning(|cmd, _| {
-            Err(Error::Conflict {
-                key: cmd.key().id(),
-                expected: cmd.version,
-                actual: Some(4),
-            })
-        });
+    commands.expect_publish_sync().times(4).returning(|cmd, _| {
+        Err(Error::Conflict {
+            key: cmd.key().id(),
+            expected: cmd.version,
+            actual: Some(4),
+        })
+    });
     let services = cqrs_core::Services::new(
         Arc::new(commands),
         Arc::new(data),

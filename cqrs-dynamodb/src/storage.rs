@@ -519,7 +519,8 @@ impl DynamoDbStorage {
         err: SdkError<TransactWriteItemsError, HttpResponse>,
         items: &[TxItem],
     ) -> Result<Error> {
-        let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() else {
+        let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error()
+        else {
             return Ok(sdk_error(err));
         };
         let reasons = cancelled.cancellation_reasons();
@@ -655,8 +656,10 @@ impl Storage for DynamoDbStorage {
                     other => {
                         // Cancelled for another reason than a condition:
                         // contention, which a retry may get past.
-                        let cancelled =
-                            matches!(other, Some(TransactWriteItemsError::TransactionCanceledException(_)));
+                        let cancelled = matches!(
+                            other,
+                            Some(TransactWriteItemsError::TransactionCanceledException(_))
+                        );
                         return Err(sdk_error_retryable_if(e, cancelled));
                     }
                 },

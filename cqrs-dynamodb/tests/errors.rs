@@ -12,14 +12,14 @@ use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::get_item::GetItemError;
 use common::*;
-use serde_json::json;
 use cqrs_core::{
-    tenant_pk, ApplyWrite, CommandInput, CommandRecord, CommandStatus, CommandWrite, CommandService, Counter, DataItem,
-    Error, InvocationContext, Storage,
+    tenant_pk, ApplyWrite, CommandInput, CommandRecord, CommandService, CommandStatus, CommandWrite, Counter,
+    DataItem, Error, InvocationContext, Storage,
 };
 use cqrs_dynamodb::{
     local_client, DynamoDbError, DynamoDbErrorKind, DynamoDbStorage, TableNames, OPERATION_TIMEOUT,
 };
+use serde_json::json;
 
 /// DynamoDB Local's message for any request on a table that does not exist
 /// (DynamoDB's own names the table: "Requested resource not found").
@@ -188,8 +188,16 @@ async fn a_validation_exception_of_a_transaction_shows_dynamodbs_code_and_messag
     write.data = DataItem::builder(tenant_pk(TENANT), "PRODUCT#1")
         .attributes(json!({ "price": 1e126 }))
         .build();
-    let error = storage.apply(&[write]).await.expect_err("a number DynamoDB refuses");
-    assert_service_error(&error, "TransactWriteItems", "ValidationException", "Number overflow");
+    let error = storage
+        .apply(&[write])
+        .await
+        .expect_err("a number DynamoDB refuses");
+    assert_service_error(
+        &error,
+        "TransactWriteItems",
+        "ValidationException",
+        "Number overflow",
+    );
 }
 
 /// Every write path on a table that does not exist names the operation and
@@ -206,14 +214,27 @@ async fn a_missing_table_shows_dynamodbs_answer_on_every_write_path() {
         .apply(&[first_write("PRODUCT#1")])
         .await
         .expect_err("no such table");
-    assert_service_error(&error, "TransactWriteItems", "ResourceNotFoundException", NO_TABLE);
+    assert_service_error(
+        &error,
+        "TransactWriteItems",
+        "ResourceNotFoundException",
+        NO_TABLE,
+    );
 
     // A command row above version 1 is written by a transaction.
     let second = CommandRecord::builder(tenant_pk(TENANT), "PRODUCT#1")
         .version(2)
         .build();
-    let error = storage.put_command(&second, None).await.expect_err("no such table");
-    assert_service_error(&error, "TransactWriteItems", "ResourceNotFoundException", NO_TABLE);
+    let error = storage
+        .put_command(&second, None)
+        .await
+        .expect_err("no such table");
+    assert_service_error(
+        &error,
+        "TransactWriteItems",
+        "ResourceNotFoundException",
+        NO_TABLE,
+    );
 
     // Through the engine, as a user meets it.
     let engine = storage.engine().build();
@@ -233,7 +254,10 @@ async fn an_unreachable_endpoint_fails_a_transaction_retryably() {
     let second = CommandRecord::builder(tenant_pk(TENANT), "PRODUCT#1")
         .version(2)
         .build();
-    let error = storage.put_command(&second, None).await.expect_err("nothing listens");
+    let error = storage
+        .put_command(&second, None)
+        .await
+        .expect_err("nothing listens");
     let shown = error.to_string();
     assert!(error.is_retryable(), "{shown}");
     let dynamo = DynamoDbError::find(&error).unwrap_or_else(|| panic!("no DynamoDbError in {shown}"));

@@ -105,14 +105,7 @@ pub async fn numbers_at_the_edges_of_the_range(factory: &dyn StorageFactory) {
     let below = |x: f64| f64::from_bits(x.to_bits() - 1);
     let largest = below(1e126);
     let accepted = [largest, -largest, 1e-130, -1e-130, 0.0, 9.99e125];
-    let refused = [
-        1e126,
-        -1e126,
-        below(1e-130),
-        -below(1e-130),
-        5e-324,
-        -f64::MAX,
-    ];
+    let refused = [1e126, -1e126, below(1e-130), -below(1e-130), 5e-324, -f64::MAX];
     for (i, x) in accepted.into_iter().enumerate() {
         let sk = format!("OK#{i}");
         let written = engine
@@ -136,12 +129,17 @@ pub async fn numbers_at_the_edges_of_the_range(factory: &dyn StorageFactory) {
                 .publish_async(cmd(PK_A, &sk, attributes.clone()), &a)
                 .await
                 .map(drop),
-            engine.commit(vec![cmd(PK_A, &sk, attributes)], &a).await.map(drop),
+            engine
+                .commit(vec![cmd(PK_A, &sk, attributes)], &a)
+                .await
+                .map(drop),
         ];
         for result in results {
             match result {
                 Err(error @ Error::InvalidInput { .. }) => {
-                    let Error::InvalidInput { what, .. } = &error else { unreachable!() };
+                    let Error::InvalidInput { what, .. } = &error else {
+                        unreachable!()
+                    };
                     assert_eq!(what, "attributes.price.amounts[1]", "{x:e}");
                     let message = error.to_string();
                     assert!(message.len() < 200, "a short message for {x:e}: {message}");

@@ -469,7 +469,11 @@ pub async fn transient_errors_are_found_through_transparent_wrappers(factory: &d
     settle(&engine).await;
     assert_eq!(status(&engine, "E#ASYNC", 1).await, Some(CommandStatus::Finished));
     assert_eq!(handler.completions_of("E#ASYNC", 1), 1);
-    assert_eq!(handler.transient_failures.load(Ordering::SeqCst), 0, "every failure was retried");
+    assert_eq!(
+        handler.transient_failures.load(Ordering::SeqCst),
+        0,
+        "every failure was retried"
+    );
 
     handler.transient_failures.store(budget + 1, Ordering::SeqCst);
     engine

@@ -116,11 +116,21 @@ mod tests {
     async fn the_document_lists_the_answers_of_a_failed_storage() {
         let (_, _, doc) = get("/openapi.json").await;
         let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
-        for (path, method) in [("/orders", "post"), ("/orders/{code}/status", "patch"), ("/products", "get")] {
+        for (path, method) in [
+            ("/orders", "post"),
+            ("/orders/{code}/status", "patch"),
+            ("/products", "get"),
+        ] {
             let responses = &doc["paths"][path][method]["responses"];
             let unavailable = &responses["503"];
-            assert!(unavailable["headers"]["Retry-After"].is_object(), "{path} {method}: {responses}");
-            assert!(unavailable["description"].as_str().unwrap().contains("retry may succeed"));
+            assert!(
+                unavailable["headers"]["Retry-After"].is_object(),
+                "{path} {method}: {responses}"
+            );
+            assert!(unavailable["description"]
+                .as_str()
+                .unwrap()
+                .contains("retry may succeed"));
             let internal = responses["500"]["description"].as_str().unwrap();
             assert!(internal.contains("would fail the same way"), "{internal}");
             assert!(!internal.contains("unavailable"), "{internal}");

@@ -172,7 +172,11 @@ mod tests {
         assert_eq!(retry_after, None);
         assert_eq!(body.error, "internal");
         assert!(body.message.starts_with("internal error"), "{}", body.message);
-        assert!(body.message.contains("retrying will not help"), "{}", body.message);
+        assert!(
+            body.message.contains("retrying will not help"),
+            "{}",
+            body.message
+        );
         assert!(!body.message.contains("unavailable"), "{}", body.message);
     }
 
