@@ -229,8 +229,8 @@ mod tests {
             (f64::MAX, false),
             (f64::MIN_POSITIVE, false),
             (1e125, true),
-            // The literal reads as the float nearest 1e126.
-            (9.999999999999999e125, false),
+            // This text reads as the float nearest 1e126.
+            ("9.999999999999999e125".parse().unwrap(), false),
         ];
         for (x, stored) in edges {
             for x in [x, -x] {
