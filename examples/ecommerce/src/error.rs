@@ -29,9 +29,9 @@ pub enum ShopError {
     /// A version conflict or a business conflict such as stock (409).
     #[error("{0}")]
     Conflict(String),
-    /// The framework refused or failed. Kept as the error's source (not
-    /// transparent), so that the pipeline sees a storage outage in a
-    /// handler's error and retries it instead of recording a failure.
+    /// The framework refused or failed, kept in the error's chain of
+    /// sources, so that the pipeline sees a storage outage in a handler's
+    /// error and retries it instead of recording a failure.
     #[error("{0}")]
     Core(#[from] cqrs_core::Error),
 }
