@@ -36,7 +36,7 @@ pub use engine::{
     AsyncDispatch, Engine, EngineBuilder, EngineConfig, Reindexed, RetryPolicy, APPLY_STEP,
     DEFAULT_HANDLER_TIMEOUT, DEFAULT_RECOVERY_GRACE,
 };
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, Result, TransientCause};
 pub use handle::{default_conflict_retry, Services};
 pub use handler::{DataSyncEvent, DataSyncHandler, Interest};
 pub use idempotency::{

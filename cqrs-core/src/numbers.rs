@@ -12,10 +12,19 @@ use serde_json::{Number, Value};
 use crate::error::{Error, Result};
 
 /// The bound of the magnitudes DynamoDB stores, excluded: its largest is
-/// 9.9999999999999999999999999999999999999E+125.
+/// 9.9999999999999999999999999999999999999E+125. The float nearest this
+/// bound is written `1e126` and refused; the float just below it is stored.
 pub const MAX_NUMBER_MAGNITUDE: f64 = 1e126;
-/// The smallest non-zero magnitude DynamoDB stores: 1E-130.
+/// The smallest non-zero magnitude DynamoDB stores: 1E-130 (the float
+/// nearest it is written `1e-130` and stored; the float below it is refused).
 pub const MIN_NUMBER_MAGNITUDE: f64 = 1e-130;
+
+/// The decimal exponents DynamoDB stores (of `d.ddd…e{exponent}`): from
+/// 1E-130 to 9.99…E+125.
+const DECIMAL_EXPONENTS: std::ops::RangeInclusive<i32> = -130..=125;
+
+/// DynamoDB's range, written out for error messages.
+const RANGE: &str = "0, or a magnitude from 1e-130 to 9.9999999999999999999999999999999999999e125";
 
 /// Rewrites every number of `value` in the form DynamoDB gives it back (a
 /// float with no fraction that an integer type holds becomes that integer)
@@ -58,9 +67,8 @@ fn find_out_of_range(value: &Value, path: &mut String) -> Option<Error> {
             (!in_range(float)).then(|| {
                 Error::invalid(
                     path.as_str(),
-                    format!(
-                        "{float} is outside the range a number can have (0, or a magnitude from {MIN_NUMBER_MAGNITUDE:e} to below {MAX_NUMBER_MAGNITUDE:e})"
-                    ),
+                    // `{:e}`: short for every float (5e-324, not 324 digits).
+                    format!("{float:e} is outside the range of a DynamoDB number ({RANGE})"),
                 )
             })
         }
@@ -83,10 +91,33 @@ fn find_out_of_range(value: &Value, path: &mut String) -> Option<Error> {
     }
 }
 
+/// Whether DynamoDB stores `float`, decided on the decimal it is sent as.
+///
+/// serde_json and serde_dynamo write a float as its shortest round-trip
+/// decimal (at most 17 significant digits, well within DynamoDB's 38), so
+/// the decimal exponent of that text decides: the float nearest 1e126 is
+/// sent as `1e126` (one past DynamoDB's largest number) although it is a
+/// little less than 10^126.
 pub(crate) fn in_range(float: f64) -> bool {
     let magnitude = float.abs();
-    float.is_finite()
-        && (magnitude == 0.0 || (MIN_NUMBER_MAGNITUDE..=MAX_NUMBER_MAGNITUDE).contains(&magnitude))
+    if !float.is_finite() {
+        return false;
+    }
+    if magnitude == 0.0 || (1e-129..1e125).contains(&magnitude) {
+        // Zero, or so far inside the range that its decimal is too.
+        return true;
+    }
+    DECIMAL_EXPONENTS.contains(&decimal_exponent(magnitude))
+}
+
+/// The exponent of the shortest decimal that reads back as `float`: the
+/// digits `Display` (what serde_dynamo sends) and ryu (what serde_json
+/// writes) produce, which `LowerExp` writes as `d.ddde{exponent}`.
+fn decimal_exponent(float: f64) -> i32 {
+    let text = format!("{float:e}");
+    text.rsplit_once('e')
+        .and_then(|(_, exponent)| exponent.parse().ok())
+        .unwrap_or(0)
 }
 
 /// An integer a float normalizes to.
@@ -169,5 +200,63 @@ mod tests {
         }
         let mut edge = json!([9.99e125, -1e-130, 0.0]);
         assert!(normalize_numbers(&mut edge).is_ok());
+    }
+
+    fn below(x: f64) -> f64 {
+        f64::from_bits(x.to_bits() - 1)
+    }
+
+    /// The significant digits and exponent of a plain decimal text (what
+    /// `Display` writes: `999…800…0`, `0.000…1`), by reading its digits.
+    fn plain_decimal(text: &str) -> (String, i32) {
+        let text = text.trim_start_matches('-');
+        let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+        let all: String = format!("{int}{frac}");
+        let leading = all.len() - all.trim_start_matches('0').len();
+        let digits = all.trim_matches('0').to_owned();
+        (digits, int.len() as i32 - 1 - leading as i32)
+    }
+
+    #[test]
+    fn the_range_is_decided_on_the_text_dynamodb_receives() {
+        let edges = [
+            (1e126, false),
+            (below(1e126), true),
+            (1e-130, true),
+            (below(1e-130), false),
+            (f64::from_bits(1e-130f64.to_bits() + 1), true),
+            (5e-324, false),
+            (f64::MAX, false),
+            (f64::MIN_POSITIVE, false),
+            (1e125, true),
+            // This text reads as the float nearest 1e126.
+            ("9.999999999999999e125".parse().unwrap(), false),
+        ];
+        for (x, stored) in edges {
+            for x in [x, -x] {
+                assert_eq!(in_range(x), stored, "{x:e}");
+                // The digits DynamoDB gets (Display, serde_dynamo's text) are
+                // those the decision read (LowerExp).
+                let (digits, exponent) = plain_decimal(&x.to_string());
+                let exp = format!("{:e}", x.abs());
+                let (mantissa, e) = exp.split_once('e').unwrap();
+                assert_eq!(digits, mantissa.replace('.', ""), "{x:e}");
+                assert_eq!(exponent, e.parse::<i32>().unwrap(), "{x:e}");
+                // And serde_json writes and reads it back as the same float.
+                let json = serde_json::to_string(&x).unwrap();
+                assert_eq!(serde_json::from_str::<f64>(&json).unwrap(), x, "{json}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_out_of_range_number_has_a_short_message() {
+        for x in [5e-324, 1e126, -f64::MAX] {
+            let error = normalize_numbers(&mut json!({ "x": x })).unwrap_err();
+            let message = error.to_string();
+            assert!(message.len() < 200, "{message}");
+            assert!(message.starts_with("invalid attributes.x: "), "{message}");
+            assert!(message.contains(&format!("{x:e}")), "{message}");
+        }
     }
 }

@@ -314,7 +314,11 @@ impl Update<'_> {
                 }
                 Err(error) if error.is_conflict() => {
                     return services
-                        .unless_key_held(idempotency, ctx, Err(E::from(error)))
+                        .unless_key_held(
+                            idempotency,
+                            ctx,
+                            Err(E::from(error.after_conflict_retries(attempt))),
+                        )
                         .await;
                 }
                 other => return other.map(Updated::Published).map_err(E::from),
@@ -495,7 +499,11 @@ impl UpdateAll<'_> {
                 }
                 Err(error) if error.is_conflict() => {
                     return services
-                        .unless_commit_held(idempotency, ctx, Err(E::from(error)))
+                        .unless_commit_held(
+                            idempotency,
+                            ctx,
+                            Err(E::from(error.after_conflict_retries(attempt))),
+                        )
                         .await;
                 }
                 other => return other.map_err(E::from),

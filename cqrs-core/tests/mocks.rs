@@ -104,3 +104,54 @@ async fn rename_of_an_unknown_product_publishes_nothing() {
         Err("no product NOPE".into())
     );
 }
+
+/// A read-modify-write of an entity that changes under every attempt ends,
+/// once its conflict retries are spent, with an error that says how many
+/// attempts it made: still a conflict.
+#[tokio::test]
+async fn spent_conflict_retries_say_how_many_attempts_were_made() {
+    let mut data = MockDataService::new();
+    data.expect_get_item().returning(|_, _| Ok(Some(product(3))));
+    let mut commands = MockCommandService::new();
+    commands.expect_publish_sync().times(4).returning(|cmd, _| {
+        Err(Error::Conflict {
+            key: cmd.key().id(),
+            expected: cmd.version,
+            actual: Some(4),
+        })
+    });
+    let services = cqrs_core::Services::new(
+        Arc::new(commands),
+        Arc::new(data),
+        Arc::new(cqrs_core::MockSequenceService::new()),
+    )
+    .with_conflict_retry(cqrs_core::RetryPolicy {
+        max_attempts: 4,
+        initial_backoff: std::time::Duration::from_millis(1),
+        max_backoff: std::time::Duration::from_millis(1),
+    });
+    let key = EntityKey::new("TENANT#shop-a", "PRODUCT#PRD-001");
+    let ctx = InvocationContext::new("shop-a", "u");
+    let error = services
+        .update_with(&key, &ctx, |current| {
+            Ok::<_, Error>(current.map(|item| CommandInput::update_of(item).name("Renamed")))
+        })
+        .await
+        .expect_err("every attempt conflicts");
+    assert!(error.is_conflict(), "{error}");
+    match &error {
+        Error::ConflictRetriesExhausted {
+            key: conflicted,
+            expected,
+            actual,
+            attempts,
+        } => {
+            assert_eq!(conflicted, &key.id());
+            assert_eq!(*expected, ExpectedVersion::Exactly(3));
+            assert_eq!(*actual, Some(4));
+            assert_eq!(*attempts, 4);
+        }
+        other => panic!("expected spent conflict retries, got {other:?}"),
+    }
+    assert!(error.to_string().contains("still after 4 attempts"), "{error}");
+}

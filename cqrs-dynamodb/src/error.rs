@@ -6,7 +6,7 @@ use std::error::Error as StdError;
 use std::fmt;
 
 use aws_sdk_dynamodb::config::http::HttpResponse;
-use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{BuildError, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::RequestId;
 use cqrs_core::{BoxError, Error};
 
@@ -56,8 +56,9 @@ pub enum DynamoDbErrorKind {
 ///   connect error: Connection refused (os error 111)`;
 /// - a timeout: `DynamoDB GetItem timed out: …`.
 ///
-/// Find it with [`DynamoDbError::find`] (or by downcasting the backend
-/// error's `source()`); the original SDK error is its own `source()`.
+/// Find it with [`DynamoDbError::find`]: it is the backend error's
+/// `source()`, behind a [`cqrs_core::TransientCause`] when the error is
+/// retryable. The original SDK error is its own `source()`.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct DynamoDbError {
@@ -286,6 +287,36 @@ where
     Error::backend(error, retryable)
 }
 
+/// [`sdk_error`], retryable also when `retryable` says so: for a cancelled
+/// transaction, whose reasons (`TransactionConflict`, throttling) decide.
+pub(crate) fn sdk_error_retryable_if<E>(err: SdkError<E, HttpResponse>, retryable: bool) -> Error
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+{
+    let mut error = DynamoDbError::from_sdk(err);
+    error.retryable |= retryable;
+    let retryable = error.retryable;
+    Error::backend(error, retryable)
+}
+
+/// A backend error for a request of `operation` the SDK's builders refused
+/// (a required field missing): not retryable.
+pub(crate) fn build_error(operation: &'static str) -> impl Fn(BuildError) -> Error + Copy {
+    move |err| {
+        let error = DynamoDbError {
+            kind: DynamoDbErrorKind::Request,
+            operation: Some(operation.to_owned()),
+            code: None,
+            message: err.to_string(),
+            request_id: None,
+            endpoint: None,
+            retryable: false,
+            source: Some(Box::new(err)),
+        };
+        Error::backend(error, false)
+    }
+}
+
 /// A backend error for an item this crate could not read or write (a row
 /// another program wrote in another shape, say).
 pub(crate) fn shape_error(what: &str, err: impl std::fmt::Display) -> Error {
@@ -334,9 +365,14 @@ mod tests {
         SdkError::service_error(GetItemError::generic(meta), response(400, request_id))
     }
 
-    /// The backend error's source, as this crate's error.
+    /// The backend error's source, as this crate's error: itself for a
+    /// permanent error, behind the transient marker for a retryable one.
     fn structured(error: &Error) -> &DynamoDbError {
-        let source = StdError::source(error).expect("a source");
+        let mut source = StdError::source(error).expect("a source");
+        if let Some(marker) = source.downcast_ref::<cqrs_core::TransientCause>() {
+            assert!(error.is_retryable());
+            source = StdError::source(marker).expect("the marked cause");
+        }
         source.downcast_ref::<DynamoDbError>().expect("a DynamoDbError")
     }
 

@@ -4,6 +4,14 @@
 #![deny(unnameable_types)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// The AWS SDK for DynamoDB this crate is built on, re-exported so that a
+/// client (and its config, types and errors) comes from exactly the version
+/// the backend takes: `cqrs_dynamodb::aws_sdk_dynamodb::Client`.
+pub use aws_sdk_dynamodb;
+/// The AWS SDK for DynamoDB Streams this crate's [`StreamConsumer`] reads
+/// with, re-exported for the same reason.
+pub use aws_sdk_dynamodbstreams;
+
 mod client;
 mod counter;
 mod error;

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
@@ -20,7 +21,7 @@ use cqrs_core::{
 };
 
 use crate::counter;
-use crate::error::{is_retryable_code, sdk_error, shape_error};
+use crate::error::{build_error, is_retryable_code, sdk_error, sdk_error_retryable_if, shape_error};
 use crate::item::{
     check_size, command_from_item, command_to_item, data_from_item, data_to_item, failure_from_item,
     failure_key, failure_to_item, history_from_item, history_to_item, idempotency_from_item, idempotency_key,
@@ -233,7 +234,7 @@ impl DynamoDbStorage {
         key: &EntityKey,
         versions: std::ops::RangeInclusive<u64>,
     ) -> Result<HashMap<u64, Item>> {
-        let build = |e: aws_sdk_dynamodb::error::BuildError| Error::backend(e, false);
+        let build = build_error("BatchGetItem");
         let keys = versions.map(|v| key_of_command(key, v)).collect();
         let mut request = KeysAndAttributes::builder()
             .set_keys(Some(keys))
@@ -336,7 +337,7 @@ impl DynamoDbStorage {
             .condition_expression(KEY_FREE)
             .expression_attribute_values(":now", n(Utc::now().timestamp()))
             .build()
-            .map_err(|e| Error::backend(e, false))?;
+            .map_err(build_error("TransactWriteItems"))?;
         Ok((put, bytes))
     }
 
@@ -413,7 +414,7 @@ impl DynamoDbStorage {
         let key_of = write.data.key();
         let version = write.data.version;
         let expiry = self.expiry();
-        let build = |e: aws_sdk_dynamodb::error::BuildError| Error::backend(e, false);
+        let build = build_error("TransactWriteItems");
         match &write.command {
             CommandWrite::Insert(command) => {
                 let item = command_to_item(command)?;
@@ -514,16 +515,21 @@ impl DynamoDbStorage {
     }
 
     /// Explains a cancelled apply transaction with the first failed condition.
-    async fn cancellation(&self, err: TransactWriteItemsError, items: &[TxItem]) -> Result<Error> {
-        let TransactWriteItemsError::TransactionCanceledException(cancelled) = &err else {
-            let retryable = err.code().is_some_and(is_retryable_code);
-            return Ok(Error::backend(err, retryable));
+    async fn cancellation(
+        &self,
+        err: SdkError<TransactWriteItemsError, HttpResponse>,
+        items: &[TxItem],
+    ) -> Result<Error> {
+        let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error()
+        else {
+            return Ok(sdk_error(err));
         };
         let reasons = cancelled.cancellation_reasons();
-        for (reason, item) in reasons.iter().zip(items) {
-            if reason.code() != Some("ConditionalCheckFailed") {
-                continue;
-            }
+        let failed = reasons
+            .iter()
+            .zip(items)
+            .find(|(reason, _)| reason.code() == Some("ConditionalCheckFailed"));
+        if let Some((reason, item)) = failed {
             return Ok(match item {
                 TxItem::Data { key, expected } => {
                     Self::conflict(key, *expected, reason.item().and_then(version_of))
@@ -540,14 +546,14 @@ impl DynamoDbStorage {
                 TxItem::MarkApplied { key, version } => Error::NotFound {
                     key: format!("{}@{version}", key.id()),
                 },
-                TxItem::Other => Error::backend(err, false),
+                TxItem::Other => sdk_error(err),
             });
         }
         let retryable = reasons
             .iter()
             .filter_map(|r| r.code())
             .any(|code| code == "TransactionConflict" || is_retryable_code(code));
-        Ok(Error::backend(err, retryable))
+        Ok(sdk_error_retryable_if(err, retryable))
     }
 }
 
@@ -594,7 +600,7 @@ impl Storage for DynamoDbStorage {
                 Err(e) => return Err(sdk_error(e)),
             }
         } else {
-            let build = |e: aws_sdk_dynamodb::error::BuildError| Error::backend(e, false);
+            let build = build_error("TransactWriteItems");
             let mut transact = Vec::with_capacity(3);
             if version > 1 {
                 let predecessor = ConditionCheck::builder()
@@ -625,8 +631,8 @@ impl Storage for DynamoDbStorage {
                 .await;
             match sent {
                 Ok(_) => None,
-                Err(e) => match e.into_service_error() {
-                    TransactWriteItemsError::TransactionCanceledException(c)
+                Err(e) => match e.as_service_error() {
+                    Some(TransactWriteItemsError::TransactionCanceledException(c))
                         if c.cancellation_reasons()
                             .iter()
                             .any(|r| r.code() == Some("ConditionalCheckFailed")) =>
@@ -649,9 +655,13 @@ impl Storage for DynamoDbStorage {
                         })
                     }
                     other => {
-                        let retryable = other.code().is_some_and(is_retryable_code)
-                            || matches!(other, TransactWriteItemsError::TransactionCanceledException(_));
-                        return Err(Error::backend(other, retryable));
+                        // Cancelled for another reason than a condition:
+                        // contention, which a retry may get past.
+                        let cancelled = matches!(
+                            other,
+                            Some(TransactWriteItemsError::TransactionCanceledException(_))
+                        );
+                        return Err(sdk_error_retryable_if(e, cancelled));
                     }
                 },
             }
@@ -748,12 +758,7 @@ impl Storage for DynamoDbStorage {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) => match e {
-                aws_sdk_dynamodb::error::SdkError::ServiceError(service) => {
-                    Err(self.cancellation(service.into_err(), &roles).await?)
-                }
-                other => Err(sdk_error(other)),
-            },
+            Err(e) => Err(self.cancellation(e, &roles).await?),
         }
     }
 

@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use cqrs_core::{Error, Result};
 
-use crate::error::sdk_error;
+use crate::error::{build_error, sdk_error};
 
 /// The attribute DynamoDB's time to live reads, on the tables that have one.
 pub const TTL_ATTRIBUTE: &str = "ttl";
@@ -206,14 +206,14 @@ async fn ensure_table(client: &Client, spec: &TableSpec) -> Result<()> {
                 .attribute_name(name)
                 .key_type(key_type)
                 .build()
-                .map_err(|e| Error::backend(e, false))
+                .map_err(build_error("CreateTable"))
         };
         let attribute = |name: &str| {
             AttributeDefinition::builder()
                 .attribute_name(name)
                 .attribute_type(ScalarAttributeType::S)
                 .build()
-                .map_err(|e| Error::backend(e, false))
+                .map_err(build_error("CreateTable"))
         };
         let mut create = client
             .create_table()
@@ -236,7 +236,7 @@ async fn ensure_table(client: &Client, spec: &TableSpec) -> Result<()> {
                     .stream_enabled(true)
                     .stream_view_type(StreamViewType::NewAndOldImages)
                     .build()
-                    .map_err(|e| Error::backend(e, false))?,
+                    .map_err(build_error("CreateTable"))?,
             );
         }
         // Created meanwhile by another process: fine.
@@ -254,7 +254,7 @@ async fn ensure_table(client: &Client, spec: &TableSpec) -> Result<()> {
 /// attribute projected (a page of an index is a page of items).
 fn global_index(index: &str) -> Result<GlobalSecondaryIndex> {
     let (hash, range) = index_attributes(index);
-    let build = |e: aws_sdk_dynamodb::error::BuildError| Error::backend(e, false);
+    let build = build_error("CreateTable");
     GlobalSecondaryIndex::builder()
         .index_name(index)
         .key_schema(
@@ -297,7 +297,7 @@ async fn add_missing_indexes(client: &Client, spec: &TableSpec) -> Result<()> {
         .collect();
     for index in spec.indexes.iter().filter(|i| !present.contains(i)) {
         let (hash, range) = index_attributes(index);
-        let build = |e: aws_sdk_dynamodb::error::BuildError| Error::backend(e, false);
+        let build = build_error("UpdateTable");
         let attribute = |name: String| {
             AttributeDefinition::builder()
                 .attribute_name(name)
@@ -392,7 +392,7 @@ async fn enable_ttl(client: &Client, table: &str) -> Result<()> {
             .enabled(true)
             .attribute_name(TTL_ATTRIBUTE)
             .build()
-            .map_err(|e| Error::backend(e, false))?;
+            .map_err(build_error("UpdateTimeToLive"))?;
         let sent = client
             .update_time_to_live()
             .table_name(table)

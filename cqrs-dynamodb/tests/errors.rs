@@ -12,10 +12,14 @@ use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::get_item::GetItemError;
 use common::*;
-use cqrs_core::{Counter, Error, Storage};
+use cqrs_core::{
+    tenant_pk, ApplyWrite, CommandInput, CommandRecord, CommandService, CommandStatus, CommandWrite, Counter,
+    DataItem, Error, InvocationContext, Storage,
+};
 use cqrs_dynamodb::{
     local_client, DynamoDbError, DynamoDbErrorKind, DynamoDbStorage, TableNames, OPERATION_TIMEOUT,
 };
+use serde_json::json;
 
 /// DynamoDB Local's message for any request on a table that does not exist
 /// (DynamoDB's own names the table: "Requested resource not found").
@@ -29,13 +33,10 @@ fn storage_without_tables(endpoint: &str) -> DynamoDbStorage {
     )
 }
 
-/// The backend error's source, downcast to this crate's error.
+/// This crate's error in the backend error's chain of sources.
 fn structured(error: &Error) -> &DynamoDbError {
     assert!(matches!(error, Error::Backend { .. }), "{error:?}");
-    error
-        .source()
-        .and_then(|source| source.downcast_ref::<DynamoDbError>())
-        .unwrap_or_else(|| panic!("no DynamoDbError source: {error:?}"))
+    DynamoDbError::find(error).unwrap_or_else(|| panic!("no DynamoDbError source: {error:?}"))
 }
 
 /// A `127.0.0.1` port nothing listens on.
@@ -137,4 +138,129 @@ async fn an_unreachable_endpoint_says_it_could_not_reach_dynamodb_and_why() {
         sdk.downcast_ref::<SdkError<GetItemError, HttpResponse>>(),
         Some(SdkError::DispatchFailure(_))
     ));
+}
+
+/// A sync publish's write of version 1 of `sk`, as the engine hands it to
+/// storage: command, data row, no history.
+fn first_write(sk: &str) -> ApplyWrite {
+    let command = CommandRecord::builder(tenant_pk(TENANT), sk)
+        .status(CommandStatus::Applied)
+        .build();
+    ApplyWrite {
+        data: DataItem::builder(tenant_pk(TENANT), sk).build(),
+        command: CommandWrite::Insert(Box::new(command)),
+        expected_data_version: 0,
+        history: None,
+        idempotency: None,
+        indexes: Vec::new(),
+    }
+}
+
+/// Asserts that `error` carries DynamoDB's own answer: the operation, the
+/// code and the message, found by `DynamoDbError::find` and shown by
+/// `Display` (not the SDK's "unhandled error").
+fn assert_service_error(error: &Error, operation: &str, code: &str, message: &str) {
+    let shown = error.to_string();
+    assert!(!shown.contains("unhandled error"), "{shown}");
+    let dynamo = DynamoDbError::find(error).unwrap_or_else(|| panic!("no DynamoDbError in {error:?}"));
+    assert_eq!(dynamo.kind(), DynamoDbErrorKind::Service, "{shown}");
+    assert_eq!(dynamo.operation(), Some(operation), "{shown}");
+    assert_eq!(dynamo.code(), Some(code), "{shown}");
+    assert!(dynamo.message().contains(message), "{}", dynamo.message());
+    assert!(
+        shown.contains(&format!("DynamoDB {code} in {operation}: {}", dynamo.message())),
+        "{shown}"
+    );
+    assert!(dynamo.request_id().is_some(), "{shown}");
+    assert!(!error.is_retryable(), "{shown}");
+}
+
+/// A ValidationException of a transaction keeps DynamoDB's code and
+/// message: storage called directly, without the engine's checks, with a
+/// number DynamoDB refuses.
+#[tokio::test]
+async fn a_validation_exception_of_a_transaction_shows_dynamodbs_code_and_message() {
+    if !available() {
+        return;
+    }
+    let storage = fresh_storage("validation").await;
+    let mut write = first_write("PRODUCT#1");
+    write.data = DataItem::builder(tenant_pk(TENANT), "PRODUCT#1")
+        .attributes(json!({ "price": 1e126 }))
+        .build();
+    let error = storage
+        .apply(&[write])
+        .await
+        .expect_err("a number DynamoDB refuses");
+    assert_service_error(
+        &error,
+        "TransactWriteItems",
+        "ValidationException",
+        "Number overflow",
+    );
+}
+
+/// Every write path on a table that does not exist names the operation and
+/// DynamoDB's code and message: a transaction (a sync publish, a commit, an
+/// async publish of version 2) as much as a single request.
+#[tokio::test]
+async fn a_missing_table_shows_dynamodbs_answer_on_every_write_path() {
+    if !available() {
+        return;
+    }
+    let storage = storage_without_tables(&endpoint().unwrap_or_default());
+
+    let error = storage
+        .apply(&[first_write("PRODUCT#1")])
+        .await
+        .expect_err("no such table");
+    assert_service_error(
+        &error,
+        "TransactWriteItems",
+        "ResourceNotFoundException",
+        NO_TABLE,
+    );
+
+    // A command row above version 1 is written by a transaction.
+    let second = CommandRecord::builder(tenant_pk(TENANT), "PRODUCT#1")
+        .version(2)
+        .build();
+    let error = storage
+        .put_command(&second, None)
+        .await
+        .expect_err("no such table");
+    assert_service_error(
+        &error,
+        "TransactWriteItems",
+        "ResourceNotFoundException",
+        NO_TABLE,
+    );
+
+    // Through the engine, as a user meets it.
+    let engine = storage.engine().build();
+    let ctx = InvocationContext::new(TENANT, "user-1");
+    let error = engine
+        .publish_sync(CommandInput::new(tenant_pk(TENANT), "PRODUCT#2"), &ctx)
+        .await
+        .expect_err("no such table");
+    assert_service_error(&error, "GetItem", "ResourceNotFoundException", NO_TABLE);
+}
+
+/// A transaction that cannot reach DynamoDB is an unreachable endpoint,
+/// retryable, as a single request is (not an "unhandled error").
+#[tokio::test]
+async fn an_unreachable_endpoint_fails_a_transaction_retryably() {
+    let storage = storage_without_tables(&format!("http://127.0.0.1:{}", closed_port()));
+    let second = CommandRecord::builder(tenant_pk(TENANT), "PRODUCT#1")
+        .version(2)
+        .build();
+    let error = storage
+        .put_command(&second, None)
+        .await
+        .expect_err("nothing listens");
+    let shown = error.to_string();
+    assert!(error.is_retryable(), "{shown}");
+    let dynamo = DynamoDbError::find(&error).unwrap_or_else(|| panic!("no DynamoDbError in {shown}"));
+    assert_eq!(dynamo.kind(), DynamoDbErrorKind::Unreachable, "{shown}");
+    assert_eq!(dynamo.operation(), Some("TransactWriteItems"), "{shown}");
 }

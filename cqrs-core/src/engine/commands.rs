@@ -138,6 +138,8 @@ impl Engine {
                     tokio::time::sleep(ceiling.mul_f64(fastrand::f64())).await;
                     tries += 1;
                 }
+                // A `Latest` publish that spent its attempts says so.
+                Err(e) if e.is_conflict() && attempts > 1 => return Err(e.after_conflict_retries(tries)),
                 other => return other,
             }
         }

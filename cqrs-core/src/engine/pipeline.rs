@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::records::{context_of, data_item};
 use crate::context::InvocationContext;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TransientCause};
 use crate::handler::{DataSyncEvent, DataSyncHandler};
 use crate::index::{Index, IndexEntry};
 use crate::keys::EntityKey;
@@ -518,16 +518,10 @@ fn status_of(handled: &Handled) -> CommandStatus {
 }
 
 /// Whether a handler's error comes from storage being unavailable: a
-/// retryable [`Error`] anywhere in its chain of sources.
+/// retryable [`Error`], or the [`TransientCause`] it keeps (found even
+/// behind a `#[error(transparent)]` wrapper), anywhere in its chain.
 fn is_transient(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.downcast_ref::<Error>().is_some_and(Error::is_retryable) {
-            return true;
-        }
-        current = e.source();
-    }
-    false
+    TransientCause::in_chain(error)
 }
 
 /// The message of a caught panic.

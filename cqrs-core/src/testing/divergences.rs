@@ -92,6 +92,67 @@ pub async fn numbers_outside_the_range_are_rejected(factory: &dyn StorageFactory
     assert_nothing_written(&engine, &a).await;
 }
 
+/// The edges of DynamoDB's number range, decided on the text a float is
+/// sent as (its shortest round-trip decimal): the float nearest `1e126` is
+/// sent as `1e126`, one past the largest number DynamoDB stores
+/// (`9.9999999999999999999999999999999999999E+125`), and is refused by
+/// every backend; the float just below it is stored, and so are `1e-130`
+/// and 0, while the float just below `1e-130` is refused. A refusal names
+/// the attribute and stays short, even for the smallest subnormal float.
+pub async fn numbers_at_the_edges_of_the_range(factory: &dyn StorageFactory) {
+    let engine = engine(factory).await;
+    let a = ctx("shop-a");
+    let below = |x: f64| f64::from_bits(x.to_bits() - 1);
+    let largest = below(1e126);
+    let accepted = [largest, -largest, 1e-130, -1e-130, 0.0, 9.99e125];
+    let refused = [1e126, -1e126, below(1e-130), -below(1e-130), 5e-324, -f64::MAX];
+    for (i, x) in accepted.into_iter().enumerate() {
+        let sk = format!("OK#{i}");
+        let written = engine
+            .publish_sync(cmd(PK_A, &sk, json!({ "price": { "amount": x } })), &a)
+            .await
+            .unwrap_or_else(|e| panic!("{x:e} is a number DynamoDB stores: {e}"))
+            .into_item();
+        assert_eq!(written.attributes["price"]["amount"].as_f64(), Some(x), "{x:e}");
+        let read = engine.get_item(&written.key(), &a).await.unwrap().unwrap();
+        assert_eq!(read, written, "{x:e} reads back as written");
+    }
+    for (i, x) in refused.into_iter().enumerate() {
+        let sk = format!("BAD#{i}");
+        let attributes = json!({ "price": { "amounts": [1, x] } });
+        let results = [
+            engine
+                .publish_sync(cmd(PK_A, &sk, attributes.clone()), &a)
+                .await
+                .map(drop),
+            engine
+                .publish_async(cmd(PK_A, &sk, attributes.clone()), &a)
+                .await
+                .map(drop),
+            engine
+                .commit(vec![cmd(PK_A, &sk, attributes)], &a)
+                .await
+                .map(drop),
+        ];
+        for result in results {
+            match result {
+                Err(error @ Error::InvalidInput { .. }) => {
+                    let Error::InvalidInput { what, .. } = &error else {
+                        unreachable!()
+                    };
+                    assert_eq!(what, "attributes.price.amounts[1]", "{x:e}");
+                    let message = error.to_string();
+                    assert!(message.len() < 200, "a short message for {x:e}: {message}");
+                }
+                other => panic!("{x:e} is out of range: expected invalid input, got {other:?}"),
+            }
+        }
+        let key = EntityKey::new(PK_A, &sk);
+        assert!(engine.get_command(&key, 1, &a).await.unwrap().is_none(), "{x:e}");
+        assert!(engine.get_item(&key, &a).await.unwrap().is_none(), "{x:e}");
+    }
+}
+
 /// A commit whose rows together exceed the transaction size is refused, by
 /// every backend, and writes nothing.
 pub async fn commits_over_the_transaction_size_are_rejected(factory: &dyn StorageFactory) {

@@ -33,7 +33,18 @@ struct Scripted {
     gate: watch::Sender<bool>,
     hang_sk: Mutex<Option<String>>,
     transient_failures: AtomicU32,
+    /// Transient failures come wrapped in a user's error enum, through
+    /// `#[error(transparent)]`.
+    wrap_transparently: AtomicBool,
     broken: AtomicBool,
+}
+
+/// A user's error enum, as the guide writes it: the framework's errors
+/// wrapped transparently (its `source()` is the wrapped error's source).
+#[derive(Debug, thiserror::Error)]
+enum UserError {
+    #[error(transparent)]
+    Cqrs(#[from] Error),
 }
 
 impl Scripted {
@@ -44,6 +55,7 @@ impl Scripted {
             gate: watch::channel(true).0,
             hang_sk: Mutex::default(),
             transient_failures: AtomicU32::new(0),
+            wrap_transparently: AtomicBool::new(false),
             broken: AtomicBool::new(false),
         })
     }
@@ -108,7 +120,11 @@ impl DataSyncHandler for Scripted {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         if transient {
-            return Err(Box::new(Error::backend("storage is down", true)));
+            let error = Error::backend(std::io::Error::other("storage is down"), true);
+            if self.wrap_transparently.load(Ordering::SeqCst) {
+                return Err(Box::new(UserError::from(error)));
+            }
+            return Err(Box::new(error));
         }
         while self.hangs_on(&event.command.sk) {
             // Hung: only the pipeline's timeout ends this run.
@@ -424,6 +440,40 @@ pub async fn transient_handler_errors_are_retried_until_they_pass(factory: &dyn 
     settle(&engine).await;
     assert_eq!(status(&engine, "E#ASYNC", 1).await, Some(CommandStatus::Finished));
     assert_eq!(handler.completions_of("E#ASYNC", 1), 1);
+
+    handler.transient_failures.store(budget + 1, Ordering::SeqCst);
+    engine
+        .publish_sync(cmd(PK_A, "E#SYNC", n(1)), &a)
+        .await
+        .expect("the data is written: the publish stands");
+    settle(&engine).await;
+    assert_eq!(status(&engine, "E#SYNC", 1).await, Some(CommandStatus::Finished));
+    assert_eq!(handler.completions_of("E#SYNC", 1), 1);
+    assert!(engine.list_failures(&a).await.unwrap().is_empty());
+}
+
+/// A retryable error wrapped in a user's error enum through
+/// `#[error(transparent)]` (whose `source()` skips the framework's error)
+/// is still seen as transient: the command is processed again until the
+/// handler passes, never recorded as failed.
+pub async fn transient_errors_are_found_through_transparent_wrappers(factory: &dyn StorageFactory) {
+    let (engine, _, handler) = faulty_engine(factory, Duration::from_secs(10)).await;
+    handler.wrap_transparently.store(true, Ordering::SeqCst);
+    let a = ctx("shop-a");
+    let budget = fast_retry().max_attempts;
+    handler.transient_failures.store(budget * 2, Ordering::SeqCst);
+    engine
+        .publish_async(cmd(PK_A, "E#ASYNC", n(1)), &a)
+        .await
+        .unwrap();
+    settle(&engine).await;
+    assert_eq!(status(&engine, "E#ASYNC", 1).await, Some(CommandStatus::Finished));
+    assert_eq!(handler.completions_of("E#ASYNC", 1), 1);
+    assert_eq!(
+        handler.transient_failures.load(Ordering::SeqCst),
+        0,
+        "every failure was retried"
+    );
 
     handler.transient_failures.store(budget + 1, Ordering::SeqCst);
     engine

@@ -2,6 +2,10 @@
 
 use crate::domain::OrderStatus;
 
+/// Seconds a client should wait before retrying a request answered 503
+/// (the `Retry-After` header).
+pub const RETRY_AFTER_SECONDS: u64 = 2;
+
 /// What can go wrong in the storefront.
 #[derive(Debug, thiserror::Error)]
 pub enum ShopError {
@@ -40,9 +44,9 @@ pub enum ShopError {
         /// Why it does not read.
         reason: String,
     },
-    /// The framework refused or failed. Kept as the error's source (not
-    /// transparent), so that the pipeline sees a storage outage in a
-    /// handler's error and retries it instead of recording a failure.
+    /// The framework refused or failed, kept in the error's chain of
+    /// sources, so that the pipeline sees a storage outage in a handler's
+    /// error and retries it instead of recording a failure.
     #[error("{0}")]
     Core(#[from] cqrs_core::Error),
 }
@@ -62,7 +66,7 @@ impl ShopError {
                 E::NotFound { .. } => (404, "not_found"),
                 // Never say that another tenant's item exists.
                 E::TenantViolation { .. } => (404, "not_found"),
-                E::Conflict { .. } => (409, "version_conflict"),
+                E::Conflict { .. } | E::ConflictRetriesExhausted { .. } => (409, "version_conflict"),
                 E::InvalidInput { .. } => (400, "invalid_input"),
                 E::TooLarge { .. } => (413, "too_large"),
                 E::IdempotencyKeyReused { .. } => (422, "idempotency_key_reused"),
@@ -81,9 +85,20 @@ impl ShopError {
             ShopError::Core(cqrs_core::Error::IdempotencyKeyReused { key, .. }) => format!(
                 "the Idempotency-Key '{key}' was used for another request: send a new key with a new request"
             ),
+            // What the storage said stays in the server's log (it names
+            // tables and endpoints); the client learns whether a retry helps.
+            ShopError::Core(e @ cqrs_core::Error::Backend { .. }) if e.is_retryable() => {
+                tracing::error!(error = %e, "transient backend error");
+                format!(
+                    "the storage is temporarily unavailable: retry in {RETRY_AFTER_SECONDS} seconds \
+                     (with the same Idempotency-Key, where the request takes one)"
+                )
+            }
             ShopError::Core(e @ cqrs_core::Error::Backend { .. }) => {
-                tracing::error!(error = %e, "backend error");
-                "the service is unavailable, please retry".to_owned()
+                tracing::error!(error = %e, "permanent backend error");
+                "internal error: the storage refused the request, and would refuse it again; \
+                 retrying will not help (the details are in the server's log)"
+                    .to_owned()
             }
             other => other.to_string(),
         }
@@ -98,3 +113,29 @@ impl From<crate::money::MoneyError> for ShopError {
 
 /// Result alias of the storefront.
 pub type ShopResult<T> = Result<T, ShopError>;
+
+#[cfg(test)]
+mod tests {
+    use cqrs_core::{Error, ExpectedVersion};
+
+    use super::*;
+
+    #[test]
+    fn every_conflict_is_409_and_a_backend_error_says_whether_a_retry_helps() {
+        let spent = ShopError::Core(Error::ConflictRetriesExhausted {
+            key: "TENANT#shop-a#INVENTORY#PRD-001".into(),
+            expected: ExpectedVersion::Exactly(3),
+            actual: Some(4),
+            attempts: 20,
+        });
+        assert_eq!(spent.status_and_kind(), (409, "version_conflict"));
+        assert!(spent.client_message().contains("still after 20 attempts"));
+
+        let transient = ShopError::Core(Error::backend("throttled", true));
+        assert_eq!(transient.status_and_kind(), (503, "unavailable"));
+        let permanent = ShopError::Core(Error::backend("ValidationException", false));
+        assert_eq!(permanent.status_and_kind(), (500, "internal"));
+        assert!(permanent.client_message().contains("retrying will not help"));
+        assert!(!permanent.client_message().contains("unavailable"));
+    }
+}

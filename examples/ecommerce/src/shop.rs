@@ -147,7 +147,8 @@ impl Shop {
 /// A creation that lost to another writer created the same record.
 fn exists_already_is_fine(created: ShopResult<()>) -> ShopResult<()> {
     match created {
-        Err(ShopError::Conflict(_)) | Err(ShopError::Core(cqrs_core::Error::Conflict { .. })) => Ok(()),
+        Err(ShopError::Conflict(_)) => Ok(()),
+        Err(ShopError::Core(e)) if e.is_conflict() => Ok(()),
         other => other,
     }
 }

@@ -109,6 +109,35 @@ mod tests {
         assert!(doc.contains(r#""bearer""#), "{doc}");
     }
 
+    /// The document says what the API answers on a failed storage: 503
+    /// with `Retry-After` (a retry may help) and 500 (it will not), on every
+    /// operation that reaches the shop, and not on the health check.
+    #[tokio::test]
+    async fn the_document_lists_the_answers_of_a_failed_storage() {
+        let (_, _, doc) = get("/openapi.json").await;
+        let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        for (path, method) in [
+            ("/orders", "post"),
+            ("/orders/{code}/status", "patch"),
+            ("/products", "get"),
+        ] {
+            let responses = &doc["paths"][path][method]["responses"];
+            let unavailable = &responses["503"];
+            assert!(
+                unavailable["headers"]["Retry-After"].is_object(),
+                "{path} {method}: {responses}"
+            );
+            assert!(unavailable["description"]
+                .as_str()
+                .unwrap()
+                .contains("retry may succeed"));
+            let internal = responses["500"]["description"].as_str().unwrap();
+            assert!(internal.contains("would fail the same way"), "{internal}");
+            assert!(!internal.contains("unavailable"), "{internal}");
+        }
+        assert!(doc["paths"]["/health"]["get"]["responses"]["503"].is_null());
+    }
+
     #[tokio::test]
     async fn a_missing_asset_is_the_apis_404() {
         let (status, _, body) = get("/docs/no-such-file.js").await;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::AuthError;
-use crate::error::ShopError;
+use crate::error::{ShopError, RETRY_AFTER_SECONDS};
 
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -16,7 +16,8 @@ pub struct ErrorBody {
     /// What went wrong, for programs: `invalid_input`, `invalid_transition`,
     /// `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`, `conflict`,
     /// `version_conflict`, `too_large`, `unsupported_media_type`,
-    /// `idempotency_key_reused`, `unavailable` or `internal`.
+    /// `idempotency_key_reused`, `unavailable` or `timeout` (503, with
+    /// `Retry-After`: a retry may succeed) or `internal` (500: it will not).
     pub error: String,
     /// What went wrong, for people.
     pub message: String,
@@ -115,6 +116,76 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        // Only a 503 invites a retry; a 500 is an error a retry repeats.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::{to_bytes, Body};
+    use axum::http::{header, Request, StatusCode};
+    use cqrs_core::testing::{Fault, FaultyStorage, Rule};
+    use cqrs_memory::InMemory;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::auth::Auth;
+    use crate::Shop;
+
+    const SECRET: &[u8] = b"unit-test-secret-of-at-least-32-bytes";
+
+    /// `GET /products` of a seeded shop whose storage fails every call with
+    /// `fault`: status, `Retry-After` and body.
+    async fn list_products_when(fault: Fault) -> (StatusCode, Option<String>, ErrorBody) {
+        let storage = Arc::new(FaultyStorage::new(Arc::new(InMemory::new())));
+        let shop = Shop::new(storage.clone());
+        shop.seed_demo("shop-a").await.unwrap();
+        storage.inject(Rule::new(fault));
+        let auth = Auth::new(SECRET);
+        let token = auth.token("shop-a", "user-1", &["staff"], std::time::Duration::from_secs(60));
+        let request = Request::get("/products")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = crate::http::router(shop, auth).oneshot(request).await.unwrap();
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, retry_after, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_permanent_backend_error_is_internal_and_invites_no_retry() {
+        let (status, retry_after, body) = list_products_when(Fault::Rejected).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(retry_after, None);
+        assert_eq!(body.error, "internal");
+        assert!(body.message.starts_with("internal error"), "{}", body.message);
+        assert!(
+            body.message.contains("retrying will not help"),
+            "{}",
+            body.message
+        );
+        assert!(!body.message.contains("unavailable"), "{}", body.message);
+    }
+
+    #[tokio::test]
+    async fn a_transient_backend_error_is_unavailable_with_retry_after() {
+        let (status, retry_after, body) = list_products_when(Fault::Unavailable).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after, Some(RETRY_AFTER_SECONDS.to_string()));
+        assert_eq!(body.error, "unavailable");
+        assert!(body.message.contains("retry in"), "{}", body.message);
     }
 }

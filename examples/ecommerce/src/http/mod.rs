@@ -145,7 +145,7 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
         Health,
         ErrorBody,
     )),
-    modifiers(&BearerAuth, &Bounds),
+    modifiers(&BearerAuth, &Bounds, &ServerErrors),
     tags(
         (name = "orders", description = "Placing orders and moving them through their statuses"),
         (name = "products", description = "The catalogue"),
@@ -154,6 +154,61 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
     )
 )]
 pub struct ApiDoc;
+
+/// Adds to every operation that reaches the shop (all but `meta`) the two
+/// answers of a failed storage: 503, which a retry may get past, and 500,
+/// which it will not.
+struct ServerErrors;
+
+impl Modify for ServerErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder, Type};
+
+        let body = || {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build()
+        };
+        let unavailable = ResponseBuilder::new()
+            .description(
+                "`unavailable`: the storage is failing for now (throttling, an outage), or \
+                 `timeout`: no answer in time. A retry may succeed: wait `Retry-After` seconds, \
+                 and resend with the same `Idempotency-Key` where the operation takes one",
+            )
+            .content("application/json", body())
+            .header(
+                "Retry-After",
+                HeaderBuilder::new()
+                    .schema(utoipa::openapi::ObjectBuilder::new().schema_type(Type::Integer))
+                    .description(Some("Seconds to wait before retrying"))
+                    .build(),
+            )
+            .build();
+        let internal = ResponseBuilder::new()
+            .description(
+                "`internal`: the storage refused the request for good; a retry would fail the same way",
+            )
+            .content("application/json", body())
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if operation.tags.iter().flatten().any(|tag| tag == "meta") {
+                    continue;
+                }
+                let responses = &mut operation.responses.responses;
+                responses.insert("503".to_owned(), unavailable.clone().into());
+                responses.insert("500".to_owned(), internal.clone().into());
+            }
+        }
+    }
+}
 
 /// Declares the `bearer` security scheme (a JWT) the operations refer to.
 struct BearerAuth;

@@ -444,6 +444,17 @@ fn copy_error(error: &ShopError) -> ShopError {
                 expected: *expected,
                 actual: *actual,
             },
+            E::ConflictRetriesExhausted {
+                key,
+                expected,
+                actual,
+                attempts,
+            } => E::ConflictRetriesExhausted {
+                key: key.clone(),
+                expected: *expected,
+                actual: *actual,
+                attempts: *attempts,
+            },
             E::InvalidInput { what, why } => E::InvalidInput {
                 what: what.clone(),
                 why: why.clone(),
