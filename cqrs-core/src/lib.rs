@@ -17,6 +17,7 @@ mod keys;
 mod merge;
 mod model;
 mod numbers;
+pub mod outbox;
 mod query;
 mod sequence;
 mod services;

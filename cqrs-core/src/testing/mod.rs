@@ -20,6 +20,7 @@ mod fixtures;
 mod idempotency;
 mod indexes;
 mod interleaved;
+mod outbox;
 mod pipeline;
 mod queries;
 mod races;
@@ -45,6 +46,7 @@ pub use fixtures::{ctx, RecordingHandler};
 pub use idempotency::*;
 pub use indexes::*;
 pub use interleaved::Interleaved;
+pub use outbox::*;
 pub use pipeline::*;
 pub use queries::*;
 pub use races::*;
@@ -170,6 +172,8 @@ macro_rules! conformance_tests {
             indexes_keep_tenants_apart,
             index_lookups_are_validated,
             foreign_commands_are_kept_and_applied_only_by_the_owner,
+            outbox_relay_sends_every_claim_through_faults,
+            outbox_claims_left_by_a_dead_process_are_sent,
         );
     };
     (@each $factory:expr; $guard:expr; $($check:ident),* $(,)?) => {
