@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::fixtures::{ctx, fast_retry, PK_A};
 use super::{Interleaved, StorageFactory};
-use crate::engine::Engine;
+use crate::engine::{Engine, RetryPolicy};
 use crate::error::BoxError;
 use crate::outbox::{Outbox, OutboxMessage, Transport};
 use crate::services::CommandService;
@@ -99,8 +99,12 @@ pub async fn outbox_relay_sends_every_claim_through_faults(factory: &dyn Storage
     let relay_transport = transport.clone();
     let relay_outbox = outbox.clone();
     let engine = Engine::builder(Arc::new(Interleaved(factory.storage().await)))
-        .retry(fast_retry())
-        .handler_timeout(Duration::from_millis(300))
+        .retry(RetryPolicy {
+            max_attempts: 5,
+            ..fast_retry()
+        })
+        // Long enough for a relay run on a busy server; the hung sends wait it out.
+        .handler_timeout(Duration::from_secs(2))
         .handler_with(move |services| relay_outbox.relay(services.clone(), relay_transport))
         .build();
     let services = engine.services();
@@ -126,6 +130,8 @@ pub async fn outbox_relay_sends_every_claim_through_faults(factory: &dyn Storage
         .await
         .expect("settled in time");
 
+    let failures = CommandService::list_failures(&engine, &a).await.expect("listed");
+    assert!(failures.is_empty(), "{failures:?}");
     let sent = transport.sent();
     let missing: Vec<&String> = ids
         .iter()
@@ -146,8 +152,6 @@ pub async fn outbox_relay_sends_every_claim_through_faults(factory: &dyn Storage
         assert_eq!(message.payload["body"], json!(message.message_id));
         assert_eq!(message.id, message.key.id());
     }
-    let failures = CommandService::list_failures(&engine, &a).await.expect("listed");
-    assert!(failures.is_empty(), "{failures:?}");
 }
 
 /// Claims whose process died between the claim and the send (its relay
@@ -174,18 +178,18 @@ pub async fn outbox_claims_left_by_a_dead_process_are_sent(factory: &dyn Storage
     };
     let dead_services = dead.services();
     let crashed: Vec<String> = (1..=5).map(|i| format!("crashed-{i}")).collect();
-    for id in &crashed {
-        let claim = outbox.claim(&dead_services, PK_A, id, "mail", &payload, &a);
-        // The claim is written; its publish waits for the hung relay.
-        assert!(tokio::time::timeout(Duration::from_millis(50), claim)
-            .await
-            .is_err());
-    }
     let mut started = dead_transport.started.subscribe();
-    tokio::time::timeout(SETTLE_WITHIN, started.wait_for(|n| *n >= crashed.len()))
-        .await
-        .expect("every claim reached the dead transport")
-        .expect("open");
+    for (i, id) in crashed.iter().enumerate() {
+        let claim = outbox.claim(&dead_services, PK_A, id, "mail", &payload, &a);
+        // The claim is written; its publish waits for the hung relay, and
+        // is dropped once the relay started sending.
+        tokio::select! {
+            _ = claim => panic!("a claim returned before its relay sent it"),
+            reached = tokio::time::timeout(SETTLE_WITHIN, started.wait_for(|n| *n > i)) => {
+                reached.expect("the claim reached the dead transport").expect("open");
+            }
+        }
+    }
 
     // Claims written by a process without a relay.
     let bare = Engine::builder(storage.clone()).retry(fast_retry()).build();
@@ -212,12 +216,12 @@ pub async fn outbox_claims_left_by_a_dead_process_are_sent(factory: &dyn Storage
             .build()
     };
     for id in &crashed {
-        restarted
-            .settle(&outbox.key(PK_A, id), 1)
-            .await
-            .expect("settled");
+        restarted.settle(&outbox.key(PK_A, id), 1).await.expect("settled");
     }
-    let left = outbox.unsent(&restarted.services(), PK_A, &a).await.expect("listed");
+    let left = outbox
+        .unsent(&restarted.services(), PK_A, &a)
+        .await
+        .expect("listed");
     let left: Vec<&str> = left.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(left, early, "recovery sent every crashed claim");
     let relay = outbox.relay(restarted.services(), transport.clone());
@@ -230,6 +234,9 @@ pub async fn outbox_claims_left_by_a_dead_process_are_sent(factory: &dyn Storage
         assert_eq!(sent.get(&outbox.key(PK_A, id).id()), Some(&1), "{id}: {sent:?}");
     }
     assert_eq!(sent.len(), crashed.len() + early.len());
-    let unsent = outbox.unsent(&restarted.services(), PK_A, &a).await.expect("listed");
+    let unsent = outbox
+        .unsent(&restarted.services(), PK_A, &a)
+        .await
+        .expect("listed");
     assert!(unsent.is_empty(), "{unsent:?}");
 }
