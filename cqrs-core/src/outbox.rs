@@ -303,28 +303,35 @@ impl OutboxRelay {
                 id: message.id.clone(),
                 source,
             })?;
-        self.mark_sent(key, ctx).await?;
+        self.mark_sent(&item, ctx).await?;
         tracing::debug!(id = %message.id, "outbox message sent");
         Ok(true)
     }
 
-    /// Sets [`SENT_AT_ATTRIBUTE`] on the claim, unless a concurrent run did.
-    async fn mark_sent(&self, key: &EntityKey, ctx: &InvocationContext) -> Result<()> {
+    /// Sets [`SENT_AT_ATTRIBUTE`] on the claim read as `item`, unless a
+    /// concurrent run did: at `item`'s version first (no second read), and
+    /// on a version conflict at the version read again.
+    async fn mark_sent(&self, item: &DataItem, ctx: &InvocationContext) -> Result<()> {
         let now = Value::String(Utc::now().to_rfc3339());
+        let sent = |item: &DataItem| {
+            let mut attributes = item.attributes.as_value().clone();
+            let fields = attributes.as_object_mut()?;
+            if fields.get(SENT_AT_ATTRIBUTE).is_some_and(|v| !v.is_null()) {
+                return None;
+            }
+            fields.insert(SENT_AT_ATTRIBUTE.to_owned(), now.clone());
+            Some(CommandInput::update_of(item).attributes(attributes))
+        };
+        let Some(command) = sent(item) else {
+            return Ok(());
+        };
+        match self.services.commands.publish_sync(command, ctx).await {
+            Err(e) if e.is_conflict() => {}
+            other => return other.map(drop),
+        }
         self.services
-            .update_with(key, ctx, |current: Option<&DataItem>| {
-                let Some(item) = current else {
-                    return Ok(None);
-                };
-                let mut attributes = item.attributes.as_value().clone();
-                let Some(fields) = attributes.as_object_mut() else {
-                    return Ok(None);
-                };
-                if fields.get(SENT_AT_ATTRIBUTE).is_some_and(|v| !v.is_null()) {
-                    return Ok(None);
-                }
-                fields.insert(SENT_AT_ATTRIBUTE.to_owned(), now.clone());
-                Ok::<_, Error>(Some(CommandInput::update_of(item).attributes(attributes)))
+            .update_with(&item.key(), ctx, |current: Option<&DataItem>| {
+                Ok::<_, Error>(current.and_then(sent))
             })
             .await?;
         Ok(())
