@@ -42,7 +42,7 @@ pub struct OrderSyncHandler {
 
 impl OrderSyncHandler {
     /// A handler over `services`: those of the engine it is registered on
-    /// (`EngineBuilder::handler_with(|services| OrderSyncHandler::new(services.clone(), ..))`),
+    /// (`EngineBuilder::handler_with(|services| OrderSyncHandler::new(services.clone()))`),
     /// or mocks. Its stock changes are queued on a [`StockDesk`] of its own.
     pub fn new(services: Services) -> Self {
         Self::with_desk(services, StockDesk::new())
