@@ -197,11 +197,10 @@ struct Tally {
 
 /// The example's order handler with the baseline's reservation: reads the
 /// order, reserves (a give-up fails the run: the pipeline retries it),
-/// marks the order, claims and sends its notifications.
+/// marks the order, claims its notifications (the outbox relay sends them).
 struct BaselineHandler {
     services: Services,
     tally: Arc<Tally>,
-    notifier: Arc<OutboxNotifier>,
     /// Whether to reserve (false: [`Design::Floor`]).
     reserve: bool,
 }
@@ -262,21 +261,19 @@ impl DataSyncHandler for BaselineHandler {
                 .await?;
             if state == Reservation::Failed {
                 claims
-                    .notify(
+                    .claim(
                         event,
                         NotificationKind::InventoryReservationFailed,
                         format!("insufficient inventory for order {code}"),
-                        self.notifier.as_ref(),
                     )
                     .await?;
             }
         }
         claims
-            .notify(
+            .claim(
                 event,
                 NotificationKind::OrderConfirmation,
                 format!("order {code} received"),
-                self.notifier.as_ref(),
             )
             .await?;
         Ok(())
@@ -333,8 +330,11 @@ fn setup(storage: Arc<dyn Storage>, design: Design) -> Setup {
                 .handler_with(move |services| BaselineHandler {
                     services: services.clone(),
                     tally: counted,
-                    notifier: Arc::new(OutboxNotifier::new()),
                     reserve,
+                })
+                // The example's relay sends what the handler claims.
+                .handler_with(|services| {
+                    ClaimingNotifier::relay(services.clone(), Arc::new(OutboxNotifier::new()))
                 })
                 .build();
             Setup {

@@ -18,6 +18,7 @@ mod keys;
 mod merge;
 mod model;
 mod numbers;
+pub mod outbox;
 mod query;
 mod sequence;
 mod services;

@@ -22,6 +22,7 @@ mod indexes;
 mod interleaved;
 mod keyed_commits;
 mod keyed_races;
+mod outbox;
 mod pipeline;
 mod queries;
 mod races;
@@ -50,6 +51,7 @@ pub use indexes::*;
 pub use interleaved::Interleaved;
 pub use keyed_commits::*;
 pub use keyed_races::*;
+pub use outbox::*;
 pub use pipeline::*;
 pub use queries::*;
 pub use races::*;
@@ -197,6 +199,8 @@ macro_rules! conformance_tests {
             index_lookups_are_validated,
             index_entries_of_other_writers_are_checked_and_repaired,
             foreign_commands_are_kept_and_applied_only_by_the_owner,
+            outbox_relay_sends_every_claim_through_faults,
+            outbox_claims_left_by_a_dead_process_are_sent,
         );
     };
     (@each (ignore $reason:literal) $factory:expr; $guard:expr; $($check:ident),* $(,)?) => {

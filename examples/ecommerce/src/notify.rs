@@ -1,22 +1,25 @@
-//! Notifications to customers and the operations team.
+//! Notifications to customers and the operations team, through the
+//! framework's [outbox](cqrs_core::outbox).
 //!
-//! Data-sync handlers run at least once: after a crash, a redelivery or a
-//! takeover by another replica, the same event is handled again. A
-//! notification is therefore first *claimed* in the tables — an entity
+//! Data-sync handlers run at least once, and can be cut off after any step:
+//! after a crash, a timeout, a redelivery or a takeover by another replica,
+//! the same event is handled again. The order handler therefore only
+//! *claims* a notification ([`ClaimingNotifier::claim`]): an entity
 //! `NOTIFICATION#{order}#{version}#{kind}` created at version 0, a
-//! conditional write that only one run, on any replica, can win — and only
-//! the winner hands it to the [`Notifier`] transport. The stored entity is
-//! the durable outbox: a deployment that mails customers would deliver from
-//! it (a data-sync handler on `NOTIFICATION#`, keyed by its id) rather than
-//! from memory.
+//! conditional write that only one run, on any replica, can win. The
+//! outbox's relay ([`ClaimingNotifier::relay`], registered on the engine)
+//! sends every claim through a [`Transport`] — here the [`OutboxNotifier`]
+//! — at least once and marks it sent; a process that dies between the claim
+//! and the send leaves the claim to the pipeline's recovery, which runs the
+//! relay again. Receivers deduplicate by the claim's id
+//! ([`OutboxMessage::id`]).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use cqrs_core::{
-    tenant_pk, CommandInput, DataSyncEvent, InvocationContext, ListQuery, Services, SkCondition,
-};
+use cqrs_core::outbox::{Outbox, OutboxMessage, OutboxRelay, Transport};
+use cqrs_core::{tenant_pk, BoxError, DataSyncEvent, InvocationContext, Services};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ShopResult;
@@ -82,28 +85,23 @@ impl Notification {
     }
 }
 
-/// Sends notifications (mail, chat, a queue...).
-#[async_trait]
-pub trait Notifier: Send + Sync {
-    /// Sends one notification.
-    async fn send(&self, notification: Notification);
-}
-
 /// Notifications the outbox keeps; older ones are dropped (a long-running
 /// server must not grow without bound).
 pub const OUTBOX_CAPACITY: usize = 10_000;
 
-/// The default transport: logs through `tracing` and keeps the latest
-/// [`OUTBOX_CAPACITY`] notifications in an in-memory outbox, once per key.
+/// The default transport of the relay: logs through `tracing` and keeps the
+/// latest [`OUTBOX_CAPACITY`] notifications in memory, once per claim id
+/// (the relay sends at least once: a resend is dropped here, as a real
+/// receiver would drop it by the same id).
 #[derive(Debug, Default)]
 pub struct OutboxNotifier {
-    outbox: Mutex<Outbox>,
+    outbox: Mutex<Sent>,
 }
 
 #[derive(Debug, Default)]
-struct Outbox {
-    sent: VecDeque<Notification>,
-    keys: HashSet<String>,
+struct Sent {
+    sent: VecDeque<(String, Notification)>,
+    ids: HashSet<String>,
 }
 
 impl OutboxNotifier {
@@ -115,20 +113,21 @@ impl OutboxNotifier {
     /// The notifications kept, oldest first.
     pub fn sent(&self) -> Vec<Notification> {
         let outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-        outbox.sent.iter().cloned().collect()
+        outbox.sent.iter().map(|(_, n)| n.clone()).collect()
     }
 }
 
 #[async_trait]
-impl Notifier for OutboxNotifier {
-    async fn send(&self, notification: Notification) {
+impl Transport for OutboxNotifier {
+    async fn send(&self, message: &OutboxMessage) -> Result<(), BoxError> {
+        let notification: Notification = message.payload_as()?;
         let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-        if !outbox.keys.insert(notification.key.clone()) {
-            return;
+        if !outbox.ids.insert(message.id.clone()) {
+            return Ok(());
         }
         if outbox.sent.len() == OUTBOX_CAPACITY {
-            if let Some(oldest) = outbox.sent.pop_front() {
-                outbox.keys.remove(&oldest.key);
+            if let Some((oldest, _)) = outbox.sent.pop_front() {
+                outbox.ids.remove(&oldest);
             }
         }
         tracing::info!(
@@ -138,22 +137,29 @@ impl Notifier for OutboxNotifier {
             "notification: {}",
             notification.message
         );
-        outbox.sent.push_back(notification);
+        outbox.sent.push_back((message.id.clone(), notification));
+        Ok(())
     }
 }
 
-/// The sort key a notification is claimed under.
-fn notification_sk(event: &DataSyncEvent, kind: NotificationKind) -> String {
+/// The outbox of notifications: claims under [`NOTIFICATION_SK_PREFIX`].
+pub fn outbox() -> Outbox {
+    Outbox::new(NOTIFICATION_SK_PREFIX)
+}
+
+/// The id a notification is claimed under (after the prefix): one per
+/// order, version and kind.
+fn notification_id(event: &DataSyncEvent, kind: NotificationKind) -> String {
     format!(
-        "{NOTIFICATION_SK_PREFIX}{}#{}#{}",
+        "{}#{}#{}",
         event.command.code,
         event.command.version,
         kind.as_str()
     )
 }
 
-/// Claims a notification in the tables, then sends it if this run won the
-/// claim (see the [module documentation](self)).
+/// Claims notifications in the tables; the outbox's relay sends them (see
+/// the [module documentation](self)).
 #[derive(Clone)]
 pub struct ClaimingNotifier {
     services: Services,
@@ -165,52 +171,60 @@ impl ClaimingNotifier {
         Self { services }
     }
 
-    /// Claims the notification of `kind` for `event` and sends it through
-    /// `transport` unless an earlier run (here or on another replica) did.
-    /// Returns whether this run sent it.
-    pub async fn notify(
+    /// The relay that sends every claimed notification through `transport`
+    /// and marks it sent: register it on the engine whose `services` it
+    /// gets (`EngineBuilder::handler_with`).
+    pub fn relay(services: Services, transport: Arc<dyn Transport>) -> OutboxRelay {
+        outbox().relay(services, transport)
+    }
+
+    /// Claims the notification of `kind` for `event`, unless an earlier run
+    /// (here or on another replica) did; the relay sends it. Returns whether
+    /// this run claimed it.
+    pub async fn claim(
         &self,
         event: &DataSyncEvent,
         kind: NotificationKind,
         message: String,
-        transport: &dyn Notifier,
     ) -> ShopResult<bool> {
         let notification = Notification::of(event, kind, message);
-        let ctx = &event.context;
-        let claim = CommandInput::new(tenant_pk(&notification.tenant), notification_sk(event, kind))
-            .code(notification.key.clone())
-            .name(format!("{} {}", kind.as_str(), notification.order_code))
-            .attributes_from(&notification)?;
-        match self.services.commands.publish_sync(claim, ctx).await {
-            Ok(claimed) if claimed.is_unchanged() => Ok(false),
-            Ok(_) => {
-                transport.send(notification).await;
-                Ok(true)
-            }
-            Err(e) if e.is_conflict() => {
-                tracing::debug!(key = %notification.key, "notification sent by an earlier run");
-                Ok(false)
-            }
-            Err(e) => Err(e.into()),
+        let claimed = outbox()
+            .claim(
+                &self.services,
+                &tenant_pk(&notification.tenant),
+                &notification_id(event, kind),
+                &format!("{} {}", kind.as_str(), notification.order_code),
+                &notification,
+                &event.context,
+            )
+            .await?;
+        if !claimed {
+            tracing::debug!(key = %notification.key, "notification claimed by an earlier run");
         }
+        Ok(claimed)
     }
 
-    /// Every stored notification of the caller's tenant, in key order.
+    /// Every claimed notification of the caller's tenant, sent or not, in
+    /// key order.
     pub async fn stored(&self, ctx: &InvocationContext) -> ShopResult<Vec<Notification>> {
-        let pk = tenant_pk(&ctx.tenant_code);
-        let mut found = Vec::new();
-        let mut query = ListQuery::new()
-            .sk(SkCondition::BeginsWith(NOTIFICATION_SK_PREFIX.into()))
-            .limit(cqrs_core::MAX_LIMIT);
-        loop {
-            let page = self.services.data.list_items(&pk, query.clone(), ctx).await?;
-            for item in page.items {
-                found.push(item.attributes_as()?);
-            }
-            match page.cursor {
-                Some(cursor) => query = query.after(Some(cursor)),
-                None => return Ok(found),
-            }
+        Ok(self
+            .claims(ctx)
+            .await?
+            .into_iter()
+            .map(|(notification, _)| notification)
+            .collect())
+    }
+
+    /// Every claimed notification of the caller's tenant with whether the
+    /// relay has sent it, in key order.
+    pub async fn claims(&self, ctx: &InvocationContext) -> ShopResult<Vec<(Notification, bool)>> {
+        let claims = outbox()
+            .list(&self.services, &tenant_pk(&ctx.tenant_code), ctx)
+            .await?;
+        let mut found = Vec::with_capacity(claims.len());
+        for claim in claims {
+            found.push((claim.payload_as()?, claim.sent_at.is_some()));
         }
+        Ok(found)
     }
 }

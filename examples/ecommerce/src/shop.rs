@@ -28,9 +28,10 @@ pub struct Shop {
     pub inventory: InventoryService,
     /// Orders.
     pub orders: OrderService,
-    /// Notifications sent by this process, for tests and the demo.
+    /// The relay's transport: the notifications this process sent, for
+    /// tests and the demo.
     pub notifier: Arc<OutboxNotifier>,
-    /// Notifications claimed in the tables, by every process.
+    /// Notifications claimed in the tables (the outbox), by every process.
     pub notifications: ClaimingNotifier,
 }
 
@@ -74,8 +75,9 @@ impl Shop {
         let notifier = Arc::new(OutboxNotifier::new());
         let transport = notifier.clone();
         // A storefront has no shared tenant and no cross-tenant role. The
-        // handler gets the services of the engine it is registered on (held
-        // weakly by the framework: no cycle keeps the engine alive). The
+        // handlers get the services of the engine they are registered on (held
+        // weakly by the framework: no cycle keeps the engine alive). The order
+        // handler claims notifications in the outbox; its relay sends them. The
         // handler's reservations and the API's restocks queue on one stock
         // desk (it holds no services: no cycle either).
         let desk = StockDesk::new();
@@ -86,9 +88,8 @@ impl Shop {
             .handler_timeout(config.handler_timeout)
             .recovery_grace(config.recovery_grace)
             .indexes(order_indexes())
-            .handler_with(move |services| {
-                OrderSyncHandler::with_desk(services.clone(), transport, handler_desk)
-            })
+            .handler_with(move |services| OrderSyncHandler::with_desk(services.clone(), handler_desk))
+            .handler_with(move |services| ClaimingNotifier::relay(services.clone(), transport))
             .build();
         let services = engine.services();
         Self {

@@ -6,52 +6,61 @@
 //! - Cancelled: what the order reserved is released. Shipped: it is taken
 //!   out of stock. Delivered: the customer is told.
 //!
-//! Delivery is at least once, so every step is idempotent: each order's
-//! reservation is an entity of its own, decided once and moved on with the
-//! stock counters in one commit, the order's reservation state is read fresh
-//! before it is written, and notifications are keyed by event.
-
-use std::sync::Arc;
+//! Delivery is at least once, and a run can be cut off after any step (a
+//! timeout whose write landed, a drain deadline, kill -9) and run again from
+//! the start. So every step is idempotent, and every effect is derived from
+//! stored state on each run, never from what an earlier run did: each
+//! order's reservation is an entity of its own, decided once (with why it
+//! failed) and moved on with the stock counters in one commit; the order's
+//! reservation state is read fresh before it is written; and a re-run that
+//! finds the reservation `failed` claims the alert again, with the message
+//! rebuilt from the stored shortfall. Notifications are claimed in the
+//! outbox, keyed by event; its relay sends them.
 
 use async_trait::async_trait;
 use cqrs_core::{
-    BoxError, CommandInput, DataItem, DataSyncEvent, DataSyncHandler, EntityKey, Interest, InvocationContext,
-    Services,
+    tenant_pk, BoxError, CommandInput, DataItem, DataSyncEvent, DataSyncHandler, EntityKey, Interest,
+    InvocationContext, Services,
 };
 
-use crate::domain::{OrderAttributes, OrderStatus, Reservation};
+use crate::domain::{
+    reservation_sk, OrderAttributes, OrderStatus, Reservation, ReservationAttributes, ReservationState,
+    Shortfall,
+};
 use crate::error::ShopError;
-use crate::notify::{ClaimingNotifier, NotificationKind, Notifier};
+use crate::notify::{ClaimingNotifier, NotificationKind};
 use crate::services::{InventoryService, ReserveOutcome, StockDesk};
 
-/// Reacts to order events.
+/// Reacts to order events. Its notifications are claimed in the outbox;
+/// register the outbox's relay ([`ClaimingNotifier::relay`]) on the same
+/// engine to send them.
 pub struct OrderSyncHandler {
     services: Services,
     inventory: InventoryService,
-    notifier: Arc<dyn Notifier>,
+    notifications: ClaimingNotifier,
 }
 
 impl OrderSyncHandler {
     /// A handler over `services`: those of the engine it is registered on
-    /// (`EngineBuilder::handler_with(|services| OrderSyncHandler::new(services.clone(), ..))`),
+    /// (`EngineBuilder::handler_with(|services| OrderSyncHandler::new(services.clone()))`),
     /// or mocks. Its stock changes are queued on a [`StockDesk`] of its own.
-    pub fn new(services: Services, notifier: Arc<dyn Notifier>) -> Self {
-        Self::with_desk(services, notifier, StockDesk::new())
+    pub fn new(services: Services) -> Self {
+        Self::with_desk(services, StockDesk::new())
     }
 
     /// A handler whose stock changes are queued on `desk`: the desk of the
     /// process's other inventory services, so that restocks and
     /// reservations share batches.
-    pub fn with_desk(services: Services, notifier: Arc<dyn Notifier>, desk: StockDesk) -> Self {
+    pub fn with_desk(services: Services, desk: StockDesk) -> Self {
         let inventory = InventoryService::with_desk(services.clone(), desk);
         Self {
+            notifications: ClaimingNotifier::new(services.clone()),
             services,
             inventory,
-            notifier,
         }
     }
 
-    /// Sends a notification once per event and kind, whichever run of the
+    /// Claims a notification once per event and kind, whichever run of the
     /// handler (a redelivery, another replica) gets here first.
     async fn notify(
         &self,
@@ -59,9 +68,7 @@ impl OrderSyncHandler {
         kind: NotificationKind,
         message: String,
     ) -> Result<(), BoxError> {
-        ClaimingNotifier::new(self.services.clone())
-            .notify(event, kind, message, self.notifier.as_ref())
-            .await?;
+        self.notifications.claim(event, kind, message).await?;
         Ok(())
     }
 
@@ -69,34 +76,48 @@ impl OrderSyncHandler {
         let ctx = &event.context;
         let code = &event.command.code;
         let current = current_order(&self.services, &event.key(), ctx).await?;
-        // A redelivery finds the reservation settled; a cancelled order reserves nothing.
-        let settled = current
-            .as_ref()
-            .is_none_or(|(_, o)| o.reservation != Reservation::Pending || o.status == OrderStatus::Cancelled);
-        if !settled {
-            match self
-                .inventory
-                .reserve(code, &order.units_per_product(), ctx)
-                .await?
-            {
-                ReserveOutcome::Reserved => {
-                    tracing::info!(order = %code, "stock reserved");
-                    self.mark(event, Reservation::Reserved).await?;
-                }
-                ReserveOutcome::Insufficient {
-                    product_code,
-                    requested,
-                    available,
-                } => {
-                    let message = format!(
-                        "insufficient inventory for {product_code}: requested {requested}, available {available}"
-                    );
-                    tracing::warn!(order = %code, "{message}");
-                    self.mark(event, Reservation::Failed).await?;
-                    self.notify(event, NotificationKind::InventoryReservationFailed, message)
-                        .await?;
+        // Every effect below is derived from what is stored, on every run:
+        // a run cut off after any step is run again from the start.
+        let shortfall = match current.as_ref().map(|(_, o)| (o.reservation, o.status)) {
+            // Not yet attempted, and not cancelled meanwhile (a cancelled
+            // order reserves nothing).
+            Some((Reservation::Pending, status)) if status != OrderStatus::Cancelled => {
+                match self
+                    .inventory
+                    .reserve(code, &order.units_per_product(), ctx)
+                    .await?
+                {
+                    ReserveOutcome::Reserved => {
+                        tracing::info!(order = %code, "stock reserved");
+                        self.mark(event, Reservation::Reserved).await?;
+                        None
+                    }
+                    ReserveOutcome::Insufficient {
+                        product_code,
+                        requested,
+                        available,
+                    } => {
+                        self.mark(event, Reservation::Failed).await?;
+                        Some(Shortfall {
+                            product_code,
+                            requested,
+                            available,
+                        })
+                    }
                 }
             }
+            // Settled as failed, by this event's earlier run (which may have
+            // been cut off before its alert) or another: the alert again,
+            // with the reason the reservation stored.
+            Some((Reservation::Failed, _)) => Some(self.stored_shortfall(code, order, ctx).await?),
+            _ => None,
+        };
+        if let Some(shortfall) = shortfall {
+            let message = shortfall_message(&shortfall);
+            tracing::warn!(order = %code, "{message}");
+            // Claimed by key: a second claim of the same alert writes nothing.
+            self.notify(event, NotificationKind::InventoryReservationFailed, message)
+                .await?;
         }
         self.notify(
             event,
@@ -105,6 +126,36 @@ impl OrderSyncHandler {
         )
         .await?;
         Ok(())
+    }
+
+    /// Why the order's stored reservation failed. A failed order without a
+    /// readable reservation entity (written by another program, say) gets
+    /// its first line with nothing available.
+    async fn stored_shortfall(
+        &self,
+        code: &str,
+        order: &OrderAttributes,
+        ctx: &InvocationContext,
+    ) -> Result<Shortfall, BoxError> {
+        let key = EntityKey::new(tenant_pk(&ctx.tenant_code), reservation_sk(code));
+        let stored = self.services.data.get_item(&key, ctx).await?;
+        let reservation = stored
+            .map(|item| item.attributes_as::<ReservationAttributes>())
+            .transpose()?;
+        if let Some(ReservationAttributes {
+            state: ReservationState::Failed,
+            shortfall: Some(shortfall),
+            ..
+        }) = reservation
+        {
+            return Ok(shortfall);
+        }
+        let (product_code, requested) = order.units_per_product().into_iter().next().unwrap_or_default();
+        Ok(Shortfall {
+            product_code,
+            requested,
+            available: 0,
+        })
     }
 
     /// Writes the order's reservation state on its latest version. If the
@@ -178,6 +229,14 @@ impl OrderSyncHandler {
         }
         Ok(())
     }
+}
+
+/// The operations alert's text for a reservation that failed.
+pub fn shortfall_message(shortfall: &Shortfall) -> String {
+    format!(
+        "insufficient inventory for {}: requested {}, available {}",
+        shortfall.product_code, shortfall.requested, shortfall.available
+    )
 }
 
 /// The order's latest data item and attributes.

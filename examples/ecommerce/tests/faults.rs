@@ -8,8 +8,11 @@
 //! Each test counts, over the orders that got a 201: how many were *lost*
 //! (never applied), *stranded* (applied, but their reservation never
 //! settled or their command never finished), *doubled* (stock reserved
-//! twice, a notification sent twice), and the stock *held by nobody*. Each
-//! must be zero. The counts and times are printed (`--no-capture`).
+//! twice, a notification claimed twice), the stock *held by nobody*, and
+//! the notifications *missing* (an order without its confirmation, a failed
+//! reservation without its alert) or *unsent* (claimed, never marked sent
+//! by the outbox relay). Each must be zero. The counts and times are
+//! printed (`--no-capture`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
@@ -319,13 +322,37 @@ struct Counts {
     stranded: usize,
     doubled: usize,
     held_by_nobody: i64,
+    /// Notifications: every applied order's confirmation and every failed
+    /// reservation's alert, claimed in the outbox and marked sent by its relay.
+    notifications: NotificationCounts,
+}
+
+/// The notifications of the accepted orders, from the tables.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct NotificationCounts {
+    /// Confirmations claimed and marked sent.
+    confirmations_sent: usize,
+    /// Orders that failed to reserve, and their alerts claimed and marked sent.
+    failed_reservations: usize,
+    alerts_sent: usize,
+    /// An applied order without a confirmation claim, a failed one without an alert claim.
+    missing: usize,
+    /// Claims the relay has not marked sent.
+    unsent: usize,
 }
 
 impl Counts {
     fn assert_clean(&self, what: &str) {
         assert_eq!(
-            (self.lost, self.stranded, self.doubled, self.held_by_nobody),
-            (0, 0, 0, 0),
+            (
+                self.lost,
+                self.stranded,
+                self.doubled,
+                self.held_by_nobody,
+                self.notifications.missing,
+                self.notifications.unsent
+            ),
+            (0, 0, 0, 0, 0, 0),
             "{what}: {self:?}"
         );
     }
@@ -344,7 +371,8 @@ async fn settle_and_audit(inspector: &Inspector, accepted: &[String]) -> (Counts
     loop {
         let orders = inspector.items("ORDER#").await;
         let by_code: HashMap<&str, &DataItem> = orders.iter().map(|o| (o.code.as_str(), o)).collect();
-        let mut pending = 0;
+        let notifications = notification_counts(inspector, accepted).await;
+        let mut pending = notifications.missing + notifications.unsent;
         for code in accepted {
             match by_code.get(code.as_str()) {
                 None => pending += 1,
@@ -453,18 +481,62 @@ async fn audit(inspector: &Inspector, accepted: &[String]) -> Counts {
             .or_default() += 1;
     }
     counts.doubled += per_event.values().filter(|&&n| n > 1).count();
-    for code in accepted {
-        let confirmed = notifications
-            .iter()
-            .any(|n| &n.order_code == code && n.kind == NotificationKind::OrderConfirmation);
-        if by_code.contains_key(code) && !confirmed {
-            counts.stranded += 1;
-        }
-    }
+    counts.notifications = notification_counts(inspector, accepted).await;
     let failures = CommandService::list_failures(&inspector.shop.engine, &inspector.ctx)
         .await
         .expect("listed");
     assert!(failures.is_empty(), "no command failed: {failures:?}");
+    counts
+}
+
+/// Counts, from the tables, the accepted orders' confirmations and their
+/// failed reservations' alerts: claimed, and marked sent by the outbox relay.
+async fn notification_counts(inspector: &Inspector, accepted: &[String]) -> NotificationCounts {
+    let orders: HashMap<String, OrderAttributes> = inspector
+        .items("ORDER#")
+        .await
+        .into_iter()
+        .map(|o| (o.code.to_string(), o.attributes_as().expect("an order")))
+        .collect();
+    let claims = inspector
+        .shop
+        .notifications
+        .claims(&inspector.ctx)
+        .await
+        .expect("listed");
+    let claim = |code: &str, kind: NotificationKind| {
+        claims
+            .iter()
+            .find(|(n, _)| n.order_code == code && n.kind == kind)
+            .map(|(_, sent)| *sent)
+    };
+    let mut counts = NotificationCounts::default();
+    let mut tally = |claimed: Option<bool>, sent: &mut usize| match claimed {
+        None => counts.missing += 1,
+        Some(false) => counts.unsent += 1,
+        Some(true) => *sent += 1,
+    };
+    let (mut confirmations_sent, mut alerts_sent, mut failed_reservations) = (0, 0, 0);
+    for code in accepted {
+        let Some(order) = orders.get(code) else {
+            // Not applied: counted as lost by the audit.
+            continue;
+        };
+        tally(
+            claim(code, NotificationKind::OrderConfirmation),
+            &mut confirmations_sent,
+        );
+        if order.reservation == Reservation::Failed {
+            failed_reservations += 1;
+            tally(
+                claim(code, NotificationKind::InventoryReservationFailed),
+                &mut alerts_sent,
+            );
+        }
+    }
+    counts.confirmations_sent = confirmations_sent;
+    counts.alerts_sent = alerts_sent;
+    counts.failed_reservations = failed_reservations;
     counts
 }
 

@@ -17,7 +17,7 @@ use cqrs_core::{
     CommandService, CommandStatus, DataService, DataSyncEvent, DataSyncHandler, EntityKey, InvocationContext,
 };
 use ecommerce::auth::Auth;
-use ecommerce::notify::{NotificationKind, OutboxNotifier};
+use ecommerce::notify::NotificationKind;
 use ecommerce::shop::ShopConfig;
 use ecommerce::sync::OrderSyncHandler;
 use ecommerce::Shop;
@@ -2120,7 +2120,7 @@ async fn redelivery(api: &Api) {
         CommandStatus::Finished
     );
     // The handler itself receives the creation event twice more.
-    let handler = OrderSyncHandler::new(engine.services(), Arc::new(OutboxNotifier::new()));
+    let handler = OrderSyncHandler::new(engine.services());
     let history = DataService::list_history(engine, &key, &ctx)
         .await
         .expect("history");

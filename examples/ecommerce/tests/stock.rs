@@ -18,7 +18,6 @@ use cqrs_core::{
     InvocationContext, ListQuery, SkCondition, Storage, TenancyPolicy,
 };
 use ecommerce::domain::{InventoryAttributes, ReservationAttributes, ReservationState};
-use ecommerce::notify::OutboxNotifier;
 use ecommerce::services::{InventoryService, NewOrder, NewProduct, ReserveOutcome, SetInventory};
 use ecommerce::shop::ShopConfig;
 use ecommerce::sync::OrderSyncHandler;
@@ -315,12 +314,11 @@ async fn one_order_handled_four_times_at_once(backend: Backend) {
     let event = DataSyncEvent::of(None, item);
 
     let services = shop.engine.services();
-    let notifier = Arc::new(OutboxNotifier::new());
     let handlers = [
-        OrderSyncHandler::with_desk(services.clone(), notifier.clone(), shop.inventory.desk().clone()),
-        OrderSyncHandler::with_desk(services.clone(), notifier.clone(), shop.inventory.desk().clone()),
-        OrderSyncHandler::new(services.clone(), notifier.clone()),
-        OrderSyncHandler::new(services.clone(), notifier.clone()),
+        OrderSyncHandler::with_desk(services.clone(), shop.inventory.desk().clone()),
+        OrderSyncHandler::with_desk(services.clone(), shop.inventory.desk().clone()),
+        OrderSyncHandler::new(services.clone()),
+        OrderSyncHandler::new(services.clone()),
     ];
     let runs = handlers.iter().map(|h| h.handle(&event));
     for (i, run) in futures::future::join_all(runs).await.into_iter().enumerate() {
@@ -338,7 +336,22 @@ async fn one_order_handled_four_times_at_once(backend: Backend) {
     assert_eq!(reservation.units, one(3));
     let order = shop.orders.get(&placed.code, &customer()).await.expect("order");
     assert_eq!(order.attributes["reservation"], "reserved");
-    assert_eq!(notifier.sent().len(), 1, "one confirmation");
+    shop.engine.wait_idle().await;
+    let claims = shop.notifications.claims(&staff()).await.expect("listed");
+    let confirmations: Vec<_> = claims
+        .iter()
+        .filter(|(n, _)| n.order_code == placed.code.as_str())
+        .collect();
+    assert_eq!(confirmations.len(), 1, "one confirmation: {claims:?}");
+    assert!(confirmations[0].1, "sent by the relay");
+    let sent = shop.notifier.sent();
+    assert_eq!(
+        sent.iter()
+            .filter(|n| n.order_code == placed.code.as_str())
+            .count(),
+        1,
+        "{sent:?}"
+    );
     fresh.clean_up().await;
 }
 
