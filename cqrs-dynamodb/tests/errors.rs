@@ -47,6 +47,7 @@ fn closed_port() -> u16 {
     port
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn a_missing_table_shows_dynamodbs_code_message_and_request_id() {
     if !available() {
@@ -178,6 +179,7 @@ fn assert_service_error(error: &Error, operation: &str, code: &str, message: &st
 /// A ValidationException of a transaction keeps DynamoDB's code and
 /// message: storage called directly, without the engine's checks, with a
 /// number DynamoDB refuses.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn a_validation_exception_of_a_transaction_shows_dynamodbs_code_and_message() {
     if !available() {
@@ -203,6 +205,7 @@ async fn a_validation_exception_of_a_transaction_shows_dynamodbs_code_and_messag
 /// Every write path on a table that does not exist names the operation and
 /// DynamoDB's code and message: a transaction (a sync publish, a commit, an
 /// async publish of version 2) as much as a single request.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn a_missing_table_shows_dynamodbs_answer_on_every_write_path() {
     if !available() {

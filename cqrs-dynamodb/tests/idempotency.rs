@@ -70,6 +70,7 @@ fn conflict_of(error: Error) -> (ExpectedVersion, Option<u64>) {
 /// A key whose retention passed is taken again by a publish with other
 /// content: the expired row is replaced by the write's condition, while it
 /// is still stored.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn an_expired_key_row_is_replaced() {
     if !common::available() {
@@ -145,6 +146,7 @@ async fn an_expired_key_row_is_replaced() {
 
 /// `put_command` and `apply` with a live key: a conflict, nothing written;
 /// with an expired one: written, the row replaced.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn live_keys_stop_writes_and_expired_ones_do_not() {
     if !common::available() {

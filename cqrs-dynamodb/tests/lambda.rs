@@ -761,6 +761,7 @@ async fn malformed_records_are_skipped() {
 
 /// Against DynamoDB Local: the images the tests build are the items the
 /// backend stores, and the whole path works over `DynamoDbStorage`.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn images_match_the_stored_dynamodb_items() {
     if !common::available() {

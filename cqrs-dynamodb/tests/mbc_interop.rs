@@ -73,6 +73,7 @@ fn string<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
     }
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn every_row_mbc_wrote_reads_through_our_storage_and_engine() {
     if !common::available() {
@@ -169,6 +170,7 @@ async fn every_row_mbc_wrote_reads_through_our_storage_and_engine() {
     assert!(page.unreadable.is_empty(), "{:?}", page.unreadable);
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn every_data_row_mbc_wrote_updates_to_its_next_version_as_a_sync_row() {
     if !common::available() {
@@ -204,6 +206,7 @@ async fn every_data_row_mbc_wrote_updates_to_its_next_version_as_a_sync_row() {
     assert_eq!(published.written().map(|c| c.version), Some(5));
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn a_partition_with_an_unreadable_row_lists_the_rest() {
     if !common::available() {
@@ -247,6 +250,7 @@ async fn a_partition_with_an_unreadable_row_lists_the_rest() {
     assert!(error.to_string().contains("PRODUCT#PRD-101X"), "{error}");
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn the_next_order_number_follows_mbcs_counter() {
     if !common::available() {
@@ -274,6 +278,7 @@ async fn the_next_order_number_follows_mbcs_counter() {
     );
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn a_counter_of_the_old_layout_keeps_counting_once_under_concurrent_draws() {
     if !common::available() {
@@ -306,6 +311,7 @@ async fn a_counter_of_the_old_layout_keeps_counting_once_under_concurrent_draws(
     assert_eq!(row.get("seq"), Some(&AttributeValue::N("49".into())));
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test]
 async fn mbcs_async_command_is_left_to_it_unless_our_pipeline_owns_the_table() {
     if !common::available() {
@@ -416,6 +422,7 @@ fn async_row() -> Item {
         .expect("its async command among the fixtures")
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_stream_consumer_of_the_owner_applies_its_async_command_and_a_bystanders_passes_it_by() {
     use std::time::Duration;
@@ -546,6 +553,7 @@ async fn a_row_without_attributes_reads_as_empty_attributes_on_both_backends() {
 /// back as they were), and the order is found under `delivered` once the
 /// consumer has seen its command row — without any read of the stale
 /// `shipped` entry, which would repair it too.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_stream_consumer_repairs_the_index_entries_of_its_writes() {
     use std::time::Duration;

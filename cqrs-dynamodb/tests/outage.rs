@@ -97,6 +97,7 @@ async fn assert_all_settled(
     assert!(failures.is_empty(), "recorded as failed: {failures:?}");
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn dynamodb_killed_and_restarted_mid_run_loses_no_accepted_command() {
     if !LocalDynamo::available() {
@@ -176,6 +177,7 @@ async fn insert_foreign(storage: &DynamoDbStorage, prefix: &str, count: usize) -
 /// framework's async commands through a kill of DynamoDB as it does ours:
 /// every stored one ends applied (once: its data row at version 1) and
 /// handled, none stranded or recorded as failed.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn the_owner_applies_every_foreign_command_through_a_dynamodb_kill() {
     if !LocalDynamo::available() {
@@ -217,6 +219,7 @@ async fn the_owner_applies_every_foreign_command_through_a_dynamodb_kill() {
     assert_eq!(lost, 0);
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_dynamodb_fails_calls_within_the_sdk_timeouts() {
     if !LocalDynamo::available() {
@@ -273,6 +276,7 @@ async fn a_hung_dynamodb_fails_calls_within_the_sdk_timeouts() {
 /// the SDK sends the `PutItem` again; DynamoDB, resumed before the retry,
 /// stores the first attempt and fails the retry's condition on that row. The publish is
 /// answered as written — not as a conflict — and the command is stored once.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_create_retried_by_the_sdk_during_a_pause_is_answered_as_written() {
     if !LocalDynamo::available() {

@@ -24,6 +24,7 @@ use serde_json::json;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn async_commands_are_settled_once_in_order() {
     if !available() {
@@ -109,6 +110,7 @@ async fn shard_items(storage: &cqrs_dynamodb::DynamoDbStorage) -> Vec<(String, S
         .collect()
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_consumer_resumes_at_its_checkpoint_and_takes_released_leases_at_once() {
     if !available() {
@@ -220,6 +222,7 @@ impl LeaseStore for CrashingLeases {
     }
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_before_the_checkpoint_settles_commands_again_without_applying_them_twice() {
     if !available() {
@@ -270,6 +273,7 @@ async fn a_crash_before_the_checkpoint_settles_commands_again_without_applying_t
     }
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_publishes_are_fed_without_running_their_handlers_twice() {
     if !available() {
@@ -317,6 +321,7 @@ async fn sync_publishes_are_fed_without_running_their_handlers_twice() {
     }
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sync_publish_whose_process_died_is_finished_by_the_stream() {
     if !available() {
@@ -342,6 +347,7 @@ async fn a_sync_publish_whose_process_died_is_finished_by_the_stream() {
     );
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_backend_holds_the_checkpoint_before_the_command_and_is_retried_until_it_recovers() {
     if !available() {
@@ -439,6 +445,7 @@ impl DataSyncHandler for Gate {
     }
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_handler_does_not_hold_back_other_entities_of_its_shard() {
     if !available() {
@@ -573,6 +580,7 @@ async fn round_trip(store: &dyn LeaseStore, arn: &str) {
     );
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn lease_stores_round_trip() {
     round_trip(&MemoryLeases::new(), "arn:stream").await;
@@ -628,6 +636,7 @@ async fn lease_stores_round_trip() {
     assert!(expires > now && expires <= now + 60_000, "{expires} vs {now}");
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_command_row_expired_after_it_was_applied_does_not_hold_up_the_shard() {
     if !available() {
@@ -664,6 +673,7 @@ async fn a_command_row_expired_after_it_was_applied_does_not_hold_up_the_shard()
     assert_eq!(recorder.versions_of("ORDER#A"), [1, 2, 3]);
 }
 
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recreated_command_table_is_followed_to_its_new_stream() {
     if !available() {
