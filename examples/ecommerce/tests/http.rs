@@ -2588,15 +2588,16 @@ async fn read_your_writes_without_a_pipeline(api: &Api) {
 
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
-        on_backend!(memory, Memory, $($scenario),*);
-        on_backend!(dynamodb, DynamoDb, $($scenario),*);
+        on_backend!(memory, Memory, [any()], $($scenario),*);
+        on_backend!(dynamodb, DynamoDb, [not(dynamodb_tests)], $($scenario),*);
     };
 }
 
 macro_rules! on_backend {
-    ($module:ident, $backend:ident, $($scenario:ident),*) => {
+    ($module:ident, $backend:ident, [$skip:meta], $($scenario:ident),*) => {
         mod $module {
             $(
+                #[cfg_attr($skip, ignore = "needs DynamoDB Local: run ./scripts/test")]
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $scenario() {
                     let Some(api) = super::Api::start(super::Backend::$backend, stringify!($scenario)).await
@@ -2608,6 +2609,8 @@ macro_rules! on_backend {
                 }
             )*
 
+            #[cfg_attr($skip, ignore = "needs DynamoDB Local: run ./scripts/test")]
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_orders() {
                 let backend = super::Backend::$backend;
@@ -2617,6 +2620,8 @@ macro_rules! on_backend {
                 super::concurrent_orders(&api, backend).await;
                 api.stop().await;
             }
+
+            #[cfg_attr($skip, ignore = "needs DynamoDB Local: run ./scripts/test")]
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn read_your_writes_without_a_pipeline() {
@@ -2631,6 +2636,8 @@ macro_rules! on_backend {
                 super::read_your_writes_without_a_pipeline(&api).await;
                 api.stop().await;
             }
+
+            #[cfg_attr($skip, ignore = "needs DynamoDB Local: run ./scripts/test")]
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn demo_runs() {
@@ -3140,6 +3147,7 @@ mod mbc_rows {
         rows_that_are_not_the_examples_types(Backend::Memory).await;
     }
 
+    #[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn odd_rows_dynamodb() {
         rows_that_are_not_the_examples_types(Backend::DynamoDb).await;
@@ -3150,6 +3158,7 @@ mod mbc_rows {
         served_listed_and_numbered_after(Backend::Memory).await;
     }
 
+    #[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn dynamodb() {
         served_listed_and_numbered_after(Backend::DynamoDb).await;

@@ -491,28 +491,33 @@ async fn callers_that_give_up(backend: Backend) {
 }
 
 macro_rules! on {
-    ($backend:ident, $module:ident) => {
+    ($backend:ident, $module:ident, [$skip:meta]) => {
         mod $module {
+            #[cfg_attr($skip, ignore = "needs DynamoDB Local: run ./scripts/test")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn scarce_stock() {
                 super::scarce_stock(super::Backend::$backend).await;
             }
 
+            #[cfg_attr($skip, ignore = "needs DynamoDB Local: run ./scripts/test")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn one_order_handled_four_times_at_once() {
                 super::one_order_handled_four_times_at_once(super::Backend::$backend).await;
             }
 
+            #[cfg_attr($skip, ignore = "needs DynamoDB Local: run ./scripts/test")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn release_and_deduct_twice() {
                 super::release_and_deduct_twice(super::Backend::$backend).await;
             }
 
+            #[cfg_attr($skip, ignore = "needs DynamoDB Local: run ./scripts/test")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn restock_during_a_burst() {
                 super::restock_during_a_burst(super::Backend::$backend).await;
             }
 
+            #[cfg_attr($skip, ignore = "needs DynamoDB Local: run ./scripts/test")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn callers_that_give_up() {
                 super::callers_that_give_up(super::Backend::$backend).await;
@@ -521,5 +526,5 @@ macro_rules! on {
     };
 }
 
-on!(Memory, memory);
-on!(DynamoDb, dynamodb);
+on!(Memory, memory, [any()]);
+on!(DynamoDb, dynamodb, [not(dynamodb_tests)]);
