@@ -10,6 +10,7 @@ mod context;
 mod engine;
 mod error;
 mod handle;
+mod heartbeat;
 mod handler;
 mod idempotency;
 mod index;
@@ -32,10 +33,11 @@ pub use builders::{CommandRecordBuilder, DataItemBuilder};
 pub use context::{InvocationContext, TenancyPolicy};
 pub use engine::{
     AsyncDispatch, Engine, EngineBuilder, EngineConfig, RetryPolicy, APPLY_STEP, DEFAULT_HANDLER_TIMEOUT,
-    DEFAULT_RECOVERY_GRACE,
+    DEFAULT_PUBLISHER_LEASE, DEFAULT_RECOVERY_GRACE,
 };
 pub use error::{BoxError, Error, Result};
 pub use handle::{default_conflict_retry, Services};
+pub use heartbeat::{Heartbeat, HeartbeatRenewal};
 pub use handler::{DataSyncEvent, DataSyncHandler, Interest};
 pub use idempotency::{
     IdempotencyKey, IdempotencyRecord, DEFAULT_IDEMPOTENCY_RETENTION, MAX_IDEMPOTENCY_KEY_BYTES,

@@ -7,6 +7,7 @@
 mod client;
 mod counter;
 mod error;
+mod heartbeat;
 mod item;
 #[cfg(feature = "lambda")]
 #[cfg_attr(docsrs, doc(cfg(feature = "lambda")))]
@@ -23,6 +24,7 @@ pub use client::{
     OPERATION_ATTEMPT_TIMEOUT, OPERATION_TIMEOUT, SDK_MAX_ATTEMPTS,
 };
 pub use error::{DynamoDbError, DynamoDbErrorKind};
+pub use heartbeat::HEARTBEAT_PK;
 pub use item::{
     command_from_item, data_from_item, history_from_item, item_size, Item, MAX_ITEM_BYTES,
     SYNC_MODE_ATTRIBUTE,

@@ -25,9 +25,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::heartbeat::{Heartbeat, HeartbeatRenewal};
 use crate::idempotency::IdempotencyRecord;
 use crate::keys::EntityKey;
 use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand};
@@ -72,6 +74,10 @@ pub enum Op {
     QueryIndex,
     /// [`Storage::list_failures`]
     ListFailures,
+    /// [`Storage::renew_heartbeat`]
+    RenewHeartbeat,
+    /// [`Storage::get_heartbeat`]
+    GetHeartbeat,
 }
 
 /// What happens to a call a [`Rule`] selects.
@@ -395,6 +401,24 @@ impl Storage for FaultyStorage {
 
     async fn query_index(&self, index: &str, query: &RangeQuery) -> Result<RangePage> {
         self.call(Op::QueryIndex, self.inner.query_index(index, query))
+            .await
+    }
+
+    async fn renew_heartbeat(
+        &self,
+        publisher: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<HeartbeatRenewal> {
+        self.call(
+            Op::RenewHeartbeat,
+            self.inner.renew_heartbeat(publisher, expires_at, now),
+        )
+        .await
+    }
+
+    async fn get_heartbeat(&self, publisher: &str) -> Result<Heartbeat> {
+        self.call(Op::GetHeartbeat, self.inner.get_heartbeat(publisher))
             .await
     }
 }
