@@ -20,6 +20,7 @@ mod fixtures;
 mod idempotency;
 mod indexes;
 mod interleaved;
+mod liveness;
 mod pipeline;
 mod queries;
 mod races;
@@ -45,6 +46,7 @@ pub use fixtures::{ctx, RecordingHandler};
 pub use idempotency::*;
 pub use indexes::*;
 pub use interleaved::Interleaved;
+pub use liveness::*;
 pub use pipeline::*;
 pub use queries::*;
 pub use races::*;
@@ -145,6 +147,9 @@ macro_rules! conformance_tests {
             failure_records_are_written_once_storage_is_back,
             transient_handler_errors_are_retried_until_they_pass,
             settle_finishes_what_a_dead_publisher_left,
+            storage_heartbeats,
+            live_publisher_is_never_taken_over,
+            gone_publisher_is_recovered_within_its_lease,
             numbers_read_back_as_written,
             numbers_outside_the_range_are_rejected,
             commits_over_the_transaction_size_are_rejected,
