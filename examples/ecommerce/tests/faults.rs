@@ -87,16 +87,22 @@ struct Server {
 }
 
 impl Server {
-    /// Starts `ecommerce serve` on DynamoDB at `endpoint`, tables `prefix`.
+    /// Starts `ecommerce serve` on DynamoDB at `endpoint`, tables `prefix`,
+    /// with the tests' [`SERVER_ARGS`] and `extra`.
     async fn start(endpoint: &str, prefix: &str, extra: &[&str]) -> Server {
+        let args: Vec<&str> = SERVER_ARGS.iter().chain(extra).copied().collect();
+        Server::start_with(endpoint, prefix, &args).await
+    }
+
+    /// Starts `ecommerce serve` with `args` only: the defaults for the rest.
+    async fn start_with(endpoint: &str, prefix: &str, args: &[&str]) -> Server {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("ecommerce-{prefix}-{port}.log"));
         let child = Command::new(binary())
             .args(["serve", "--backend", "dynamodb", "--pipeline", "stream"])
             .args(["--dynamodb-endpoint", endpoint, "--table-prefix", prefix])
             .args(["--addr", &format!("127.0.0.1:{port}")])
-            .args(SERVER_ARGS)
-            .args(extra)
+            .args(args)
             .env(SECRET_ENV, SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -894,4 +900,144 @@ async fn two_replicas_survive_the_death_of_the_lease_holder() {
     counts.assert_clean("replica killed");
     // Lease 2 s: taken over within the lease, a poll and the time to notice.
     assert!(takeover < Duration::from_secs(10), "takeover took {takeover:?}");
+}
+
+/// The versions of the accepted orders left `applied` by a sync publish
+/// (they name their publisher): the handler runs a kill interrupted.
+async fn interrupted_sync_publishes(inspector: &Inspector, accepted: &[String]) -> usize {
+    let mut interrupted = 0;
+    for code in accepted {
+        let key = cqrs_core::EntityKey::new(tenant_pk(TENANT), format!("ORDER#{code}"));
+        let versions = CommandService::list_versions(&inspector.shop.engine, &key, &inspector.ctx)
+            .await
+            .expect("listed");
+        interrupted += versions
+            .iter()
+            .filter(|c| c.status == cqrs_core::CommandStatus::Applied && c.publisher.is_some())
+            .count();
+    }
+    interrupted
+}
+
+/// SIGKILL of a server with the default settings (2-minute recovery grace,
+/// 10 s leases) while its handlers run, then a restart: the sync publishes
+/// the kill interrupted are finished once the dead process's heartbeat has
+/// expired, not after the recovery grace, and every accepted order settles
+/// within 30 s of the restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_pipeline_settles_within_30_s_with_default_settings() {
+    let Some(endpoint) = dynamodb() else { return };
+    let prefix = prefix("liveness");
+    let inspector = Inspector::new(&endpoint, &prefix);
+    let mut server = Server::start_with(&endpoint, &prefix, &[]).await;
+    let mut accepted = Vec::new();
+    let mut interrupted = 0;
+    // Until a kill lands mid-pipeline (the first one almost always does).
+    for round in 1..=3 {
+        let pid = server.pid();
+        let codes = burst(&[server.url.clone()], 40, move |n| {
+            if n == 15 {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+        })
+        .await;
+        server.kill();
+        accepted.extend(codes);
+        interrupted = interrupted_sync_publishes(&inspector, &accepted).await;
+        report(format!(
+            "kill -9 with default settings, round {round}: {} accepted, {interrupted} sync publishes interrupted",
+            accepted.len()
+        ));
+        if interrupted > 0 || round == 3 {
+            break;
+        }
+        server = Server::start_with(&endpoint, &prefix, &[]).await;
+    }
+    assert!(interrupted > 0, "a kill landed while handlers ran");
+    let restarted = Instant::now();
+    let _server = Server::start_with(&endpoint, &prefix, &[]).await;
+    let started_in = restarted.elapsed();
+    let (counts, settle_time) = settle_and_audit(&inspector, &accepted).await;
+    let settled_after_restart = started_in + settle_time;
+    report(format!(
+        "kill -9 with default settings: {counts:?}, {interrupted} interrupted sync publishes; \
+         settled {settled_after_restart:?} after the restart (up {started_in:?} after it)"
+    ));
+    counts.assert_clean("kill -9 mid-pipeline with default settings");
+    assert!(
+        settled_after_restart <= Duration::from_secs(30),
+        "settled within 30 s of the restart: {settled_after_restart:?}"
+    );
+}
+
+/// A handler that takes a minute: its publisher is busy (and alive) for that long.
+struct BusyHandler;
+
+#[async_trait::async_trait]
+impl cqrs_core::DataSyncHandler for BusyHandler {
+    fn name(&self) -> &str {
+        "busy"
+    }
+
+    fn interest(&self) -> cqrs_core::Interest {
+        cqrs_core::Interest::SkPrefix("DRAIN#".into())
+    }
+
+    async fn handle(&self, _: &cqrs_core::DataSyncEvent) -> Result<(), cqrs_core::BoxError> {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(())
+    }
+}
+
+/// SIGTERM with `--drain-timeout 3` while the server's stream consumer
+/// holds a command it cannot finish (its publisher, this test, is alive and
+/// busy with its handler): the whole process drains within the one
+/// deadline — the consumer's drain included — and exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_within_the_drain_timeout() {
+    let Some(endpoint) = dynamodb() else { return };
+    let prefix = prefix("drain");
+    let mut server = Server::start_with(&endpoint, &prefix, &["--drain-timeout", "3"]).await;
+    let leased = Instant::now();
+    while lease_owners(&endpoint, &prefix).await.is_empty() {
+        assert!(leased.elapsed() < Duration::from_secs(30), "the consumer leased the stream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let storage = DynamoDbStorage::new(
+        local_client(&endpoint),
+        ecommerce::shop::dynamodb_tables(TableNames::with_prefix(&prefix)),
+    );
+    let publisher = cqrs_core::Engine::builder(Arc::new(storage))
+        .dispatch(AsyncDispatch::External)
+        .handler_timeout(Duration::from_secs(120))
+        .handler(BusyHandler)
+        .build();
+    let ctx = InvocationContext::new(TENANT, "drain-tester");
+    let publish = tokio::spawn({
+        let publisher = publisher.clone();
+        let ctx = ctx.clone();
+        async move {
+            let command = cqrs_core::CommandInput::new(tenant_pk(TENANT), "DRAIN#1").attributes(json!({ "n": 1 }));
+            CommandService::publish_sync(&publisher, command, &ctx).await
+        }
+    });
+    let key = cqrs_core::EntityKey::new(tenant_pk(TENANT), "DRAIN#1");
+    let written = Instant::now();
+    while publisher.storage().get_command(&key, 1).await.expect("read").is_none() {
+        assert!(written.elapsed() < Duration::from_secs(30), "the command was written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The consumer reads it (it polls every second) and watches its publisher.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let shutdown = server.terminate().await;
+    report(format!("SIGTERM with --drain-timeout 3: exited 0 in {shutdown:?}"));
+    publish.abort();
+    assert!(
+        shutdown >= Duration::from_millis(2500),
+        "the consumer held the command and drained for the deadline: {shutdown:?}"
+    );
+    assert!(
+        shutdown < Duration::from_secs(6),
+        "the process ended within about the drain timeout (3 s): {shutdown:?}"
+    );
 }
