@@ -10,8 +10,8 @@ mod context;
 mod engine;
 mod error;
 mod handle;
-mod heartbeat;
 mod handler;
+mod heartbeat;
 mod idempotency;
 mod index;
 mod keys;
@@ -37,8 +37,8 @@ pub use engine::{
 };
 pub use error::{BoxError, Error, Result};
 pub use handle::{default_conflict_retry, Services};
-pub use heartbeat::{Heartbeat, HeartbeatRenewal};
 pub use handler::{DataSyncEvent, DataSyncHandler, Interest};
+pub use heartbeat::{Heartbeat, HeartbeatRenewal};
 pub use idempotency::{
     IdempotencyKey, IdempotencyRecord, DEFAULT_IDEMPOTENCY_RETENTION, MAX_IDEMPOTENCY_KEY_BYTES,
 };

@@ -79,7 +79,11 @@ pub(crate) async fn get(client: &Client, table: &str, publisher: &str) -> Result
         Some(until) => Heartbeat::Until(until),
         None => {
             // Not written by a publisher: no publisher is known to be alive.
-            tracing::warn!(publisher, table, "heartbeat row without a readable expiresAt; its publisher counts as gone");
+            tracing::warn!(
+                publisher,
+                table,
+                "heartbeat row without a readable expiresAt; its publisher counts as gone"
+            );
             Heartbeat::Missing
         }
     })

@@ -14,14 +14,13 @@ use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use cqrs_core::{
     command_sk, ApplyWrite, CommandRecord, CommandStatus, CommandWrite, Counter, DataItem, EntityKey, Error,
-    ExpectedVersion, FailedCommand, Heartbeat, HeartbeatRenewal, IdempotencyRecord, RangePage, RangeQuery, Result,
-    SkCondition, SortOrder,
-    Storage, StorageLimits, UnreadableRow, INDEX_KEY_SEPARATOR,
+    ExpectedVersion, FailedCommand, Heartbeat, HeartbeatRenewal, IdempotencyRecord, RangePage, RangeQuery,
+    Result, SkCondition, SortOrder, Storage, StorageLimits, UnreadableRow, INDEX_KEY_SEPARATOR,
 };
 
 use crate::counter;
-use crate::heartbeat;
 use crate::error::{is_retryable_code, sdk_error, shape_error};
+use crate::heartbeat;
 use crate::item::{
     check_size, command_from_item, command_to_item, data_from_item, data_to_item, failure_from_item,
     failure_key, failure_to_item, history_from_item, history_to_item, idempotency_from_item, idempotency_key,

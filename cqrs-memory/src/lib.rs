@@ -24,8 +24,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_core::{
     ApplyWrite, CommandRecord, CommandStatus, CommandWrite, Counter, DataItem, EntityKey, Error,
-    ExpectedVersion, FailedCommand, Heartbeat, HeartbeatRenewal, IdempotencyRecord, IndexEntry, RangePage, RangeQuery, Result, SmolStr,
-    SortOrder, Storage, StorageLimits,
+    ExpectedVersion, FailedCommand, Heartbeat, HeartbeatRenewal, IdempotencyRecord, IndexEntry, RangePage,
+    RangeQuery, Result, SmolStr, SortOrder, Storage, StorageLimits,
 };
 use versions::Versions;
 

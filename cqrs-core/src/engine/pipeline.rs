@@ -128,10 +128,7 @@ pub(crate) enum Recovery<'a> {
     /// that did not finish left it `applied`.
     AtOnce,
     /// Once its publisher is gone, or `grace` after its publication.
-    AfterPublisher {
-        liveness: &'a Liveness,
-        grace: Duration,
-    },
+    AfterPublisher { liveness: &'a Liveness, grace: Duration },
 }
 
 pub(crate) struct Pipeline {

@@ -96,7 +96,10 @@ pub async fn storage_heartbeats(factory: &dyn StorageFactory) {
     let first = storage.renew_heartbeat(&publisher, until, now).await.unwrap();
     if first == HeartbeatRenewal::Unsupported {
         // A backend without heartbeats says so on both sides.
-        assert_eq!(storage.get_heartbeat(&publisher).await.unwrap(), Heartbeat::Unsupported);
+        assert_eq!(
+            storage.get_heartbeat(&publisher).await.unwrap(),
+            Heartbeat::Unsupported
+        );
         return;
     }
     assert_eq!(first, HeartbeatRenewal::Renewed);
@@ -126,7 +129,11 @@ pub async fn storage_heartbeats(factory: &dyn StorageFactory) {
     let after_expiry = later + chrono::Duration::seconds(1);
     assert_eq!(
         storage
-            .renew_heartbeat(&publisher, after_expiry + chrono::Duration::seconds(10), after_expiry)
+            .renew_heartbeat(
+                &publisher,
+                after_expiry + chrono::Duration::seconds(10),
+                after_expiry
+            )
             .await
             .unwrap(),
         HeartbeatRenewal::Expired

@@ -919,51 +919,87 @@ async fn interrupted_sync_publishes(inspector: &Inspector, accepted: &[String]) 
     interrupted
 }
 
+/// Cancels every order of `codes` at once (`PATCH /orders/{code}/status`:
+/// a sync publish whose handler releases the stock in the request); `on_answered`
+/// is told the running count of answers.
+async fn cancel_burst(url: &str, codes: &[String], on_answered: impl Fn(usize) + Send + Sync + 'static) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let answered = Arc::new(AtomicUsize::new(0));
+    let on_answered = Arc::new(on_answered);
+    let token = token();
+    let tasks: Vec<_> = codes
+        .iter()
+        .map(|code| {
+            let (client, token, answered, on_answered) = (
+                client.clone(),
+                token.clone(),
+                answered.clone(),
+                on_answered.clone(),
+            );
+            let url = format!("{url}/orders/{code}/status");
+            tokio::spawn(async move {
+                let response = client
+                    .patch(url)
+                    .bearer_auth(token)
+                    .json(&json!({ "status": "cancelled" }))
+                    .send()
+                    .await;
+                if response.is_ok() {
+                    on_answered(answered.fetch_add(1, Ordering::SeqCst) + 1);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
 /// SIGKILL of a server with the default settings (2-minute recovery grace,
-/// 10 s leases) while its handlers run, then a restart: the sync publishes
-/// the kill interrupted are finished once the dead process's heartbeat has
-/// expired, not after the recovery grace, and every accepted order settles
-/// within 30 s of the restart.
+/// 10 s leases) while the handlers of its sync publishes run (a burst of
+/// cancellations, each releasing its order's stock in the request), then a
+/// restart: the publishes the kill interrupted are finished once the dead
+/// process's heartbeat has expired, not after the recovery grace, and every
+/// order settles within 30 s of the restart.
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_pipeline_settles_within_30_s_with_default_settings() {
     let Some(endpoint) = dynamodb() else { return };
     let prefix = prefix("liveness");
     let inspector = Inspector::new(&endpoint, &prefix);
     let mut server = Server::start_with(&endpoint, &prefix, &[]).await;
-    let mut accepted = Vec::new();
-    let mut interrupted = 0;
-    // Until a kill lands mid-pipeline (the first one almost always does).
-    for round in 1..=3 {
-        let pid = server.pid();
-        let codes = burst(&[server.url.clone()], 40, move |n| {
-            if n == 15 {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            }
-        })
-        .await;
-        server.kill();
-        accepted.extend(codes);
-        interrupted = interrupted_sync_publishes(&inspector, &accepted).await;
-        report(format!(
-            "kill -9 with default settings, round {round}: {} accepted, {interrupted} sync publishes interrupted",
-            accepted.len()
-        ));
-        if interrupted > 0 || round == 3 {
-            break;
+    let accepted = burst(&[server.url.clone()], 30, |_| {}).await;
+    let (counts, _) = settle_and_audit(&inspector, &accepted).await;
+    counts.assert_clean("orders placed");
+    let pid = server.pid();
+    cancel_burst(&server.url, &accepted, move |n| {
+        if n == 5 {
+            // 5 answered, the other cancellations mid-flight.
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         }
-        server = Server::start_with(&endpoint, &prefix, &[]).await;
-    }
-    assert!(interrupted > 0, "a kill landed while handlers ran");
+    })
+    .await;
+    server.kill();
+    let interrupted = interrupted_sync_publishes(&inspector, &accepted).await;
+    report(format!(
+        "kill -9 with default settings: {} orders, {interrupted} sync publishes interrupted mid-pipeline",
+        accepted.len()
+    ));
+    assert!(interrupted > 0, "the kill landed while handlers ran");
     let restarted = Instant::now();
     let _server = Server::start_with(&endpoint, &prefix, &[]).await;
     let started_in = restarted.elapsed();
     let (counts, settle_time) = settle_and_audit(&inspector, &accepted).await;
     let settled_after_restart = started_in + settle_time;
+    let left = interrupted_sync_publishes(&inspector, &accepted).await;
     report(format!(
-        "kill -9 with default settings: {counts:?}, {interrupted} interrupted sync publishes; \
+        "kill -9 with default settings: {counts:?}, {interrupted} interrupted sync publishes ({left} left); \
          settled {settled_after_restart:?} after the restart (up {started_in:?} after it)"
     ));
     counts.assert_clean("kill -9 mid-pipeline with default settings");
+    assert_eq!(left, 0, "every interrupted publish finished");
     assert!(
         settled_after_restart <= Duration::from_secs(30),
         "settled within 30 s of the restart: {settled_after_restart:?}"
@@ -1000,7 +1036,10 @@ async fn sigterm_ends_within_the_drain_timeout() {
     let mut server = Server::start_with(&endpoint, &prefix, &["--drain-timeout", "3"]).await;
     let leased = Instant::now();
     while lease_owners(&endpoint, &prefix).await.is_empty() {
-        assert!(leased.elapsed() < Duration::from_secs(30), "the consumer leased the stream");
+        assert!(
+            leased.elapsed() < Duration::from_secs(30),
+            "the consumer leased the stream"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let storage = DynamoDbStorage::new(
@@ -1017,20 +1056,32 @@ async fn sigterm_ends_within_the_drain_timeout() {
         let publisher = publisher.clone();
         let ctx = ctx.clone();
         async move {
-            let command = cqrs_core::CommandInput::new(tenant_pk(TENANT), "DRAIN#1").attributes(json!({ "n": 1 }));
+            let command =
+                cqrs_core::CommandInput::new(tenant_pk(TENANT), "DRAIN#1").attributes(json!({ "n": 1 }));
             CommandService::publish_sync(&publisher, command, &ctx).await
         }
     });
     let key = cqrs_core::EntityKey::new(tenant_pk(TENANT), "DRAIN#1");
     let written = Instant::now();
-    while publisher.storage().get_command(&key, 1).await.expect("read").is_none() {
-        assert!(written.elapsed() < Duration::from_secs(30), "the command was written");
+    while publisher
+        .storage()
+        .get_command(&key, 1)
+        .await
+        .expect("read")
+        .is_none()
+    {
+        assert!(
+            written.elapsed() < Duration::from_secs(30),
+            "the command was written"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The consumer reads it (it polls every second) and watches its publisher.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let shutdown = server.terminate().await;
-    report(format!("SIGTERM with --drain-timeout 3: exited 0 in {shutdown:?}"));
+    report(format!(
+        "SIGTERM with --drain-timeout 3: exited 0 in {shutdown:?}"
+    ));
     publish.abort();
     assert!(
         shutdown >= Duration::from_millis(2500),
