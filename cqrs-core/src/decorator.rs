@@ -11,8 +11,10 @@
 //! `StorageDecorator` is a `Storage`.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use crate::error::Result;
+use crate::heartbeat::{Heartbeat, HeartbeatRenewal};
 use crate::idempotency::IdempotencyRecord;
 use crate::index::IndexEntry;
 use crate::keys::EntityKey;
@@ -193,6 +195,21 @@ pub trait StorageDecorator: Send + Sync + std::fmt::Debug + 'static {
     async fn list_failures(&self, tenant_code: Option<&str>) -> Result<Vec<FailedCommand>> {
         self.inner().list_failures(tenant_code).await
     }
+
+    /// See [`Storage::renew_heartbeat`].
+    async fn renew_heartbeat(
+        &self,
+        publisher: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<HeartbeatRenewal> {
+        self.inner().renew_heartbeat(publisher, expires_at, now).await
+    }
+
+    /// See [`Storage::get_heartbeat`].
+    async fn get_heartbeat(&self, publisher: &str) -> Result<Heartbeat> {
+        self.inner().get_heartbeat(publisher).await
+    }
 }
 
 #[async_trait]
@@ -289,5 +306,18 @@ impl<D: StorageDecorator> Storage for D {
 
     async fn list_failures(&self, tenant_code: Option<&str>) -> Result<Vec<FailedCommand>> {
         StorageDecorator::list_failures(self, tenant_code).await
+    }
+
+    async fn renew_heartbeat(
+        &self,
+        publisher: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<HeartbeatRenewal> {
+        StorageDecorator::renew_heartbeat(self, publisher, expires_at, now).await
+    }
+
+    async fn get_heartbeat(&self, publisher: &str) -> Result<Heartbeat> {
+        StorageDecorator::get_heartbeat(self, publisher).await
     }
 }

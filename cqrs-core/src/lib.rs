@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod handle;
 mod handler;
+mod heartbeat;
 mod idempotency;
 mod index;
 mod keys;
@@ -35,11 +36,12 @@ pub use context::{InvocationContext, TenancyPolicy};
 pub use decorator::StorageDecorator;
 pub use engine::{
     AsyncDispatch, Engine, EngineBuilder, EngineConfig, Reindexed, RetryPolicy, APPLY_STEP,
-    DEFAULT_HANDLER_TIMEOUT, DEFAULT_RECOVERY_GRACE,
+    DEFAULT_HANDLER_TIMEOUT, DEFAULT_PUBLISHER_LEASE, DEFAULT_RECOVERY_GRACE,
 };
 pub use error::{BoxError, Error, Result, TransientCause};
 pub use handle::{default_conflict_retry, Services};
 pub use handler::{DataSyncEvent, DataSyncHandler, Interest};
+pub use heartbeat::{Heartbeat, HeartbeatRenewal};
 pub use idempotency::{
     CommitMember, IdempotencyKey, IdempotencyRecord, DEFAULT_IDEMPOTENCY_RETENTION, MAX_IDEMPOTENCY_KEY_BYTES,
 };

@@ -438,6 +438,13 @@ pub struct CommandRecord {
     pub created_by: SmolStr,
     /// From which address.
     pub created_ip: Option<SmolStr>,
+    /// The engine that wrote it with a sync publish or commit and runs its
+    /// handlers (see [`Heartbeat`](crate::Heartbeat)): recovery runs them
+    /// again as soon as that publisher's heartbeat has expired. `None` for
+    /// async commands, rows of another writer, and backends that keep no
+    /// heartbeats; such a row is left to its publisher for the whole
+    /// [recovery grace](crate::EngineConfig::recovery_grace).
+    pub publisher: Option<SmolStr>,
 }
 
 /// A command row as stored, by this framework or the reference framework:
@@ -471,6 +478,8 @@ struct StoredCommand {
     created_by: SmolStr,
     #[serde(default)]
     created_ip: Option<SmolStr>,
+    #[serde(default)]
+    publisher: Option<SmolStr>,
 }
 
 impl From<StoredCommand> for CommandRecord {
@@ -495,6 +504,7 @@ impl From<StoredCommand> for CommandRecord {
             created_at: row.created_at,
             created_by: row.created_by,
             created_ip: row.created_ip,
+            publisher: row.publisher,
         }
     }
 }
@@ -528,7 +538,7 @@ impl CommandRecord {
 
 impl Serialize for CommandRecord {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut row = serializer.serialize_struct("CommandRecord", 17)?;
+        let mut row = serializer.serialize_struct("CommandRecord", 18)?;
         serialize_entity_fields!(row, self);
         match self.foreign_status.as_deref() {
             // The row as its writer left it (its status was never changed here).
@@ -541,6 +551,7 @@ impl Serialize for CommandRecord {
         row.serialize_field("createdAt", &self.created_at)?;
         row.serialize_field("createdBy", &self.created_by)?;
         optional_field(&mut row, "createdIp", &self.created_ip)?;
+        optional_field(&mut row, "publisher", &self.publisher)?;
         row.end()
     }
 }
@@ -695,7 +706,8 @@ impl DataItem {
     }
 
     /// The command that produced this version, with `status` and `source`
-    /// (the only fields of a command row its data row does not have).
+    /// (fields of a command row its data row does not have; so is
+    /// [`CommandRecord::publisher`], left `None`).
     pub fn command(&self, status: CommandStatus, source: Option<SmolStr>) -> CommandRecord {
         CommandRecord {
             pk: self.pk.clone(),
@@ -715,13 +727,14 @@ impl DataItem {
             created_at: self.updated_at,
             created_by: self.updated_by.clone(),
             created_ip: self.updated_ip.clone(),
+            publisher: None,
         }
     }
 
     /// Whether `record` is the command this row was produced by, but for
-    /// its status and source: what [`DataItem::command`] rebuilds, compared
-    /// without building it. A store can then keep such a command row as
-    /// its status alone.
+    /// its status, source and publisher: what [`DataItem::command`]
+    /// rebuilds, compared without building it. A store can then keep such a
+    /// command row as those alone.
     pub fn is_row_of(&self, record: &CommandRecord) -> bool {
         record.version == self.version
             && record.pk == self.pk

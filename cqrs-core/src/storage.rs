@@ -8,7 +8,10 @@
 
 use async_trait::async_trait;
 
+use chrono::{DateTime, Utc};
+
 use crate::error::Result;
+use crate::heartbeat::{Heartbeat, HeartbeatRenewal};
 use crate::idempotency::IdempotencyRecord;
 use crate::index::IndexEntry;
 use crate::keys::EntityKey;
@@ -261,4 +264,34 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
 
     /// Failure records of a tenant (every tenant when `None`), oldest first.
     async fn list_failures(&self, tenant_code: Option<&str>) -> Result<Vec<FailedCommand>>;
+
+    /// Sets the [heartbeat](Heartbeat) of `publisher` (an engine) to last
+    /// until `expires_at`, atomically on one condition: no heartbeat of
+    /// `publisher` is stored, or the stored one has not expired at `now`.
+    /// An expired heartbeat stays expired — its publisher counts as gone and
+    /// recovery may have taken its work over — and the call returns
+    /// [`HeartbeatRenewal::Expired`] without writing anything.
+    ///
+    /// The default keeps no heartbeats ([`HeartbeatRenewal::Unsupported`]):
+    /// the engine then stamps no publisher on its rows, and recovery of an
+    /// interrupted sync publish waits for the whole
+    /// [recovery grace](crate::EngineConfig::recovery_grace). A wrapper of
+    /// another storage forwards both heartbeat methods, or neither.
+    async fn renew_heartbeat(
+        &self,
+        publisher: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<HeartbeatRenewal> {
+        let _ = (publisher, expires_at, now);
+        Ok(HeartbeatRenewal::Unsupported)
+    }
+
+    /// The heartbeat of `publisher`, read strongly consistently (after a
+    /// renewal, the renewed one). The default keeps none
+    /// ([`Heartbeat::Unsupported`]).
+    async fn get_heartbeat(&self, publisher: &str) -> Result<Heartbeat> {
+        let _ = publisher;
+        Ok(Heartbeat::Unsupported)
+    }
 }

@@ -111,10 +111,13 @@ pub async fn handle_event(engine: &Engine, event: Event) -> Result<DynamoDbEvent
 /// reprocessed.
 ///
 /// A row inserted `applied` whose publisher has not marked it done yet is
-/// waited for, inside the invocation, until the engine's
-/// [recovery grace](cqrs_core::EngineConfig::recovery_grace) after its
-/// publication ([`Engine::settle`] sleeps): give the function a timeout
-/// longer than that grace, or a shorter grace to its engine.
+/// waited for, inside the invocation, while its publisher is alive (its
+/// [heartbeat](cqrs_core::Heartbeat) is renewed), at most until the
+/// engine's [recovery grace](cqrs_core::EngineConfig::recovery_grace) after
+/// its publication ([`Engine::settle`] sleeps); a row whose publisher is gone
+/// is recovered at once, and one without a publisher (another writer's)
+/// waits for the whole grace. Give the function a timeout longer than that
+/// grace, or a shorter grace to its engine.
 ///
 /// When a settle still fails after [`BatchOptions::retry`] (storage
 /// unavailable), its entity's later records are not attempted, and the

@@ -15,6 +15,7 @@ pub use aws_sdk_dynamodbstreams;
 mod client;
 mod counter;
 mod error;
+mod heartbeat;
 mod item;
 #[cfg(feature = "lambda")]
 #[cfg_attr(docsrs, doc(cfg(feature = "lambda")))]
@@ -31,6 +32,7 @@ pub use client::{
     OPERATION_ATTEMPT_TIMEOUT, OPERATION_TIMEOUT, SDK_MAX_ATTEMPTS,
 };
 pub use error::{DynamoDbError, DynamoDbErrorKind};
+pub use heartbeat::HEARTBEAT_PK;
 pub use item::{
     command_from_item, data_from_item, history_from_item, item_size, Item, MAX_ITEM_BYTES,
     SYNC_MODE_ATTRIBUTE,

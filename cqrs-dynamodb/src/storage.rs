@@ -13,15 +13,16 @@ use aws_sdk_dynamodb::types::{
     TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use cqrs_core::{
     command_sk, ApplyWrite, CommandRecord, CommandStatus, CommandWrite, Counter, DataItem, EntityKey, Error,
-    ExpectedVersion, FailedCommand, IdempotencyRecord, IndexEntry, RangePage, RangeQuery, Result,
-    SkCondition, SortOrder, Storage, StorageLimits, UnreadableRow, INDEX_KEY_SEPARATOR,
+    ExpectedVersion, FailedCommand, Heartbeat, HeartbeatRenewal, IdempotencyRecord, IndexEntry, RangePage,
+    RangeQuery, Result, SkCondition, SortOrder, Storage, StorageLimits, UnreadableRow, INDEX_KEY_SEPARATOR,
 };
 
 use crate::counter;
 use crate::error::{build_error, is_retryable_code, sdk_error, sdk_error_retryable_if, shape_error};
+use crate::heartbeat;
 use crate::item::{
     check_size, command_from_item, command_to_item, data_from_item, data_to_item, failure_from_item,
     failure_key, failure_to_item, history_from_item, history_to_item, idempotency_from_item, idempotency_key,
@@ -908,6 +909,19 @@ impl Storage for DynamoDbStorage {
     async fn list_history(&self, key: &EntityKey) -> Result<Vec<DataItem>> {
         self.versioned_rows(&self.tables.history, key, history_from_item, |h| h.version)
             .await
+    }
+
+    async fn renew_heartbeat(
+        &self,
+        publisher: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<HeartbeatRenewal> {
+        heartbeat::renew(&self.client, &self.tables.sequences, publisher, expires_at, now).await
+    }
+
+    async fn get_heartbeat(&self, publisher: &str) -> Result<Heartbeat> {
+        heartbeat::get(&self.client, &self.tables.sequences, publisher).await
     }
 
     async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>> {

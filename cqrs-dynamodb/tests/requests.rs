@@ -201,8 +201,17 @@ async fn requests_per_operation_with_a_handler() {
         .unwrap();
     assert_eq!(
         log.take(),
+        ops(&["GetItem", "UpdateItem", "TransactWriteItems", "UpdateItem"]),
+        "the engine's first sync publish: read, its publisher heartbeat, write, status finished"
+    );
+    engine
+        .publish_sync(CommandInput::new(pk, "P#2").attributes(json!({"n": 1})), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        log.take(),
         ops(&["GetItem", "TransactWriteItems", "UpdateItem"]),
-        "publish_sync: read, write, status finished"
+        "publish_sync (the heartbeat is renewed in the background): read, write, status finished"
     );
     engine
         .publish_async(CommandInput::new(pk, "A#1"), &ctx)

@@ -21,10 +21,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use cqrs_core::{
     ApplyWrite, CommandRecord, CommandStatus, CommandWrite, Counter, DataItem, EntityKey, Error,
-    ExpectedVersion, FailedCommand, IdempotencyRecord, IndexEntry, RangePage, RangeQuery, Result, SmolStr,
-    SortOrder, Storage, StorageLimits,
+    ExpectedVersion, FailedCommand, Heartbeat, HeartbeatRenewal, IdempotencyRecord, IndexEntry, RangePage,
+    RangeQuery, Result, SmolStr, SortOrder, Storage, StorageLimits,
 };
 use versions::Versions;
 
@@ -157,6 +158,8 @@ struct Tables {
     failures: HashMap<(EntityKey, u64), FailedCommand, Hasher>,
     /// Idempotency keys by (tenant, key), live or expired.
     idempotency: HashMap<(String, String), IdempotencyRecord, Hasher>,
+    /// Publisher heartbeats: publisher id → expiry.
+    heartbeats: HashMap<String, DateTime<Utc>, Hasher>,
     /// Index partitions by (index, partition): entry sort key → the item's
     /// sk (every item of an index partition has the pk the partition starts with).
     indexes: IndexPartitions,
@@ -194,6 +197,7 @@ enum CommandRow {
     Applied {
         status: CommandStatus,
         source: Option<SmolStr>,
+        publisher: Option<SmolStr>,
     },
     /// Not applied yet (or not equal to its data row): kept whole.
     Whole(Box<CommandRecord>),
@@ -223,8 +227,14 @@ impl Entity {
     fn command(&self, version: u64) -> Option<CommandRecord> {
         match self.commands.get(&version)? {
             CommandRow::Whole(record) => Some((**record).clone()),
-            CommandRow::Applied { status, source } => {
-                Some(self.row_of(version)?.command(*status, source.clone()))
+            CommandRow::Applied {
+                status,
+                source,
+                publisher,
+            } => {
+                let mut command = self.row_of(version)?.command(*status, source.clone());
+                command.publisher.clone_from(publisher);
+                Some(command)
             }
         }
     }
@@ -243,6 +253,7 @@ fn compact(record: &CommandRecord, data: &DataItem) -> Option<CommandRow> {
     data.is_row_of(record).then(|| CommandRow::Applied {
         status: record.status,
         source: record.source.clone(),
+        publisher: record.publisher.clone(),
     })
 }
 
@@ -661,6 +672,33 @@ impl Storage for InMemory {
             .collect();
         failures.sort_by(|a, b| a.failed_at.cmp(&b.failed_at).then_with(|| a.key().cmp(&b.key())));
         Ok(failures)
+    }
+
+    async fn renew_heartbeat(
+        &self,
+        publisher: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<HeartbeatRenewal> {
+        let mut tables = self.write();
+        match tables.heartbeats.get_mut(publisher) {
+            Some(until) if *until < now => Ok(HeartbeatRenewal::Expired),
+            Some(until) => {
+                *until = expires_at;
+                Ok(HeartbeatRenewal::Renewed)
+            }
+            None => {
+                tables.heartbeats.insert(publisher.to_owned(), expires_at);
+                Ok(HeartbeatRenewal::Renewed)
+            }
+        }
+    }
+
+    async fn get_heartbeat(&self, publisher: &str) -> Result<Heartbeat> {
+        Ok(match self.read().heartbeats.get(publisher) {
+            Some(until) => Heartbeat::Until(*until),
+            None => Heartbeat::Missing,
+        })
     }
 
     async fn get_idempotency(&self, tenant_code: &str, key: &str) -> Result<Option<IdempotencyRecord>> {

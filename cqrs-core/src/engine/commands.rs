@@ -204,8 +204,9 @@ impl Engine {
     async fn write_then_handle(&self, write: ApplyWrite, ctx: &InvocationContext) -> Result<Synced> {
         let ctx = ctx.clone();
         self.detached(move |engine| {
+            let mut write = write;
             async move {
-                engine.apply_or_recover(std::slice::from_ref(&write)).await?;
+                engine.apply_or_recover(std::slice::from_mut(&mut write)).await?;
                 tracing::Span::current().record("version", write.data.version);
                 tracing::info!("published (sync)");
                 let handled = engine.run_handlers_after_write(&write, &ctx).await;
@@ -216,10 +217,18 @@ impl Engine {
         .await
     }
 
-    /// Applies sync writes whose handlers follow. A retryable failure may
-    /// come after the write landed (a lost response): the commands are then
-    /// handed to recovery, which runs their handlers if they were stored.
-    async fn apply_or_recover(&self, writes: &[ApplyWrite]) -> Result<()> {
+    /// Applies sync writes whose handlers follow, their command rows stamped
+    /// with this engine's publisher id (so that recovery knows when it is
+    /// gone). A retryable failure may come after the write landed (a lost
+    /// response): the commands are then handed to recovery, which runs their
+    /// handlers if they were stored.
+    async fn apply_or_recover(&self, writes: &mut [ApplyWrite]) -> Result<()> {
+        let publisher = self.publisher_stamp().await;
+        for write in writes.iter_mut() {
+            if let CommandWrite::Insert(record) = &mut write.command {
+                record.publisher.clone_from(&publisher);
+            }
+        }
         let applied = self.storage_ref().apply(writes).await;
         let applied = self
             .unless_landed(applied, WriteId::of_apply(writes).as_ref())
@@ -419,9 +428,10 @@ impl Engine {
             // Handlers follow the write: detached, so that they run even if
             // the caller's future is dropped.
             let ctx = ctx.clone();
+            let mut writes = writes;
             self.detached(move |engine| {
                 async move {
-                    engine.apply_or_recover(&writes).await?;
+                    engine.apply_or_recover(&mut writes).await?;
                     tracing::info!(tenant = %ctx.tenant_code, commands = writes.len(), "committed");
                     Ok(futures::future::join_all(
                         writes.iter().map(|w| engine.run_handlers_after_write(w, &ctx)),

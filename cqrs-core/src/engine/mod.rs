@@ -9,6 +9,7 @@ mod activity;
 mod commands;
 mod idempotent;
 mod landed;
+mod liveness;
 mod pipeline;
 mod reads;
 pub(crate) mod records;
@@ -27,11 +28,12 @@ use crate::handle::Services;
 use crate::handler::DataSyncHandler;
 use crate::index::Index;
 use crate::keys::EntityKey;
-use crate::model::CommandStatus;
+use crate::model::{CommandRecord, CommandStatus};
 use crate::storage::Storage;
 
 use activity::Activity;
-use pipeline::{Foreign, Pipeline};
+use liveness::Liveness;
+use pipeline::{Foreign, Pipeline, Recovery};
 pub use pipeline::{RetryPolicy, APPLY_STEP};
 pub use reindex::Reindexed;
 use worker::Worker;
@@ -79,12 +81,26 @@ pub struct EngineConfig {
     /// [`DEFAULT_HANDLER_TIMEOUT`].
     pub handler_timeout: Duration,
     /// How long after its publication a command still `applied` (data
-    /// written, handlers not finished) is left to its publisher before
-    /// [`Engine::settle`] runs its handlers again. Default
+    /// written, handlers not finished) is left at most to a publisher that
+    /// is alive before [`Engine::settle`] runs its handlers again. Default
     /// [`DEFAULT_RECOVERY_GRACE`]; keep it above the longest time a
     /// publisher can spend on handlers (`handler_timeout` × attempts plus
     /// backoff), or a slow run gets a second, concurrent one.
+    ///
+    /// A publisher that is gone does not get it: once the heartbeat of the
+    /// row's [publisher](crate::CommandRecord::publisher) has expired
+    /// (within [`publisher_lease`](Self::publisher_lease) of its death), the
+    /// handlers run at once. The whole grace is waited for rows without a
+    /// publisher (another writer's, older rows) and on a backend that keeps
+    /// no [heartbeats](crate::Heartbeat).
     pub recovery_grace: Duration,
+    /// How long this engine's heartbeat lasts without renewal (renewed
+    /// every third of it while the engine lives): an engine that dies is
+    /// known to be gone, and its unfinished sync publishes are recovered,
+    /// within this. Default [`DEFAULT_PUBLISHER_LEASE`]; at least 100 ms.
+    /// Hosts must keep their clocks synchronized to well within a third of
+    /// it (expiries are compared across hosts).
+    pub publisher_lease: Duration,
     /// How long a used [idempotency key](crate::IdempotencyKey) is held:
     /// a retry within it gets the first result, after it the key is free.
     /// Default [`DEFAULT_IDEMPOTENCY_RETENTION`](crate::DEFAULT_IDEMPOTENCY_RETENTION).
@@ -103,6 +119,8 @@ pub struct EngineConfig {
 pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default [`EngineConfig::recovery_grace`]: 2 minutes.
 pub const DEFAULT_RECOVERY_GRACE: Duration = Duration::from_secs(120);
+/// Default [`EngineConfig::publisher_lease`]: 10 seconds.
+pub const DEFAULT_PUBLISHER_LEASE: Duration = Duration::from_secs(10);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -114,6 +132,7 @@ impl Default for EngineConfig {
             async_dirty_check: true,
             handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             recovery_grace: DEFAULT_RECOVERY_GRACE,
+            publisher_lease: DEFAULT_PUBLISHER_LEASE,
             idempotency_retention: crate::idempotency::DEFAULT_IDEMPOTENCY_RETENTION,
             apply_foreign_commands: false,
         }
@@ -144,6 +163,7 @@ pub(crate) struct EngineInner {
     config: EngineConfig,
     worker: OnceLock<Worker>,
     activity: Arc<Activity>,
+    liveness: Arc<Liveness>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -288,6 +308,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Sets how long this engine's heartbeat lasts without renewal (see
+    /// [`EngineConfig::publisher_lease`]).
+    pub fn publisher_lease(mut self, lease: Duration) -> Self {
+        self.config.publisher_lease = lease;
+        self
+    }
+
     /// Sets how long used idempotency keys are held (see
     /// [`EngineConfig::idempotency_retention`]).
     pub fn idempotency_retention(mut self, retention: Duration) -> Self {
@@ -352,6 +379,7 @@ impl EngineBuilder {
                     handler.name()
                 );
             }
+            let liveness = Arc::new(Liveness::new(storage.clone(), config.publisher_lease));
             let pipeline = Arc::new(Pipeline::new(
                 storage,
                 handlers,
@@ -364,6 +392,7 @@ impl EngineBuilder {
                 config,
                 worker: OnceLock::new(),
                 activity: Arc::default(),
+                liveness,
             }
         });
         Engine { inner }
@@ -425,10 +454,13 @@ impl Engine {
     ///
     /// - `published` (an async publish): [`Engine::process`].
     /// - `applied` (a sync publish or commit whose handlers have not
-    ///   finished): left to its publisher until
+    ///   finished): left to its publisher while it is alive, at most until
     ///   [`recovery_grace`](EngineConfig::recovery_grace) after its
-    ///   publication (this call sleeps until then); still `applied` then, the
-    ///   publisher died or lost its work, and the handlers run again.
+    ///   publication (this call sleeps meanwhile; see
+    ///   [`Engine::left_to_publisher`]). Once its publisher's heartbeat has
+    ///   expired — it died, within
+    ///   [`publisher_lease`](EngineConfig::publisher_lease) of its death —
+    ///   or the grace has passed, the handlers run again.
     /// - `finished` or `failed`: nothing to do.
     ///
     /// Errors as [`Engine::process`]: call again later. A caller that knows
@@ -450,16 +482,42 @@ impl Engine {
         version: u64,
         inserted: CommandStatus,
     ) -> Result<CommandStatus> {
-        let grace = match inserted {
-            CommandStatus::Published => Duration::ZERO,
-            _ => self.inner.config.recovery_grace,
+        let recovery = match inserted {
+            CommandStatus::Published => Recovery::AtOnce,
+            _ => Recovery::AfterPublisher {
+                liveness: &self.inner.liveness,
+                grace: self.inner.config.recovery_grace,
+            },
         };
         let foreign = if self.inner.config.apply_foreign_commands {
             Foreign::Apply
         } else {
             Foreign::Leave
         };
-        self.inner.pipeline.settle(key, version, grace, foreign).await
+        self.inner.pipeline.settle(key, version, recovery, foreign).await
+    }
+
+    /// How much longer the command row `command`, found `applied` (a sync
+    /// publish or commit whose handlers have not finished), is left to its
+    /// publisher: `None` when its recovery is due now — the heartbeat of its
+    /// [publisher](crate::CommandRecord::publisher) has expired or is
+    /// missing, or the [recovery grace](EngineConfig::recovery_grace) since
+    /// its publication has passed — else the time after which to ask again
+    /// (at most until the publisher's heartbeat expires unless renewed).
+    /// [`Engine::settle`] waits this way; a consumer that watches such rows
+    /// itself (the DynamoDB stream consumer) asks it.
+    pub async fn left_to_publisher(&self, command: &CommandRecord) -> Result<Option<Duration>> {
+        self.inner
+            .liveness
+            .left_to_publisher(command, self.inner.config.recovery_grace)
+            .await
+    }
+
+    /// The id this engine stamps on the rows of its sync publishes, with its
+    /// heartbeat written (see [`CommandRecord::publisher`](crate::CommandRecord::publisher));
+    /// `None` when the storage keeps no heartbeats or cannot be reached.
+    pub(crate) async fn publisher_stamp(&self) -> Option<smol_str::SmolStr> {
+        self.inner.liveness.stamp().await
     }
 
     /// Waits until every piece of work started so far has ended: async

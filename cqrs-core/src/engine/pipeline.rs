@@ -12,6 +12,7 @@ use futures::future::join_all;
 use futures::FutureExt as _;
 use tracing::Instrument;
 
+use super::liveness::Liveness;
 use super::records::{context_of, data_item};
 use crate::context::InvocationContext;
 use crate::error::{Error, Result, TransientCause};
@@ -119,6 +120,17 @@ pub(crate) enum Foreign {
     Leave,
 }
 
+/// When [`Pipeline::settle`] runs again the handlers of a command it finds
+/// `applied`.
+#[derive(Clone, Copy)]
+pub(crate) enum Recovery<'a> {
+    /// At once: the row was inserted `published`, so only a pipeline run
+    /// that did not finish left it `applied`.
+    AtOnce,
+    /// Once its publisher is gone, or `grace` after its publication.
+    AfterPublisher { liveness: &'a Liveness, grace: Duration },
+}
+
 pub(crate) struct Pipeline {
     pub(crate) storage: Arc<dyn Storage>,
     handlers: Vec<Arc<dyn DataSyncHandler>>,
@@ -162,7 +174,7 @@ impl Pipeline {
         &self,
         key: &EntityKey,
         version: u64,
-        grace: Duration,
+        recovery: Recovery<'_>,
         foreign: Foreign,
     ) -> Result<CommandStatus> {
         let Some(command) = self.retry.run(|| self.storage.get_command(key, version)).await? else {
@@ -176,18 +188,21 @@ impl Pipeline {
         match command.status {
             CommandStatus::Published => self.process_known(key, version, Some(command)).await,
             CommandStatus::Applied => {
-                // Applied by a sync publish (or a pipeline run) whose handlers
-                // may still be running: give it the grace period to finish.
-                let age = (Utc::now() - command.created_at)
-                    .to_std()
-                    .unwrap_or(Duration::ZERO);
-                if let Some(wait) = grace.checked_sub(age).filter(|w| !w.is_zero()) {
-                    tokio::time::sleep(wait).await;
-                    let again = self.retry.run(|| self.storage.get_command(key, version)).await?;
-                    match again.map(|c| c.status) {
-                        Some(CommandStatus::Applied) => {}
-                        Some(done) => return Ok(done),
-                        None => return Ok(CommandStatus::Applied),
+                // Applied by a sync publish whose handlers may still be
+                // running: left to its publisher while it lives (within the grace).
+                if let Recovery::AfterPublisher { liveness, grace } = recovery {
+                    let mut command = command;
+                    while let Some(wait) = self
+                        .retry
+                        .run(|| liveness.left_to_publisher(&command, grace))
+                        .await?
+                    {
+                        tokio::time::sleep(wait).await;
+                        match self.retry.run(|| self.storage.get_command(key, version)).await? {
+                            Some(again) if again.status == CommandStatus::Applied => command = again,
+                            Some(done) => return Ok(done.status),
+                            None => return Ok(CommandStatus::Applied),
+                        }
                     }
                 }
                 tracing::warn!(pk = %key.pk, sk = %key.sk, version, "command applied but its handlers never completed; running them again");

@@ -32,6 +32,7 @@ pub(crate) fn command_record(
         created_at: now,
         created_by: ctx.user_id.clone(),
         created_ip: ctx.source_ip.clone(),
+        publisher: None,
     }
 }
 

@@ -25,9 +25,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::heartbeat::{Heartbeat, HeartbeatRenewal};
 use crate::idempotency::IdempotencyRecord;
 use crate::keys::EntityKey;
 use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand};
@@ -74,6 +76,10 @@ pub enum Op {
     ListFailures,
     /// [`Storage::put_index_entries`]
     PutIndexEntries,
+    /// [`Storage::renew_heartbeat`]
+    RenewHeartbeat,
+    /// [`Storage::get_heartbeat`]
+    GetHeartbeat,
 }
 
 /// What happens to a call a [`Rule`] selects.
@@ -430,6 +436,23 @@ impl Storage for FaultyStorage {
             self.inner.put_index_entries(key, data_version, indexes, entries)
         })
         .await
+    }
+
+    async fn renew_heartbeat(
+        &self,
+        publisher: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<HeartbeatRenewal> {
+        self.call(Op::RenewHeartbeat, || {
+            self.inner.renew_heartbeat(publisher, expires_at, now)
+        })
+        .await
+    }
+
+    async fn get_heartbeat(&self, publisher: &str) -> Result<Heartbeat> {
+        self.call(Op::GetHeartbeat, || self.inner.get_heartbeat(publisher))
+            .await
     }
 }
 

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use chrono::{DateTime, Utc};
+
 use crate::error::Result;
+use crate::heartbeat::{Heartbeat, HeartbeatRenewal};
 use crate::idempotency::IdempotencyRecord;
 use crate::keys::EntityKey;
 use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand};
@@ -117,5 +120,18 @@ impl Storage for Interleaved {
         entries: &[crate::index::IndexEntry],
     ) -> Result<()> {
         interleave!(self.put_index_entries(key, data_version, indexes, entries))
+    }
+
+    async fn renew_heartbeat(
+        &self,
+        publisher: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<HeartbeatRenewal> {
+        interleave!(self.renew_heartbeat(publisher, expires_at, now))
+    }
+
+    async fn get_heartbeat(&self, publisher: &str) -> Result<Heartbeat> {
+        interleave!(self.get_heartbeat(publisher))
     }
 }

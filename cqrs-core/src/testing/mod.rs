@@ -22,6 +22,7 @@ mod indexes;
 mod interleaved;
 mod keyed_commits;
 mod keyed_races;
+mod liveness;
 mod outbox;
 mod pipeline;
 mod queries;
@@ -51,6 +52,7 @@ pub use indexes::*;
 pub use interleaved::Interleaved;
 pub use keyed_commits::*;
 pub use keyed_races::*;
+pub use liveness::*;
 pub use outbox::*;
 pub use pipeline::*;
 pub use queries::*;
@@ -166,6 +168,9 @@ macro_rules! conformance_tests {
             transient_handler_errors_are_retried_until_they_pass,
             transient_errors_are_found_through_transparent_wrappers,
             settle_finishes_what_a_dead_publisher_left,
+            storage_heartbeats,
+            live_publisher_is_never_taken_over,
+            gone_publisher_is_recovered_within_its_lease,
             numbers_read_back_as_written,
             numbers_outside_the_range_are_rejected,
             numbers_at_the_edges_of_the_range,

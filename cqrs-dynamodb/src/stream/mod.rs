@@ -26,12 +26,16 @@
 //!
 //! A row inserted `applied` usually belongs to a publisher that is running
 //! its handlers right now. The consumer does not hold a concurrency slot for
-//! it: it watches the row (a read every poll interval or so, backing off)
-//! until the publisher marks it done, and settles it only once the engine's
+//! it: it watches the row and its publisher's
+//! [heartbeat](cqrs_core::Heartbeat) (reads every poll interval or so,
+//! backing off; [`Engine::left_to_publisher`](cqrs_core::Engine::left_to_publisher)) until the publisher marks it
+//! done, and settles it once the publisher is gone (its heartbeat expired,
+//! within the [publisher lease](cqrs_core::EngineConfig::publisher_lease)
+//! of its death), or at the latest once the engine's
 //! [recovery grace](cqrs_core::EngineConfig::recovery_grace) after its
-//! publication has passed with the row still `applied` (the publisher died
-//! or lost its work). Meanwhile the entity's later commands wait behind it,
-//! and the shard's checkpoint stays before it.
+//! publication has passed with the row still `applied`. Meanwhile the
+//! entity's later commands wait behind it, and the shard's checkpoint stays
+//! before it.
 //!
 //! # Leases: one consumer per shard
 //!
@@ -371,7 +375,10 @@ impl StreamConsumer {
 
     /// How long a stopping consumer lets the commands it has read finish
     /// (default [`DEFAULT_DRAIN_DEADLINE`], 10 s). What is left stays in the
-    /// stream for the next owner.
+    /// stream for the next owner. A process with a shutdown deadline of its
+    /// own sets this to it, so that one setting bounds the whole drain
+    /// (the last checkpoints and lease releases may take up to 5 s more
+    /// when storage is slow).
     pub fn drain_deadline(mut self, deadline: Duration) -> Self {
         self.config.drain_deadline = deadline;
         self

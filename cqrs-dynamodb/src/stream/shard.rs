@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodbstreams::error::DisplayErrorContext;
-use aws_sdk_dynamodbstreams::types::{AttributeValue, Record, ShardIteratorType};
-use chrono::{DateTime, Utc};
+use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use cqrs_core::{CommandStatus, EntityKey, Error, Result};
 use futures::FutureExt as _;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -45,8 +44,6 @@ pub(crate) enum ShardEnd {
 struct ReadRecord {
     sequence_number: String,
     action: RecordAction,
-    /// When the command was published (its `createdAt`), if readable.
-    created_at: Option<DateTime<Utc>>,
 }
 
 /// How a command of a lane is settled.
@@ -56,9 +53,10 @@ enum Kind {
     Published,
     /// Inserted `applied` by a publisher that runs its handlers itself: its
     /// row is watched (cheap reads, outside the concurrency bound) until the
-    /// publisher marks it done, or until the engine's recovery grace after
-    /// its publication has passed; only then is it settled.
-    Applied(Option<DateTime<Utc>>),
+    /// publisher marks it done, or until its recovery is due (the publisher
+    /// is gone, or the engine's recovery grace after its publication has
+    /// passed); only then is it settled.
+    Applied,
 }
 
 /// What the reader hands over.
@@ -361,7 +359,7 @@ impl Worker {
                     Counters::add(&self.counters().fed, 1);
                     let kind = match inserted {
                         CommandStatus::Published => Kind::Published,
-                        _ => Kind::Applied(record.created_at),
+                        _ => Kind::Applied,
                     };
                     let lane = self.lanes.entry(key.clone()).or_default();
                     lane.push_back((index, version, kind));
@@ -414,11 +412,11 @@ impl Worker {
         };
         match kind {
             Kind::Published => self.ready.push_back(key),
-            Kind::Applied(created_at) => {
+            Kind::Applied => {
                 let shared = self.shared.clone();
                 let shard_id = self.shard_id.clone();
                 self.running.spawn(async move {
-                    if publisher_done(&shared, &shard_id, &key, version, created_at).await {
+                    if publisher_done(&shared, &shard_id, &key, version).await {
                         Counters::add(&shared.monitor.counters().settled, 1);
                     } else {
                         settle(&shared, &shard_id, &key, version, CommandStatus::Applied).await;
@@ -523,54 +521,46 @@ impl Worker {
 }
 
 /// Watches the row of a command inserted `applied` until its publisher marks
-/// it done (`true`: nothing left to do), or until the engine's recovery grace
-/// after `created_at` has passed (`false`: settle it). Cheap reads, with
-/// growing waits; read errors are retried like settle errors.
-async fn publisher_done(
-    shared: &Shared,
-    shard_id: &str,
-    key: &EntityKey,
-    version: u64,
-    created_at: Option<DateTime<Utc>>,
-) -> bool {
-    let grace = shared.engine.config().recovery_grace;
-    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    let deadline = created_at.unwrap_or_else(Utc::now).checked_add_signed(grace);
+/// it done (`true`: nothing left to do), or until its recovery is due
+/// ([`Engine::left_to_publisher`](cqrs_core::Engine::left_to_publisher):
+/// its publisher is gone, or the recovery grace has passed; `false`: settle
+/// it). Cheap reads, with growing waits; read errors are retried like
+/// settle errors.
+async fn publisher_done(shared: &Shared, shard_id: &str, key: &EntityKey, version: u64) -> bool {
     let mut attempt: u32 = 0;
     let mut failures: u32 = 0;
     loop {
-        let left = match deadline {
-            Some(deadline) => match (deadline - Utc::now()).to_std() {
-                Ok(left) if !left.is_zero() => left,
-                _ => return false,
-            },
-            None => Duration::MAX,
-        };
-        let wait = match shared.engine.storage().get_command(key, version).await {
+        let watched = match shared.engine.storage().get_command(key, version).await {
             Ok(None) => return true,
             Ok(Some(command)) => match command.status {
                 CommandStatus::Finished | CommandStatus::Failed => return true,
                 CommandStatus::Published => return false,
-                CommandStatus::Applied => {
-                    attempt = attempt.saturating_add(1);
-                    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(30));
-                    shared
-                        .config
-                        .poll_interval
-                        .saturating_mul(factor)
-                        .min(shared.config.max_backoff)
-                }
+                CommandStatus::Applied => shared.engine.left_to_publisher(&command).await,
             },
+            Err(error) => Err(error),
+        };
+        let wait = match watched {
+            Ok(None) => return false,
+            Ok(Some(left)) => {
+                attempt = attempt.saturating_add(1);
+                let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(30));
+                shared
+                    .config
+                    .poll_interval
+                    .saturating_mul(factor)
+                    .min(shared.config.max_backoff)
+                    .min(left)
+            }
             Err(error) => {
                 failures = failures.saturating_add(1);
                 Counters::add(&shared.monitor.counters().retries, 1);
                 let wait = shared.config.backoff(failures);
                 tracing::warn!(shard = shard_id, pk = %key.pk, sk = %key.sk, version, attempt = failures, %error, ?wait,
-                    "command row not read; trying again");
+                    "command row or its publisher's heartbeat not read; trying again");
                 wait
             }
         };
-        tokio::time::sleep(wait.min(left)).await;
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -654,7 +644,6 @@ async fn read_shard(
             batch.push(ReadRecord {
                 sequence_number: sequence_number.to_owned(),
                 action: classify_record(record).for_engine(&shared.engine),
-                created_at: created_at(record),
             });
             position = Some(sequence_number.to_owned());
         }
@@ -684,16 +673,6 @@ async fn read_shard(
                 tokio::task::yield_now().await;
             }
         }
-    }
-}
-
-/// The `createdAt` of the record's new image, if readable.
-fn created_at(record: &Record) -> Option<DateTime<Utc>> {
-    match record.dynamodb()?.new_image()?.get("createdAt") {
-        Some(AttributeValue::S(at)) => DateTime::parse_from_rfc3339(at)
-            .ok()
-            .map(|at| at.with_timezone(&Utc)),
-        _ => None,
     }
 }
 

@@ -77,18 +77,21 @@ struct Cli {
     /// Seconds a handler run may take before it counts as failed.
     #[arg(long, global = true, value_name = "SECS", default_value_t = ecommerce::shop::HANDLER_TIMEOUT.as_secs_f64())]
     handler_timeout: f64,
-    /// Seconds an unfinished sync publish is left to its publisher before
-    /// the stream consumer finishes it.
+    /// Seconds an unfinished sync publish is left at most to a publisher that
+    /// is alive before the stream consumer finishes it (a publisher that died
+    /// is known to be gone within --lease-duration, and its work finished then).
     #[arg(long, global = true, value_name = "SECS", default_value_t = cqrs_core::DEFAULT_RECOVERY_GRACE.as_secs_f64())]
     recovery_grace: f64,
-    /// Seconds a stream shard lease lasts without renewal: a dead replica's
-    /// shards are taken over after about this long.
+    /// Seconds a stream shard lease and this process's publisher heartbeat
+    /// last without renewal: a dead replica's shards are taken over, and its
+    /// interrupted sync publishes finished, after about this long.
     #[arg(long, global = true, value_name = "SECS", default_value_t = cqrs_dynamodb::stream::DEFAULT_LEASE_DURATION.as_secs_f64())]
     lease_duration: f64,
     /// Seconds a request may take before it is answered 503.
     #[arg(long, global = true, value_name = "SECS", default_value_t = ecommerce::http::DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
     request_timeout: f64,
-    /// Seconds a shutdown waits for work in flight before leaving it to the stream.
+    /// Seconds a shutdown waits for work in flight (requests' publishes and
+    /// the stream consumer's commands, together) before leaving it to the stream.
     #[arg(long, global = true, value_name = "SECS", default_value_t = 10.0)]
     drain_timeout: f64,
 }
@@ -195,6 +198,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         },
         handler_timeout: seconds("handler-timeout", cli.handler_timeout)?,
         recovery_grace: seconds("recovery-grace", cli.recovery_grace)?,
+        publisher_lease: seconds("lease-duration", cli.lease_duration)?,
     };
     // The secret first: a server that must not start connects to nothing.
     let auth = match command {
@@ -221,15 +225,15 @@ async fn run(cli: Cli) -> Result<(), String> {
             Shop::with_config(Arc::new(dynamodb.storage.clone()), config)
         }
     };
+    let drain = seconds("drain-timeout", cli.drain_timeout)?;
     let consumer = match (&backend, pipeline) {
         (Some(dynamodb), Pipeline::Stream) => Some(
             dynamodb
-                .consumer(&shop, seconds("lease-duration", cli.lease_duration)?)
+                .consumer(&shop, seconds("lease-duration", cli.lease_duration)?, drain)
                 .await?,
         ),
         _ => None,
     };
-    let drain = seconds("drain-timeout", cli.drain_timeout)?;
     match command {
         Command::Serve => {
             let timeout = seconds("request-timeout", cli.request_timeout)?;
@@ -268,15 +272,22 @@ struct Dynamodb {
 }
 
 impl Dynamodb {
-    /// The shop's stream consumer, checked against the table.
-    async fn consumer(&self, shop: &Shop, lease_duration: Duration) -> Result<StreamConsumer, String> {
+    /// The shop's stream consumer, checked against the table; a stop lets
+    /// the commands it has read finish within `drain`.
+    async fn consumer(
+        &self,
+        shop: &Shop,
+        lease_duration: Duration,
+        drain: Duration,
+    ) -> Result<StreamConsumer, String> {
         let consumer = StreamConsumer::new(
             shop.engine.clone(),
             self.storage.client().clone(),
             self.streams.clone(),
             self.storage.tables().clone(),
         )
-        .lease_duration(lease_duration);
+        .lease_duration(lease_duration)
+        .drain_deadline(drain);
         consumer
             .check()
             .await
@@ -397,18 +408,25 @@ async fn serve(
     let app = ecommerce::http::router_with_timeout(shop.clone(), auth, request_timeout);
     let result = ecommerce::http::serve_until(listener, app, shutdown_signal()).await;
     tracing::info!("server stopped; letting the work in flight finish");
-    if tokio::time::timeout(drain, shop.engine.wait_idle())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            in_flight = shop.engine.in_flight(),
-            "work still in flight after {drain:?}; the stream has it"
-        );
-    }
-    if let Some(consumer) = consumer {
-        consumer.stop().await;
-    }
+    // One drain for the whole process: the requests' work and the stream
+    // consumer's (whose drain deadline is `drain` too) finish side by side.
+    let requests_work = async {
+        if tokio::time::timeout(drain, shop.engine.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = shop.engine.in_flight(),
+                "work still in flight after {drain:?}; the stream has it"
+            );
+        }
+    };
+    let consumer_stopped = async {
+        if let Some(consumer) = consumer {
+            consumer.stop().await;
+        }
+    };
+    tokio::join!(requests_work, consumer_stopped);
     result.map_err(|e| format!("the server failed: {e}"))
 }
 

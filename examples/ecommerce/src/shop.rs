@@ -43,9 +43,13 @@ pub struct ShopConfig {
     pub dispatch: AsyncDispatch,
     /// Longest run of the order handler before it counts as failed.
     pub handler_timeout: Duration,
-    /// How long an unfinished sync publish is left to its publisher before
-    /// the stream consumer finishes it.
+    /// How long an unfinished sync publish is left at most to a publisher
+    /// that is alive before the stream consumer finishes it.
     pub recovery_grace: Duration,
+    /// How long this process's publisher heartbeat lasts without renewal:
+    /// once it has died, its unfinished sync publishes are finished by the
+    /// stream within about this.
+    pub publisher_lease: Duration,
 }
 
 /// The order handler's default timeout: its reservations wait for their
@@ -60,6 +64,7 @@ impl Default for ShopConfig {
             dispatch: AsyncDispatch::InProcess,
             handler_timeout: HANDLER_TIMEOUT,
             recovery_grace: cqrs_core::DEFAULT_RECOVERY_GRACE,
+            publisher_lease: cqrs_core::DEFAULT_PUBLISHER_LEASE,
         }
     }
 }
@@ -87,6 +92,7 @@ impl Shop {
             .dispatch(config.dispatch)
             .handler_timeout(config.handler_timeout)
             .recovery_grace(config.recovery_grace)
+            .publisher_lease(config.publisher_lease)
             .indexes(order_indexes())
             .handler_with(move |services| OrderSyncHandler::with_desk(services.clone(), handler_desk))
             .handler_with(move |services| ClaimingNotifier::relay(services.clone(), transport))

@@ -90,16 +90,22 @@ struct Server {
 }
 
 impl Server {
-    /// Starts `ecommerce serve` on DynamoDB at `endpoint`, tables `prefix`.
+    /// Starts `ecommerce serve` on DynamoDB at `endpoint`, tables `prefix`,
+    /// with the tests' [`SERVER_ARGS`] and `extra`.
     async fn start(endpoint: &str, prefix: &str, extra: &[&str]) -> Server {
+        let args: Vec<&str> = SERVER_ARGS.iter().chain(extra).copied().collect();
+        Server::start_with(endpoint, prefix, &args).await
+    }
+
+    /// Starts `ecommerce serve` with `args` only: the defaults for the rest.
+    async fn start_with(endpoint: &str, prefix: &str, args: &[&str]) -> Server {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("ecommerce-{prefix}-{port}.log"));
         let child = Command::new(binary())
             .args(["serve", "--backend", "dynamodb", "--pipeline", "stream"])
             .args(["--dynamodb-endpoint", endpoint, "--table-prefix", prefix])
             .args(["--addr", &format!("127.0.0.1:{port}")])
-            .args(SERVER_ARGS)
-            .args(extra)
+            .args(args)
             .env(SECRET_ENV, SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -550,6 +556,7 @@ fn prefix(test: &str) -> String {
 
 /// SIGKILL of the server in the middle of a burst of orders, then a
 /// restart, three times: every order that got a 201 is applied and settled.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_burst_loses_nothing() {
     let Some(endpoint) = dynamodb() else { return };
@@ -584,6 +591,7 @@ async fn kill_9_mid_burst_loses_nothing() {
 
 /// SIGTERM while the stream still holds work, with a short drain: the
 /// server exits 0, and what it had not finished is finished after a restart.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_with_a_backlog_strands_nothing() {
     let Some(endpoint) = dynamodb() else { return };
@@ -618,6 +626,7 @@ async fn sigterm_with_a_backlog_strands_nothing() {
 /// DynamoDB Local killed while orders come in, restarted from its files
 /// five seconds later: the server rides it out without a restart, and every
 /// order it accepted settles.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn dynamodb_outage_mid_run_strands_nothing() {
     if dynamodb().is_none() || !cqrs_dynamodb::testing::LocalDynamo::available() {
@@ -655,6 +664,7 @@ async fn dynamodb_outage_mid_run_strands_nothing() {
 /// Clients that give up on `PATCH /orders/{code}/status` (cancelled) after a
 /// few milliseconds: whether or not the cancellation was written, no order
 /// ends cancelled with its stock still held.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn dropped_status_requests_hold_no_stock() {
     let Some(endpoint) = dynamodb() else { return };
@@ -704,6 +714,7 @@ async fn dropped_status_requests_hold_no_stock() {
 /// client drops the connection right after sending, or gives up after a few
 /// milliseconds — then retried with the same key until it is answered:
 /// exactly one order exists per key, the one the retry was told about.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_answers_to_keyed_orders_place_each_order_once() {
     let Some(endpoint) = dynamodb() else { return };
@@ -813,6 +824,7 @@ async fn lost_answers_to_keyed_orders_place_each_order_once() {
 /// Read-your-writes on the stream pipeline: right after `POST /orders`,
 /// `GET /orders/{code}` answers 200 with the order, whether or not the
 /// stream consumer has applied it yet.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn an_order_reads_back_at_once_on_the_stream_pipeline() {
     let Some(endpoint) = dynamodb() else { return };
@@ -898,6 +910,7 @@ fn pid_of(owner: &str) -> Option<u32> {
 /// Two replicas started together on fresh tables both come up; the one
 /// holding the stream's lease is killed mid-burst; the other takes its
 /// shards over and every order accepted by either settles, once.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_survive_the_death_of_the_lease_holder() {
     let Some(endpoint) = dynamodb() else { return };
@@ -966,4 +979,197 @@ async fn two_replicas_survive_the_death_of_the_lease_holder() {
     counts.assert_clean("replica killed");
     // Lease 2 s: taken over within the lease, a poll and the time to notice.
     assert!(takeover < Duration::from_secs(10), "takeover took {takeover:?}");
+}
+
+/// The versions of the accepted orders left `applied` by a sync publish
+/// (they name their publisher): the handler runs a kill interrupted.
+async fn interrupted_sync_publishes(inspector: &Inspector, accepted: &[String]) -> usize {
+    let mut interrupted = 0;
+    for code in accepted {
+        let key = cqrs_core::EntityKey::new(tenant_pk(TENANT), format!("ORDER#{code}"));
+        let versions = CommandService::list_versions(&inspector.shop.engine, &key, &inspector.ctx)
+            .await
+            .expect("listed");
+        interrupted += versions
+            .iter()
+            .filter(|c| c.status == cqrs_core::CommandStatus::Applied && c.publisher.is_some())
+            .count();
+    }
+    interrupted
+}
+
+/// Cancels every order of `codes` at once (`PATCH /orders/{code}/status`:
+/// a sync publish whose handler releases the stock in the request); `on_answered`
+/// is told the running count of answers.
+async fn cancel_burst(url: &str, codes: &[String], on_answered: impl Fn(usize) + Send + Sync + 'static) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let answered = Arc::new(AtomicUsize::new(0));
+    let on_answered = Arc::new(on_answered);
+    let token = token();
+    let tasks: Vec<_> = codes
+        .iter()
+        .map(|code| {
+            let (client, token, answered, on_answered) = (
+                client.clone(),
+                token.clone(),
+                answered.clone(),
+                on_answered.clone(),
+            );
+            let url = format!("{url}/orders/{code}/status");
+            tokio::spawn(async move {
+                let response = client
+                    .patch(url)
+                    .bearer_auth(token)
+                    .json(&json!({ "status": "cancelled" }))
+                    .send()
+                    .await;
+                if response.is_ok() {
+                    on_answered(answered.fetch_add(1, Ordering::SeqCst) + 1);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// SIGKILL of a server with the default settings (2-minute recovery grace,
+/// 10 s leases) while the handlers of its sync publishes run (a burst of
+/// cancellations, each releasing its order's stock in the request), then a
+/// restart: the publishes the kill interrupted are finished once the dead
+/// process's heartbeat has expired, not after the recovery grace, and every
+/// order settles within 30 s of the restart.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_pipeline_settles_within_30_s_with_default_settings() {
+    let Some(endpoint) = dynamodb() else { return };
+    let prefix = prefix("liveness");
+    let inspector = Inspector::new(&endpoint, &prefix);
+    let mut server = Server::start_with(&endpoint, &prefix, &[]).await;
+    let accepted = burst(&[server.url.clone()], 30, |_| {}).await;
+    let (counts, _) = settle_and_audit(&inspector, &accepted).await;
+    counts.assert_clean("orders placed");
+    let pid = server.pid();
+    cancel_burst(&server.url, &accepted, move |n| {
+        if n == 5 {
+            // 5 answered, the other cancellations mid-flight.
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    })
+    .await;
+    server.kill();
+    let interrupted = interrupted_sync_publishes(&inspector, &accepted).await;
+    report(format!(
+        "kill -9 with default settings: {} orders, {interrupted} sync publishes interrupted mid-pipeline",
+        accepted.len()
+    ));
+    assert!(interrupted > 0, "the kill landed while handlers ran");
+    let restarted = Instant::now();
+    let _server = Server::start_with(&endpoint, &prefix, &[]).await;
+    let started_in = restarted.elapsed();
+    let (counts, settle_time) = settle_and_audit(&inspector, &accepted).await;
+    let settled_after_restart = started_in + settle_time;
+    let left = interrupted_sync_publishes(&inspector, &accepted).await;
+    report(format!(
+        "kill -9 with default settings: {counts:?}, {interrupted} interrupted sync publishes ({left} left); \
+         settled {settled_after_restart:?} after the restart (up {started_in:?} after it)"
+    ));
+    counts.assert_clean("kill -9 mid-pipeline with default settings");
+    assert_eq!(left, 0, "every interrupted publish finished");
+    assert!(
+        settled_after_restart <= Duration::from_secs(30),
+        "settled within 30 s of the restart: {settled_after_restart:?}"
+    );
+}
+
+/// A handler that takes a minute: its publisher is busy (and alive) for that long.
+struct BusyHandler;
+
+#[async_trait::async_trait]
+impl cqrs_core::DataSyncHandler for BusyHandler {
+    fn name(&self) -> &str {
+        "busy"
+    }
+
+    fn interest(&self) -> cqrs_core::Interest {
+        cqrs_core::Interest::SkPrefix("DRAIN#".into())
+    }
+
+    async fn handle(&self, _: &cqrs_core::DataSyncEvent) -> Result<(), cqrs_core::BoxError> {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(())
+    }
+}
+
+/// SIGTERM with `--drain-timeout 3` while the server's stream consumer
+/// holds a command it cannot finish (its publisher, this test, is alive and
+/// busy with its handler): the whole process drains within the one
+/// deadline — the consumer's drain included — and exits 0.
+#[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_within_the_drain_timeout() {
+    let Some(endpoint) = dynamodb() else { return };
+    let prefix = prefix("drain");
+    let mut server = Server::start_with(&endpoint, &prefix, &["--drain-timeout", "3"]).await;
+    let leased = Instant::now();
+    while lease_owners(&endpoint, &prefix).await.is_empty() {
+        assert!(
+            leased.elapsed() < Duration::from_secs(30),
+            "the consumer leased the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let storage = DynamoDbStorage::new(
+        local_client(&endpoint),
+        ecommerce::shop::dynamodb_tables(TableNames::with_prefix(&prefix)),
+    );
+    let publisher = cqrs_core::Engine::builder(Arc::new(storage))
+        .dispatch(AsyncDispatch::External)
+        .handler_timeout(Duration::from_secs(120))
+        .handler(BusyHandler)
+        .build();
+    let ctx = InvocationContext::new(TENANT, "drain-tester");
+    let publish = tokio::spawn({
+        let publisher = publisher.clone();
+        let ctx = ctx.clone();
+        async move {
+            let command =
+                cqrs_core::CommandInput::new(tenant_pk(TENANT), "DRAIN#1").attributes(json!({ "n": 1 }));
+            CommandService::publish_sync(&publisher, command, &ctx).await
+        }
+    });
+    let key = cqrs_core::EntityKey::new(tenant_pk(TENANT), "DRAIN#1");
+    let written = Instant::now();
+    while publisher
+        .storage()
+        .get_command(&key, 1)
+        .await
+        .expect("read")
+        .is_none()
+    {
+        assert!(
+            written.elapsed() < Duration::from_secs(30),
+            "the command was written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The consumer reads it (it polls every second) and watches its publisher.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let shutdown = server.terminate().await;
+    report(format!(
+        "SIGTERM with --drain-timeout 3: exited 0 in {shutdown:?}"
+    ));
+    publish.abort();
+    assert!(
+        shutdown >= Duration::from_millis(2500),
+        "the consumer held the command and drained for the deadline: {shutdown:?}"
+    );
+    assert!(
+        shutdown < Duration::from_secs(6),
+        "the process ended within about the drain timeout (3 s): {shutdown:?}"
+    );
 }
