@@ -351,8 +351,9 @@ async fn keyed_publishes_cost_no_request_more() {
     );
     assert_eq!(
         log.take(),
-        ops(&["GetItem", "GetItem", "GetItem"]),
-        "keyed publish_sync, retry: data row (version 1 exists: conflict), key row, data row of the first result"
+        ops(&["GetItem", "GetItem", "GetItem", "GetItem"]),
+        "keyed publish_sync, retry: data row (version 1 exists: conflict), key row, data row of the first \
+         result, its command row (how its handlers ended)"
     );
 
     let keyed = || {

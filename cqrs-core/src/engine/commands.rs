@@ -5,14 +5,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use futures::future::try_join_all;
 use tracing::Instrument;
 
 use super::idempotent::Keyed;
 use super::landed::WriteId;
 use super::pipeline::HandlerRun;
-use super::records::{command_record, data_item};
+use super::records::{command_record, command_time, data_item};
 use super::validate::{check_command, check_key, check_size, check_size_as_data, check_transaction_size};
 use super::Engine;
 use crate::context::InvocationContext;
@@ -96,7 +95,7 @@ impl Engine {
             return Ok(Prepared::Unchanged(Box::new(current.clone())));
         }
         let version = next_version(key, base)?;
-        let mut record = command_record(command, version, CommandStatus::Applied, ctx, Utc::now());
+        let mut record = command_record(command, version, CommandStatus::Applied, ctx, command_time());
         // With no handler to run, the command is done once written: a stream
         // consumer then has nothing to check.
         if !self.inner.pipeline.has_handlers_for(&record) {
@@ -345,7 +344,7 @@ impl Engine {
             next_version(key, base_version)?,
             CommandStatus::Published,
             ctx,
-            Utc::now(),
+            command_time(),
         );
         // The row the pipeline will write is the data row, which is larger.
         check_size_as_data(&self.storage_ref().limits(), &record)?;
