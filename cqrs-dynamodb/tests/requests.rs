@@ -372,9 +372,16 @@ async fn keyed_publishes_cost_no_request_more() {
     assert_eq!(retry.get().request_id, first.get().request_id);
     assert_eq!(
         log.take(),
-        ops(&["TransactWriteItems", "BatchGetItem", "GetItem", "GetItem"]),
+        ops(&[
+            "TransactWriteItems",
+            "BatchGetItem",
+            "GetItem",
+            "GetItem",
+            "GetItem"
+        ]),
         "keyed publish_async (create), retry: the write conflicts, its latest version \
-         (versions 1 and 2), key row, the first command"
+         (versions 1 and 2), the row at its version (did this write land? another's), key row, \
+         the first command"
     );
 }
 
