@@ -927,6 +927,28 @@ pub enum Handled {
 }
 
 impl Handled {
+    /// How the handlers of a command stored with `status` stand now: what a
+    /// keyed retry reports of its first publish. `interested` says whether a
+    /// handler wants an `applied` command (then its handlers have not
+    /// finished); `failures` reads its failure record, only when it failed.
+    pub(crate) async fn of_stored<F, Fut>(
+        status: CommandStatus,
+        interested: bool,
+        failures: F,
+    ) -> Result<Handled>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<HandlerFailure>>>,
+    {
+        Ok(match status {
+            CommandStatus::Finished => Handled::Finished,
+            CommandStatus::Failed => Handled::Failed(failures().await?),
+            CommandStatus::Published => Handled::Later,
+            CommandStatus::Applied if interested => Handled::Recovering,
+            CommandStatus::Applied => Handled::Finished,
+        })
+    }
+
     /// `true` when a handler failed for good ([`Handled::Failed`]).
     pub fn is_failed(&self) -> bool {
         matches!(self, Handled::Failed(_))

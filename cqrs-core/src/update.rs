@@ -12,8 +12,7 @@ use crate::handle::Services;
 use crate::idempotency::{fingerprint, IdempotencyKey};
 use crate::keys::EntityKey;
 use crate::model::{
-    CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, Handled, Published, Synced,
-    Updated,
+    CommandInput, CommandRecord, DataItem, ExpectedVersion, Handled, Published, Synced, Updated,
 };
 
 /// A read-modify-write of one entity, configured: from [`Services::update`].
@@ -540,18 +539,15 @@ async fn handled_so_far(
     first: &CommandRecord,
     ctx: &InvocationContext,
 ) -> Result<Handled, Error> {
-    Ok(match first.status {
-        CommandStatus::Finished => Handled::Finished,
-        CommandStatus::Published => Handled::Later,
-        CommandStatus::Applied => Handled::Recovering,
-        CommandStatus::Failed => {
-            let failures = services.commands.list_failures(ctx).await?;
-            let failed = failures
-                .into_iter()
-                .find(|f| f.key() == first.key() && f.version == first.version);
-            Handled::Failed(failed.map(|f| f.failures).unwrap_or_default())
-        }
+    // A sync publish's row still `applied` has handlers that did not finish.
+    Handled::of_stored(first.status, true, || async {
+        let failures = services.commands.list_failures(ctx).await?;
+        let failed = failures
+            .into_iter()
+            .find(|f| f.key() == first.key() && f.version == first.version);
+        Ok(failed.map(|f| f.failures).unwrap_or_default())
     })
+    .await
 }
 
 /// Waits a random time below the policy's backoff for `attempt`, so that

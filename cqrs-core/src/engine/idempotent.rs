@@ -18,9 +18,7 @@ use crate::context::InvocationContext;
 use crate::error::{Error, Result};
 use crate::idempotency::{Fingerprint, IdempotencyKey, IdempotencyRecord};
 use crate::keys::EntityKey;
-use crate::model::{
-    CommandInput, CommandRecord, CommandStatus, DataItem, Handled, PartialUpdate, Published, Synced,
-};
+use crate::model::{CommandInput, CommandRecord, DataItem, Handled, PartialUpdate, Published, Synced};
 
 /// An idempotency key with its fingerprint worked out.
 pub(crate) struct Keyed {
@@ -193,16 +191,12 @@ impl Engine {
             // Expired after it was applied: done long ago.
             return Ok(Handled::Finished);
         };
-        Ok(match command.status {
-            CommandStatus::Finished => Handled::Finished,
-            CommandStatus::Failed => {
-                let failure = self.storage_ref().get_failure(entity, version).await?;
-                Handled::Failed(failure.map(|f| f.failures).unwrap_or_default())
-            }
-            CommandStatus::Published => Handled::Later,
-            CommandStatus::Applied if self.inner.pipeline.has_handlers_for(&command) => Handled::Recovering,
-            CommandStatus::Applied => Handled::Finished,
+        let interested = self.inner.pipeline.has_handlers_for(&command);
+        Handled::of_stored(command.status, interested, || async {
+            let failure = self.storage_ref().get_failure(entity, version).await?;
+            Ok(failure.map(|f| f.failures).unwrap_or_default())
         })
+        .await
     }
 
     /// The live row of a keyed publish's key when its outcome may be a
