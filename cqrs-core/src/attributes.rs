@@ -11,6 +11,7 @@ use serde_json::{Map, Number, Value};
 use smol_str::SmolStr;
 
 use crate::error::{Error, Result};
+use crate::canonical::write_string;
 use crate::numbers::Integral;
 
 /// The attributes of an entity: a JSON value, usually an object.
@@ -79,7 +80,34 @@ impl Attributes {
     }
 
     /// The attributes of any serializable value.
+    ///
+    /// The value is written straight into the canonical text, without a
+    /// [`Value`] tree: the text is the one the `Value` of the same content
+    /// has, byte for byte. Numbers outside DynamoDB's range are refused
+    /// when the attributes are published, naming the field.
+    ///
+    /// ```
+    /// use cqrs_core::Attributes;
+    ///
+    /// #[derive(serde::Serialize)]
+    /// #[serde(rename_all = "camelCase")]
+    /// struct Product { price: f64, code: String, stock_level: u32 }
+    ///
+    /// let attributes = Attributes::from_serialize(&Product { price: 30.0, code: "PRD-1".into(), stock_level: 4 })?;
+    /// assert_eq!(attributes.json(), r#"{"code":"PRD-1","price":30,"stockLevel":4}"#);
+    /// # Ok::<(), cqrs_core::Error>(())
+    /// ```
     pub fn from_serialize<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
+        if let Ok(json) = crate::canonical::to_canonical(value) {
+            return Ok(Self {
+                json: OnceLock::from(json),
+                value: OnceLock::new(),
+                normalized: true,
+                patch: None,
+            });
+        }
+        // What the direct writer leaves (errors, raw values, float keys):
+        // through a `Value`, whose errors name what is wrong.
         serde_json::to_value(value)
             .map(Self::from)
             .map_err(|e| Error::invalid("attributes", e.to_string()))
@@ -586,87 +614,6 @@ fn write_number(number: &Number, out: &mut Vec<u8>, numbers: &mut Numbers) {
             // Floats as serde_json writes them (shortest round trip).
             None => {
                 let _ = serde_json::to_writer(&mut *out, number);
-            }
-        }
-    }
-}
-
-/// Which bytes a JSON string escapes: `"`, `\\` and the control characters.
-static ESCAPED: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut byte = 0;
-    while byte < 0x20 {
-        table[byte] = true;
-        byte += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
-
-/// `text` as a JSON string, escaped as serde_json escapes: `"`, `\\` and
-/// the control characters, nothing else.
-fn write_string(text: &str, out: &mut Vec<u8>) {
-    let bytes = text.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    // Most strings need no escape: one copy.
-    match first_escaped(bytes) {
-        None => out.extend_from_slice(bytes),
-        Some(first) => write_escaped(bytes, first, out),
-    }
-    out.push(b'"');
-}
-
-/// The position of the first byte to escape, eight bytes at a time.
-fn first_escaped(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    // A zero byte in `word` sets the high bit of its byte in the result
-    // (the classic test: exact for "is there one", and the chunk is then
-    // searched byte by byte, so a false position cannot mislead).
-    let zero_in = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
-    let mut chunks = bytes.chunks_exact(8);
-    let mut offset = 0;
-    for chunk in &mut chunks {
-        let word = u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8]));
-        let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
-        let quote = zero_in(word ^ (ONES * u64::from(b'"')));
-        let backslash = zero_in(word ^ (ONES * u64::from(b'\\')));
-        if control | quote | backslash != 0 {
-            if let Some(i) = chunk.iter().position(|&b| ESCAPED[usize::from(b)]) {
-                return Some(offset + i);
-            }
-        }
-        offset += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| ESCAPED[usize::from(b)])
-        .map(|i| offset + i)
-}
-
-fn write_escaped(bytes: &[u8], first: usize, out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.extend_from_slice(&bytes[..first]);
-    for &byte in &bytes[first..] {
-        if !ESCAPED[usize::from(byte)] {
-            out.push(byte);
-            continue;
-        }
-        match byte {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            _ => {
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(byte >> 4)]);
-                out.push(HEX[usize::from(byte & 0xf)]);
             }
         }
     }

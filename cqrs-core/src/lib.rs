@@ -6,6 +6,7 @@
 
 mod attributes;
 mod builders;
+mod canonical;
 mod context;
 mod decorator;
 mod engine;
