@@ -64,6 +64,8 @@ struct Writer {
     entries: Vec<Entry>,
     /// Where an object's text is copied to be written again in key order.
     scratch: Vec<u8>,
+    /// The key order of the structs written lately (see [`KeyOrders`]).
+    orders: KeyOrders,
 }
 
 /// One `"key":value` of an object, by its place in [`Writer::out`].
@@ -78,6 +80,60 @@ struct Entry {
     /// Whether the key was written with escapes (its text then does not
     /// sort as the key does).
     escaped: bool,
+    /// A struct field's name, which is the same `&'static str` every time
+    /// the struct is written: what [`KeyOrders`] recognizes a struct by.
+    field: Option<(usize, usize)>,
+}
+
+/// The order to write an object's entries in: the positions of the
+/// entries kept (the last of equal keys), in key order; `None` when they
+/// are written in order already.
+type Order = Option<Box<[u8]>>;
+
+/// The key order of the structs written lately, so that sorting a struct's
+/// fields costs one look-up after its first time. A struct is recognized
+/// by the addresses of its field names (`&'static str`s, the same each
+/// time), all compared: fields skipped or renamed make another entry.
+struct KeyOrders {
+    slots: Vec<Option<(Box<[(usize, usize)]>, Order)>>,
+}
+
+impl Default for KeyOrders {
+    fn default() -> Self {
+        Self {
+            slots: (0..KeyOrders::SLOTS).map(|_| None).collect(),
+        }
+    }
+}
+
+impl KeyOrders {
+    const SLOTS: usize = 64;
+
+    fn slot(first: (usize, usize), last: (usize, usize), len: usize) -> usize {
+        (first.0 >> 3 ^ last.0 >> 5 ^ len) % Self::SLOTS
+    }
+
+    /// The order known for a struct of these entries (all fields).
+    fn get(&self, entries: &[Entry]) -> Option<&Order> {
+        let (first, last) = (entries.first()?.field?, entries.last()?.field?);
+        match &self.slots[Self::slot(first, last, entries.len())] {
+            Some((known, order))
+                if known.len() == entries.len()
+                    && known.iter().zip(entries).all(|(k, e)| e.field == Some(*k)) =>
+            {
+                Some(order)
+            }
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, fields: Box<[(usize, usize)]>, order: Order) {
+        let (Some(&first), Some(&last)) = (fields.first(), fields.last()) else {
+            return;
+        };
+        let slot = Self::slot(first, last, fields.len());
+        self.slots[slot] = Some((fields, order));
+    }
 }
 
 impl Writer {
@@ -91,7 +147,8 @@ impl Writer {
         });
         // A very large value should not keep its buffers alive.
         if self.out.capacity() > 64 * 1024 {
-            *self = Writer::default();
+            self.out = Vec::new();
+            self.scratch = Vec::new();
         }
         text
     }
@@ -124,8 +181,9 @@ impl Writer {
         self.entries.len()
     }
 
-    /// Writes `key` and notes the entry it starts.
-    fn begin_entry(&mut self, mark: usize, key: &str) {
+    /// Writes `key` and notes the entry it starts; `field`: the key is a
+    /// struct's field name.
+    fn begin_entry(&mut self, mark: usize, key: &str, field: bool) {
         if self.entries.len() > mark {
             self.out.push(b',');
         }
@@ -139,6 +197,7 @@ impl Writer {
             key_end,
             end: 0,
             escaped,
+            field: field.then(|| (key.as_ptr() as usize, key.len())),
         });
     }
 
@@ -153,57 +212,82 @@ impl Writer {
     /// order (the last of equal keys kept, as a map keeps it) if they are
     /// not in it.
     fn end_object(&mut self, mark: usize) {
-        let entries = &self.entries[mark..];
-        let sorted = entries
-            .windows(2)
-            .all(|pair| key_of(&self.out, &pair[0]) < key_of(&self.out, &pair[1]))
-            && entries.iter().all(|e| !e.escaped);
-        if !sorted {
-            self.reorder(mark);
+        if self.entries.len() - mark > 1 {
+            self.sort_entries(mark);
         }
         self.entries.truncate(mark);
         self.out.push(b'}');
     }
 
-    fn reorder(&mut self, mark: usize) {
-        let Some(first) = self.entries.get(mark).map(|e| e.start) else {
+    fn sort_entries(&mut self, mark: usize) {
+        let entries = &self.entries[mark..];
+        if let Some(order) = self.orders.get(entries) {
+            write_in_order(&mut self.out, &mut self.scratch, entries, order.as_deref());
             return;
-        };
-        let mut order: Vec<usize> = (mark..self.entries.len()).collect();
-        let out = &self.out;
-        let entries = &self.entries;
-        // Keys with escapes compare by what they say, not by their text.
-        let key = |i: usize| -> std::borrow::Cow<'_, [u8]> {
-            let entry = &entries[i];
-            let text = key_of(out, entry);
+        }
+        let order = key_order(&self.out, entries);
+        write_in_order(&mut self.out, &mut self.scratch, entries, order.as_deref());
+        // A struct's fields: the same order next time. (A map's keys
+        // change from one value to the next.)
+        let fields: Option<Box<[(usize, usize)]>> = entries.iter().map(|e| e.field).collect();
+        if let Some(fields) = fields {
+            self.orders.insert(fields, order);
+        }
+    }
+}
+
+/// Writes `entries` (the last ones of `out`) again, those of `order` in
+/// its order, through `scratch`.
+fn write_in_order(out: &mut Vec<u8>, scratch: &mut Vec<u8>, entries: &[Entry], order: Option<&[u8]>) {
+    let (Some(order), Some(first)) = (order, entries.first().map(|e| e.start)) else {
+        return;
+    };
+    scratch.clear();
+    scratch.extend_from_slice(&out[first..]);
+    out.truncate(first);
+    for (n, &i) in order.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let entry = entries[usize::from(i)];
+        out.extend_from_slice(&scratch[entry.start - first..entry.end - first]);
+    }
+}
+
+/// The order to write `entries` in (see [`Order`]).
+fn key_order(out: &[u8], entries: &[Entry]) -> Order {
+    let in_order = entries.iter().all(|e| !e.escaped)
+        && entries
+            .windows(2)
+            .all(|pair| key_of(out, &pair[0]) < key_of(out, &pair[1]));
+    if in_order {
+        return None;
+    }
+    // Keys with escapes compare by what they say, not by their text.
+    let keys: Vec<std::borrow::Cow<'_, [u8]>> = entries
+        .iter()
+        .map(|entry| {
             if entry.escaped {
                 let decoded: String = serde_json::from_slice(&out[entry.start..=entry.key_end]).unwrap_or_default();
                 std::borrow::Cow::Owned(decoded.into_bytes())
             } else {
-                std::borrow::Cow::Borrowed(text)
+                std::borrow::Cow::Borrowed(key_of(out, entry))
             }
-        };
-        // Stable: of equal keys, the last written comes last.
-        order.sort_by(|&a, &b| key(a).cmp(&key(b)));
-        let mut kept: Vec<usize> = Vec::with_capacity(order.len());
-        for i in order {
-            match kept.last_mut() {
-                Some(last) if key(*last) == key(i) => *last = i,
-                _ => kept.push(i),
-            }
-        }
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&self.out[first..]);
-        self.out.truncate(first);
-        for (n, i) in kept.into_iter().enumerate() {
-            if n > 0 {
-                self.out.push(b',');
-            }
-            let entry = self.entries[i];
-            self.out
-                .extend_from_slice(&self.scratch[entry.start - first..entry.end - first]);
+        })
+        .collect();
+    // Objects of more than 256 entries are left to the `Value` path
+    // (see `Object::entry`): positions fit in a byte.
+    let mut order: Vec<u8> = (0..entries.len()).map(|i| i as u8).collect();
+    // Stable: of equal keys, the last written comes last.
+    order.sort_by(|&a, &b| keys[usize::from(a)].cmp(&keys[usize::from(b)]));
+    let mut kept: Vec<u8> = Vec::with_capacity(order.len());
+    for i in order {
+        match kept.last_mut() {
+            Some(last) if keys[usize::from(*last)] == keys[usize::from(i)] => *last = i,
+            _ => kept.push(i),
         }
     }
+    Some(kept.into_boxed_slice())
 }
 
 /// The text of an entry's key, between its quotes.
@@ -477,8 +561,16 @@ pub(crate) struct Object<'a> {
 }
 
 impl Object<'_> {
-    fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Refused> {
-        self.writer.begin_entry(self.mark, key);
+    fn field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Refused> {
+        self.entry(key, true, value)
+    }
+
+    fn entry<T: Serialize + ?Sized>(&mut self, key: &str, field: bool, value: &T) -> Result<(), Refused> {
+        // Entries are ordered by one-byte positions (see `key_order`).
+        if self.writer.entries.len() - self.mark >= 256 {
+            return Err(refused("an object of more than 256 entries"));
+        }
+        self.writer.begin_entry(self.mark, key, field);
         value.serialize(&mut *self.writer)?;
         self.writer.end_entry();
         Ok(())
@@ -498,7 +590,10 @@ impl ser::SerializeMap for Object<'_> {
     type Error = Refused;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Refused> {
         let key = key.serialize(KeyText)?;
-        self.writer.begin_entry(self.mark, &key);
+        if self.writer.entries.len() - self.mark >= 256 {
+            return Err(refused("an object of more than 256 entries"));
+        }
+        self.writer.begin_entry(self.mark, &key, false);
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Refused> {
@@ -852,7 +947,7 @@ mod tests {
     fn float() -> impl Strategy<Value = f64> {
         prop_oneof![
             1 => any::<f64>(),
-            4 => (-1e30..1e30f64),
+            4 => -1e30..1e30f64,
             4 => (-1_000_000i64..1_000_000).prop_map(|n| n as f64),
             4 => (-1_000_000i64..1_000_000).prop_map(|n| n as f64 / 100.0),
             1 => Just(1e126),
@@ -900,7 +995,7 @@ mod tests {
             proptest::option::of("\\PC{0,5}"),
             proptest::collection::hash_map("[a-z\"]{0,3}", any::<i64>(), 0..4),
             proptest::collection::btree_map(any::<u32>(), proptest::collection::vec(any::<bool>(), 0..3), 0..3),
-            prop_oneof![3 => (i128::from(i64::MIN)..=i128::from(u64::MAX)), 1 => any::<i128>()],
+            prop_oneof![3 => i128::from(i64::MIN)..=i128::from(u64::MAX), 1 => any::<i128>()],
             (any::<char>(), proptest::collection::vec(any::<u8>(), 0..4)),
             // Flattened keys, some of them the struct's own (the last wins).
             proptest::collection::btree_map("[a-z]{1,3}|total|items|status", value(), 0..3),

@@ -25,6 +25,7 @@ mod query;
 mod sequence;
 mod services;
 mod storage;
+mod typed;
 mod update;
 
 #[cfg(feature = "testing")]
@@ -64,7 +65,8 @@ pub use sequence::{
     fiscal_year, Counter, Rotation, SequenceRequest, SequenceValue, DEFAULT_FORMAT, MAX_SUB_CODES,
     SEQUENCE_PK_PREFIX,
 };
-pub use services::{CommandService, DataService, DataServiceExt, SequenceService, Typed};
+pub use services::{CommandService, DataService, SequenceService};
+pub use typed::{CommandServiceExt, DataServiceExt, HasAttributes, StateChange, Typed};
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub use services::{MockCommandService, MockDataService, MockSequenceService};

@@ -893,6 +893,22 @@ impl<T> Published<T> {
             Published::Written(value) | Published::Unchanged(value) => value,
         }
     }
+
+    /// The same outcome with the value mapped by `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Published<U> {
+        match self {
+            Published::Written(value) => Published::Written(f(value)),
+            Published::Unchanged(value) => Published::Unchanged(f(value)),
+        }
+    }
+
+    /// The same outcome with the value mapped by `f`, which may fail.
+    pub fn try_map<U, E>(self, f: impl FnOnce(T) -> std::result::Result<U, E>) -> std::result::Result<Published<U>, E> {
+        Ok(match self {
+            Published::Written(value) => Published::Written(f(value)?),
+            Published::Unchanged(value) => Published::Unchanged(f(value)?),
+        })
+    }
 }
 
 impl Published<DataItem> {
@@ -966,6 +982,10 @@ impl Handled {
 /// What a synchronous publish did: the data item after it, whether it was
 /// written, and how its handlers ended.
 ///
+/// `I` is the item: a [`DataItem`], or a [`Typed`](crate::Typed) item of
+/// your own type from [`publish_sync_typed`](crate::CommandServiceExt::publish_sync_typed)
+/// or [`Synced::typed`].
+///
 /// ```
 /// use cqrs_core::{DataItem, Handled, Published, Synced};
 ///
@@ -981,30 +1001,30 @@ impl Handled {
 /// # report(Synced::new(Published::Written(item), Handled::Finished));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct Synced {
-    published: Published<DataItem>,
+pub struct Synced<I = DataItem> {
+    published: Published<I>,
     handled: Handled,
 }
 
-impl Synced {
+impl<I> Synced<I> {
     /// A result of a publish (to build the answers of a mock service).
-    pub fn new(published: Published<DataItem>, handled: Handled) -> Self {
+    pub fn new(published: Published<I>, handled: Handled) -> Self {
         Self { published, handled }
     }
 
     /// A newly written item whose handlers finished: the common answer of
     /// a mock service.
-    pub fn finished(item: DataItem) -> Self {
+    pub fn finished(item: I) -> Self {
         Self::new(Published::Written(item), Handled::Finished)
     }
 
     /// Whether the publish wrote a new version, and the item after it.
-    pub fn published(&self) -> &Published<DataItem> {
+    pub fn published(&self) -> &Published<I> {
         &self.published
     }
 
     /// [`Synced::published`], by value.
-    pub fn into_published(self) -> Published<DataItem> {
+    pub fn into_published(self) -> Published<I> {
         self.published
     }
 
@@ -1014,28 +1034,36 @@ impl Synced {
     }
 
     /// The data item after the publish, written or not.
-    pub fn into_item(self) -> DataItem {
+    pub fn into_item(self) -> I {
         self.published.into_inner()
     }
 
     /// [`Synced::into_item`] (the name [`Published`] uses).
-    pub fn into_inner(self) -> DataItem {
+    pub fn into_inner(self) -> I {
         self.into_item()
     }
 
     /// A reference to the data item after the publish.
-    pub fn get(&self) -> &DataItem {
+    pub fn get(&self) -> &I {
         self.published.get()
     }
 
     /// The written item, `None` when nothing was written.
-    pub fn written(self) -> Option<DataItem> {
+    pub fn written(self) -> Option<I> {
         self.published.written()
     }
 
     /// `true` when the dirty check found nothing to write.
     pub fn is_unchanged(&self) -> bool {
         self.published.is_unchanged()
+    }
+
+    /// The same result with the item mapped by `f`.
+    pub fn map<J>(self, f: impl FnOnce(I) -> J) -> Synced<J> {
+        Synced {
+            published: self.published.map(f),
+            handled: self.handled,
+        }
     }
 }
 

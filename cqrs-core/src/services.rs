@@ -2,7 +2,6 @@
 //! as `Arc<dyn Trait>` and mocked (feature `mock`).
 
 use async_trait::async_trait;
-use serde::de::DeserializeOwned;
 
 use crate::context::InvocationContext;
 use crate::error::Result;
@@ -217,70 +216,6 @@ pub trait DataService: Send + Sync {
     /// version), however many versions the entity has.
     async fn get_latest(&self, key: &EntityKey, ctx: &InvocationContext) -> Result<Option<DataItem>>;
 }
-
-/// An item with its attributes deserialized.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Typed<T> {
-    /// The attributes as `T`.
-    pub attributes: T,
-    /// The whole item.
-    pub item: DataItem,
-}
-
-impl<T: DeserializeOwned> Typed<T> {
-    /// Deserializes `item`'s attributes.
-    pub fn from_item(item: DataItem) -> Result<Self> {
-        Ok(Typed {
-            attributes: item.attributes_as()?,
-            item,
-        })
-    }
-}
-
-/// Typed reads over any [`DataService`].
-///
-/// ```
-/// use cqrs_core::{DataService, DataServiceExt, EntityKey, InvocationContext};
-/// #[derive(serde::Deserialize)]
-/// struct Inventory { quantity: i64 }
-///
-/// async fn stock(data: &dyn DataService, ctx: &InvocationContext) -> cqrs_core::Result<i64> {
-///     let key = EntityKey::new("TENANT#shop-a", "INVENTORY#PRD-001");
-///     Ok(data.get_typed::<Inventory>(&key, ctx).await?.map_or(0, |i| i.attributes.quantity))
-/// }
-/// ```
-#[async_trait]
-pub trait DataServiceExt: DataService {
-    /// [`DataService::get_item`] with the attributes deserialized.
-    async fn get_typed<T: DeserializeOwned + Send>(
-        &self,
-        key: &EntityKey,
-        ctx: &InvocationContext,
-    ) -> Result<Option<Typed<T>>> {
-        self.get_item(key, ctx).await?.map(Typed::from_item).transpose()
-    }
-
-    /// [`DataService::list_items`] with the attributes deserialized.
-    async fn list_typed<T: DeserializeOwned + Send>(
-        &self,
-        pk: &str,
-        query: ListQuery,
-        ctx: &InvocationContext,
-    ) -> Result<Page<Typed<T>>> {
-        let page = self.list_items(pk, query, ctx).await?;
-        Ok(Page {
-            items: page
-                .items
-                .into_iter()
-                .map(Typed::from_item)
-                .collect::<Result<_>>()?,
-            cursor: page.cursor,
-            unreadable: page.unreadable,
-        })
-    }
-}
-
-impl<S: DataService + ?Sized> DataServiceExt for S {}
 
 /// Issues numbers (order numbers, invoice numbers, ...): each number of a
 /// sequence exactly once, in order, with no gap — a gap appears only where a

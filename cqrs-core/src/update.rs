@@ -2,6 +2,8 @@
 //! and on a version conflict read again and decide again, a bounded number
 //! of times.
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::context::InvocationContext;
@@ -264,6 +266,53 @@ impl Update<'_> {
         E: From<Error> + Send,
     {
         self.run(ctx, Mode::Async, change).await
+    }
+
+    /// [`Update::publish_sync`] with the state as your own type: `change`
+    /// gets the current attributes as `T` (`None`: the entity does not
+    /// exist) and returns the new ones (`None`: skip, nothing is written).
+    /// They replace the item's attributes, its other fields kept (a new
+    /// entity takes its code and type from the sort key).
+    ///
+    /// ```
+    /// use cqrs_core::{EntityKey, InvocationContext, Services};
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct Stock { quantity: i64 }
+    ///
+    /// async fn restock(services: &Services, ctx: &InvocationContext, units: i64) -> cqrs_core::Result<()> {
+    ///     let key = EntityKey::new("TENANT#shop-a", "INVENTORY#PRD-001");
+    ///     services
+    ///         .update(&key)
+    ///         .publish_sync_typed(ctx, |current: Option<Stock>| {
+    ///             let quantity = current.map_or(0, |stock| stock.quantity) + units;
+    ///             Ok::<_, cqrs_core::Error>(Some(Stock { quantity }))
+    ///         })
+    ///         .await?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub async fn publish_sync_typed<T, E, F>(self, ctx: &InvocationContext, mut change: F) -> Result<Updated, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> Result<Option<T>, E> + Send,
+        E: From<Error> + Send,
+    {
+        let key = self.key.clone();
+        self.run(ctx, Mode::Sync, move |current| typed_change(&key, current, &mut change))
+            .await
+    }
+
+    /// [`Update::publish_async`] with the state as your own type, as
+    /// [`Update::publish_sync_typed`].
+    pub async fn publish_async_typed<T, E, F>(self, ctx: &InvocationContext, mut change: F) -> Result<Updated, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> Result<Option<T>, E> + Send,
+        E: From<Error> + Send,
+    {
+        let key = self.key.clone();
+        self.run(ctx, Mode::Async, move |current| typed_change(&key, current, &mut change))
+            .await
     }
 
     async fn run<E, F>(self, ctx: &InvocationContext, mode: Mode, mut change: F) -> Result<Updated, E>
@@ -554,4 +603,23 @@ async fn handled_so_far(
 /// contending writers spread out.
 async fn conflict_backoff(retry: &RetryPolicy, attempt: u32) {
     tokio::time::sleep(retry.backoff(attempt).mul_f64(fastrand::f64())).await;
+}
+
+/// A typed closure's decision as the command to publish: the current
+/// attributes deserialized for it, the ones it returns serialized.
+fn typed_change<T, E, F>(key: &EntityKey, current: Option<&DataItem>, change: &mut F) -> Result<Option<CommandInput>, E>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnMut(Option<T>) -> Result<Option<T>, E>,
+    E: From<Error>,
+{
+    let state = current.map(DataItem::attributes_as::<T>).transpose()?;
+    let Some(next) = change(state)? else {
+        return Ok(None);
+    };
+    let command = match current {
+        Some(item) => CommandInput::update_of(item),
+        None => CommandInput::new(&key.pk, &key.sk),
+    };
+    Ok(Some(command.attributes_from(&next)?))
 }

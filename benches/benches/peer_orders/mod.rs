@@ -129,6 +129,41 @@ pub fn order_attributes(i: usize) -> Value {
     })
 }
 
+/// The order as a typed entity of ours: the content of
+/// [`order_attributes`], as the user's own struct (the stored rows are the
+/// same, byte for byte).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderState {
+    pub customer_id: String,
+    pub items: Vec<LineItem>,
+    pub shipping_address: Address,
+    pub payment_method: String,
+    pub subtotal: f64,
+    pub tax: f64,
+    pub total: f64,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking_number: Option<String>,
+}
+
+/// New order `i` as a typed entity of ours.
+pub fn order_state(i: usize) -> OrderState {
+    let items = line_items(i);
+    let (subtotal, tax, total) = totals(&items);
+    OrderState {
+        customer_id: format!("CUST-{:04}", i % 1000),
+        items,
+        shipping_address: address(),
+        payment_method: "credit_card".into(),
+        subtotal,
+        tax,
+        total,
+        status: Status::Pending,
+        tracking_number: None,
+    }
+}
+
 /// Sets the quantity of the first line and recomputes the totals, as the
 /// peer's `QuantityChanged` does.
 pub fn change_quantity(attributes: &mut Value, quantity: u32) {

@@ -13,7 +13,8 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::model::DataItem;
 use crate::query::{Cursor, Filter, ListQuery, SkCondition, SortOrder, MAX_LIMIT};
-use crate::services::{CommandService, DataService, DataServiceExt};
+use crate::services::{CommandService, DataService};
+use crate::typed::DataServiceExt;
 
 async fn create_all<A: Into<crate::Attributes>>(
     engine: &Engine,
