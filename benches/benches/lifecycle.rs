@@ -9,6 +9,11 @@
 //!   order is the caller's own struct (`OrderState`), as the peer's are:
 //!   each step takes the `Typed<OrderState>` the previous one returned,
 //!   sets `status` and publishes the full new state at its version.
+//! - **ours, typed changes**: the order created with `publish_sync_typed`,
+//!   then each step a typed partial update (`StatusChange { status,
+//!   tracking_number }`, `publish_partial_update_sync` at the version the
+//!   last step returned): the counterpart of the peer's `Confirm`, `Ship`,
+//!   ... commands, which carry the change, not the state.
 //! - **ours, `Value`**: the same with `publish_sync` and the attributes as
 //!   JSON (the caller moves the attributes of the item the previous step
 //!   returned, sets `status` by indexing, and publishes).
@@ -24,7 +29,7 @@
 //!
 //! `cargo bench -p cqrs-benches --bench lifecycle`
 //! (`CQRS_BENCH_ORDERS=n` changes the number of orders; `CQRS_BENCH_ONLY=ours`,
-//! `=value` or `=peer` runs one system alone, once, for profiling: instructions per
+//! `=changes`, `=value` or `=peer` runs one system alone, once, for profiling: instructions per
 //! command are the difference of two runs under
 //! `valgrind --tool=callgrind` with different `CQRS_BENCH_ORDERS`, divided by
 //! the difference in commands).
@@ -35,14 +40,15 @@ use std::time::{Duration, Instant};
 
 use cqrs_benches::peer::{child_role, median, report, run_child};
 use cqrs_core::{
-    CommandInput, CommandService, CommandServiceExt, DataItem, DataService, EntityKey, ExpectedVersion, Typed,
+    CommandInput, CommandService, CommandServiceExt, DataItem, DataService, EntityKey, ExpectedVersion,
+    PartialUpdate, Typed,
 };
 use cqrs_core::{Engine, InvocationContext};
 use cqrs_es::mem_store::MemStore;
 use cqrs_es::{CqrsFramework, EventStore};
 use peer_orders::{
-    create_command, order_attributes, order_code, order_sk, order_state, tracking_number, Order, OrderCommand,
-    OrderState, QuietMemStore, Status, PK,
+    create_command, order_attributes, order_code, order_sk, order_state, tracking_number, Order,
+    OrderCommand, OrderState, QuietMemStore, Status, StatusChange, PK,
 };
 use serde_json::Value;
 
@@ -186,6 +192,66 @@ async fn typed_run(orders: usize) -> Duration {
     elapsed
 }
 
+/// One step of an order on ours as a typed partial update at `version`;
+/// the version it wrote.
+async fn change_step(
+    engine: &Engine,
+    ctx: &InvocationContext,
+    sk: &str,
+    version: u64,
+    status: Status,
+    tracking_number: Option<String>,
+) -> u64 {
+    let change = StatusChange {
+        status,
+        tracking_number,
+    };
+    let update = PartialUpdate::new(PK, sk, ExpectedVersion::Exactly(version))
+        .attributes_from(&change)
+        .expect("a change");
+    engine
+        .publish_partial_update_sync(update, ctx)
+        .await
+        .expect("publish")
+        .written()
+        .expect("a new version")
+        .version
+}
+
+/// The lifecycle of `orders` typed orders, changed by typed partial
+/// updates, on a fresh engine; the time it took.
+async fn changes_run(orders: usize) -> Duration {
+    let engine = cqrs_memory::InMemory::engine().build();
+    let ctx = InvocationContext::new("shop-a", "bench");
+    let start = Instant::now();
+    for i in 0..orders {
+        let sk = order_sk(i);
+        let create = CommandInput::new(PK, &sk);
+        let order = engine
+            .publish_sync_typed(create, order_state(i), &ctx)
+            .await
+            .expect("create")
+            .into_item();
+        let v = change_step(&engine, &ctx, &sk, order.item.version, Status::Confirmed, None).await;
+        let v = change_step(&engine, &ctx, &sk, v, Status::Processing, None).await;
+        let v = change_step(&engine, &ctx, &sk, v, Status::Shipped, Some(tracking_number(i))).await;
+        change_step(&engine, &ctx, &sk, v, Status::Delivered, None).await;
+    }
+    let elapsed = start.elapsed();
+    for i in [0, orders - 1] {
+        let item = engine
+            .get_item(&EntityKey::new(PK, order_sk(i)), &ctx)
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(item.version, STEPS as u64);
+        let order: OrderState = item.attributes_as().expect("an order");
+        assert_eq!(order.status, Status::Delivered);
+        assert_eq!(order.tracking_number, Some(tracking_number(i)));
+    }
+    elapsed
+}
+
 // --- the peer ---------------------------------------------------------------
 
 /// The lifecycle of `orders` orders on cqrs-es over `store` (fresh); the time it took.
@@ -253,6 +319,14 @@ fn main() {
             println!("ours, typed: {commands} commands in {:.3} s", d.as_secs_f64());
             return;
         }
+        Ok("changes") => {
+            let d = rt.block_on(changes_run(orders));
+            println!(
+                "ours, typed changes: {commands} commands in {:.3} s",
+                d.as_secs_f64()
+            );
+            return;
+        }
         Ok("value") => {
             let d = rt.block_on(ours_run(orders));
             println!("ours, Value: {commands} commands in {:.3} s", d.as_secs_f64());
@@ -268,13 +342,16 @@ fn main() {
 
     // Warm-up (allocator, page faults, code), then alternate the systems.
     rt.block_on(typed_run(orders.min(100)));
+    rt.block_on(changes_run(orders.min(100)));
     rt.block_on(ours_run(orders.min(100)));
     rt.block_on(peer_run(QuietMemStore::<Order>::default(), orders.min(100)));
     let mut typed = Vec::new();
+    let mut changes = Vec::new();
     let mut ours = Vec::new();
     let mut quiet = Vec::new();
     for _ in 0..REPS {
         typed.push(rt.block_on(typed_run(orders)));
+        changes.push(rt.block_on(changes_run(orders)));
         ours.push(rt.block_on(ours_run(orders)));
         quiet.push(rt.block_on(peer_run(QuietMemStore::<Order>::default(), orders)));
     }
@@ -287,6 +364,10 @@ fn main() {
         Row {
             system: "ours: cqrs-core + cqrs-memory, typed orders, `publish_sync_typed`",
             runs: typed,
+        },
+        Row {
+            system: "ours: typed orders, each step a typed partial update (`StatusChange`)",
+            runs: changes,
         },
         Row {
             system: "ours: cqrs-core + cqrs-memory, `Value` orders, `publish_sync`",
@@ -323,7 +404,7 @@ fn main() {
         );
     }
     println!();
-    let ratio = median(&rows[2].runs).as_secs_f64() / ours_median.as_secs_f64();
+    let ratio = median(&rows[3].runs).as_secs_f64() / ours_median.as_secs_f64();
     println!(
         "Target: ours (typed) ahead of the peer (>= 1x) on one core, aiming for 1.3x. Against the peer without printing: {ratio:.2}x ({}).",
         if ratio >= 1.0 { "met" } else { "missed" }

@@ -10,8 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 use smol_str::SmolStr;
 
-use crate::error::{Error, Result};
 use crate::canonical::write_string;
+use crate::error::{Error, Result};
 use crate::numbers::Integral;
 
 /// The attributes of an entity: a JSON value, usually an object.
@@ -114,7 +114,6 @@ impl Attributes {
     }
 
     /// The attributes of a canonical JSON text written by [`Attributes::json`].
-    #[cfg(test)]
     pub(crate) fn from_canonical(json: Arc<str>) -> Self {
         Self {
             json: OnceLock::from(json),
@@ -221,6 +220,23 @@ impl Attributes {
         self.json = OnceLock::from(text);
         self.normalized = true;
         Ok(())
+    }
+}
+
+impl Attributes {
+    /// Deep-merges `patch` over the attributes (JSON merge patch, see
+    /// [`merge_patch`](crate::merge_patch)). A patch of top-level fields
+    /// over a stored text (a status change, say) is spliced into the text,
+    /// the other fields copied as they are, without parsing it; any other
+    /// merge goes through the parsed value.
+    pub(crate) fn merge_patch(&mut self, patch: &Value) {
+        if let (true, Some(text), Value::Object(fields)) = (self.normalized, self.json.get(), patch) {
+            if let Some(merged) = crate::merge::merge_fields_into_text(text, fields) {
+                *self = Self::from_canonical(merged);
+                return;
+            }
+        }
+        crate::merge::merge_patch(self, patch);
     }
 }
 
@@ -409,11 +425,11 @@ thread_local! {
 /// Numbers a canonical text was written from that its value does not
 /// hold in normal form.
 #[derive(Debug, Default, Clone, Copy)]
-struct Numbers {
+pub(crate) struct Numbers {
     /// Floats with no fraction, written as integers.
-    integral_floats: bool,
+    pub(crate) integral_floats: bool,
     /// Numbers outside DynamoDB's range.
-    out_of_range: bool,
+    pub(crate) out_of_range: bool,
 }
 
 /// The canonical JSON text of `value`: written whole, or — when `patch`
@@ -551,7 +567,7 @@ fn write_patched(
 /// Written by hand rather than through serde: it runs on every publish, and
 /// a plain walk that copies unescaped runs of a string whole is several
 /// times faster than a serializer visiting every byte.
-fn write_canonical(value: &Value, out: &mut Vec<u8>, numbers: &mut Numbers) {
+pub(crate) fn write_canonical(value: &Value, out: &mut Vec<u8>, numbers: &mut Numbers) {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),

@@ -95,8 +95,11 @@ type Order = Option<Box<[u8]>>;
 /// by the addresses of its field names (`&'static str`s, the same each
 /// time), all compared: fields skipped or renamed make another entry.
 struct KeyOrders {
-    slots: Vec<Option<(Box<[(usize, usize)]>, Order)>>,
+    slots: Vec<Option<KnownOrder>>,
 }
+
+/// A struct's field names (address and length) and their order.
+type KnownOrder = (Box<[(usize, usize)]>, Order);
 
 impl Default for KeyOrders {
     fn default() -> Self {
@@ -172,7 +175,8 @@ impl Writer {
     }
 
     fn write_integer(&mut self, n: impl itoa::Integer) {
-        self.out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     }
 
     /// Starts an object; its entries are those noted from the returned mark.
@@ -197,7 +201,7 @@ impl Writer {
             key_end,
             end: 0,
             escaped,
-            field: field.then(|| (key.as_ptr() as usize, key.len())),
+            field: field.then_some((key.as_ptr() as usize, key.len())),
         });
     }
 
@@ -268,7 +272,8 @@ fn key_order(out: &[u8], entries: &[Entry]) -> Order {
         .iter()
         .map(|entry| {
             if entry.escaped {
-                let decoded: String = serde_json::from_slice(&out[entry.start..=entry.key_end]).unwrap_or_default();
+                let decoded: String =
+                    serde_json::from_slice(&out[entry.start..=entry.key_end]).unwrap_or_default();
                 std::borrow::Cow::Owned(decoded.into_bytes())
             } else {
                 std::borrow::Cow::Borrowed(key_of(out, entry))
@@ -398,10 +403,19 @@ impl<'a> ser::Serializer for &'a mut Writer {
     fn serialize_unit_struct(self, _name: &'static str) -> Result<(), Refused> {
         self.serialize_unit()
     }
-    fn serialize_unit_variant(self, _name: &'static str, _index: u32, variant: &'static str) -> Result<(), Refused> {
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), Refused> {
         self.serialize_str(variant)
     }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _name: &'static str, value: &T) -> Result<(), Refused> {
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), Refused> {
         value.serialize(self)
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -609,7 +623,11 @@ impl ser::SerializeMap for Object<'_> {
 impl ser::SerializeStruct for Object<'_> {
     type Ok = ();
     type Error = Refused;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Refused> {
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Refused> {
         self.field(key, value)
     }
     fn end(self) -> Result<(), Refused> {
@@ -620,7 +638,11 @@ impl ser::SerializeStruct for Object<'_> {
 impl ser::SerializeStructVariant for Object<'_> {
     type Ok = ();
     type Error = Refused;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Refused> {
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Refused> {
         self.field(key, value)
     }
     fn end(self) -> Result<(), Refused> {
@@ -703,10 +725,19 @@ impl ser::Serializer for KeyText {
     fn serialize_unit_struct(self, _name: &'static str) -> Result<Self::Ok, Refused> {
         Err(refused("key must be a string"))
     }
-    fn serialize_unit_variant(self, _name: &'static str, _index: u32, variant: &'static str) -> Result<Self::Ok, Refused> {
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<Self::Ok, Refused> {
         Ok(variant.into())
     }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _name: &'static str, value: &T) -> Result<Self::Ok, Refused> {
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<Self::Ok, Refused> {
         value.serialize(self)
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -724,7 +755,11 @@ impl ser::Serializer for KeyText {
     fn serialize_tuple(self, _len: usize) -> Result<Self::SerializeTuple, Refused> {
         Err(refused("key must be a string"))
     }
-    fn serialize_tuple_struct(self, _name: &'static str, _len: usize) -> Result<Self::SerializeTupleStruct, Refused> {
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleStruct, Refused> {
         Err(refused("key must be a string"))
     }
     fn serialize_tuple_variant(
@@ -781,7 +816,8 @@ pub(crate) fn write_string(text: &str, out: &mut Vec<u8>) {
 }
 
 /// The position of the first byte to escape, eight bytes at a time.
-fn first_escaped(bytes: &[u8]) -> Option<usize> {
+#[inline]
+pub(crate) fn first_escaped(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     // A zero byte in `word` sets the high bit of its byte in the result
@@ -980,11 +1016,12 @@ mod tests {
     }
 
     fn order() -> impl Strategy<Value = Order> {
-        let line = ("[A-Z0-9-]{1,8}", any::<u32>(), float()).prop_map(|(product_code, quantity, price)| Line {
-            product_code,
-            quantity,
-            price,
-        });
+        let line =
+            ("[A-Z0-9-]{1,8}", any::<u32>(), float()).prop_map(|(product_code, quantity, price)| Line {
+                product_code,
+                quantity,
+                price,
+            });
         (
             status(),
             "\\PC{0,10}",
@@ -994,14 +1031,31 @@ mod tests {
             proptest::option::of("[a-z]{0,5}"),
             proptest::option::of("\\PC{0,5}"),
             proptest::collection::hash_map("[a-z\"]{0,3}", any::<i64>(), 0..4),
-            proptest::collection::btree_map(any::<u32>(), proptest::collection::vec(any::<bool>(), 0..3), 0..3),
+            proptest::collection::btree_map(
+                any::<u32>(),
+                proptest::collection::vec(any::<bool>(), 0..3),
+                0..3,
+            ),
             prop_oneof![3 => i128::from(i64::MIN)..=i128::from(u64::MAX), 1 => any::<i128>()],
             (any::<char>(), proptest::collection::vec(any::<u8>(), 0..4)),
             // Flattened keys, some of them the struct's own (the last wins).
             proptest::collection::btree_map("[a-z]{1,3}|total|items|status", value(), 0..3),
         )
             .prop_map(
-                |(status, customer_id, items, total, tax, tracking_number, note, tags, by_day, big, (letter, raw), extra)| Order {
+                |(
+                    status,
+                    customer_id,
+                    items,
+                    total,
+                    tax,
+                    tracking_number,
+                    note,
+                    tags,
+                    by_day,
+                    big,
+                    (letter, raw),
+                    extra,
+                )| Order {
                     status,
                     customer_id,
                     items,
@@ -1043,7 +1097,10 @@ mod tests {
         assert!(direct(&Price { price: 1e200 }).is_none());
         let mut attributes = Attributes::from_serialize(&Price { price: 1e200 }).unwrap();
         let error = attributes.normalize().unwrap_err();
-        assert!(error.to_string().starts_with("invalid attributes.price: "), "{error}");
+        assert!(
+            error.to_string().starts_with("invalid attributes.price: "),
+            "{error}"
+        );
         assert_eq!(direct(&Price { price: 6.0 }).unwrap(), r#"{"price":6}"#);
         assert_eq!(direct(&Price { price: f64::NAN }).unwrap(), r#"{"price":null}"#);
     }
@@ -1074,6 +1131,9 @@ mod tests {
             a: "first",
         };
         assert_eq!(direct(&typed), through_value(&order));
-        assert_eq!(direct(&typed).unwrap(), r#"{"a":"first","b":[{"a":{"x":[3],"y":2},"z":1}]}"#);
+        assert_eq!(
+            direct(&typed).unwrap(),
+            r#"{"a":"first","b":[{"a":{"x":[3],"y":2},"z":1}]}"#
+        );
     }
 }

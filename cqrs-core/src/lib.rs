@@ -66,7 +66,6 @@ pub use sequence::{
     SEQUENCE_PK_PREFIX,
 };
 pub use services::{CommandService, DataService, SequenceService};
-pub use typed::{CommandServiceExt, DataServiceExt, HasAttributes, StateChange, Typed};
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub use services::{MockCommandService, MockDataService, MockSequenceService};
@@ -74,4 +73,5 @@ pub use services::{MockCommandService, MockDataService, MockSequenceService};
 /// shared beyond, so copies never allocate.
 pub use smol_str::SmolStr;
 pub use storage::{ApplyWrite, CommandWrite, RangePage, RangeQuery, Storage, StorageLimits};
+pub use typed::{CommandServiceExt, DataServiceExt, HasAttributes, StateChange, Typed};
 pub use update::{Update, UpdateAll};

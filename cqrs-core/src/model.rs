@@ -903,7 +903,10 @@ impl<T> Published<T> {
     }
 
     /// The same outcome with the value mapped by `f`, which may fail.
-    pub fn try_map<U, E>(self, f: impl FnOnce(T) -> std::result::Result<U, E>) -> std::result::Result<Published<U>, E> {
+    pub fn try_map<U, E>(
+        self,
+        f: impl FnOnce(T) -> std::result::Result<U, E>,
+    ) -> std::result::Result<Published<U>, E> {
         Ok(match self {
             Published::Written(value) => Published::Written(f(value)?),
             Published::Unchanged(value) => Published::Unchanged(f(value)?),

@@ -95,7 +95,10 @@ impl Synced {
     /// The same result, with the item's attributes deserialized as `T`.
     pub fn typed<T: DeserializeOwned>(self) -> Result<Synced<Typed<T>>> {
         let handled = self.handled().clone();
-        Ok(Synced::new(self.into_published().try_map(Typed::from_item)?, handled))
+        Ok(Synced::new(
+            self.into_published().try_map(Typed::from_item)?,
+            handled,
+        ))
     }
 }
 

@@ -291,28 +291,40 @@ impl Update<'_> {
     ///     Ok(())
     /// }
     /// ```
-    pub async fn publish_sync_typed<T, E, F>(self, ctx: &InvocationContext, mut change: F) -> Result<Updated, E>
+    pub async fn publish_sync_typed<T, E, F>(
+        self,
+        ctx: &InvocationContext,
+        mut change: F,
+    ) -> Result<Updated, E>
     where
         T: Serialize + DeserializeOwned,
         F: FnMut(Option<T>) -> Result<Option<T>, E> + Send,
         E: From<Error> + Send,
     {
         let key = self.key.clone();
-        self.run(ctx, Mode::Sync, move |current| typed_change(&key, current, &mut change))
-            .await
+        self.run(ctx, Mode::Sync, move |current| {
+            typed_change(&key, current, &mut change)
+        })
+        .await
     }
 
     /// [`Update::publish_async`] with the state as your own type, as
     /// [`Update::publish_sync_typed`].
-    pub async fn publish_async_typed<T, E, F>(self, ctx: &InvocationContext, mut change: F) -> Result<Updated, E>
+    pub async fn publish_async_typed<T, E, F>(
+        self,
+        ctx: &InvocationContext,
+        mut change: F,
+    ) -> Result<Updated, E>
     where
         T: Serialize + DeserializeOwned,
         F: FnMut(Option<T>) -> Result<Option<T>, E> + Send,
         E: From<Error> + Send,
     {
         let key = self.key.clone();
-        self.run(ctx, Mode::Async, move |current| typed_change(&key, current, &mut change))
-            .await
+        self.run(ctx, Mode::Async, move |current| {
+            typed_change(&key, current, &mut change)
+        })
+        .await
     }
 
     async fn run<E, F>(self, ctx: &InvocationContext, mode: Mode, mut change: F) -> Result<Updated, E>
@@ -607,7 +619,11 @@ async fn conflict_backoff(retry: &RetryPolicy, attempt: u32) {
 
 /// A typed closure's decision as the command to publish: the current
 /// attributes deserialized for it, the ones it returns serialized.
-fn typed_change<T, E, F>(key: &EntityKey, current: Option<&DataItem>, change: &mut F) -> Result<Option<CommandInput>, E>
+fn typed_change<T, E, F>(
+    key: &EntityKey,
+    current: Option<&DataItem>,
+    change: &mut F,
+) -> Result<Option<CommandInput>, E>
 where
     T: Serialize + DeserializeOwned,
     F: FnMut(Option<T>) -> Result<Option<T>, E>,

@@ -164,6 +164,16 @@ pub fn order_state(i: usize) -> OrderState {
     }
 }
 
+/// A status change of a typed order of ours, published as a partial
+/// update: the counterpart of the peer's `Confirm`, `Ship`, ... commands.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusChange {
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking_number: Option<String>,
+}
+
 /// Sets the quantity of the first line and recomputes the totals, as the
 /// peer's `QuantityChanged` does.
 pub fn change_quantity(attributes: &mut Value, quantity: u32) {

@@ -18,7 +18,6 @@ use crate::context::InvocationContext;
 use crate::error::{Error, Result};
 use crate::idempotency::{CommitMember, IdempotencyKey, IdempotencyRecord};
 use crate::keys::EntityKey;
-use crate::merge::merge_patch;
 use crate::model::{
     CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, FailedCommand, Handled,
     PartialUpdate, Published, Synced,
@@ -496,7 +495,7 @@ impl Engine {
 
     /// `update` merged over `base`.
     fn merged(update: &PartialUpdate, mut base: CommandInput) -> CommandInput {
-        merge_patch(&mut base.attributes, &update.attributes);
+        base.attributes.merge_patch(&update.attributes);
         if let Some(name) = &update.name {
             base.name = name.clone();
         }
