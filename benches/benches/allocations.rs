@@ -23,13 +23,18 @@
 //! 2. `publish_sync`, update: the full new state at
 //!    `ExpectedVersion::Exactly(1)`, built from the item the create returned
 //!    with `CommandInput::update_of(&item)` and the status set (version 2);
-//! 3. `get_item` of the order;
+//! 3. `get_item` of the order; then again, reading its status as a
+//!    `Value` (`item.attributes["status"]`, which parses the attributes);
 //! 4. `list_items`: the first page of 20 orders of the partition
 //!    (`sk` begins with `ORDER#`), which holds every order;
 //! 5. `publish_partial_update_sync`: `{"status": "processing"}` at version 2;
 //! 6. `publish_async` of the full new state at version 3, then
 //!    `Engine::wait_idle` (the in-process pipeline applies it): counted together;
-//! 7. cqrs-es 0.5, `CqrsFramework::execute` on the peer's `QuietMemStore`
+//! 7. the same orders as the caller's own struct (`OrderState`), on a
+//!    second engine: `publish_sync_typed` create, typed update (the
+//!    `Typed<OrderState>` the create returned, `Typed::update`, status set,
+//!    `publish_sync_typed`), `get_typed`, `list_typed` (a page of 20);
+//! 8. cqrs-es 0.5, `CqrsFramework::execute` on the peer's `QuietMemStore`
 //!    (its `MemStore` without the `println!`s), no query: `Create`, then
 //!    `Confirm` (load of the one event, replay, one new event).
 //!
@@ -51,12 +56,13 @@ mod peer_orders;
 use cqrs_benches::counting::{set_counting, Counting};
 use cqrs_benches::window::{measure, Measured, Window};
 use cqrs_core::{
-    CommandInput, CommandService, DataItem, DataService, EntityKey, ExpectedVersion, InvocationContext,
-    ListQuery, PartialUpdate, SkCondition,
+    CommandInput, CommandService, CommandServiceExt, DataItem, DataService, DataServiceExt, EntityKey,
+    ExpectedVersion, InvocationContext, ListQuery, PartialUpdate, SkCondition,
 };
 use cqrs_es::CqrsFramework;
 use peer_orders::{
-    create_command, order_attributes, order_code, order_sk, Order, OrderCommand, QuietMemStore, PK,
+    create_command, order_attributes, order_code, order_sk, order_state, Order, OrderCommand, OrderState,
+    QuietMemStore, Status, PK,
 };
 use serde_json::{json, Value};
 
@@ -172,6 +178,13 @@ async fn run(n: usize) -> Vec<Vec<String>> {
     })
     .await;
     rows.push(row("`get_item`", &m));
+    let keys = (0..orders).map(|i| EntityKey::new(PK, order_sk(i))).collect();
+    let (m, _) = measure("get_item + read status", WARMUP, true, keys, |key| async move {
+        let item = engine.get_item(&key, ctx).await.expect("get").expect("stored");
+        assert_eq!(item.attributes["status"], "confirmed");
+    })
+    .await;
+    rows.push(row("`get_item` + `item.attributes[\"status\"]` (parses the `Value`)", &m));
 
     // 4. A page of the partition.
     let queries = (0..orders)
@@ -246,7 +259,10 @@ async fn run(n: usize) -> Vec<Vec<String>> {
         assert_eq!(item.field("attributes.status"), Some(Value::from("shipped")));
     }
 
-    // 7. The peer.
+    // 7. Typed orders.
+    rows.extend(typed_rows(n).await);
+
+    // 8. The peer.
     let cqrs = CqrsFramework::new(QuietMemStore::<Order>::default(), vec![], ());
     let cqrs = &cqrs;
     let creates = (0..orders).map(|i| (order_code(i), create_command(i))).collect();
@@ -278,6 +294,93 @@ async fn run(n: usize) -> Vec<Vec<String>> {
         "cqrs-es 0.5 `execute`, `Confirm` (1 event loaded and replayed)",
         &m,
     ));
+    rows
+}
+
+/// The rows of typed orders (`OrderState`), on an engine of their own.
+async fn typed_rows(n: usize) -> Vec<Vec<String>> {
+    let orders = WARMUP + n;
+    let engine = cqrs_memory::InMemory::engine().build();
+    let ctx = InvocationContext::new("shop-a", "bench");
+    let (engine, ctx) = (&engine, &ctx);
+    let mut rows = Vec::new();
+
+    let creates = (0..orders)
+        .map(|i| (CommandInput::new(PK, order_sk(i)), order_state(i)))
+        .collect();
+    let (m, orders_created) = measure(
+        "publish_sync_typed create",
+        WARMUP,
+        true,
+        creates,
+        |(command, order)| async move {
+            engine
+                .publish_sync_typed(command, order, ctx)
+                .await
+                .expect("create")
+                .into_item()
+        },
+    )
+    .await;
+    rows.push(row("typed: `publish_sync_typed`, create (serialization included)", &m));
+
+    // The caller's step: the order the create returned, its status set.
+    let step = |order: cqrs_core::Typed<OrderState>| {
+        let (command, mut state) = order.update();
+        state.status = Status::Confirmed;
+        (command, state)
+    };
+    let mut orders_created = orders_created.into_iter();
+    let mut updates: Vec<_> = orders_created.by_ref().take(WARMUP).map(step).collect();
+    set_counting(true);
+    let window = Window::open("typed build update");
+    updates.extend(orders_created.map(step));
+    let building = window.close(n);
+    set_counting(false);
+    let (m, updated) = measure(
+        "publish_sync_typed update",
+        WARMUP,
+        true,
+        updates,
+        |(command, order)| async move {
+            engine
+                .publish_sync_typed(command, order, ctx)
+                .await
+                .expect("update")
+                .written()
+                .expect("a new version")
+        },
+    )
+    .await;
+    assert!(updated.iter().all(|order| order.item.version == 2));
+    rows.push(row("typed: `publish_sync_typed`, update (full new state at `Exactly(1)`)", &m));
+    rows.push(row(
+        "(caller, not in the row above: `Typed::update` + status set)",
+        &building,
+    ));
+    drop(updated);
+
+    let keys = (0..orders).map(|i| EntityKey::new(PK, order_sk(i))).collect();
+    let (m, _) = measure("get_typed", WARMUP, true, keys, |key| async move {
+        let order = engine.get_typed::<OrderState>(&key, ctx).await.expect("get").expect("stored");
+        assert_eq!(order.attributes.status, Status::Confirmed);
+    })
+    .await;
+    rows.push(row("typed: `get_typed`", &m));
+
+    let queries = (0..orders)
+        .map(|_| {
+            ListQuery::new()
+                .sk(SkCondition::BeginsWith("ORDER#".into()))
+                .limit(PAGE)
+        })
+        .collect();
+    let (m, _) = measure("list_typed", WARMUP, true, queries, |query| async move {
+        let page = engine.list_typed::<OrderState>(PK, query, ctx).await.expect("list");
+        assert_eq!(page.items.len(), PAGE);
+    })
+    .await;
+    rows.push(row(&format!("typed: `list_typed`, a page of {PAGE}"), &m));
     rows
 }
 

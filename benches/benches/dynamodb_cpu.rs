@@ -33,6 +33,12 @@
 //!   `ExpectedVersion::Exactly(1)`, `CommandInput::update_of` the item the
 //!   create returned.
 //!
+//! - **typed create**, **typed update**: the same, with the order as the
+//!   caller's own struct (`OrderState`) and `publish_sync_typed` (the
+//!   serialization of the order is measured: it happens in the call); the
+//!   update is `Typed::update` of what the typed create returned, status
+//!   set. The rows sent are those of the `Value` publishes, byte for byte.
+//!
 //! Commands are built before the measurement; results dropped after it.
 //! Measured per publish: CPU time of the bench's thread
 //! (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`) — the process's is shown too,
@@ -70,9 +76,9 @@ use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use cqrs_benches::counting::Counting;
 use cqrs_benches::window::{measure, Measured};
-use cqrs_core::{CommandInput, CommandService, DataItem, Engine, InvocationContext};
+use cqrs_core::{CommandInput, CommandService, CommandServiceExt, DataItem, Engine, InvocationContext, Typed};
 use cqrs_dynamodb::{DynamoDbStorage, TableNames};
-use peer_orders::{order_attributes, order_sk, PK};
+use peer_orders::{order_attributes, order_sk, order_state, OrderState, Status, PK};
 use serde_json::{json, Value};
 
 #[global_allocator]
@@ -278,6 +284,24 @@ async fn publish_all(
     .await
 }
 
+async fn publish_all_typed(
+    engine: &Engine,
+    ctx: &InvocationContext,
+    label: &str,
+    count: bool,
+    commands: Vec<(CommandInput, OrderState)>,
+) -> (Measured, Vec<Typed<OrderState>>) {
+    measure(label, WARMUP, count, commands, |(command, order)| async move {
+        engine
+            .publish_sync_typed(command, order, ctx)
+            .await
+            .expect("publish")
+            .written()
+            .expect("a new version")
+    })
+    .await
+}
+
 /// The stand-in alone: a `GetItem` and a `TransactWriteItems` answered
 /// (`{}` both), `n` times; CPU per pair.
 async fn canned_alone(n: usize, count: bool, label: &str) -> Measured {
@@ -366,6 +390,44 @@ async fn run(n: usize, reps: usize) -> Vec<Vec<String>> {
     assert_eq!(canned.get_items_left(), 0);
     let update = Runs { timed, counted };
 
+    // Typed creates and updates.
+    let typed_creates = || -> Vec<(CommandInput, OrderState)> {
+        (0..orders)
+            .map(|i| (CommandInput::new(PK, order_sk(i)), order_state(i)))
+            .collect()
+    };
+    let mut timed = Vec::new();
+    for rep in 1..=reps {
+        let label = format!("typed create #{rep}");
+        timed.push(publish_all_typed(&engine, &ctx, &label, false, typed_creates()).await.0);
+    }
+    let (counted, typed_items) = publish_all_typed(&engine, &ctx, "typed create counted", true, typed_creates()).await;
+    let typed_create = Runs { timed, counted };
+    let typed_updates = |canned: &Canned| -> Vec<(CommandInput, OrderState)> {
+        canned.answer_get_items(typed_items.iter().map(|order| rows[order.item.sk.as_str()].clone()));
+        typed_items
+            .iter()
+            .map(|order| {
+                let (command, mut state) = order.clone().update();
+                state.status = Status::Confirmed;
+                (command, state)
+            })
+            .collect()
+    };
+    let mut timed = Vec::new();
+    for rep in 1..=reps {
+        let commands = typed_updates(&canned);
+        let label = format!("typed update #{rep}");
+        let (m, updated) = publish_all_typed(&engine, &ctx, &label, false, commands).await;
+        assert!(updated.iter().all(|order| order.item.version == 2));
+        timed.push(m);
+    }
+    let commands = typed_updates(&canned);
+    let (counted, updated) = publish_all_typed(&engine, &ctx, "typed update counted", true, commands).await;
+    assert!(updated.iter().all(|order| order.item.version == 2));
+    assert_eq!(canned.get_items_left(), 0);
+    let typed_update = Runs { timed, counted };
+
     // The stand-in alone.
     let mut timed = Vec::new();
     for rep in 1..=reps {
@@ -377,6 +439,8 @@ async fn run(n: usize, reps: usize) -> Vec<Vec<String>> {
     vec![
         row("create (`GetItem` → `{}`)", &create),
         row("update at `Exactly(1)` (`GetItem` → the data row)", &update),
+        row("typed create (`publish_sync_typed`, serialization included)", &typed_create),
+        row("typed update at `Exactly(1)` (`publish_sync_typed`)", &typed_update),
         row(
             "the stand-in HTTP client alone: 2 answers (included in each row above)",
             &alone,

@@ -18,7 +18,9 @@
 //! under the counting allocator, each row's struct at its inline size, and
 //! the rest (the table structures of `InMemory`) as the difference.
 //!
-//! `cargo bench -p cqrs-benches --bench memory` (`ITEMS=100000` for a quick run).
+//! `cargo bench -p cqrs-benches --bench memory` (`ITEMS=100000` for a quick run;
+//! `CQRS_BENCH_TYPED=1` publishes each item as a struct of its own,
+//! `StoredItem`, with `publish_sync_typed`: the same rows).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::mem::size_of;
@@ -26,7 +28,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cqrs_core::{tenant_pk, CommandInput, CommandService, DataItem, InvocationContext, Storage};
+use cqrs_core::{tenant_pk, CommandInput, CommandService, CommandServiceExt, DataItem, InvocationContext, Storage};
 use cqrs_memory::InMemory;
 
 // ---------------------------------------------------------------------------
@@ -173,6 +175,28 @@ fn attributes(i: usize) -> serde_json::Value {
     serde_json::json!({ "sku": format!("SKU-{i:06}"), "qty": i % 10, "price": 9.99, "active": true })
 }
 
+/// The attributes of item `i` as a struct of its own (`CQRS_BENCH_TYPED=1`).
+#[derive(serde::Serialize)]
+struct StoredItem {
+    sku: String,
+    qty: usize,
+    price: f64,
+    active: bool,
+}
+
+fn stored_item(i: usize) -> StoredItem {
+    StoredItem {
+        sku: format!("SKU-{i:06}"),
+        qty: i % 10,
+        price: 9.99,
+        active: true,
+    }
+}
+
+fn typed() -> bool {
+    std::env::var("CQRS_BENCH_TYPED").is_ok_and(|v| v == "1")
+}
+
 /// What the inserts measured.
 struct Measured {
     items: usize,
@@ -199,12 +223,14 @@ async fn insert(items: usize) -> Measured {
     let (mut item_json, mut attributes_json) = (0, 0);
     let mut sample_data = None;
     for i in 0..items {
-        let command = CommandInput::new(&pk, sk(i)).attributes(attributes(i));
-        let item = engine
-            .publish_sync(command, &ctx)
-            .await
-            .expect("publish")
-            .into_item();
+        let command = CommandInput::new(&pk, sk(i));
+        let item = if typed() {
+            let synced = engine.publish_sync_typed(command, stored_item(i), &ctx).await;
+            synced.expect("publish").into_item().item
+        } else {
+            let command = command.attributes(attributes(i));
+            engine.publish_sync(command, &ctx).await.expect("publish").into_item()
+        };
         item_json += serde_json::to_vec(&item).expect("json").len();
         attributes_json += serde_json::to_vec(&item.attributes).expect("json").len();
         if i == items / 2 {
@@ -328,11 +354,12 @@ fn main() {
 
     println!(
         "\n### Memory: resident memory per item in `cqrs-memory`\n\n\
-         {items} items created with `publish_sync` (engine, no handler) into one `InMemory`; the store \
+         {items} items created with `{}` (engine, no handler) into one `InMemory`; the store \
          holds per item its command row (`sk@1`) and its data row (no history: every item is at \
          version 1). RSS: VmRSS of the process; heap: live allocations by a counting allocator \
          (requested bytes; malloc chunks = `malloc_usable_size` + 8 B header). Insert time: {:.2} s \
          ({:.0} items/s).\n",
+        if typed() { "publish_sync_typed" } else { "publish_sync" },
         m.insert_secs,
         items as f64 / m.insert_secs
     );
