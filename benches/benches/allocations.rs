@@ -184,7 +184,10 @@ async fn run(n: usize) -> Vec<Vec<String>> {
         assert_eq!(item.attributes["status"], "confirmed");
     })
     .await;
-    rows.push(row("`get_item` + `item.attributes[\"status\"]` (parses the `Value`)", &m));
+    rows.push(row(
+        "`get_item` + `item.attributes[\"status\"]` (parses the `Value`)",
+        &m,
+    ));
 
     // 4. A page of the partition.
     let queries = (0..orders)
@@ -322,7 +325,10 @@ async fn typed_rows(n: usize) -> Vec<Vec<String>> {
         },
     )
     .await;
-    rows.push(row("typed: `publish_sync_typed`, create (serialization included)", &m));
+    rows.push(row(
+        "typed: `publish_sync_typed`, create (serialization included)",
+        &m,
+    ));
 
     // The caller's step: the order the create returned, its status set.
     let step = |order: cqrs_core::Typed<OrderState>| {
@@ -353,7 +359,10 @@ async fn typed_rows(n: usize) -> Vec<Vec<String>> {
     )
     .await;
     assert!(updated.iter().all(|order| order.item.version == 2));
-    rows.push(row("typed: `publish_sync_typed`, update (full new state at `Exactly(1)`)", &m));
+    rows.push(row(
+        "typed: `publish_sync_typed`, update (full new state at `Exactly(1)`)",
+        &m,
+    ));
     rows.push(row(
         "(caller, not in the row above: `Typed::update` + status set)",
         &building,
@@ -362,7 +371,11 @@ async fn typed_rows(n: usize) -> Vec<Vec<String>> {
 
     let keys = (0..orders).map(|i| EntityKey::new(PK, order_sk(i))).collect();
     let (m, _) = measure("get_typed", WARMUP, true, keys, |key| async move {
-        let order = engine.get_typed::<OrderState>(&key, ctx).await.expect("get").expect("stored");
+        let order = engine
+            .get_typed::<OrderState>(&key, ctx)
+            .await
+            .expect("get")
+            .expect("stored");
         assert_eq!(order.attributes.status, Status::Confirmed);
     })
     .await;
@@ -376,7 +389,10 @@ async fn typed_rows(n: usize) -> Vec<Vec<String>> {
         })
         .collect();
     let (m, _) = measure("list_typed", WARMUP, true, queries, |query| async move {
-        let page = engine.list_typed::<OrderState>(PK, query, ctx).await.expect("list");
+        let page = engine
+            .list_typed::<OrderState>(PK, query, ctx)
+            .await
+            .expect("list");
         assert_eq!(page.items.len(), PAGE);
     })
     .await;

@@ -76,7 +76,9 @@ use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use cqrs_benches::counting::Counting;
 use cqrs_benches::window::{measure, Measured};
-use cqrs_core::{CommandInput, CommandService, CommandServiceExt, DataItem, Engine, InvocationContext, Typed};
+use cqrs_core::{
+    CommandInput, CommandService, CommandServiceExt, DataItem, Engine, InvocationContext, Typed,
+};
 use cqrs_dynamodb::{DynamoDbStorage, TableNames};
 use peer_orders::{order_attributes, order_sk, order_state, OrderState, Status, PK};
 use serde_json::{json, Value};
@@ -399,12 +401,21 @@ async fn run(n: usize, reps: usize) -> Vec<Vec<String>> {
     let mut timed = Vec::new();
     for rep in 1..=reps {
         let label = format!("typed create #{rep}");
-        timed.push(publish_all_typed(&engine, &ctx, &label, false, typed_creates()).await.0);
+        timed.push(
+            publish_all_typed(&engine, &ctx, &label, false, typed_creates())
+                .await
+                .0,
+        );
     }
-    let (counted, typed_items) = publish_all_typed(&engine, &ctx, "typed create counted", true, typed_creates()).await;
+    let (counted, typed_items) =
+        publish_all_typed(&engine, &ctx, "typed create counted", true, typed_creates()).await;
     let typed_create = Runs { timed, counted };
     let typed_updates = |canned: &Canned| -> Vec<(CommandInput, OrderState)> {
-        canned.answer_get_items(typed_items.iter().map(|order| rows[order.item.sk.as_str()].clone()));
+        canned.answer_get_items(
+            typed_items
+                .iter()
+                .map(|order| rows[order.item.sk.as_str()].clone()),
+        );
         typed_items
             .iter()
             .map(|order| {
@@ -439,8 +450,14 @@ async fn run(n: usize, reps: usize) -> Vec<Vec<String>> {
     vec![
         row("create (`GetItem` → `{}`)", &create),
         row("update at `Exactly(1)` (`GetItem` → the data row)", &update),
-        row("typed create (`publish_sync_typed`, serialization included)", &typed_create),
-        row("typed update at `Exactly(1)` (`publish_sync_typed`)", &typed_update),
+        row(
+            "typed create (`publish_sync_typed`, serialization included)",
+            &typed_create,
+        ),
+        row(
+            "typed update at `Exactly(1)` (`publish_sync_typed`)",
+            &typed_update,
+        ),
         row(
             "the stand-in HTTP client alone: 2 answers (included in each row above)",
             &alone,

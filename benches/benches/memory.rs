@@ -28,7 +28,9 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cqrs_core::{tenant_pk, CommandInput, CommandService, CommandServiceExt, DataItem, InvocationContext, Storage};
+use cqrs_core::{
+    tenant_pk, CommandInput, CommandService, CommandServiceExt, DataItem, InvocationContext, Storage,
+};
 use cqrs_memory::InMemory;
 
 // ---------------------------------------------------------------------------
@@ -229,7 +231,11 @@ async fn insert(items: usize) -> Measured {
             synced.expect("publish").into_item().item
         } else {
             let command = command.attributes(attributes(i));
-            engine.publish_sync(command, &ctx).await.expect("publish").into_item()
+            engine
+                .publish_sync(command, &ctx)
+                .await
+                .expect("publish")
+                .into_item()
         };
         item_json += serde_json::to_vec(&item).expect("json").len();
         attributes_json += serde_json::to_vec(&item.attributes).expect("json").len();
@@ -359,7 +365,11 @@ fn main() {
          version 1). RSS: VmRSS of the process; heap: live allocations by a counting allocator \
          (requested bytes; malloc chunks = `malloc_usable_size` + 8 B header). Insert time: {:.2} s \
          ({:.0} items/s).\n",
-        if typed() { "publish_sync_typed" } else { "publish_sync" },
+        if typed() {
+            "publish_sync_typed"
+        } else {
+            "publish_sync"
+        },
         m.insert_secs,
         items as f64 / m.insert_secs
     );

@@ -151,30 +151,55 @@ impl DataSyncEvent {
 /// writes of the same content.
 ///
 /// ```
-/// use cqrs_core::{CommandInput, CommandServiceExt, InvocationContext};
+/// use cqrs_core::{CommandInput, CommandService, CommandServiceExt, InvocationContext, Typed};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 /// #[serde(rename_all = "camelCase")]
 /// struct Product { price_cents: u64, on_sale: bool }
 ///
-/// # async fn demo() -> cqrs_core::Result<()> {
-/// let engine = cqrs_memory::InMemory::engine().build();
-/// let ctx = InvocationContext::new("shop-a", "staff-1");
-/// let command = CommandInput::new("TENANT#shop-a", "PRODUCT#PRD-001").name("Mouse");
-/// let product = engine
-///     .publish_sync_typed(command, Product { price_cents: 2999, on_sale: false }, &ctx)
-///     .await?
-///     .into_item();
-/// assert_eq!(product.item.version, 1);
+/// async fn put_on_sale(commands: &dyn CommandService, ctx: &InvocationContext) -> cqrs_core::Result<Typed<Product>> {
+///     let command = CommandInput::new("TENANT#shop-a", "PRODUCT#PRD-001").name("Mouse");
+///     let product = commands
+///         .publish_sync_typed(command, Product { price_cents: 2999, on_sale: false }, ctx)
+///         .await?
+///         .into_item();
+///     assert_eq!(product.item.version, 1);
 ///
-/// let (command, mut changed) = product.update();
-/// changed.on_sale = true;
-/// let product = engine.publish_sync_typed(command, changed, &ctx).await?.into_item();
-/// assert!(product.attributes.on_sale);
-/// assert_eq!(product.item.attributes.json(), r#"{"onSale":true,"priceCents":2999}"#);
-/// # Ok(()) }
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+///     let (command, mut changed) = product.update();
+///     changed.on_sale = true;
+///     let product = commands.publish_sync_typed(command, changed, ctx).await?.into_item();
+///     // Stored as `{"onSale":true,"priceCents":2999}`.
+///     Ok(product)
+/// }
+/// ```
+///
+/// The methods are provided for every `CommandService`, so a mock (feature
+/// `mock`) answers them through its `publish_sync`, which sees the
+/// command with the value's attributes:
+///
+/// ```
+/// # #[cfg(feature = "mock")]
+/// # {
+/// use cqrs_core::{CommandInput, CommandServiceExt, DataItem, InvocationContext, MockCommandService, Synced};
+///
+/// #[derive(serde::Serialize)]
+/// struct Stock { quantity: u32 }
+///
+/// let mut commands = MockCommandService::new();
+/// commands.expect_publish_sync().returning(|command, _| {
+///     assert_eq!(command.attributes.json(), r#"{"quantity":3}"#);
+///     let item = DataItem::builder(&command.pk, &command.sk).attributes(command.attributes).build();
+///     Ok(Synced::finished(item))
+/// });
+/// let ctx = InvocationContext::new("shop-a", "staff-1");
+/// let command = CommandInput::new("TENANT#shop-a", "INVENTORY#PRD-001");
+/// let stock = tokio::runtime::Builder::new_current_thread().build().unwrap()
+///     .block_on(commands.publish_sync_typed(command, Stock { quantity: 3 }, &ctx))?
+///     .into_item();
+/// assert_eq!(stock.attributes.quantity, 3);
+/// # }
+/// # Ok::<(), cqrs_core::Error>(())
 /// ```
 #[async_trait]
 pub trait CommandServiceExt: CommandService {

@@ -32,6 +32,7 @@ mod sequences;
 mod services;
 mod storage_primitives;
 mod tenancy;
+mod typed;
 mod validation;
 mod versioning;
 
@@ -62,6 +63,7 @@ pub use sequences::*;
 pub use services::*;
 pub use storage_primitives::*;
 pub use tenancy::*;
+pub use typed::*;
 pub use validation::*;
 pub use versioning::*;
 
@@ -126,6 +128,7 @@ macro_rules! conformance_tests {
             filters_on_nested_attributes,
             cursors_and_limits_are_validated,
             typed_reads,
+            typed_entities_end_to_end,
             numbers_compare_by_value,
             sequences_count_from_one_per_key,
             sequences_rotate_by_period,
