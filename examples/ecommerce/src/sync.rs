@@ -19,8 +19,8 @@
 
 use async_trait::async_trait;
 use cqrs_core::{
-    tenant_pk, BoxError, DataServiceExt, DataSyncEvent, DataSyncHandler, EntityKey, Interest, InvocationContext,
-    Services,
+    tenant_pk, BoxError, DataServiceExt, DataSyncEvent, DataSyncHandler, EntityKey, Interest,
+    InvocationContext, Services,
 };
 
 use crate::domain::{

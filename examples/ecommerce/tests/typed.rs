@@ -96,8 +96,15 @@ async fn an_order_placed_and_moved_typed_reads_back_typed_and_stores_what_the_va
     assert_eq!(order.item.attributes.json(), value_path_text(&order.attributes));
 
     // The service's own read: the same order, the same text.
-    let read = shop.orders.get("ORD-000001", &customer()).await.expect("their own order");
-    assert_eq!(read.attributes_as::<OrderAttributes>().expect("an order"), order.attributes);
+    let read = shop
+        .orders
+        .get("ORD-000001", &customer())
+        .await
+        .expect("their own order");
+    assert_eq!(
+        read.attributes_as::<OrderAttributes>().expect("an order"),
+        order.attributes
+    );
     assert_eq!(read.attributes.json(), order.item.attributes.json());
 
     // A status change through the service, read back typed.
@@ -111,8 +118,14 @@ async fn an_order_placed_and_moved_typed_reads_back_typed_and_stores_what_the_va
         .await
         .expect("read")
         .expect("exists");
-    assert_eq!((confirmed.item.version, confirmed.attributes.status), (3, OrderStatus::Confirmed));
-    assert_eq!(confirmed.item.attributes.json(), value_path_text(&confirmed.attributes));
+    assert_eq!(
+        (confirmed.item.version, confirmed.attributes.status),
+        (3, OrderStatus::Confirmed)
+    );
+    assert_eq!(
+        confirmed.item.attributes.json(),
+        value_path_text(&confirmed.attributes)
+    );
 
     // The same content published through the Value API under another key
     // (outside the order handler's `ORDER#` prefix: it reserves nothing)
@@ -121,7 +134,10 @@ async fn an_order_placed_and_moved_typed_reads_back_typed_and_stores_what_the_va
     let as_value = serde_json::to_value(&confirmed.attributes).expect("serializes");
     let twin = shop
         .engine
-        .publish_sync(CommandInput::new(&twin_key.pk, &twin_key.sk).attributes(as_value), &staff())
+        .publish_sync(
+            CommandInput::new(&twin_key.pk, &twin_key.sk).attributes(as_value),
+            &staff(),
+        )
         .await
         .expect("published")
         .into_item();
@@ -143,7 +159,10 @@ async fn an_order_placed_and_moved_typed_reads_back_typed_and_stores_what_the_va
         .expect("read")
         .expect("seeded");
     assert_eq!(product.attributes.price, Decimal::new(2999, 2));
-    assert_eq!(product.item.attributes.json(), value_path_text(&product.attributes));
+    assert_eq!(
+        product.item.attributes.json(),
+        value_path_text(&product.attributes)
+    );
     let stock_key = EntityKey::new(tenant_pk(TENANT), "INVENTORY#PRD-001");
     let stock = shop
         .engine
@@ -151,6 +170,9 @@ async fn an_order_placed_and_moved_typed_reads_back_typed_and_stores_what_the_va
         .await
         .expect("read")
         .expect("seeded");
-    assert_eq!((stock.attributes.quantity, stock.attributes.reserved_quantity), (100, 2));
+    assert_eq!(
+        (stock.attributes.quantity, stock.attributes.reserved_quantity),
+        (100, 2)
+    );
     assert_eq!(stock.item.attributes.json(), value_path_text(&stock.attributes));
 }

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use cqrs_core::{
-    tenant_pk, CommandInput, CommandRecord, CommandServiceExt, Cursor, DataItem, EntityKey, ExpectedVersion, Filter,
-    IdempotencyKey, Index, IndexLookup, InvocationContext, ListQuery, Page, SequenceRequest, Services,
-    SkCondition,
+    tenant_pk, CommandInput, CommandRecord, CommandServiceExt, Cursor, DataItem, EntityKey, ExpectedVersion,
+    Filter, IdempotencyKey, Index, IndexLookup, InvocationContext, ListQuery, Page, SequenceRequest,
+    Services, SkCondition,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -221,7 +221,8 @@ impl OrderService {
             delivered_at: None,
             reservation: Reservation::Pending,
         };
-        let mut command = CommandInput::new(tenant_pk(&ctx.tenant_code), order_sk(&code)).name(format!("Order {code}"));
+        let mut command =
+            CommandInput::new(tenant_pk(&ctx.tenant_code), order_sk(&code)).name(format!("Order {code}"));
         command.idempotency_key = idempotency_key;
         let placed = self
             .services
