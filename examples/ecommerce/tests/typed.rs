@@ -4,6 +4,12 @@
 //! every stored row holds the text the `serde_json::Value` API stores for
 //! the same content — so rows written before the typed API, or by a program
 //! on the `Value` API, read the same.
+//!
+//! Runs on memory, and on DynamoDB (`DYNAMODB_ENDPOINT`: DynamoDB Local;
+//! skipped loudly without it, a failure under `CQRS_REQUIRE_DYNAMODB` or CI),
+//! whose rows come back through its own attribute values.
+
+use std::sync::Arc;
 
 use cqrs_core::{
     tenant_pk, Attributes, CommandInput, CommandService, DataServiceExt, EntityKey, InvocationContext,
@@ -15,6 +21,32 @@ use ecommerce::domain::{
 use ecommerce::services::NewOrder;
 use ecommerce::Shop;
 use rust_decimal::Decimal;
+
+#[tokio::test]
+async fn memory_an_order_placed_and_moved_typed_reads_back_typed_and_stores_what_the_value_api_stores() {
+    let shop = Shop::new(Arc::new(cqrs_memory::InMemory::new()));
+    order_placed_and_moved_typed(&shop).await;
+}
+
+#[tokio::test]
+async fn dynamodb_an_order_placed_and_moved_typed_reads_back_typed_and_stores_what_the_value_api_stores() {
+    if !cqrs_dynamodb::testing::available() {
+        return;
+    }
+    let endpoint = cqrs_dynamodb::testing::endpoint().expect("checked");
+    let prefix = format!("t-typed-{}", uuid::Uuid::new_v4().simple());
+    let storage = Arc::new(cqrs_dynamodb::DynamoDbStorage::new(
+        cqrs_dynamodb::local_client(&endpoint),
+        cqrs_dynamodb::TableNames::with_prefix(&prefix),
+    ));
+    storage.ensure_tables().await.expect("tables created");
+    let shop = Shop::new(storage.clone());
+    order_placed_and_moved_typed(&shop).await;
+    shop.engine.wait_idle().await;
+    cqrs_dynamodb::testing::drop_tables(&storage)
+        .await
+        .expect("tables dropped");
+}
 
 const TENANT: &str = "shop-a";
 
@@ -32,9 +64,7 @@ fn value_path_text<T: serde::Serialize>(value: &T) -> String {
     Attributes::from(value).json().to_owned()
 }
 
-#[tokio::test]
-async fn an_order_placed_and_moved_typed_reads_back_typed_and_stores_what_the_value_api_stores() {
-    let shop = Shop::in_memory();
+async fn order_placed_and_moved_typed(shop: &Shop) {
     shop.seed_demo(TENANT).await.expect("seeded");
 
     // Every field named and typed: a misspelt field, a quantity as text or a
