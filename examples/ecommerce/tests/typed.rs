@@ -104,6 +104,40 @@ async fn order_placed_and_moved_typed(shop: &Shop) {
         (Decimal::new(5998, 2), Decimal::new(600, 2), Decimal::new(6598, 2))
     );
     assert_eq!(placed.order.attributes.json(), value_path_text(&ordered));
+    // The stored names are the ones rows have always had (serde's renames),
+    // so orders stored before the typed API read back.
+    let names: Vec<&str> = placed
+        .order
+        .attributes
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "customerId",
+            "items",
+            "paymentMethod",
+            "placedAt",
+            "reservation",
+            "shippingAddress",
+            "status",
+            "subtotal",
+            "tax",
+            "total",
+            "userId"
+        ]
+    );
+    let line = &placed.order.attributes["items"][0];
+    let line_names: Vec<&str> = line
+        .as_object()
+        .expect("a line")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(line_names, ["name", "price", "productCode", "quantity"]);
 
     // The handler reserved the stock and recorded it on the order.
     shop.engine.wait_idle().await;
