@@ -19,7 +19,7 @@
 
 use async_trait::async_trait;
 use cqrs_core::{
-    tenant_pk, BoxError, CommandInput, DataItem, DataSyncEvent, DataSyncHandler, EntityKey, Interest,
+    tenant_pk, BoxError, DataServiceExt, DataSyncEvent, DataSyncHandler, EntityKey, Interest,
     InvocationContext, Services,
 };
 
@@ -75,10 +75,14 @@ impl OrderSyncHandler {
     async fn on_created(&self, event: &DataSyncEvent, order: &OrderAttributes) -> Result<(), BoxError> {
         let ctx = &event.context;
         let code = &event.command.code;
-        let current = current_order(&self.services, &event.key(), ctx).await?;
+        let current = self
+            .services
+            .data
+            .get_typed::<OrderAttributes>(&event.key(), ctx)
+            .await?;
         // Every effect below is derived from what is stored, on every run:
         // a run cut off after any step is run again from the start.
-        let shortfall = match current.as_ref().map(|(_, o)| (o.reservation, o.status)) {
+        let shortfall = match current.map(|o| (o.attributes.reservation, o.attributes.status)) {
             // Not yet attempted, and not cancelled meanwhile (a cancelled
             // order reserves nothing).
             Some((Reservation::Pending, status)) if status != OrderStatus::Cancelled => {
@@ -138,15 +142,12 @@ impl OrderSyncHandler {
         ctx: &InvocationContext,
     ) -> Result<Shortfall, BoxError> {
         let key = EntityKey::new(tenant_pk(&ctx.tenant_code), reservation_sk(code));
-        let stored = self.services.data.get_item(&key, ctx).await?;
-        let reservation = stored
-            .map(|item| item.attributes_as::<ReservationAttributes>())
-            .transpose()?;
+        let reservation = self.services.data.get_typed(&key, ctx).await?;
         if let Some(ReservationAttributes {
             state: ReservationState::Failed,
             shortfall: Some(shortfall),
             ..
-        }) = reservation
+        }) = reservation.map(|r| r.attributes)
         {
             return Ok(shortfall);
         }
@@ -165,12 +166,12 @@ impl OrderSyncHandler {
         let ctx = &event.context;
         let mut cancelled = false;
         self.services
-            .update_with(&event.key(), ctx, |current: Option<&DataItem>| {
+            .update(&event.key())
+            .publish_sync_typed(ctx, |current: Option<OrderAttributes>| {
                 cancelled = false;
-                let Some(item) = current else {
+                let Some(mut order) = current else {
                     return Ok(None);
                 };
-                let mut order: OrderAttributes = item.attributes_as()?;
                 if order.status == OrderStatus::Cancelled {
                     cancelled = true;
                     return Ok(None);
@@ -179,7 +180,7 @@ impl OrderSyncHandler {
                     return Ok(None);
                 }
                 order.reservation = state;
-                Ok::<_, ShopError>(Some(CommandInput::update_of(item).attributes_from(&order)?))
+                Ok::<_, ShopError>(Some(order))
             })
             .await?;
         if cancelled {
@@ -239,21 +240,6 @@ pub fn shortfall_message(shortfall: &Shortfall) -> String {
     )
 }
 
-/// The order's latest data item and attributes.
-async fn current_order(
-    services: &Services,
-    key: &EntityKey,
-    ctx: &InvocationContext,
-) -> Result<Option<(DataItem, OrderAttributes)>, BoxError> {
-    match services.data.get_item(key, ctx).await? {
-        Some(item) => {
-            let order = item.attributes_as()?;
-            Ok(Some((item, order)))
-        }
-        None => Ok(None),
-    }
-}
-
 #[async_trait]
 impl DataSyncHandler for OrderSyncHandler {
     fn name(&self) -> &str {
@@ -265,17 +251,14 @@ impl DataSyncHandler for OrderSyncHandler {
     }
 
     async fn handle(&self, event: &DataSyncEvent) -> Result<(), BoxError> {
-        let order: OrderAttributes = event.new.attributes_as()?;
-        match &event.old {
+        let states = event.states::<OrderAttributes>()?;
+        let order = states.new;
+        match states.old {
             None => self.on_created(event, &order).await,
-            Some(old) => {
-                let before: OrderAttributes = old.attributes_as()?;
-                if before.status != order.status {
-                    self.on_status_change(event, &order, before.status).await
-                } else {
-                    Ok(())
-                }
+            Some(before) if before.status != order.status => {
+                self.on_status_change(event, &order, before.status).await
             }
+            Some(_) => Ok(()),
         }
     }
 }

@@ -28,6 +28,10 @@ macro_rules! entity {
             /// update under an optimistic version check.
             pub version: u64,
             /// The entity's attributes.
+            // The stored text, served as it is rather than as `$attributes`:
+            // the services checked that it reads as one, and a passthrough
+            // neither parses nor re-serializes it (nor drops a field another
+            // program sharing the table added).
             #[schema(value_type = $attributes)]
             pub attributes: Attributes,
         }

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use cqrs_core::{tenant_pk, DataItem, EntityKey, InvocationContext, Services};
+use cqrs_core::{tenant_pk, DataItem, DataServiceExt, EntityKey, InvocationContext, Services};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -114,10 +114,8 @@ impl InventoryService {
         access::staff(ctx, "reading a reservation")?;
         validate::code("order code", order_code)?;
         let key = EntityKey::new(tenant_pk(&ctx.tenant_code), reservation_sk(order_code));
-        match self.services.data.get_item(&key, ctx).await? {
-            Some(item) => Ok(Some(item.attributes_as()?)),
-            None => Ok(None),
-        }
+        let reservation = self.services.data.get_typed(&key, ctx).await?;
+        Ok(reservation.map(|reservation| reservation.attributes))
     }
 
     /// Sets the quantity on hand (staff only) of a product of the catalogue,

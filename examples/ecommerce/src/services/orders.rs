@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use cqrs_core::{
-    tenant_pk, CommandInput, CommandRecord, Cursor, DataItem, EntityKey, ExpectedVersion, Filter,
-    IdempotencyKey, Index, IndexLookup, InvocationContext, ListQuery, Page, SequenceRequest, Services,
-    SkCondition,
+    tenant_pk, CommandInput, CommandRecord, CommandServiceExt, Cursor, DataItem, EntityKey, ExpectedVersion,
+    Filter, IdempotencyKey, Index, IndexLookup, InvocationContext, ListQuery, Page, SequenceRequest,
+    Services, SkCondition,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -221,16 +221,16 @@ impl OrderService {
             delivered_at: None,
             reservation: Reservation::Pending,
         };
-        let mut command = CommandInput::new(tenant_pk(&ctx.tenant_code), order_sk(&code))
-            .name(format!("Order {code}"))
-            .attributes_from(&attributes)?;
+        let mut command =
+            CommandInput::new(tenant_pk(&ctx.tenant_code), order_sk(&code)).name(format!("Order {code}"));
         command.idempotency_key = idempotency_key;
         let placed = self
             .services
             .commands
-            .publish_async(command, ctx)
+            .publish_async_typed(command, attributes, ctx)
             .await?
-            .into_inner();
+            .into_inner()
+            .item;
         // A request with the same key that got past the look-up at the same
         // time (a client retrying before its first try was answered) may
         // have published first: then the framework returns its order, and
@@ -346,7 +346,9 @@ impl OrderService {
         // Decided on the order as read, again after each conflict. With the
         // client's version, a conflict read again finds the order moved, and
         // the version check refuses it; an order whose creation the
-        // pipeline has not applied yet is waited for.
+        // pipeline has not applied yet is waited for. The closure gets the
+        // whole item, not the order alone (`publish_sync_typed`): the
+        // client's version and the deleted flag are the item's.
         let moved = update
             .publish_sync(ctx, |current: Option<&DataItem>| {
                 let current = current.filter(|item| may_read(item, ctx)).ok_or_else(not_found)?;
@@ -398,7 +400,17 @@ impl OrderService {
 /// Whether the caller may read `order`: staff any, a customer their own;
 /// nobody an order deleted (by another program sharing the table).
 fn may_read(order: &DataItem, ctx: &InvocationContext) -> bool {
-    !order.is_deleted
-        && (access::is_staff(ctx)
-            || order.attributes.get("userId").and_then(|u| u.as_str()) == Some(&ctx.user_id))
+    !order.is_deleted && (access::is_staff(ctx) || owner(order).as_deref() == Some(ctx.user_id.as_str()))
+}
+
+/// The user who placed `order`, read alone: a row that is not a whole
+/// order still has an owner or none, so that a customer is told another's
+/// unreadable row is missing, not what is wrong with it.
+fn owner(order: &DataItem) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Owner {
+        user_id: String,
+    }
+    order.attributes_as::<Owner>().ok().map(|owner| owner.user_id)
 }

@@ -1,8 +1,8 @@
 //! The catalogue.
 
 use cqrs_core::{
-    tenant_pk, CommandInput, Cursor, DataItem, EntityKey, InvocationContext, ListQuery, Page, Services,
-    SkCondition,
+    tenant_pk, CommandInput, CommandServiceExt, Cursor, DataItem, EntityKey, InvocationContext, ListQuery,
+    Page, Services, SkCondition,
 };
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -84,11 +84,15 @@ impl ProductService {
             images: product.images,
             is_active: product.is_active,
         };
-        let command = CommandInput::new(tenant_pk(&ctx.tenant_code), product_sk(&product.code))
-            .name(product.name)
-            .attributes_from(&attributes)?;
-        match self.services.commands.publish_sync(command, ctx).await {
-            Ok(published) => Ok(published.into_item()),
+        let command =
+            CommandInput::new(tenant_pk(&ctx.tenant_code), product_sk(&product.code)).name(product.name);
+        match self
+            .services
+            .commands
+            .publish_sync_typed(command, attributes, ctx)
+            .await
+        {
+            Ok(published) => Ok(published.into_item().item),
             Err(cqrs_core::Error::Conflict { .. }) => Err(ShopError::Conflict(format!(
                 "product {} exists already",
                 product.code
