@@ -57,7 +57,6 @@ pub(crate) fn to_canonical<T: Serialize + ?Sized>(value: &T) -> Result<Arc<str>,
 }
 
 /// The buffers, kept per thread between texts.
-#[derive(Default)]
 struct Writer {
     out: Vec<u8>,
     /// The entries of the objects being written, innermost last.
@@ -66,6 +65,23 @@ struct Writer {
     scratch: Vec<u8>,
     /// The key order of the structs written lately (see [`KeyOrders`]).
     orders: KeyOrders,
+    /// Struct field names (address, length) known to need no escape.
+    plain_fields: [(usize, usize); PLAIN_FIELDS],
+}
+
+/// How many field names [`Writer::plain_fields`] remembers.
+const PLAIN_FIELDS: usize = 128;
+
+impl Default for Writer {
+    fn default() -> Self {
+        Self {
+            out: Vec::new(),
+            entries: Vec::new(),
+            scratch: Vec::new(),
+            orders: KeyOrders::default(),
+            plain_fields: [(0, 0); PLAIN_FIELDS],
+        }
+    }
 }
 
 /// One `"key":value` of an object, by its place in [`Writer::out`].
@@ -157,6 +173,21 @@ impl Writer {
     }
 
     fn write_f64(&mut self, float: f64) -> Result<(), Refused> {
+        // Most floats are small and with a fraction, or small and whole:
+        // decided here without the general checks below. Below 2^53 a
+        // whole float is an integer written the same way, and within
+        // these bounds a float is inside DynamoDB's range.
+        const EXACT: f64 = (1u64 << 53) as f64;
+        let magnitude = float.abs();
+        if (1e-100..EXACT).contains(&magnitude) {
+            let whole = float as i64;
+            if whole as f64 == float {
+                self.write_integer(whole);
+            } else {
+                serde_json::to_writer(&mut self.out, &float).map_err(|e| Refused(e.to_string()))?;
+            }
+            return Ok(());
+        }
         // As `Value::from(f64)`: not a number, or infinite, is `null`.
         let Some(number) = Number::from_f64(float) else {
             self.out.extend_from_slice(b"null");
@@ -192,16 +223,30 @@ impl Writer {
             self.out.push(b',');
         }
         let start = self.out.len();
-        write_string(key, &mut self.out);
-        let key_end = self.out.len() - 1;
-        self.out.push(b':');
+        let name = (key.as_ptr() as usize, key.len());
+        // A field name seen plain before is written without looking at
+        // its bytes again.
+        let slot = &mut self.plain_fields[(name.0 >> 3 ^ name.1) % PLAIN_FIELDS];
+        if field && *slot == name {
+            self.out.reserve(key.len() + 3);
+            self.out.push(b'"');
+            self.out.extend_from_slice(key.as_bytes());
+            self.out.extend_from_slice(b"\":");
+        } else {
+            write_string(key, &mut self.out);
+            self.out.push(b':');
+        }
+        let key_end = self.out.len() - 2;
         let escaped = key_end - start - 1 != key.len();
+        if field && !escaped {
+            *slot = name;
+        }
         self.entries.push(Entry {
             start,
             key_end,
             end: 0,
             escaped,
-            field: field.then_some((key.as_ptr() as usize, key.len())),
+            field: field.then_some(name),
         });
     }
 
