@@ -291,28 +291,30 @@ impl Update<'_> {
     ///     Ok(())
     /// }
     /// ```
-    pub async fn publish_sync_typed<T, E, F>(
-        self,
-        ctx: &InvocationContext,
-        mut change: F,
-    ) -> Result<Updated, E>
+    pub async fn publish_sync_typed<T, E, F>(self, ctx: &InvocationContext, change: F) -> Result<Updated, E>
     where
         T: Serialize + DeserializeOwned,
         F: FnMut(Option<T>) -> Result<Option<T>, E> + Send,
         E: From<Error> + Send,
     {
-        let key = self.key.clone();
-        self.run(ctx, Mode::Sync, move |current| {
-            typed_change(&key, current, &mut change)
-        })
-        .await
+        self.run_typed(ctx, Mode::Sync, change).await
     }
 
     /// [`Update::publish_async`] with the state as your own type, as
     /// [`Update::publish_sync_typed`].
-    pub async fn publish_async_typed<T, E, F>(
+    pub async fn publish_async_typed<T, E, F>(self, ctx: &InvocationContext, change: F) -> Result<Updated, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> Result<Option<T>, E> + Send,
+        E: From<Error> + Send,
+    {
+        self.run_typed(ctx, Mode::Async, change).await
+    }
+
+    async fn run_typed<T, E, F>(
         self,
         ctx: &InvocationContext,
+        mode: Mode,
         mut change: F,
     ) -> Result<Updated, E>
     where
@@ -321,10 +323,8 @@ impl Update<'_> {
         E: From<Error> + Send,
     {
         let key = self.key.clone();
-        self.run(ctx, Mode::Async, move |current| {
-            typed_change(&key, current, &mut change)
-        })
-        .await
+        self.run(ctx, mode, move |current| typed_change(&key, current, &mut change))
+            .await
     }
 
     async fn run<E, F>(self, ctx: &InvocationContext, mode: Mode, mut change: F) -> Result<Updated, E>
