@@ -19,7 +19,7 @@ use crate::handler::DataSyncEvent;
 use crate::index::IndexLookup;
 use crate::keys::EntityKey;
 use crate::model::{CommandInput, CommandRecord, DataItem, Published, Synced};
-use crate::query::{ListQuery, Page};
+use crate::query::{ListQuery, Page, UnreadableRow};
 use crate::services::{CommandService, DataService};
 
 /// A stored item (a [`DataItem`] or a [`CommandRecord`]) with its
@@ -273,7 +273,9 @@ pub trait DataServiceExt: DataService {
         async move { self.get_latest(key, ctx).await?.map(Typed::from_item).transpose() }
     }
 
-    /// [`DataService::list_items`] with the attributes deserialized.
+    /// [`DataService::list_items`] with the attributes deserialized; an
+    /// item that does not read as `T` is reported among the page's
+    /// [`unreadable`](Page::unreadable) rows instead of failing the page.
     fn list_typed<'a, T: DeserializeOwned>(
         &'a self,
         pk: &'a str,
@@ -283,7 +285,8 @@ pub trait DataServiceExt: DataService {
         async move { typed_page(self.list_items(pk, query, ctx).await?) }
     }
 
-    /// [`DataService::list_by_index`] with the attributes deserialized.
+    /// [`DataService::list_by_index`] with the attributes deserialized (an
+    /// item that does not read as `T`: as in [`list_typed`](DataServiceExt::list_typed)).
     fn list_by_index_typed<'a, T: DeserializeOwned>(
         &'a self,
         lookup: &'a IndexLookup,
@@ -311,16 +314,33 @@ pub trait DataServiceExt: DataService {
 
 impl<S: DataService + ?Sized> DataServiceExt for S {}
 
-/// A page with each item's attributes deserialized; an item that does not
-/// deserialize fails the page, naming what is wrong.
+/// A page with each item's attributes deserialized. An item whose
+/// attributes do not read as `T` is left out and reported among the page's
+/// [`unreadable`](Page::unreadable) rows, by its key and why — as a row a
+/// backend cannot read at all is — rather than failing the whole page.
 fn typed_page<T: DeserializeOwned>(page: Page<DataItem>) -> Result<Page<Typed<T>>> {
+    let Page {
+        items,
+        cursor,
+        mut unreadable,
+    } = page;
+    let mut typed = Vec::with_capacity(items.len());
+    for item in items {
+        match item.attributes_as::<T>() {
+            Ok(attributes) => typed.push(Typed { attributes, item }),
+            Err(error) => {
+                tracing::warn!(pk = %item.pk, sk = %item.sk, %error, "a row that does not read as its type left out of a page");
+                unreadable.push(UnreadableRow {
+                    pk: item.pk.to_string(),
+                    sk: item.sk.to_string(),
+                    reason: error.to_string(),
+                });
+            }
+        }
+    }
     Ok(Page {
-        items: page
-            .items
-            .into_iter()
-            .map(Typed::from_item)
-            .collect::<Result<_>>()?,
-        cursor: page.cursor,
-        unreadable: page.unreadable,
+        items: typed,
+        cursor,
+        unreadable,
     })
 }

@@ -258,7 +258,8 @@ pub async fn cursors_and_limits_are_validated(factory: &dyn StorageFactory) {
     assert_eq!(sks(&next.items), ["P#1"]);
 }
 
-/// Typed helpers deserialize attributes; a shape mismatch is invalid input.
+/// Typed helpers deserialize attributes; a shape mismatch is invalid input
+/// read alone, and an unreadable row of the page in a list.
 pub async fn typed_reads(factory: &dyn StorageFactory) {
     #[derive(Debug, Deserialize, PartialEq)]
     struct Stock {
@@ -292,6 +293,28 @@ pub async fn typed_reads(factory: &dyn StorageFactory) {
         engine.get_typed::<Wrong>(&key, &a).await,
         Err(Error::InvalidInput { .. })
     ));
+    // In a page, rows that are not of the type are reported by key, and the
+    // others served.
+    create_all(
+        &engine,
+        &a,
+        PK_A,
+        [("INVENTORY#4".to_owned(), json!({"quantity": "four"}))],
+    )
+    .await;
+    let page = engine
+        .list_typed::<Stock>(PK_A, ListQuery::new(), &a)
+        .await
+        .unwrap();
+    let quantities: Vec<_> = page.items.iter().map(|t| t.attributes.quantity).collect();
+    assert_eq!(quantities, [1, 2, 3]);
+    let unreadable: Vec<_> = page.unreadable.iter().map(|row| row.sk.as_str()).collect();
+    assert_eq!(unreadable, ["INVENTORY#4"]);
+    assert!(
+        page.unreadable[0].reason.contains("four"),
+        "{:?}",
+        page.unreadable[0]
+    );
 }
 
 /// Numbers compare by value, however they were written and whatever the
