@@ -85,11 +85,6 @@ impl<T> Typed<T> {
     pub fn update(self) -> (CommandInput, T) {
         (CommandInput::update_of(&self.item), self.attributes)
     }
-
-    /// The item alone.
-    pub fn into_item(self) -> DataItem {
-        self.item
-    }
 }
 
 impl Synced {
