@@ -672,6 +672,15 @@ impl ser::SerializeStructVariant for Object<'_> {
     }
 }
 
+/// Integer map keys are written as their decimal text, as serde_json does.
+macro_rules! integer_keys {
+    ($($method:ident: $type:ty),*) => {
+        $(fn $method(self, v: $type) -> Result<Self::Ok, Refused> {
+            Ok(itoa::Buffer::new().format(v).to_owned().into())
+        })*
+    };
+}
+
 /// A map key as the text serde_json makes of it: strings, characters,
 /// integers and booleans (anything else is left to the `Value` path).
 struct KeyText;
@@ -690,36 +699,18 @@ impl ser::Serializer for KeyText {
     fn serialize_bool(self, v: bool) -> Result<Self::Ok, Refused> {
         Ok(if v { "true" } else { "false" }.into())
     }
-    fn serialize_i8(self, v: i8) -> Result<Self::Ok, Refused> {
-        Ok(itoa::Buffer::new().format(v).to_owned().into())
-    }
-    fn serialize_i16(self, v: i16) -> Result<Self::Ok, Refused> {
-        Ok(itoa::Buffer::new().format(v).to_owned().into())
-    }
-    fn serialize_i32(self, v: i32) -> Result<Self::Ok, Refused> {
-        Ok(itoa::Buffer::new().format(v).to_owned().into())
-    }
-    fn serialize_i64(self, v: i64) -> Result<Self::Ok, Refused> {
-        Ok(itoa::Buffer::new().format(v).to_owned().into())
-    }
-    fn serialize_i128(self, v: i128) -> Result<Self::Ok, Refused> {
-        Ok(itoa::Buffer::new().format(v).to_owned().into())
-    }
-    fn serialize_u8(self, v: u8) -> Result<Self::Ok, Refused> {
-        Ok(itoa::Buffer::new().format(v).to_owned().into())
-    }
-    fn serialize_u16(self, v: u16) -> Result<Self::Ok, Refused> {
-        Ok(itoa::Buffer::new().format(v).to_owned().into())
-    }
-    fn serialize_u32(self, v: u32) -> Result<Self::Ok, Refused> {
-        Ok(itoa::Buffer::new().format(v).to_owned().into())
-    }
-    fn serialize_u64(self, v: u64) -> Result<Self::Ok, Refused> {
-        Ok(itoa::Buffer::new().format(v).to_owned().into())
-    }
-    fn serialize_u128(self, v: u128) -> Result<Self::Ok, Refused> {
-        Ok(itoa::Buffer::new().format(v).to_owned().into())
-    }
+    integer_keys!(
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_u128: u128
+    );
     fn serialize_f32(self, _v: f32) -> Result<Self::Ok, Refused> {
         Err(refused("a float map key"))
     }

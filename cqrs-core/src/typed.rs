@@ -268,27 +268,27 @@ pub trait DataServiceExt: DataService {
         async move { self.get_latest(key, ctx).await?.map(Typed::from_item).transpose() }
     }
 
-    /// [`DataService::list_items`] with the attributes deserialized; an
-    /// item that does not read as `T` is reported among the page's
-    /// [`unreadable`](Page::unreadable) rows instead of failing the page.
+    /// [`DataService::list_items`] with the attributes deserialized
+    /// ([`Page::typed`]: an item that does not read as `T` is reported
+    /// among the page's unreadable rows instead of failing the page).
     fn list_typed<'a, T: DeserializeOwned>(
         &'a self,
         pk: &'a str,
         query: ListQuery,
         ctx: &'a InvocationContext,
     ) -> impl Future<Output = Result<Page<Typed<T>>>> + Send + 'a {
-        async move { typed_page(self.list_items(pk, query, ctx).await?) }
+        async move { Ok(self.list_items(pk, query, ctx).await?.typed()) }
     }
 
-    /// [`DataService::list_by_index`] with the attributes deserialized (an
-    /// item that does not read as `T`: as in [`list_typed`](DataServiceExt::list_typed)).
+    /// [`DataService::list_by_index`] with the attributes deserialized
+    /// ([`Page::typed`]).
     fn list_by_index_typed<'a, T: DeserializeOwned>(
         &'a self,
         lookup: &'a IndexLookup,
         query: ListQuery,
         ctx: &'a InvocationContext,
     ) -> impl Future<Output = Result<Page<Typed<T>>>> + Send + 'a {
-        async move { typed_page(self.list_by_index(lookup, query, ctx).await?) }
+        async move { Ok(self.list_by_index(lookup, query, ctx).await?.typed()) }
     }
 
     /// [`DataService::list_history`] with the attributes deserialized.
@@ -309,33 +309,36 @@ pub trait DataServiceExt: DataService {
 
 impl<S: DataService + ?Sized> DataServiceExt for S {}
 
-/// A page with each item's attributes deserialized. An item whose
-/// attributes do not read as `T` is left out and reported among the page's
-/// [`unreadable`](Page::unreadable) rows, by its key and why — as a row a
-/// backend cannot read at all is — rather than failing the whole page.
-fn typed_page<T: DeserializeOwned>(page: Page<DataItem>) -> Result<Page<Typed<T>>> {
-    let Page {
-        items,
-        cursor,
-        mut unreadable,
-    } = page;
-    let mut typed = Vec::with_capacity(items.len());
-    for item in items {
-        match item.attributes_as::<T>() {
-            Ok(attributes) => typed.push(Typed { attributes, item }),
-            Err(error) => {
-                tracing::warn!(pk = %item.pk, sk = %item.sk, %error, "a row that does not read as its type left out of a page");
-                unreadable.push(UnreadableRow {
-                    pk: item.pk.to_string(),
-                    sk: item.sk.to_string(),
-                    reason: error.to_string(),
-                });
+impl Page<DataItem> {
+    /// The page with each item's attributes deserialized as `T`. An item
+    /// whose attributes do not read as `T` is left out and reported among
+    /// the page's [`unreadable`](Page::unreadable) rows, by its key and why
+    /// — as a row a backend cannot read at all is — rather than failing the
+    /// whole page.
+    pub fn typed<T: DeserializeOwned>(self) -> Page<Typed<T>> {
+        let Page {
+            items,
+            cursor,
+            mut unreadable,
+        } = self;
+        let mut typed = Vec::with_capacity(items.len());
+        for item in items {
+            match item.attributes_as::<T>() {
+                Ok(attributes) => typed.push(Typed { attributes, item }),
+                Err(error) => {
+                    tracing::warn!(pk = %item.pk, sk = %item.sk, %error, "a row that does not read as its type left out of a page");
+                    unreadable.push(UnreadableRow {
+                        pk: item.pk.to_string(),
+                        sk: item.sk.to_string(),
+                        reason: error.to_string(),
+                    });
+                }
             }
         }
+        Page {
+            items: typed,
+            cursor,
+            unreadable,
+        }
     }
-    Ok(Page {
-        items: typed,
-        cursor,
-        unreadable,
-    })
 }

@@ -300,7 +300,7 @@ impl OrderService {
                 data.list_by_index(&lookup, query, ctx).await?
             }
         };
-        Ok(typed::page::<OrderAttributes>(page, "order"))
+        Ok(typed::page::<OrderAttributes>(page))
     }
 
     /// Moves an order to `next`, as the seed's status machine allows. With

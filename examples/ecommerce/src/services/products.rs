@@ -172,6 +172,6 @@ impl ProductService {
             .data
             .list_items(&tenant_pk(&ctx.tenant_code), query, ctx)
             .await?;
-        Ok(typed::page::<ProductAttributes>(page, "product"))
+        Ok(typed::page::<ProductAttributes>(page))
     }
 }

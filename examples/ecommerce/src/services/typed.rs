@@ -7,7 +7,7 @@
 //! does not read as its type is reported by its key — in a list, among the
 //! page's `unreadable` rows; read alone, as an error naming it.
 
-use cqrs_core::{DataItem, Filter, Page, UnreadableRow};
+use cqrs_core::{DataItem, Filter, Page};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ShopError, ShopResult};
@@ -35,30 +35,13 @@ pub(crate) fn checked<T: DeserializeOwned>(item: DataItem, what: &str) -> ShopRe
 }
 
 /// The page with the items whose attributes do not read as `T` moved to
-/// its `unreadable` rows.
-pub(crate) fn page<T: DeserializeOwned>(page: Page<DataItem>, what: &str) -> Page<DataItem> {
-    let Page {
-        items,
-        cursor,
-        mut unreadable,
-    } = page;
-    let mut readable = Vec::with_capacity(items.len());
-    for item in items {
-        match item.attributes_as::<T>() {
-            Ok(_) => readable.push(item),
-            Err(error) => {
-                tracing::warn!(pk = %item.pk, sk = %item.sk, %error, "a row that is not a {what} left out of a page");
-                unreadable.push(UnreadableRow {
-                    pk: item.pk.to_string(),
-                    sk: item.sk.to_string(),
-                    reason: format!("not a {what}: {error}"),
-                });
-            }
-        }
-    }
+/// its `unreadable` rows ([`Page::typed`]); the items served as they are
+/// stored.
+pub(crate) fn page<T: DeserializeOwned>(page: Page<DataItem>) -> Page<DataItem> {
+    let typed = page.typed::<T>();
     Page {
-        items: readable,
-        cursor,
-        unreadable,
+        items: typed.items.into_iter().map(|typed| typed.item).collect(),
+        cursor: typed.cursor,
+        unreadable: typed.unreadable,
     }
 }
