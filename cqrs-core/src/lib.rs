@@ -21,6 +21,7 @@ mod merge;
 mod model;
 mod numbers;
 pub mod outbox;
+pub mod projection;
 mod query;
 mod sequence;
 mod services;
