@@ -25,6 +25,7 @@ mod keyed_races;
 mod liveness;
 mod outbox;
 mod pipeline;
+pub mod projections;
 mod queries;
 mod races;
 mod retried_writes;
