@@ -1,6 +1,8 @@
 //! [`SqlTarget`]: the projection target over a sqlx pool.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use cqrs_core::projection::{MetaDoc, ProjectionTarget, Revised};
@@ -39,12 +41,16 @@ const CHECKPOINT_BATCH: usize = 500;
 /// (`BEGIN IMMEDIATE`), so they run one at a time.
 pub struct SqlTarget<DB: SqlDatabase> {
     pool: Pool<DB>,
+    /// Whether this target (or a clone) created the framework's tables:
+    /// the projector may begin a transaction before it prepares.
+    prepared: Arc<AtomicBool>,
 }
 
 impl<DB: SqlDatabase> Clone for SqlTarget<DB> {
     fn clone(&self) -> Self {
         SqlTarget {
             pool: self.pool.clone(),
+            prepared: Arc::clone(&self.prepared),
         }
     }
 }
@@ -59,12 +65,23 @@ impl<DB: SqlDatabase> SqlTarget<DB> {
     /// A target over `pool`. For SQLite, give the pool a busy timeout (and
     /// preferably WAL), as [`SqlTarget::connect`] does.
     pub fn new(pool: Pool<DB>) -> Self {
-        SqlTarget { pool }
+        SqlTarget {
+            pool,
+            prepared: Arc::default(),
+        }
     }
 
     /// The pool: readers query the projection's views through it.
     pub fn pool(&self) -> &Pool<DB> {
         &self.pool
+    }
+
+    /// The dialect, once the framework's tables exist (created on first use).
+    async fn ready(&self) -> Result<Flavor> {
+        if !self.prepared.load(Ordering::Acquire) {
+            self.prepare().await?;
+        }
+        self.flavor()
     }
 
     fn flavor(&self) -> Result<Flavor> {
@@ -137,11 +154,13 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
         }
         tx.commit()
             .await
-            .map_err(|e| error::outside_transaction(e, flavor))
+            .map_err(|e| error::outside_transaction(e, flavor))?;
+        self.prepared.store(true, Ordering::Release);
+        Ok(())
     }
 
     async fn begin(&self, projection: &str) -> Result<(SqlTx<DB>, Option<Revised>)> {
-        let flavor = self.flavor()?;
+        let flavor = self.ready().await?;
         let mut tx = self.begin_writing(flavor).await?;
         let mut generations =
             Self::read_doc(&mut tx, flavor, projection, MetaDoc::Generations, RowLock::Share).await?;
@@ -157,7 +176,7 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
     }
 
     async fn load(&self, projection: &str, doc: MetaDoc) -> Result<Option<Revised>> {
-        let flavor = self.flavor()?;
+        let flavor = self.ready().await?;
         let mut conn = self
             .pool
             .acquire()
@@ -167,7 +186,7 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
     }
 
     async fn checkpoints(&self, projection: &str, generation: u64, keys: &[EntityKey]) -> Result<Vec<u64>> {
-        let flavor = self.flavor()?;
+        let flavor = self.ready().await?;
         let generation = to_sql(generation)?;
         let mut conn = self
             .pool
@@ -205,7 +224,7 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
         generation: u64,
         tables: &[String],
     ) -> Result<()> {
-        let flavor = self.flavor()?;
+        let flavor = self.ready().await?;
         // Every name is checked before anything is written.
         let views = tables
             .iter()
@@ -240,7 +259,7 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
     }
 
     async fn drop_generation(&self, projection: &str, generation: u64, tables: &[String]) -> Result<()> {
-        let flavor = self.flavor()?;
+        let flavor = self.ready().await?;
         let physical = tables
             .iter()
             .map(|table| names::generation_table(table, generation))

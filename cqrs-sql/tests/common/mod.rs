@@ -45,9 +45,8 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// A pool on a fresh schema of its own (its `search_path`), on the server
-/// at [`postgres_url`].
-pub async fn postgres_pool() -> sqlx::PgPool {
+/// Creates a fresh schema on the server at [`postgres_url`]; its name.
+pub async fn postgres_schema() -> String {
     let url = postgres_url().expect("checked by postgres_available()");
     let schema = unique("t");
     let admin = sqlx::PgPool::connect(&url).await.expect("PostgreSQL reachable");
@@ -56,6 +55,22 @@ pub async fn postgres_pool() -> sqlx::PgPool {
         .await
         .expect("schema created");
     admin.close().await;
+    schema
+}
+
+/// The server's URL, on a fresh schema of its own (its `search_path`).
+pub async fn postgres_schema_url() -> String {
+    let url = postgres_url().expect("checked by postgres_available()");
+    let schema = postgres_schema().await;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-c%20search_path%3D{schema}")
+}
+
+/// A pool on a fresh schema of its own (its `search_path`), on the server
+/// at [`postgres_url`].
+pub async fn postgres_pool() -> sqlx::PgPool {
+    let url = postgres_url().expect("checked by postgres_available()");
+    let schema = postgres_schema().await;
     let options = sqlx::postgres::PgConnectOptions::from_str(&url)
         .expect("a PostgreSQL URL")
         .options([("search_path", schema.as_str())]);
