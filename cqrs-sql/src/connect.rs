@@ -1,15 +1,15 @@
 //! `SqlTarget::connect`: a pool set up for projections, from a URL.
 
-use std::time::Duration;
-
 use cqrs_core::{Error, Result};
 
 use crate::SqlTarget;
 
+#[cfg(feature = "sqlite")]
 /// How long a SQLite connection waits for another's write lock before it
 /// gives up (`SQLITE_BUSY`): projection transactions take turns on it.
-pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SQLITE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 fn connect_error(e: sqlx::Error) -> Error {
     // A server that is not up yet is worth waiting for; a bad URL is not.
     let retryable = matches!(
@@ -103,7 +103,11 @@ impl SqlTarget<sqlx::Any> {
                     .after_connect(move |conn, _| {
                         Box::pin(async move {
                             use sqlx::Executor;
-                            let journal = if in_memory { "" } else { "PRAGMA journal_mode = WAL; " };
+                            let journal = if in_memory {
+                                ""
+                            } else {
+                                "PRAGMA journal_mode = WAL; "
+                            };
                             conn.execute(
                                 format!(
                                     "{journal}PRAGMA busy_timeout = {}",
