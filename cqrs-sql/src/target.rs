@@ -281,4 +281,22 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
             .await
             .map_err(|e| error::outside_transaction(e, flavor))
     }
+
+    /// A projection's own statement failed because the database is
+    /// unreachable or overloaded, or because the transaction lost a race
+    /// (a deadlock, a serialization failure, a busy SQLite database):
+    /// worth retrying, not recording as failed.
+    fn is_transient(&self, error: &(dyn std::error::Error + 'static)) -> bool {
+        let Some(flavor) = DB::flavor(&self.pool) else {
+            return false;
+        };
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if let Some(e) = e.downcast_ref::<sqlx::Error>() {
+                return error::is_worth_retrying(e, flavor);
+            }
+            current = e.source();
+        }
+        false
+    }
 }

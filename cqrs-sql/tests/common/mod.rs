@@ -110,6 +110,12 @@ pub struct Harness<DB> {
     _db: std::marker::PhantomData<fn() -> DB>,
 }
 
+impl<DB> Clone for Harness<DB> {
+    fn clone(&self) -> Self {
+        Harness::new(self.place)
+    }
+}
+
 impl<DB> Harness<DB> {
     pub fn new(place: Place) -> Self {
         Harness {
