@@ -301,7 +301,10 @@ impl LocalPostgres {
     /// Creates and starts a server on a free port.
     pub fn start() -> Self {
         let bin = Self::bin_dir().expect("PostgreSQL installed: run ./scripts/postgres");
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("pg"));
+        // Under the system's temp folder: the server may run as another
+        // user (postgres), who must reach it (the target folder may be
+        // under a home only its owner enters).
+        let dir = std::env::temp_dir().join(unique("cqrs-pg"));
         std::fs::create_dir_all(&dir).expect("temp folder");
         let _ = std::process::Command::new("chown")
             .args(["postgres:postgres"])
