@@ -150,9 +150,11 @@ async fn a_dropped_transaction_leaves_nothing<H: TargetHarness>(h: &H) {
 /// gets a conflict (at its checkpoint write or its commit) and leaves
 /// nothing. Repeated, so that the interleavings vary.
 async fn racing_transactions_apply_once<H: TargetHarness>(h: &H) {
-    let h = Arc::new(h.target().await);
-    let target = Arc::clone(&h);
+    let target = Arc::new(h.target().await);
     target.prepare().await.unwrap();
+    // With a generations document, PostgreSQL transactions run side by
+    // side (share locks); before it, they take turns.
+    target.switch("p", "gen-1", 0, 1, &[]).await.unwrap();
     const ROUNDS: usize = 20;
     for round in 0..ROUNDS {
         let tasks: Vec<_> = (0..2)
@@ -162,10 +164,9 @@ async fn racing_transactions_apply_once<H: TargetHarness>(h: &H) {
                     let (mut tx, _) = target.begin("p").await?;
                     tx.set_generation(1);
                     let k = key(round);
-                    let seen = tx.checkpoint(&k).await?;
+                    tx.checkpoint(&k).await?;
                     tokio::task::yield_now().await;
                     // Both write as if they had read 0: the condition decides.
-                    let _ = seen;
                     tx.set_checkpoint(&k, 0, 1).await?;
                     tx.commit().await
                 })
@@ -417,4 +418,54 @@ mod postgres {
 mod postgres {
     use super::*;
     checks!(ignore Postgres, sqlx::Postgres);
+}
+
+/// Two transactions whose projection SQL locks two rows in opposite orders:
+/// PostgreSQL breaks the deadlock by failing one statement (40P01). The
+/// target calls that error transient, so the pipeline retries the event
+/// rather than recording it as failed.
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: run ./scripts/test")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_deadlocks_in_projection_sql_are_transient() {
+    if !common::postgres_available() {
+        return;
+    }
+    let h = Arc::new(Harness::<sqlx::Postgres>::new(Place::Postgres));
+    let target = Arc::new(h.target().await);
+    fill(&*h, &target, 1, "totals", &[("a", 0), ("b", 0)]).await;
+    // (Before the first generations document exists, a projection's
+    // transactions take turns on an advisory lock: they could not interleave.)
+    target
+        .switch("p", "gen-1", 0, 1, &["totals".to_owned()])
+        .await
+        .unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let tasks: Vec<_> = [("a", "b"), ("b", "a")]
+        .into_iter()
+        .map(|(first, second)| {
+            let (h, target, barrier) = (Arc::clone(&h), Arc::clone(&target), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                let (mut tx, _) = target.begin("p").await.unwrap();
+                tx.set_generation(1);
+                h.add(&mut tx, "totals", first, 1).await.unwrap();
+                barrier.wait().await;
+                let outcome = h.add(&mut tx, "totals", second, 1).await;
+                if outcome.is_ok() {
+                    tx.commit().await.unwrap();
+                }
+                outcome
+            })
+        })
+        .collect();
+    let mut deadlocked = 0;
+    for task in tasks {
+        if let Err(error) = task.await.unwrap() {
+            deadlocked += 1;
+            assert!(error.to_string().contains("deadlock"), "{error}");
+            assert!(target.is_transient(error.as_ref()), "{error}");
+        }
+    }
+    assert_eq!(deadlocked, 1, "PostgreSQL fails one of the two");
+    let not_sql: cqrs_core::BoxError = "a projection's own mistake".into();
+    assert!(!target.is_transient(not_sql.as_ref()));
 }
