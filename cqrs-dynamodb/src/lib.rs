@@ -17,6 +17,7 @@ mod counter;
 mod error;
 mod heartbeat;
 mod item;
+pub mod projection;
 #[cfg(feature = "lambda")]
 #[cfg_attr(docsrs, doc(cfg(feature = "lambda")))]
 pub mod lambda;
