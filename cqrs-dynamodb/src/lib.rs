@@ -17,10 +17,10 @@ mod counter;
 mod error;
 mod heartbeat;
 mod item;
-pub mod projection;
 #[cfg(feature = "lambda")]
 #[cfg_attr(docsrs, doc(cfg(feature = "lambda")))]
 pub mod lambda;
+pub mod projection;
 mod storage;
 pub mod stream;
 mod tables;

@@ -44,7 +44,8 @@ pub(crate) fn doc_key(projection: &str, doc: MetaDoc) -> Item {
 
 /// A projection name the layout can hold.
 pub(crate) fn check_name(projection: &str) -> Result<()> {
-    if projection.is_empty() || projection.contains('#') || ["CHECKPOINT", "PROJECTION"].contains(&projection) {
+    if projection.is_empty() || projection.contains('#') || ["CHECKPOINT", "PROJECTION"].contains(&projection)
+    {
         return Err(Error::invalid(
             "projection name",
             format!(

@@ -110,8 +110,8 @@ impl DynamoTarget {
     pub async fn live_generation(&self, projection: &str) -> Result<Option<u64>> {
         match self.load(projection, MetaDoc::Generations).await? {
             Some(doc) => {
-                let generations: Generations = serde_json::from_str(&doc.text)
-                    .map_err(|e| shape_error("projection generations", e))?;
+                let generations: Generations =
+                    serde_json::from_str(&doc.text).map_err(|e| shape_error("projection generations", e))?;
                 Ok(Some(generations.live))
             }
             None => Ok(None),
@@ -141,9 +141,21 @@ impl DynamoTarget {
 
     /// The projection's item `pk`/`sk` in the live generation (consistent
     /// read), with its stored `pk` and `sk`.
-    pub async fn get_live(&self, projection: &str, pk: &str, sk: &str) -> Result<Option<HashMap<String, AttributeValue>>> {
+    pub async fn get_live(
+        &self,
+        projection: &str,
+        pk: &str,
+        sk: &str,
+    ) -> Result<Option<HashMap<String, AttributeValue>>> {
         match self.live_generation(projection).await? {
-            Some(generation) => get_item(&self.client, &self.table, item_key(projection, generation, pk, sk)).await,
+            Some(generation) => {
+                get_item(
+                    &self.client,
+                    &self.table,
+                    item_key(projection, generation, pk, sk),
+                )
+                .await
+            }
             None => Ok(None),
         }
     }
@@ -209,7 +221,10 @@ impl DynamoTarget {
             tokio::time::sleep(backoff(round)).await;
         }
         Err(Error::backend(
-            format!("{} deletes left unprocessed by DynamoDB (throttled)", requests.len()),
+            format!(
+                "{} deletes left unprocessed by DynamoDB (throttled)",
+                requests.len()
+            ),
             true,
         ))
     }
@@ -250,7 +265,10 @@ impl DynamoTarget {
                 .filter(|left| !left.keys().is_empty());
             if request.is_some() {
                 if round == UNPROCESSED_ROUNDS {
-                    return Err(Error::backend("checkpoint reads left unprocessed by DynamoDB (throttled)", true));
+                    return Err(Error::backend(
+                        "checkpoint reads left unprocessed by DynamoDB (throttled)",
+                        true,
+                    ));
                 }
                 tokio::time::sleep(backoff(round)).await;
                 round += 1;
@@ -302,7 +320,12 @@ impl ProjectionTarget for DynamoTarget {
 
     async fn begin(&self, projection: &str) -> Result<(DynamoTx, Option<Revised>)> {
         let generations = self.load(projection, MetaDoc::Generations).await?;
-        let tx = DynamoTx::new(self.client.clone(), Arc::clone(&self.table), projection, generations.as_ref());
+        let tx = DynamoTx::new(
+            self.client.clone(),
+            Arc::clone(&self.table),
+            projection,
+            generations.as_ref(),
+        );
         Ok((tx, generations))
     }
 
@@ -348,7 +371,11 @@ impl ProjectionTarget for DynamoTarget {
         let mut item = doc_key(projection, MetaDoc::Generations);
         item.insert("body".into(), s(text));
         item.insert("revision".into(), n(expected + 1));
-        let mut put = self.client.put_item().table_name(&*self.table).set_item(Some(item));
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&*self.table)
+            .set_item(Some(item));
         put = if expected == 0 {
             put.condition_expression("attribute_not_exists(pk)")
         } else {
@@ -374,7 +401,10 @@ impl ProjectionTarget for DynamoTarget {
     async fn drop_generation(&self, projection: &str, generation: u64, _: &[String]) -> Result<()> {
         check_name(projection)?;
         let deleted = self
-            .delete_prefixed([items_prefix(projection, generation), checkpoints_prefix(projection, generation)])
+            .delete_prefixed([
+                items_prefix(projection, generation),
+                checkpoints_prefix(projection, generation),
+            ])
             .await?;
         tracing::debug!(projection, generation, deleted, "projection generation dropped");
         Ok(())

@@ -51,7 +51,10 @@ pub(crate) struct Expression {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Op {
     /// Writes the whole item, under a condition when there is one.
-    Put { item: Item, condition: Option<Condition> },
+    Put {
+        item: Item,
+        condition: Option<Condition>,
+    },
     /// Removes the item.
     Delete,
     /// Adds integers to number attributes (missing: 0), without a read.
@@ -78,7 +81,13 @@ pub(crate) fn merge(before: Op, then: Op, item_name: &str) -> Result<Op> {
             "projection write",
             format!("{item_name} is checked and written in one transaction"),
         )),
-        (Op::Put { condition, .. }, Op::Put { item, condition: None }) => Ok(Op::Put { item, condition }),
+        (
+            Op::Put { condition, .. },
+            Op::Put {
+                item,
+                condition: None,
+            },
+        ) => Ok(Op::Put { item, condition }),
         (_, put @ Op::Put { .. }) => Ok(put),
         (_, Op::Delete) => Ok(Op::Delete),
         (Op::Add(mut sums), Op::Add(deltas)) => {
@@ -236,7 +245,10 @@ mod tests {
         assert_eq!(seen.unwrap()["v"], n(5));
         let fresh = overlay(None, &adds(&[("v", 3)]), HashMap::new(), "x").unwrap();
         assert_eq!(fresh.unwrap()["v"], n(3));
-        assert_eq!(overlay(Some(HashMap::new()), &Op::Delete, HashMap::new(), "x").unwrap(), None);
+        assert_eq!(
+            overlay(Some(HashMap::new()), &Op::Delete, HashMap::new(), "x").unwrap(),
+            None
+        );
         assert!(overlay(None, &Op::Update(Expression::default()), HashMap::new(), "x").is_err());
     }
 

@@ -140,7 +140,12 @@ fn key_strings(key: &Item) -> (String, String) {
 }
 
 impl DynamoTx {
-    pub(crate) fn new(client: Client, table: Arc<str>, projection: &str, generations: Option<&Revised>) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        table: Arc<str>,
+        projection: &str,
+        generations: Option<&Revised>,
+    ) -> Self {
         let mut tx = DynamoTx {
             client,
             table,
@@ -180,7 +185,13 @@ impl DynamoTx {
         let key = self.key(pk, sk);
         let mut item = attributes;
         item.extend(key.clone());
-        self.write(key, Op::Put { item, condition: None })
+        self.write(
+            key,
+            Op::Put {
+                item,
+                condition: None,
+            },
+        )
     }
 
     /// Writes the item `pk`/`sk` with the attributes of `value` (a struct
@@ -249,18 +260,11 @@ impl DynamoTx {
     }
 
     fn write(&mut self, key: Item, op: Op) -> Result<()> {
-        let slot = key_strings(&key);
-        match self.pending.remove(&slot) {
-            Some(mut pending) => {
-                let merged = merge(pending.op, op, &pending.name);
-                match merged {
-                    Ok(op) => {
-                        pending.op = op;
-                        self.pending.insert(slot, pending);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
+        match self.pending.get_mut(&key_strings(&key)) {
+            // A refused merge leaves the pending write as it was.
+            Some(pending) => {
+                pending.op = merge(pending.op.clone(), op, &pending.name)?;
+                Ok(())
             }
             None => {
                 self.insert(key, op, 0);
@@ -287,7 +291,9 @@ impl DynamoTx {
                         .condition_expression(condition.expression)
                         .set_expression_attribute_values(non_empty(condition.values));
                 }
-                TransactWriteItem::builder().put(put.build().map_err(build)?).build()
+                TransactWriteItem::builder()
+                    .put(put.build().map_err(build)?)
+                    .build()
             }
             Op::Delete => TransactWriteItem::builder()
                 .delete(
@@ -349,19 +355,31 @@ impl DynamoTx {
     /// What a cancelled transaction means: a failed condition or a race
     /// with another transaction on one of its items is a conflict (the
     /// projector starts over); throttling and server errors are retryable.
-    fn cancellation(err: aws_sdk_dynamodb::error::SdkError<TransactWriteItemsError, aws_sdk_dynamodb::config::http::HttpResponse>, names: &[(String, u64)]) -> Error {
-        let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() else {
+    fn cancellation(
+        err: aws_sdk_dynamodb::error::SdkError<
+            TransactWriteItemsError,
+            aws_sdk_dynamodb::config::http::HttpResponse,
+        >,
+        names: &[(String, u64)],
+    ) -> Error {
+        let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error()
+        else {
             return sdk_error(err);
         };
         let reasons = cancelled.cancellation_reasons();
         let lost = reasons.iter().zip(names).find(|(reason, _)| {
-            matches!(reason.code(), Some("ConditionalCheckFailed" | "TransactionConflict"))
+            matches!(
+                reason.code(),
+                Some("ConditionalCheckFailed" | "TransactionConflict")
+            )
         });
         if let Some((reason, (name, expected))) = lost {
             return Error::Conflict {
                 key: name.clone(),
                 expected: ExpectedVersion::Exactly(*expected),
-                actual: reason.item().and_then(|item| version_of(item).or_else(|| revision_of(item))),
+                actual: reason
+                    .item()
+                    .and_then(|item| version_of(item).or_else(|| revision_of(item))),
             };
         }
         let retryable = reasons.iter().filter_map(|r| r.code()).any(is_retryable_code);
@@ -403,7 +421,11 @@ impl ProjectionTx for DynamoTx {
         // Moved twice in this transaction: the first move's condition stands.
         let (condition, expected) = match self.pending.remove(&slot) {
             Some(Pending {
-                op: Op::Put { item: moved, condition },
+                op:
+                    Op::Put {
+                        item: moved,
+                        condition,
+                    },
                 expected,
                 ..
             }) => {
@@ -446,7 +468,9 @@ impl ProjectionTx for DynamoTx {
                 if current != expected {
                     return Err(conflict(current));
                 }
-                condition.clone().unwrap_or_else(|| Condition::number_is("revision", expected))
+                condition
+                    .clone()
+                    .unwrap_or_else(|| Condition::number_is("revision", expected))
             }
             Some(_) => return Err(shape_error("projection document", "written as an item")),
         };
