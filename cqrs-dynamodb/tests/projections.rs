@@ -225,7 +225,8 @@ async fn two_consumers_racing_on_shared_rows_apply_each_version_once() {
     // 12 entities of 3 versions, all adding to the same two totals rows:
     // every transaction races the others on those rows.
     for id in 0..12 {
-        w.publish(&id.to_string(), &[("tea", 1), ("tea", 2), ("coffee", 3)]).await;
+        w.publish(&id.to_string(), &[("tea", 1), ("tea", 2), ("coffee", 3)])
+            .await;
     }
     w.projector.prepare().await.expect("prepared");
     let events = w.events();
@@ -255,7 +256,10 @@ async fn two_consumers_racing_on_shared_rows_apply_each_version_once() {
     assert_eq!(last.len(), 12);
     assert!(last.values().all(|v| *v == 3), "{last:?}");
     let applied = w.read("applied").await;
-    assert!(applied.values().all(|n| *n == 1), "a version applied twice: {applied:?}");
+    assert!(
+        applied.values().all(|n| *n == 1),
+        "a version applied twice: {applied:?}"
+    );
     assert!(w.read("regressions").await.is_empty());
     let stats = w.projector.stats();
     // Each of the 36 events was applied once (versions) or skipped, by
@@ -386,7 +390,13 @@ async fn two_transactions_moving_one_checkpoint_conflict_and_the_loser_writes_no
     first.commit().await.expect("the first commits");
     let lost = second.commit().await.unwrap_err();
     assert!(lost.is_conflict(), "{lost:?}");
-    assert_eq!(target.checkpoints("race", 1, &[key.clone()]).await.unwrap(), [1]);
+    assert_eq!(
+        target
+            .checkpoints("race", 1, std::slice::from_ref(&key))
+            .await
+            .unwrap(),
+        [1]
+    );
     assert_eq!(
         DynamoHarness.read(&target, "race", "totals").await,
         BTreeMap::from([("tea".to_owned(), 1)])

@@ -79,7 +79,7 @@ const UNPROCESSED_ROUNDS: u32 = 12;
 /// use cqrs_dynamodb::projection::DynamoTarget;
 ///
 /// let target = DynamoTarget::new(client, "dev-shop-read-models");
-/// let projector = Projector::new(Sales, target.clone(), engine.storage());
+/// let projector = Projector::new(Sales, target.clone(), engine.storage().clone());
 /// projector.prepare().await?; // creates the table if missing
 /// // Register `projector` as a data-sync handler; then readers:
 /// let day = target.get_live("sales", "SALES#2026-12-05", "tea").await?;
