@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
@@ -351,40 +353,47 @@ impl DynamoTx {
                 .build(),
         })
     }
+}
 
-    /// What a cancelled transaction means: a failed condition or a race
-    /// with another transaction on one of its items is a conflict (the
-    /// projector starts over); throttling and server errors are retryable.
-    fn cancellation(
-        err: aws_sdk_dynamodb::error::SdkError<
-            TransactWriteItemsError,
-            aws_sdk_dynamodb::config::http::HttpResponse,
-        >,
-        names: &[(String, u64)],
-    ) -> Error {
-        let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error()
-        else {
-            return sdk_error(err);
+/// Cancellation reasons after which the same transaction may succeed:
+/// throttling (DynamoDB's reason codes differ from its error codes).
+const RETRYABLE_REASONS: &[&str] = &[
+    "ThrottlingError",
+    "ProvisionedThroughputExceeded",
+    "RequestLimitExceeded",
+];
+
+/// What a failed `TransactWriteItems` means, `names` giving each item's
+/// name and expected version in request order: a failed condition, or a
+/// race with another transaction on one of its items, is a conflict (the
+/// projector starts over from `begin`); a cancellation for throttling is
+/// retryable, like throttling, server errors and network failures.
+fn commit_error(err: SdkError<TransactWriteItemsError, HttpResponse>, names: &[(String, u64)]) -> Error {
+    let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error()
+    else {
+        return sdk_error(err);
+    };
+    let reasons = cancelled.cancellation_reasons();
+    let lost = reasons.iter().zip(names).find(|(reason, _)| {
+        matches!(
+            reason.code(),
+            Some("ConditionalCheckFailed" | "TransactionConflict")
+        )
+    });
+    if let Some((reason, (name, expected))) = lost {
+        return Error::Conflict {
+            key: name.clone(),
+            expected: ExpectedVersion::Exactly(*expected),
+            actual: reason
+                .item()
+                .and_then(|item| version_of(item).or_else(|| revision_of(item))),
         };
-        let reasons = cancelled.cancellation_reasons();
-        let lost = reasons.iter().zip(names).find(|(reason, _)| {
-            matches!(
-                reason.code(),
-                Some("ConditionalCheckFailed" | "TransactionConflict")
-            )
-        });
-        if let Some((reason, (name, expected))) = lost {
-            return Error::Conflict {
-                key: name.clone(),
-                expected: ExpectedVersion::Exactly(*expected),
-                actual: reason
-                    .item()
-                    .and_then(|item| version_of(item).or_else(|| revision_of(item))),
-            };
-        }
-        let retryable = reasons.iter().filter_map(|r| r.code()).any(is_retryable_code);
-        sdk_error_retryable_if(err, retryable)
     }
+    let retryable = reasons
+        .iter()
+        .filter_map(|r| r.code())
+        .any(|code| RETRYABLE_REASONS.contains(&code) || is_retryable_code(code));
+    sdk_error_retryable_if(err, retryable)
 }
 
 fn revision_of(item: &Item) -> Option<u64> {
@@ -519,6 +528,67 @@ impl ProjectionTx for DynamoTx {
             .client_request_token(uuid::Uuid::new_v4().to_string())
             .send()
             .await;
-        sent.map(|_| ()).map_err(|e| DynamoTx::cancellation(e, &names))
+        sent.map(|_| ()).map_err(|e| commit_error(e, &names))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_dynamodb::error::ErrorMetadata;
+    use aws_sdk_dynamodb::types::error::TransactionCanceledException;
+    use aws_sdk_dynamodb::types::CancellationReason;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    fn cancelled(codes: &[&str]) -> SdkError<TransactWriteItemsError, HttpResponse> {
+        let mut exception = TransactionCanceledException::builder()
+            .message("Transaction cancelled")
+            .meta(
+                ErrorMetadata::builder()
+                    .code("TransactionCanceledException")
+                    .build(),
+            );
+        for code in codes {
+            exception = exception.cancellation_reasons(CancellationReason::builder().code(*code).build());
+        }
+        SdkError::service_error(
+            TransactWriteItemsError::TransactionCanceledException(exception.build()),
+            HttpResponse::new(StatusCode::try_from(400).unwrap(), SdkBody::empty()),
+        )
+    }
+
+    fn names() -> Vec<(String, u64)> {
+        vec![
+            ("PROJECTION#p generations".into(), 3),
+            ("CHECKPOINT#p#g1#T a".into(), 7),
+        ]
+    }
+
+    #[test]
+    fn a_failed_condition_is_a_conflict_naming_the_item() {
+        match commit_error(cancelled(&["None", "ConditionalCheckFailed"]), &names()) {
+            Error::Conflict { key, expected, .. } => {
+                assert_eq!(key, "CHECKPOINT#p#g1#T a");
+                assert_eq!(expected, ExpectedVersion::Exactly(7));
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_race_with_another_transaction_is_a_conflict() {
+        assert!(commit_error(cancelled(&["TransactionConflict", "None"]), &names()).is_conflict());
+    }
+
+    #[test]
+    fn throttling_is_retryable_and_a_validation_error_is_not() {
+        for code in ["ThrottlingError", "ProvisionedThroughputExceeded"] {
+            let error = commit_error(cancelled(&["None", code]), &names());
+            assert!(!error.is_conflict() && error.is_retryable(), "{code}: {error:?}");
+        }
+        let error = commit_error(cancelled(&["ValidationError", "None"]), &names());
+        assert!(!error.is_conflict() && !error.is_retryable(), "{error:?}");
     }
 }
