@@ -281,7 +281,7 @@ impl DynamoTx {
         self.pending.insert(slot, Pending { op, name, expected });
     }
 
-    /// The item of `key` with `attributes` as `op`, for the request.
+    /// The request's item for the pending write of `key`.
     fn request_item(&self, key: Item, pending: Pending) -> Result<TransactWriteItem> {
         let build = build_error("TransactWriteItems");
         let table = &*self.table;
@@ -499,7 +499,7 @@ impl ProjectionTx for DynamoTx {
         Ok(())
     }
 
-    async fn commit(self) -> Result<()> {
+    async fn commit(mut self) -> Result<()> {
         if !self.pending.values().any(|p| p.op.writes()) {
             // Only the generations check: nothing to protect.
             return Ok(());
@@ -513,13 +513,11 @@ impl ProjectionTx for DynamoTx {
         }
         let mut items = Vec::with_capacity(self.pending.len());
         let mut names = Vec::with_capacity(self.pending.len());
-        let mut this = self;
-        let pending = std::mem::take(&mut this.pending);
-        for ((pk, sk), entry) in pending {
+        for ((pk, sk), entry) in std::mem::take(&mut self.pending) {
             names.push((entry.name.clone(), entry.expected));
-            items.push(this.request_item(crate::item::key(&pk, &sk), entry)?);
+            items.push(self.request_item(crate::item::key(&pk, &sk), entry)?);
         }
-        let sent = this
+        let sent = self
             .client
             .transact_write_items()
             .set_transact_items(Some(items))
