@@ -105,6 +105,11 @@ impl DynamoTarget {
         &self.table
     }
 
+    /// The client, for readers' own queries of the table.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The generation readers of `projection` see, `None` before its first.
     /// A consistent read of its generations document.
     pub async fn live_generation(&self, projection: &str) -> Result<Option<u64>> {
