@@ -474,7 +474,11 @@ async fn writes_of_one_item_merge_and_reads_see_them() {
     // An expression and another write of one item cannot merge.
     let refused = tx.add("labels", "tea", "v", 1).unwrap_err();
     assert!(matches!(refused, Error::InvalidInput { .. }), "{refused:?}");
+    let blob = std::collections::HashMap::from([("blob".to_owned(), AttributeValue::S("x".repeat(500_000)))]);
+    let refused = tx.put("blobs", "x", blob).unwrap_err();
+    assert!(matches!(refused, Error::TooLarge { .. }), "{refused:?}");
     tx.commit().await.expect("committed");
+    assert!(target.get_live("merge", "blobs", "x").await.unwrap().is_none());
     assert_eq!(
         DynamoHarness.read(&target, "merge", "totals").await,
         BTreeMap::from([("tea".to_owned(), 3)])

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::layout::{checkpoint_key, doc_key, item_key};
 use super::pending::{merge, overlay, Condition, Expression, Op};
 use crate::error::{build_error, is_retryable_code, sdk_error, sdk_error_retryable_if, shape_error};
-use crate::item::{n, s, version_of, Item};
+use crate::item::{check_size, n, s, version_of, Item};
 use crate::storage::MAX_TRANSACTION_ITEMS;
 
 /// An update expression for [`DynamoTx::update`]: `ADD units :n`,
@@ -182,11 +182,14 @@ impl DynamoTx {
     }
 
     /// Writes the item `pk`/`sk` with `attributes` (its `pk` and `sk`
-    /// attributes are the stored key's, whatever `attributes` says).
+    /// attributes are the stored key's, whatever `attributes` says). An
+    /// item over DynamoDB's 400 KB is [`Error::TooLarge`], not written.
     pub fn put(&mut self, pk: &str, sk: &str, attributes: HashMap<String, AttributeValue>) -> Result<()> {
         let key = self.key(pk, sk);
         let mut item = attributes;
         item.extend(key.clone());
+        // Refused here, not by DynamoDB at commit along with everything else.
+        check_size(&item)?;
         self.write(
             key,
             Op::Put {
