@@ -238,17 +238,25 @@ where
     }
 
     pub(crate) async fn create_tables(&self, tx: &mut T::Tx) -> Result<()> {
-        self.inner.projection.create(tx).await.map_err(|source| {
-            Error::backend(
-                ProjectionFailed {
-                    projection: self.inner.name.clone(),
-                    key: format!("tables of generation {}", tx.generation()),
-                    version: 0,
-                    source,
-                },
-                true,
-            )
-        })
+        let generation = tx.generation();
+        (self.inner.projection.create(tx).await)
+            .map_err(|source| self.failed(format!("tables of generation {generation}"), 0, source))
+    }
+
+    /// The error of a failed projection: retryable when the target says
+    /// the cause is its own unavailability (the pipeline then waits for it
+    /// rather than recording the event as failed).
+    fn failed(&self, key: String, version: u64, source: BoxError) -> Error {
+        let transient = self.inner.target.is_transient(source.as_ref());
+        Error::backend(
+            ProjectionFailed {
+                projection: self.inner.name.clone(),
+                key,
+                version,
+                source,
+            },
+            transient,
+        )
     }
 
     /// Applies one data-sync event to every generation it goes to, in one
@@ -377,17 +385,7 @@ where
         let versions = steps.len() as u64;
         for (old, new, source) in steps {
             let version = new.version;
-            let failed = |source: BoxError| {
-                Error::backend(
-                    ProjectionFailed {
-                        projection: self.inner.name.clone(),
-                        key: key.to_string(),
-                        version,
-                        source,
-                    },
-                    true,
-                )
-            };
+            let failed = |source: BoxError| self.failed(key.to_string(), version, source);
             let change = self.change(old, new, source).map_err(|e| failed(e.into()))?;
             self.inner.projection.apply(tx, &change).await.map_err(failed)?;
         }

@@ -165,11 +165,13 @@ where
         let projector = self.projector;
         let target = projector.target();
         loop {
+            // Read before the transaction (a target may hold a lock through
+            // it); the write below is conditioned on this revision.
+            let rebuild_doc = target.load(projector.name(), MetaDoc::Rebuild).await?;
+            let rebuild_revision = rebuild_doc.as_ref().map_or(0, |d| d.revision);
             let (mut tx, doc) = target.begin(projector.name()).await?;
             let doc = doc.ok_or_else(|| Error::backend("projection has no generations", true))?;
             let generations: Generations = decode(&doc)?;
-            let rebuild_doc = target.load(projector.name(), MetaDoc::Rebuild).await?;
-            let rebuild_revision = rebuild_doc.as_ref().map_or(0, |d| d.revision);
             if let Some(building) = generations.building {
                 drop(tx);
                 let progress: RebuildProgress = decode(

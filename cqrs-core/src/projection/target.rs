@@ -91,6 +91,15 @@ pub trait ProjectionTarget: Send + Sync + 'static {
     /// Removes a generation that readers no longer see: its read-model rows
     /// and its checkpoints.
     async fn drop_generation(&self, projection: &str, generation: u64, tables: &[String]) -> Result<()>;
+
+    /// Whether an error a projection returned comes from the target being
+    /// unreachable (a lost connection, a timeout) rather than from the
+    /// projection: the pipeline then retries the event when the target is
+    /// back instead of recording it as failed. `false` by default.
+    fn is_transient(&self, error: &(dyn std::error::Error + 'static)) -> bool {
+        let _ = error;
+        false
+    }
 }
 
 /// One transaction of a [`ProjectionTarget`]: the read model's writes and

@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-#[allow(unused_imports)]
 pub use checks::*;
 pub use tally::{Tally, TallyState};
 
@@ -79,7 +78,7 @@ macro_rules! projection_target_tests {
         $crate::projection_target_tests!(@checks (run) $harness; $guard);
     };
     (@checks $mode:tt $harness:expr; $guard:expr) => {
-        $crate::conformance_tests!(@each $mode $harness; $guard;
+        $crate::projection_target_tests!(@each $mode $harness; $guard;
             projection_applies_each_version_once,
             projection_skips_duplicates,
             projection_fills_versions_out_of_order,
@@ -92,5 +91,25 @@ macro_rules! projection_target_tests {
             projection_rebuild_resumes_after_a_crash,
             projection_lag_counts_what_is_not_applied,
         );
+    };
+    (@each (ignore $reason:literal) $harness:expr; $guard:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[ignore = $reason]
+            async fn $check() {
+                $crate::testing::projections::$check(&$harness).await;
+            }
+        )*
+    };
+    (@each (run) $harness:expr; $guard:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                if !$guard {
+                    return;
+                }
+                $crate::testing::projections::$check(&$harness).await;
+            }
+        )*
     };
 }
