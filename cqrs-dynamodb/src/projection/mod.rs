@@ -50,7 +50,7 @@ use cqrs_core::{EntityKey, Error, ExpectedVersion, Result};
 
 pub use tx::{DynamoTx, UpdateExpression};
 
-use crate::error::{build_error, sdk_error, shape_error};
+use crate::error::{build_error, sdk_error, shape_error, DynamoDbError};
 use crate::item::{n, s, string_attribute, version_of, Item};
 use crate::tables::ensure_plain_table;
 use layout::{check_name, checkpoint_key, checkpoints_prefix, doc_key, item_key, items_prefix};
@@ -401,6 +401,23 @@ impl ProjectionTarget for DynamoTarget {
             }
             Err(e) => Err(sdk_error(e)),
         }
+    }
+
+    /// Whether a projection's error came from DynamoDB being unreachable,
+    /// throttling or failing (a retryable error of this crate, or of the
+    /// framework from a [`DynamoTx`] call).
+    fn is_transient(&self, error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if let Some(dynamo) = e.downcast_ref::<DynamoDbError>() {
+                return dynamo.is_retryable();
+            }
+            if e.downcast_ref::<Error>().is_some_and(Error::is_retryable) {
+                return true;
+            }
+            current = e.source();
+        }
+        false
     }
 
     async fn drop_generation(&self, projection: &str, generation: u64, _: &[String]) -> Result<()> {
