@@ -432,3 +432,23 @@ impl ProjectionTarget for DynamoTarget {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cqrs_core::BoxError;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn outages_are_transient_and_projection_errors_are_not() {
+        let target = DynamoTarget::new(crate::local_client("http://127.0.0.1:9"), "read-models");
+        // What a DynamoTx call returns when DynamoDB is unreachable or throttles,
+        // as the projection hands it back (boxed).
+        let outage: BoxError = Box::new(Error::backend("DynamoDB unreachable", true));
+        assert!(target.is_transient(outage.as_ref()));
+        let own: BoxError = "no price for this product".into();
+        assert!(!target.is_transient(own.as_ref()));
+        let refused: BoxError = Box::new(Error::invalid("projection write", "two writes"));
+        assert!(!target.is_transient(refused.as_ref()));
+    }
+}
