@@ -59,7 +59,12 @@ fn contribution(change_day: &str, order: Option<&Order>) -> Vec<((String, String
     order
         .lines
         .iter()
-        .map(|l| ((change_day.to_owned(), l.product.clone()), (l.quantity, l.quantity * l.price_cents)))
+        .map(|l| {
+            (
+                (change_day.to_owned(), l.product.clone()),
+                (l.quantity, l.quantity * l.price_cents),
+            )
+        })
         .collect()
 }
 
@@ -160,8 +165,16 @@ fn order(n: usize, status: &str) -> Order {
     Order {
         status: status.into(),
         lines: vec![
-            Line { product: format!("PRD-{:03}", n % 20), quantity: 1 + (n % 3) as i64, price_cents: 1999 },
-            Line { product: format!("PRD-{:03}", (n * 7) % 20), quantity: 2, price_cents: 550 },
+            Line {
+                product: format!("PRD-{:03}", n % 20),
+                quantity: 1 + (n % 3) as i64,
+                price_cents: 1999,
+            },
+            Line {
+                product: format!("PRD-{:03}", (n * 7) % 20),
+                quantity: 2,
+                price_cents: 550,
+            },
         ],
     }
 }
@@ -195,11 +208,21 @@ async fn order_events(storage: &Arc<dyn Storage>, orders: usize) -> Vec<DataSync
             Some(first) => first,
             None => current.clone(),
         };
-        for (old, new) in
-            std::iter::once((None, first.clone())).chain((current.version > 1).then(|| (Some(first), current)))
+        for (old, new) in std::iter::once((None, first.clone()))
+            .chain((current.version > 1).then(|| (Some(first), current)))
         {
-            let command = storage.get_command(&key, new.version).await.expect("command").expect("row");
-            events.push(DataSyncEvent { command, old, new, context: ctx(), attempt: 1 });
+            let command = storage
+                .get_command(&key, new.version)
+                .await
+                .expect("command")
+                .expect("row");
+            events.push(DataSyncEvent {
+                command,
+                old,
+                new,
+                context: ctx(),
+                attempt: 1,
+            });
         }
     }
     events
@@ -214,7 +237,10 @@ where
 {
     let started = Instant::now();
     let shares = (0..consumers).map(|c| {
-        let mine: Vec<_> = events.iter().filter(|e| hash(&e.command.sk) % consumers == c).collect();
+        let mine: Vec<_> = events
+            .iter()
+            .filter(|e| hash(&e.command.sk) % consumers == c)
+            .collect();
         async move {
             for event in mine {
                 let applied = projector.apply(event).await.expect("apply");
@@ -227,7 +253,8 @@ where
 }
 
 fn hash(text: &str) -> usize {
-    text.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+    text.bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
 }
 
 /// A fresh SQL target for `name`: a SQLite file in a temp dir, or a fresh
@@ -235,15 +262,21 @@ fn hash(text: &str) -> usize {
 async fn sql_target(name: &str) -> Option<SqlTarget<Any>> {
     let url = match name {
         "SQLite" => {
-            let dir = std::env::temp_dir().join(format!("cqrs-bench-{}-{}", std::process::id(), fastrand_u64()));
+            let dir =
+                std::env::temp_dir().join(format!("cqrs-bench-{}-{}", std::process::id(), fastrand_u64()));
             std::fs::create_dir_all(&dir).expect("temp dir");
             format!("sqlite://{}?mode=rwc", dir.join("read.db").display())
         }
         _ => {
-            let base = std::env::var("CQRS_POSTGRES_URL").ok().filter(|u| !u.is_empty())?;
+            let base = std::env::var("CQRS_POSTGRES_URL")
+                .ok()
+                .filter(|u| !u.is_empty())?;
             let db = format!("bench_{}_{}", std::process::id(), fastrand_u64());
             let admin = SqlTarget::<Any>::connect(&base).await.expect("postgres");
-            sqlx::query(&format!("CREATE DATABASE {db}")).execute(admin.pool()).await.expect("create database");
+            sqlx::query(&format!("CREATE DATABASE {db}"))
+                .execute(admin.pool())
+                .await
+                .expect("create database");
             let (prefix, _) = base.rsplit_once('/').expect("a URL with a database");
             format!("{prefix}/{db}")
         }
@@ -252,7 +285,10 @@ async fn sql_target(name: &str) -> Option<SqlTarget<Any>> {
 }
 
 fn fastrand_u64() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn only(part: &str) -> bool {
@@ -266,43 +302,74 @@ async fn throughput() {
     for consumers in [1, 8] {
         let projector = Projector::new(SalesMemory, MemoryTarget::new(), Arc::clone(&storage));
         let rate = apply_all(&projector, &events, consumers).await;
-        rows.push(vec!["MemoryTarget".into(), consumers.to_string(), events.len().to_string(), format!("{rate:.0}")]);
+        rows.push(vec![
+            "MemoryTarget".into(),
+            consumers.to_string(),
+            events.len().to_string(),
+            format!("{rate:.0}"),
+        ]);
     }
     for name in ["SQLite", "PostgreSQL"] {
         for consumers in [1, 8] {
             let Some(target) = sql_target(name).await else {
-                rows.push(vec![name.into(), consumers.to_string(), "skipped (CQRS_POSTGRES_URL not set)".into(), String::new()]);
+                rows.push(vec![
+                    name.into(),
+                    consumers.to_string(),
+                    "skipped (CQRS_POSTGRES_URL not set)".into(),
+                    String::new(),
+                ]);
                 continue;
             };
             let projector = Projector::new(SalesSql, target, Arc::clone(&storage));
             projector.prepare().await.expect("prepare");
             let rate = apply_all(&projector, &events, consumers).await;
-            rows.push(vec![name.into(), consumers.to_string(), events.len().to_string(), format!("{rate:.0}")]);
+            rows.push(vec![
+                name.into(),
+                consumers.to_string(),
+                events.len().to_string(),
+                format!("{rate:.0}"),
+            ]);
         }
     }
     println!("\n### Projection throughput (sales report, one transaction per event)\n");
-    println!("{}", markdown_table(&["Target", "Consumers", "Events", "Events/s"], &rows));
+    println!(
+        "{}",
+        markdown_table(&["Target", "Consumers", "Events", "Events/s"], &rows)
+    );
 }
 
 async fn rebuild() {
-    let orders: usize = std::env::var("CQRS_BENCH_REBUILD_ORDERS").ok().and_then(|n| n.parse().ok()).unwrap_or(100_000);
+    let orders: usize = std::env::var("CQRS_BENCH_REBUILD_ORDERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
     let storage: Arc<dyn Storage> = Arc::new(cqrs_memory::InMemory::new());
     let seeding = Instant::now();
     let seed = Engine::builder(Arc::clone(&storage)).build();
     for n in 0..orders {
-        let command = CommandInput::new(tenant_pk(TENANT), format!("ORDER#{n:07}")).attributes_from(&order(n, "confirmed")).expect("order");
+        let command = CommandInput::new(tenant_pk(TENANT), format!("ORDER#{n:07}"))
+            .attributes_from(&order(n, "confirmed"))
+            .expect("order");
         seed.publish_sync(command, &ctx()).await.expect("seed");
     }
     eprintln!("seeded {orders} orders in {:.1?}", seeding.elapsed());
     let mut rows = Vec::new();
     for name in ["SQLite", "PostgreSQL"] {
         let Some(target) = sql_target(name).await else {
-            rows.push(vec![name.into(), "skipped (CQRS_POSTGRES_URL not set)".into(), String::new(), String::new(), String::new()]);
+            rows.push(vec![
+                name.into(),
+                "skipped (CQRS_POSTGRES_URL not set)".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
             continue;
         };
         let projector = Projector::new(SalesSql, target.clone(), Arc::clone(&storage));
         projector.prepare().await.expect("prepare");
-        let live = Engine::builder(Arc::clone(&storage)).handler(projector.clone()).build();
+        let live = Engine::builder(Arc::clone(&storage))
+            .handler(projector.clone())
+            .build();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let arriving = {
             let stop = Arc::clone(&stop);
@@ -321,7 +388,12 @@ async fn rebuild() {
                 n
             })
         };
-        let rebuilt = projector.rebuild(Scope::tenants([TENANT])).batch(500).run().await.expect("rebuild");
+        let rebuilt = projector
+            .rebuild(Scope::tenants([TENANT]))
+            .batch(500)
+            .run()
+            .await
+            .expect("rebuild");
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let live_orders = arriving.await.expect("live task");
         let (want, got) = (report_from_data(&storage).await, report_from_sql(&target).await);
@@ -335,7 +407,10 @@ async fn rebuild() {
         ]);
     }
     println!("\n### Rebuild of {orders} orders while orders keep arriving (batch 500)\n");
-    println!("{}", markdown_table(&["Target", "Rows", "Took", "Rows/s", "Check"], &rows));
+    println!(
+        "{}",
+        markdown_table(&["Target", "Rows", "Took", "Rows/s", "Check"], &rows)
+    );
 }
 
 type Report = BTreeMap<(String, String), (i64, i64)>;
@@ -374,8 +449,14 @@ async fn report_from_data(storage: &Arc<dyn Storage>) -> Report {
 
 async fn report_from_sql(target: &SqlTarget<Any>) -> Report {
     let rows: Vec<(String, String, i64, i64)> =
-        sqlx::query_as("SELECT day, product, units, revenue_cents FROM bench_sales").fetch_all(target.pool()).await.expect("report");
-    rows.into_iter().filter(|r| (r.2, r.3) != (0, 0)).map(|(d, p, u, r)| ((d, p), (u, r))).collect()
+        sqlx::query_as("SELECT day, product, units, revenue_cents FROM bench_sales")
+            .fetch_all(target.pool())
+            .await
+            .expect("report");
+    rows.into_iter()
+        .filter(|r| (r.2, r.3) != (0, 0))
+        .map(|(d, p, u, r)| ((d, p), (u, r)))
+        .collect()
 }
 
 /// Records when each event's projection committed.
@@ -398,20 +479,33 @@ where
     }
     async fn handle(&self, event: &DataSyncEvent) -> Result<(), BoxError> {
         self.projector.apply(event).await?;
-        self.committed.lock().expect("lock").entry(event.command.sk.to_string()).or_insert_with(Instant::now);
+        self.committed
+            .lock()
+            .expect("lock")
+            .entry(event.command.sk.to_string())
+            .or_insert_with(Instant::now);
         Ok(())
     }
 }
 
 async fn lag() {
-    let backend = if backends::dynamodb_endpoint().is_some() { Backend::DynamoDb } else { Backend::Memory };
-    let bench = backends::storage(backend, "projection-lag").await.expect("storage");
+    let backend = if backends::dynamodb_endpoint().is_some() {
+        Backend::DynamoDb
+    } else {
+        Backend::Memory
+    };
+    let bench = backends::storage(backend, "projection-lag")
+        .await
+        .expect("storage");
     let target = sql_target("SQLite").await.expect("sqlite");
     let projector = Projector::new(SalesSql, target, Arc::clone(&bench.storage));
     projector.prepare().await.expect("prepare");
     let committed = Arc::new(Mutex::new(HashMap::new()));
     let engine = Engine::builder(Arc::clone(&bench.storage))
-        .handler(Timed { projector, committed: Arc::clone(&committed) })
+        .handler(Timed {
+            projector,
+            committed: Arc::clone(&committed),
+        })
         .build();
     let (rate, seconds) = (20u32, 15u32);
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
@@ -419,14 +513,18 @@ async fn lag() {
     for n in 0..(rate * seconds) as usize {
         tick.tick().await;
         let sk = format!("ORDER#{n:07}");
-        let command = CommandInput::new(tenant_pk(TENANT), &sk).attributes_from(&order(n, "confirmed")).expect("order");
+        let command = CommandInput::new(tenant_pk(TENANT), &sk)
+            .attributes_from(&order(n, "confirmed"))
+            .expect("order");
         engine.publish_async(command, &ctx()).await.expect("publish");
         published.push((sk, Instant::now()));
     }
     engine.wait_idle().await;
     let committed = committed.lock().expect("lock");
-    let mut lags: Vec<Duration> =
-        published.iter().filter_map(|(sk, at)| committed.get(sk).map(|c| c.saturating_duration_since(*at))).collect();
+    let mut lags: Vec<Duration> = published
+        .iter()
+        .filter_map(|(sk, at)| committed.get(sk).map(|c| c.saturating_duration_since(*at)))
+        .collect();
     lags.sort();
     let pct = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
     println!("\n### Projection lag: publish_async returned → projection committed (SQLite), {rate} orders/s for {seconds} s\n");
@@ -447,7 +545,10 @@ async fn lag() {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         if only("throughput") {
             throughput().await;

@@ -101,52 +101,11 @@ impl TargetHarness for DynamoHarness {
     }
 }
 
-/// The target conformance suite's checks, one test each (as
-/// `cqrs_core::projection_target_tests!` expands them, but for the one
-/// ignored below).
-macro_rules! target_checks {
-    ($($check:ident),* $(,)?) => {
-        $(
-            #[cfg_attr(not(dynamodb_tests), ignore = "needs DynamoDB Local: run ./scripts/test")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $check() {
-                if !available() {
-                    return;
-                }
-                cqrs_core::testing::projections::$check(&DynamoHarness).await;
-            }
-        )*
-    };
-}
-
-target_checks!(
-    projection_applies_each_version_once,
-    projection_skips_duplicates,
-    projection_fills_versions_out_of_order,
-    projection_leaves_nothing_of_a_crash_before_commit,
-    projection_survives_a_lost_acknowledgement,
-    projection_keeps_tenants_apart,
-    projection_failure_is_recorded_and_reprocessable,
-    projection_rebuild_races_live_writes,
-    projection_rebuild_resumes_after_a_crash,
-    projection_lag_counts_what_is_not_applied,
-);
-
-/// The check counts one `applied` row per version of every entity. Its two
-/// consumers really race here (every call is a request): the backward one
-/// often sees an entity first at its latest version, which the projector
-/// applies as the whole state, so the versions before it get no row of
-/// their own. Totals, last versions, no version twice and no regression
-/// do hold (the check fails only on that count); the race itself is
-/// checked by `two_consumers_racing_on_shared_rows_apply_each_version_once`.
-#[ignore = "counts every version applied, which a real race does not give (see above)"]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn projection_with_two_consumers_applies_once() {
-    if !available() {
-        return;
-    }
-    cqrs_core::testing::projections::projection_with_two_consumers_applies_once(&DynamoHarness).await;
-}
+// The target conformance suite, one test per check.
+#[cfg(dynamodb_tests)]
+cqrs_core::projection_target_tests!(DynamoHarness, guard = available());
+#[cfg(not(dynamodb_tests))]
+cqrs_core::projection_target_tests!(DynamoHarness, ignore = "needs DynamoDB Local: run ./scripts/test");
 
 /// Keeps every event the engine hands its handlers.
 #[derive(Default)]
