@@ -33,12 +33,13 @@ const CHECKPOINT_BATCH: usize = 500;
 /// Table names are the database's: two projections on one database need
 /// tables of different names.
 ///
-/// Locking: in PostgreSQL, every projection transaction holds a share lock
-/// on its projection's generations row, so a rebuild's start and switch
-/// wait for transactions in flight (and they for it), and each checkpoint
-/// read locks the entity's checkpoint row; in SQLite, every projection
-/// transaction takes the database's write lock at its start
-/// (`BEGIN IMMEDIATE`), so they run one at a time.
+/// Locking: a projection's transactions run one at a time (in PostgreSQL,
+/// on an advisory lock per projection, so different projections run side
+/// by side; in SQLite, on the database's write lock, taken at the start:
+/// `BEGIN IMMEDIATE`). In PostgreSQL each also holds a share lock on its
+/// projection's generations row, so a rebuild's switch waits for the
+/// transactions in flight, and each checkpoint read locks the entity's
+/// checkpoint row.
 pub struct SqlTarget<DB: SqlDatabase> {
     pool: Pool<DB>,
     /// Whether this target (or a clone) created the framework's tables:
@@ -162,16 +163,16 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
     async fn begin(&self, projection: &str) -> Result<(SqlTx<DB>, Option<Revised>)> {
         let flavor = self.ready().await?;
         let mut tx = self.begin_writing(flavor).await?;
-        let mut generations =
+        // PostgreSQL: a projection's transactions take turns, like SQLite's
+        // (BEGIN IMMEDIATE). Side by side, two of them can write the same
+        // rows in different orders (an order moving from one total to
+        // another, a rebuild's batch and a live event); PostgreSQL breaks
+        // such a deadlock by failing a statement of the projection's SQL,
+        // which the projector does not retry as it retries conflicts. Taken
+        // before the share lock, so that it never waits while holding one.
+        Self::pg_lock(&mut tx, flavor, &format!("cqrs_projection:{projection}")).await?;
+        let generations =
             Self::read_doc(&mut tx, flavor, projection, MetaDoc::Generations, RowLock::Share).await?;
-        if generations.is_none() && flavor == Flavor::Postgres {
-            // No row to lock yet: the projection's first generation is being
-            // created. Take turns (its tables' CREATE TABLE IF NOT EXISTS
-            // race otherwise), and read again after waiting.
-            Self::pg_lock(&mut tx, flavor, &format!("cqrs_projection:{projection}")).await?;
-            generations =
-                Self::read_doc(&mut tx, flavor, projection, MetaDoc::Generations, RowLock::Share).await?;
-        }
         Ok((SqlTx::new(tx, flavor, projection), generations))
     }
 

@@ -420,10 +420,11 @@ mod postgres {
     checks!(ignore Postgres, sqlx::Postgres);
 }
 
-/// Two transactions whose projection SQL locks two rows in opposite orders:
-/// PostgreSQL breaks the deadlock by failing one statement (40P01). The
-/// target calls that error transient, so the pipeline retries the event
-/// rather than recording it as failed.
+/// A projection's transaction and another client of the database lock two
+/// rows in opposite orders: PostgreSQL breaks the deadlock by failing the
+/// projection's statement (40P01; it waited first). The target calls that
+/// error transient, so the pipeline retries the event rather than
+/// recording it as failed.
 #[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: run ./scripts/test")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_deadlocks_in_projection_sql_are_transient() {
@@ -433,39 +434,41 @@ async fn postgres_deadlocks_in_projection_sql_are_transient() {
     let h = Arc::new(Harness::<sqlx::Postgres>::new(Place::Postgres));
     let target = Arc::new(h.target().await);
     fill(&*h, &target, 1, "totals", &[("a", 0), ("b", 0)]).await;
-    // (Before the first generations document exists, a projection's
-    // transactions take turns on an advisory lock: they could not interleave.)
     target
         .switch("p", "gen-1", 0, 1, &["totals".to_owned()])
         .await
         .unwrap();
-    let barrier = Arc::new(tokio::sync::Barrier::new(2));
-    let tasks: Vec<_> = [("a", "b"), ("b", "a")]
-        .into_iter()
-        .map(|(first, second)| {
-            let (h, target, barrier) = (Arc::clone(&h), Arc::clone(&target), Arc::clone(&barrier));
-            tokio::spawn(async move {
-                let (mut tx, _) = target.begin("p").await.unwrap();
-                tx.set_generation(1);
-                h.add(&mut tx, "totals", first, 1).await.unwrap();
-                barrier.wait().await;
-                let outcome = h.add(&mut tx, "totals", second, 1).await;
-                if outcome.is_ok() {
-                    tx.commit().await.unwrap();
-                }
-                outcome
-            })
+
+    let (mut tx, _) = target.begin("p").await.unwrap();
+    tx.set_generation(1);
+    h.add(&mut tx, "totals", "a", 1).await.unwrap();
+    let mut other = target.pool().begin().await.unwrap();
+    sqlx::query("UPDATE totals_g1 SET v = v + 1 WHERE k = 'b'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let projection = {
+        let h = Arc::clone(&h);
+        tokio::spawn(async move {
+            let outcome = h.add(&mut tx, "totals", "b", 1).await;
+            drop(tx);
+            outcome
         })
-        .collect();
-    let mut deadlocked = 0;
-    for task in tasks {
-        if let Err(error) = task.await.unwrap() {
-            deadlocked += 1;
-            assert!(error.to_string().contains("deadlock"), "{error}");
-            assert!(target.is_transient(error.as_ref()), "{error}");
-        }
-    }
-    assert_eq!(deadlocked, 1, "PostgreSQL fails one of the two");
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = tokio::spawn(async move {
+        sqlx::query("UPDATE totals_g1 SET v = v + 1 WHERE k = 'a'")
+            .execute(&mut *other)
+            .await?;
+        other.commit().await
+    });
+    let error = projection.await.unwrap().unwrap_err();
+    other
+        .await
+        .unwrap()
+        .expect("the other client goes on once the projection's transaction is gone");
+    assert!(error.to_string().contains("deadlock"), "{error}");
+    assert!(target.is_transient(error.as_ref()), "{error}");
     let not_sql: cqrs_core::BoxError = "a projection's own mistake".into();
     assert!(!target.is_transient(not_sql.as_ref()));
 }
