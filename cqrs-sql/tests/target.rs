@@ -472,3 +472,19 @@ async fn postgres_deadlocks_in_projection_sql_are_transient() {
     let not_sql: cqrs_core::BoxError = "a projection's own mistake".into();
     assert!(!target.is_transient(not_sql.as_ref()));
 }
+
+/// Connecting to a database that does not exist is not worth retrying
+/// (a server that is down is: see `tests/faults.rs`).
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: run ./scripts/test")]
+#[tokio::test]
+async fn postgres_connect_to_a_missing_database_is_not_retryable() {
+    if !common::postgres_available() {
+        return;
+    }
+    let url = common::postgres_url().unwrap();
+    let base = url.rsplit_once('/').unwrap().0;
+    let missing = cqrs_sql::SqlTarget::<sqlx::Postgres>::connect(&format!("{base}/no_such_database"))
+        .await
+        .unwrap_err();
+    assert!(!missing.is_retryable(), "{missing}");
+}
