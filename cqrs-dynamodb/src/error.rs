@@ -28,6 +28,21 @@ pub(crate) fn is_retryable_code(code: &str) -> bool {
     RETRYABLE_CODES.contains(&code)
 }
 
+/// Cancellation reasons of a transaction after which the same transaction
+/// may succeed: a race with another transaction, throttling (the reason
+/// codes of a cancellation differ from DynamoDB's error codes).
+const RETRYABLE_REASONS: &[&str] = &[
+    "TransactionConflict",
+    "ThrottlingError",
+    "ProvisionedThroughputExceeded",
+    "RequestLimitExceeded",
+];
+
+/// Whether a transaction's cancellation reason names a transient condition.
+pub(crate) fn is_retryable_reason(code: &str) -> bool {
+    RETRYABLE_REASONS.contains(&code) || is_retryable_code(code)
+}
+
 /// What went wrong with a DynamoDB (or DynamoDB Streams) request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -349,6 +364,28 @@ mod tests {
             "ResourceNotFoundException",
         ] {
             assert!(!is_retryable_code(code), "{code}");
+        }
+    }
+
+    /// A transaction cancelled for throttling names it with reason codes
+    /// that are not error codes: they are transient too.
+    #[test]
+    fn cancellation_reasons_of_throttling_and_races_are_retryable() {
+        for code in [
+            "ThrottlingError",
+            "ProvisionedThroughputExceeded",
+            "RequestLimitExceeded",
+            "TransactionConflict",
+        ] {
+            assert!(is_retryable_reason(code), "{code}");
+        }
+        for code in [
+            "ConditionalCheckFailed",
+            "ValidationError",
+            "ItemCollectionSizeLimitExceeded",
+            "None",
+        ] {
+            assert!(!is_retryable_reason(code), "{code}");
         }
     }
 

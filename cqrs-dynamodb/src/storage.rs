@@ -21,7 +21,7 @@ use cqrs_core::{
 };
 
 use crate::counter;
-use crate::error::{build_error, is_retryable_code, sdk_error, sdk_error_retryable_if, shape_error};
+use crate::error::{build_error, is_retryable_reason, sdk_error, sdk_error_retryable_if, shape_error};
 use crate::heartbeat;
 use crate::item::{
     check_size, command_from_item, command_to_item, data_from_item, data_to_item, failure_from_item,
@@ -550,10 +550,7 @@ impl DynamoDbStorage {
                 TxItem::Other => sdk_error(err),
             });
         }
-        let retryable = reasons
-            .iter()
-            .filter_map(|r| r.code())
-            .any(|code| code == "TransactionConflict" || is_retryable_code(code));
+        let retryable = reasons.iter().filter_map(|r| r.code()).any(is_retryable_reason);
         Ok(sdk_error_retryable_if(err, retryable))
     }
 }

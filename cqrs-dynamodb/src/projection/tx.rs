@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::layout::{checkpoint_key, doc_key, item_key};
 use super::pending::{merge, overlay, Condition, Expression, Op};
-use crate::error::{build_error, is_retryable_code, sdk_error, sdk_error_retryable_if, shape_error};
+use crate::error::{build_error, is_retryable_reason, sdk_error, sdk_error_retryable_if, shape_error};
 use crate::item::{check_size, n, s, version_of, Item};
 use crate::storage::MAX_TRANSACTION_ITEMS;
 
@@ -358,14 +358,6 @@ impl DynamoTx {
     }
 }
 
-/// Cancellation reasons after which the same transaction may succeed:
-/// throttling (DynamoDB's reason codes differ from its error codes).
-const RETRYABLE_REASONS: &[&str] = &[
-    "ThrottlingError",
-    "ProvisionedThroughputExceeded",
-    "RequestLimitExceeded",
-];
-
 /// What a failed `TransactWriteItems` means, `names` giving each item's
 /// name and expected version in request order: a failed condition, or a
 /// race with another transaction on one of its items, is a conflict (the
@@ -392,10 +384,7 @@ fn commit_error(err: SdkError<TransactWriteItemsError, HttpResponse>, names: &[(
                 .and_then(|item| version_of(item).or_else(|| revision_of(item))),
         };
     }
-    let retryable = reasons
-        .iter()
-        .filter_map(|r| r.code())
-        .any(|code| RETRYABLE_REASONS.contains(&code) || is_retryable_code(code));
+    let retryable = reasons.iter().filter_map(|r| r.code()).any(is_retryable_reason);
     sdk_error_retryable_if(err, retryable)
 }
 
