@@ -1,22 +1,19 @@
 //! `SqlTarget::connect`: a pool set up for projections, from a URL.
 
-use std::time::Duration;
-
 use cqrs_core::{Error, Result};
 
 use crate::SqlTarget;
 
+#[cfg(feature = "sqlite")]
 /// How long a SQLite connection waits for another's write lock before it
 /// gives up (`SQLITE_BUSY`): projection transactions take turns on it.
-pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SQLITE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn connect_error(e: sqlx::Error) -> Error {
-    // A server that is not up yet is worth waiting for; a bad URL is not.
-    let retryable = matches!(
-        e,
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Database(_)
-    );
-    Error::backend(e, retryable)
+/// A failed connect: retryable when the server is not up (yet) or
+/// overloaded; a bad URL, password or database name is not.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn connect_error(flavor: crate::database::Flavor) -> impl Fn(sqlx::Error) -> Error {
+    move |e| crate::error::outside_transaction(e, flavor)
 }
 
 /// Whether a SQLite URL names an in-memory database.
@@ -45,7 +42,7 @@ impl SqlTarget<sqlx::Postgres> {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .connect(url)
             .await
-            .map_err(connect_error)?;
+            .map_err(connect_error(crate::database::Flavor::Postgres))?;
         Ok(SqlTarget::new(pool))
     }
 }
@@ -64,7 +61,7 @@ impl SqlTarget<sqlx::Sqlite> {
 
         let in_memory = sqlite_in_memory(url);
         let mut options = SqliteConnectOptions::from_str(url)
-            .map_err(connect_error)?
+            .map_err(connect_error(crate::database::Flavor::Sqlite))?
             .busy_timeout(SQLITE_BUSY_TIMEOUT);
         if !in_memory {
             options = options
@@ -74,7 +71,7 @@ impl SqlTarget<sqlx::Sqlite> {
         let pool = sqlite_pool(in_memory)
             .connect_with(options)
             .await
-            .map_err(connect_error)?;
+            .map_err(connect_error(crate::database::Flavor::Sqlite))?;
         Ok(SqlTarget::new(pool))
     }
 }
@@ -95,7 +92,7 @@ impl SqlTarget<sqlx::Any> {
             Some(crate::database::Flavor::Postgres) => sqlx::any::AnyPoolOptions::new()
                 .connect(url)
                 .await
-                .map_err(connect_error)?,
+                .map_err(connect_error(crate::database::Flavor::Postgres))?,
             Some(crate::database::Flavor::Sqlite) => {
                 let in_memory = sqlite_in_memory(url);
                 let url = any_sqlite_url(url, in_memory);
@@ -121,7 +118,7 @@ impl SqlTarget<sqlx::Any> {
                     })
                     .connect(&url)
                     .await
-                    .map_err(connect_error)?
+                    .map_err(connect_error(crate::database::Flavor::Sqlite))?
             }
             None => {
                 return Err(Error::invalid(

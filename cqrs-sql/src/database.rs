@@ -74,6 +74,7 @@ mod sealed {
 }
 
 /// Binds `args` to a sqlx query (or query_as, query_scalar) in order.
+#[allow(unused_macros)] // without any database feature
 macro_rules! bind_all {
     ($query:expr, $args:expr) => {{
         let mut query = $query;
@@ -89,6 +90,7 @@ macro_rules! bind_all {
 
 /// Implements [`Driver`] for one sqlx database type; `$flavor` maps a
 /// pool to its dialect.
+#[allow(unused_macros)] // without any database feature
 macro_rules! sql_database {
     ($db:ty, $flavor:expr) => {
         #[async_trait]

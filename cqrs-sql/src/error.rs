@@ -83,6 +83,12 @@ pub(crate) fn outside_transaction(error: sqlx::Error, flavor: Flavor) -> Error {
     Error::backend(error, retryable)
 }
 
+/// Whether the same statement may succeed when its transaction is tried
+/// again: the database was unreachable, or another transaction won a race.
+pub(crate) fn is_worth_retrying(error: &sqlx::Error, flavor: Flavor) -> bool {
+    kind(error, flavor) != Kind::Permanent
+}
+
 /// A conditional write that found another value than it was conditioned on.
 pub(crate) fn conflict(key: String, expected: u64) -> Error {
     Error::Conflict {
@@ -123,5 +129,7 @@ mod tests {
         let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert!(in_transaction(io, Flavor::Postgres, "commit").is_retryable());
         assert!(!outside_transaction(sqlx::Error::RowNotFound, Flavor::Sqlite).is_retryable());
+        assert!(is_worth_retrying(&sqlx::Error::PoolTimedOut, Flavor::Postgres));
+        assert!(!is_worth_retrying(&sqlx::Error::RowNotFound, Flavor::Postgres));
     }
 }

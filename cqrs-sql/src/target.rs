@@ -33,12 +33,13 @@ const CHECKPOINT_BATCH: usize = 500;
 /// Table names are the database's: two projections on one database need
 /// tables of different names.
 ///
-/// Locking: in PostgreSQL, every projection transaction holds a share lock
-/// on its projection's generations row, so a rebuild's start and switch
-/// wait for transactions in flight (and they for it), and each checkpoint
-/// read locks the entity's checkpoint row; in SQLite, every projection
-/// transaction takes the database's write lock at its start
-/// (`BEGIN IMMEDIATE`), so they run one at a time.
+/// Locking: a projection's transactions run one at a time (in PostgreSQL,
+/// on an advisory lock per projection, so different projections run side
+/// by side; in SQLite, on the database's write lock, taken at the start:
+/// `BEGIN IMMEDIATE`). In PostgreSQL each also holds a share lock on its
+/// projection's generations row, so a rebuild's switch waits for the
+/// transactions in flight, and each checkpoint read locks the entity's
+/// checkpoint row.
 pub struct SqlTarget<DB: SqlDatabase> {
     pool: Pool<DB>,
     /// Whether this target (or a clone) created the framework's tables:
@@ -162,16 +163,16 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
     async fn begin(&self, projection: &str) -> Result<(SqlTx<DB>, Option<Revised>)> {
         let flavor = self.ready().await?;
         let mut tx = self.begin_writing(flavor).await?;
-        let mut generations =
+        // PostgreSQL: a projection's transactions take turns, like SQLite's
+        // (BEGIN IMMEDIATE). Side by side, two of them can write the same
+        // rows in different orders (an order moving from one total to
+        // another, a rebuild's batch and a live event); PostgreSQL breaks
+        // such a deadlock by failing a statement of the projection's SQL,
+        // which the projector does not retry as it retries conflicts. Taken
+        // before the share lock, so that it never waits while holding one.
+        Self::pg_lock(&mut tx, flavor, &format!("cqrs_projection:{projection}")).await?;
+        let generations =
             Self::read_doc(&mut tx, flavor, projection, MetaDoc::Generations, RowLock::Share).await?;
-        if generations.is_none() && flavor == Flavor::Postgres {
-            // No row to lock yet: the projection's first generation is being
-            // created. Take turns (its tables' CREATE TABLE IF NOT EXISTS
-            // race otherwise), and read again after waiting.
-            Self::pg_lock(&mut tx, flavor, &format!("cqrs_projection:{projection}")).await?;
-            generations =
-                Self::read_doc(&mut tx, flavor, projection, MetaDoc::Generations, RowLock::Share).await?;
-        }
         Ok((SqlTx::new(tx, flavor, projection), generations))
     }
 
@@ -280,5 +281,23 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
         tx.commit()
             .await
             .map_err(|e| error::outside_transaction(e, flavor))
+    }
+
+    /// A projection's own statement failed because the database is
+    /// unreachable or overloaded, or because the transaction lost a race
+    /// (a deadlock, a serialization failure, a busy SQLite database):
+    /// worth retrying, not recording as failed.
+    fn is_transient(&self, error: &(dyn std::error::Error + 'static)) -> bool {
+        let Some(flavor) = DB::flavor(&self.pool) else {
+            return false;
+        };
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if let Some(e) = e.downcast_ref::<sqlx::Error>() {
+                return error::is_worth_retrying(e, flavor);
+            }
+            current = e.source();
+        }
+        false
     }
 }

@@ -4,8 +4,6 @@
 //! The projection is written once against `SqlTx<Any>` and runs on SQLite
 //! and on PostgreSQL.
 
-#![cfg(feature = "any")]
-
 mod common;
 
 use std::collections::BTreeMap;

@@ -150,9 +150,11 @@ async fn a_dropped_transaction_leaves_nothing<H: TargetHarness>(h: &H) {
 /// gets a conflict (at its checkpoint write or its commit) and leaves
 /// nothing. Repeated, so that the interleavings vary.
 async fn racing_transactions_apply_once<H: TargetHarness>(h: &H) {
-    let h = Arc::new(h.target().await);
-    let target = Arc::clone(&h);
+    let target = Arc::new(h.target().await);
     target.prepare().await.unwrap();
+    // With a generations document, PostgreSQL transactions run side by
+    // side (share locks); before it, they take turns.
+    target.switch("p", "gen-1", 0, 1, &[]).await.unwrap();
     const ROUNDS: usize = 20;
     for round in 0..ROUNDS {
         let tasks: Vec<_> = (0..2)
@@ -162,10 +164,9 @@ async fn racing_transactions_apply_once<H: TargetHarness>(h: &H) {
                     let (mut tx, _) = target.begin("p").await?;
                     tx.set_generation(1);
                     let k = key(round);
-                    let seen = tx.checkpoint(&k).await?;
+                    tx.checkpoint(&k).await?;
                     tokio::task::yield_now().await;
                     // Both write as if they had read 0: the condition decides.
-                    let _ = seen;
                     tx.set_checkpoint(&k, 0, 1).await?;
                     tx.commit().await
                 })
@@ -417,4 +418,73 @@ mod postgres {
 mod postgres {
     use super::*;
     checks!(ignore Postgres, sqlx::Postgres);
+}
+
+/// A projection's transaction and another client of the database lock two
+/// rows in opposite orders: PostgreSQL breaks the deadlock by failing the
+/// projection's statement (40P01; it waited first). The target calls that
+/// error transient, so the pipeline retries the event rather than
+/// recording it as failed.
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: run ./scripts/test")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_deadlocks_in_projection_sql_are_transient() {
+    if !common::postgres_available() {
+        return;
+    }
+    let h = Arc::new(Harness::<sqlx::Postgres>::new(Place::Postgres));
+    let target = Arc::new(h.target().await);
+    fill(&*h, &target, 1, "totals", &[("a", 0), ("b", 0)]).await;
+    target
+        .switch("p", "gen-1", 0, 1, &["totals".to_owned()])
+        .await
+        .unwrap();
+
+    let (mut tx, _) = target.begin("p").await.unwrap();
+    tx.set_generation(1);
+    h.add(&mut tx, "totals", "a", 1).await.unwrap();
+    let mut other = target.pool().begin().await.unwrap();
+    sqlx::query("UPDATE totals_g1 SET v = v + 1 WHERE k = 'b'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let projection = {
+        let h = Arc::clone(&h);
+        tokio::spawn(async move {
+            let outcome = h.add(&mut tx, "totals", "b", 1).await;
+            drop(tx);
+            outcome
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = tokio::spawn(async move {
+        sqlx::query("UPDATE totals_g1 SET v = v + 1 WHERE k = 'a'")
+            .execute(&mut *other)
+            .await?;
+        other.commit().await
+    });
+    let error = projection.await.unwrap().unwrap_err();
+    other
+        .await
+        .unwrap()
+        .expect("the other client goes on once the projection's transaction is gone");
+    assert!(error.to_string().contains("deadlock"), "{error}");
+    assert!(target.is_transient(error.as_ref()), "{error}");
+    let not_sql: cqrs_core::BoxError = "a projection's own mistake".into();
+    assert!(!target.is_transient(not_sql.as_ref()));
+}
+
+/// Connecting to a database that does not exist is not worth retrying
+/// (a server that is down is: see `tests/faults.rs`).
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: run ./scripts/test")]
+#[tokio::test]
+async fn postgres_connect_to_a_missing_database_is_not_retryable() {
+    if !common::postgres_available() {
+        return;
+    }
+    let url = common::postgres_url().unwrap();
+    let base = url.rsplit_once('/').unwrap().0;
+    let missing = cqrs_sql::SqlTarget::<sqlx::Postgres>::connect(&format!("{base}/no_such_database"))
+        .await
+        .unwrap_err();
+    assert!(!missing.is_retryable(), "{missing}");
 }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use cqrs_core::testing::projections::{HarnessTx, TargetHarness};
 use cqrs_core::{BoxError, Storage};
 use cqrs_sql::{SqlTarget, SqlTx};
-use sqlx::{Any, Postgres, Sqlite};
+use sqlx::{Postgres, Sqlite};
 
 /// The PostgreSQL server the tests use (`scripts/postgres` starts one).
 pub const URL_VAR: &str = "CQRS_POSTGRES_URL";
@@ -108,6 +108,12 @@ pub enum Place {
 pub struct Harness<DB> {
     place: Place,
     _db: std::marker::PhantomData<fn() -> DB>,
+}
+
+impl<DB> Clone for Harness<DB> {
+    fn clone(&self) -> Self {
+        Harness::new(self.place)
+    }
 }
 
 impl<DB> Harness<DB> {
@@ -217,11 +223,12 @@ harness!(Sqlite, |place| match place {
 
 harness!(Postgres, |_place| SqlTarget::new(postgres_pool().await));
 
-harness!(Any, |place| match place {
-    Place::AnySqlite => SqlTarget::<Any>::connect(&sqlite_file_url())
+#[cfg(feature = "any")]
+harness!(sqlx::Any, |place| match place {
+    Place::AnySqlite => SqlTarget::<sqlx::Any>::connect(&sqlite_file_url())
         .await
         .expect("SQLite file through Any"),
-    Place::AnySqliteMemory => SqlTarget::<Any>::connect("sqlite::memory:")
+    Place::AnySqliteMemory => SqlTarget::<sqlx::Any>::connect("sqlite::memory:")
         .await
         .expect("SQLite in memory through Any"),
     other => panic!("{other:?} is not an Any place"),
@@ -230,4 +237,145 @@ harness!(Any, |place| match place {
 /// A transaction's connection, for tests that write tables themselves.
 pub fn conn<DB: cqrs_sql::SqlDatabase>(tx: &mut SqlTx<DB>) -> &mut DB::Connection {
     tx.conn()
+}
+
+/// A PostgreSQL server of a test's own, which the test stops the hard way
+/// (`pg_ctl stop -m immediate`: as a crash) and starts again. From the
+/// binaries of `POSTGRES_BIN_DIR` (printed by `scripts/postgres`), else
+/// Debian's newest under `/usr/lib/postgresql`.
+pub struct LocalPostgres {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl LocalPostgres {
+    fn bin_dir() -> Option<std::path::PathBuf> {
+        if let Some(dir) = std::env::var_os("POSTGRES_BIN_DIR").filter(|d| !d.is_empty()) {
+            return Some(dir.into());
+        }
+        let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
+            .filter(|bin| bin.join("postgres").is_file())
+            .collect();
+        dirs.sort_by_key(|d| {
+            d.parent()
+                .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
+        dirs.pop()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        if let Err(e) = self.try_run(program, args) {
+            panic!("{e}");
+        }
+    }
+
+    fn try_run(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let program = self.bin.join(program);
+        let as_root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| out.stdout.starts_with(b"0\n"));
+        let mut command = if as_root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            std::process::Command::new(&program)
+        };
+        let out = command.args(args).output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} {args:?}: {}{}",
+                program.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates and starts a server on a free port.
+    pub fn start() -> Self {
+        let bin = Self::bin_dir().expect("PostgreSQL installed: run ./scripts/postgres");
+        // Under the system's temp folder: the server may run as another
+        // user (postgres), who must reach it (the target folder may be
+        // under a home only its owner enters).
+        let dir = std::env::temp_dir().join(unique("cqrs-pg"));
+        std::fs::create_dir_all(&dir).expect("temp folder");
+        let _ = std::process::Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&dir)
+            .status();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let server = LocalPostgres { bin, dir, port };
+        let data = server.data();
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+            ],
+        );
+        server.up();
+        server
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    /// Starts it again (after [`LocalPostgres::crash`]).
+    pub fn up(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("postgres.log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &options,
+                "start",
+            ],
+        );
+    }
+
+    /// Stops it at once, like a crash: connections are cut, nothing is
+    /// flushed but what was committed (recovered at the next start).
+    pub fn crash(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        let _ = self.try_run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
