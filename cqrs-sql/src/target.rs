@@ -33,13 +33,13 @@ const CHECKPOINT_BATCH: usize = 500;
 /// Table names are the database's: two projections on one database need
 /// tables of different names.
 ///
-/// Locking: a projection's transactions run one at a time (in PostgreSQL,
-/// on an advisory lock per projection, so different projections run side
-/// by side; in SQLite, on the database's write lock, taken at the start:
-/// `BEGIN IMMEDIATE`). In PostgreSQL each also holds a share lock on its
-/// projection's generations row, so a rebuild's switch waits for the
-/// transactions in flight, and each checkpoint read locks the entity's
-/// checkpoint row.
+/// Locking: in PostgreSQL, transactions run side by side; each holds a
+/// share lock on its projection's generations row (so a rebuild's switch
+/// waits for the transactions in flight), and each checkpoint read locks
+/// the entity's checkpoint row. Two transactions writing the same rows in
+/// different orders may deadlock: PostgreSQL fails one, and the projector
+/// runs it again. In SQLite, a transaction takes the database's write lock
+/// at its start (`BEGIN IMMEDIATE`): they run one at a time.
 pub struct SqlTarget<DB: SqlDatabase> {
     pool: Pool<DB>,
     /// Whether this target (or a clone) created the framework's tables:
@@ -163,16 +163,17 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
     async fn begin(&self, projection: &str) -> Result<(SqlTx<DB>, Option<Revised>)> {
         let flavor = self.ready().await?;
         let mut tx = self.begin_writing(flavor).await?;
-        // PostgreSQL: a projection's transactions take turns, like SQLite's
-        // (BEGIN IMMEDIATE). Side by side, two of them can write the same
-        // rows in different orders (an order moving from one total to
-        // another, a rebuild's batch and a live event); PostgreSQL breaks
-        // such a deadlock by failing a statement of the projection's SQL,
-        // which the projector does not retry as it retries conflicts. Taken
-        // before the share lock, so that it never waits while holding one.
-        Self::pg_lock(&mut tx, flavor, &format!("cqrs_projection:{projection}")).await?;
-        let generations =
+        let mut generations =
             Self::read_doc(&mut tx, flavor, projection, MetaDoc::Generations, RowLock::Share).await?;
+        if generations.is_none() {
+            // The projection's first generation is being created (its
+            // tables, by every process that starts at once): PostgreSQL's
+            // `CREATE TABLE IF NOT EXISTS` fails when two run side by
+            // side, so those transactions take turns.
+            Self::pg_lock(&mut tx, flavor, &format!("cqrs_projection:{projection}")).await?;
+            generations =
+                Self::read_doc(&mut tx, flavor, projection, MetaDoc::Generations, RowLock::Share).await?;
+        }
         Ok((SqlTx::new(tx, flavor, projection), generations))
     }
 

@@ -20,6 +20,10 @@ use crate::typed::Typed;
 /// consumer moved a checkpoint, or a rebuild started or switched).
 const CONFLICT_ATTEMPTS: u32 = 20;
 
+/// Of those, the attempts after a transient failure (a deadlock broken by
+/// the database, a dropped connection).
+const TRANSIENT_ATTEMPTS: u32 = 5;
+
 /// Runs a [`Projection`] on a [`ProjectionTarget`].
 ///
 /// Register it as a data-sync handler (it is one) to feed it the
@@ -84,7 +88,8 @@ pub struct ProjectionStats {
     pub from_history: u64,
     /// Events skipped: duplicates, or older than what was applied.
     pub skipped: u64,
-    /// Transactions retried after losing a race.
+    /// Transactions run again after losing a race (a checkpoint moved, a
+    /// deadlock broken by the database) or a transient failure.
     pub conflicts: u64,
     /// Events whose projection failed (nothing written).
     pub failed: u64,
@@ -323,7 +328,10 @@ where
                     stats.from_history.fetch_add(from_history, Ordering::Relaxed);
                     return Ok(Applied::Changed { versions });
                 }
-                Err(e) if e.is_conflict() => {
+                // A race lost (a checkpoint moved, a deadlock broken by
+                // the database), or a blip: run the event again. A target
+                // that stays down is left to the pipeline's retries.
+                Err(e) if e.is_conflict() || (e.is_retryable() && attempt < TRANSIENT_ATTEMPTS) => {
                     stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(conflict_pause(attempt)).await;
                 }

@@ -16,6 +16,9 @@ use crate::model::DataItem;
 use crate::query::{SkCondition, SortOrder};
 use crate::storage::RangeQuery;
 
+/// Attempts of one batch that loses races to live events.
+const BATCH_ATTEMPTS: u32 = 20;
+
 /// Rows a rebuild reads, applies and checkpoints per transaction.
 pub const DEFAULT_REBUILD_BATCH: usize = 100;
 
@@ -286,21 +289,28 @@ where
                 ));
             }
             tx.set_generation(progress.generation);
-            let mut applied = 0;
-            for item in in_scope() {
-                if let Step::Applied { .. } = projector
-                    .bring_forward(&mut tx, item, None, ChangeSource::Rebuild)
-                    .await?
-                {
-                    applied += 1;
+            let batch = async {
+                let mut applied = 0;
+                for item in in_scope() {
+                    if let Step::Applied { .. } = projector
+                        .bring_forward(&mut tx, item, None, ChangeSource::Rebuild)
+                        .await?
+                    {
+                        applied += 1;
+                    }
                 }
-            }
-            tx.store(MetaDoc::Rebuild, &encode(&next), revision).await?;
-            match tx.commit().await {
-                Ok(()) => return Ok((applied, next)),
-                Err(e) if e.is_conflict() && attempt < 20 => {
+                tx.store(MetaDoc::Rebuild, &encode(&next), revision).await?;
+                tx.commit().await?;
+                Ok::<_, Error>(applied)
+            };
+            match batch.await {
+                Ok(applied) => return Ok((applied, next)),
+                // A race lost to live events (a checkpoint, a deadlock broken
+                // by the database), or a blip: the batch again.
+                Err(e) if (e.is_conflict() || e.is_retryable()) && attempt < BATCH_ATTEMPTS => {
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=20))).await;
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=20 * u64::from(attempt))))
+                        .await;
                 }
                 Err(e) => return Err(e),
             }
