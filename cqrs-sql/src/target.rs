@@ -45,13 +45,21 @@ pub struct SqlTarget<DB: SqlDatabase> {
     /// Whether this target (or a clone) created the framework's tables:
     /// the projector may begin a transaction before it prepares.
     prepared: Arc<AtomicBool>,
+    /// SQLite's one writer, handed out in arrival order: SQLite's own wait
+    /// for its lock polls, so that a writer that takes it again at once (a
+    /// rebuild's next batch) would keep the others out for long stretches.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// A writer's turn on a SQLite target (see [`SqlTarget`]'s `writer`).
+pub(crate) type Turn = tokio::sync::OwnedMutexGuard<()>;
 
 impl<DB: SqlDatabase> Clone for SqlTarget<DB> {
     fn clone(&self) -> Self {
         SqlTarget {
             pool: self.pool.clone(),
             prepared: Arc::clone(&self.prepared),
+            writer: Arc::clone(&self.writer),
         }
     }
 }
@@ -69,6 +77,7 @@ impl<DB: SqlDatabase> SqlTarget<DB> {
         SqlTarget {
             pool,
             prepared: Arc::default(),
+            writer: Arc::default(),
         }
     }
 
@@ -94,15 +103,21 @@ impl<DB: SqlDatabase> SqlTarget<DB> {
         })
     }
 
-    /// Begins a transaction that may write: in SQLite, with the database's
-    /// write lock taken at once (`BEGIN IMMEDIATE`), so that it never has to
-    /// upgrade a read lock (which fails when another write came in between).
-    async fn begin_writing(&self, flavor: Flavor) -> Result<Transaction<'static, DB>> {
+    /// Begins a transaction that may write: in SQLite, once the writers
+    /// of this target before it are done (in arrival order), with the
+    /// database's write lock taken at once (`BEGIN IMMEDIATE`), so that it
+    /// never has to upgrade a read lock (which fails when another write
+    /// came in between). The turn is held until the transaction ends.
+    async fn begin_writing(&self, flavor: Flavor) -> Result<(Transaction<'static, DB>, Option<Turn>)> {
+        let turn = match flavor {
+            Flavor::Sqlite => Some(Arc::clone(&self.writer).lock_owned().await),
+            Flavor::Postgres => None,
+        };
         let begun = match flavor {
             Flavor::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Flavor::Postgres => self.pool.begin().await,
         };
-        begun.map_err(|e| error::outside_transaction(e, flavor))
+        begun.map(|tx| (tx, turn)).map_err(|e| error::outside_transaction(e, flavor))
     }
 
     /// PostgreSQL: waits for, then holds until the commit, the advisory lock
@@ -146,7 +161,7 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
 
     async fn prepare(&self) -> Result<()> {
         let flavor = self.flavor()?;
-        let mut tx = self.begin_writing(flavor).await?;
+        let (mut tx, _turn) = self.begin_writing(flavor).await?;
         Self::pg_lock(&mut tx, flavor, sql::SCHEMA_LOCK_KEY).await?;
         for statement in sql::SCHEMA {
             DB::execute(&mut tx, statement, &[])
@@ -162,7 +177,7 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
 
     async fn begin(&self, projection: &str) -> Result<(SqlTx<DB>, Option<Revised>)> {
         let flavor = self.ready().await?;
-        let mut tx = self.begin_writing(flavor).await?;
+        let (mut tx, turn) = self.begin_writing(flavor).await?;
         let mut generations =
             Self::read_doc(&mut tx, flavor, projection, MetaDoc::Generations, RowLock::Share).await?;
         if generations.is_none() {
@@ -174,7 +189,7 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
             generations =
                 Self::read_doc(&mut tx, flavor, projection, MetaDoc::Generations, RowLock::Share).await?;
         }
-        Ok((SqlTx::new(tx, flavor, projection), generations))
+        Ok((SqlTx::new(tx, turn, flavor, projection), generations))
     }
 
     async fn load(&self, projection: &str, doc: MetaDoc) -> Result<Option<Revised>> {
@@ -232,7 +247,7 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
             .iter()
             .map(|table| Ok((table.as_str(), names::generation_table(table, generation)?)))
             .collect::<Result<Vec<_>>>()?;
-        let mut tx = self.begin_writing(flavor).await?;
+        let (mut tx, _turn) = self.begin_writing(flavor).await?;
         // First the conditional write: in PostgreSQL it waits for the
         // transactions in flight that read the generations (share locks).
         write_doc::<DB>(
@@ -266,7 +281,7 @@ impl<DB: SqlDatabase> ProjectionTarget for SqlTarget<DB> {
             .iter()
             .map(|table| names::generation_table(table, generation))
             .collect::<Result<Vec<_>>>()?;
-        let mut tx = self.begin_writing(flavor).await?;
+        let (mut tx, _turn) = self.begin_writing(flavor).await?;
         for table in physical {
             DB::execute(&mut tx, &format!("DROP TABLE IF EXISTS {table}"), &[])
                 .await

@@ -33,15 +33,24 @@ use crate::{error, names, sql};
 /// Dropping it uncommitted rolls everything back.
 pub struct SqlTx<DB: SqlDatabase> {
     tx: Transaction<'static, DB>,
+    /// SQLite: this transaction's turn as the target's writer, given up
+    /// when it ends (declared after `tx`, so dropped after it).
+    _turn: Option<crate::target::Turn>,
     flavor: Flavor,
     projection: String,
     generation: u64,
 }
 
 impl<DB: SqlDatabase> SqlTx<DB> {
-    pub(crate) fn new(tx: Transaction<'static, DB>, flavor: Flavor, projection: &str) -> Self {
+    pub(crate) fn new(
+        tx: Transaction<'static, DB>,
+        turn: Option<crate::target::Turn>,
+        flavor: Flavor,
+        projection: &str,
+    ) -> Self {
         SqlTx {
             tx,
+            _turn: turn,
             flavor,
             projection: projection.to_owned(),
             generation: 0,
