@@ -147,6 +147,8 @@ impl Shop {
     /// both included). Staff only.
     pub async fn sales_report(&self, from: NaiveDate, to: NaiveDate, ctx: &InvocationContext) -> ShopResult<Vec<SalesRow>> {
         access::staff(ctx, "the sales report")?;
+        // Bad input is a 400 whether or not the read models are there.
+        crate::read_models::check_report_days(from, to)?;
         self.read_models()?.sales(&ctx.tenant_code, from, to).await
     }
 
@@ -154,6 +156,7 @@ impl Shop {
     /// customer only the orders they placed.
     pub async fn search_orders(&self, query: &OrderSearchQuery, ctx: &InvocationContext) -> ShopResult<OrderSearchPage> {
         access::shopper(ctx, "searching orders")?;
+        crate::read_models::check_search(query)?;
         let only_user = (!access::is_staff(ctx)).then_some(ctx.user_id.as_str());
         self.read_models()?.search(&ctx.tenant_code, query, only_user).await
     }

@@ -530,3 +530,52 @@ async fn a_rebuild_racing_new_orders_ends_equal_to_the_recomputation() {
     let lag = read_models.lag(ReadModel::Sales, &[TENANT.to_owned()]).await.unwrap();
     assert_eq!((lag.entities, lag.entities_behind), (40, 0), "{lag:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_document_states_the_endpoints_bounds_roles_and_answers() {
+    let api = Api::with_read_models().await;
+    let response = api
+        .client
+        .get(format!("{}/openapi.json", api.base))
+        .send()
+        .await
+        .unwrap();
+    let doc: Value = response.json().await.unwrap();
+    let search = &doc["paths"]["/orders/search"]["get"];
+    let report = &doc["paths"]["/reports/sales"]["get"];
+    let parameter = |op: &Value, name: &str| -> Value {
+        op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("parameter {name}"))
+            .clone()
+    };
+    let limit = parameter(search, "limit");
+    assert_eq!((limit["schema"]["minimum"].as_i64(), limit["schema"]["maximum"].as_i64()), (Some(1), Some(100)));
+    for name in ["product", "q"] {
+        let text = parameter(search, name);
+        assert_eq!(
+            (text["schema"]["minLength"].as_i64(), text["schema"]["maxLength"].as_i64()),
+            (Some(1), Some(100)),
+            "{name}"
+        );
+    }
+    for name in ["from", "to"] {
+        assert_eq!(parameter(report, name)["required"], true, "{name}");
+        assert!(parameter(report, name)["schema"].to_string().contains("date"), "{name}");
+        assert!(parameter(search, name)["schema"].to_string().contains("date"), "{name}");
+    }
+    assert!(report["description"].as_str().unwrap().contains("Roles: `staff` only"));
+    for op in [search, report] {
+        for status in ["200", "400", "401", "403", "500", "503"] {
+            assert!(op["responses"].get(status).is_some(), "{status}: {op}");
+        }
+        let unavailable = op["responses"]["503"]["description"].as_str().unwrap();
+        assert!(unavailable.contains("read_models_unavailable"), "{unavailable}");
+        assert!(unavailable.contains("`unavailable`"), "{unavailable}");
+        assert!(op["responses"]["503"]["headers"].get("Retry-After").is_some());
+    }
+    assert!(report["parameters"].to_string().contains("366"));
+}

@@ -110,17 +110,7 @@ impl ReadModels {
     /// included, at most [`MAX_REPORT_DAYS`]), ordered by day then product.
     /// Rows whose orders were all cancelled are left out.
     pub async fn sales(&self, tenant: &str, from: NaiveDate, to: NaiveDate) -> ShopResult<Vec<SalesRow>> {
-        if from > to {
-            return Err(ShopError::InvalidInput(format!(
-                "from ({from}) must not be after to ({to})"
-            )));
-        }
-        let days = (to - from).num_days() + 1;
-        if days > MAX_REPORT_DAYS {
-            return Err(ShopError::InvalidInput(format!(
-                "a report covers at most {MAX_REPORT_DAYS} days; {from} to {to} is {days}"
-            )));
-        }
+        check_report_days(from, to)?;
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(&format!(
             "SELECT day, product_code, units, revenue_cents FROM {SALES_TABLE} \
              WHERE tenant = $1 AND day >= $2 AND day <= $3 AND (units <> 0 OR revenue_cents <> 0) \
@@ -154,18 +144,7 @@ impl ReadModels {
         query: &OrderSearchQuery,
         only_user: Option<&str>,
     ) -> ShopResult<OrderSearchPage> {
-        let limit = validate::limit(query.limit)?;
-        let cursor = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
-            Some(text) => Some(Cursor::decode(text)?),
-            None => None,
-        };
-        if let (Some(from), Some(to)) = (query.from, query.to) {
-            if from > to {
-                return Err(ShopError::InvalidInput(format!(
-                    "from ({from}) must not be after to ({to})"
-                )));
-            }
-        }
+        let (limit, cursor) = check_search(query)?;
         let mut sql = format!(
             "SELECT code, user_id, customer_id, status, created_at, total_cents, products \
              FROM {SEARCH_TABLE} WHERE tenant = $1"
@@ -294,6 +273,47 @@ impl ReadModels {
         };
         Ok(lag)
     }
+}
+
+/// Checks a report's days: `from` not after `to`, at most
+/// [`MAX_REPORT_DAYS`] days.
+pub(crate) fn check_report_days(from: NaiveDate, to: NaiveDate) -> ShopResult<()> {
+    if from > to {
+        return Err(ShopError::InvalidInput(format!(
+            "from ({from}) must not be after to ({to})"
+        )));
+    }
+    let days = (to - from).num_days() + 1;
+    if days > MAX_REPORT_DAYS {
+        return Err(ShopError::InvalidInput(format!(
+            "a report covers at most {MAX_REPORT_DAYS} days; {from} to {to} is {days}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a search: its page size, cursor, days and texts. Answers the page
+/// size and the cursor.
+pub(crate) fn check_search(query: &OrderSearchQuery) -> ShopResult<(usize, Option<Cursor>)> {
+    let limit = validate::limit(query.limit)?;
+    let cursor = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(text) => Some(Cursor::decode(text)?),
+        None => None,
+    };
+    if let (Some(from), Some(to)) = (query.from, query.to) {
+        if from > to {
+            return Err(ShopError::InvalidInput(format!(
+                "from ({from}) must not be after to ({to})"
+            )));
+        }
+    }
+    if let Some(product) = query.product.as_deref() {
+        searched_text("product", product)?;
+    }
+    if let Some(text) = query.text.as_deref() {
+        searched_text("q", text)?;
+    }
+    Ok((limit, cursor))
 }
 
 /// A value bound to a search statement.
