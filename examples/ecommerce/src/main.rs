@@ -346,7 +346,10 @@ async fn rebuild(shop: &Shop, projection: ProjectionName, tenants: Vec<String>) 
     } else {
         tenants
     };
-    let name = projection.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
+    let name = projection
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default();
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
