@@ -810,3 +810,36 @@ async fn the_document_states_the_endpoints_bounds_roles_and_answers() {
     }
     assert!(report["parameters"].to_string().contains("366"));
 }
+
+/// The read models' database gone (its pool closed): both endpoints answer
+/// 503 `unavailable` with `Retry-After`, as for a storage outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_model_outage_is_a_503_worth_retrying() {
+    let Some(api) = Api::with_read_models(ReadDb::Sqlite).await else {
+        return;
+    };
+    let staff = api.staff();
+    let (status, _) = api.get("/orders/search", &staff).await;
+    assert_eq!(status, 200);
+    api.shop
+        .read_models
+        .as_ref()
+        .unwrap()
+        .target()
+        .pool()
+        .close()
+        .await;
+    for path in ["/reports/sales?from=2026-12-01&to=2026-12-05", "/orders/search"] {
+        let response = api
+            .client
+            .get(format!("{}{path}", api.base))
+            .bearer_auth(&staff)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 503, "{path}");
+        assert!(response.headers().get("retry-after").is_some(), "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unavailable", "{path}: {body}");
+    }
+}
