@@ -46,6 +46,33 @@ pub async fn run(shop: &Shop, out: &mut (dyn Write + Send)) -> ShopResult<()> {
     Ok(())
 }
 
+/// Prints today's sales report of `tenant` (from the read models, once
+/// the pipeline is idle: they follow the writes), a line per product.
+/// A shop without read models prints nothing.
+pub async fn sales_report(shop: &Shop, tenant: &str, out: &mut (dyn Write + Send)) -> ShopResult<()> {
+    if shop.read_models.is_none() {
+        return Ok(());
+    }
+    shop.engine.wait_idle().await;
+    let today = chrono::Utc::now().date_naive();
+    let rows = shop.sales_report(today, today, &ctx(tenant)).await?;
+    let _ = writeln!(
+        out,
+        "\nSales report of {tenant} for {today} (GET /reports/sales, cancelled orders out):"
+    );
+    for row in &rows {
+        let _ = writeln!(
+            out,
+            "  {:<8} {:>4} units {:>10}",
+            row.product_code, row.units, row.revenue
+        );
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, "  no sales");
+    }
+    Ok(())
+}
+
 /// A caller of `tenant`, as the HTTP layer builds it from a verified token.
 fn ctx(tenant: &str) -> InvocationContext {
     InvocationContext::new(tenant, "demo-user")

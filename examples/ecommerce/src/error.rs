@@ -44,6 +44,10 @@ pub enum ShopError {
         /// Why it does not read.
         reason: String,
     },
+    /// This server has no read models (started without a read-model
+    /// database): the report and the search cannot answer (503).
+    #[error("the read models (sales report, order search) are not configured on this server")]
+    ReadModelsUnavailable,
     /// The framework refused or failed, kept in the error's chain of
     /// sources, so that the pipeline sees a storage outage in a handler's
     /// error and retries it instead of recording a failure.
@@ -62,6 +66,7 @@ impl ShopError {
             ShopError::NotFound(_) => (404, "not_found"),
             ShopError::Conflict(_) => (409, "conflict"),
             ShopError::Unreadable { .. } => (409, "unreadable_row"),
+            ShopError::ReadModelsUnavailable => (503, "read_models_unavailable"),
             ShopError::Core(e) => match e {
                 E::NotFound { .. } => (404, "not_found"),
                 // Never say that another tenant's item exists.

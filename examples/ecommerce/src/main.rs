@@ -5,6 +5,8 @@
 //! ecommerce demo          run the scripted tour and exit
 //! ecommerce consume       run the DynamoDB stream consumer alone (no HTTP)
 //! ecommerce lambda-stream the stream consumer as an AWS Lambda function
+//! ecommerce rebuild --projection sales|search [--tenant T ...]
+//!                         rebuild a read model from the data table
 //!   --addr 127.0.0.1:3000
 //!   --backend memory|dynamodb
 //!   --pipeline in-process|stream|external
@@ -12,6 +14,9 @@
 //!   --dynamodb-endpoint URL   (default: $DYNAMODB_ENDPOINT, else http://127.0.0.1:8000)
 //!   --aws                     (DynamoDB on AWS, configured from the environment)
 //!   --table-prefix ecommerce  (or --table-env ENV --table-app APP --table-module MODULE)
+//!   --read-db URL|none        the read models' database (default: sqlite::memory: on
+//!                             memory, sqlite://ecommerce-read.db?mode=rwc on DynamoDB
+//!                             (named after the tables), none with --aws)
 //! ```
 //!
 //! On DynamoDB the command table's stream is the source of truth: with
@@ -31,6 +36,7 @@ use cqrs_core::AsyncDispatch;
 use cqrs_dynamodb::stream::StreamConsumer;
 use cqrs_dynamodb::{DynamoDbStorage, TableNames};
 use ecommerce::auth::{Auth, SECRET_ENV};
+use ecommerce::read_models::{ReadModel, ReadModels};
 use ecommerce::shop::{ShopConfig, DEMO_TENANTS};
 use ecommerce::Shop;
 use tracing_subscriber::EnvFilter;
@@ -74,6 +80,13 @@ struct Cli {
     /// [default: in-process on memory, stream on DynamoDB]
     #[arg(long, global = true, value_enum)]
     pipeline: Option<Pipeline>,
+    /// The read models' database (sales report, order search): `sqlite::memory:`,
+    /// `sqlite://FILE?mode=rwc`, `postgres://...`, or `none` (no read models: their
+    /// endpoints answer 503). Processes that share DynamoDB tables (`serve`, `consume`)
+    /// share it too. [default: sqlite::memory: on memory; on DynamoDB
+    /// sqlite://{tables}-read.db?mode=rwc (`ecommerce-read.db` with the default prefix), none with --aws]
+    #[arg(long, global = true, value_name = "URL")]
+    read_db: Option<String>,
     /// Seconds a handler run may take before it counts as failed.
     #[arg(long, global = true, value_name = "SECS", default_value_t = ecommerce::shop::HANDLER_TIMEOUT.as_secs_f64())]
     handler_timeout: f64,
@@ -97,6 +110,27 @@ struct Cli {
 }
 
 impl Cli {
+    /// The read models' database, `None` for none. A local DynamoDB's
+    /// default is a SQLite file named after the tables, in the working
+    /// directory, which the processes sharing those tables share; on AWS
+    /// (Lambda: a read-only file system, an instance's file shared with no
+    /// other) there is no default.
+    fn read_db_url(&self) -> Option<String> {
+        match (self.read_db.as_deref(), self.backend) {
+            (Some("none"), _) => None,
+            (Some(url), _) => Some(url.to_owned()),
+            (None, Backend::Memory) => Some("sqlite::memory:".to_owned()),
+            (None, Backend::Dynamodb) if self.aws => None,
+            (None, Backend::Dynamodb) => {
+                let tables = match (&self.table_env, &self.table_app, &self.table_module) {
+                    (Some(env), Some(app), Some(module)) => format!("{env}-{app}-{module}"),
+                    _ => self.table_prefix.clone(),
+                };
+                Some(format!("sqlite://{tables}-read.db?mode=rwc"))
+            }
+        }
+    }
+
     fn table_names(&self) -> TableNames {
         let names = match (&self.table_env, &self.table_app, &self.table_module) {
             (Some(env), Some(app), Some(module)) => TableNames::new(env, app, module),
@@ -106,7 +140,7 @@ impl Cli {
     }
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Command {
     /// Serve the HTTP API until Ctrl-C or SIGTERM (the default).
     Serve,
@@ -116,6 +150,33 @@ enum Command {
     Consume,
     /// Run the stream consumer as an AWS Lambda function (stream event source mapping).
     LambdaStream,
+    /// Rebuild a read model from the data table into a new generation (orders may keep
+    /// coming meanwhile), then point readers at it. Resumes an interrupted rebuild.
+    Rebuild {
+        /// Which read model.
+        #[arg(long, value_enum)]
+        projection: ProjectionName,
+        /// A tenant whose orders are read (repeat for several) [default: the demo tenants].
+        #[arg(long = "tenant", value_name = "TENANT")]
+        tenants: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProjectionName {
+    /// The sales report (`GET /reports/sales`).
+    Sales,
+    /// The order search (`GET /orders/search`).
+    Search,
+}
+
+impl From<ProjectionName> for ReadModel {
+    fn from(name: ProjectionName) -> Self {
+        match name {
+            ProjectionName::Sales => ReadModel::Sales,
+            ProjectionName::Search => ReadModel::Search,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -149,7 +210,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The server logs every request and command; the tour prints its own
     // account on stdout and logs errors only, unless RUST_LOG says otherwise.
-    let default_filter = match cli.command {
+    let default_filter = match &cli.command {
         Some(Command::Demo) => "error",
         _ => "info",
     };
@@ -174,8 +235,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let command = cli.command.unwrap_or(Command::Serve);
-    let pipeline = match (cli.pipeline, cli.backend, command) {
+    let command = cli.command.clone().unwrap_or(Command::Serve);
+    let pipeline = match (cli.pipeline, cli.backend, &command) {
         (Some(Pipeline::Stream | Pipeline::External), Backend::Memory, _) => {
             return Err("the stream pipeline needs --backend dynamodb".to_owned())
         }
@@ -183,6 +244,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             return Err("consume and lambda-stream need --backend dynamodb".to_owned())
         }
         (_, _, Command::Consume) => Pipeline::Stream,
+        // A rebuild reads the data table; it applies no command.
+        (_, _, Command::Rebuild { .. }) => Pipeline::External,
         // The Lambda runtime feeds the engine; no consumer of its own.
         (_, _, Command::LambdaStream) => Pipeline::External,
         (Some(pipeline), _, _) => pipeline,
@@ -210,10 +273,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         _ => None,
     };
     let backend = connect(&cli).await?;
-    let shop = match &backend {
+    let (storage, config): (Arc<dyn cqrs_core::Storage>, ShopConfig) = match &backend {
         None => {
             tracing::info!("backend: in memory");
-            Shop::in_memory()
+            (Arc::new(cqrs_memory::InMemory::new()), ShopConfig::default())
         }
         Some(dynamodb) => {
             if pipeline == Pipeline::InProcess {
@@ -222,9 +285,26 @@ async fn run(cli: Cli) -> Result<(), String> {
                      dies are not picked up by anything; use --pipeline stream"
                 );
             }
-            Shop::with_config(Arc::new(dynamodb.storage.clone()), config)
+            (Arc::new(dynamodb.storage.clone()), config)
         }
     };
+    // Every process registers the projectors, `serve --pipeline external`
+    // too: a sync publish (a status change) runs its handlers in the
+    // process that made it, and is finished there.
+    let read_models = match cli.read_db_url() {
+        Some(url) => {
+            let read_models = ReadModels::connect(&url, Arc::clone(&storage))
+                .await
+                .map_err(|e| format!("cannot open the read-model database {}: {e}", redacted(&url)))?;
+            tracing::info!(at = %redacted(&url), "read models");
+            Some(read_models)
+        }
+        None => {
+            tracing::warn!("no read models (--read-db none, or --aws without --read-db): /reports/sales and /orders/search answer 503");
+            None
+        }
+    };
+    let shop = Shop::with_read_models(storage, config, read_models);
     let drain = seconds("drain-timeout", cli.drain_timeout)?;
     let consumer = match (&backend, pipeline) {
         (Some(dynamodb), Pipeline::Stream) => Some(
@@ -243,8 +323,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Demo => {
             let consumer = consumer.map(Running::start);
             let mut out = std::io::stdout();
-            let result = ecommerce::demo::run(&shop, &mut out).await;
+            let mut result = ecommerce::demo::run(&shop, &mut out).await;
             shop.engine.wait_idle().await;
+            if result.is_ok() {
+                result = ecommerce::demo::sales_report(&shop, DEMO_TENANTS[0], &mut out).await;
+            }
             if let Some(consumer) = consumer {
                 consumer.stop().await;
             }
@@ -262,7 +345,91 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::LambdaStream => cqrs_dynamodb::lambda::run(shop.engine.clone())
             .await
             .map_err(|e| format!("the Lambda runtime stopped: {e}")),
+        Command::Rebuild { projection, tenants } => rebuild(&shop, projection, tenants).await,
     }
+}
+
+/// The database URL without its password, for messages and logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `ecommerce rebuild`: rebuilds a read model with a progress bar on a
+/// terminal (a line per tenth done otherwise), then prints what it did.
+async fn rebuild(shop: &Shop, projection: ProjectionName, tenants: Vec<String>) -> Result<(), String> {
+    use std::io::IsTerminal;
+
+    let read_models = shop
+        .read_models
+        .as_ref()
+        .ok_or("rebuild needs the read models' database: give --read-db URL")?;
+    let tenants = if tenants.is_empty() {
+        DEMO_TENANTS.map(str::to_owned).to_vec()
+    } else {
+        tenants
+    };
+    let name = projection
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} rows ({per_sec}, {eta} left)",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(format!("rebuilding {name}"));
+        bar
+    });
+    let mut last_tenth = None;
+    let report = |p: cqrs_core::projection::Progress| match &bar {
+        Some(bar) => {
+            bar.set_length(p.total.max(p.done));
+            bar.set_position(p.done);
+        }
+        None => {
+            let tenth = (p.done * 10).checked_div(p.total).unwrap_or(10).min(10);
+            if last_tenth != Some(tenth) {
+                last_tenth = Some(tenth);
+                eprintln!(
+                    "rebuilding {name}: {}/{} rows ({:.0} rows/s)",
+                    p.done, p.total, p.rate
+                );
+            }
+        }
+    };
+    let rebuilt = read_models
+        .rebuild(projection.into(), &tenants, report)
+        .await
+        .map_err(|e| format!("the rebuild of {name} failed: {e}"))?;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let seconds = rebuilt.elapsed.as_secs_f64();
+    println!(
+        "rebuilt {name} for {}: {} rows read ({} applied by this run{}) in {seconds:.2} s \
+         ({:.0} rows/s); readers now see generation {} (generation {} dropped)",
+        tenants.join(", "),
+        rebuilt.rows,
+        rebuilt.applied,
+        if rebuilt.resumed { ", resumed" } else { "" },
+        rebuilt.rows as f64 / seconds.max(1e-9),
+        rebuilt.generation,
+        rebuilt.replaced,
+    );
+    Ok(())
 }
 
 /// The DynamoDB side of a run.

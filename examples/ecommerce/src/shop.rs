@@ -4,13 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::NaiveDate;
 use cqrs_core::{AsyncDispatch, Engine, InvocationContext, Storage, TenancyPolicy};
 use rust_decimal::Decimal;
 
 use crate::error::{ShopError, ShopResult};
 use crate::notify::{ClaimingNotifier, OutboxNotifier};
+use crate::read_models::{OrderSearchPage, OrderSearchQuery, ReadModels, SalesRow};
 use crate::services::{
-    order_indexes, InventoryService, NewProduct, OrderService, ProductService, SetInventory, StockDesk,
+    access, order_indexes, InventoryService, NewProduct, OrderService, ProductService, SetInventory,
+    StockDesk,
 };
 use crate::sync::OrderSyncHandler;
 
@@ -33,6 +36,10 @@ pub struct Shop {
     pub notifier: Arc<OutboxNotifier>,
     /// Notifications claimed in the tables (the outbox), by every process.
     pub notifications: ClaimingNotifier,
+    /// The sales report and the order search, when this shop has a
+    /// read-model database: their projectors are then handlers of the
+    /// engine. Without them, reading them is a 503 `read_models_unavailable`.
+    pub read_models: Option<ReadModels>,
 }
 
 /// How a [`Shop`]'s engine runs its pipeline.
@@ -77,6 +84,17 @@ impl Shop {
 
     /// A shop over `storage`, its pipeline as `config` says.
     pub fn with_config(storage: Arc<dyn Storage>, config: ShopConfig) -> Self {
+        Self::with_read_models(storage, config, None)
+    }
+
+    /// A shop over `storage`, its pipeline as `config` says, keeping
+    /// `read_models` (connected over the same `storage`) when given: their
+    /// projectors are registered as handlers of the engine.
+    pub fn with_read_models(
+        storage: Arc<dyn Storage>,
+        config: ShopConfig,
+        read_models: Option<ReadModels>,
+    ) -> Self {
         let notifier = Arc::new(OutboxNotifier::new());
         let transport = notifier.clone();
         // A storefront has no shared tenant and no cross-tenant role. The
@@ -87,7 +105,7 @@ impl Shop {
         // desk (it holds no services: no cycle either).
         let desk = StockDesk::new();
         let handler_desk = desk.clone();
-        let engine = Engine::builder(storage)
+        let mut builder = Engine::builder(storage)
             .tenancy(TenancyPolicy::strict())
             .dispatch(config.dispatch)
             .handler_timeout(config.handler_timeout)
@@ -95,8 +113,11 @@ impl Shop {
             .publisher_lease(config.publisher_lease)
             .indexes(order_indexes())
             .handler_with(move |services| OrderSyncHandler::with_desk(services.clone(), handler_desk))
-            .handler_with(move |services| ClaimingNotifier::relay(services.clone(), transport))
-            .build();
+            .handler_with(move |services| ClaimingNotifier::relay(services.clone(), transport));
+        for projector in read_models.iter().flat_map(ReadModels::projectors) {
+            builder = builder.handler_arc(projector);
+        }
+        let engine = builder.build();
         let services = engine.services();
         Self {
             products: ProductService::new(services.clone()),
@@ -105,12 +126,59 @@ impl Shop {
             notifications: ClaimingNotifier::new(services),
             engine,
             notifier,
+            read_models,
         }
     }
 
     /// A shop on the in-memory backend.
     pub fn in_memory() -> Self {
         Self::new(Arc::new(cqrs_memory::InMemory::new()))
+    }
+
+    /// A shop on the in-memory backend with its read models in an
+    /// in-memory SQLite database.
+    pub async fn in_memory_with_read_models() -> ShopResult<Self> {
+        let storage: Arc<dyn Storage> = Arc::new(cqrs_memory::InMemory::new());
+        let read_models = ReadModels::connect("sqlite::memory:", Arc::clone(&storage)).await?;
+        Ok(Self::with_read_models(
+            storage,
+            ShopConfig::default(),
+            Some(read_models),
+        ))
+    }
+
+    /// The read models, or 503 `read_models_unavailable`.
+    fn read_models(&self) -> ShopResult<&ReadModels> {
+        self.read_models.as_ref().ok_or(ShopError::ReadModelsUnavailable)
+    }
+
+    /// The sales report of the caller's shop from `from` to `to` (UTC days,
+    /// both included). Staff only.
+    pub async fn sales_report(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        ctx: &InvocationContext,
+    ) -> ShopResult<Vec<SalesRow>> {
+        access::staff(ctx, "the sales report")?;
+        // Bad input is a 400 whether or not the read models are there.
+        crate::read_models::check_report_days(from, to)?;
+        self.read_models()?.sales(&ctx.tenant_code, from, to).await
+    }
+
+    /// Searches the caller's shop's orders: staff find every order, a
+    /// customer only the orders they placed.
+    pub async fn search_orders(
+        &self,
+        query: &OrderSearchQuery,
+        ctx: &InvocationContext,
+    ) -> ShopResult<OrderSearchPage> {
+        access::shopper(ctx, "searching orders")?;
+        crate::read_models::check_search(query)?;
+        let only_user = (!access::is_staff(ctx)).then_some(ctx.user_id.as_str());
+        self.read_models()?
+            .search(&ctx.tenant_code, query, only_user)
+            .await
     }
 
     /// Seeds the demo catalogue of a tenant: three products with stock.

@@ -82,6 +82,13 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The read models' database of the servers of the tables `prefix`: a
+/// SQLite file in the temporary directory.
+fn read_db(prefix: &str) -> String {
+    let file = std::env::temp_dir().join(format!("{prefix}-read.db"));
+    format!("sqlite://{}?mode=rwc", file.display())
+}
+
 /// One server process.
 struct Server {
     child: Option<Child>,
@@ -104,6 +111,9 @@ impl Server {
         let child = Command::new(binary())
             .args(["serve", "--backend", "dynamodb", "--pipeline", "stream"])
             .args(["--dynamodb-endpoint", endpoint, "--table-prefix", prefix])
+            // The read models of the test's tables, shared by its servers,
+            // out of the source tree.
+            .args(["--read-db", &read_db(prefix)])
             .args(["--addr", &format!("127.0.0.1:{port}")])
             .args(args)
             .env(SECRET_ENV, SECRET)

@@ -2807,7 +2807,15 @@ fn value_at(keyword: &str, n: i64, current: &Value) -> Value {
 async fn probe(api: &Api, token: &str, order_code: &str, bound: &DocumentedBound, n: i64, run: usize) -> u16 {
     if let Some(name) = &bound.query {
         assert_eq!(bound.method, "GET", "{bound:?}");
-        return api.get(&format!("{}?{name}={n}", bound.path), token).await.status;
+        // A length bound is met by a text of that length, a number's by the number.
+        let value = match bound.keyword.as_str() {
+            "minLength" | "maxLength" => "A".repeat(usize::try_from(n).expect("a length")),
+            _ => n.to_string(),
+        };
+        return api
+            .get(&format!("{}?{name}={value}", bound.path), token)
+            .await
+            .status;
     }
     let (path, mut body) = match (bound.method.as_str(), bound.path.as_str()) {
         ("POST", "/orders") => ("/orders".to_owned(), order_body("PRD-001", 1, 29.99)),

@@ -7,6 +7,7 @@ use utoipa::openapi::schema::{Object, Schema};
 use utoipa::openapi::{OpenApi, RefOr};
 use utoipa::Modify;
 
+use crate::read_models::MAX_SEARCH_TEXT_BYTES;
 use crate::services::{
     MAX_IMAGES, MAX_LINES, MAX_PAGE_SIZE, MAX_QUANTITY, MAX_STOCK, MIN_PAGE_SIZE, MIN_QUANTITY,
 };
@@ -16,10 +17,16 @@ pub(crate) struct Bounds;
 
 impl Modify for Bounds {
     fn modify(&self, openapi: &mut OpenApi) {
-        for path in ["/orders", "/products"] {
+        for path in ["/orders", "/products", "/orders/search"] {
             if let Some(limit) = query_parameter(openapi, path, "limit") {
                 limit.minimum = Some(MIN_PAGE_SIZE.into());
                 limit.maximum = Some(MAX_PAGE_SIZE.into());
+            }
+        }
+        for name in ["product", "q"] {
+            if let Some(text) = query_parameter(openapi, "/orders/search", name) {
+                text.min_length = Some(1);
+                text.max_length = Some(MAX_SEARCH_TEXT_BYTES);
             }
         }
         if let Some(quantity) = property(openapi, "OrderItem", "quantity") {

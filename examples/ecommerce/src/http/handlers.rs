@@ -10,10 +10,11 @@ use utoipa::OpenApi;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IDEMPOTENT_REPLAYED};
 use super::model::{
-    cursor, Health, Inventory, Order, OrderListQuery, OrderPage, Product, ProductListQuery, ProductPage,
-    StatusChange,
+    cursor, Health, Inventory, Order, OrderListQuery, OrderPage, OrderSearchParams, Product,
+    ProductListQuery, ProductPage, SalesReportQuery, StatusChange,
 };
 use super::{ApiDoc, AppState};
+use crate::read_models::{OrderSearchPage, SalesRow};
 use crate::services::{NewOrder, NewProduct, SetInventory};
 
 /// 201 with a `Location` header and the created entity.
@@ -108,6 +109,72 @@ pub(crate) async fn list_orders(
         .list(query.status, query.limit, cursor(query.cursor), &ctx)
         .await?;
     Ok(Json(page.into()))
+}
+
+/// Searches the shop's orders by product, status, creation day and
+/// shipping address text, newest first (creation time, then code), a page
+/// at a time.
+///
+/// Served by the order search read model, which follows the orders a
+/// moment behind their writes (eventually consistent): an order just
+/// placed or changed may be found as it was, or not yet, for that moment.
+///
+/// Roles: `staff` search every order of the shop; a `customer` only the orders they placed.
+#[utoipa::path(
+    get,
+    path = "/orders/search",
+    tag = "orders",
+    params(OrderSearchParams),
+    responses(
+        (status = 200, description = "A page of matching orders", body = OrderSearchPage),
+        (status = 400, description = "Invalid query: an unknown parameter, a malformed day or status, `from` after `to`, \
+                                      `limit` out of bounds, `product` or `q` empty or too long, or a cursor this server did not give", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
+        (status = 503, description = "`read_models_unavailable`: this server was started without a read-model database \
+                                      (retrying this server will not help); or, from the read-model database as from the storage", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn search_orders(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    ApiQuery(params): ApiQuery<OrderSearchParams>,
+) -> Result<Json<OrderSearchPage>, ApiError> {
+    Ok(Json(state.shop.search_orders(&params.into(), &ctx).await?))
+}
+
+/// The shop's sales per UTC day and product: units ordered and their
+/// revenue (quantity × unit price, before tax), cancelled orders not
+/// counted. An order counts on the day it was created. Days and products
+/// without sales have no row.
+///
+/// Served by the sales report read model, which follows the orders a
+/// moment behind their writes (eventually consistent).
+///
+/// Roles: `staff` only.
+#[utoipa::path(
+    get,
+    path = "/reports/sales",
+    tag = "reports",
+    params(SalesReportQuery),
+    responses(
+        (status = 200, description = "The report's rows, by day then product", body = [SalesRow]),
+        (status = 400, description = "Invalid query: `from` or `to` missing or not a `YYYY-MM-DD` day, `from` after `to`, \
+                                      more than 366 days, or an unknown parameter", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not allowed to this role (a token without `staff`)", body = ErrorBody),
+        (status = 503, description = "`read_models_unavailable`: this server was started without a read-model database \
+                                      (retrying this server will not help); or, from the read-model database as from the storage", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn sales_report(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    ApiQuery(query): ApiQuery<SalesReportQuery>,
+) -> Result<Json<Vec<SalesRow>>, ApiError> {
+    Ok(Json(state.shop.sales_report(query.from, query.to, &ctx).await?))
 }
 
 /// One order of the shop.

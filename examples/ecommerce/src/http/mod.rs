@@ -5,6 +5,7 @@
 //! |--------|------|--------|
 //! | POST | `/orders` | 201, the published order (`Idempotency-Key` honoured) |
 //! | GET | `/orders?status=&limit=&cursor=` | 200, a page of orders |
+//! | GET | `/orders/search?product=&status=&from=&to=&q=&limit=&cursor=` | 200, a page of matching orders (the order search read model) |
 //! | GET | `/orders/{code}` | 200, the order |
 //! | PATCH | `/orders/{code}/status` | 200, the order at its new version (`Idempotency-Key` honoured) |
 //! | POST | `/products` | 201, the product |
@@ -12,6 +13,7 @@
 //! | GET | `/products/{code}` | 200, the product |
 //! | PATCH | `/inventory/{productCode}` | 200, the inventory record |
 //! | GET | `/inventory/{productCode}` | 200, the inventory record |
+//! | GET | `/reports/sales?from=&to=` | 200, units and revenue per day and product (the sales report read model; staff only) |
 //! | GET | `/health` | 200 `{"status":"ok"}`, no token |
 //! | GET | `/openapi.json` | 200, the OpenAPI document, no token |
 //! | GET | `/docs` | the API page (Swagger UI, [`docs`]): a token pasted in its **Authorize** dialog, requests tried from the browser; no token to load it |
@@ -54,8 +56,8 @@ use utoipa::{Modify, OpenApi};
 
 pub use error::ErrorBody;
 pub use model::{
-    Health, Inventory, Order, OrderListQuery, OrderPage, Product, ProductListQuery, ProductPage,
-    StatusChange, Unreadable,
+    Health, Inventory, Order, OrderListQuery, OrderPage, OrderSearchParams, Product, ProductListQuery,
+    ProductPage, SalesReportQuery, StatusChange, Unreadable,
 };
 
 use self::bounds::Bounds;
@@ -80,6 +82,7 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
     vec![
         (Method::POST, "/orders", true, post(create_order)),
         (Method::GET, "/orders", true, get(list_orders)),
+        (Method::GET, "/orders/search", true, get(search_orders)),
         (Method::GET, "/orders/{code}", true, get(get_order)),
         (
             Method::PATCH,
@@ -97,6 +100,7 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
             patch(set_inventory),
         ),
         (Method::GET, "/inventory/{productCode}", true, get(get_inventory)),
+        (Method::GET, "/reports/sales", true, get(sales_report)),
         (Method::GET, "/health", false, get(health)),
         (Method::GET, docs::OPENAPI_PATH, false, get(openapi_json)),
     ]
@@ -114,6 +118,7 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
     paths(
         handlers::create_order,
         handlers::list_orders,
+        handlers::search_orders,
         handlers::get_order,
         handlers::update_order_status,
         handlers::create_product,
@@ -121,6 +126,7 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
         handlers::get_product,
         handlers::set_inventory,
         handlers::get_inventory,
+        handlers::sales_report,
         handlers::health,
         handlers::openapi_json,
     ),
@@ -137,6 +143,9 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
         crate::domain::InventoryAttributes,
         Order,
         OrderPage,
+        crate::read_models::OrderSummary,
+        crate::read_models::OrderSearchPage,
+        crate::read_models::SalesRow,
         Product,
         ProductPage,
         Unreadable,
@@ -150,6 +159,7 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
         (name = "orders", description = "Placing orders and moving them through their statuses"),
         (name = "products", description = "The catalogue"),
         (name = "inventory", description = "Stock"),
+        (name = "reports", description = "Reports from the read models"),
         (name = "meta", description = "Health and this document"),
     )
 )]
@@ -203,7 +213,17 @@ impl Modify for ServerErrors {
                     continue;
                 }
                 let responses = &mut operation.responses.responses;
-                responses.insert("503".to_owned(), unavailable.clone().into());
+                // An operation's own 503 (a cause of its own) keeps its
+                // description, followed by the storage's.
+                let own = match responses.get("503") {
+                    Some(utoipa::openapi::RefOr::T(own)) => Some(own.description.clone()),
+                    _ => None,
+                };
+                let mut answer = unavailable.clone();
+                if let Some(own) = own {
+                    answer.description = format!("{own}. {}", answer.description);
+                }
+                responses.insert("503".to_owned(), answer.into());
                 responses.insert("500".to_owned(), internal.clone().into());
             }
         }

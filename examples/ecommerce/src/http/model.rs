@@ -187,3 +187,51 @@ pub struct ProductListQuery {
 pub(crate) fn cursor(cursor: Option<String>) -> Option<String> {
     cursor.filter(|c| !c.is_empty())
 }
+
+/// Query of `GET /reports/sales`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SalesReportQuery {
+    /// First UTC day of the report (`YYYY-MM-DD`), included.
+    pub from: chrono::NaiveDate,
+    /// Last UTC day of the report (`YYYY-MM-DD`), included: on or after
+    /// `from`, at most 366 days from it (both included).
+    pub to: chrono::NaiveDate,
+}
+
+/// Query of `GET /orders/search`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct OrderSearchParams {
+    /// Orders with a line of this product (its exact code, e.g. `PRD-001`).
+    pub product: Option<String>,
+    /// Only orders of this status.
+    pub status: Option<OrderStatus>,
+    /// Orders created on or after this UTC day (`YYYY-MM-DD`).
+    pub from: Option<chrono::NaiveDate>,
+    /// Orders created on or before this UTC day (`YYYY-MM-DD`); not before `from`.
+    pub to: Option<chrono::NaiveDate>,
+    /// Text the shipping address contains (street, city, postal code or
+    /// country), matched in any case; `%` and `_` match themselves.
+    pub q: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<usize>,
+    /// The `cursor` of the previous page, as it was given.
+    pub cursor: Option<String>,
+}
+
+impl From<OrderSearchParams> for crate::read_models::OrderSearchQuery {
+    fn from(params: OrderSearchParams) -> Self {
+        Self {
+            product: params.product,
+            status: params.status,
+            from: params.from,
+            to: params.to,
+            text: params.q,
+            limit: params.limit,
+            cursor: cursor(params.cursor),
+        }
+    }
+}

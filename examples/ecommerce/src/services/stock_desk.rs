@@ -427,6 +427,7 @@ fn copy_error(error: &ShopError) -> ShopError {
         ShopError::Forbidden(m) => ShopError::Forbidden(m.clone()),
         ShopError::NotFound(m) => ShopError::NotFound(m.clone()),
         ShopError::Conflict(m) => ShopError::Conflict(m.clone()),
+        ShopError::ReadModelsUnavailable => ShopError::ReadModelsUnavailable,
         ShopError::Unreadable { what, pk, sk, reason } => ShopError::Unreadable {
             what: what.clone(),
             pk: pk.clone(),
