@@ -117,7 +117,9 @@ impl<DB: SqlDatabase> SqlTarget<DB> {
             Flavor::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Flavor::Postgres => self.pool.begin().await,
         };
-        begun.map(|tx| (tx, turn)).map_err(|e| error::outside_transaction(e, flavor))
+        begun
+            .map(|tx| (tx, turn))
+            .map_err(|e| error::outside_transaction(e, flavor))
     }
 
     /// PostgreSQL: waits for, then holds until the commit, the advisory lock

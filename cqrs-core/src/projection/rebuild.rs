@@ -61,7 +61,7 @@ pub struct Rebuild<'a, P, T> {
     projector: &'a Projector<P, T>,
     scope: Scope,
     batch: usize,
-    on_progress: Option<Box<dyn FnMut(Progress) + Send + 'a>>,
+    on_progress: Option<Box<dyn FnMut(Progress) + Send + Sync + 'a>>,
 }
 
 impl<P, T> Projector<P, T>
@@ -114,7 +114,7 @@ where
     }
 
     /// Called after every batch.
-    pub fn on_progress(mut self, report: impl FnMut(Progress) + Send + 'a) -> Self {
+    pub fn on_progress(mut self, report: impl FnMut(Progress) + Send + Sync + 'a) -> Self {
         self.on_progress = Some(Box::new(report));
         self
     }
@@ -410,4 +410,39 @@ where
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use crate::error::BoxError;
+    use crate::projection::{Change, MemoryTarget, MemoryTx, Projection, Projector, Scope};
+
+    struct Nothing;
+
+    #[async_trait]
+    impl Projection<MemoryTx> for Nothing {
+        type State = serde_json::Value;
+        fn name(&self) -> &str {
+            "nothing"
+        }
+        async fn apply(&self, _: &mut MemoryTx, _: &Change<serde_json::Value>) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    /// A rebuild with a progress callback can run in a task of its own
+    /// (this compiles only if its future is `Send`).
+    #[allow(dead_code)]
+    fn a_rebuild_is_send(projector: &Projector<Nothing, MemoryTarget>) {
+        fn spawnable<F: std::future::Future + Send>(_: F) {}
+        let mut reports = Vec::new();
+        spawnable(
+            projector
+                .rebuild(Scope::tenants(["shop-a"]))
+                .on_progress(|p| reports.push(p.done))
+                .run(),
+        );
+    }
 }

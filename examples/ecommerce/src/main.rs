@@ -7,6 +7,8 @@
 //! ecommerce lambda-stream the stream consumer as an AWS Lambda function
 //! ecommerce rebuild --projection sales|search [--tenant T ...]
 //!                         rebuild a read model from the data table
+//! ecommerce lag [--tenant T ...]
+//!                         how far each read model is behind the data table
 //!   --addr 127.0.0.1:3000
 //!   --backend memory|dynamodb
 //!   --pipeline in-process|stream|external
@@ -160,6 +162,13 @@ enum Command {
         #[arg(long = "tenant", value_name = "TENANT")]
         tenants: Vec<String>,
     },
+    /// Show how far each read model is behind the data table: orders and versions not yet
+    /// applied, and the age of the oldest.
+    Lag {
+        /// A tenant whose orders are compared (repeat for several) [default: the demo tenants].
+        #[arg(long = "tenant", value_name = "TENANT")]
+        tenants: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -245,7 +254,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         (_, _, Command::Consume) => Pipeline::Stream,
         // A rebuild reads the data table; it applies no command.
-        (_, _, Command::Rebuild { .. }) => Pipeline::External,
+        (_, _, Command::Rebuild { .. } | Command::Lag { .. }) => Pipeline::External,
         // The Lambda runtime feeds the engine; no consumer of its own.
         (_, _, Command::LambdaStream) => Pipeline::External,
         (Some(pipeline), _, _) => pipeline,
@@ -346,6 +355,39 @@ async fn run(cli: Cli) -> Result<(), String> {
             .await
             .map_err(|e| format!("the Lambda runtime stopped: {e}")),
         Command::Rebuild { projection, tenants } => rebuild(&shop, projection, tenants).await,
+        Command::Lag { tenants } => lag(&shop, tenants).await,
+    }
+}
+
+/// `ecommerce lag`: one line per read model.
+async fn lag(shop: &Shop, tenants: Vec<String>) -> Result<(), String> {
+    let read_models = shop
+        .read_models
+        .as_ref()
+        .ok_or("lag needs the read models' database: give --read-db URL")?;
+    let tenants = or_demo_tenants(tenants);
+    for (which, name) in [(ReadModel::Sales, "sales"), (ReadModel::Search, "search")] {
+        let lag = read_models
+            .lag(which, &tenants)
+            .await
+            .map_err(|e| format!("the lag of {name} cannot be read: {e}"))?;
+        println!(
+            "{name}: {} of {} orders behind, {} versions not applied, oldest unapplied {:.1} s old",
+            lag.entities_behind,
+            lag.entities,
+            lag.events_behind,
+            lag.oldest_age().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// The tenants given, or the demo tenants.
+fn or_demo_tenants(tenants: Vec<String>) -> Vec<String> {
+    if tenants.is_empty() {
+        DEMO_TENANTS.map(str::to_owned).to_vec()
+    } else {
+        tenants
     }
 }
 
@@ -372,11 +414,7 @@ async fn rebuild(shop: &Shop, projection: ProjectionName, tenants: Vec<String>) 
         .read_models
         .as_ref()
         .ok_or("rebuild needs the read models' database: give --read-db URL")?;
-    let tenants = if tenants.is_empty() {
-        DEMO_TENANTS.map(str::to_owned).to_vec()
-    } else {
-        tenants
-    };
+    let tenants = or_demo_tenants(tenants);
     let name = projection
         .to_possible_value()
         .map(|v| v.get_name().to_owned())

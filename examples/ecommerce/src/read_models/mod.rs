@@ -263,7 +263,7 @@ impl ReadModels {
         &self,
         which: ReadModel,
         tenants: &[String],
-        progress: impl FnMut(Progress) + Send,
+        progress: impl FnMut(Progress) + Send + Sync,
     ) -> ShopResult<Rebuilt> {
         let scope = Scope::tenants(tenants.iter().cloned());
         let rebuilt = match which {
