@@ -520,7 +520,7 @@ async fn lag() {
         published.push((sk, Instant::now()));
     }
     engine.wait_idle().await;
-    let committed = committed.lock().expect("lock");
+    let committed = std::mem::take(&mut *committed.lock().expect("lock"));
     let mut lags: Vec<Duration> = published
         .iter()
         .filter_map(|(sk, at)| committed.get(sk).map(|c| c.saturating_duration_since(*at)))
