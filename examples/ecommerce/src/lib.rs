@@ -48,6 +48,7 @@ mod guide {
         Errors => "../../../docs/errors.md",
         HotEntities => "../../../docs/hot-entities.md",
         Performance => "../../../docs/performance.md",
+        Projections => "../../../docs/projections.md",
         SequenceService => "../../../docs/sequence-service.md",
         StorageBackends => "../../../docs/storage-backends.md",
         Testing => "../../../docs/testing.md",
