@@ -504,6 +504,8 @@ async fn search_by_product_status_text_and_days(db: ReadDb) {
     assert!(find("product=PRD-00").await.is_empty());
     assert!(find("product=PRD-00_").await.is_empty());
     assert!(find("product=%25").await.is_empty());
+    // Codes are matched with their case, on SQLite as on PostgreSQL.
+    assert!(find("product=prd-001").await.is_empty());
     assert_eq!(find("status=cancelled").await, [paris.as_str()]);
     assert_eq!(find("status=pending&product=PRD-002").await, [tokyo.as_str()]);
     // Text: any case, any part of the address; `%` and `_` match themselves.

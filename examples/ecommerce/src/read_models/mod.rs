@@ -168,9 +168,11 @@ impl ReadModels {
         }
         if let Some(product) = query.product.as_deref() {
             let product = searched_text("product", product)?;
+            // `,CODE,` within the products, matched as it is in both
+            // databases: SQLite's LIKE ignores ASCII case, replace() does not.
             condition(
-                "products LIKE ? ESCAPE '\\'",
-                vec![Arg::Text(format!("%,{},%", like_escaped(product)))],
+                "replace(products, ?, '') <> products",
+                vec![Arg::Text(format!(",{product},"))],
             );
         }
         if let Some(status) = query.status {

@@ -51,7 +51,7 @@ pub(crate) fn time_text(at: DateTime<Utc>) -> String {
 }
 
 /// The products of an order as stored: `,PRD-001,PRD-002,` (sorted, each
-/// once), so that `LIKE '%,PRD-001,%'` finds exactly that product.
+/// once), so that `,PRD-001,` within it finds exactly that product.
 pub(crate) fn products_text(order: &OrderAttributes) -> String {
     let mut codes: Vec<&str> = order.items.iter().map(|i| i.product_code.as_str()).collect();
     codes.sort_unstable();
