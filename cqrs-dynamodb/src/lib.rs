@@ -20,6 +20,7 @@ mod item;
 #[cfg(feature = "lambda")]
 #[cfg_attr(docsrs, doc(cfg(feature = "lambda")))]
 pub mod lambda;
+pub mod projection;
 mod storage;
 pub mod stream;
 mod tables;

@@ -190,7 +190,24 @@ pub async fn ensure_tables(client: &Client, names: &TableNames) -> Result<()> {
 }
 
 async fn ensure_table(client: &Client, spec: &TableSpec) -> Result<()> {
-    let exists = match client.describe_table().table_name(&spec.name).send().await {
+    create_table(client, &spec.name, spec.stream, &spec.indexes).await?;
+    add_missing_indexes(client, spec).await?;
+    if spec.ttl {
+        enable_ttl(client, &spec.name).await?;
+    }
+    Ok(())
+}
+
+/// A table of its own for a projection's read model: `pk` (S) and `sk` (S),
+/// billed on demand, no stream, no time to live. Created if missing, and
+/// waited for until active; idempotent like [`ensure_tables`].
+pub(crate) async fn ensure_plain_table(client: &Client, name: &str) -> Result<()> {
+    create_table(client, name, false, &[]).await
+}
+
+/// Creates the table `name` if missing, and waits until it is active.
+async fn create_table(client: &Client, name: &str, stream: bool, indexes: &[String]) -> Result<()> {
+    let exists = match client.describe_table().table_name(name).send().await {
         Ok(_) => true,
         Err(e)
             if e.as_service_error()
@@ -217,20 +234,20 @@ async fn ensure_table(client: &Client, spec: &TableSpec) -> Result<()> {
         };
         let mut create = client
             .create_table()
-            .table_name(&spec.name)
+            .table_name(name)
             .billing_mode(BillingMode::PayPerRequest)
             .key_schema(key("pk", KeyType::Hash)?)
             .key_schema(key("sk", KeyType::Range)?)
             .attribute_definitions(attribute("pk")?)
             .attribute_definitions(attribute("sk")?);
-        for index in &spec.indexes {
+        for index in indexes {
             let (hash, range) = index_attributes(index);
             create = create
                 .attribute_definitions(attribute(&hash)?)
                 .attribute_definitions(attribute(&range)?)
                 .global_secondary_indexes(global_index(index)?);
         }
-        if spec.stream {
+        if stream {
             create = create.stream_specification(
                 StreamSpecification::builder()
                     .stream_enabled(true)
@@ -242,12 +259,7 @@ async fn ensure_table(client: &Client, spec: &TableSpec) -> Result<()> {
         // Created meanwhile by another process: fine.
         done_or_in_use(create.send().await)?;
     }
-    wait_active(client, &spec.name).await?;
-    add_missing_indexes(client, spec).await?;
-    if spec.ttl {
-        enable_ttl(client, &spec.name).await?;
-    }
-    Ok(())
+    wait_active(client, name).await
 }
 
 /// The global secondary index of `index`: keyed on its attributes, every

@@ -103,7 +103,11 @@ impl SqlTarget<sqlx::Any> {
                     .after_connect(move |conn, _| {
                         Box::pin(async move {
                             use sqlx::Executor;
-                            let journal = if in_memory { "" } else { "PRAGMA journal_mode = WAL; " };
+                            let journal = if in_memory {
+                                ""
+                            } else {
+                                "PRAGMA journal_mode = WAL; "
+                            };
                             conn.execute(
                                 format!(
                                     "{journal}PRAGMA busy_timeout = {}",

@@ -44,11 +44,18 @@ mod sealed {
         fn flavor(pool: &Pool<Self>) -> Option<Flavor>;
 
         /// Runs a statement; the rows it changed.
-        async fn execute(conn: &mut Self::Connection, sql: &str, args: &[Arg<'_>]) -> Result<u64, sqlx::Error>;
+        async fn execute(
+            conn: &mut Self::Connection,
+            sql: &str,
+            args: &[Arg<'_>],
+        ) -> Result<u64, sqlx::Error>;
 
         /// Rows of one integer column.
-        async fn fetch_ints(conn: &mut Self::Connection, sql: &str, args: &[Arg<'_>])
-            -> Result<Vec<i64>, sqlx::Error>;
+        async fn fetch_ints(
+            conn: &mut Self::Connection,
+            sql: &str,
+            args: &[Arg<'_>],
+        ) -> Result<Vec<i64>, sqlx::Error>;
 
         /// Rows of a text and an integer column.
         async fn fetch_text_int(
@@ -105,7 +112,9 @@ macro_rules! sql_database {
                 sql: &str,
                 args: &[Arg<'_>],
             ) -> Result<Vec<i64>, sqlx::Error> {
-                bind_all!(sqlx::query_scalar::<$db, i64>(sql), args).fetch_all(&mut *conn).await
+                bind_all!(sqlx::query_scalar::<$db, i64>(sql), args)
+                    .fetch_all(&mut *conn)
+                    .await
             }
 
             async fn fetch_text_int(
@@ -113,7 +122,9 @@ macro_rules! sql_database {
                 sql: &str,
                 args: &[Arg<'_>],
             ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-                bind_all!(sqlx::query_as::<$db, (String, i64)>(sql), args).fetch_all(&mut *conn).await
+                bind_all!(sqlx::query_as::<$db, (String, i64)>(sql), args)
+                    .fetch_all(&mut *conn)
+                    .await
             }
 
             async fn fetch_text_text_int(
@@ -121,7 +132,9 @@ macro_rules! sql_database {
                 sql: &str,
                 args: &[Arg<'_>],
             ) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
-                bind_all!(sqlx::query_as::<$db, (String, String, i64)>(sql), args).fetch_all(&mut *conn).await
+                bind_all!(sqlx::query_as::<$db, (String, String, i64)>(sql), args)
+                    .fetch_all(&mut *conn)
+                    .await
             }
         }
     };
@@ -132,7 +145,9 @@ sql_database!(sqlx::Postgres, |_| Some(Flavor::Postgres));
 #[cfg(feature = "sqlite")]
 sql_database!(sqlx::Sqlite, |_| Some(Flavor::Sqlite));
 #[cfg(feature = "any")]
-sql_database!(sqlx::Any, |pool| flavor_of_url(pool.connect_options().database_url.scheme()));
+sql_database!(sqlx::Any, |pool| flavor_of_url(
+    pool.connect_options().database_url.scheme()
+));
 
 /// The dialect of an [`sqlx::Any`] URL scheme (the schemes sqlx's drivers
 /// accept).

@@ -12,9 +12,7 @@ const MAX_IDENTIFIER_BYTES: usize = 63;
 /// dots, `;`) is refused, so a name can never change the SQL it is put in.
 pub(crate) fn validate(table: &str) -> Result<(), Error> {
     let mut chars = table.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(Error::invalid(
             "table",

@@ -85,7 +85,12 @@ pub(crate) fn to_sql(value: u64) -> Result<i64> {
 
 /// A version or revision read back.
 pub(crate) fn from_sql(value: i64) -> Result<u64> {
-    u64::try_from(value).map_err(|_| Error::backend(format!("negative version {value} in the projection tables"), false))
+    u64::try_from(value).map_err(|_| {
+        Error::backend(
+            format!("negative version {value} in the projection tables"),
+            false,
+        )
+    })
 }
 
 /// Writes a bookkeeping document, conditioned on its revision (0: it must

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use cqrs_core::projection::{Change, Projection, Projector, Scope};
 use cqrs_core::{
-    tenant_pk, BoxError, CommandInput, Handled, CommandServiceExt, Engine, EntityKey, Interest, InvocationContext, Storage,
+    tenant_pk, BoxError, CommandInput, CommandServiceExt, Engine, EntityKey, Handled, Interest,
+    InvocationContext, Storage,
 };
 use cqrs_sql::{SqlTarget, SqlTx};
 use serde::{Deserialize, Serialize};
@@ -137,15 +138,25 @@ async fn published_orders_reach_the_view(target: SqlTarget<Any>, postgres: bool)
     // An update, and a cancellation: "remove old, add new".
     let (command, mut cake) = third.update();
     cake.quantity = 4;
-    let third = engine.publish_sync_typed(command, cake, &ctx).await.unwrap().into_item();
+    let third = engine
+        .publish_sync_typed(command, cake, &ctx)
+        .await
+        .unwrap()
+        .into_item();
     let (command, mut cake) = third.update();
     cake.status = "cancelled".into();
     engine.publish_sync_typed(command, cake, &ctx).await.unwrap();
     let expected = BTreeMap::from([("shop-a/tea".to_owned(), 5), ("shop-a/cake".to_owned(), 0)]);
     assert_eq!(read(&target).await, expected);
     let stats = projector.stats();
-    assert_eq!((stats.events, stats.versions, stats.skipped, stats.failed), (5, 5, 0, 0));
-    assert_eq!(tables(&target, postgres).await, ["units_per_product", "units_per_product_g1"]);
+    assert_eq!(
+        (stats.events, stats.versions, stats.skipped, stats.failed),
+        (5, 5, 0, 0)
+    );
+    assert_eq!(
+        tables(&target, postgres).await,
+        ["units_per_product", "units_per_product_g1"]
+    );
 
     // A rebuild fills generation 2 from the data table; readers switch to it.
     let rebuilt = projector.rebuild(Scope::tenants(["shop-a"])).run().await.unwrap();
@@ -164,7 +175,9 @@ async fn published_orders_reach_the_view(target: SqlTarget<Any>, postgres: bool)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_sqlite() {
-    let target = SqlTarget::<Any>::connect(&common::sqlite_file_url()).await.unwrap();
+    let target = SqlTarget::<Any>::connect(&common::sqlite_file_url())
+        .await
+        .unwrap();
     published_orders_reach_the_view(target, false).await;
 }
 

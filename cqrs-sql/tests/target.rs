@@ -20,7 +20,13 @@ fn key(n: usize) -> EntityKey {
 
 /// Creates `table` in `generation` with `rows`, and the checkpoint of
 /// `key(0)` at 1, in one transaction.
-async fn fill<H: TargetHarness>(h: &H, target: &H::Target, generation: u64, table: &str, rows: &[(&str, i64)]) {
+async fn fill<H: TargetHarness>(
+    h: &H,
+    target: &H::Target,
+    generation: u64,
+    table: &str,
+    rows: &[(&str, i64)],
+) {
     let (mut tx, _) = target.begin("p").await.unwrap();
     tx.set_generation(generation);
     h.create_table(&mut tx, table).await.unwrap();
@@ -57,7 +63,11 @@ async fn checkpoints_are_conditional<H: TargetHarness>(h: &H) {
     tx.set_generation(1);
     assert_eq!(tx.checkpoint(&key(1)).await.unwrap(), 0);
     tx.set_checkpoint(&key(1), 0, 3).await.unwrap();
-    assert_eq!(tx.checkpoint(&key(1)).await.unwrap(), 3, "a transaction reads its own writes");
+    assert_eq!(
+        tx.checkpoint(&key(1)).await.unwrap(),
+        3,
+        "a transaction reads its own writes"
+    );
     tx.commit().await.unwrap();
 
     let (mut tx, _) = target.begin("p").await.unwrap();
@@ -76,7 +86,10 @@ async fn checkpoints_are_conditional<H: TargetHarness>(h: &H) {
     tx.set_generation(2);
     assert_eq!(tx.checkpoint(&key(1)).await.unwrap(), 0);
     drop(tx);
-    assert_eq!(target.checkpoints("p", 1, &[key(1), key(2)]).await.unwrap(), vec![4, 0]);
+    assert_eq!(
+        target.checkpoints("p", 1, &[key(1), key(2)]).await.unwrap(),
+        vec![4, 0]
+    );
     assert_eq!(target.checkpoints("p", 2, &[key(1)]).await.unwrap(), vec![0]);
 }
 
@@ -91,8 +104,16 @@ async fn documents_are_conditional_on_their_revision<H: TargetHarness>(h: &H) {
     assert_eq!((doc.text.as_str(), doc.revision), ("one", 1));
 
     let (mut tx, _) = target.begin("p").await.unwrap();
-    assert!(tx.store(MetaDoc::Rebuild, "again", 0).await.unwrap_err().is_conflict());
-    assert!(tx.store(MetaDoc::Rebuild, "stale", 2).await.unwrap_err().is_conflict());
+    assert!(tx
+        .store(MetaDoc::Rebuild, "again", 0)
+        .await
+        .unwrap_err()
+        .is_conflict());
+    assert!(tx
+        .store(MetaDoc::Rebuild, "stale", 2)
+        .await
+        .unwrap_err()
+        .is_conflict());
     tx.store(MetaDoc::Rebuild, "two", 1).await.unwrap();
     tx.commit().await.unwrap();
     let doc = target.load("p", MetaDoc::Rebuild).await.unwrap().unwrap();
@@ -106,7 +127,10 @@ async fn a_dropped_transaction_leaves_nothing<H: TargetHarness>(h: &H) {
     let target = h.target().await;
     target.prepare().await.unwrap();
     fill(h, &target, 1, "totals", &[("a", 1)]).await;
-    target.switch("p", "{}", 0, 1, &["totals".to_owned()]).await.unwrap();
+    target
+        .switch("p", "{}", 0, 1, &["totals".to_owned()])
+        .await
+        .unwrap();
 
     let (mut tx, generations) = target.begin("p").await.unwrap();
     assert_eq!(generations.unwrap().revision, 1);
@@ -172,7 +196,11 @@ async fn views_switch_generations_atomically<H: TargetHarness>(h: &H) {
     let tables = ["totals".to_owned(), "counts".to_owned()];
     fill(h, &target, 1, "totals", &[("a", 1)]).await;
     fill_more(h, &target, 1, "counts", &[("n", 1)]).await;
-    assert_eq!(h.read(&target, "p", "totals").await, BTreeMap::new(), "no view before the switch");
+    assert_eq!(
+        h.read(&target, "p", "totals").await,
+        BTreeMap::new(),
+        "no view before the switch"
+    );
     target.switch("p", "gen-1", 0, 1, &tables).await.unwrap();
     assert_eq!(h.read(&target, "p", "totals").await, rows(&[("a", 1)]));
     assert_eq!(h.read(&target, "p", "counts").await, rows(&[("n", 1)]));
@@ -181,7 +209,11 @@ async fn views_switch_generations_atomically<H: TargetHarness>(h: &H) {
     fill_more(h, &target, 2, "counts", &[("n", 2)]).await;
     let stale = target.switch("p", "gen-2", 0, 2, &tables).await.unwrap_err();
     assert!(stale.is_conflict(), "{stale}");
-    assert_eq!(h.read(&target, "p", "totals").await, rows(&[("a", 1)]), "a refused switch changes nothing");
+    assert_eq!(
+        h.read(&target, "p", "totals").await,
+        rows(&[("a", 1)]),
+        "a refused switch changes nothing"
+    );
     let doc = target.load("p", MetaDoc::Generations).await.unwrap().unwrap();
     assert_eq!((doc.text.as_str(), doc.revision), ("gen-1", 1));
 
@@ -193,7 +225,10 @@ async fn views_switch_generations_atomically<H: TargetHarness>(h: &H) {
 
     assert_eq!(target.checkpoints("p", 1, &[key(0)]).await.unwrap(), vec![1]);
     target.drop_generation("p", 1, &tables).await.unwrap();
-    target.drop_generation("p", 1, &tables).await.expect("dropping twice is harmless");
+    target
+        .drop_generation("p", 1, &tables)
+        .await
+        .expect("dropping twice is harmless");
     assert_eq!(target.checkpoints("p", 1, &[key(0)]).await.unwrap(), vec![0]);
     assert_eq!(target.checkpoints("p", 2, &[key(0)]).await.unwrap(), vec![1]);
     // Its tables are gone: creating generation 1's table again starts empty.
@@ -206,7 +241,13 @@ async fn views_switch_generations_atomically<H: TargetHarness>(h: &H) {
 }
 
 /// Like `fill`, without touching the checkpoint.
-async fn fill_more<H: TargetHarness>(h: &H, target: &H::Target, generation: u64, table: &str, rows: &[(&str, i64)]) {
+async fn fill_more<H: TargetHarness>(
+    h: &H,
+    target: &H::Target,
+    generation: u64,
+    table: &str,
+    rows: &[(&str, i64)],
+) {
     let (mut tx, _) = target.begin("p").await.unwrap();
     tx.set_generation(generation);
     h.create_table(&mut tx, table).await.unwrap();
@@ -223,7 +264,10 @@ async fn switch_waits_for_transactions_in_flight<H: TargetHarness>(h: &H) {
     let target = Arc::new(h.target().await);
     target.prepare().await.unwrap();
     fill(h, &target, 1, "totals", &[]).await;
-    target.switch("p", "gen-1", 0, 1, &["totals".to_owned()]).await.unwrap();
+    target
+        .switch("p", "gen-1", 0, 1, &["totals".to_owned()])
+        .await
+        .unwrap();
     fill(h, &target, 2, "totals", &[]).await;
 
     let (mut in_flight, generations) = target.begin("p").await.unwrap();
@@ -236,7 +280,10 @@ async fn switch_waits_for_transactions_in_flight<H: TargetHarness>(h: &H) {
         tokio::spawn(async move { target.switch("p", "gen-2", 1, 2, &["totals".to_owned()]).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!switching.is_finished(), "the switch waits for the transaction that read gen-1");
+    assert!(
+        !switching.is_finished(),
+        "the switch waits for the transaction that read gen-1"
+    );
     in_flight.commit().await.unwrap();
     switching.await.unwrap().unwrap();
 
@@ -284,10 +331,21 @@ async fn table_names_cannot_inject_sql<H: TargetHarness>(h: &H) {
         .await
         .unwrap_err();
     assert!(matches!(refused, Error::InvalidInput { .. }), "{refused}");
-    assert_eq!(target.load("p", MetaDoc::Generations).await.unwrap(), None, "nothing written");
-    let refused = target.drop_generation("p", 1, &[evil.to_owned()]).await.unwrap_err();
+    assert_eq!(
+        target.load("p", MetaDoc::Generations).await.unwrap(),
+        None,
+        "nothing written"
+    );
+    let refused = target
+        .drop_generation("p", 1, &[evil.to_owned()])
+        .await
+        .unwrap_err();
     assert!(matches!(refused, Error::InvalidInput { .. }), "{refused}");
-    assert_eq!(target.checkpoints("p", 1, &[key(0)]).await.unwrap(), vec![1], "nothing dropped");
+    assert_eq!(
+        target.checkpoints("p", 1, &[key(0)]).await.unwrap(),
+        vec![1],
+        "nothing dropped"
+    );
 }
 
 /// One `#[tokio::test]` per check and place.

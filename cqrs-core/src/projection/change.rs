@@ -101,18 +101,18 @@ pub enum ChangeSource {
 
 /// One change of one entity, as the read model sees it.
 ///
-/// `old` is the state the read model last saw (not necessarily version
-/// `version - 1`'s when the entity was first seen by this generation: then
-/// it is `None`), so that "remove `old`, add `new`" is exact.
+/// `old` is the state the read model last saw: version `version - 1`'s,
+/// except when a rebuild reads an entity for the first time in its
+/// generation (then `None`: the entity comes in whole, as of the scan), so
+/// that "remove `old`, add `new`" is exact.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change<T> {
     /// The entity.
     pub key: EntityKey,
     /// The version this change brings the read model to.
     pub version: u64,
-    /// The state the read model saw last; `None` when it had not seen the
-    /// entity (a creation, or the first sight in a generation) or saw it
-    /// deleted.
+    /// The state the read model saw last; `None` for a creation, and for
+    /// an entity a rebuild reads for the first time.
     pub old: Option<Typed<T>>,
     /// The state at `version`; its `item.is_deleted` says whether this
     /// version deleted the entity.

@@ -30,8 +30,9 @@ const CONFLICT_ATTEMPTS: u32 = 20;
 /// generation events go to (the live one, and the one a rebuild fills):
 /// - the entity's checkpoint is read; a version at or below it is skipped;
 /// - versions between the checkpoint and the event's, missing because they
-///   were not delivered yet, are read from the entity's history and applied
-///   first, in order;
+///   were not delivered yet (or were written before the projection
+///   existed), are read from the entity's history and applied first, in
+///   order: every version reaches the projection once;
 /// - the projection applies the change, and the checkpoint moves to the
 ///   event's version.
 ///
@@ -362,10 +363,12 @@ where
             return Ok(Step::Skipped);
         }
         let mut steps: Vec<(Option<DataItem>, DataItem, ChangeSource)> = Vec::new();
-        if checkpoint == 0 {
-            // First sight in this generation: the whole state comes in.
+        let next_in_line = old.filter(|old| old.version == checkpoint && checkpoint > 0);
+        if item.version == 1 || (checkpoint == 0 && source == ChangeSource::Rebuild) {
+            // A creation; or a rebuild's first sight of an entity in its
+            // generation: the whole state comes in, as of the scan.
             steps.push((None, item.clone(), source));
-        } else if let Some(old) = old.filter(|old| old.version == checkpoint) {
+        } else if let Some(old) = next_in_line {
             steps.push((Some(old.clone()), item.clone(), source));
         } else {
             let history = self.inner.storage.list_history(&key).await?;

@@ -14,7 +14,7 @@ use crate::handler::Interest;
 use crate::keys::tenant_pk;
 use crate::model::DataItem;
 use crate::query::{SkCondition, SortOrder};
-use crate::storage::{RangePage, RangeQuery};
+use crate::storage::RangeQuery;
 
 /// Rows a rebuild reads, applies and checkpoints per transaction.
 pub const DEFAULT_REBUILD_BATCH: usize = 100;
@@ -102,7 +102,9 @@ where
     T: ProjectionTarget,
     P: Projection<T::Tx>,
 {
-    /// Rows per transaction (default [`DEFAULT_REBUILD_BATCH`]).
+    /// Rows per transaction (default [`DEFAULT_REBUILD_BATCH`]); fewer when
+    /// the target refuses a transaction as too large (DynamoDB's hold 100
+    /// items: the checkpoints, the bookkeeping and the projection's writes).
     pub fn batch(mut self, rows: usize) -> Self {
         self.batch = rows.max(1);
         self
@@ -133,18 +135,45 @@ where
                     self.batch,
                 ))
                 .await?;
-            let (done, next) = self.apply_page(&page, &progress, revision).await?;
-            applied += done;
-            revision += 1;
-            progress = next;
-            if let Some(report) = self.on_progress.as_mut() {
-                let read = (progress.done - read_at_start) as f64;
-                report(Progress {
-                    generation,
-                    done: progress.done,
-                    total: progress.total,
-                    rate: read / started.elapsed().as_secs_f64().max(1e-9),
-                });
+            // The page in as few transactions as the target takes: a
+            // target with a small transaction (DynamoDB: 100 items) refuses
+            // a batch as too large, and it is split.
+            let mut rest = &page.items[..];
+            loop {
+                let take = self.batch.min(rest.len());
+                let (rows, after) = rest.split_at(take);
+                let (after_sk, unreadable) = match after.is_empty() {
+                    true => (page.last_sk.clone(), page.unreadable.len()),
+                    false => (rows.last().map(|row| row.sk.to_string()), 0),
+                };
+                match self
+                    .apply_rows(rows, unreadable, after_sk, &progress, revision)
+                    .await
+                {
+                    Ok((done, next)) => {
+                        applied += done;
+                        revision += 1;
+                        progress = next;
+                    }
+                    Err(Error::TooLarge { .. }) if take > 1 => {
+                        self.batch = take / 2;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                if let Some(report) = self.on_progress.as_mut() {
+                    let read = (progress.done - read_at_start) as f64;
+                    report(Progress {
+                        generation,
+                        done: progress.done,
+                        total: progress.total,
+                        rate: read / started.elapsed().as_secs_f64().max(1e-9),
+                    });
+                }
+                rest = after;
+                if rest.is_empty() {
+                    break;
+                }
             }
         }
         let replaced = self.switch(generation).await?;
@@ -220,24 +249,23 @@ where
         }
     }
 
-    /// Applies one page to the new generation, with the position after it,
-    /// in one transaction. Returns the rows applied and the new position.
-    async fn apply_page(
+    /// Applies `rows` to the new generation, with the position after them
+    /// (`after_sk`; `None`: the tenant is done), in one transaction.
+    /// Returns the rows applied and the new position.
+    async fn apply_rows(
         &self,
-        page: &RangePage,
+        rows: &[DataItem],
+        unreadable: usize,
+        after_sk: Option<String>,
         progress: &RebuildProgress,
         revision: u64,
     ) -> Result<(u64, RebuildProgress)> {
         let projector = self.projector;
+        let in_scope = || rows.iter().filter(|item| in_interest(projector.interest(), item));
         let mut next = progress.clone();
-        next.done += (page
-            .items
-            .iter()
-            .filter(|item| in_interest(projector.interest(), item))
-            .count()
-            + page.unreadable.len()) as u64;
-        match &page.last_sk {
-            Some(sk) => next.after_sk = Some(sk.clone()),
+        next.done += (in_scope().count() + unreadable) as u64;
+        match after_sk {
+            Some(sk) => next.after_sk = Some(sk),
             None => {
                 next.tenant_index += 1;
                 next.after_sk = None;
@@ -259,11 +287,7 @@ where
             }
             tx.set_generation(progress.generation);
             let mut applied = 0;
-            for item in page
-                .items
-                .iter()
-                .filter(|item| in_interest(projector.interest(), item))
-            {
+            for item in in_scope() {
                 if let Step::Applied { .. } = projector
                     .bring_forward(&mut tx, item, None, ChangeSource::Rebuild)
                     .await?

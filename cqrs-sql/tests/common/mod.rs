@@ -122,7 +122,8 @@ impl<DB> Harness<DB> {
 /// Whether a failed read means the view does not exist (yet).
 fn no_such_table(error: &sqlx::Error) -> bool {
     let text = error.to_string();
-    text.contains("no such table") || error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42P01")
+    text.contains("no such table")
+        || error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42P01")
 }
 
 macro_rules! harness {
@@ -150,12 +151,19 @@ macro_rules! harness {
                 Ok(())
             }
 
-            async fn get(&self, tx: &mut HarnessTx<Self>, table: &str, key: &str) -> Result<Option<i64>, BoxError> {
+            async fn get(
+                &self,
+                tx: &mut HarnessTx<Self>,
+                table: &str,
+                key: &str,
+            ) -> Result<Option<i64>, BoxError> {
                 let table = tx.table(table)?;
-                Ok(sqlx::query_scalar(&format!("SELECT v FROM {table} WHERE k = $1"))
-                    .bind(key)
-                    .fetch_optional(tx.conn())
-                    .await?)
+                Ok(
+                    sqlx::query_scalar(&format!("SELECT v FROM {table} WHERE k = $1"))
+                        .bind(key)
+                        .fetch_optional(tx.conn())
+                        .await?,
+                )
             }
 
             async fn add(
@@ -177,10 +185,16 @@ macro_rules! harness {
                 Ok(())
             }
 
-            async fn read(&self, target: &SqlTarget<$db>, _projection: &str, table: &str) -> BTreeMap<String, i64> {
-                let rows: Result<Vec<(String, i64)>, _> = sqlx::query_as(&format!("SELECT k, v FROM {table}"))
-                    .fetch_all(target.pool())
-                    .await;
+            async fn read(
+                &self,
+                target: &SqlTarget<$db>,
+                _projection: &str,
+                table: &str,
+            ) -> BTreeMap<String, i64> {
+                let rows: Result<Vec<(String, i64)>, _> =
+                    sqlx::query_as(&format!("SELECT k, v FROM {table}"))
+                        .fetch_all(target.pool())
+                        .await;
                 match rows {
                     Ok(rows) => rows.into_iter().collect(),
                     Err(e) if no_such_table(&e) => BTreeMap::new(),
@@ -192,15 +206,21 @@ macro_rules! harness {
 }
 
 harness!(Sqlite, |place| match place {
-    Place::SqliteFile => SqlTarget::<Sqlite>::connect(&sqlite_file_url()).await.expect("SQLite file"),
-    Place::SqliteMemory => SqlTarget::<Sqlite>::connect("sqlite::memory:").await.expect("SQLite in memory"),
+    Place::SqliteFile => SqlTarget::<Sqlite>::connect(&sqlite_file_url())
+        .await
+        .expect("SQLite file"),
+    Place::SqliteMemory => SqlTarget::<Sqlite>::connect("sqlite::memory:")
+        .await
+        .expect("SQLite in memory"),
     other => panic!("{other:?} is not a SQLite place"),
 });
 
 harness!(Postgres, |_place| SqlTarget::new(postgres_pool().await));
 
 harness!(Any, |place| match place {
-    Place::AnySqlite => SqlTarget::<Any>::connect(&sqlite_file_url()).await.expect("SQLite file through Any"),
+    Place::AnySqlite => SqlTarget::<Any>::connect(&sqlite_file_url())
+        .await
+        .expect("SQLite file through Any"),
     Place::AnySqliteMemory => SqlTarget::<Any>::connect("sqlite::memory:")
         .await
         .expect("SQLite in memory through Any"),

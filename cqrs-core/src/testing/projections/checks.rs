@@ -557,7 +557,7 @@ pub async fn projection_rebuild_races_live_writes<H: TargetHarness + Clone>(harn
                             .unwrap()
                             .map_or(0, |item| item.version);
                         write_with(
-                            &live,
+                            live,
                             tenant,
                             n,
                             current + 1,
