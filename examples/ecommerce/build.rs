@@ -3,9 +3,11 @@
 //! required (`CQRS_REQUIRE_DYNAMODB` or `CI`, where a missing endpoint fails
 //! the tests). Without it the DynamoDB tests are marked ignored, so that a
 //! plain `cargo test` counts them as ignored in its summary instead of as
-//! passed. (Left out of the published package, which has no tests.)
+//! passed. (Left out of the published package, which has no tests.) And
+//! `cfg(postgres_tests)` for the read models' PostgreSQL tests, the same way.
 
 fn main() {
+    postgres_tests();
     println!("cargo::rustc-check-cfg=cfg(dynamodb_tests)");
     for var in ["DYNAMODB_ENDPOINT", "CQRS_REQUIRE_DYNAMODB", "CI"] {
         println!("cargo::rerun-if-env-changed={var}");
@@ -13,5 +15,19 @@ fn main() {
     let set = |var: &str| std::env::var_os(var).is_some_and(|value| !value.is_empty());
     if set("DYNAMODB_ENDPOINT") || set("CQRS_REQUIRE_DYNAMODB") || set("CI") {
         println!("cargo::rustc-cfg=dynamodb_tests");
+    }
+}
+
+/// Sets `cfg(postgres_tests)` likewise for the read models' PostgreSQL
+/// tests: a server is given (`CQRS_POSTGRES_URL`), or PostgreSQL is
+/// required (`CQRS_REQUIRE_POSTGRES` or `CI`).
+fn postgres_tests() {
+    println!("cargo::rustc-check-cfg=cfg(postgres_tests)");
+    for var in ["CQRS_POSTGRES_URL", "CQRS_REQUIRE_POSTGRES"] {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
+    let set = |var: &str| std::env::var_os(var).is_some_and(|value| !value.is_empty());
+    if set("CQRS_POSTGRES_URL") || set("CQRS_REQUIRE_POSTGRES") || set("CI") {
+        println!("cargo::rustc-cfg=postgres_tests");
     }
 }
