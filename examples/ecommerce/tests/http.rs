@@ -2812,7 +2812,10 @@ async fn probe(api: &Api, token: &str, order_code: &str, bound: &DocumentedBound
             "minLength" | "maxLength" => "A".repeat(usize::try_from(n).expect("a length")),
             _ => n.to_string(),
         };
-        return api.get(&format!("{}?{name}={value}", bound.path), token).await.status;
+        return api
+            .get(&format!("{}?{name}={value}", bound.path), token)
+            .await
+            .status;
     }
     let (path, mut body) = match (bound.method.as_str(), bound.path.as_str()) {
         ("POST", "/orders") => ("/orders".to_owned(), order_body("PRD-001", 1, 29.99)),

@@ -46,7 +46,9 @@ impl ReadDb {
             ReadDb::Postgres => {
                 let url = postgres_url()?;
                 let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-                let admin = cqrs_sql::sqlx::PgPool::connect(&url).await.expect("PostgreSQL reachable");
+                let admin = cqrs_sql::sqlx::PgPool::connect(&url)
+                    .await
+                    .expect("PostgreSQL reachable");
                 cqrs_sql::sqlx::query(&format!("CREATE SCHEMA {schema}"))
                     .execute(&admin)
                     .await
@@ -55,8 +57,14 @@ impl ReadDb {
                 let separator = if url.contains('?') { '&' } else { '?' };
                 let url = format!("{url}{separator}options=-c%20search_path%3D{schema}");
                 let storage: Arc<dyn cqrs_core::Storage> = Arc::new(cqrs_memory::InMemory::new());
-                let read_models = ReadModels::connect(&url, Arc::clone(&storage)).await.expect("read models");
-                Some(Shop::with_read_models(storage, ShopConfig::default(), Some(read_models)))
+                let read_models = ReadModels::connect(&url, Arc::clone(&storage))
+                    .await
+                    .expect("read models");
+                Some(Shop::with_read_models(
+                    storage,
+                    ShopConfig::default(),
+                    Some(read_models),
+                ))
             }
         }
     }
@@ -156,7 +164,13 @@ impl Api {
         self.token("staff-1", &["staff"])
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.base))
@@ -179,7 +193,9 @@ impl Api {
     async fn place(&self, token: &str, lines: &[(&str, u32)], street: &str, city: &str) -> String {
         let items: Vec<Value> = lines
             .iter()
-            .map(|(code, quantity)| json!({ "productCode": code, "quantity": quantity, "price": price(code) }))
+            .map(
+                |(code, quantity)| json!({ "productCode": code, "quantity": quantity, "price": price(code) }),
+            )
             .collect();
         let body = json!({
             "customerId": "CUST-001",
@@ -187,7 +203,9 @@ impl Api {
             "shippingAddress": { "street": street, "city": city, "postalCode": "100-0001", "country": "JP" },
             "paymentMethod": "credit_card"
         });
-        let (status, order) = self.send(reqwest::Method::POST, "/orders", token, Some(body)).await;
+        let (status, order) = self
+            .send(reqwest::Method::POST, "/orders", token, Some(body))
+            .await;
         assert_eq!(status, 201, "{order}");
         order["code"].as_str().unwrap().to_owned()
     }
@@ -318,16 +336,23 @@ fn sorted(mut codes: Vec<String>) -> Vec<String> {
     codes
 }
 
-async fn the_sales_report_equals_a_recomputation_from_the_orders_and_cancelling_takes_an_order_out_once(db: ReadDb) {
+async fn the_sales_report_equals_a_recomputation_from_the_orders_and_cancelling_takes_an_order_out_once(
+    db: ReadDb,
+) {
     let Some(api) = Api::with_read_models(db).await else {
         return;
     };
     let staff = api.staff();
     let customer = api.token("cust-1", &["customer"]);
-    api.place(&staff, &[("PRD-001", 2), ("PRD-002", 1)], "1 Main St", "Tokyo").await;
-    api.place(&customer, &[("PRD-001", 3)], "2 Main St", "Osaka").await;
-    let cancelled = api.place(&customer, &[("PRD-002", 4), ("PRD-001", 1)], "3 Main St", "Kyoto").await;
-    api.place(&staff, &[("PRD-002", 1), ("PRD-002", 2)], "4 Main St", "Nara").await;
+    api.place(&staff, &[("PRD-001", 2), ("PRD-002", 1)], "1 Main St", "Tokyo")
+        .await;
+    api.place(&customer, &[("PRD-001", 3)], "2 Main St", "Osaka")
+        .await;
+    let cancelled = api
+        .place(&customer, &[("PRD-002", 4), ("PRD-001", 1)], "3 Main St", "Kyoto")
+        .await;
+    api.place(&staff, &[("PRD-002", 1), ("PRD-002", 2)], "4 Main St", "Nara")
+        .await;
     api.shop.engine.wait_idle().await;
     let (from, to) = around_today();
     let before = api.report(from, to).await;
@@ -342,18 +367,27 @@ async fn the_sales_report_equals_a_recomputation_from_the_orders_and_cancelling_
     let after = api.report(from, to).await;
     assert_eq!(after, api.recomputed().await);
     let units = |report: &BTreeMap<(String, String), (i64, Decimal)>, product: &str| -> i64 {
-        report.iter().filter(|(k, _)| k.1 == product).map(|(_, v)| v.0).sum()
+        report
+            .iter()
+            .filter(|(k, _)| k.1 == product)
+            .map(|(_, v)| v.0)
+            .sum()
     };
     // Exactly the cancelled order's lines came out, once.
     assert_eq!(units(&after, "PRD-002"), units(&before, "PRD-002") - 4);
     assert_eq!(units(&after, "PRD-001"), units(&before, "PRD-001") - 1);
     let revenue: Decimal = after.values().map(|(_, revenue)| *revenue).sum();
-    assert_eq!(revenue, Decimal::new(2999, 2) * Decimal::from(5) + Decimal::new(8950, 2) * Decimal::from(4));
+    assert_eq!(
+        revenue,
+        Decimal::new(2999, 2) * Decimal::from(5) + Decimal::new(8950, 2) * Decimal::from(4)
+    );
 
     // Another day range holds nothing; the other shop sees nothing of these.
     let long_ago = NaiveDate::from_ymd_opt(2020, 1, 1).unwrap();
     assert!(api.report(long_ago, long_ago).await.is_empty());
-    let other = api.auth.token("shop-b", "staff-b", &["staff"], Duration::from_secs(600));
+    let other = api
+        .auth
+        .token("shop-b", "staff-b", &["staff"], Duration::from_secs(600));
     let (status, rows) = api
         .get(&format!("/reports/sales?from={from}&to={to}"), &other)
         .await;
@@ -363,7 +397,10 @@ async fn the_sales_report_equals_a_recomputation_from_the_orders_and_cancelling_
     let read_models = api.shop.read_models.as_ref().unwrap();
     let stats = read_models.sales_projector().stats();
     assert_eq!(stats.failed, 0, "{stats:?}");
-    let lag = read_models.lag(ReadModel::Sales, &[TENANT.to_owned()]).await.unwrap();
+    let lag = read_models
+        .lag(ReadModel::Sales, &[TENANT.to_owned()])
+        .await
+        .unwrap();
     assert_eq!((lag.entities, lag.entities_behind), (4, 0), "{lag:?}");
 }
 
@@ -387,17 +424,31 @@ async fn the_report_is_for_staff_and_the_search_shows_a_customer_their_own_order
     let report = format!("/reports/sales?from={from}&to={to}");
     for token in [&alice, &nobody] {
         let (status, body) = api.get(&report, token).await;
-        assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")), "{body}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (403, Some("forbidden")),
+            "{body}"
+        );
     }
     let (status, body) = api.get("/orders/search", &nobody).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
 
-    assert_eq!(sorted(api.search_all("", 10, &alice).await), sorted(alices.clone()));
+    assert_eq!(
+        sorted(api.search_all("", 10, &alice).await),
+        sorted(alices.clone())
+    );
     assert_eq!(api.search_all("", 10, &bob).await, bobs);
     let everyone: Vec<String> = alices.iter().chain(&bobs).chain(&staffs).cloned().collect();
     assert_eq!(sorted(api.search_all("", 10, &staff).await), sorted(everyone));
     // A filter does not widen a customer's view.
-    assert_eq!(api.search_all("product=PRD-001", 10, &alice).await, [alices[0].clone()]);
+    assert_eq!(
+        api.search_all("product=PRD-001", 10, &alice).await,
+        [alices[0].clone()]
+    );
     assert_eq!(api.search_all("q=osaka", 10, &alice).await, Vec::<String>::new());
 }
 
@@ -406,10 +457,18 @@ async fn search_by_product_status_text_and_days(db: ReadDb) {
         return;
     };
     let staff = api.staff();
-    let tokyo = api.place(&staff, &[("PRD-001", 1), ("PRD-002", 1)], "123 Main St", "Tokyo").await;
-    let paris = api.place(&staff, &[("PRD-002", 2)], "9 Rue de la Paix", "Paris").await;
-    let sale = api.place(&staff, &[("PRD-003", 1)], "50%_Off Avenue", "Kyoto").await;
-    let wild = api.place(&staff, &[("PRD-001", 1)], "50 X Off Avenue", "Kyoto").await;
+    let tokyo = api
+        .place(&staff, &[("PRD-001", 1), ("PRD-002", 1)], "123 Main St", "Tokyo")
+        .await;
+    let paris = api
+        .place(&staff, &[("PRD-002", 2)], "9 Rue de la Paix", "Paris")
+        .await;
+    let sale = api
+        .place(&staff, &[("PRD-003", 1)], "50%_Off Avenue", "Kyoto")
+        .await;
+    let wild = api
+        .place(&staff, &[("PRD-001", 1)], "50 X Off Avenue", "Kyoto")
+        .await;
     api.set_status(&paris, "cancelled", &staff).await;
     api.shop.engine.wait_idle().await;
     let find = |query: &'static str| {
@@ -418,8 +477,14 @@ async fn search_by_product_status_text_and_days(db: ReadDb) {
         async move { sorted(api.search_all(query, 100, &staff).await) }
     };
 
-    assert_eq!(find("product=PRD-001").await, sorted(vec![tokyo.clone(), wild.clone()]));
-    assert_eq!(find("product=PRD-002").await, sorted(vec![tokyo.clone(), paris.clone()]));
+    assert_eq!(
+        find("product=PRD-001").await,
+        sorted(vec![tokyo.clone(), wild.clone()])
+    );
+    assert_eq!(
+        find("product=PRD-002").await,
+        sorted(vec![tokyo.clone(), paris.clone()])
+    );
     // A code is matched whole: a prefix or a LIKE wildcard finds nothing.
     assert!(find("product=PRD-00").await.is_empty());
     assert!(find("product=PRD-00_").await.is_empty());
@@ -441,7 +506,10 @@ async fn search_by_product_status_text_and_days(db: ReadDb) {
         let staff = staff.clone();
         async move { sorted(api.search_all(&query, 100, &staff).await) }
     };
-    assert_eq!(staff_search(format!("from={}&to={}", today(), today())).await, all);
+    assert_eq!(
+        staff_search(format!("from={}&to={}", today(), today())).await,
+        all
+    );
     assert_eq!(staff_search(format!("from={yesterday}&to={tomorrow}")).await, all);
     assert!(staff_search(format!("to={yesterday}")).await.is_empty());
     assert!(staff_search(format!("from={tomorrow}")).await.is_empty());
@@ -484,7 +552,11 @@ async fn paging_walks_every_order_once_newest_first_and_bad_queries_are_400(db: 
     assert_eq!(sorted(full.clone()), sorted(placed.clone()));
     for limit in [1, 2, 3, 6, 7, 100] {
         let walked = api.search_all("", limit, &staff).await;
-        assert_eq!(walked.iter().collect::<BTreeSet<_>>().len(), placed.len(), "limit {limit}: {walked:?}");
+        assert_eq!(
+            walked.iter().collect::<BTreeSet<_>>().len(),
+            placed.len(),
+            "limit {limit}: {walked:?}"
+        );
         assert_eq!(walked, full, "limit {limit}: each once, in order");
     }
     let filtered = api.search_all("product=PRD-001", 2, &staff).await;
@@ -505,7 +577,11 @@ async fn paging_walks_every_order_once_newest_first_and_bad_queries_are_400(db: 
         "colour=red",
     ] {
         let (status, body) = api.get(&format!("/orders/search?{query}"), &staff).await;
-        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_input")), "{query}: {body}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_input")),
+            "{query}: {body}"
+        );
     }
     for query in [
         "",
@@ -516,10 +592,16 @@ async fn paging_walks_every_order_once_newest_first_and_bad_queries_are_400(db: 
         "from=2026-12-01&to=2026-12-01&extra=1",
     ] {
         let (status, body) = api.get(&format!("/reports/sales?{query}"), &staff).await;
-        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_input")), "{query}: {body}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_input")),
+            "{query}: {body}"
+        );
     }
     // 366 days, both ends included, is the longest report.
-    let (status, _) = api.get("/reports/sales?from=2025-01-01&to=2026-01-01", &staff).await;
+    let (status, _) = api
+        .get("/reports/sales?from=2025-01-01&to=2026-01-01", &staff)
+        .await;
     assert_eq!(status, 200);
 }
 
@@ -537,7 +619,9 @@ async fn without_read_models_both_endpoints_answer_503_read_models_unavailable()
     }
     // Roles come first: a customer is refused the report either way.
     let customer = api.token("cust", &["customer"]);
-    let (status, _) = api.get("/reports/sales?from=2026-12-01&to=2026-12-05", &customer).await;
+    let (status, _) = api
+        .get("/reports/sales?from=2026-12-01&to=2026-12-05", &customer)
+        .await;
     assert_eq!(status, 403);
 }
 
@@ -549,7 +633,10 @@ async fn a_rebuild_yields_the_same_read_models(db: ReadDb) {
     let mut codes = Vec::new();
     for n in 0..12u32 {
         let product = ["PRD-001", "PRD-002", "PRD-003"][n as usize % 3];
-        codes.push(api.place(&staff, &[(product, 1 + n % 4)], "1 Main St", "Tokyo").await);
+        codes.push(
+            api.place(&staff, &[(product, 1 + n % 4)], "1 Main St", "Tokyo")
+                .await,
+        );
     }
     api.set_status(&codes[3], "cancelled", &staff).await;
     api.set_status(&codes[4], "confirmed", &staff).await;
@@ -569,9 +656,15 @@ async fn a_rebuild_yields_the_same_read_models(db: ReadDb) {
         .await
         .unwrap();
     assert_eq!((rebuilt.generation, rebuilt.replaced, rebuilt.rows), (2, 1, 12));
-    assert_eq!(rebuilt.applied, 12, "every order is applied to the new generation");
+    assert_eq!(
+        rebuilt.applied, 12,
+        "every order is applied to the new generation"
+    );
     assert!(calls >= 1);
-    let rebuilt = read_models.rebuild(ReadModel::Search, &tenants, |_| {}).await.unwrap();
+    let rebuilt = read_models
+        .rebuild(ReadModel::Search, &tenants, |_| {})
+        .await
+        .unwrap();
     assert_eq!((rebuilt.generation, rebuilt.rows), (2, 12));
 
     assert_eq!(api.report(from, to).await, report);
@@ -611,7 +704,8 @@ async fn a_rebuild_racing_new_orders_ends_equal_to_the_recomputation(db: ReadDb)
             let product = if n % 2 == 0 { "PRD-002" } else { "PRD-001" };
             placed.push(api.place(&staff, &[(product, 2)], "1 Main St", "Tokyo").await);
             if n % 5 == 0 {
-                api.set_status(&format!("ORD-{:06}", n + 1), "cancelled", &staff).await;
+                api.set_status(&format!("ORD-{:06}", n + 1), "cancelled", &staff)
+                    .await;
             }
         }
         placed
@@ -628,7 +722,10 @@ async fn a_rebuild_racing_new_orders_ends_equal_to_the_recomputation(db: ReadDb)
     assert_eq!(report, api.recomputed().await);
     let units: i64 = report.values().map(|(units, _)| units).sum();
     assert_eq!(units, 20 + 40 - 4, "four first-round orders cancelled");
-    let lag = read_models.lag(ReadModel::Sales, &[TENANT.to_owned()]).await.unwrap();
+    let lag = read_models
+        .lag(ReadModel::Sales, &[TENANT.to_owned()])
+        .await
+        .unwrap();
     assert_eq!((lag.entities, lag.entities_behind), (40, 0), "{lag:?}");
 }
 
@@ -654,21 +751,39 @@ async fn the_document_states_the_endpoints_bounds_roles_and_answers() {
             .clone()
     };
     let limit = parameter(search, "limit");
-    assert_eq!((limit["schema"]["minimum"].as_i64(), limit["schema"]["maximum"].as_i64()), (Some(1), Some(100)));
+    assert_eq!(
+        (
+            limit["schema"]["minimum"].as_i64(),
+            limit["schema"]["maximum"].as_i64()
+        ),
+        (Some(1), Some(100))
+    );
     for name in ["product", "q"] {
         let text = parameter(search, name);
         assert_eq!(
-            (text["schema"]["minLength"].as_i64(), text["schema"]["maxLength"].as_i64()),
+            (
+                text["schema"]["minLength"].as_i64(),
+                text["schema"]["maxLength"].as_i64()
+            ),
             (Some(1), Some(100)),
             "{name}"
         );
     }
     for name in ["from", "to"] {
         assert_eq!(parameter(report, name)["required"], true, "{name}");
-        assert!(parameter(report, name)["schema"].to_string().contains("date"), "{name}");
-        assert!(parameter(search, name)["schema"].to_string().contains("date"), "{name}");
+        assert!(
+            parameter(report, name)["schema"].to_string().contains("date"),
+            "{name}"
+        );
+        assert!(
+            parameter(search, name)["schema"].to_string().contains("date"),
+            "{name}"
+        );
     }
-    assert!(report["description"].as_str().unwrap().contains("Roles: `staff` only"));
+    assert!(report["description"]
+        .as_str()
+        .unwrap()
+        .contains("Roles: `staff` only"));
     for op in [search, report] {
         for status in ["200", "400", "401", "403", "500", "503"] {
             assert!(op["responses"].get(status).is_some(), "{status}: {op}");

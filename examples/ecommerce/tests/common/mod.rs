@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cqrs_core::{tenant_pk, AsyncDispatch, CommandService, DataItem, DataService, InvocationContext, ListQuery, SkCondition};
+use cqrs_core::{
+    tenant_pk, AsyncDispatch, CommandService, DataItem, DataService, InvocationContext, ListQuery,
+    SkCondition,
+};
 use cqrs_dynamodb::{local_client, DynamoDbStorage, TableNames};
 use ecommerce::auth::{Auth, SECRET_ENV};
 use ecommerce::shop::ShopConfig;
@@ -352,4 +355,3 @@ pub async fn cancel_burst(url: &str, codes: &[String], on_answered: impl Fn(usiz
         let _ = task.await;
     }
 }
-
