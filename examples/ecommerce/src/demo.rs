@@ -56,9 +56,16 @@ pub async fn sales_report(shop: &Shop, tenant: &str, out: &mut (dyn Write + Send
     shop.engine.wait_idle().await;
     let today = chrono::Utc::now().date_naive();
     let rows = shop.sales_report(today, today, &ctx(tenant)).await?;
-    let _ = writeln!(out, "\nSales report of {tenant} for {today} (GET /reports/sales, cancelled orders out):");
+    let _ = writeln!(
+        out,
+        "\nSales report of {tenant} for {today} (GET /reports/sales, cancelled orders out):"
+    );
     for row in &rows {
-        let _ = writeln!(out, "  {:<8} {:>4} units {:>10}", row.product_code, row.units, row.revenue);
+        let _ = writeln!(
+            out,
+            "  {:<8} {:>4} units {:>10}",
+            row.product_code, row.units, row.revenue
+        );
     }
     if rows.is_empty() {
         let _ = writeln!(out, "  no sales");

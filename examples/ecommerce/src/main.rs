@@ -14,8 +14,9 @@
 //!   --dynamodb-endpoint URL   (default: $DYNAMODB_ENDPOINT, else http://127.0.0.1:8000)
 //!   --aws                     (DynamoDB on AWS, configured from the environment)
 //!   --table-prefix ecommerce  (or --table-env ENV --table-app APP --table-module MODULE)
-//!   --read-db URL             the read models' database (default: sqlite::memory: on
-//!                             memory, sqlite://ecommerce-read.db?mode=rwc on DynamoDB)
+//!   --read-db URL|none        the read models' database (default: sqlite::memory: on
+//!                             memory, sqlite://ecommerce-read.db?mode=rwc on DynamoDB
+//!                             (named after the tables), none with --aws)
 //! ```
 //!
 //! On DynamoDB the command table's stream is the source of truth: with
@@ -80,9 +81,10 @@ struct Cli {
     #[arg(long, global = true, value_enum)]
     pipeline: Option<Pipeline>,
     /// The read models' database (sales report, order search): `sqlite::memory:`,
-    /// `sqlite://FILE?mode=rwc` or `postgres://...`. Processes that share DynamoDB tables
-    /// (`serve`, `consume`) share it too. [default: sqlite::memory: on memory,
-    /// sqlite://ecommerce-read.db?mode=rwc on DynamoDB]
+    /// `sqlite://FILE?mode=rwc`, `postgres://...`, or `none` (no read models: their
+    /// endpoints answer 503). Processes that share DynamoDB tables (`serve`, `consume`)
+    /// share it too. [default: sqlite::memory: on memory; on DynamoDB
+    /// sqlite://{tables}-read.db?mode=rwc (`ecommerce-read.db` with the default prefix), none with --aws]
     #[arg(long, global = true, value_name = "URL")]
     read_db: Option<String>,
     /// Seconds a handler run may take before it counts as failed.
@@ -108,6 +110,27 @@ struct Cli {
 }
 
 impl Cli {
+    /// The read models' database, `None` for none. A local DynamoDB's
+    /// default is a SQLite file named after the tables, in the working
+    /// directory, which the processes sharing those tables share; on AWS
+    /// (Lambda: a read-only file system, an instance's file shared with no
+    /// other) there is no default.
+    fn read_db_url(&self) -> Option<String> {
+        match (self.read_db.as_deref(), self.backend) {
+            (Some("none"), _) => None,
+            (Some(url), _) => Some(url.to_owned()),
+            (None, Backend::Memory) => Some("sqlite::memory:".to_owned()),
+            (None, Backend::Dynamodb) if self.aws => None,
+            (None, Backend::Dynamodb) => {
+                let tables = match (&self.table_env, &self.table_app, &self.table_module) {
+                    (Some(env), Some(app), Some(module)) => format!("{env}-{app}-{module}"),
+                    _ => self.table_prefix.clone(),
+                };
+                Some(format!("sqlite://{tables}-read.db?mode=rwc"))
+            }
+        }
+    }
+
     fn table_names(&self) -> TableNames {
         let names = match (&self.table_env, &self.table_app, &self.table_module) {
             (Some(env), Some(app), Some(module)) => TableNames::new(env, app, module),
@@ -268,15 +291,20 @@ async fn run(cli: Cli) -> Result<(), String> {
     // Every process registers the projectors, `serve --pipeline external`
     // too: a sync publish (a status change) runs its handlers in the
     // process that made it, and is finished there.
-    let read_db = cli.read_db.clone().unwrap_or_else(|| match cli.backend {
-        Backend::Memory => "sqlite::memory:".to_owned(),
-        Backend::Dynamodb => "sqlite://ecommerce-read.db?mode=rwc".to_owned(),
-    });
-    let read_models = ReadModels::connect(&read_db, Arc::clone(&storage))
-        .await
-        .map_err(|e| format!("cannot open the read-model database {}: {e}", redacted(&read_db)))?;
-    tracing::info!(at = %redacted(&read_db), "read models");
-    let shop = Shop::with_read_models(storage, config, Some(read_models));
+    let read_models = match cli.read_db_url() {
+        Some(url) => {
+            let read_models = ReadModels::connect(&url, Arc::clone(&storage))
+                .await
+                .map_err(|e| format!("cannot open the read-model database {}: {e}", redacted(&url)))?;
+            tracing::info!(at = %redacted(&url), "read models");
+            Some(read_models)
+        }
+        None => {
+            tracing::warn!("no read models (--read-db none, or --aws without --read-db): /reports/sales and /orders/search answer 503");
+            None
+        }
+    };
+    let shop = Shop::with_read_models(storage, config, read_models);
     let drain = seconds("drain-timeout", cli.drain_timeout)?;
     let consumer = match (&backend, pipeline) {
         (Some(dynamodb), Pipeline::Stream) => Some(
@@ -340,13 +368,19 @@ fn redacted(url: &str) -> String {
 async fn rebuild(shop: &Shop, projection: ProjectionName, tenants: Vec<String>) -> Result<(), String> {
     use std::io::IsTerminal;
 
-    let read_models = shop.read_models.as_ref().ok_or("no read models")?;
+    let read_models = shop
+        .read_models
+        .as_ref()
+        .ok_or("rebuild needs the read models' database: give --read-db URL")?;
     let tenants = if tenants.is_empty() {
         DEMO_TENANTS.map(str::to_owned).to_vec()
     } else {
         tenants
     };
-    let name = projection.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
+    let name = projection
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default();
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(

@@ -12,7 +12,8 @@ use crate::error::{ShopError, ShopResult};
 use crate::notify::{ClaimingNotifier, OutboxNotifier};
 use crate::read_models::{OrderSearchPage, OrderSearchQuery, ReadModels, SalesRow};
 use crate::services::{
-    access, order_indexes, InventoryService, NewProduct, OrderService, ProductService, SetInventory, StockDesk,
+    access, order_indexes, InventoryService, NewProduct, OrderService, ProductService, SetInventory,
+    StockDesk,
 };
 use crate::sync::OrderSyncHandler;
 
@@ -89,7 +90,11 @@ impl Shop {
     /// A shop over `storage`, its pipeline as `config` says, keeping
     /// `read_models` (connected over the same `storage`) when given: their
     /// projectors are registered as handlers of the engine.
-    pub fn with_read_models(storage: Arc<dyn Storage>, config: ShopConfig, read_models: Option<ReadModels>) -> Self {
+    pub fn with_read_models(
+        storage: Arc<dyn Storage>,
+        config: ShopConfig,
+        read_models: Option<ReadModels>,
+    ) -> Self {
         let notifier = Arc::new(OutboxNotifier::new());
         let transport = notifier.clone();
         // A storefront has no shared tenant and no cross-tenant role. The
@@ -135,7 +140,11 @@ impl Shop {
     pub async fn in_memory_with_read_models() -> ShopResult<Self> {
         let storage: Arc<dyn Storage> = Arc::new(cqrs_memory::InMemory::new());
         let read_models = ReadModels::connect("sqlite::memory:", Arc::clone(&storage)).await?;
-        Ok(Self::with_read_models(storage, ShopConfig::default(), Some(read_models)))
+        Ok(Self::with_read_models(
+            storage,
+            ShopConfig::default(),
+            Some(read_models),
+        ))
     }
 
     /// The read models, or 503 `read_models_unavailable`.
@@ -145,7 +154,12 @@ impl Shop {
 
     /// The sales report of the caller's shop from `from` to `to` (UTC days,
     /// both included). Staff only.
-    pub async fn sales_report(&self, from: NaiveDate, to: NaiveDate, ctx: &InvocationContext) -> ShopResult<Vec<SalesRow>> {
+    pub async fn sales_report(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        ctx: &InvocationContext,
+    ) -> ShopResult<Vec<SalesRow>> {
         access::staff(ctx, "the sales report")?;
         // Bad input is a 400 whether or not the read models are there.
         crate::read_models::check_report_days(from, to)?;
@@ -154,11 +168,17 @@ impl Shop {
 
     /// Searches the caller's shop's orders: staff find every order, a
     /// customer only the orders they placed.
-    pub async fn search_orders(&self, query: &OrderSearchQuery, ctx: &InvocationContext) -> ShopResult<OrderSearchPage> {
+    pub async fn search_orders(
+        &self,
+        query: &OrderSearchQuery,
+        ctx: &InvocationContext,
+    ) -> ShopResult<OrderSearchPage> {
         access::shopper(ctx, "searching orders")?;
         crate::read_models::check_search(query)?;
         let only_user = (!access::is_staff(ctx)).then_some(ctx.user_id.as_str());
-        self.read_models()?.search(&ctx.tenant_code, query, only_user).await
+        self.read_models()?
+            .search(&ctx.tenant_code, query, only_user)
+            .await
     }
 
     /// Seeds the demo catalogue of a tenant: three products with stock.

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
 use cqrs_core::projection::Scope;
+use cqrs_core::{tenant_pk, CommandService, CommandStatus, EntityKey, InvocationContext};
 use ecommerce::auth::Auth;
 use ecommerce::read_models::{ReadModel, ReadModels};
 use ecommerce::shop::{ShopConfig, DEMO_TENANTS};
@@ -376,6 +377,21 @@ async fn the_sales_report_equals_a_recomputation_from_the_orders_and_cancelling_
     // Exactly the cancelled order's lines came out, once.
     assert_eq!(units(&after, "PRD-002"), units(&before, "PRD-002") - 4);
     assert_eq!(units(&after, "PRD-001"), units(&before, "PRD-001") - 1);
+    // The cancellation delivered twice more: the report does not move.
+    let read_models = api.shop.read_models.as_ref().unwrap();
+    let skipped = read_models.sales_projector().stats().skipped;
+    let (_, order) = api.get(&format!("/orders/{cancelled}"), &staff).await;
+    let version = order["version"].as_u64().unwrap();
+    let key = EntityKey::new(tenant_pk(TENANT), format!("ORDER#{cancelled}"));
+    let ctx = InvocationContext::new(TENANT, "staff-1").with_roles(["staff"]);
+    for _ in 0..2 {
+        let status = CommandService::reprocess(&api.shop.engine, &key, version, &ctx)
+            .await
+            .expect("reprocessed");
+        assert_eq!(status, CommandStatus::Finished);
+    }
+    assert_eq!(read_models.sales_projector().stats().skipped, skipped + 2);
+    assert_eq!(api.report(from, to).await, after);
     let revenue: Decimal = after.values().map(|(_, revenue)| *revenue).sum();
     assert_eq!(
         revenue,
@@ -394,7 +410,6 @@ async fn the_sales_report_equals_a_recomputation_from_the_orders_and_cancelling_
     assert_eq!((status, rows), (200, json!([])));
 
     // The projectors applied each change once and failed none.
-    let read_models = api.shop.read_models.as_ref().unwrap();
     let stats = read_models.sales_projector().stats();
     assert_eq!(stats.failed, 0, "{stats:?}");
     let lag = read_models
@@ -489,14 +504,14 @@ async fn search_by_product_status_text_and_days(db: ReadDb) {
     assert!(find("product=PRD-00").await.is_empty());
     assert!(find("product=PRD-00_").await.is_empty());
     assert!(find("product=%25").await.is_empty());
-    assert_eq!(find("status=cancelled").await, [paris.clone()]);
-    assert_eq!(find("status=pending&product=PRD-002").await, [tokyo.clone()]);
+    assert_eq!(find("status=cancelled").await, [paris.as_str()]);
+    assert_eq!(find("status=pending&product=PRD-002").await, [tokyo.as_str()]);
     // Text: any case, any part of the address; `%` and `_` match themselves.
-    assert_eq!(find("q=MAIN%20st").await, [tokyo.clone()]);
-    assert_eq!(find("q=paris").await, [paris.clone()]);
+    assert_eq!(find("q=MAIN%20st").await, [tokyo.as_str()]);
+    assert_eq!(find("q=paris").await, [paris.as_str()]);
     assert_eq!(find("q=kyoto").await, sorted(vec![sale.clone(), wild.clone()]));
-    assert_eq!(find("q=50%25_off").await, [sale.clone()]);
-    assert_eq!(find("q=%25").await, [sale.clone()]);
+    assert_eq!(find("q=50%25_off").await, [sale.as_str()]);
+    assert_eq!(find("q=%25").await, [sale.as_str()]);
     assert_eq!(find("q=100-0001").await.len(), 4);
     // Days: today's orders are all in today; none before, none after.
     let (yesterday, tomorrow) = around_today();
@@ -794,4 +809,37 @@ async fn the_document_states_the_endpoints_bounds_roles_and_answers() {
         assert!(op["responses"]["503"]["headers"].get("Retry-After").is_some());
     }
     assert!(report["parameters"].to_string().contains("366"));
+}
+
+/// The read models' database gone (its pool closed): both endpoints answer
+/// 503 `unavailable` with `Retry-After`, as for a storage outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_model_outage_is_a_503_worth_retrying() {
+    let Some(api) = Api::with_read_models(ReadDb::Sqlite).await else {
+        return;
+    };
+    let staff = api.staff();
+    let (status, _) = api.get("/orders/search", &staff).await;
+    assert_eq!(status, 200);
+    api.shop
+        .read_models
+        .as_ref()
+        .unwrap()
+        .target()
+        .pool()
+        .close()
+        .await;
+    for path in ["/reports/sales?from=2026-12-01&to=2026-12-05", "/orders/search"] {
+        let response = api
+            .client
+            .get(format!("{}{path}", api.base))
+            .bearer_auth(&staff)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 503, "{path}");
+        assert!(response.headers().get("retry-after").is_some(), "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unavailable", "{path}: {body}");
+    }
 }

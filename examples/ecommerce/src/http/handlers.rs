@@ -10,8 +10,8 @@ use utoipa::OpenApi;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IDEMPOTENT_REPLAYED};
 use super::model::{
-    cursor, Health, Inventory, Order, OrderListQuery, OrderPage, OrderSearchParams, Product, ProductListQuery,
-    ProductPage, SalesReportQuery, StatusChange,
+    cursor, Health, Inventory, Order, OrderListQuery, OrderPage, OrderSearchParams, Product,
+    ProductListQuery, ProductPage, SalesReportQuery, StatusChange,
 };
 use super::{ApiDoc, AppState};
 use crate::read_models::{OrderSearchPage, SalesRow};

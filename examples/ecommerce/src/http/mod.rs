@@ -56,8 +56,8 @@ use utoipa::{Modify, OpenApi};
 
 pub use error::ErrorBody;
 pub use model::{
-    Health, Inventory, Order, OrderListQuery, OrderPage, OrderSearchParams, Product, ProductListQuery, ProductPage,
-    SalesReportQuery, StatusChange, Unreadable,
+    Health, Inventory, Order, OrderListQuery, OrderPage, OrderSearchParams, Product, ProductListQuery,
+    ProductPage, SalesReportQuery, StatusChange, Unreadable,
 };
 
 use self::bounds::Bounds;

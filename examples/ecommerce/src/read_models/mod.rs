@@ -83,7 +83,11 @@ impl ReadModels {
         let search = Projector::new(OrderSearch, target.clone(), storage);
         sales.prepare().await?;
         search.prepare().await?;
-        Ok(ReadModels { target, sales, search })
+        Ok(ReadModels {
+            target,
+            sales,
+            search,
+        })
     }
 
     /// The projectors, to register as data-sync handlers on the engine.
@@ -198,7 +202,10 @@ impl ReadModels {
         // One more than a page: whether there is a next one.
         let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
         args.push(Arg::Int(fetch));
-        sql.push_str(&format!(" ORDER BY created_at DESC, code DESC LIMIT ${}", args.len()));
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, code DESC LIMIT ${}",
+            args.len()
+        ));
 
         type Row = (String, String, String, String, String, i64, String);
         let mut statement = sqlx::query_as::<Any, Row>(&sql);
@@ -226,23 +233,25 @@ impl ReadModels {
         };
         let items = rows
             .into_iter()
-            .map(|(code, user_id, customer_id, status, created_at, total_cents, products)| {
-                Ok(OrderSummary {
-                    status: parse_status(&status)?,
-                    created_at: chrono::DateTime::parse_from_rfc3339(&created_at)
-                        .map_err(|e| unreadable(format!("created_at {created_at:?} of {code}: {e}")))?
-                        .with_timezone(&Utc),
-                    total: from_cents(total_cents),
-                    products: products
-                        .split(',')
-                        .filter(|p| !p.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                    code,
-                    user_id,
-                    customer_id,
-                })
-            })
+            .map(
+                |(code, user_id, customer_id, status, created_at, total_cents, products)| {
+                    Ok(OrderSummary {
+                        status: parse_status(&status)?,
+                        created_at: chrono::DateTime::parse_from_rfc3339(&created_at)
+                            .map_err(|e| unreadable(format!("created_at {created_at:?} of {code}: {e}")))?
+                            .with_timezone(&Utc),
+                        total: from_cents(total_cents),
+                        products: products
+                            .split(',')
+                            .filter(|p| !p.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                        code,
+                        user_id,
+                        customer_id,
+                    })
+                },
+            )
             .collect::<ShopResult<Vec<_>>>()?;
         Ok(OrderSearchPage { items, cursor })
     }
@@ -347,7 +356,10 @@ fn parse_status(status: &str) -> ShopResult<OrderStatus> {
 /// A read-model row that does not read: the table holds what this program
 /// did not write.
 fn unreadable(reason: String) -> ShopError {
-    ShopError::Core(cqrs_core::Error::backend(format!("unreadable read-model row: {reason}"), false))
+    ShopError::Core(cqrs_core::Error::backend(
+        format!("unreadable read-model row: {reason}"),
+        false,
+    ))
 }
 
 /// A failed read-model query: an unreachable or busy database is retryable

@@ -69,7 +69,11 @@ pub(crate) fn address_text(order: &OrderAttributes) -> String {
 }
 
 impl SearchRow {
-    pub(crate) fn of(code: &str, order: &OrderAttributes, created_at: DateTime<Utc>) -> Result<Self, BoxError> {
+    pub(crate) fn of(
+        code: &str,
+        order: &OrderAttributes,
+        created_at: DateTime<Utc>,
+    ) -> Result<Self, BoxError> {
         Ok(SearchRow {
             code: code.to_owned(),
             user_id: order.user_id.clone(),
@@ -226,13 +230,18 @@ impl Cursor {
 
     /// Reads a cursor this module wrote; anything else is a 400.
     pub(crate) fn decode(text: &str) -> ShopResult<Self> {
-        let invalid = || ShopError::InvalidInput("invalid cursor: pass the `cursor` of the previous page as it is".into());
-        if text.len() % 2 != 0 || text.len() > 2 * (27 + 1 + MAX_SEARCH_TEXT_BYTES) {
+        let invalid = || {
+            ShopError::InvalidInput("invalid cursor: pass the `cursor` of the previous page as it is".into())
+        };
+        if !text.len().is_multiple_of(2) || text.len() > 2 * (27 + 1 + MAX_SEARCH_TEXT_BYTES) {
             return Err(invalid());
         }
         let bytes = (0..text.len())
             .step_by(2)
-            .map(|i| text.get(i..i + 2).and_then(|hex| u8::from_str_radix(hex, 16).ok()))
+            .map(|i| {
+                text.get(i..i + 2)
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            })
             .collect::<Option<Vec<u8>>>()
             .ok_or_else(invalid)?;
         let text = String::from_utf8(bytes).map_err(|_| invalid())?;

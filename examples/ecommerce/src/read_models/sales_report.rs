@@ -51,7 +51,10 @@ pub struct Contribution {
 /// product (lines of one product added up), its units and revenue on the
 /// day of `created_at` (UTC); nothing when it is cancelled. Fails when the
 /// amounts do not fit 64-bit cents.
-pub fn contributions(order: &OrderAttributes, created_at: DateTime<Utc>) -> Result<Vec<Contribution>, BoxError> {
+pub fn contributions(
+    order: &OrderAttributes,
+    created_at: DateTime<Utc>,
+) -> Result<Vec<Contribution>, BoxError> {
     if order.status == OrderStatus::Cancelled {
         return Ok(Vec::new());
     }
@@ -104,8 +107,14 @@ pub(crate) fn net_change(change: &Change<OrderAttributes>) -> Result<Vec<Contrib
         Some(order) => contributions(order, change.new.item.created_at)?,
         None => Vec::new(),
     };
-    for (sign, contribution) in old.into_iter().map(|c| (-1, c)).chain(new.into_iter().map(|c| (1, c))) {
-        let row = rows.entry((contribution.day, contribution.product_code)).or_default();
+    for (sign, contribution) in old
+        .into_iter()
+        .map(|c| (-1, c))
+        .chain(new.into_iter().map(|c| (1, c)))
+    {
+        let row = rows
+            .entry((contribution.day, contribution.product_code))
+            .or_default();
         row.0 += sign * contribution.units;
         row.1 += sign * contribution.revenue_cents;
     }
@@ -254,8 +263,15 @@ mod tests {
             contributions(&placed, created).unwrap(),
             [row(day, "PRD-001", 3, 8997), row(day, "PRD-002", 1, 8950)]
         );
-        for status in [OrderStatus::Confirmed, OrderStatus::Shipped, OrderStatus::Delivered] {
-            let moved = OrderAttributes { status, ..placed.clone() };
+        for status in [
+            OrderStatus::Confirmed,
+            OrderStatus::Shipped,
+            OrderStatus::Delivered,
+        ] {
+            let moved = OrderAttributes {
+                status,
+                ..placed.clone()
+            };
             assert_eq!(contributions(&moved, created).unwrap().len(), 2, "{status}");
         }
         let cancelled = OrderAttributes {

@@ -67,6 +67,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The read models' database of the servers of the tables `prefix`, unless
+/// a test gives its own: a SQLite file in the temporary directory.
+pub fn read_db(prefix: &str) -> String {
+    let file = std::env::temp_dir().join(format!("{prefix}-read.db"));
+    format!("sqlite://{}?mode=rwc", file.display())
+}
+
 /// One server process.
 pub struct Server {
     pub child: Option<Child>,
@@ -89,6 +96,13 @@ impl Server {
         let child = Command::new(binary())
             .args(["serve", "--backend", "dynamodb", "--pipeline", "stream"])
             .args(["--dynamodb-endpoint", endpoint, "--table-prefix", prefix])
+            // The read models of the test's tables, shared by its servers,
+            // out of the source tree (unless the test gives its own).
+            .args(if args.contains(&"--read-db") {
+                Vec::new()
+            } else {
+                vec!["--read-db".to_owned(), read_db(prefix)]
+            })
             .args(["--addr", &format!("127.0.0.1:{port}")])
             .args(args)
             .env(SECRET_ENV, SECRET)
