@@ -493,7 +493,7 @@ async fn kill_9_mid_projection_batch_report_exact() {
         let before = projected.count().await;
         // A burst, then orders flowing, and a third of the orders accepted
         // so far cancelled meanwhile.
-        let mut codes = burst(&[server.url.clone()], 30, |_| {}).await;
+        let mut codes = burst(std::slice::from_ref(&server.url), 30, |_| {}).await;
         let (stop, refused) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
         let flow = tokio::spawn(keep_ordering(server.url.clone(), stop.clone(), refused));
         let to_cancel: Vec<String> = accepted.iter().skip(round % 3).step_by(3).cloned().collect();
@@ -555,7 +555,7 @@ async fn postgres_stopped_mid_stream_report_exact() {
     let prefix = prefix("rmpgstop");
     let inspector = Inspector::new(&endpoint, &prefix);
     let server = Server::start(&endpoint, &prefix, &["--read-db", postgres.url.as_str()]).await;
-    let mut accepted = burst(&[server.url.clone()], 20, |_| {}).await;
+    let mut accepted = burst(std::slice::from_ref(&server.url), 20, |_| {}).await;
     let (stop, refused) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let flow = tokio::spawn(keep_ordering(server.url.clone(), stop.clone(), refused.clone()));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -718,7 +718,7 @@ async fn every_event_redelivered_twice_report_exact() {
     let read_db = ["--read-db", db.url.as_str()];
     let inspector = Inspector::new(&endpoint, &prefix);
     let mut server = Server::start(&endpoint, &prefix, &read_db).await;
-    let accepted = burst(&[server.url.clone()], 40, |_| {}).await;
+    let accepted = burst(std::slice::from_ref(&server.url), 40, |_| {}).await;
     let placed_in = test_started.elapsed();
     caught_up(&inspector, &server.url, &accepted).await;
     let cancelled: Vec<String> = accepted.iter().step_by(3).cloned().collect();
