@@ -23,10 +23,16 @@ pub enum Interest {
 impl Interest {
     /// Whether `command` is of interest.
     pub fn matches(&self, command: &CommandRecord) -> bool {
+        self.matches_row(&command.sk, &command.entity_type)
+    }
+
+    /// Whether a row of this sort key and entity type is of interest (a
+    /// data row, for a projection's rebuild and lag).
+    pub(crate) fn matches_row(&self, sk: &str, entity_type: &str) -> bool {
         match self {
             Interest::All => true,
-            Interest::SkPrefix(prefix) => command.sk.starts_with(prefix.as_str()),
-            Interest::EntityType(entity_type) => command.entity_type == *entity_type,
+            Interest::SkPrefix(prefix) => sk.starts_with(prefix.as_str()),
+            Interest::EntityType(wanted) => entity_type == wanted,
         }
     }
 }

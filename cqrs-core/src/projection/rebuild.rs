@@ -377,11 +377,7 @@ pub(crate) fn scan_query(
 
 /// Whether a data row is of the interest (the scan narrows by prefix only).
 pub(crate) fn in_interest(interest: &Interest, item: &DataItem) -> bool {
-    match interest {
-        Interest::All => true,
-        Interest::SkPrefix(prefix) => item.sk.starts_with(prefix.as_str()),
-        Interest::EntityType(entity_type) => item.entity_type == *entity_type,
-    }
+    interest.matches_row(&item.sk, &item.entity_type)
 }
 
 /// Rows in scope, for progress reports.
