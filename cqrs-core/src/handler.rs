@@ -115,3 +115,21 @@ pub trait DataSyncHandler: Send + Sync + 'static {
     /// Handles one applied command.
     async fn handle(&self, event: &DataSyncEvent) -> Result<(), BoxError>;
 }
+
+/// A shared handler is a handler: register an `Arc<dyn DataSyncHandler>`
+/// (a handler wrapped by a decorator, or kept elsewhere too) wherever a
+/// handler is taken, [`EngineBuilder::handler_with`](crate::EngineBuilder::handler_with) included.
+#[async_trait]
+impl<H: DataSyncHandler + ?Sized> DataSyncHandler for std::sync::Arc<H> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn interest(&self) -> Interest {
+        (**self).interest()
+    }
+
+    async fn handle(&self, event: &DataSyncEvent) -> Result<(), BoxError> {
+        (**self).handle(event).await
+    }
+}

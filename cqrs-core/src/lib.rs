@@ -7,6 +7,7 @@
 mod attributes;
 mod builders;
 mod canonical;
+pub mod clock;
 mod context;
 mod decorator;
 mod engine;
@@ -23,6 +24,8 @@ mod numbers;
 pub mod outbox;
 pub mod projection;
 mod query;
+#[doc(hidden)]
+pub mod regressions;
 mod sequence;
 mod services;
 mod storage;

@@ -311,7 +311,7 @@ impl OutboxRelay {
     /// concurrent run did: at `item`'s version first (no second read), and
     /// on a version conflict at the version read again.
     async fn mark_sent(&self, item: &DataItem, ctx: &InvocationContext) -> Result<()> {
-        let now = Value::String(Utc::now().to_rfc3339());
+        let now = Value::String(crate::clock::now().to_rfc3339());
         let sent = |item: &DataItem| {
             let mut attributes = item.attributes.as_value().clone();
             let fields = attributes.as_object_mut()?;

@@ -226,7 +226,7 @@ impl Counter {
             user: "system".to_owned(),
             source_ip: None,
             request_id: String::new(),
-            at: Utc::now(),
+            at: crate::clock::now(),
         }
     }
 }

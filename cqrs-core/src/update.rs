@@ -200,6 +200,9 @@ impl Services {
         outcome: Result<Updated, E>,
     ) -> Result<Updated, E> {
         let Some(key) = key else { return outcome };
+        if crate::regressions::active(crate::regressions::KEYED_RETRY_JUDGED_ON_MOVED_ENTITY) {
+            return outcome;
+        }
         match self.first_update(key, ctx).await? {
             Some(first) => Ok(first),
             None => outcome,

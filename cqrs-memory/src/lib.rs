@@ -294,7 +294,7 @@ impl Tables {
 
     /// Whether a live row holds the key of `record`.
     fn key_taken(&self, record: &IdempotencyRecord) -> bool {
-        let now = chrono::Utc::now();
+        let now = cqrs_core::clock::now();
         self.idempotency
             .get(&(record.tenant_code.clone(), record.key.clone()))
             .is_some_and(|stored| stored.is_live(now))

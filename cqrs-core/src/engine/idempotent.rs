@@ -9,7 +9,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use serde_json::json;
 
 use super::records::data_item;
@@ -82,7 +81,7 @@ impl Keyed {
         ctx: &InvocationContext,
         retention: Duration,
     ) -> IdempotencyRecord {
-        let now = Utc::now();
+        let now = crate::clock::now();
         let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX / 2);
         IdempotencyRecord {
             tenant_code: ctx.tenant_code.to_string(),
@@ -140,7 +139,7 @@ impl Engine {
             .storage_ref()
             .get_idempotency(&ctx.tenant_code, key)
             .await?
-            .filter(|row| row.is_live(Utc::now()));
+            .filter(|row| row.is_live(crate::clock::now()));
         match stored {
             Some(row) if fingerprint.is_some_and(|f| f != row.fingerprint) => {
                 Err(Error::IdempotencyKeyReused {

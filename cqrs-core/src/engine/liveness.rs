@@ -92,7 +92,7 @@ impl Liveness {
     fn fresh_id(&self) -> Option<SmolStr> {
         let state = self.state();
         let until = state.until.filter(|_| state.supported)?;
-        let left = (until - Utc::now()).to_std().ok()?;
+        let left = (until - crate::clock::now()).to_std().ok()?;
         (left >= self.lease / 2).then(|| state.id.clone())
     }
 
@@ -102,7 +102,7 @@ impl Liveness {
         // A fresh id is never expired: the second round always ends.
         for _ in 0..2 {
             let id = self.state().id.clone();
-            let now = Utc::now();
+            let now = crate::clock::now();
             let until = now + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX);
             match self.storage.renew_heartbeat(&id, until, now).await? {
                 HeartbeatRenewal::Renewed => {
@@ -175,7 +175,7 @@ impl Liveness {
         command: &CommandRecord,
         grace: Duration,
     ) -> Result<Option<Duration>> {
-        let age = (Utc::now() - command.created_at)
+        let age = (crate::clock::now() - command.created_at)
             .to_std()
             .unwrap_or(Duration::ZERO);
         let Some(grace_left) = grace.checked_sub(age).filter(|left| !left.is_zero()) else {
@@ -185,7 +185,7 @@ impl Liveness {
             return Ok(Some(grace_left));
         };
         Ok(match self.storage.get_heartbeat(publisher).await? {
-            Heartbeat::Until(until) => match (until - Utc::now()).to_std() {
+            Heartbeat::Until(until) => match (until - crate::clock::now()).to_std() {
                 Ok(left) if !left.is_zero() => Some(left.min(grace_left)),
                 _ => None,
             },

@@ -33,6 +33,8 @@ use crate::storage::Storage;
 
 use activity::Activity;
 use liveness::Liveness;
+#[cfg(feature = "testing")]
+pub(crate) use pipeline::panic_message;
 use pipeline::{Foreign, Pipeline, Recovery};
 pub use pipeline::{RetryPolicy, APPLY_STEP};
 pub use reindex::Reindexed;

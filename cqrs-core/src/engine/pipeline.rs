@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use std::panic::AssertUnwindSafe;
 
 use futures::future::join_all;
@@ -236,18 +235,8 @@ impl Pipeline {
             let mut status = CommandStatus::Applied;
             let current = data.as_ref().map_or(0, |d| d.version);
             if current >= version {
-                // Already applied: a redelivery. Run the handlers again only
-                // when they never completed (crash between apply and handlers).
-                let Some(command) = self.retry.run(|| self.storage.get_command(key, version)).await? else {
-                    // Its row expired (time to live of superseded rows) after
-                    // it was applied: nothing is left to do.
-                    tracing::debug!("applied command row gone; nothing to do");
-                    return Ok(CommandStatus::Applied);
-                };
-                return match command.status {
-                    CommandStatus::Applied => Ok(status_of(&self.rerun(&command, HandlerRun::ALL).await?)),
-                    done => Ok(done),
-                };
+                // Already applied: a redelivery.
+                return self.finish_applied(key, version).await;
             }
             for v in current + 1..=version {
                 let command = match known.take_if(|c| c.version == v) {
@@ -274,13 +263,17 @@ impl Pipeline {
                         }
                         data = Some(new);
                     }
-                    // Someone else applied it meanwhile (another processor, a
-                    // reprocess): their run owns the handlers.
+                    // Applied meanwhile: by another run (a consumer that
+                    // lost its lease, a reprocess), or by this run's own
+                    // write whose answer was lost (a timeout that landed;
+                    // its retry then conflicts). Nothing else may ever run
+                    // its handlers, so this run sees to them as a
+                    // redelivery does (at least once).
                     Err(Error::Conflict {
                         actual: Some(actual), ..
                     }) if actual >= v => {
                         data = self.retry.run(|| self.storage.get_data(key)).await?;
-                        status = CommandStatus::Applied;
+                        status = self.finish_applied(key, v).await?;
                     }
                     // Storage unavailable: nothing is recorded as done; the
                     // caller (processor, stream consumer) tries again later.
@@ -307,6 +300,22 @@ impl Pipeline {
         }
         .instrument(span)
         .await
+    }
+
+    /// Finishes `version`, found applied: runs its handlers again when they
+    /// never completed (its row says `applied`: a crash, or a lost answer,
+    /// between the apply and the handlers); else its status stands.
+    async fn finish_applied(&self, key: &EntityKey, version: u64) -> Result<CommandStatus> {
+        let Some(command) = self.retry.run(|| self.storage.get_command(key, version)).await? else {
+            // Its row expired (time to live of superseded rows) after it was
+            // applied: nothing is left to do.
+            tracing::debug!("applied command row gone; nothing to do");
+            return Ok(CommandStatus::Applied);
+        };
+        match command.status {
+            CommandStatus::Applied => Ok(status_of(&self.rerun(&command, HandlerRun::ALL).await?)),
+            done => Ok(done),
+        }
     }
 
     async fn command(&self, key: &EntityKey, version: u64) -> Result<CommandRecord> {
@@ -462,7 +471,7 @@ impl Pipeline {
             version: command.version,
             tenant_code: command.tenant_code().to_owned(),
             failures,
-            failed_at: Utc::now(),
+            failed_at: crate::clock::now(),
         };
         self.retry.run(|| self.storage.put_failure(&failed)).await?;
         self.retry

@@ -1,33 +1,10 @@
 //! Building stored rows from commands: versions, audit fields, the dirty check.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-
 use chrono::{DateTime, Utc};
 
 use crate::attributes::Attributes;
 use crate::context::InvocationContext;
 use crate::model::{CommandInput, CommandRecord, CommandStatus, DataItem};
-
-/// The time a command is written at: the clock, made strictly increasing
-/// within the process. A command row is told apart from a racing
-/// duplicate's (same request id, author and content) by this time when a
-/// conflict is checked for a write that landed, so two commands of one
-/// process never share it, even when two threads read the clock in the same
-/// nanosecond.
-pub(crate) fn command_time() -> DateTime<Utc> {
-    static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
-    let now = Utc::now();
-    let Some(nanos) = now.timestamp_nanos_opt() else {
-        return now;
-    };
-    let previous = LAST.fetch_max(nanos, Ordering::AcqRel);
-    if previous < nanos {
-        return now;
-    }
-    // Taken, or behind: one nanosecond past the latest handed out.
-    let next = LAST.fetch_add(1, Ordering::AcqRel) + 1;
-    DateTime::from_timestamp_nanos(next)
-}
 
 /// The stored command of `input` at `version`.
 pub(crate) fn command_record(
@@ -147,21 +124,4 @@ pub(crate) fn context_of(command: &CommandRecord) -> InvocationContext {
     ctx.source_ip = command.created_ip.clone();
     ctx.source = command.source.clone();
     ctx
-}
-
-#[cfg(test)]
-mod command_time_tests {
-    use super::command_time;
-
-    #[test]
-    fn command_times_are_unique_across_threads() {
-        let threads: Vec<_> = (0..4)
-            .map(|_| std::thread::spawn(|| (0..10_000).map(|_| command_time()).collect::<Vec<_>>()))
-            .collect();
-        let mut all: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-        let count = all.len();
-        all.sort();
-        all.dedup();
-        assert_eq!(all.len(), count, "no two commands share a time");
-    }
 }

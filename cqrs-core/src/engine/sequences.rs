@@ -1,7 +1,6 @@
 //! Numbering: [`SequenceService`] over the storage's atomic counter.
 
 use async_trait::async_trait;
-use chrono::Utc;
 
 use super::Engine;
 use crate::context::InvocationContext;
@@ -14,7 +13,7 @@ impl SequenceService for Engine {
     async fn next(&self, request: &SequenceRequest, ctx: &InvocationContext) -> Result<SequenceValue> {
         let tenant = request.tenant_code.as_deref().unwrap_or(&ctx.tenant_code);
         self.tenancy().check_tenant(ctx, tenant)?;
-        let issued_at = Utc::now();
+        let issued_at = crate::clock::now();
         let date = request.date.unwrap_or_else(|| issued_at.date_naive());
         // Validates codes and format before the counter moves.
         let key = counter_key(request, tenant, date)?;

@@ -248,7 +248,13 @@ mod tests {
         let ctx = InvocationContext::new("a", escapes.clone()).with_request_id(escapes.clone());
         let input = CommandInput::new("TENANT#a", format!("X#{escapes}"))
             .attributes(json!({ "n": [0.1, u64::MAX], escapes.clone(): escapes.clone() }));
-        let mut record = command_record(input, u64::MAX, CommandStatus::Published, &ctx, Utc::now());
+        let mut record = command_record(
+            input,
+            u64::MAX,
+            CommandStatus::Published,
+            &ctx,
+            crate::clock::now(),
+        );
         record.attributes.normalize().unwrap();
         let exact = serialized_size(&data_item(&record, None)).unwrap();
         assert!(record_size_bound(&record) >= exact);

@@ -32,7 +32,7 @@ impl Lag {
     /// The age of the oldest version not applied yet (zero when none is).
     pub fn oldest_age(&self) -> std::time::Duration {
         self.oldest_unapplied
-            .map(|at| (Utc::now() - at).to_std().unwrap_or_default())
+            .map(|at| (crate::clock::now() - at).to_std().unwrap_or_default())
             .unwrap_or_default()
     }
 }

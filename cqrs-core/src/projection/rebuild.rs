@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-
 use super::change::{ChangeSource, Projection};
 use super::projector::{Projector, Step};
 use super::state::{decode, encode, Generations, RebuildProgress, Scope};
@@ -233,7 +231,7 @@ where
                 after_sk: None,
                 done: 0,
                 total: count_in_scope(projector, &self.scope).await?,
-                started_at: Utc::now(),
+                started_at: crate::clock::now(),
             };
             tx.store(MetaDoc::Rebuild, &encode(&progress), rebuild_revision)
                 .await?;

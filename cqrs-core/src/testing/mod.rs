@@ -31,6 +31,7 @@ mod races;
 mod retried_writes;
 mod sequences;
 mod services;
+pub mod sim;
 mod storage_primitives;
 mod tenancy;
 mod typed;

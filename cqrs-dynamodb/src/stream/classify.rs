@@ -110,6 +110,11 @@ pub fn classify(
     }
     let inserted = match (status, sync_mode) {
         (Some("published"), _) => Some(CommandStatus::Published),
+        (Some("applied"), _)
+            if cqrs_core::regressions::active(cqrs_core::regressions::SYNC_PUBLISH_LEFT_TO_PUBLISHER) =>
+        {
+            return RecordAction::Skip;
+        }
         (Some("applied"), _) => Some(CommandStatus::Applied),
         (None, mode) if mode != Some("SYNC") => None,
         _ => return RecordAction::Skip,

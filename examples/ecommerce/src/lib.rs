@@ -17,7 +17,7 @@ pub mod shop;
 pub mod sync;
 
 pub use error::{ShopError, ShopResult};
-pub use shop::Shop;
+pub use shop::{HandlerWrapper, Shop, ShopParts};
 
 /// Every Rust code block of the guide (`docs/`) and of the crates' READMEs,
 /// compiled (and run, unless marked `no_run`) as doctests, so that what the

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use cqrs_core::{AsyncDispatch, Engine, InvocationContext, Storage, TenancyPolicy};
+use cqrs_core::{AsyncDispatch, DataSyncHandler, Engine, InvocationContext, Storage, TenancyPolicy};
 use rust_decimal::Decimal;
 
 use crate::error::{ShopError, ShopResult};
@@ -40,6 +40,24 @@ pub struct Shop {
     /// read-model database: their projectors are then handlers of the
     /// engine. Without them, reading them is a 503 `read_models_unavailable`.
     pub read_models: Option<ReadModels>,
+}
+
+/// Wraps a handler before it is registered (see [`ShopParts::wrap_handler`]).
+pub type HandlerWrapper = Arc<dyn Fn(Arc<dyn DataSyncHandler>) -> Arc<dyn DataSyncHandler> + Send + Sync>;
+
+/// What a [`Shop`] is built with besides its storage and pipeline settings
+/// ([`Shop::with_parts`]); each part left out gets its default.
+#[derive(Default)]
+pub struct ShopParts {
+    /// Where the outbox relay sends notifications; by default a notifier
+    /// of the shop's own. Shops sharing one see each other's sends, as a
+    /// shared mail service would.
+    pub notifier: Option<Arc<OutboxNotifier>>,
+    /// The read models, connected over the same storage.
+    pub read_models: Option<ReadModels>,
+    /// Wraps the order handler and the outbox relay before they are
+    /// registered (a test's fault-injecting decorator).
+    pub wrap_handler: Option<HandlerWrapper>,
 }
 
 /// How a [`Shop`]'s engine runs its pipeline.
@@ -95,8 +113,28 @@ impl Shop {
         config: ShopConfig,
         read_models: Option<ReadModels>,
     ) -> Self {
-        let notifier = Arc::new(OutboxNotifier::new());
+        let parts = ShopParts {
+            read_models,
+            ..ShopParts::default()
+        };
+        Self::with_parts(storage, config, parts)
+    }
+
+    /// A shop over `storage`, its pipeline as `config` says, with `parts`
+    /// given from outside: what tests and simulations replace.
+    pub fn with_parts(storage: Arc<dyn Storage>, config: ShopConfig, parts: ShopParts) -> Self {
+        let ShopParts {
+            notifier,
+            read_models,
+            wrap_handler,
+        } = parts;
+        let notifier = notifier.unwrap_or_default();
         let transport = notifier.clone();
+        let wrap = move |handler: Arc<dyn DataSyncHandler>| match &wrap_handler {
+            Some(wrap) => wrap(handler),
+            None => handler,
+        };
+        let wrap_relay = wrap.clone();
         // A storefront has no shared tenant and no cross-tenant role. The
         // handlers get the services of the engine they are registered on (held
         // weakly by the framework: no cycle keeps the engine alive). The order
@@ -112,8 +150,15 @@ impl Shop {
             .recovery_grace(config.recovery_grace)
             .publisher_lease(config.publisher_lease)
             .indexes(order_indexes())
-            .handler_with(move |services| OrderSyncHandler::with_desk(services.clone(), handler_desk))
-            .handler_with(move |services| ClaimingNotifier::relay(services.clone(), transport));
+            .handler_with(move |services| {
+                wrap(Arc::new(OrderSyncHandler::with_desk(
+                    services.clone(),
+                    handler_desk,
+                )))
+            })
+            .handler_with(move |services| {
+                wrap_relay(Arc::new(ClaimingNotifier::relay(services.clone(), transport)))
+            });
         for projector in read_models.iter().flat_map(ReadModels::projectors) {
             builder = builder.handler_arc(projector);
         }
