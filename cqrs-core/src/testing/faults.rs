@@ -295,6 +295,34 @@ pub async fn lost_responses_strand_nothing(factory: &dyn StorageFactory) {
     }
 }
 
+/// The pipeline's own apply of an async command lands but answers an error
+/// (a timeout that landed): its retry conflicts with that very write, and
+/// the pipeline still runs the handlers and finishes the command, instead
+/// of taking the conflict for another run's apply and leaving the command
+/// `applied` for good. (Found by the deterministic simulation.)
+pub async fn a_lost_answer_to_the_pipelines_apply_strands_nothing(factory: &dyn StorageFactory) {
+    let (engine, storage, handler) = faulty_engine(factory, Duration::from_secs(10)).await;
+    let a = ctx("shop-a");
+    storage.inject(Rule::new(Fault::LostResponse).on(&[Op::Apply]).times(1));
+    engine
+        .publish_async(cmd(PK_A, "ORDER#APPLY-LOST", n(1)), &a)
+        .await
+        .expect("stored");
+    settle(&engine).await;
+    assert_eq!(storage.faults(Op::Apply), 1, "the apply's answer was lost");
+    assert_eq!(
+        data_version(&engine, "ORDER#APPLY-LOST").await,
+        Some(1),
+        "applied"
+    );
+    assert_eq!(
+        status(&engine, "ORDER#APPLY-LOST", 1).await,
+        Some(CommandStatus::Finished),
+        "finished, not left applied"
+    );
+    assert_eq!(handler.completions_of("ORDER#APPLY-LOST", 1), 1, "handled once");
+}
+
 /// A hung handler is cut off by the timeout, retried, then recorded as a
 /// failure; other entities are processed meanwhile, and a reprocess once the
 /// handler behaves finishes the command.

@@ -167,6 +167,7 @@ macro_rules! conformance_tests {
             dropped_sync_publish_still_runs_its_handlers,
             dropped_async_publish_is_processed_or_never_stored,
             lost_responses_strand_nothing,
+            a_lost_answer_to_the_pipelines_apply_strands_nothing,
             hung_handler_times_out_and_others_go_on,
             storage_outage_completes_every_accepted_command,
             failure_records_are_written_once_storage_is_back,

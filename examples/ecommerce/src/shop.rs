@@ -58,6 +58,8 @@ pub struct ShopParts {
     /// Wraps the order handler and the outbox relay before they are
     /// registered (a test's fault-injecting decorator).
     pub wrap_handler: Option<HandlerWrapper>,
+    /// More handlers, registered after the shop's own as they are.
+    pub handlers: Vec<Arc<dyn DataSyncHandler>>,
 }
 
 /// How a [`Shop`]'s engine runs its pipeline.
@@ -127,6 +129,7 @@ impl Shop {
             notifier,
             read_models,
             wrap_handler,
+            handlers,
         } = parts;
         let notifier = notifier.unwrap_or_default();
         let transport = notifier.clone();
@@ -159,8 +162,12 @@ impl Shop {
             .handler_with(move |services| {
                 wrap_relay(Arc::new(ClaimingNotifier::relay(services.clone(), transport)))
             });
-        for projector in read_models.iter().flat_map(ReadModels::projectors) {
-            builder = builder.handler_arc(projector);
+        for handler in read_models
+            .iter()
+            .flat_map(ReadModels::projectors)
+            .chain(handlers)
+        {
+            builder = builder.handler_arc(handler);
         }
         let engine = builder.build();
         let services = engine.services();

@@ -117,10 +117,11 @@ impl OrderSyncHandler {
             // earlier run reserved its stock and was cut off before marking
             // it — the cancellation's own run may have come before that
             // reservation and found nothing to release. Released here (only
-            // what this order holds, if anything).
+            // what this order holds, if anything). A reservation that
+            // failed meanwhile still gets its alert.
             Some((Reservation::Pending, OrderStatus::Cancelled)) => {
                 self.inventory.release(code, ctx).await?;
-                None
+                self.reservation_failure(code, ctx).await?
             }
             Some((Reservation::Failed, _)) if cqrs_core::regressions::active(LOST_ALERT) => None,
             Some((Reservation::Failed, _)) => Some(self.stored_shortfall(code, order, ctx).await?),
@@ -151,14 +152,7 @@ impl OrderSyncHandler {
         order: &OrderAttributes,
         ctx: &InvocationContext,
     ) -> Result<Shortfall, BoxError> {
-        let key = EntityKey::new(tenant_pk(&ctx.tenant_code), reservation_sk(code));
-        let reservation = self.services.data.get_typed(&key, ctx).await?;
-        if let Some(ReservationAttributes {
-            state: ReservationState::Failed,
-            shortfall: Some(shortfall),
-            ..
-        }) = reservation.map(|r| r.attributes)
-        {
+        if let Some(shortfall) = self.reservation_failure(code, ctx).await? {
             return Ok(shortfall);
         }
         let (product_code, requested) = order.units_per_product().into_iter().next().unwrap_or_default();
@@ -166,6 +160,24 @@ impl OrderSyncHandler {
             product_code,
             requested,
             available: 0,
+        })
+    }
+
+    /// Why the order's stored reservation failed, if it did.
+    async fn reservation_failure(
+        &self,
+        code: &str,
+        ctx: &InvocationContext,
+    ) -> Result<Option<Shortfall>, BoxError> {
+        let key = EntityKey::new(tenant_pk(&ctx.tenant_code), reservation_sk(code));
+        let reservation = self.services.data.get_typed(&key, ctx).await?;
+        Ok(match reservation.map(|r| r.attributes) {
+            Some(ReservationAttributes {
+                state: ReservationState::Failed,
+                shortfall,
+                ..
+            }) => shortfall,
+            _ => None,
         })
     }
 

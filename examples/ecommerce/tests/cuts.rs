@@ -257,3 +257,75 @@ async fn a_failed_reservation_alerts_once_whichever_step_is_cut() {
 async fn a_reservation_holds_once_whichever_step_is_cut() {
     cut_at_every_step(2, ReservationState::Reserved).await;
 }
+
+/// A run of a new order's event reserved its stock and was cut off before
+/// marking the order; the order was cancelled meanwhile, and the
+/// cancellation's own run came before that reservation (it found nothing to
+/// release). The event's re-run finds the order cancelled and unmarked, and
+/// releases what the cut run reserved: no stock stays held by a cancelled
+/// order, and the customer is confirmed once. (Found by the deterministic
+/// simulation, `tests/simulation.rs`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reservation_cut_off_before_its_mark_is_released_once_the_order_is_cancelled() {
+    let world = world(2).await;
+    let ctx = staff();
+    let order: OrderAttributes = world.event.new.attributes_as().expect("an order");
+    // What the cut run did before it was cut: the stock reserved.
+    let reserved = world
+        .shop
+        .inventory
+        .reserve(&world.order_code, &order.units_per_product(), &ctx)
+        .await
+        .expect("reserved");
+    assert_eq!(reserved, ecommerce::services::ReserveOutcome::Reserved);
+    // The cancellation, whose handler ran before the reservation existed:
+    // written by an engine without handlers.
+    let bare = Engine::builder(world.storage.clone()).build();
+    bare.services()
+        .update(&world.event.key())
+        .publish_sync_typed(&ctx, |current: Option<OrderAttributes>| {
+            Ok::<_, cqrs_core::Error>(current.map(|mut order| {
+                order.status = ecommerce::domain::OrderStatus::Cancelled;
+                order
+            }))
+        })
+        .await
+        .expect("cancelled");
+    // The event handled again.
+    world.handler().handle(&world.event).await.expect("handled");
+    world.shop.engine.wait_idle().await;
+    let reservation = world
+        .shop
+        .inventory
+        .reservation(&world.order_code, &ctx)
+        .await
+        .expect("read")
+        .expect("a reservation");
+    assert_eq!(
+        reservation.state,
+        ReservationState::Released,
+        "the cancelled order's stock is released"
+    );
+    let inventory: InventoryAttributes = world
+        .shop
+        .inventory
+        .get(PRODUCT, &ctx)
+        .await
+        .expect("stock")
+        .attributes_as()
+        .expect("inventory");
+    assert_eq!(
+        inventory.reserved_quantity, 0,
+        "nothing held by a cancelled order"
+    );
+    let confirmations = world
+        .shop
+        .notifications
+        .claims(&ctx)
+        .await
+        .expect("listed")
+        .into_iter()
+        .filter(|(n, _)| n.kind == NotificationKind::OrderConfirmation)
+        .count();
+    assert_eq!(confirmations, 1);
+}
