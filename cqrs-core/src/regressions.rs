@@ -20,7 +20,7 @@ pub const SYNC_PUBLISH_LEFT_TO_PUBLISHER: &str = "sync-publish-left-to-publisher
 pub fn active(name: &str) -> bool {
     #[cfg(feature = "testing")]
     {
-        ON.with(|on| on.borrow().iter().any(|switch| *switch == name))
+        ON.with(|on| on.borrow().contains(&name))
     }
     #[cfg(not(feature = "testing"))]
     {
