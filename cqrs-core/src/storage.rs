@@ -180,7 +180,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Every command row of the entity, by ascending version.
     async fn list_commands(&self, key: &EntityKey) -> Result<Vec<CommandRecord>>;
 
-    /// Sets the status of an existing command row.
+    /// Sets the status of an existing command row ([`Error::NotFound`](crate::Error::NotFound)
+    /// when there is none).
+    ///
+    /// `failed` never replaces `finished`: once every handler has
+    /// completed, a late write of an earlier run's failure (a timed-out
+    /// write retried after an operator's reprocess finished the command)
+    /// must not hide the command from the failures again. Such a write
+    /// succeeds and changes nothing.
     async fn set_command_status(&self, key: &EntityKey, version: u64, status: CommandStatus) -> Result<()>;
 
     /// Writes every [`ApplyWrite`] atomically: all or none.

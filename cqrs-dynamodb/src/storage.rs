@@ -698,32 +698,45 @@ impl Storage for DynamoDbStorage {
     }
 
     async fn set_command_status(&self, key: &EntityKey, version: u64, status: CommandStatus) -> Result<()> {
+        let failed = status == CommandStatus::Failed;
         let status = serde_json::to_value(status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .ok_or_else(|| shape_error("status", "not a string"))?;
-        let sent = self
+        let mut update = self
             .client
             .update_item()
             .table_name(&self.tables.command)
             .set_key(Some(key_of_command(key, version)))
             .update_expression("SET #status = :status")
-            .condition_expression("attribute_exists(pk)")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":status", s(status))
-            .send()
-            .await;
-        match sent {
+            .expression_attribute_values(":status", s(status));
+        update = if failed {
+            // `failed` never replaces `finished` (see the trait): the row
+            // that fails the condition is returned, to tell "finished" from
+            // "missing".
+            update
+                .condition_expression("attribute_exists(pk) AND #status <> :finished")
+                .expression_attribute_values(":finished", s("finished".to_owned()))
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+        } else {
+            update.condition_expression("attribute_exists(pk)")
+        };
+        match update.send().await {
             Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Err(Error::NotFound {
-                    key: format!("{}@{version}", key.id()),
-                })
-            }
-            Err(e) => Err(sdk_error(e)),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(failed)) => {
+                    if failed.item().is_some_and(|item| !item.is_empty()) {
+                        // Finished already: the late failure changes nothing.
+                        Ok(())
+                    } else {
+                        Err(Error::NotFound {
+                            key: format!("{}@{version}", key.id()),
+                        })
+                    }
+                }
+                _ => Err(sdk_error(e)),
+            },
         }
     }
 

@@ -20,6 +20,8 @@
 //! Rows another program wrote (the reference framework's, say) load as
 //! fixtures with [`item_from_json`].
 
+pub mod sim;
+
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

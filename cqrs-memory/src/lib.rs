@@ -483,6 +483,14 @@ impl Storage for InMemory {
             .ok_or_else(|| Error::NotFound {
                 key: format!("{}@{version}", key.id()),
             })?;
+        let stored = match row {
+            CommandRow::Applied { status: stored, .. } => *stored,
+            CommandRow::Whole(record) => record.status,
+        };
+        // As on DynamoDB: `failed` never replaces `finished`.
+        if status == CommandStatus::Failed && stored == CommandStatus::Finished {
+            return Ok(());
+        }
         match row {
             CommandRow::Applied { status: stored, .. } => *stored = status,
             CommandRow::Whole(record) => {

@@ -164,6 +164,7 @@ macro_rules! conformance_tests {
             storage_apply_one_matches_apply,
             storage_query_ranges,
             storage_counters,
+            storage_failed_never_replaces_finished,
             dropped_sync_publish_still_runs_its_handlers,
             dropped_async_publish_is_processed_or_never_stored,
             lost_responses_strand_nothing,

@@ -309,3 +309,63 @@ pub async fn storage_counters(factory: &dyn StorageFactory) {
     };
     assert_eq!(storage.next_counter(&fresh).await.unwrap(), 1);
 }
+
+/// `set_command_status`: sets any status, except that `failed` never
+/// replaces `finished` (a late write of an earlier run's failure, after an
+/// operator's reprocess finished the command, changes nothing); a missing
+/// row is `NotFound`. (Found by the deterministic simulation: the late
+/// write hid a finished command as failed, its failure record gone.)
+pub async fn storage_failed_never_replaces_finished(factory: &dyn StorageFactory) {
+    let storage = factory.storage().await;
+    let key = EntityKey::new(PK_A, "S#1");
+    let status = |version| {
+        let (storage, key) = (storage.clone(), key.clone());
+        async move {
+            storage
+                .get_command(&key, version)
+                .await
+                .unwrap()
+                .map(|c| c.status)
+        }
+    };
+    for version in [1, 2] {
+        storage
+            .put_command(&record("S#1", version, CommandStatus::Published), None)
+            .await
+            .unwrap();
+    }
+    storage
+        .set_command_status(&key, 1, CommandStatus::Finished)
+        .await
+        .unwrap();
+    storage
+        .set_command_status(&key, 1, CommandStatus::Failed)
+        .await
+        .expect("a late failure is no error");
+    assert_eq!(
+        status(1).await,
+        Some(CommandStatus::Finished),
+        "failed does not replace finished"
+    );
+    storage
+        .set_command_status(&key, 2, CommandStatus::Failed)
+        .await
+        .unwrap();
+    assert_eq!(status(2).await, Some(CommandStatus::Failed));
+    storage
+        .set_command_status(&key, 2, CommandStatus::Finished)
+        .await
+        .unwrap();
+    assert_eq!(
+        status(2).await,
+        Some(CommandStatus::Finished),
+        "a reprocess finishes a failed command"
+    );
+    for late in [CommandStatus::Failed, CommandStatus::Finished] {
+        let err = storage.set_command_status(&key, 3, late).await.unwrap_err();
+        assert!(
+            matches!(err, Error::NotFound { .. }),
+            "{late:?} on a missing row: {err:?}"
+        );
+    }
+}

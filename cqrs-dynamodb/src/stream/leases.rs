@@ -19,12 +19,13 @@ use crate::tables::TableNames;
 /// the sequences table, followed by the command table's name.
 pub const CHECKPOINT_PK_PREFIX: &str = "STREAM#";
 
-/// Milliseconds since the Unix epoch, by this host's wall clock.
+/// Milliseconds since the Unix epoch, by this host's wall clock (the
+/// framework's, [`cqrs_core::clock::now`]: simulated time in a simulation).
 ///
 /// Lease expiries are compared across hosts: their clocks must agree to well
 /// within a lease's duration (NTP-synced hosts agree to milliseconds).
 pub fn now_millis() -> i64 {
-    Utc::now().timestamp_millis()
+    cqrs_core::clock::now().timestamp_millis()
 }
 
 fn millis(duration: Duration) -> i64 {

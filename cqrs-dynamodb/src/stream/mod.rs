@@ -138,6 +138,7 @@
 mod classify;
 mod leases;
 mod shard;
+mod source;
 mod stats;
 
 use std::collections::{HashMap, HashSet};
@@ -146,7 +147,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodbstreams::types::Shard;
-use cqrs_core::{AsyncDispatch, Engine, Error, Result};
+use cqrs_core::{AsyncDispatch, Engine, Result};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -156,13 +157,13 @@ pub use leases::{
     now_millis, Acquired, DynamoDbLeases, LeaseStore, MemoryLeases, ShardCheckpoint, ShardLease, ShardRecord,
     CHECKPOINT_PK_PREFIX,
 };
+pub use source::{SdkStreams, StreamSource};
 pub use stats::{ConsumerMonitor, ConsumerStats};
 
 #[cfg(feature = "lambda")]
 pub(crate) use classify::sequence_cmp;
 use shard::{work_shard, ShardEnd};
 
-use crate::error::{sdk_error, shape_error};
 use crate::tables::TableNames;
 
 /// Default [`StreamConsumer::lease_duration`]: 10 seconds.
@@ -239,7 +240,7 @@ impl ConsumerConfig {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) engine: Engine,
-    pub(crate) streams: aws_sdk_dynamodbstreams::Client,
+    pub(crate) source: Arc<dyn StreamSource>,
     pub(crate) store: Arc<dyn LeaseStore>,
     pub(crate) config: ConsumerConfig,
     pub(crate) monitor: ConsumerMonitor,
@@ -251,9 +252,9 @@ pub(crate) struct Shared {
 /// documentation](self)).
 pub struct StreamConsumer {
     engine: Engine,
-    dynamodb: aws_sdk_dynamodb::Client,
-    streams: aws_sdk_dynamodbstreams::Client,
-    tables: TableNames,
+    source: Arc<dyn StreamSource>,
+    /// The command table, whose stream this consumes.
+    table: String,
     store: Arc<dyn LeaseStore>,
     config: ConsumerConfig,
     consumer_id: String,
@@ -264,7 +265,8 @@ impl std::fmt::Debug for StreamConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamConsumer")
             .field("engine", &self.engine)
-            .field("tables", &self.tables)
+            .field("source", &self.source)
+            .field("table", &self.table)
             .field("store", &self.store)
             .field("config", &self.config)
             .field("consumer_id", &self.consumer_id)
@@ -309,13 +311,27 @@ impl StreamConsumer {
                  build it with AsyncDispatch::External"
             );
         }
+        let store = Arc::new(DynamoDbLeases::new(dynamodb.clone(), &tables));
+        let source = Arc::new(SdkStreams::new(dynamodb, streams));
+        Self::with_source(engine, source, store, tables.command)
+    }
+
+    /// A consumer of `table`'s stream read from `source`, with its leases and
+    /// checkpoints in `store`, and the default settings: the consumer of
+    /// another stream of the same shape, such as the deterministic
+    /// simulation's ([`testing::sim`](crate::testing::sim), feature `testing`).
+    pub fn with_source(
+        engine: Engine,
+        source: Arc<dyn StreamSource>,
+        store: Arc<dyn LeaseStore>,
+        table: impl Into<String>,
+    ) -> Self {
         let consumer_id = default_consumer_id();
         Self {
-            store: Arc::new(DynamoDbLeases::new(dynamodb.clone(), &tables)),
+            store,
             engine,
-            dynamodb,
-            streams,
-            tables,
+            source,
+            table: table.into(),
             config: ConsumerConfig::default(),
             monitor: ConsumerMonitor::new(consumer_id.clone()),
             consumer_id,
@@ -441,7 +457,7 @@ impl StreamConsumer {
     pub async fn run<F: Future>(self, shutdown: F) {
         let shared = Arc::new(Shared {
             engine: self.engine.clone(),
-            streams: self.streams.clone(),
+            source: self.source.clone(),
             store: self.store.clone(),
             config: self.config.clone(),
             monitor: self.monitor.clone(),
@@ -452,7 +468,7 @@ impl StreamConsumer {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut poll = tokio::time::interval(self.config.poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        tracing::info!(consumer = %self.consumer_id, table = %self.tables.command, "stream consumer started");
+        tracing::info!(consumer = %self.consumer_id, table = %self.table, "stream consumer started");
         loop {
             tokio::select! {
                 biased;
@@ -619,54 +635,12 @@ impl StreamConsumer {
 
     /// The ARN of the command table's current stream.
     async fn stream_arn(&self) -> Result<String> {
-        let described = self
-            .dynamodb
-            .describe_table()
-            .table_name(&self.tables.command)
-            .send()
-            .await
-            .map_err(sdk_error)?;
-        let table = described.table();
-        let enabled = table
-            .and_then(|t| t.stream_specification())
-            .is_some_and(|s| s.stream_enabled());
-        match table.and_then(|t| t.latest_stream_arn()) {
-            Some(arn) => {
-                if !enabled {
-                    // A disabled stream stays readable for its retention: drain it.
-                    tracing::warn!(table = %self.tables.command, "the command table's stream is disabled");
-                }
-                Ok(arn.to_owned())
-            }
-            None => Err(Error::invalid(
-                "table",
-                format!("table {} has no stream", self.tables.command),
-            )),
-        }
+        self.source.stream_arn(&self.table).await
     }
 
     /// Every shard of the stream (those within its retention).
     async fn describe_shards(&self, stream_arn: &str) -> Result<Vec<Shard>> {
-        let mut shards = Vec::new();
-        let mut start: Option<String> = None;
-        loop {
-            let out = self
-                .streams
-                .describe_stream()
-                .stream_arn(stream_arn)
-                .set_exclusive_start_shard_id(start.take())
-                .send()
-                .await
-                .map_err(sdk_error)?;
-            let Some(description) = out.stream_description else {
-                return Err(shape_error("stream description", "missing"));
-            };
-            shards.extend(description.shards.unwrap_or_default());
-            match description.last_evaluated_shard_id {
-                Some(last) if !last.is_empty() => start = Some(last),
-                _ => return Ok(shards),
-            }
-        }
+        self.source.shards(stream_arn).await
     }
 }
 

@@ -6,8 +6,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodbstreams::error::DisplayErrorContext;
-use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use cqrs_core::{CommandStatus, EntityKey, Error, Result};
 use futures::FutureExt as _;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -18,7 +16,7 @@ use super::classify::{classify_record, RecordAction};
 use super::leases::ShardCheckpoint;
 use super::stats::Counters;
 use super::Shared;
-use crate::error::{sdk_error, shape_error};
+use crate::error::shape_error;
 
 /// GetRecords returns at most this many records per call.
 const MAX_RECORDS_PER_CALL: usize = 1000;
@@ -208,7 +206,11 @@ impl Worker {
                 }
             }
             let drain_deadline = draining.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            // Biased, in this order: stopping and the lease come before the
+            // work (a renewal is never starved by a steady flow of records),
+            // and the choice is the same every time (a simulation replays it).
             tokio::select! {
+                biased;
                 changed = stop.changed(), if draining.is_none() => {
                     // A dropped sender means stop now.
                     let deadline = match changed {
@@ -228,35 +230,6 @@ impl Worker {
                     );
                     return self.stop_gracefully().await;
                 }
-                read = recv(&mut self.rx) => match read {
-                    Some(Read::Records(records)) => self.dispatch(records),
-                    Some(Read::End) => {
-                        self.ended = true;
-                        self.stop_reading();
-                    }
-                    None => {
-                        // The reader ended without reaching the end: it only
-                        // does when aborted, so stop like on a request.
-                        tracing::error!(shard = %self.shard_id, "stream reader ended unexpectedly");
-                        draining = Some(Instant::now() + config.drain_deadline);
-                        self.stop_reading();
-                    }
-                },
-                Some(joined) = self.running.join_next(), if !self.running.is_empty() => match joined {
-                    Ok((key, index, capped)) => {
-                        if capped {
-                            self.capped = self.capped.saturating_sub(1);
-                        }
-                        self.complete(key, index);
-                    }
-                    Err(error) => {
-                        // Settle tasks catch panics, and none is aborted while
-                        // the worker runs: the record it carried cannot be
-                        // known, so give the shard up (from its checkpoint).
-                        tracing::error!(shard = %self.shard_id, %error, "settle task lost; giving the shard up");
-                        return self.stop_gracefully().await;
-                    }
-                },
                 _ = renew.tick() => {
                     let sent = Instant::now();
                     let renewal = self.shared.store.renew(&self.shard_id, &self.shared.consumer_id, config.lease_duration);
@@ -276,6 +249,35 @@ impl Worker {
                         return self.lost("the lease expired before it could be renewed");
                     }
                 }
+                Some(joined) = self.running.join_next(), if !self.running.is_empty() => match joined {
+                    Ok((key, index, capped)) => {
+                        if capped {
+                            self.capped = self.capped.saturating_sub(1);
+                        }
+                        self.complete(key, index);
+                    }
+                    Err(error) => {
+                        // Settle tasks catch panics, and none is aborted while
+                        // the worker runs: the record it carried cannot be
+                        // known, so give the shard up (from its checkpoint).
+                        tracing::error!(shard = %self.shard_id, %error, "settle task lost; giving the shard up");
+                        return self.stop_gracefully().await;
+                    }
+                },
+                read = recv(&mut self.rx) => match read {
+                    Some(Read::Records(records)) => self.dispatch(records),
+                    Some(Read::End) => {
+                        self.ended = true;
+                        self.stop_reading();
+                    }
+                    None => {
+                        // The reader ended without reaching the end: it only
+                        // does when aborted, so stop like on a request.
+                        tracing::error!(shard = %self.shard_id, "stream reader ended unexpectedly");
+                        draining = Some(Instant::now() + config.drain_deadline);
+                        self.stop_reading();
+                    }
+                },
                 _ = flush.tick() => {
                     if let Ok(false) = self.save_logged().await {
                         return self.lost("the checkpoint was fenced");
@@ -695,91 +697,24 @@ async fn next_page(
     iterator: &mut Option<String>,
     permit: &OwnedSemaphorePermit,
 ) -> Result<Page> {
+    let source = &shared.source;
     let (current, kept) = match iterator.take() {
         Some(kept) => (kept, true),
         None => (
-            shard_iterator(shared, stream_arn, shard_id, position.as_deref()).await?,
+            source.iterator(stream_arn, shard_id, position.as_deref()).await?,
             false,
         ),
     };
     let limit = i32::try_from(permit.num_permits().clamp(1, MAX_RECORDS_PER_CALL)).unwrap_or(1);
-    let sent = shared
-        .streams
-        .get_records()
-        .shard_iterator(&current)
-        .limit(limit)
-        .send()
-        .await;
-    let page = match sent {
-        Ok(page) => page,
-        Err(e) if kept => {
+    match source.records(&current, limit).await {
+        Ok(page) => Ok(page),
+        Err(error) if kept => {
             // A kept iterator is only a shortcut: it may have expired (after
             // 15 minutes) or point at trimmed records. Start again from the position.
-            tracing::debug!(shard = shard_id, error = %DisplayErrorContext(&e), "kept shard iterator refused; getting a new one");
-            let fresh = shard_iterator(shared, stream_arn, shard_id, position.as_deref()).await?;
-            shared
-                .streams
-                .get_records()
-                .shard_iterator(fresh)
-                .limit(limit)
-                .send()
-                .await
-                .map_err(sdk_error)?
+            tracing::debug!(shard = shard_id, %error, "kept shard iterator refused; getting a new one");
+            let fresh = source.iterator(stream_arn, shard_id, position.as_deref()).await?;
+            source.records(&fresh, limit).await
         }
-        Err(e) => return Err(sdk_error(e)),
-    };
-    Ok((page.records.unwrap_or_default(), page.next_shard_iterator))
-}
-
-/// An iterator right after `position`, or at the oldest record without one.
-async fn shard_iterator(
-    shared: &Shared,
-    stream_arn: &str,
-    shard_id: &str,
-    position: Option<&str>,
-) -> Result<String> {
-    let request = || {
-        shared
-            .streams
-            .get_shard_iterator()
-            .stream_arn(stream_arn)
-            .shard_id(shard_id)
-    };
-    let out = match position {
-        Some(position) => {
-            let sent = request()
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .sequence_number(position)
-                .send()
-                .await;
-            match sent {
-                Ok(out) => out,
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|s| s.is_trimmed_data_access_exception()) =>
-                {
-                    // Nothing to do about it now but to go on with what is left.
-                    tracing::error!(
-                        shard = shard_id,
-                        checkpoint = position,
-                        "stream records after the checkpoint are past the stream's retention and \
-                         were lost; resuming at the oldest record"
-                    );
-                    request()
-                        .shard_iterator_type(ShardIteratorType::TrimHorizon)
-                        .send()
-                        .await
-                        .map_err(sdk_error)?
-                }
-                Err(e) => return Err(sdk_error(e)),
-            }
-        }
-        None => request()
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .map_err(sdk_error)?,
-    };
-    out.shard_iterator
-        .ok_or_else(|| shape_error("shard iterator", "none returned"))
+        Err(error) => Err(error),
+    }
 }

@@ -23,10 +23,13 @@ use cqrs_core::testing::sim::{
     SimStorage, SimStream, StorageFaults, StreamFaults, StreamRecord, World,
 };
 use cqrs_core::{
-    tenant_pk, AsyncDispatch, BoxError, CommandService, CommandStatus, DataItem, Interest, InvocationContext,
-    RangeQuery, SequenceRequest, SequenceService, SortOrder, Storage,
+    tenant_pk, AsyncDispatch, BoxError, CommandService, CommandStatus, DataItem, EntityKey, Interest,
+    InvocationContext, RangeQuery, SequenceRequest, SequenceService, SortOrder, Storage,
 };
 use cqrs_dynamodb::lambda::{handle_event_with, BatchOptions};
+use cqrs_dynamodb::stream::MemoryLeases;
+use cqrs_dynamodb::testing::sim::SimStreamSource;
+use cqrs_dynamodb::StreamConsumer;
 use ecommerce::domain::{
     Address, InventoryAttributes, OrderAttributes, OrderItem, OrderStatus, Reservation,
     ReservationAttributes, ReservationState,
@@ -135,6 +138,9 @@ struct Shared {
     handler_faults: HandlerFaults,
     /// The projection's read model (another database: outlives processes).
     read_model: MemoryTarget,
+    /// The embedded consumers' leases and checkpoints (a table).
+    leases: Arc<MemoryLeases>,
+    pipeline: Pipeline,
 }
 
 fn shop_config() -> ShopConfig {
@@ -485,6 +491,39 @@ fn new_order(world: &World, tag: &str, n: usize) -> NewOrder {
     }
 }
 
+/// Who consumes the command table's stream in a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pipeline {
+    /// Lambda: the entry point's batch logic, fed by the simulated stream's
+    /// own leases and checkpoints (as the event source mapping would).
+    Lambda,
+    /// The stream consumer embedded in each replica (`StreamConsumer`): its
+    /// own leases (shared `MemoryLeases`), lanes and checkpoints, reading
+    /// the simulated stream as DynamoDB Streams.
+    Embedded,
+}
+
+/// A replica's embedded stream consumer, as the server runs it, over the
+/// simulated stream; its leases expire in simulated time.
+async fn embedded_consumer(shared: Shared, env: ProcessEnv) {
+    let shop = process_shop(&shared, &env);
+    let source = Arc::new(SimStreamSource::new(
+        shared.stream.clone(),
+        env.world.clone(),
+        0.01,
+    ));
+    StreamConsumer::with_source(shop.engine.clone(), source, shared.leases.clone(), "sim-command")
+        .consumer_id(format!("{}#{}", env.name, env.incarnation))
+        .lease_duration(Duration::from_secs(2))
+        .poll_interval(Duration::from_millis(50))
+        .describe_interval(Duration::from_secs(1))
+        .checkpoint_interval(Duration::from_millis(100))
+        .retry_backoff(Duration::from_millis(50), Duration::from_secs(1))
+        .drain_deadline(Duration::from_secs(1))
+        .run(std::future::pending::<()>())
+        .await;
+}
+
 /// A stream consumer: the Lambda entry point's batch logic over the
 /// simulated stream.
 async fn stream_consumer(shared: Shared, env: ProcessEnv) {
@@ -602,7 +641,14 @@ fn schedule(seed: u64) -> u64 {
         storage_faults,
         handler_faults,
         read_model: MemoryTarget::new(),
+        leases: Arc::new(MemoryLeases::new()),
+        pipeline: if world.chance(0.5) {
+            Pipeline::Embedded
+        } else {
+            Pipeline::Lambda
+        },
     };
+    world.trace(format_args!("pipeline: {:?}", shared.pipeline));
     let mut apis = Vec::new();
     for name in APIS {
         let shared = shared.clone();
@@ -611,7 +657,10 @@ fn schedule(seed: u64) -> u64 {
     let mut consumers = Vec::new();
     for name in CONSUMERS {
         let shared = shared.clone();
-        consumers.push(sim.spawn(name, move |env| stream_consumer(shared.clone(), env)));
+        consumers.push(match shared.pipeline {
+            Pipeline::Lambda => sim.spawn(name, move |env| stream_consumer(shared.clone(), env)),
+            Pipeline::Embedded => sim.spawn(name, move |env| embedded_consumer(shared.clone(), env)),
+        });
     }
     let clients_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     {
@@ -662,10 +711,14 @@ fn schedule(seed: u64) -> u64 {
     }
     let settle_limit = Duration::from_secs(90);
     let settled = sim.run_until(Duration::from_millis(500), settle_limit, |sim| {
-        shared.stream.behind() == 0 && sim.inspect(unsettled(storage.clone())).is_empty()
+        // The simulated stream's own checkpoints move under Lambda only.
+        (shared.pipeline == Pipeline::Embedded || shared.stream.behind() == 0)
+            && sim
+                .inspect(unsettled(storage.clone(), shared.stream.clone()))
+                .is_empty()
     });
     if !settled {
-        let left = sim.inspect(unsettled(storage.clone()));
+        let left = sim.inspect(unsettled(storage.clone(), shared.stream.clone()));
         panic!(
             "not settled {settle_limit:?} after the faults ended: {left:?} unsettled, {} stream records behind",
             shared.stream.behind()
@@ -713,16 +766,23 @@ async fn rows(storage: &dyn Storage, tenant: &str) -> Vec<DataItem> {
     }
 }
 
-/// Commands not finished yet, claimed notifications not yet sent, and
-/// recorded failures.
-async fn unsettled(storage: Arc<dyn Storage>) -> Vec<String> {
+/// Commands not finished yet (of every entity a command row landed for,
+/// applied or not), claimed notifications not yet sent, and recorded
+/// failures.
+async fn unsettled(storage: Arc<dyn Storage>, stream: Arc<SimStream>) -> Vec<String> {
     let mut left = Vec::new();
+    let entities: BTreeSet<EntityKey> = stream.records().into_iter().map(|r| r.key).collect();
+    for key in &entities {
+        let commands = storage.list_commands(key).await.expect("commands");
+        for command in commands.iter().filter(|c| c.status != CommandStatus::Finished) {
+            left.push(format!(
+                "{}/{}@{} {:?}",
+                command.pk, command.sk, command.version, command.status
+            ));
+        }
+    }
     for tenant in TENANTS {
         for row in rows(storage.as_ref(), tenant).await {
-            let commands = storage.list_commands(&row.key()).await.expect("commands");
-            for command in commands.iter().filter(|c| c.status != CommandStatus::Finished) {
-                left.push(format!("{}@{} {:?}", command.sk, command.version, command.status));
-            }
             if row.sk.starts_with("NOTIFICATION#")
                 && row
                     .attributes

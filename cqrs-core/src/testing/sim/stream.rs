@@ -143,6 +143,41 @@ impl SimStream {
         self.len() == 0
     }
 
+    /// Every record appended so far, by sequence number: every command row
+    /// that landed, whoever wrote it and whatever its writer was told.
+    pub fn records(&self) -> Vec<StreamRecord> {
+        let mut records: Vec<StreamRecord> = self
+            .shards()
+            .iter()
+            .flat_map(|s| s.records.iter().cloned())
+            .collect();
+        records.sort_by_key(|r| r.sequence);
+        records
+    }
+
+    /// How many shards the stream has.
+    pub fn shard_count(&self) -> usize {
+        self.shards().len()
+    }
+
+    /// Up to `limit` records of `shard` after sequence number `after` (from
+    /// its first record without one): what a consumer with leases and
+    /// checkpoints of its own reads (the DynamoDB stream consumer, through
+    /// a simulated source). Checkpoints of this stream do not move.
+    pub fn read(&self, shard: usize, after: Option<u64>, limit: usize) -> Vec<StreamRecord> {
+        let shards = self.shards();
+        let Some(shard) = shards.get(shard) else {
+            return Vec::new();
+        };
+        shard
+            .records
+            .iter()
+            .filter(|r| after.is_none_or(|after| r.sequence > after))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
     /// Takes or renews the lease of every shard `consumer` may hold: free,
     /// expired, or its own. Returns the shards it holds.
     fn lease(&self, consumer: &str) -> Vec<usize> {
