@@ -293,39 +293,17 @@ async fn a_reservation_cut_off_before_its_mark_is_released_once_the_order_is_can
         .expect("cancelled");
     // The event handled again.
     world.handler().handle(&world.event).await.expect("handled");
-    world.shop.engine.wait_idle().await;
-    let reservation = world
-        .shop
-        .inventory
-        .reservation(&world.order_code, &ctx)
-        .await
-        .expect("read")
-        .expect("a reservation");
+    let effects = world.effects().await;
     assert_eq!(
-        reservation.state,
+        effects.reservation.0,
         ReservationState::Released,
         "the cancelled order's stock is released"
     );
-    let inventory: InventoryAttributes = world
-        .shop
-        .inventory
-        .get(PRODUCT, &ctx)
-        .await
-        .expect("stock")
-        .attributes_as()
-        .expect("inventory");
-    assert_eq!(
-        inventory.reserved_quantity, 0,
-        "nothing held by a cancelled order"
-    );
-    let confirmations = world
-        .shop
-        .notifications
-        .claims(&ctx)
-        .await
-        .expect("listed")
-        .into_iter()
-        .filter(|(n, _)| n.kind == NotificationKind::OrderConfirmation)
+    assert_eq!(effects.reserved_quantity, 0, "nothing held by a cancelled order");
+    let confirmations = effects
+        .claims
+        .iter()
+        .filter(|(kind, _, _)| *kind == NotificationKind::OrderConfirmation)
         .count();
     assert_eq!(confirmations, 1);
 }

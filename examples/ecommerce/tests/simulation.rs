@@ -1104,44 +1104,52 @@ fn the_same_seed_makes_the_same_run() {
     }
 }
 
-/// Runs schedules with `bug` switched back on until one fails; the number
-/// it took is the note's figure.
-fn find(bug: &'static str, switch: impl Fn() -> Option<regressions::Reintroduced> + Sync) -> u64 {
+/// Schedules over which the share of schedules that catch a reintroduced
+/// bug is measured.
+const CATCH_RATE_OVER: u64 = 200;
+
+/// Runs schedules with `bug` switched back on until one fails (the number
+/// it took is the note's figure), then counts how many of the first
+/// [`CATCH_RATE_OVER`] schedules catch it.
+fn find(bug: &'static str) {
     let schedules = Schedules::from_env(1, BUG_BUDGET, format!("{REPLAY} (with {bug} reintroduced)"));
     let report = run_schedules(&schedules, |seed| {
-        let _bug = switch();
+        let _bug = regressions::reintroduce(bug);
         schedule(seed);
     });
     let failure = report
         .failure
         .unwrap_or_else(|| panic!("{bug}: not found in {} schedules", report.ran));
+    let rate = Schedules::from_env(1, CATCH_RATE_OVER, REPLAY);
+    let caught = std::sync::atomic::AtomicU64::new(0);
+    run_schedules(&rate, |seed| {
+        let _bug = regressions::reintroduce(bug);
+        if std::panic::catch_unwind(|| schedule(seed)).is_err() {
+            caught.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
     eprintln!(
-        "{bug}: found at schedule {} (seed {}) in {:.1} s: {}",
+        "{bug}: found at schedule {} (seed {}) in {:.1} s; caught by {} of the first {} schedules; {}",
         failure.index + 1,
         failure.seed,
         report.elapsed.as_secs_f64(),
+        caught.into_inner(),
+        rate.count,
         failure.message.lines().take(3).collect::<Vec<_>>().join(" | ")
     );
-    failure.index + 1
 }
 
 #[test]
 fn finds_the_keyed_retry_judged_on_the_moved_entity() {
-    find(KEYED_RETRY_JUDGED_ON_MOVED_ENTITY, || {
-        Some(regressions::reintroduce(KEYED_RETRY_JUDGED_ON_MOVED_ENTITY))
-    });
+    find(KEYED_RETRY_JUDGED_ON_MOVED_ENTITY);
 }
 
 #[test]
 fn finds_the_alert_lost_after_a_cut_off() {
-    find(ecommerce::sync::LOST_ALERT, || {
-        Some(regressions::reintroduce(ecommerce::sync::LOST_ALERT))
-    });
+    find(ecommerce::sync::LOST_ALERT);
 }
 
 #[test]
 fn finds_the_sync_publish_lost_after_its_commit() {
-    find(SYNC_PUBLISH_LEFT_TO_PUBLISHER, || {
-        Some(regressions::reintroduce(SYNC_PUBLISH_LEFT_TO_PUBLISHER))
-    });
+    find(SYNC_PUBLISH_LEFT_TO_PUBLISHER);
 }

@@ -133,6 +133,7 @@ impl Sim {
     ///
     /// If another simulation runs on this thread.
     pub fn new(seed: u64, config: SimConfig) -> Self {
+        super::runner::quiet_panics_on_simulation_threads();
         let clock = clock::install(config.epoch);
         fastrand::seed(seed ^ 0x9e37_79b9_7f4a_7c15);
         Self {

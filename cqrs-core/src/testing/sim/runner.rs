@@ -101,7 +101,7 @@ thread_local! {
 /// Panics on simulation threads are reported once, by the runner: the
 /// default hook is kept quiet there, and for injected handler panics
 /// (there are many) everywhere.
-fn quiet_panics_on_simulation_threads() {
+pub(crate) fn quiet_panics_on_simulation_threads() {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
