@@ -258,7 +258,7 @@ fn find(bug: &'static str) {
     let failure = report
         .failure
         .unwrap_or_else(|| panic!("{bug}: not found in {} schedules", report.ran));
-    let rate = Schedules::from_env(1, CATCH_RATE_OVER, REPLAY);
+    let rate = Schedules::new(1, CATCH_RATE_OVER, REPLAY);
     let caught = std::sync::atomic::AtomicU64::new(0);
     run_schedules(&rate, |seed| {
         let _bug = regressions::reintroduce(bug);
