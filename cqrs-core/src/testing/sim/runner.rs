@@ -24,9 +24,18 @@ pub struct Schedules {
 impl Schedules {
     /// `count` schedules from `first_seed`, on as many threads as the
     /// machine has cores, replayed by `replay` (with `{seed}` in it).
-    ///
-    /// The environment overrides these: `CQRS_SIM_SEED` runs that one seed
-    /// only (a replay), `CQRS_SIM_SCHEDULES` sets the count (the long mode:
+    pub fn new(first_seed: u64, count: u64, replay: impl Into<String>) -> Self {
+        Self {
+            first_seed,
+            count,
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
+            replay: replay.into(),
+        }
+    }
+
+    /// [`Schedules::new`], unless the environment says otherwise:
+    /// `CQRS_SIM_SEED` runs that one seed only (a replay),
+    /// `CQRS_SIM_SCHEDULES` sets the count (the long mode:
     /// `CQRS_SIM_SCHEDULES=100000`), `CQRS_SIM_FIRST_SEED` the first seed.
     pub fn from_env(first_seed: u64, count: u64, replay: impl Into<String>) -> Self {
         let var = |name: &str| {
@@ -34,13 +43,11 @@ impl Schedules {
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        let mut schedules = Self {
-            first_seed: var("CQRS_SIM_FIRST_SEED").unwrap_or(first_seed),
-            count: var("CQRS_SIM_SCHEDULES").unwrap_or(count),
-            threads,
-            replay: replay.into(),
-        };
+        let mut schedules = Self::new(
+            var("CQRS_SIM_FIRST_SEED").unwrap_or(first_seed),
+            var("CQRS_SIM_SCHEDULES").unwrap_or(count),
+            replay,
+        );
         if let Some(seed) = var("CQRS_SIM_SEED") {
             schedules.first_seed = seed;
             schedules.count = 1;
