@@ -127,7 +127,7 @@ fn schedule(seed: u64) -> Vec<Step> {
             down: rng.secs(1.0, 5.0),
         },
     };
-    let mut kinds = vec![0, 1, 2, 3];
+    let mut kinds = [0, 1, 2, 3];
     // Fisher-Yates.
     for i in (1..kinds.len()).rev() {
         kinds.swap(i, rng.below(i as u64 + 1) as usize);
@@ -613,7 +613,7 @@ fn doubled_and_mismatched(orders: &[DataItem], accepted: &[(String, String)]) ->
         .filter(|(code, customer)| {
             per_customer
                 .get(customer)
-                .is_some_and(|codes| codes != &[code.clone()])
+                .is_some_and(|codes| codes.as_slice() != std::slice::from_ref(code))
         })
         .map(|(code, customer)| format!("{customer} answered {code}, has {:?}", per_customer[customer]))
         .collect();
