@@ -3,7 +3,8 @@
 //! with its stream consumer, sharing the stream by leases) on a DynamoDB
 //! Local of the test's own that keeps its data on disk, while clients of
 //! two shops place orders (half of them with an `Idempotency-Key`, retried
-//! with the same key when the answer is lost or a 5xx), cancel some and
+//! with the same key when the answer is lost or a 5xx; a quarter of those
+//! first sent by a client that gives up after a few milliseconds), cancel some and
 //! move others on to shipped and delivered. Meanwhile, for about two and a
 //! half minutes, a schedule drawn from a seed kills a replica (SIGKILL) or
 //! stops it (SIGTERM) and starts it again, pauses DynamoDB Local (SIGSTOP)
@@ -281,6 +282,15 @@ impl Client {
         }
     }
 
+    /// For a quarter of the keyed requests' first tries, a client that
+    /// gives up after 5 to 80 ms: before or after the write, so that the
+    /// retry sometimes finds the first try's work done.
+    fn hasty(&mut self) -> Option<Duration> {
+        self.rng
+            .chance(25)
+            .then(|| Duration::from_millis(5 + self.rng.below(75)))
+    }
+
     fn note(&self, change: impl FnOnce(&mut Load)) {
         change(&mut self.load.lock().expect("not poisoned"));
     }
@@ -308,6 +318,11 @@ impl Client {
                 .json(&body);
             if let Some(key) = &key {
                 request = request.header("idempotency-key", key);
+                if tries == 1 {
+                    if let Some(patience) = self.hasty() {
+                        request = request.timeout(patience);
+                    }
+                }
             }
             let failed = match send(request).await {
                 Answer::Status(201, answer, replayed) => {
@@ -399,14 +414,21 @@ impl Client {
     async fn change(&mut self, code: &str, status: &str) -> bool {
         let key = format!("chaos-{}-{}-{code}-{status}", self.run, self.tenant);
         let started = Instant::now();
+        let mut tries = 0;
         loop {
+            tries += 1;
             let url = self.replicas.pick(&mut self.rng);
-            let request = self
+            let mut request = self
                 .http
                 .patch(format!("{url}/orders/{code}/status"))
                 .bearer_auth(&self.token)
                 .header("idempotency-key", &key)
                 .json(&json!({ "status": status }));
+            if tries == 1 {
+                if let Some(patience) = self.hasty() {
+                    request = request.timeout(patience);
+                }
+            }
             let failed = match send(request).await {
                 Answer::Status(200, _, _) => {
                     self.note(|l| l.moves += 1);
