@@ -1,9 +1,12 @@
 //! Shared by the process-level fault tests (`faults.rs`,
-//! `read_model_faults.rs`): the example's server as a process of its own on
-//! DynamoDB Local, bursts of orders and cancellations over HTTP, and an
-//! [`Inspector`] that reads the tables directly.
+//! `read_model_faults.rs`, `chaos.rs`): the example's server as a process of
+//! its own on DynamoDB Local, bursts of orders and cancellations over HTTP,
+//! an [`Inspector`] that reads the tables directly, and the [`audit`] of
+//! what the faults did to the orders.
 
 #![allow(dead_code)]
+
+pub mod audit;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -196,7 +199,12 @@ impl Drop for Server {
 }
 
 pub fn token() -> String {
-    Auth::new(SECRET.as_bytes()).token(TENANT, "fault-tester", &["staff"], Duration::from_secs(3600))
+    token_for(TENANT, "fault-tester")
+}
+
+/// A staff token of `user` in shop `tenant`.
+pub fn token_for(tenant: &str, user: &str) -> String {
+    Auth::new(SECRET.as_bytes()).token(tenant, user, &["staff"], Duration::from_secs(3600))
 }
 
 /// The lines of the `i`th order of a burst: most fit the stock, those of
@@ -272,6 +280,11 @@ pub struct Inspector {
 
 impl Inspector {
     pub fn new(endpoint: &str, prefix: &str) -> Self {
+        Self::for_tenant(endpoint, prefix, TENANT)
+    }
+
+    /// An inspector of the shop `tenant`.
+    pub fn for_tenant(endpoint: &str, prefix: &str, tenant: &str) -> Self {
         let storage = DynamoDbStorage::new(
             local_client(endpoint),
             ecommerce::shop::dynamodb_tables(TableNames::with_prefix(prefix)),
@@ -283,7 +296,7 @@ impl Inspector {
         };
         Self {
             shop: Shop::with_config(Arc::new(storage), config),
-            ctx: InvocationContext::new(TENANT, "inspector").with_roles(["staff"]),
+            ctx: InvocationContext::new(tenant, "inspector").with_roles(["staff"]),
         }
     }
 
@@ -293,10 +306,14 @@ impl Inspector {
             .sk(SkCondition::BeginsWith(prefix.into()))
             .limit(cqrs_core::MAX_LIMIT);
         loop {
-            let page =
-                DataService::list_items(&self.shop.engine, &tenant_pk(TENANT), query.clone(), &self.ctx)
-                    .await
-                    .expect("listed");
+            let page = DataService::list_items(
+                &self.shop.engine,
+                &tenant_pk(&self.ctx.tenant_code),
+                query.clone(),
+                &self.ctx,
+            )
+            .await
+            .expect("listed");
             items.extend(page.items);
             match page.cursor {
                 Some(cursor) => query = query.after(Some(cursor)),
