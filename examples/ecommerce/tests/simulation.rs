@@ -19,8 +19,8 @@ use cqrs_core::outbox::SENT_AT_ATTRIBUTE;
 use cqrs_core::projection::{Change, MemoryTarget, MemoryTx, Projection, Projector};
 use cqrs_core::regressions::{self, KEYED_RETRY_JUDGED_ON_MOVED_ENTITY, SYNC_PUBLISH_LEFT_TO_PUBLISHER};
 use cqrs_core::testing::sim::{
-    run_schedules, BatchOutcome, FaultyHandler, HandlerFaults, ProcessEnv, Schedules, Sim, SimConfig,
-    SimStorage, SimStream, StorageFaults, StreamFaults, StreamRecord, World,
+    catch_quietly, run_schedules, BatchOutcome, FaultyHandler, HandlerFaults, ProcessEnv, Schedules, Sim,
+    SimConfig, SimStorage, SimStream, StorageFaults, StreamFaults, StreamRecord, World,
 };
 use cqrs_core::{
     tenant_pk, AsyncDispatch, BoxError, CommandService, CommandStatus, DataItem, EntityKey, Interest,
@@ -188,16 +188,26 @@ fn schedule(seed: u64) -> u64 {
             shared.stream.behind()
         );
     }
+    // The tables as the schedule left them, in the trace: two runs of one
+    // seed must end with the same rows, not only take the same steps.
+    sim.inspect(trace_tables(&shared, &world));
     sim.inspect(audit(&shared, &world));
     world.trace_hash()
 }
 
-/// Prints the schedule's trace when a single seed is replayed
-/// (`CQRS_SIM_SEED`), whether it passed or failed.
+thread_local! {
+    /// The trace hash of the last schedule run on this thread, failed or not.
+    static LAST_TRACE_HASH: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Keeps the schedule's trace hash (a failing schedule's too), and prints
+/// the trace when a single seed is replayed (`CQRS_SIM_SEED`), whether it
+/// passed or failed.
 struct PrintTraceOnReplay(Arc<World>);
 
 impl Drop for PrintTraceOnReplay {
     fn drop(&mut self) {
+        LAST_TRACE_HASH.with(|hash| hash.set(self.0.trace_hash()));
         if std::env::var_os("CQRS_SIM_SEED").is_some() {
             for line in self.0.trace_lines() {
                 eprintln!("{line}");
@@ -231,14 +241,28 @@ fn simulated_schedules_keep_every_invariant() {
 /// do the same things in the same order, event for event (one trace hash).
 #[test]
 fn the_same_seed_makes_the_same_run() {
-    for seed in [7, 1_001, 424_242] {
+    /// The trace hash of `seed`'s schedule, with `bug` reintroduced, failed or not.
+    fn traced(seed: u64, bug: Option<&'static str>) -> u64 {
+        let _bug = bug.map(regressions::reintroduce);
+        let _ = catch_quietly(|| schedule(seed));
+        LAST_TRACE_HASH.with(std::cell::Cell::get)
+    }
+    // Passing schedules, and failing ones (whose runs end differently).
+    let runs = (1..=12)
+        .map(|seed| (seed, None))
+        .chain((1..=6).map(|seed| (seed, Some(SYNC_PUBLISH_LEFT_TO_PUBLISHER))));
+    for (seed, bug) in runs {
         let (first, second) = std::thread::scope(|scope| {
-            let first = scope.spawn(|| schedule(seed));
-            let second = scope.spawn(|| schedule(seed));
+            let first = scope.spawn(|| traced(seed, bug));
+            let second = scope.spawn(|| traced(seed, bug));
             (first.join().expect("ran"), second.join().expect("ran"))
         });
-        let third = schedule(seed);
-        assert_eq!((first, second), (third, third), "seed {seed} ran differently");
+        let third = traced(seed, bug);
+        assert_eq!(
+            (first, second),
+            (third, third),
+            "seed {seed} ({bug:?}) ran differently"
+        );
     }
 }
 
@@ -262,7 +286,7 @@ fn find(bug: &'static str) {
     let caught = std::sync::atomic::AtomicU64::new(0);
     run_schedules(&rate, |seed| {
         let _bug = regressions::reintroduce(bug);
-        if std::panic::catch_unwind(|| schedule(seed)).is_err() {
+        if catch_quietly(|| schedule(seed)).is_err() {
             caught.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     });

@@ -51,7 +51,7 @@ mod world;
 
 pub use driver::{CrashSwitch, ProcessEnv, ProcessId, ProcessMain, Sim, SimConfig};
 pub use handler::{FaultyHandler, HandlerFaults, INJECTED_PANIC};
-pub use runner::{run_schedules, Failure, Report, Schedules};
+pub use runner::{catch_quietly, run_schedules, Failure, Report, Schedules};
 pub use storage::{SimStorage, StorageFaults};
 pub use stream::{BatchOutcome, SimStream, StreamFaults, StreamRecord};
 pub use world::World;

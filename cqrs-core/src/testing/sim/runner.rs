@@ -123,6 +123,17 @@ pub(crate) fn quiet_panics_on_simulation_threads() {
     });
 }
 
+/// Runs `f`, catching a panic, without the panic hook's report: for a
+/// schedule expected to fail (a reintroduced bug), whose failure the caller
+/// counts or replays.
+pub fn catch_quietly<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    quiet_panics_on_simulation_threads();
+    let quiet = QUIET.with(|quiet| quiet.replace(true));
+    let caught = catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(quiet));
+    caught
+}
+
 /// Runs `schedule(seed)` for each of `schedules`, over its threads; a
 /// schedule fails by panicking. Stops at the first failure (the one with
 /// the lowest index, whatever the threads' order) and prints a line of

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
 use cqrs_core::{
     tenant_pk, CommandInput, CommandRecord, CommandServiceExt, Cursor, DataItem, EntityKey, ExpectedVersion,
     Filter, IdempotencyKey, Index, IndexLookup, InvocationContext, ListQuery, Page, SequenceRequest,
@@ -216,7 +215,7 @@ impl OrderService {
             tax: totals.tax,
             total: totals.total,
             status: OrderStatus::Pending,
-            placed_at: Utc::now(),
+            placed_at: cqrs_core::clock::now(),
             shipped_at: None,
             delivered_at: None,
             reservation: Reservation::Pending,
@@ -377,8 +376,8 @@ impl OrderService {
                 }
                 attributes.status = next;
                 match next {
-                    OrderStatus::Shipped => attributes.shipped_at = Some(Utc::now()),
-                    OrderStatus::Delivered => attributes.delivered_at = Some(Utc::now()),
+                    OrderStatus::Shipped => attributes.shipped_at = Some(cqrs_core::clock::now()),
+                    OrderStatus::Delivered => attributes.delivered_at = Some(cqrs_core::clock::now()),
                     _ => {}
                 }
                 Ok(Some(

@@ -25,14 +25,11 @@
 //! task of its own and its work is idempotent per order, so whatever it
 //! committed for the dropped caller is found by the retry.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use chrono::Utc;
 use cqrs_core::{
     tenant_pk, CommandInput, DataItem, EntityKey, ExpectedVersion, InvocationContext, Published, RetryPolicy,
     Services, Synced,
@@ -479,15 +476,10 @@ fn copy_error(error: &ShopError) -> ShopError {
     }
 }
 
-/// A random number in `0.0..1.0` (for backoff jitter).
+/// A random number in `0.0..1.0` (for backoff jitter), from the thread's
+/// generator: seeded by a deterministic simulation, random otherwise.
 fn jitter() -> f64 {
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+    fastrand::f64()
 }
 
 /// A batch decided and committed.
@@ -979,7 +971,7 @@ impl Batch {
                 quantity: request.quantity,
                 reserved_quantity: 0,
                 warehouse_code: request.warehouse_code.clone(),
-                last_restocked_at: Utc::now(),
+                last_restocked_at: cqrs_core::clock::now(),
             }),
             Ok(Some(current)) if request.quantity < current.reserved_quantity => {
                 Err(ShopError::Conflict(format!(
@@ -991,7 +983,7 @@ impl Batch {
                 let mut attributes = current.clone();
                 attributes.quantity = request.quantity;
                 attributes.warehouse_code = request.warehouse_code.clone();
-                attributes.last_restocked_at = Utc::now();
+                attributes.last_restocked_at = cqrs_core::clock::now();
                 Ok(attributes)
             }
         };

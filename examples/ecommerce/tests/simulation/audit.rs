@@ -60,6 +60,30 @@ pub(super) async fn unsettled(storage: Arc<dyn Storage>, stream: Arc<SimStream>)
     left
 }
 
+/// Adds every row of both tenants (key, version, attributes) and every
+/// command status to the trace.
+pub(super) async fn trace_tables(shared: &Shared, world: &World) {
+    for tenant in TENANTS {
+        for row in rows(shared.storage.as_ref(), tenant).await {
+            let statuses: Vec<CommandStatus> = shared
+                .storage
+                .list_commands(&row.key())
+                .await
+                .expect("commands")
+                .iter()
+                .map(|c| c.status)
+                .collect();
+            world.trace(format_args!(
+                "{}/{}@{} {statuses:?} {}",
+                row.pk,
+                row.sk,
+                row.version,
+                row.attributes.json()
+            ));
+        }
+    }
+}
+
 /// Every invariant, over the tables and the ledger. Panics with what broke.
 pub(super) async fn audit(shared: &Shared, world: &World) {
     // The processes are done with it: taken, not held across the reads.
