@@ -345,6 +345,16 @@ pub enum CommandStatus {
 }
 
 impl CommandStatus {
+    /// The status as stored: `published`, `applied`, `finished`, `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandStatus::Published => "published",
+            CommandStatus::Applied => "applied",
+            CommandStatus::Finished => "finished",
+            CommandStatus::Failed => "failed",
+        }
+    }
+
     /// What a stored status means here, and whether it is one of ours.
     ///
     /// | Stored | Status |

@@ -699,10 +699,6 @@ impl Storage for DynamoDbStorage {
 
     async fn set_command_status(&self, key: &EntityKey, version: u64, status: CommandStatus) -> Result<()> {
         let failed = status == CommandStatus::Failed;
-        let status = serde_json::to_value(status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .ok_or_else(|| shape_error("status", "not a string"))?;
         let mut update = self
             .client
             .update_item()
@@ -710,14 +706,14 @@ impl Storage for DynamoDbStorage {
             .set_key(Some(key_of_command(key, version)))
             .update_expression("SET #status = :status")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":status", s(status));
+            .expression_attribute_values(":status", s(status.as_str().to_owned()));
         update = if failed {
             // `failed` never replaces `finished` (see the trait): the row
             // that fails the condition is returned, to tell "finished" from
             // "missing".
             update
                 .condition_expression("attribute_exists(pk) AND #status <> :finished")
-                .expression_attribute_values(":finished", s("finished".to_owned()))
+                .expression_attribute_values(":finished", s(CommandStatus::Finished.as_str().to_owned()))
                 .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
         } else {
             update.condition_expression("attribute_exists(pk)")

@@ -12,7 +12,7 @@ use aws_sdk_dynamodbstreams::types::{
     AttributeValue, OperationType, Record, SequenceNumberRange, Shard, StreamRecord,
 };
 use cqrs_core::testing::sim::{SimStream, World};
-use cqrs_core::{command_sk, CommandStatus, Error, Result};
+use cqrs_core::{command_sk, Error, Result};
 
 use crate::stream::StreamSource;
 
@@ -109,12 +109,7 @@ impl StreamSource for SimStreamSource {
         let records = read
             .into_iter()
             .map(|record| {
-                let status = match record.inserted {
-                    CommandStatus::Published => "published",
-                    CommandStatus::Applied => "applied",
-                    CommandStatus::Finished => "finished",
-                    CommandStatus::Failed => "failed",
-                };
+                let status = record.inserted.as_str();
                 let sk = command_sk(&record.key.sk, record.version);
                 let change = StreamRecord::builder()
                     .keys("pk", string(&record.key.pk))

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::world::World;
+use super::world::{fnv1a, World, FNV_OFFSET};
 use crate::keys::EntityKey;
 use crate::model::CommandStatus;
 
@@ -329,10 +329,7 @@ impl SimStream {
 
 /// The shard of an entity: a stable hash, so the same seed shards the same.
 fn shard_of(key: &EntityKey, shards: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.pk.bytes().chain([0]).chain(key.sk.bytes()) {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = fnv1a(FNV_OFFSET, key.pk.bytes().chain([0]).chain(key.sk.bytes()));
     (hash % shards as u64) as usize
 }
 

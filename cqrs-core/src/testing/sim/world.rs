@@ -44,7 +44,7 @@ impl World {
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             trace: Mutex::new(Trace {
                 lines: Vec::new(),
-                hash: 0xcbf2_9ce4_8422_2325,
+                hash: FNV_OFFSET,
             }),
             now_micros: AtomicU64::new(0),
             storage_down_until: AtomicU64::new(0),
@@ -148,9 +148,7 @@ impl World {
         let mut text = String::with_capacity(64);
         let _ = write!(text, "{:>9.3}s {line}", self.now().as_secs_f64());
         let mut trace = self.trace.lock().unwrap_or_else(PoisonError::into_inner);
-        for byte in text.bytes().chain(std::iter::once(b'\n')) {
-            trace.hash = (trace.hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
+        trace.hash = fnv1a(trace.hash, text.bytes().chain(std::iter::once(b'\n')));
         if trace.lines.len() < KEPT_LINES {
             trace.lines.push(text);
         }
@@ -170,4 +168,15 @@ impl World {
             .lines
             .clone()
     }
+}
+
+/// The start of an FNV-1a hash.
+pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over `bytes`, from `hash`: stable across runs and machines (the
+/// trace's fingerprint, the stream's shards).
+pub(crate) fn fnv1a(hash: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(hash, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -461,12 +461,7 @@ pub(super) fn lambda_event(batch: &[StreamRecord]) -> aws_lambda_events::event::
             let sk = cqrs_core::command_sk(&record.key.sk, record.version);
             let keys = json!({ "pk": { "S": record.key.pk }, "sk": { "S": sk } });
             let mut image = keys.clone();
-            let status = match record.inserted {
-                CommandStatus::Published => "published",
-                CommandStatus::Applied => "applied",
-                CommandStatus::Finished => "finished",
-                CommandStatus::Failed => "failed",
-            };
+            let status = record.inserted.as_str();
             image["status"] = json!({ "S": status });
             json!({
                 "eventID": format!("event-{}", record.sequence),
