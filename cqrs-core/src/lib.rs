@@ -29,6 +29,7 @@ pub mod regressions;
 mod sequence;
 mod services;
 mod storage;
+pub mod trace;
 mod typed;
 mod update;
 

@@ -455,6 +455,11 @@ pub struct CommandRecord {
     /// heartbeats; such a row is left to its publisher for the whole
     /// [recovery grace](crate::EngineConfig::recovery_grace).
     pub publisher: Option<SmolStr>,
+    /// The W3C `traceparent` of the span that published the command, stored
+    /// as the row's `traceparent` field when OpenTelemetry traces the
+    /// publisher (see [`trace`](crate::trace)): the process that applies
+    /// the command continues that trace. `None` otherwise.
+    pub traceparent: Option<SmolStr>,
 }
 
 /// A command row as stored, by this framework or the reference framework:
@@ -490,6 +495,8 @@ struct StoredCommand {
     created_ip: Option<SmolStr>,
     #[serde(default)]
     publisher: Option<SmolStr>,
+    #[serde(default)]
+    traceparent: Option<SmolStr>,
 }
 
 impl From<StoredCommand> for CommandRecord {
@@ -515,6 +522,7 @@ impl From<StoredCommand> for CommandRecord {
             created_by: row.created_by,
             created_ip: row.created_ip,
             publisher: row.publisher,
+            traceparent: row.traceparent,
         }
     }
 }
@@ -548,7 +556,7 @@ impl CommandRecord {
 
 impl Serialize for CommandRecord {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut row = serializer.serialize_struct("CommandRecord", 18)?;
+        let mut row = serializer.serialize_struct("CommandRecord", 19)?;
         serialize_entity_fields!(row, self);
         match self.foreign_status.as_deref() {
             // The row as its writer left it (its status was never changed here).
@@ -562,6 +570,7 @@ impl Serialize for CommandRecord {
         row.serialize_field("createdBy", &self.created_by)?;
         optional_field(&mut row, "createdIp", &self.created_ip)?;
         optional_field(&mut row, "publisher", &self.publisher)?;
+        optional_field(&mut row, "traceparent", &self.traceparent)?;
         row.end()
     }
 }
@@ -717,7 +726,7 @@ impl DataItem {
 
     /// The command that produced this version, with `status` and `source`
     /// (fields of a command row its data row does not have; so is
-    /// [`CommandRecord::publisher`], left `None`).
+    /// [`CommandRecord::publisher`] and [`CommandRecord::traceparent`], left `None`).
     pub fn command(&self, status: CommandStatus, source: Option<SmolStr>) -> CommandRecord {
         CommandRecord {
             pk: self.pk.clone(),
@@ -738,11 +747,12 @@ impl DataItem {
             created_by: self.updated_by.clone(),
             created_ip: self.updated_ip.clone(),
             publisher: None,
+            traceparent: None,
         }
     }
 
     /// Whether `record` is the command this row was produced by, but for
-    /// its status, source and publisher: what [`DataItem::command`]
+    /// its status, source, publisher and traceparent: what [`DataItem::command`]
     /// rebuilds, compared without building it. A store can then keep such a
     /// command row as those alone.
     pub fn is_row_of(&self, record: &CommandRecord) -> bool {

@@ -198,6 +198,7 @@ enum CommandRow {
         status: CommandStatus,
         source: Option<SmolStr>,
         publisher: Option<SmolStr>,
+        traceparent: Option<SmolStr>,
     },
     /// Not applied yet (or not equal to its data row): kept whole.
     Whole(Box<CommandRecord>),
@@ -231,9 +232,11 @@ impl Entity {
                 status,
                 source,
                 publisher,
+                traceparent,
             } => {
                 let mut command = self.row_of(version)?.command(*status, source.clone());
                 command.publisher.clone_from(publisher);
+                command.traceparent.clone_from(traceparent);
                 Some(command)
             }
         }
@@ -254,6 +257,7 @@ fn compact(record: &CommandRecord, data: &DataItem) -> Option<CommandRow> {
         status: record.status,
         source: record.source.clone(),
         publisher: record.publisher.clone(),
+        traceparent: record.traceparent.clone(),
     })
 }
 

@@ -17,7 +17,7 @@ use crate::context::InvocationContext;
 use crate::error::{Error, Result, TransientCause};
 use crate::handler::{DataSyncEvent, DataSyncHandler};
 use crate::index::{Index, IndexEntry};
-use crate::keys::EntityKey;
+use crate::keys::{tenant_of_pk, EntityKey};
 use crate::model::{CommandRecord, CommandStatus, DataItem, FailedCommand, Handled, HandlerFailure};
 use crate::storage::{ApplyWrite, CommandWrite, Storage};
 
@@ -184,6 +184,32 @@ impl Pipeline {
             tracing::debug!(pk = %key.pk, sk = %key.sk, version, status = %stored, "command of another framework left to its pipeline");
             return Ok(command.status);
         }
+        let span = tracing::info_span!(
+            "settle",
+            tenant = command.tenant_code(),
+            pk = %key.pk,
+            sk = %key.sk,
+            version,
+            found = command.status.as_str(),
+            outcome = tracing::field::Empty
+        );
+        crate::trace::continue_trace(&span, command.traceparent.as_deref());
+        let outcome = self
+            .settle_found(key, version, command, recovery)
+            .instrument(span.clone())
+            .await;
+        record_outcome(&span, outcome.as_ref().map(|status| status.as_str()));
+        outcome
+    }
+
+    /// [`settle`](Self::settle) once the command row is read.
+    async fn settle_found(
+        &self,
+        key: &EntityKey,
+        version: u64,
+        command: CommandRecord,
+        recovery: Recovery<'_>,
+    ) -> Result<CommandStatus> {
         match command.status {
             CommandStatus::Published => self.process_known(key, version, Some(command)).await,
             CommandStatus::Applied => {
@@ -221,16 +247,42 @@ impl Pipeline {
         self.process_known(key, version, None).await
     }
 
+    /// [`process`](Self::process) in the trace of the publish that stored
+    /// `version` (its `traceparent`, when the caller kept it).
+    pub(crate) async fn process_traced(
+        &self,
+        key: &EntityKey,
+        version: u64,
+        traceparent: Option<&str>,
+    ) -> Result<CommandStatus> {
+        let span = process_span(key, version);
+        crate::trace::continue_trace(&span, traceparent);
+        self.process_in(key, version, None, span).await
+    }
+
     /// [`Pipeline::process`], with the command row of `version` when the
     /// caller has just read it (saves reading it again).
     async fn process_known(
         &self,
         key: &EntityKey,
         version: u64,
-        mut known: Option<CommandRecord>,
+        known: Option<CommandRecord>,
     ) -> Result<CommandStatus> {
-        let span = tracing::info_span!("process", pk = %key.pk, sk = %key.sk, version);
-        async {
+        let span = process_span(key, version);
+        crate::trace::continue_trace(&span, known.as_ref().and_then(|c| c.traceparent.as_deref()));
+        self.process_in(key, version, known, span).await
+    }
+
+    /// The body of [`process_known`](Self::process_known), in `span`, which
+    /// gets the outcome.
+    async fn process_in(
+        &self,
+        key: &EntityKey,
+        version: u64,
+        mut known: Option<CommandRecord>,
+        span: tracing::Span,
+    ) -> Result<CommandStatus> {
+        let outcome = async {
             let mut data = self.retry.run(|| self.storage.get_data(key)).await?;
             let mut status = CommandStatus::Applied;
             let current = data.as_ref().map_or(0, |d| d.version);
@@ -298,8 +350,10 @@ impl Pipeline {
             }
             Ok(status)
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        record_outcome(&span, outcome.as_ref().map(|status| status.as_str()));
+        outcome
     }
 
     /// Finishes `version`, found applied: runs its handlers again when they
@@ -429,15 +483,21 @@ impl Pipeline {
         let mut attempt = 1;
         loop {
             event.attempt = attempt;
-            let span = tracing::info_span!("handler", name = handler.name(), attempt);
+            let span = tracing::info_span!(
+                "handler",
+                name = handler.name(),
+                attempt,
+                outcome = tracing::field::Empty
+            );
             // A panicking handler is a failing handler, not a dead processor;
             // a hung one is cut off at the timeout (its future is dropped).
-            let run = AssertUnwindSafe(handler.handle(&event).instrument(span)).catch_unwind();
+            let run = AssertUnwindSafe(handler.handle(&event).instrument(span.clone())).catch_unwind();
             let outcome = match tokio::time::timeout(self.handler_timeout, run).await {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(panic)) => Err(panic_message(panic.as_ref()).into()),
                 Err(_) => Err(format!("timed out after {:?}", self.handler_timeout).into()),
             };
+            record_outcome(&span, outcome.as_ref().map(|()| "ok"));
             let error = match outcome {
                 Ok(()) => return HandlerOutcome::Succeeded,
                 Err(error) => error,
@@ -530,6 +590,24 @@ impl Pipeline {
         };
         Ok(status_of(&self.rerun(&command, run).await?))
     }
+}
+
+/// The span of one run of the pipeline for `version` of `key`; its
+/// `outcome` is recorded when it ends.
+fn process_span(key: &EntityKey, version: u64) -> tracing::Span {
+    tracing::info_span!(
+        "process",
+        tenant = tenant_of_pk(&key.pk).unwrap_or_default(),
+        pk = %key.pk,
+        sk = %key.sk,
+        version,
+        outcome = tracing::field::Empty
+    )
+}
+
+/// Records how the work of `span` ended: what it gives, or `error`.
+fn record_outcome<E>(span: &tracing::Span, outcome: std::result::Result<&str, E>) {
+    span.record("outcome", outcome.unwrap_or("error"));
 }
 
 /// The status a command is left in by a handler run that ended as `handled`.

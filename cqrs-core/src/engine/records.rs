@@ -33,6 +33,7 @@ pub(crate) fn command_record(
         created_by: ctx.user_id.clone(),
         created_ip: ctx.source_ip.clone(),
         publisher: None,
+        traceparent: crate::trace::current_traceparent(),
     }
 }
 

@@ -32,6 +32,8 @@ struct Shared {
 /// A version waiting for its entity's task; counted as work in flight.
 struct Queued {
     version: u64,
+    /// The trace of the publish that queued it (see [`crate::trace`]).
+    traceparent: Option<smol_str::SmolStr>,
     _in_flight: ActivityGuard,
 }
 
@@ -50,6 +52,7 @@ impl Worker {
     pub(crate) fn submit(&self, key: EntityKey, version: u64) {
         let queued = Queued {
             version,
+            traceparent: crate::trace::current_traceparent(),
             _in_flight: self.shared.activity.start(),
         };
         let start = {
@@ -85,16 +88,16 @@ async fn drain(shared: Arc<Shared>, key: EntityKey) {
                 }
             }
         };
-        process_until_done(&shared.pipeline, &key, next.version).await;
+        process_until_done(&shared.pipeline, &key, next.version, next.traceparent.as_deref()).await;
         // `next` is dropped here: one piece of work less in flight.
     }
 }
 
 /// Runs the pipeline for one version until it reaches a final state.
-async fn process_until_done(pipeline: &Pipeline, key: &EntityKey, version: u64) {
+async fn process_until_done(pipeline: &Pipeline, key: &EntityKey, version: u64, traceparent: Option<&str>) {
     let mut attempt = 1u32;
     loop {
-        let outcome = AssertUnwindSafe(pipeline.process(key, version))
+        let outcome = AssertUnwindSafe(pipeline.process_traced(key, version, traceparent))
             .catch_unwind()
             .await;
         match outcome {

@@ -15,6 +15,7 @@ pub mod read_models;
 pub mod services;
 pub mod shop;
 pub mod sync;
+pub mod telemetry;
 
 pub use error::{ShopError, ShopResult};
 pub use shop::{HandlerWrapper, Shop, ShopParts};

@@ -16,6 +16,8 @@
 //!   --dynamodb-endpoint URL   (default: $DYNAMODB_ENDPOINT, else http://127.0.0.1:8000)
 //!   --aws                     (DynamoDB on AWS, configured from the environment)
 //!   --table-prefix ecommerce  (or --table-env ENV --table-app APP --table-module MODULE)
+//!   --otlp-endpoint URL       export traces over OTLP/HTTP (default: off, unless
+//!                             $OTEL_EXPORTER_OTLP_ENDPOINT is set)
 //!   --read-db URL|none        the read models' database (default: sqlite::memory: on
 //!                             memory, sqlite://ecommerce-read.db?mode=rwc on DynamoDB
 //!                             (named after the tables), none with --aws)
@@ -40,8 +42,8 @@ use cqrs_dynamodb::{DynamoDbStorage, TableNames};
 use ecommerce::auth::{Auth, SECRET_ENV};
 use ecommerce::read_models::{ReadModel, ReadModels};
 use ecommerce::shop::{ShopConfig, DEMO_TENANTS};
+use ecommerce::telemetry::{Telemetry, TelemetryConfig};
 use ecommerce::Shop;
-use tracing_subscriber::EnvFilter;
 
 /// The e-commerce example of the cqrs framework: orders, products and
 /// inventory of two demo shops, over HTTP.
@@ -105,6 +107,11 @@ struct Cli {
     /// Seconds a request may take before it is answered 503.
     #[arg(long, global = true, value_name = "SECS", default_value_t = ecommerce::http::DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
     request_timeout: f64,
+    /// Export traces over OTLP/HTTP to this collector (base URL: `/v1/traces` is appended)
+    /// [default: off, unless OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set].
+    /// The standard OTEL_* variables (protocol, headers, OTEL_SERVICE_NAME...) apply.
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Seconds a shutdown waits for work in flight (requests' publishes and
     /// the stream consumer's commands, together) before leaving it to the stream.
     #[arg(long, global = true, value_name = "SECS", default_value_t = 10.0)]
@@ -223,10 +230,16 @@ fn main() -> ExitCode {
         Some(Command::Demo) => "error",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)))
-        .with_writer(std::io::stderr)
-        .init();
+    let telemetry = match Telemetry::init(&TelemetryConfig {
+        default_log_filter: default_filter.to_owned(),
+        otlp_endpoint: cli.otlp_endpoint.clone(),
+    }) {
+        Ok(telemetry) => telemetry,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -234,7 +247,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // The last spans (a shutdown's drain) are exported before the exit.
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");

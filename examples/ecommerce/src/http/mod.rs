@@ -44,13 +44,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, MethodRouter};
 use axum::Router;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -291,13 +292,30 @@ async fn time_limit(limit: Duration, request: Request, next: Next) -> Response {
     }
 }
 
-/// Logs each request: method, path, status and time taken.
+/// Logs each request (method, path, status and time taken), in a `request`
+/// span named after its route that continues the caller's trace (its
+/// `traceparent` header) when traces are exported.
 async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |matched| matched.as_str());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok());
+    cqrs_core::trace::continue_trace(&span, traceparent);
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
     let elapsed = started.elapsed();
     if response.status().is_server_error() {
         tracing::warn!(%method, %path, status, ?elapsed, "request");
