@@ -160,6 +160,7 @@ macro_rules! conformance_tests {
             concurrent_commits_stay_consistent,
             concurrent_partial_updates_lose_nothing,
             storage_put_command_conditions,
+            storage_keeps_the_trace_context,
             storage_apply_is_conditional_and_atomic,
             storage_apply_one_matches_apply,
             storage_query_ranges,

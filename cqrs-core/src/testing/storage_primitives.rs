@@ -94,6 +94,65 @@ pub async fn storage_put_command_conditions(factory: &dyn StorageFactory) {
         .is_not_found());
 }
 
+/// A command's `traceparent` (see [`crate::trace`]) is stored with it and
+/// read back, before and after it is applied, and the row keeps it when its
+/// status changes: the process that applies the command continues the trace.
+pub async fn storage_keeps_the_trace_context(factory: &dyn StorageFactory) {
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let storage = factory.storage().await;
+    let traced = |sk: &str, version, status| {
+        let mut command = record(sk, version, status);
+        command.traceparent = Some(TRACEPARENT.into());
+        command
+    };
+    // An async publish: stored `published`, applied later.
+    let key = EntityKey::new(PK_A, "T#1");
+    let published = traced("T#1", 1, CommandStatus::Published);
+    storage.put_command(&published, None).await.unwrap();
+    let read = storage.get_command(&key, 1).await.unwrap().unwrap();
+    assert_eq!(read.traceparent.as_deref(), Some(TRACEPARENT));
+    let data = data_item(&published, None);
+    let apply = ApplyWrite {
+        data,
+        command: CommandWrite::MarkApplied,
+        expected_data_version: 0,
+        history: None,
+        idempotency: None,
+        indexes: Vec::new(),
+    };
+    storage.apply(&[apply]).await.unwrap();
+    storage
+        .set_command_status(&key, 1, CommandStatus::Finished)
+        .await
+        .unwrap();
+    let read = storage.get_command(&key, 1).await.unwrap().unwrap();
+    assert_eq!(read.status, CommandStatus::Finished);
+    assert_eq!(
+        read.traceparent.as_deref(),
+        Some(TRACEPARENT),
+        "kept once applied"
+    );
+
+    // A sync publish: inserted with its data row.
+    let mut write = insert("T#2", 1, None);
+    if let CommandWrite::Insert(command) = &mut write.command {
+        command.traceparent = Some(TRACEPARENT.into());
+    }
+    storage.apply(&[write]).await.unwrap();
+    let key = EntityKey::new(PK_A, "T#2");
+    let read = storage.list_commands(&key).await.unwrap();
+    assert_eq!(read[0].traceparent.as_deref(), Some(TRACEPARENT));
+
+    // Without a trace, the row has none.
+    storage.apply(&[insert("T#3", 1, None)]).await.unwrap();
+    let read = storage
+        .get_command(&EntityKey::new(PK_A, "T#3"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.traceparent, None);
+}
+
 /// `apply`: every condition is checked, and a failing write in a batch
 /// leaves every row of the batch untouched.
 pub async fn storage_apply_is_conditional_and_atomic(factory: &dyn StorageFactory) {
