@@ -255,9 +255,7 @@ impl Pipeline {
         version: u64,
         traceparent: Option<&str>,
     ) -> Result<CommandStatus> {
-        let span = process_span(key, version);
-        crate::trace::continue_trace(&span, traceparent);
-        self.process_in(key, version, None, span).await
+        self.process_in(key, version, None, traceparent).await
     }
 
     /// [`Pipeline::process`], with the command row of `version` when the
@@ -268,20 +266,21 @@ impl Pipeline {
         version: u64,
         known: Option<CommandRecord>,
     ) -> Result<CommandStatus> {
-        let span = process_span(key, version);
-        crate::trace::continue_trace(&span, known.as_ref().and_then(|c| c.traceparent.as_deref()));
-        self.process_in(key, version, known, span).await
+        let traceparent = known.as_ref().and_then(|c| c.traceparent.clone());
+        self.process_in(key, version, known, traceparent.as_deref()).await
     }
 
-    /// The body of [`process_known`](Self::process_known), in `span`, which
-    /// gets the outcome.
+    /// [`process_known`](Self::process_known) in a `process` span that
+    /// continues the trace of `traceparent` and gets the outcome.
     async fn process_in(
         &self,
         key: &EntityKey,
         version: u64,
         mut known: Option<CommandRecord>,
-        span: tracing::Span,
+        traceparent: Option<&str>,
     ) -> Result<CommandStatus> {
+        let span = process_span(key, version);
+        crate::trace::continue_trace(&span, traceparent);
         let outcome = async {
             let mut data = self.retry.run(|| self.storage.get_data(key)).await?;
             let mut status = CommandStatus::Applied;

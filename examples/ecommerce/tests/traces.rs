@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -234,7 +233,7 @@ async fn one_order_is_one_trace_from_the_request_to_the_handlers_in_the_consumer
     // projections. Spans are exported as they end.
     let handlers = ["order-search", "order-sync", "sales-report"];
     let started = Instant::now();
-    let spans = loop {
+    loop {
         let spans: Vec<Exported> = collector
             .spans()
             .into_iter()
@@ -244,7 +243,7 @@ async fn one_order_is_one_trace_from_the_request_to_the_handlers_in_the_consumer
             s.name == "handler" && s.attribute("name").is_some_and(|n| n.starts_with("outbox-relay"))
         });
         if relayed && spans.iter().any(|s| s.name == "settle") {
-            break spans;
+            break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -255,7 +254,7 @@ async fn one_order_is_one_trace_from_the_request_to_the_handlers_in_the_consumer
             consumer.log_text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
     // Give the last spans of the trace (those ending with the relay's) time to arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let spans: Vec<Exported> = collector
