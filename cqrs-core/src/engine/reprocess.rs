@@ -62,11 +62,26 @@ impl Engine {
                     return Ok(outcome);
                 }
             }
+            let applied = storage.get_data(&key).await?.map_or(0, |d| d.version);
+            let plan = plan(pipeline, &command, failure.as_ref(), applied);
+            if let Plan::Rerun { handlers } = &plan {
+                let known = pipeline.handler_names();
+                if let Some(unknown) = handlers.iter().find(|h| !known.contains(&h.as_str())) {
+                    // Rerunning the others would mark the command finished
+                    // without it: refused, nothing written.
+                    return Err(Error::invalid(
+                        "handler",
+                        format!(
+                            "handler '{unknown}' failed for {}@{version} but is not registered in this engine \
+                             (registered: {}); reprocess it where it is",
+                            key.id(),
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
             if dry_run {
-                let applied = storage.get_data(&key).await?.map_or(0, |d| d.version);
-                return Ok(ReprocessOutcome::WouldReprocess {
-                    plan: plan(pipeline, &command, failure.as_ref(), applied),
-                });
+                return Ok(ReprocessOutcome::WouldReprocess { plan });
             }
             match pipeline.reprocess(&key, version).await? {
                 CommandStatus::Failed => Ok(ReprocessOutcome::FailedAgain {

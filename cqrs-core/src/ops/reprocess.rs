@@ -83,7 +83,10 @@ pub enum ReprocessOutcome {
 /// With [`Mode::DryRun`], reads only and reports the [`Plan`].
 ///
 /// Errors: [`Error::NotFound`](crate::Error::NotFound) when there is no such
-/// command; storage errors (nothing is marked done that is not: call again).
+/// command; [`Error::InvalidInput`](crate::Error::InvalidInput) when a handler
+/// that failed is not registered in `engine` (a process without the read
+/// models, say: finishing the command without it would lose its work);
+/// storage errors (nothing is marked done that is not: call again).
 pub async fn reprocess(
     engine: &Engine,
     key: &EntityKey,

@@ -281,6 +281,28 @@ pub async fn ops_reprocess_is_idempotent_with_a_dry_run(factory: &dyn StorageFac
             .len(),
         1
     );
+
+    // An engine without the failed handler refuses, and writes nothing:
+    // rerunning the others would mark the command finished without it.
+    let without_stock = Engine::builder(engine.storage().clone())
+        .handler_arc(mail.clone())
+        .build();
+    stock.heal("P#2");
+    for mode in [Mode::DryRun, Mode::Run] {
+        let refused = ops::reprocess(&without_stock, &key2, 1, mode).await.unwrap_err();
+        assert!(refused.to_string().contains("'stock'"), "{refused}");
+    }
+    assert_eq!(
+        engine
+            .storage()
+            .get_command(&key2, 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        CommandStatus::Failed
+    );
+    assert_eq!(mail.runs_of("P#2"), 1);
 }
 
 /// Two operators' reprocesses of one command, at the same time through one
