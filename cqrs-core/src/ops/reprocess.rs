@@ -20,6 +20,7 @@ pub enum Mode {
 /// What a reprocess of a failed command does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "camelCase")]
+#[non_exhaustive]
 pub enum Plan {
     /// The command was never applied: apply the entity's versions `from`
     /// to `to` (each with its handlers), as the pipeline would have.
@@ -41,6 +42,7 @@ pub enum Plan {
 /// How a reprocess of one command ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "camelCase")]
+#[non_exhaustive]
 pub enum ReprocessOutcome {
     /// Reprocessed: its handlers succeeded (`finished`; `applied` when no
     /// handler is interested in it), and its failure record is gone.
