@@ -30,7 +30,8 @@ pub struct Behind {
     pub records: u64,
     /// `true` when the bound was reached: there may be more.
     pub at_least: bool,
-    /// When the oldest of them was written (its `ApproximateCreationDateTime`).
+    /// When the oldest of them was written (its `ApproximateCreationDateTime`:
+    /// rounded down to the second by DynamoDB, to the minute by DynamoDB Local).
     pub oldest_at: Option<DateTime<Utc>>,
 }
 
