@@ -175,3 +175,150 @@ fn created_at(record: &Record) -> Option<DateTime<Utc>> {
     let at = record.dynamodb()?.approximate_creation_date_time()?;
     DateTime::from_timestamp(at.secs(), at.subsec_nanos())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use aws_sdk_dynamodbstreams::types::{SequenceNumberRange, StreamRecord};
+    use aws_smithy_types::DateTime as SmithyTime;
+
+    use super::*;
+    use crate::stream::leases::{MemoryLeases, ShardCheckpoint};
+
+    const ARN: &str = "arn:stream";
+
+    /// Two shards: `closed` with records 1..=5 written at second 100+n,
+    /// `open` with records 11..=13 at 200+n; pages of 2 records.
+    #[derive(Debug)]
+    struct Fixed;
+
+    fn records_of(shard: &str) -> Vec<u64> {
+        match shard {
+            "closed" => (1..=5).collect(),
+            _ => (11..=13).collect(),
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl StreamSource for Fixed {
+        async fn stream_arn(&self, _table: &str) -> Result<String> {
+            Ok(ARN.to_owned())
+        }
+
+        async fn shards(&self, _arn: &str) -> Result<Vec<Shard>> {
+            let range = |end: Option<&str>| {
+                SequenceNumberRange::builder()
+                    .starting_sequence_number("1")
+                    .set_ending_sequence_number(end.map(str::to_owned))
+                    .build()
+            };
+            Ok(vec![
+                Shard::builder()
+                    .shard_id("closed")
+                    .sequence_number_range(range(Some("5")))
+                    .build(),
+                Shard::builder()
+                    .shard_id("open")
+                    .parent_shard_id("closed")
+                    .sequence_number_range(range(None))
+                    .build(),
+            ])
+        }
+
+        async fn iterator(&self, _arn: &str, shard: &str, position: Option<&str>) -> Result<String> {
+            let after: u64 = position.map_or(0, |p| p.parse().unwrap());
+            Ok(format!("{shard}:{after}"))
+        }
+
+        async fn records(&self, iterator: &str, limit: i32) -> Result<(Vec<Record>, Option<String>)> {
+            let (shard, after) = iterator.split_once(':').unwrap();
+            let after: u64 = after.parse().unwrap();
+            let all = records_of(shard);
+            let page: Vec<u64> = all
+                .iter()
+                .copied()
+                .filter(|n| *n > after)
+                .take(2.min(limit as usize))
+                .collect();
+            let last = page.last().copied().unwrap_or(after);
+            let records = page
+                .iter()
+                .map(|n| {
+                    let written =
+                        SmithyTime::from_secs(if *n > 10 { 200 + *n as i64 } else { 100 + *n as i64 });
+                    Record::builder()
+                        .dynamodb(
+                            StreamRecord::builder()
+                                .sequence_number(n.to_string())
+                                .approximate_creation_date_time(written)
+                                .build(),
+                        )
+                        .build()
+                })
+                .collect();
+            // The closed shard ends after its last record; the open one goes on.
+            let next = (shard == "open" || last < *all.last().unwrap()).then(|| format!("{shard}:{last}"));
+            Ok((records, next))
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_the_records_after_each_checkpoint_up_to_the_bound() {
+        let leases = MemoryLeases::new();
+        leases
+            .acquire(ARN, "closed", "consumer-1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let at_2 = ShardCheckpoint {
+            sequence_number: Some("2".to_owned()),
+            finished: false,
+        };
+        assert!(leases
+            .checkpoint(ARN, "closed", "consumer-1", &at_2)
+            .await
+            .unwrap());
+
+        let status = inspect_stream(&Fixed, &leases, "table", 100).await.unwrap();
+        let closed = &status.shards[0];
+        assert_eq!(
+            (closed.closed, closed.leased, closed.owner.as_deref()),
+            (true, true, Some("consumer-1"))
+        );
+        assert_eq!(closed.checkpoint.as_deref(), Some("2"));
+        assert_eq!(closed.behind.records, 3, "records 3, 4, 5");
+        assert!(!closed.behind.at_least);
+        assert_eq!(closed.behind.oldest_at, DateTime::from_timestamp(103, 0));
+        let open = &status.shards[1];
+        assert_eq!(
+            (open.closed, open.leased, open.owner.clone()),
+            (false, false, None)
+        );
+        assert_eq!(open.behind.records, 3, "no checkpoint: from the oldest record");
+        assert_eq!(open.parent_shard_id.as_deref(), Some("closed"));
+        assert_eq!((status.records_behind(), status.at_least()), (6, false));
+        assert_eq!(status.oldest_behind_at(), DateTime::from_timestamp(103, 0));
+
+        // Bounded: at most 2 per shard, reported as "at least".
+        let bounded = inspect_stream(&Fixed, &leases, "table", 2).await.unwrap();
+        assert!(bounded
+            .shards
+            .iter()
+            .all(|s| s.behind.records == 2 && s.behind.at_least));
+        assert_eq!((bounded.records_behind(), bounded.at_least()), (4, true));
+
+        // A finished shard is not read: nothing behind.
+        let done = ShardCheckpoint {
+            sequence_number: Some("5".to_owned()),
+            finished: true,
+        };
+        assert!(leases
+            .checkpoint(ARN, "closed", "consumer-1", &done)
+            .await
+            .unwrap());
+        let status = inspect_stream(&Fixed, &leases, "table", 100).await.unwrap();
+        assert_eq!(status.shards[0].behind, Behind::default());
+        assert!(status.shards[0].finished);
+        assert_eq!(status.records_behind(), 3);
+    }
+}
