@@ -12,15 +12,21 @@ use crate::keys::EntityKey;
 use crate::model::{CommandRecord, CommandStatus, FailedCommand};
 use crate::ops::{Plan, ReprocessOutcome};
 
+/// A command: its entity and version.
+type CommandId = (EntityKey, u64);
+
+/// The lock of one command's reprocesses.
+type CommandLock = tokio::sync::Mutex<()>;
+
 /// One async lock per command being reprocessed, dropped with its last user.
 #[derive(Debug, Default)]
 pub(crate) struct ReprocessLocks {
-    locks: Mutex<HashMap<(EntityKey, u64), Weak<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<CommandId, Weak<CommandLock>>>,
 }
 
 impl ReprocessLocks {
     /// The lock of `version` of `key`, shared with every run holding it now.
-    fn of(&self, key: &EntityKey, version: u64) -> Arc<tokio::sync::Mutex<()>> {
+    fn of(&self, key: &EntityKey, version: u64) -> Arc<CommandLock> {
         let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
         // Forget the locks nobody holds any more (operator tools reprocess
         // a handful of commands at once: a scan is cheap).
@@ -28,7 +34,7 @@ impl ReprocessLocks {
         if let Some(lock) = locks.get(&(key.clone(), version)).and_then(Weak::upgrade) {
             return lock;
         }
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let lock = Arc::new(CommandLock::new(()));
         locks.insert((key.clone(), version), Arc::downgrade(&lock));
         lock
     }

@@ -97,7 +97,7 @@ pub fn print_pipeline_lag(status: &StreamStatus) {
                 format!("{}{}", s.behind.records, more(s.behind.at_least)),
                 s.behind
                     .oldest_at
-                    .map(|at| age_of(at))
+                    .map(age_of)
                     .unwrap_or_else(|| "-".to_owned()),
                 s.owner
                     .clone()
