@@ -219,6 +219,7 @@ macro_rules! conformance_tests {
             ops_show_leaves_attribute_values_out,
             ops_reprocess_is_idempotent_with_a_dry_run,
             ops_concurrent_reprocesses_run_handlers_once,
+            ops_reprocesses_from_two_engines_end_finished,
             ops_reprocess_all_summarizes,
         );
     };

@@ -346,6 +346,49 @@ pub async fn ops_concurrent_reprocesses_run_handlers_once(factory: &dyn StorageF
     );
 }
 
+/// Two engines over the same storage (two operators' processes) reprocess
+/// one command at the same moment: nothing serializes them, so the failed
+/// handler may run twice (at least once, as everywhere in the pipeline) —
+/// never more — and the command ends finished without a failure record.
+pub async fn ops_reprocesses_from_two_engines_end_finished(factory: &dyn StorageFactory) {
+    let stock = Gate::new("stock", Duration::from_millis(50));
+    let first = builder(factory).await.handler_arc(stock.clone()).build();
+    let second = Engine::builder(first.storage().clone())
+        .handler_arc(stock.clone())
+        .build();
+    stock.fail("P#1");
+    let key = publish(&first, PK_A, "P#1").await;
+    stock.heal("P#1");
+    let runs_before = stock.runs_of("P#1");
+    let start = Arc::new(tokio::sync::Barrier::new(2));
+    let tasks: Vec<_> = [first.clone(), second]
+        .into_iter()
+        .map(|engine| {
+            let (key, start) = (key.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                ops::reprocess(&engine, &key, 1, Mode::Run).await.unwrap()
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    let runs = stock.runs_of("P#1") - runs_before;
+    assert!(
+        (1..=2).contains(&runs),
+        "the handler ran {runs} times: {outcomes:?}"
+    );
+    assert!(outcomes.iter().all(|o| matches!(
+        o,
+        ReprocessOutcome::Finished { .. } | ReprocessOutcome::AlreadyDone { .. }
+    )));
+    let row = first.storage().get_command(&key, 1).await.unwrap().unwrap();
+    assert_eq!(row.status, CommandStatus::Finished);
+    assert_eq!(first.storage().get_failure(&key, 1).await.unwrap(), None);
+}
+
 /// `reprocess_all` handles every match oldest first, reports progress after
 /// each, and counts finished, failed again and already done.
 pub async fn ops_reprocess_all_summarizes(factory: &dyn StorageFactory) {

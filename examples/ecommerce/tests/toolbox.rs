@@ -215,6 +215,20 @@ async fn toolbox_lists_shows_and_reprocesses_a_failed_command() {
         !text.contains("Secret Lane") && !text.contains("CUST-TOOLBOX"),
         "attribute values shown: {text}"
     );
+    let human = toolbox(
+        &endpoint,
+        &prefix,
+        &["failures", "show", target[0], target[1], target[2]],
+    );
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("order-sync") && human.contains("stock service unavailable"),
+        "{human}"
+    );
+    assert!(
+        !human.contains("Secret Lane") && !human.contains("CUST-TOOLBOX"),
+        "{human}"
+    );
     let with = json_of(
         &endpoint,
         &prefix,
@@ -246,6 +260,16 @@ async fn toolbox_lists_shows_and_reprocesses_a_failed_command() {
     assert_eq!(
         planned["plan"],
         json!({"action": "rerun", "handlers": ["order-sync"]})
+    );
+    let human = toolbox(
+        &endpoint,
+        &prefix,
+        &["failures", "reprocess", "--all", "--dry-run"],
+    );
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("would run again order-sync") && human.contains("1 would be reprocessed"),
+        "{human}"
     );
     assert_eq!(row(&shop).await.status, CommandStatus::Failed);
     assert!(reservation(&shop).await.is_none(), "a dry run reserves nothing");

@@ -95,10 +95,7 @@ pub fn print_pipeline_lag(status: &StreamStatus) {
             vec![
                 s.shard_id.clone(),
                 format!("{}{}", s.behind.records, more(s.behind.at_least)),
-                s.behind
-                    .oldest_at
-                    .map(age_of)
-                    .unwrap_or_else(|| "-".to_owned()),
+                s.behind.oldest_at.map(age_of).unwrap_or_else(|| "-".to_owned()),
                 s.owner
                     .clone()
                     .filter(|_| s.leased)
