@@ -21,6 +21,7 @@ mod keys;
 mod merge;
 mod model;
 mod numbers;
+pub mod ops;
 pub mod outbox;
 pub mod projection;
 mod query;

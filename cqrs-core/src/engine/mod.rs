@@ -14,6 +14,7 @@ mod pipeline;
 mod reads;
 pub(crate) mod records;
 mod reindex;
+mod reprocess;
 mod sequences;
 mod validate;
 mod worker;
@@ -166,6 +167,8 @@ pub(crate) struct EngineInner {
     worker: OnceLock<Worker>,
     activity: Arc<Activity>,
     liveness: Arc<Liveness>,
+    /// The commands an operator reprocesses now ([`crate::ops::reprocess`]).
+    reprocessing: reprocess::ReprocessLocks,
 }
 
 impl std::fmt::Debug for Engine {
@@ -395,6 +398,7 @@ impl EngineBuilder {
                 worker: OnceLock::new(),
                 activity: Arc::default(),
                 liveness,
+                reprocessing: Default::default(),
             }
         });
         Engine { inner }

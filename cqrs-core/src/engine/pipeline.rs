@@ -402,6 +402,15 @@ impl Pipeline {
         Ok(new)
     }
 
+    /// The names of the handlers interested in `command`.
+    pub(crate) fn handlers_for(&self, command: &CommandRecord) -> Vec<&str> {
+        self.handlers
+            .iter()
+            .filter(|h| h.interest().matches(command))
+            .map(|h| h.name())
+            .collect()
+    }
+
     /// Whether a handler is interested in `command`.
     pub(crate) fn has_handlers_for(&self, command: &CommandRecord) -> bool {
         self.handlers.iter().any(|h| h.interest().matches(command))
@@ -574,15 +583,7 @@ impl Pipeline {
             return self.process(key, version).await;
         }
         let failure = self.storage.get_failure(key, version).await?;
-        let only: Option<Vec<String>> = failure
-            .map(|f| {
-                f.failures
-                    .into_iter()
-                    .map(|h| h.handler)
-                    .filter(|h| h != APPLY_STEP)
-                    .collect()
-            })
-            .filter(|names: &Vec<String>| !names.is_empty());
+        let only = failed_handlers(failure.as_ref());
         let run = HandlerRun {
             only: only.as_deref(),
             on_success: OnSuccess::MarkFinishedAndClearFailure,
@@ -607,6 +608,20 @@ fn process_span(key: &EntityKey, version: u64) -> tracing::Span {
 /// Records how the work of `span` ended: what it gives, or `error`.
 fn record_outcome<E>(span: &tracing::Span, outcome: std::result::Result<&str, E>) {
     span.record("outcome", outcome.unwrap_or("error"));
+}
+
+/// The handlers a reprocess runs again: those that failed, `None` (every
+/// matching one) when no failure record names a handler.
+pub(crate) fn failed_handlers(failure: Option<&FailedCommand>) -> Option<Vec<String>> {
+    failure
+        .map(|f| {
+            f.failures
+                .iter()
+                .map(|h| h.handler.clone())
+                .filter(|h| h != APPLY_STEP)
+                .collect()
+        })
+        .filter(|names: &Vec<String>| !names.is_empty())
 }
 
 /// The status a command is left in by a handler run that ended as `handled`.

@@ -23,6 +23,7 @@ mod interleaved;
 mod keyed_commits;
 mod keyed_races;
 mod liveness;
+mod ops;
 mod outbox;
 mod pipeline;
 pub mod projections;
@@ -56,6 +57,7 @@ pub use interleaved::Interleaved;
 pub use keyed_commits::*;
 pub use keyed_races::*;
 pub use liveness::*;
+pub use ops::*;
 pub use outbox::*;
 pub use pipeline::*;
 pub use queries::*;
@@ -214,6 +216,12 @@ macro_rules! conformance_tests {
             foreign_commands_are_kept_and_applied_only_by_the_owner,
             outbox_relay_sends_every_claim_through_faults,
             outbox_claims_left_by_a_dead_process_are_sent,
+            ops_list_filters_failures,
+            ops_show_leaves_attribute_values_out,
+            ops_reprocess_is_idempotent_with_a_dry_run,
+            ops_concurrent_reprocesses_run_handlers_once,
+            ops_reprocesses_from_two_engines_end_finished,
+            ops_reprocess_all_summarizes,
         );
     };
     (@each (ignore $reason:literal) $factory:expr; $guard:expr; $($check:ident),* $(,)?) => {

@@ -136,6 +136,7 @@
 //! ```
 
 mod classify;
+mod inspect;
 mod leases;
 mod shard;
 mod source;
@@ -153,6 +154,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
 pub use classify::{classify, classify_record, RecordAction, SETTLED_STATUSES};
+pub use inspect::{inspect_stream, Behind, ShardStatus, StreamStatus};
 pub use leases::{
     now_millis, Acquired, DynamoDbLeases, LeaseStore, MemoryLeases, ShardCheckpoint, ShardLease, ShardRecord,
     CHECKPOINT_PK_PREFIX,

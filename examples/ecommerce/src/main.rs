@@ -7,8 +7,17 @@
 //! ecommerce lambda-stream the stream consumer as an AWS Lambda function
 //! ecommerce rebuild --projection sales|search [--tenant T ...]
 //!                         rebuild a read model from the data table
-//! ecommerce lag [--tenant T ...]
-//!                         how far each read model is behind the data table
+//! ecommerce lag [--tenant T ...] [--bound N]
+//!                         how far each read model is behind the data table, and
+//!                         (DynamoDB) the pipeline behind the stream, per shard
+//! ecommerce failures list [--tenant T] [--handler H] [--older-than 10m]
+//!                         the failed commands, oldest first
+//! ecommerce failures show PK SK VERSION [--attributes]
+//!                         one command: its failed handlers, errors, attempts, row
+//! ecommerce failures reprocess (PK SK VERSION | --all [filters]) [--dry-run]
+//!                         run the failed handlers again (a finished command is left alone)
+//! ecommerce leases        the stream's shards: lease owner, expiry, checkpoint (DynamoDB)
+//!   --json                    (rebuild, lag, failures, leases) one JSON document on stdout
 //!   --addr 127.0.0.1:3000
 //!   --backend memory|dynamodb
 //!   --pipeline in-process|stream|external
@@ -44,6 +53,8 @@ use ecommerce::read_models::{ReadModel, ReadModels};
 use ecommerce::shop::{ShopConfig, DEMO_TENANTS};
 use ecommerce::telemetry::{Telemetry, TelemetryConfig};
 use ecommerce::Shop;
+
+mod toolbox;
 
 /// The e-commerce example of the cqrs framework: orders, products and
 /// inventory of two demo shops, over HTTP.
@@ -168,13 +179,37 @@ enum Command {
         /// A tenant whose orders are read (repeat for several) [default: the demo tenants].
         #[arg(long = "tenant", value_name = "TENANT")]
         tenants: Vec<String>,
+        /// Print one JSON document (what was rebuilt) instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
     /// Show how far each read model is behind the data table: orders and versions not yet
-    /// applied, and the age of the oldest.
+    /// applied, and the age of the oldest; on DynamoDB, how far the pipeline is behind the
+    /// command table's stream, per shard.
     Lag {
         /// A tenant whose orders are compared (repeat for several) [default: the demo tenants].
         #[arg(long = "tenant", value_name = "TENANT")]
         tenants: Vec<String>,
+        /// Stream records counted behind a shard's checkpoint at most.
+        #[arg(long, value_name = "N", default_value_t = toolbox::DEFAULT_LAG_BOUND)]
+        bound: usize,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, show and reprocess failed commands.
+    Failures {
+        #[command(subcommand)]
+        action: toolbox::FailureArgs,
+    },
+    /// Show the command table stream's shards: lease owner and expiry, checkpoint (DynamoDB).
+    Leases {
+        /// Stream records counted behind a shard's checkpoint at most.
+        #[arg(long, value_name = "N", default_value_t = toolbox::DEFAULT_LAG_BOUND)]
+        bound: usize,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -265,12 +300,17 @@ async fn run(cli: Cli) -> Result<(), String> {
         (Some(Pipeline::Stream | Pipeline::External), Backend::Memory, _) => {
             return Err("the stream pipeline needs --backend dynamodb".to_owned())
         }
-        (_, Backend::Memory, Command::Consume | Command::LambdaStream) => {
-            return Err("consume and lambda-stream need --backend dynamodb".to_owned())
+        (_, Backend::Memory, Command::Consume | Command::LambdaStream | Command::Leases { .. }) => {
+            return Err("consume, lambda-stream and leases need --backend dynamodb".to_owned())
         }
         (_, _, Command::Consume) => Pipeline::Stream,
-        // A rebuild reads the data table; it applies no command.
-        (_, _, Command::Rebuild { .. } | Command::Lag { .. }) => Pipeline::External,
+        // A rebuild reads the data table; it applies no command. The
+        // toolbox's reprocess runs handlers itself, without a pipeline.
+        (
+            _,
+            _,
+            Command::Rebuild { .. } | Command::Lag { .. } | Command::Failures { .. } | Command::Leases { .. },
+        ) => Pipeline::External,
         // The Lambda runtime feeds the engine; no consumer of its own.
         (_, _, Command::LambdaStream) => Pipeline::External,
         (Some(pipeline), _, _) => pipeline,
@@ -370,32 +410,21 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::LambdaStream => cqrs_dynamodb::lambda::run(shop.engine.clone())
             .await
             .map_err(|e| format!("the Lambda runtime stopped: {e}")),
-        Command::Rebuild { projection, tenants } => rebuild(&shop, projection, tenants).await,
-        Command::Lag { tenants } => lag(&shop, tenants).await,
+        Command::Rebuild {
+            projection,
+            tenants,
+            json,
+        } => rebuild(&shop, projection, tenants, json).await,
+        Command::Lag { tenants, bound, json } => {
+            let stream = backend.as_ref().map(Dynamodb::stream_parts);
+            toolbox::lag(&shop, &or_demo_tenants(tenants), stream, bound, json).await
+        }
+        Command::Failures { action } => toolbox::failures(&shop.engine, action).await,
+        Command::Leases { bound, json } => {
+            let dynamodb = backend.as_ref().ok_or("leases needs --backend dynamodb")?;
+            toolbox::leases(&dynamodb.stream_parts(), bound, json).await
+        }
     }
-}
-
-/// `ecommerce lag`: one line per read model.
-async fn lag(shop: &Shop, tenants: Vec<String>) -> Result<(), String> {
-    let read_models = shop
-        .read_models
-        .as_ref()
-        .ok_or("lag needs the read models' database: give --read-db URL")?;
-    let tenants = or_demo_tenants(tenants);
-    for (which, name) in [(ReadModel::Sales, "sales"), (ReadModel::Search, "search")] {
-        let lag = read_models
-            .lag(which, &tenants)
-            .await
-            .map_err(|e| format!("the lag of {name} cannot be read: {e}"))?;
-        println!(
-            "{name}: {} of {} orders behind, {} versions not applied, oldest unapplied {:.1} s old",
-            lag.entities_behind,
-            lag.entities,
-            lag.events_behind,
-            lag.oldest_age().as_secs_f64()
-        );
-    }
-    Ok(())
 }
 
 /// The tenants given, or the demo tenants.
@@ -423,7 +452,12 @@ fn redacted(url: &str) -> String {
 
 /// `ecommerce rebuild`: rebuilds a read model with a progress bar on a
 /// terminal (a line per tenth done otherwise), then prints what it did.
-async fn rebuild(shop: &Shop, projection: ProjectionName, tenants: Vec<String>) -> Result<(), String> {
+async fn rebuild(
+    shop: &Shop,
+    projection: ProjectionName,
+    tenants: Vec<String>,
+    json: bool,
+) -> Result<(), String> {
     use std::io::IsTerminal;
 
     let read_models = shop
@@ -472,6 +506,18 @@ async fn rebuild(shop: &Shop, projection: ProjectionName, tenants: Vec<String>) 
         bar.finish_and_clear();
     }
     let seconds = rebuilt.elapsed.as_secs_f64();
+    if json {
+        return toolbox::print_json(&serde_json::json!({
+            "projection": name,
+            "tenants": tenants,
+            "rows": rebuilt.rows,
+            "applied": rebuilt.applied,
+            "resumed": rebuilt.resumed,
+            "generation": rebuilt.generation,
+            "replaced": rebuilt.replaced,
+            "elapsedSeconds": seconds,
+        }));
+    }
     println!(
         "rebuilt {name} for {}: {} rows read ({} applied by this run{}) in {seconds:.2} s \
          ({:.0} rows/s); readers now see generation {} (generation {} dropped)",
@@ -493,6 +539,15 @@ struct Dynamodb {
 }
 
 impl Dynamodb {
+    /// What the toolbox reads the command table's stream with.
+    fn stream_parts(&self) -> toolbox::StreamParts<'_> {
+        toolbox::StreamParts {
+            dynamodb: self.storage.client(),
+            streams: &self.streams,
+            tables: self.storage.tables(),
+        }
+    }
+
     /// The shop's stream consumer, checked against the table; a stop lets
     /// the commands it has read finish within `drain`.
     async fn consumer(
