@@ -259,10 +259,12 @@ fn seconds(name: &str, value: f64) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The server logs every request and command; the tour prints its own
-    // account on stdout and logs errors only, unless RUST_LOG says otherwise.
+    // The server logs every request and command. Unless RUST_LOG says
+    // otherwise, the tour (which prints its own account on stdout) logs
+    // errors only, and the operator's commands (tables or JSON) warnings.
     let default_filter = match &cli.command {
         Some(Command::Demo) => "error",
+        Some(Command::Lag { .. } | Command::Failures { .. } | Command::Leases { .. }) => "warn",
         _ => "info",
     };
     let telemetry = match Telemetry::init(&TelemetryConfig {
