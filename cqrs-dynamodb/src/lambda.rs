@@ -267,13 +267,26 @@ pub fn classify_event_record(record: &EventRecord) -> RecordAction {
 ///
 /// See the [module documentation](self) for a complete `main`.
 pub async fn run(engine: Engine) -> std::result::Result<(), lambda_runtime::Error> {
+    run_then(engine, || {}).await
+}
+
+/// [`run`], calling `after_each` once an invocation is handled, before its
+/// answer: Lambda may freeze the process as soon as it has the answer, so
+/// this is where telemetry buffered during the invocation is exported
+/// (an OpenTelemetry tracer provider's `force_flush`, say).
+pub async fn run_then(
+    engine: Engine,
+    after_each: impl Fn() + Send + Sync + 'static,
+) -> std::result::Result<(), lambda_runtime::Error> {
+    let after_each = std::sync::Arc::new(after_each);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
         // The engine is a handle to shared state: cloning it per invocation is cheap.
         let engine = engine.clone();
+        let after_each = after_each.clone();
         async move {
-            handle_event(&engine, event.payload)
-                .await
-                .map_err(lambda_runtime::Error::from)
+            let handled = handle_event(&engine, event.payload).await;
+            after_each();
+            handled.map_err(lambda_runtime::Error::from)
         }
     }))
     .await

@@ -284,7 +284,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(run(cli));
+    let outcome = runtime.block_on(run(cli, telemetry.flusher()));
     // The last spans (a shutdown's drain) are exported before the exit.
     telemetry.shutdown();
     match outcome {
@@ -296,7 +296,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+/// Runs the command; `flush_traces` exports the spans buffered so far (the
+/// Lambda function calls it after each invocation).
+async fn run(cli: Cli, flush_traces: impl Fn() + Send + Sync + 'static) -> Result<(), String> {
     let command = cli.command.clone().unwrap_or(Command::Serve);
     let pipeline = match (cli.pipeline, cli.backend, &command) {
         (Some(Pipeline::Stream | Pipeline::External), Backend::Memory, _) => {
@@ -409,7 +411,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             consumer.run(shutdown_signal()).await;
             Ok(())
         }
-        Command::LambdaStream => cqrs_dynamodb::lambda::run(shop.engine.clone())
+        Command::LambdaStream => cqrs_dynamodb::lambda::run_then(shop.engine.clone(), flush_traces)
             .await
             .map_err(|e| format!("the Lambda runtime stopped: {e}")),
         Command::Rebuild {

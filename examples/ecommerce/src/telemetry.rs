@@ -84,6 +84,22 @@ impl Telemetry {
         self.provider.is_some()
     }
 
+    /// A function that exports the spans buffered so far (a no-op when
+    /// spans are not exported): what the Lambda function calls after each
+    /// invocation, before Lambda freezes the process. Call it from a
+    /// multi-threaded Tokio runtime (it blocks while the spans are sent).
+    pub fn flusher(&self) -> impl Fn() + Send + Sync + 'static {
+        let provider = self.provider.clone();
+        move || {
+            if let Some(provider) = &provider {
+                let flushed = tokio::task::block_in_place(|| provider.force_flush());
+                if let Err(error) = flushed {
+                    tracing::warn!(%error, "spans not exported");
+                }
+            }
+        }
+    }
+
     /// Exports what is buffered and stops the exporter.
     pub fn shutdown(self) {
         if let Some(provider) = self.provider {
