@@ -51,7 +51,8 @@ pub(crate) struct ActivityGuard {
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        self.activity.in_flight.send_modify(|n| *n -= 1);
+        // The gauge first: whoever `wait_idle` wakes sees it at rest.
         crate::meters::in_flight(-1.0);
+        self.activity.in_flight.send_modify(|n| *n -= 1);
     }
 }
