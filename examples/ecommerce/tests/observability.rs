@@ -396,3 +396,102 @@ async fn readiness_fails_while_a_read_model_lags_past_its_bound() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_and_metrics_follow_the_stream_consumer_on_dynamodb() {
+    if !cqrs_dynamodb::testing::available() {
+        return;
+    }
+    let handle = install_prometheus().expect("the only recorder of this process");
+    let endpoint = cqrs_dynamodb::testing::endpoint().expect("checked by available()");
+    let prefix = format!("t-ecom-ready-{}", uuid::Uuid::new_v4().simple());
+    let storage = Arc::new(cqrs_dynamodb::DynamoDbStorage::new(
+        cqrs_dynamodb::local_client(&endpoint),
+        ecommerce::shop::dynamodb_tables(cqrs_dynamodb::TableNames::with_prefix(&prefix)),
+    ));
+    storage.ensure_tables().await.expect("tables created");
+    let config = ecommerce::shop::ShopConfig {
+        dispatch: cqrs_core::AsyncDispatch::External,
+        ..Default::default()
+    };
+    let shop = Shop::with_config(storage.clone(), config);
+    shop.seed_demo("shop-a").await.expect("seeded");
+    let lease = Duration::from_secs(2);
+    let consumer = cqrs_dynamodb::stream::StreamConsumer::new(
+        shop.engine.clone(),
+        cqrs_dynamodb::local_client(&endpoint),
+        cqrs_dynamodb::local_streams_client(&endpoint),
+        storage.tables().clone(),
+    )
+    .lease_duration(lease)
+    .poll_interval(Duration::from_millis(100))
+    .drain_deadline(Duration::from_secs(5));
+    let monitor = consumer.monitor();
+    let readiness = Readiness::new(&shop).with_consumer(monitor.clone(), lease);
+    let server = Server::start(&shop, Observe::new(Some(handle), readiness)).await;
+
+    // Not started yet: not ready, and says why.
+    let (status, checks) = server.ready().await;
+    assert_eq!(status, 503, "{checks:?}");
+    assert_eq!(checks["storage"]["ok"], true);
+    assert_eq!(checks["stream_consumer"]["ok"], false);
+    assert!(checks["stream_consumer"]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("not running")));
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(consumer.run(async move {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, checks) = server.ready().await;
+        if status == 200 {
+            assert_eq!(checks["stream_consumer"]["ok"], true);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ready: {checks:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // An order goes through the stream: fed and settled, counted.
+    let (status, body) = server.send(reqwest::Method::POST, "/orders", &order_body()).await;
+    assert_eq!(status, 201, "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while monitor.stats().settled < 1 || monitor.unsettled() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {:?}",
+            monitor.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let scrape = server.metrics().await;
+    let stats = monitor.stats();
+    assert_eq!(scrape.get("cqrs_stream_records_fed_total", &[]), stats.fed as f64);
+    assert_eq!(
+        scrape.get("cqrs_stream_records_settled_total", &[]),
+        stats.settled as f64
+    );
+    assert_eq!(
+        scrape.get("cqrs_stream_leases_held", &[]),
+        monitor.owned_shards().len() as f64
+    );
+    assert!(scrape.get("cqrs_stream_leases_held", &[]) >= 1.0);
+    assert_eq!(scrape.get("cqrs_stream_unsettled_records", &[]), 0.0);
+    assert_eq!(scrape.publishes("async", "ok"), 1.0, "the order");
+
+    // Stopped: not ready again.
+    let _ = stop.send(());
+    running.await.expect("the consumer stopped");
+    let (status, checks) = server.ready().await;
+    assert_eq!(status, 503, "{checks:?}");
+    assert!(checks["stream_consumer"]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("not running")));
+    assert_eq!(server.metrics().await.get("cqrs_stream_leases_held", &[]), 0.0);
+    shop.engine.wait_idle().await;
+    cqrs_dynamodb::testing::drop_tables(&storage)
+        .await
+        .expect("tables dropped");
+}
