@@ -48,6 +48,7 @@ mod guide {
         Ecommerce => "../../../docs/ecommerce.md",
         Errors => "../../../docs/errors.md",
         HotEntities => "../../../docs/hot-entities.md",
+        Operations => "../../../docs/operations.md",
         Performance => "../../../docs/performance.md",
         Projections => "../../../docs/projections.md",
         SequenceService => "../../../docs/sequence-service.md",
