@@ -14,12 +14,11 @@ use cqrs_core::{
 use cqrs_memory::InMemory;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
+/// A recorded series: its name, its labels (sorted) and what it holds.
+type Series = (String, Vec<(String, String)>, DebugValue);
+
 /// The value of the series `name` with exactly `labels`, if recorded.
-fn value(
-    snapshot: &[(String, Vec<(String, String)>, DebugValue)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
+fn value(snapshot: &[Series], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut wanted: Vec<(String, String)> = labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
     wanted.sort();
     snapshot
@@ -33,7 +32,8 @@ fn value(
         })
 }
 
-fn snapshot(snapshotter: &Snapshotter) -> Vec<(String, Vec<(String, String)>, DebugValue)> {
+/// Everything recorded (each series once: a snapshot hands values over once).
+fn snapshot(snapshotter: &Snapshotter) -> Vec<Series> {
     snapshotter
         .snapshot()
         .into_vec()

@@ -352,7 +352,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             let timeout = seconds("request-timeout", cli.request_timeout)?;
             let auth = auth.ok_or("no secret")?;
             let observe = observe.ok_or("no metrics")?;
-            serve(cli.addr, cli.aws, auth, shop, consumer, timeout, drain, observe).await
+            let app = ecommerce::http::router_observed(shop.clone(), auth.clone(), timeout, observe);
+            serve(cli.addr, cli.aws, auth, shop, consumer, app, drain).await
         }
         Command::Demo => {
             let consumer = consumer.map(Running::start);
@@ -640,8 +641,9 @@ async fn aws_config() -> aws_config::SdkConfig {
         .await
 }
 
-/// Serves until Ctrl-C or SIGTERM, then shuts down gracefully: no new
-/// connection, requests in flight answered, the work they started finished
+/// Serves `app` (the API over `shop`) until Ctrl-C or SIGTERM, then shuts
+/// down gracefully: no new connection, requests in flight answered, the
+/// work they started finished
 /// (within `drain`), the stream consumer stopped with its checkpoints saved
 /// and its leases released. What is left unfinished stays in the stream,
 /// for the next consumer.
@@ -651,9 +653,8 @@ async fn serve(
     auth: Auth,
     shop: Shop,
     consumer: Option<StreamConsumer>,
-    request_timeout: Duration,
+    app: axum::Router,
     drain: Duration,
-    observe: ecommerce::observe::Observe,
 ) -> Result<(), String> {
     for tenant in DEMO_TENANTS {
         shop.seed_demo(tenant)
@@ -674,7 +675,6 @@ async fn serve(
         print_welcome(&format!("http://{local}"), &auth);
     }
 
-    let app = ecommerce::http::router_observed(shop.clone(), auth, request_timeout, observe);
     let result = ecommerce::http::serve_until(listener, app, shutdown_signal()).await;
     tracing::info!("server stopped; letting the work in flight finish");
     // One drain for the whole process: the requests' work and the stream
