@@ -162,19 +162,16 @@ struct LagMeasure {
     models: Vec<(&'static str, Result<Lag, String>)>,
 }
 
-/// The readiness checks of one process. Cheap to clone.
+/// The readiness checks of one process. Cheap to clone: clones share the
+/// last lag measure.
 #[derive(Clone)]
 pub struct Readiness {
-    inner: Arc<ReadinessInner>,
-}
-
-struct ReadinessInner {
     storage: Arc<dyn Storage>,
     consumer: Option<(ConsumerMonitor, Duration)>,
     read_models: Option<ReadModels>,
     tenants: Vec<String>,
     max_projection_lag: Option<Duration>,
-    lag: Mutex<Option<LagMeasure>>,
+    lag: Arc<Mutex<Option<LagMeasure>>>,
 }
 
 impl Readiness {
@@ -182,72 +179,36 @@ impl Readiness {
     /// models' lag over the demo tenants, without a bound (see
     /// [`Readiness::max_projection_lag`]) and without a stream consumer.
     pub fn new(shop: &Shop) -> Self {
-        Self::build(
-            Arc::clone(shop.engine.storage()),
-            None,
-            shop.read_models.clone(),
-            DEMO_TENANTS.map(str::to_owned).to_vec(),
-            None,
-        )
-    }
-
-    fn build(
-        storage: Arc<dyn Storage>,
-        consumer: Option<(ConsumerMonitor, Duration)>,
-        read_models: Option<ReadModels>,
-        tenants: Vec<String>,
-        max_projection_lag: Option<Duration>,
-    ) -> Self {
         Self {
-            inner: Arc::new(ReadinessInner {
-                storage,
-                consumer,
-                read_models,
-                tenants,
-                max_projection_lag,
-                lag: Mutex::new(None),
-            }),
+            storage: Arc::clone(shop.engine.storage()),
+            consumer: None,
+            read_models: shop.read_models.clone(),
+            tenants: DEMO_TENANTS.map(str::to_owned).to_vec(),
+            max_projection_lag: None,
+            lag: Arc::default(),
         }
-    }
-
-    fn rebuilt(
-        self,
-        change: impl FnOnce(&mut (Option<(ConsumerMonitor, Duration)>, Vec<String>, Option<Duration>)),
-    ) -> Self {
-        let inner = &self.inner;
-        let mut parts = (
-            inner.consumer.clone(),
-            inner.tenants.clone(),
-            inner.max_projection_lag,
-        );
-        change(&mut parts);
-        let (consumer, tenants, bound) = parts;
-        Self::build(
-            Arc::clone(&inner.storage),
-            consumer,
-            inner.read_models.clone(),
-            tenants,
-            bound,
-        )
     }
 
     /// Checks the stream consumer `monitor` watches: it must have reached
     /// the stream and the lease table within `lease_duration` (beyond it,
     /// its leases have expired).
-    pub fn with_consumer(self, monitor: ConsumerMonitor, lease_duration: Duration) -> Self {
-        self.rebuilt(|(consumer, _, _)| *consumer = Some((monitor, lease_duration)))
+    pub fn with_consumer(mut self, monitor: ConsumerMonitor, lease_duration: Duration) -> Self {
+        self.consumer = Some((monitor, lease_duration));
+        self
     }
 
     /// The tenants whose orders the lag is measured over.
-    pub fn tenants(self, tenants: Vec<String>) -> Self {
-        self.rebuilt(|(_, scope, _)| *scope = tenants)
+    pub fn tenants(mut self, tenants: Vec<String>) -> Self {
+        self.tenants = tenants;
+        self
     }
 
     /// Not ready while a read model's oldest version not applied yet is
     /// older than `bound` (`None`: no bound; the lag is still measured, for
     /// the gauges).
-    pub fn max_projection_lag(self, bound: Option<Duration>) -> Self {
-        self.rebuilt(|(_, _, max)| *max = bound)
+    pub fn max_projection_lag(mut self, bound: Option<Duration>) -> Self {
+        self.max_projection_lag = bound;
+        self
     }
 
     /// Runs every check.
@@ -267,7 +228,7 @@ impl Readiness {
     async fn storage(&self) -> Check {
         const NAME: &str = "storage";
         let probe = EntityKey::new(PROBE_PK, PROBE_SK);
-        match tokio::time::timeout(STORAGE_CHECK_TIMEOUT, self.inner.storage.get_data(&probe)).await {
+        match tokio::time::timeout(STORAGE_CHECK_TIMEOUT, self.storage.get_data(&probe)).await {
             Ok(Ok(_)) => Check::ok(NAME),
             Ok(Err(error)) => Check::failing(NAME, format!("a read failed: {error}")),
             Err(_) => Check::failing(
@@ -279,7 +240,7 @@ impl Readiness {
 
     fn consumer(&self) -> Check {
         const NAME: &str = "stream_consumer";
-        let Some((monitor, lease_duration)) = &self.inner.consumer else {
+        let Some((monitor, lease_duration)) = &self.consumer else {
             return Check::not_applicable(NAME, "no stream consumer in this process");
         };
         if !monitor.is_running() {
@@ -308,13 +269,13 @@ impl Readiness {
 
     fn projections(&self) -> Check {
         const NAME: &str = "projections";
-        if self.inner.read_models.is_none() {
+        if self.read_models.is_none() {
             return Check::not_applicable(NAME, "no read models in this process");
         }
-        let Some(bound) = self.inner.max_projection_lag else {
+        let Some(bound) = self.max_projection_lag else {
             return Check::not_applicable(NAME, "no lag bound set (--ready-max-projection-lag)");
         };
-        let measure = self.inner.lag.lock().unwrap_or_else(PoisonError::into_inner);
+        let measure = self.lag.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(measure) = measure.as_ref() else {
             return Check::failing(NAME, "the projection lag has not been measured yet".to_owned());
         };
@@ -342,7 +303,7 @@ impl Readiness {
     /// sets the lag gauges ([`cqrs_core::meters::projection_lag`]) and keeps
     /// the measure for the readiness check. Nothing to do without read models.
     pub async fn refresh_projection_lag(&self) {
-        let Some(read_models) = &self.inner.read_models else {
+        let Some(read_models) = &self.read_models else {
             return;
         };
         let mut models = Vec::new();
@@ -350,13 +311,13 @@ impl Readiness {
             (ReadModel::Sales, crate::read_models::SALES_PROJECTION),
             (ReadModel::Search, crate::read_models::SEARCH_PROJECTION),
         ] {
-            let lag = read_models.lag(which, &self.inner.tenants).await;
+            let lag = read_models.lag(which, &self.tenants).await;
             if let Ok(lag) = &lag {
                 cqrs_core::meters::projection_lag(name, lag);
             }
             models.push((name, lag.map_err(|e| e.to_string())));
         }
-        *self.inner.lag.lock().unwrap_or_else(PoisonError::into_inner) = Some(LagMeasure { models });
+        *self.lag.lock().unwrap_or_else(PoisonError::into_inner) = Some(LagMeasure { models });
     }
 
     /// Measures the lag now and then every `every`, on a task of its own

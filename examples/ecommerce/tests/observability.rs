@@ -495,3 +495,102 @@ async fn readiness_and_metrics_follow_the_stream_consumer_on_dynamodb() {
         .await
         .expect("tables dropped");
 }
+
+/// Polls `/health/ready` until `done` holds for its answer, failing after `limit`.
+async fn ready_until(
+    server: &Server,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(u16, &BTreeMap<String, Value>) -> bool,
+) -> BTreeMap<String, Value> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (status, checks) = server.ready().await;
+        if done(status, &checks) {
+            return checks;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}: {checks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_fails_while_dynamodb_is_down_and_recovers_when_it_is_back() {
+    if !cqrs_dynamodb::testing::LocalDynamo::available() {
+        return;
+    }
+    let mut local = cqrs_dynamodb::testing::LocalDynamo::start()
+        .await
+        .expect("DynamoDB Local starts");
+    let endpoint = local.endpoint();
+    let storage = Arc::new(cqrs_dynamodb::DynamoDbStorage::new(
+        cqrs_dynamodb::local_client(&endpoint),
+        ecommerce::shop::dynamodb_tables(cqrs_dynamodb::TableNames::with_prefix("ready")),
+    ));
+    storage.ensure_tables().await.expect("tables created");
+    let config = ecommerce::shop::ShopConfig {
+        dispatch: cqrs_core::AsyncDispatch::External,
+        ..Default::default()
+    };
+    let shop = Shop::with_config(storage.clone(), config);
+    let lease = Duration::from_secs(2);
+    let consumer = cqrs_dynamodb::stream::StreamConsumer::new(
+        shop.engine.clone(),
+        cqrs_dynamodb::local_client(&endpoint),
+        cqrs_dynamodb::local_streams_client(&endpoint),
+        storage.tables().clone(),
+    )
+    .lease_duration(lease)
+    .poll_interval(Duration::from_millis(100))
+    .retry_backoff(Duration::from_millis(50), Duration::from_millis(500))
+    .drain_deadline(Duration::from_secs(2));
+    let readiness = Readiness::new(&shop).with_consumer(consumer.monitor(), lease);
+    let server = Server::start(&shop, Observe::new(None, readiness)).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(consumer.run(async move {
+        let _ = stopped.await;
+    }));
+    ready_until(&server, "ready", Duration::from_secs(30), |status, _| {
+        status == 200
+    })
+    .await;
+
+    // DynamoDB Local killed: the storage check fails at once; the consumer's
+    // once its last contact is older than its lease.
+    local.kill();
+    let killed = std::time::Instant::now();
+    let down = ready_until(
+        &server,
+        "storage and consumer failing",
+        Duration::from_secs(60),
+        |_, checks| checks["storage"]["ok"] == false && checks["stream_consumer"]["ok"] == false,
+    )
+    .await;
+    let storage_reason = down["storage"]["reason"].as_str().expect("a reason");
+    assert!(
+        storage_reason.contains("a read failed") || storage_reason.contains("did not answer"),
+        "{storage_reason}"
+    );
+    let consumer_reason = down["stream_consumer"]["reason"].as_str().expect("a reason");
+    assert!(consumer_reason.contains("lease duration"), "{consumer_reason}");
+    let noticed = killed.elapsed();
+    assert_eq!(server.get("/health/live").await.0, 200, "alive while not ready");
+
+    // Back: ready again, the consumer polling and leasing.
+    local.restart().await.expect("DynamoDB Local restarts");
+    let restarted = std::time::Instant::now();
+    ready_until(&server, "ready again", Duration::from_secs(60), |status, _| {
+        status == 200
+    })
+    .await;
+    println!(
+        "readiness: both checks failing {noticed:?} after the kill (lease {lease:?}); ready {:?} after the restart answered",
+        restarted.elapsed()
+    );
+
+    let _ = stop.send(());
+    running.await.expect("the consumer stopped");
+}
