@@ -69,6 +69,53 @@ pub const PROJECTION_LAG_EVENTS: &str = "cqrs_projection_lag_events";
 /// Gauge of the age in seconds of the oldest version a projection has not applied; label `projection`.
 pub const PROJECTION_LAG_SECONDS: &str = "cqrs_projection_lag_seconds";
 
+/// Registers the unit and a one-line description of every metric above
+/// with the installed recorder (a Prometheus exporter renders them as
+/// `# HELP`). Call it once, after installing the recorder; without it the
+/// metrics are recorded all the same.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+    describe_histogram!(
+        PUBLISH_SECONDS,
+        Unit::Seconds,
+        "How long a publish took to answer, by mode and outcome"
+    );
+    describe_counter!(
+        PUBLISH_CONFLICTS,
+        "Version conflicts met by publishes (each retry of a last-writer-wins publish)"
+    );
+    describe_counter!(
+        STORAGE_RETRIES,
+        "Pipeline storage calls retried by the retry policy"
+    );
+    describe_counter!(HANDLER_RUNS, "Runs of a data-sync handler, every attempt");
+    describe_counter!(HANDLER_RETRIES, "Failed handler runs tried again");
+    describe_counter!(
+        HANDLER_FAILURES,
+        "Handlers that failed every attempt: failed (reprocess) or transient (processed again later)"
+    );
+    describe_counter!(COMMANDS_PROCESSED, "Pipeline runs of stored commands, by outcome");
+    describe_gauge!(
+        ENGINE_IN_FLIGHT,
+        "Work in flight in the engine: queued async commands, running publishes"
+    );
+    describe_counter!(PROJECTION_APPLIED, "Events that changed a read model");
+    describe_counter!(
+        PROJECTION_FAILURES,
+        "Events whose projection failed (nothing written)"
+    );
+    describe_gauge!(
+        PROJECTION_LAG_EVENTS,
+        "Versions not applied yet by a read model, as last measured"
+    );
+    describe_gauge!(
+        PROJECTION_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest version a read model has not applied, as last measured"
+    );
+}
+
 /// How a publish was made: the `mode` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {

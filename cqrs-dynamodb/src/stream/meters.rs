@@ -49,3 +49,32 @@ pub const UNSETTLED: &str = "cqrs_stream_unsettled_records";
 pub const OLDEST_UNSETTLED_SECONDS: &str = "cqrs_stream_oldest_unsettled_seconds";
 /// Gauge: age in seconds of the last record read.
 pub const ITERATOR_AGE_SECONDS: &str = "cqrs_stream_iterator_age_seconds";
+
+/// Registers the unit and a one-line description of every metric above
+/// with the installed recorder (a Prometheus exporter renders them as
+/// `# HELP`); see [`cqrs_core::meters::describe`].
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+
+    describe_counter!(RECORDS_READ, "Stream records read, redeliveries included");
+    describe_counter!(FED, "Stream records handed to the engine to settle");
+    describe_counter!(SETTLED, "Stream records whose command is final");
+    describe_counter!(RETRIES, "Settles that failed and are tried again");
+    describe_counter!(SKIPPED, "Stream records with nothing to settle");
+    describe_counter!(CHECKPOINTS_SAVED, "Shard checkpoints written");
+    describe_counter!(LEASES_TAKEN, "Shard leases taken");
+    describe_counter!(LEASES_LOST, "Shard leases lost");
+    describe_counter!(SHARDS_FINISHED, "Closed shards read to their end");
+    describe_gauge!(LEASES_HELD, "Shard leases held by this process");
+    describe_gauge!(UNSETTLED, "Stream records read and not settled yet");
+    describe_gauge!(
+        OLDEST_UNSETTLED_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest stream record read and not settled yet"
+    );
+    describe_gauge!(
+        ITERATOR_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the last stream record read"
+    );
+}

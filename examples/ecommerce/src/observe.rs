@@ -56,8 +56,9 @@ const PROBE_PK: &str = "HEALTH";
 const PROBE_SK: &str = "READINESS_PROBE";
 
 /// Installs the Prometheus recorder as this process's metrics recorder
-/// (buckets set for the publish latency) and returns the handle that
-/// renders it. Fails if a recorder is installed already.
+/// (buckets set for the publish latency, every metric described) and
+/// returns the handle that renders it. Fails if a recorder is installed
+/// already.
 pub fn install_prometheus() -> Result<PrometheusHandle, String> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -69,6 +70,12 @@ pub fn install_prometheus() -> Result<PrometheusHandle, String> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|e| format!("a metrics recorder is installed already: {e}"))?;
+    cqrs_core::meters::describe();
+    cqrs_dynamodb::stream::meters::describe();
+    metrics::describe_counter!(
+        ORDERS_PLACED,
+        "Orders placed through the API (replays of an idempotent request not counted)"
+    );
     Ok(handle)
 }
 

@@ -275,7 +275,13 @@ async fn metrics_report_the_counts_of_a_known_workload() {
             .get("cqrs_publish_conflicts_total", &[("mode", "async")])),
         1.0
     );
-    // The latency histogram has buckets (the example sets them).
+    // Described, and the latency histogram has buckets (the example sets them).
+    assert!(
+        last.text
+            .contains("# HELP cqrs_publish_duration_seconds How long a publish took"),
+        "{}",
+        last.text
+    );
     assert!(
         last.text
             .contains("cqrs_publish_duration_seconds_bucket{mode=\"sync\",outcome=\"ok\",le=\"0.001\"}"),
