@@ -21,7 +21,8 @@
 //!                             (named after the tables), none with --aws)
 //!   --ready-max-projection-lag SECS
 //!                             /health/ready fails while a read model lags more (default: no bound)
-//!   --lag-interval SECS       how often the read models' lag is measured (default: 30)
+//!   --lag-interval SECS       how often the read models' lag is measured (default: 30 with
+//!                             --ready-max-projection-lag, else not measured)
 //!   --ops-addr ADDR           consume: serve /metrics and /health/* there (default: none)
 //! ```
 //!
@@ -122,8 +123,9 @@ struct Cli {
     ready_max_projection_lag: Option<f64>,
     /// Seconds between two measures of the read models' lag (each reads every order;
     /// it sets the lag gauges of /metrics and the readiness check).
-    #[arg(long, global = true, value_name = "SECS", default_value_t = ecommerce::observe::DEFAULT_LAG_INTERVAL.as_secs_f64())]
-    lag_interval: f64,
+    /// [default: 30 with --ready-max-projection-lag, else not measured]
+    #[arg(long, global = true, value_name = "SECS")]
+    lag_interval: Option<f64>,
     /// `consume`: serve `/metrics` and `/health`, `/health/live`, `/health/ready` on this
     /// address (the consumer serves no API). [default: none]
     #[arg(long, global = true, value_name = "ADDR")]
@@ -416,9 +418,14 @@ fn observe(
         readiness =
             readiness.with_consumer(consumer.monitor(), seconds("lease-duration", cli.lease_duration)?);
     }
-    if shop.read_models.is_some() {
-        let every = seconds("lag-interval", cli.lag_interval)?.max(Duration::from_millis(100));
-        readiness.spawn_lag_refresher(every);
+    // A measure reads every order: only when asked for, or needed by the bound.
+    let every = match (cli.lag_interval, bound) {
+        (Some(secs), _) => Some(seconds("lag-interval", secs)?),
+        (None, Some(_)) => Some(ecommerce::observe::DEFAULT_LAG_INTERVAL),
+        (None, None) => None,
+    };
+    if let (Some(every), Some(_)) = (every, &shop.read_models) {
+        readiness.spawn_lag_refresher(every.max(Duration::from_millis(100)));
     }
     Ok(Observe::new(Some(metrics), readiness))
 }

@@ -44,7 +44,8 @@ pub const PUBLISH_BUCKETS: &[f64] = &[
 /// How long the storage check waits for its read.
 pub const STORAGE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How often the projection lag is measured by default.
+/// How often the projection lag is measured by default when a readiness
+/// bound is set.
 pub const DEFAULT_LAG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Counter of orders placed through the API (an example's own metric, next
