@@ -19,6 +19,7 @@ mod idempotency;
 mod index;
 mod keys;
 mod merge;
+pub mod meters;
 mod model;
 mod numbers;
 pub mod ops;

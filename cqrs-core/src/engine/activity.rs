@@ -24,6 +24,7 @@ impl Activity {
     /// Counts one more piece of work, until the guard is dropped.
     pub(crate) fn start(self: &std::sync::Arc<Self>) -> ActivityGuard {
         self.in_flight.send_modify(|n| *n += 1);
+        crate::meters::in_flight(1.0);
         ActivityGuard {
             activity: self.clone(),
         }
@@ -50,6 +51,8 @@ pub(crate) struct ActivityGuard {
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
+        // The gauge first: whoever `wait_idle` wakes sees it at rest.
+        crate::meters::in_flight(-1.0);
         self.activity.in_flight.send_modify(|n| *n -= 1);
     }
 }

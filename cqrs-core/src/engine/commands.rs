@@ -19,6 +19,7 @@ use crate::context::InvocationContext;
 use crate::error::{Error, Result};
 use crate::idempotency::{CommitMember, IdempotencyKey, IdempotencyRecord};
 use crate::keys::EntityKey;
+use crate::meters::{self, Mode};
 use crate::model::{
     CommandInput, CommandRecord, CommandStatus, DataItem, ExpectedVersion, FailedCommand, Handled,
     PartialUpdate, Published, Synced,
@@ -118,7 +119,12 @@ impl Engine {
 
     /// Runs `attempt` once, or — for a last-writer-wins publish — again on
     /// every conflict, up to [`EngineConfig::latest_attempts`](super::EngineConfig::latest_attempts).
-    async fn retrying_latest<T, F, Fut>(&self, expected: ExpectedVersion, mut attempt: F) -> Result<T>
+    async fn retrying_latest<T, F, Fut>(
+        &self,
+        mode: Mode,
+        expected: ExpectedVersion,
+        mut attempt: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -131,6 +137,7 @@ impl Engine {
         loop {
             match attempt().await {
                 Err(e) if e.is_conflict() && tries < attempts => {
+                    meters::conflict(mode);
                     // Back off a little, at random, so that contending writers
                     // (and a pipeline catching up) spread out instead of spinning.
                     let ceiling = LATEST_BACKOFF_UNIT.saturating_mul(1 << tries.min(8));
@@ -563,7 +570,8 @@ impl CommandService for Engine {
         let mut command = command;
         let keyed = (command.idempotency_key.take()).map(|k| Keyed::of_command(k, &command, "async"));
         let keyed = keyed.as_ref();
-        match command.version {
+        let timer = meters::Publish::start(Mode::Async);
+        let outcome = match command.version {
             // One attempt: the command moves in, without a copy.
             ExpectedVersion::Exactly(_) => {
                 self.publish_async_once(&key, command, keyed, ctx)
@@ -571,13 +579,15 @@ impl CommandService for Engine {
                     .await
             }
             ExpectedVersion::Latest => {
-                Box::pin(self.retrying_latest(command.version, || {
+                Box::pin(self.retrying_latest(Mode::Async, command.version, || {
                     self.publish_async_once(&key, command.clone(), keyed, ctx)
                 }))
                 .instrument(span)
                 .await
             }
-        }
+        };
+        timer.end(&outcome);
+        outcome
     }
 
     async fn publish_sync(&self, command: CommandInput, ctx: &InvocationContext) -> Result<Synced> {
@@ -586,7 +596,8 @@ impl CommandService for Engine {
         let mut command = command;
         let keyed = (command.idempotency_key.take()).map(|k| Keyed::of_command(k, &command, "sync"));
         let keyed = keyed.as_ref();
-        match command.version {
+        let timer = meters::Publish::start(Mode::Sync);
+        let outcome = match command.version {
             // No subscriber wants the span: no wrapper around the publish.
             ExpectedVersion::Exactly(_) if span.is_disabled() => {
                 self.publish_sync_once(&key, command, keyed, ctx).await
@@ -598,13 +609,15 @@ impl CommandService for Engine {
                     .await
             }
             ExpectedVersion::Latest => {
-                Box::pin(self.retrying_latest(command.version, || {
+                Box::pin(self.retrying_latest(Mode::Sync, command.version, || {
                     self.publish_sync_once(&key, command.clone(), keyed, ctx)
                 }))
                 .instrument(span)
                 .await
             }
-        }
+        };
+        timer.end(&outcome);
+        outcome
     }
 
     async fn publish_partial_update_async(
@@ -617,27 +630,31 @@ impl CommandService for Engine {
         let keyed = checked_key(&update)?.map(|k| Keyed::of_update(k, &update, "async"));
         let keyed = keyed.as_ref();
         let span = command_span(&key, ctx, "async");
-        self.retrying_latest(update.version, || async {
-            let Some(base) = self.async_base(&key, update.version).await? else {
-                let latest = self.storage_ref().latest_command(&key, None).await?;
-                return Err(match (update.version, latest) {
-                    (ExpectedVersion::Exactly(v), Some(latest)) => Error::Conflict {
-                        key: key.id(),
-                        expected: ExpectedVersion::Exactly(v),
-                        actual: Some(latest.version),
-                    },
-                    _ => Error::NotFound { key: key.id() },
-                });
-            };
-            let command = Self::merged(
-                &update,
-                input_of_command(&base, ExpectedVersion::Exactly(base.version)),
-            );
-            let outcome = self.publish_async_on(&key, command, Some(base), keyed, ctx).await;
-            self.resolve_async(outcome, keyed, ctx).await
-        })
-        .instrument(span)
-        .await
+        let timer = meters::Publish::start(Mode::Async);
+        let outcome = self
+            .retrying_latest(Mode::Async, update.version, || async {
+                let Some(base) = self.async_base(&key, update.version).await? else {
+                    let latest = self.storage_ref().latest_command(&key, None).await?;
+                    return Err(match (update.version, latest) {
+                        (ExpectedVersion::Exactly(v), Some(latest)) => Error::Conflict {
+                            key: key.id(),
+                            expected: ExpectedVersion::Exactly(v),
+                            actual: Some(latest.version),
+                        },
+                        _ => Error::NotFound { key: key.id() },
+                    });
+                };
+                let command = Self::merged(
+                    &update,
+                    input_of_command(&base, ExpectedVersion::Exactly(base.version)),
+                );
+                let outcome = self.publish_async_on(&key, command, Some(base), keyed, ctx).await;
+                self.resolve_async(outcome, keyed, ctx).await
+            })
+            .instrument(span)
+            .await;
+        timer.end(&outcome);
+        outcome
     }
 
     async fn publish_partial_update_sync(
@@ -650,27 +667,34 @@ impl CommandService for Engine {
         let keyed = checked_key(&update)?.map(|k| Keyed::of_update(k, &update, "sync"));
         let keyed = keyed.as_ref();
         let span = command_span(&key, ctx, "sync");
-        self.retrying_latest(update.version, || async {
-            let outcome = async {
-                let current = self
-                    .storage_ref()
-                    .get_data(&key)
-                    .await?
-                    .ok_or_else(|| Error::NotFound { key: key.id() })?;
-                check_version(&key, update.version, Some(current.version))?;
-                let command = Self::merged(&update, CommandInput::update_of(&current));
-                let prepared = self.prepare_sync_over(&key, Some(current), command, keyed, ctx)?;
-                self.write_prepared(prepared, ctx).await
-            }
+        let timer = meters::Publish::start(Mode::Sync);
+        let outcome = self
+            .retrying_latest(Mode::Sync, update.version, || async {
+                let outcome = async {
+                    let current = self
+                        .storage_ref()
+                        .get_data(&key)
+                        .await?
+                        .ok_or_else(|| Error::NotFound { key: key.id() })?;
+                    check_version(&key, update.version, Some(current.version))?;
+                    let command = Self::merged(&update, CommandInput::update_of(&current));
+                    let prepared = self.prepare_sync_over(&key, Some(current), command, keyed, ctx)?;
+                    self.write_prepared(prepared, ctx).await
+                }
+                .await;
+                self.resolve_sync(outcome, keyed, ctx).await
+            })
+            .instrument(span)
             .await;
-            self.resolve_sync(outcome, keyed, ctx).await
-        })
-        .instrument(span)
-        .await
+        timer.end(&outcome);
+        outcome
     }
 
     async fn commit(&self, commands: Vec<CommandInput>, ctx: &InvocationContext) -> Result<Vec<Synced>> {
-        self.commit_keyed(commands, None, ctx).await
+        let timer = meters::Publish::start(Mode::Commit);
+        let outcome = self.commit_keyed(commands, None, ctx).await;
+        timer.end(&outcome);
+        outcome
     }
 
     async fn commit_idempotent(
@@ -681,8 +705,11 @@ impl CommandService for Engine {
     ) -> Result<Vec<Synced>> {
         key.validate()?;
         let keyed = Keyed::of_commit(key, &commands);
+        let timer = meters::Publish::start(Mode::Commit);
         let outcome = self.commit_keyed(commands, Some(&keyed), ctx).await;
-        self.resolve_commit(outcome, &keyed, ctx).await
+        let outcome = self.resolve_commit(outcome, &keyed, ctx).await;
+        timer.end(&outcome);
+        outcome
     }
 
     async fn find_idempotent_commit(

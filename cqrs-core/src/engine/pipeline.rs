@@ -63,6 +63,7 @@ impl RetryPolicy {
         loop {
             match op().await {
                 Err(e) if e.is_retryable() && attempt < self.max_attempts.max(1) => {
+                    crate::meters::storage_retry();
                     tokio::time::sleep(self.backoff(attempt)).await;
                     attempt += 1;
                 }
@@ -168,8 +169,21 @@ impl Pipeline {
         &self.retry
     }
 
-    /// Brings a stored command to a final state (see [`Engine::settle`](super::Engine::settle)).
+    /// Brings a stored command to a final state (see [`Engine::settle`](super::Engine::settle)),
+    /// and counts how the run ended.
     pub(crate) async fn settle(
+        &self,
+        key: &EntityKey,
+        version: u64,
+        recovery: Recovery<'_>,
+        foreign: Foreign,
+    ) -> Result<CommandStatus> {
+        let outcome = self.settle_unmetered(key, version, recovery, foreign).await;
+        crate::meters::processed(&outcome);
+        outcome
+    }
+
+    async fn settle_unmetered(
         &self,
         key: &EntityKey,
         version: u64,
@@ -231,7 +245,7 @@ impl Pipeline {
                     }
                 }
                 tracing::warn!(pk = %key.pk, sk = %key.sk, version, "command applied but its handlers never completed; running them again");
-                self.process(key, version).await
+                self.process_known(key, version, None).await
             }
             done => Ok(done),
         }
@@ -244,7 +258,9 @@ impl Pipeline {
     /// Brings the entity up to `version`, applying each missing version in
     /// order and running its handlers. See [`Engine::process`](super::Engine::process).
     pub(crate) async fn process(&self, key: &EntityKey, version: u64) -> Result<CommandStatus> {
-        self.process_known(key, version, None).await
+        let outcome = self.process_known(key, version, None).await;
+        crate::meters::processed(&outcome);
+        outcome
     }
 
     /// [`process`](Self::process) in the trace of the publish that stored
@@ -255,7 +271,9 @@ impl Pipeline {
         version: u64,
         traceparent: Option<&str>,
     ) -> Result<CommandStatus> {
-        self.process_in(key, version, None, traceparent).await
+        let outcome = self.process_in(key, version, None, traceparent).await;
+        crate::meters::processed(&outcome);
+        outcome
     }
 
     /// [`Pipeline::process`], with the command row of `version` when the
@@ -491,6 +509,7 @@ impl Pipeline {
         let mut attempt = 1;
         loop {
             event.attempt = attempt;
+            crate::meters::handler_run(handler.name());
             let span = tracing::info_span!(
                 "handler",
                 name = handler.name(),
@@ -511,6 +530,7 @@ impl Pipeline {
                 Err(error) => error,
             };
             if attempt < max {
+                crate::meters::handler_retry(handler.name());
                 tracing::warn!(handler = handler.name(), %error, attempt, "handler failed; retrying");
                 tokio::time::sleep(self.retry.backoff(attempt)).await;
                 attempt += 1;
@@ -521,7 +541,9 @@ impl Pipeline {
                 error: error.to_string(),
                 attempts: max,
             };
-            return if is_transient(error.as_ref()) {
+            let transient = is_transient(error.as_ref());
+            crate::meters::handler_failure(handler.name(), transient);
+            return if transient {
                 tracing::warn!(handler = handler.name(), %error, attempts = max, "handler could not reach storage; the command will be processed again");
                 HandlerOutcome::Transient(failure)
             } else {

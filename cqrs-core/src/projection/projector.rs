@@ -324,6 +324,7 @@ where
             match committed {
                 Ok(()) => {
                     stats.events.fetch_add(1, Ordering::Relaxed);
+                    crate::meters::projection_applied(&self.inner.name);
                     stats.versions.fetch_add(versions, Ordering::Relaxed);
                     stats.from_history.fetch_add(from_history, Ordering::Relaxed);
                     return Ok(Applied::Changed { versions });
@@ -338,6 +339,7 @@ where
                 Err(e) => {
                     if is_projection_failure(&e) {
                         stats.failed.fetch_add(1, Ordering::Relaxed);
+                        crate::meters::projection_failed(&self.inner.name);
                     }
                     return Err(e);
                 }

@@ -138,6 +138,7 @@
 mod classify;
 mod inspect;
 mod leases;
+pub mod meters;
 mod shard;
 mod source;
 mod stats;
@@ -471,6 +472,7 @@ impl StreamConsumer {
         let mut poll = tokio::time::interval(self.config.poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tracing::info!(consumer = %self.consumer_id, table = %self.table, "stream consumer started");
+        self.monitor.set_running(true);
         loop {
             tokio::select! {
                 biased;
@@ -481,9 +483,11 @@ impl StreamConsumer {
                 _ = poll.tick() => {
                     // Not raced with the shutdown: a lease taken is worked (and
                     // so released on the way out), never dropped halfway.
-                    if let Err(error) = self.poll(&shared, &mut state, &stopping).await {
-                        tracing::warn!(consumer = %self.consumer_id, %error, "stream poll failed; trying again");
+                    match self.poll(&shared, &mut state, &stopping).await {
+                        Ok(()) => self.monitor.contact(),
+                        Err(error) => tracing::warn!(consumer = %self.consumer_id, %error, "stream poll failed; trying again"),
                     }
+                    self.monitor.refresh_gauges();
                 }
             }
         }
@@ -501,6 +505,7 @@ impl StreamConsumer {
             state.workers.abort_all();
         }
         self.monitor.owned().clear();
+        self.monitor.set_running(false);
         tracing::info!(consumer = %self.consumer_id, "stream consumer stopped");
     }
 
@@ -592,7 +597,7 @@ impl StreamConsumer {
                 Acquired::Held { .. } => continue,
                 Acquired::Taken(checkpoint) => checkpoint,
             };
-            stats::Counters::add(&self.monitor.counters().leases_taken, 1);
+            stats::Counters::add(&self.monitor.counters().leases_taken, 1, meters::LEASES_TAKEN);
             if checkpoint.finished {
                 state.finished.insert(shard_id.to_owned());
                 if let Err(error) = self.store.release(shard_id, &self.consumer_id).await {

@@ -1,11 +1,12 @@
 //! Working one leased shard: a reader task, per-entity lanes, the checkpoint
 //! of the done prefix, and the lease's renewal.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use cqrs_core::{CommandStatus, EntityKey, Error, Result};
 use futures::FutureExt as _;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -14,6 +15,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::classify::{classify_record, RecordAction};
 use super::leases::ShardCheckpoint;
+use super::meters;
 use super::stats::Counters;
 use super::Shared;
 use crate::error::shape_error;
@@ -42,6 +44,8 @@ pub(crate) enum ShardEnd {
 struct ReadRecord {
     sequence_number: String,
     action: RecordAction,
+    /// When the record was written to the stream (approximately).
+    created: DateTime<Utc>,
 }
 
 /// How a command of a lane is settled.
@@ -93,6 +97,11 @@ pub(crate) async fn work_shard(
     stop: watch::Receiver<Option<Instant>>,
 ) -> ShardEnd {
     let permits = Arc::new(Semaphore::new(shared.config.max_in_flight.max(1)));
+    // The shard's entry in the monitor, removed when the worker ends.
+    shared
+        .monitor
+        .progress()
+        .insert(shard_id.clone(), Default::default());
     let (tx, rx) = mpsc::channel(4);
     let reader = AbortOnDrop(tokio::spawn(read_shard(
         shared.clone(),
@@ -118,6 +127,7 @@ pub(crate) async fn work_shard(
         running: JoinSet::new(),
         capped: 0,
         window: VecDeque::new(),
+        unsettled: BTreeMap::new(),
         base: 0,
         next_index: 0,
         unsaved: 0,
@@ -146,6 +156,10 @@ struct Worker {
     capped: usize,
     /// Records read and not yet part of the done prefix, in stream order.
     window: VecDeque<Slot>,
+    /// Records handed to the engine and not settled yet: index, and when
+    /// the record was written (the pipeline's lag, in the monitor and the
+    /// gauges).
+    unsettled: BTreeMap<u64, DateTime<Utc>>,
     /// Index of the window's front record.
     base: u64,
     next_index: u64,
@@ -188,7 +202,7 @@ impl Worker {
                 match self.save(true).await {
                     Ok(true) => {
                         self.release().await;
-                        Counters::add(&self.counters().shards_finished, 1);
+                        Counters::add(&self.counters().shards_finished, 1, meters::SHARDS_FINISHED);
                         tracing::info!(shard = %self.shard_id, "stream shard finished");
                         return ShardEnd::Finished;
                     }
@@ -234,7 +248,10 @@ impl Worker {
                     let sent = Instant::now();
                     let renewal = self.shared.store.renew(&self.shard_id, &self.shared.consumer_id, config.lease_duration);
                     match self.bounded(renewal).await {
-                        Ok(true) => self.lease_valid_until = sent + config.lease_duration,
+                        Ok(true) => {
+                        self.lease_valid_until = sent + config.lease_duration;
+                        self.shared.monitor.contact();
+                    }
                         Ok(false) => return self.lost("the lease was taken by another consumer"),
                         Err(error) => {
                             tracing::warn!(shard = %self.shard_id, %error, "lease not renewed; trying again");
@@ -307,7 +324,7 @@ impl Worker {
     }
 
     fn lost(&mut self, why: &str) -> ShardEnd {
-        Counters::add(&self.counters().leases_lost, 1);
+        Counters::add(&self.counters().leases_lost, 1, meters::LEASES_LOST);
         tracing::warn!(shard = %self.shard_id, why, "shard lease lost; stopping work on it");
         self.stop_reading();
         self.running.abort_all();
@@ -358,7 +375,9 @@ impl Worker {
                     version,
                     inserted,
                 } => {
-                    Counters::add(&self.counters().fed, 1);
+                    Counters::add(&self.counters().fed, 1, meters::FED);
+                    self.unsettled.insert(index, record.created);
+                    metrics::gauge!(meters::UNSETTLED).increment(1.0);
                     let kind = match inserted {
                         CommandStatus::Published => Kind::Published,
                         _ => Kind::Applied,
@@ -381,17 +400,17 @@ impl Worker {
                                 "index entries of another program's write not repaired");
                         }
                     });
-                    Counters::add(&self.counters().skipped, 1);
+                    Counters::add(&self.counters().skipped, 1, meters::SKIPPED);
                     true
                 }
                 // A foreign command was resolved by `for_engine` when read:
                 // here it is one this engine does not own.
                 RecordAction::Skip | RecordAction::Foreign { .. } => {
-                    Counters::add(&self.counters().skipped, 1);
+                    Counters::add(&self.counters().skipped, 1, meters::SKIPPED);
                     true
                 }
                 RecordAction::Malformed(why) => {
-                    Counters::add(&self.counters().skipped, 1);
+                    Counters::add(&self.counters().skipped, 1, meters::SKIPPED);
                     tracing::error!(shard = %self.shard_id, sequence_number = %record.sequence_number, why,
                         "skipping a malformed command record");
                     true
@@ -402,8 +421,17 @@ impl Worker {
                 done,
             });
         }
+        self.report_progress();
         self.start_ready();
         self.advance();
+    }
+
+    /// Tells the monitor where the shard's settling stands.
+    fn report_progress(&self) {
+        let mut progress = self.shared.monitor.progress();
+        let entry = progress.entry(self.shard_id.clone()).or_default();
+        entry.unsettled = self.unsettled.len() as u64;
+        entry.oldest_unsettled = self.unsettled.values().min().copied();
     }
 
     /// The front record of `key`'s lane changed: a row inserted `applied` is
@@ -419,7 +447,7 @@ impl Worker {
                 let shard_id = self.shard_id.clone();
                 self.running.spawn(async move {
                     if publisher_done(&shared, &shard_id, &key, version).await {
-                        Counters::add(&shared.monitor.counters().settled, 1);
+                        Counters::add(&shared.monitor.counters().settled, 1, meters::SETTLED);
                     } else {
                         settle(&shared, &shard_id, &key, version, CommandStatus::Applied).await;
                     }
@@ -450,6 +478,10 @@ impl Worker {
 
     /// A record of `key` is done: the entity's next one may start.
     fn complete(&mut self, key: EntityKey, index: u64) {
+        if self.unsettled.remove(&index).is_some() {
+            metrics::gauge!(meters::UNSETTLED).decrement(1.0);
+            self.report_progress();
+        }
         if let Some(slot) = index
             .checked_sub(self.base)
             .and_then(|offset| usize::try_from(offset).ok())
@@ -516,9 +548,20 @@ impl Worker {
         if saved {
             self.saved = self.position.clone();
             self.unsaved = 0;
-            Counters::add(&self.counters().checkpoints_saved, 1);
+            Counters::add(&self.counters().checkpoints_saved, 1, meters::CHECKPOINTS_SAVED);
         }
         Ok(saved)
+    }
+}
+
+impl Drop for Worker {
+    /// The shard's unsettled records leave with it (the next owner reads
+    /// them again): out of the gauge and the monitor.
+    fn drop(&mut self) {
+        if !self.unsettled.is_empty() {
+            metrics::gauge!(meters::UNSETTLED).decrement(self.unsettled.len() as f64);
+        }
+        self.shared.monitor.progress().remove(&self.shard_id);
     }
 }
 
@@ -555,7 +598,7 @@ async fn publisher_done(shared: &Shared, shard_id: &str, key: &EntityKey, versio
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
-                Counters::add(&shared.monitor.counters().retries, 1);
+                Counters::add(&shared.monitor.counters().retries, 1, meters::RETRIES);
                 let wait = shared.config.backoff(failures);
                 tracing::warn!(shard = shard_id, pk = %key.pk, sk = %key.sk, version, attempt = failures, %error, ?wait,
                     "command row or its publisher's heartbeat not read; trying again");
@@ -576,7 +619,7 @@ async fn settle(shared: &Shared, shard_id: &str, key: &EntityKey, version: u64, 
             .await;
         let error = match outcome {
             Ok(Ok(status)) => {
-                Counters::add(&shared.monitor.counters().settled, 1);
+                Counters::add(&shared.monitor.counters().settled, 1, meters::SETTLED);
                 tracing::debug!(shard = shard_id, pk = %key.pk, sk = %key.sk, version, ?status, "command settled");
                 return;
             }
@@ -584,7 +627,7 @@ async fn settle(shared: &Shared, shard_id: &str, key: &EntityKey, version: u64, 
             Err(_) => Error::backend("settle panicked", true),
         };
         attempt = attempt.saturating_add(1);
-        Counters::add(&shared.monitor.counters().retries, 1);
+        Counters::add(&shared.monitor.counters().retries, 1, meters::RETRIES);
         let wait = shared.config.backoff(attempt);
         tracing::warn!(shard = shard_id, pk = %key.pk, sk = %key.sk, version, attempt, %error, ?wait,
             "command not settled; trying again");
@@ -636,9 +679,15 @@ async fn read_shard(
         };
         let (records, next) = page;
         let read = records.len();
-        Counters::add(&shared.monitor.counters().records_read, read as u64);
+        Counters::add(
+            &shared.monitor.counters().records_read,
+            read as u64,
+            meters::RECORDS_READ,
+        );
         let mut batch = Vec::with_capacity(read);
+        let now = cqrs_core::clock::now();
         for record in &records {
+            let created = written_at(record).unwrap_or(now);
             let Some(sequence_number) = record.dynamodb().and_then(|r| r.sequence_number()) else {
                 tracing::error!(shard = %shard_id, error = %shape_error("stream record", "no sequence number"), "skipped");
                 continue;
@@ -646,10 +695,15 @@ async fn read_shard(
             batch.push(ReadRecord {
                 sequence_number: sequence_number.to_owned(),
                 action: classify_record(record).for_engine(&shared.engine),
+                created,
             });
             position = Some(sequence_number.to_owned());
         }
         let empty = batch.is_empty();
+        // How far reading is behind the writes: the age of the last record read.
+        if let Some(entry) = shared.monitor.progress().get_mut(&shard_id) {
+            entry.last_read = batch.last().map(|record| record.created);
+        }
         if !empty {
             // One permit per record handed over: given back as each leaves the window.
             hand_over(&mut permit, batch.len());
@@ -676,6 +730,23 @@ async fn read_shard(
             }
         }
     }
+}
+
+/// When a stream record's row was written: the command's `createdAt` when
+/// it has one (precise, and on the framework's clock), else the record's
+/// approximate creation time (rounded down by DynamoDB).
+fn written_at(record: &aws_sdk_dynamodbstreams::types::Record) -> Option<DateTime<Utc>> {
+    use aws_sdk_dynamodbstreams::types::AttributeValue;
+
+    let data = record.dynamodb()?;
+    let created = match data.new_image().and_then(|image| image.get("createdAt")) {
+        Some(AttributeValue::S(at)) => DateTime::parse_from_rfc3339(at).ok(),
+        _ => None,
+    };
+    created.map(|at| at.with_timezone(&Utc)).or_else(|| {
+        let at = data.approximate_creation_date_time()?;
+        DateTime::from_timestamp(at.secs(), at.subsec_nanos())
+    })
 }
 
 /// Forgets `n` permits of `permit`: the worker adds them back one by one.

@@ -1,8 +1,12 @@
 //! What a running consumer has done so far, for tests and health checks.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use chrono::{DateTime, Utc};
+
+use super::meters;
 
 /// Counters of a [`StreamConsumer`](super::StreamConsumer) since it was built.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,9 +47,22 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    /// Adds `n` to `counter` and to the facade's counter `metric` (one of [`meters`]).
+    pub(crate) fn add(counter: &AtomicU64, n: u64, metric: &'static str) {
         counter.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(metric).increment(n);
     }
+}
+
+/// Where the work of one shard held stands.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ShardProgress {
+    /// Records handed over and not settled yet.
+    pub(crate) unsettled: u64,
+    /// When the oldest of them was written to the stream.
+    pub(crate) oldest_unsettled: Option<DateTime<Utc>>,
+    /// When the last record read was written (`None` after an empty page).
+    pub(crate) last_read: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +70,39 @@ pub(crate) struct MonitorInner {
     pub(crate) consumer_id: String,
     pub(crate) counters: Counters,
     pub(crate) owned: Mutex<BTreeSet<String>>,
+    pub(crate) running: AtomicBool,
+    pub(crate) last_contact: Mutex<Option<DateTime<Utc>>>,
+    pub(crate) shards: Mutex<HashMap<String, ShardProgress>>,
+}
+
+/// The shards held, locked; the leases-held gauge follows the change when
+/// the guard is dropped.
+pub(crate) struct OwnedShards<'a> {
+    shards: MutexGuard<'a, BTreeSet<String>>,
+    before: usize,
+}
+
+impl std::ops::Deref for OwnedShards<'_> {
+    type Target = BTreeSet<String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.shards
+    }
+}
+
+impl std::ops::DerefMut for OwnedShards<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.shards
+    }
+}
+
+impl Drop for OwnedShards<'_> {
+    fn drop(&mut self) {
+        let after = self.shards.len();
+        if after != self.before {
+            metrics::gauge!(meters::LEASES_HELD).increment(after as f64 - self.before as f64);
+        }
+    }
 }
 
 /// A view of a running [`StreamConsumer`](super::StreamConsumer): its
@@ -105,7 +155,72 @@ impl ConsumerMonitor {
         &self.inner.counters
     }
 
-    pub(crate) fn owned(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        self.inner.owned.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn owned(&self) -> OwnedShards<'_> {
+        let shards = self.inner.owned.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = shards.len();
+        OwnedShards { shards, before }
+    }
+
+    /// Whether the consumer's loop is running ([`run`](super::StreamConsumer::run)
+    /// started and has not returned).
+    pub fn is_running(&self) -> bool {
+        self.inner.running.load(Ordering::Relaxed)
+    }
+
+    /// When the consumer last reached the stream and the lease table: its
+    /// last poll round that succeeded (the stream's shards listed, free
+    /// leases looked at), or its last lease renewal, whichever is later.
+    /// `None` before the first. A consumer whose last contact is older than
+    /// its lease duration holds nothing any more, and cannot take anything.
+    pub fn last_contact(&self) -> Option<DateTime<Utc>> {
+        *self
+            .inner
+            .last_contact
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records read and handed over, not settled yet, over the shards held.
+    pub fn unsettled(&self) -> u64 {
+        self.progress().values().map(|p| p.unsettled).sum()
+    }
+
+    /// When the oldest record read and not settled yet was written to the
+    /// stream (its approximate creation time); `None` when none is pending.
+    pub fn oldest_unsettled(&self) -> Option<DateTime<Utc>> {
+        self.progress().values().filter_map(|p| p.oldest_unsettled).min()
+    }
+
+    pub(crate) fn set_running(&self, running: bool) {
+        self.inner.running.store(running, Ordering::Relaxed);
+    }
+
+    /// The stream or the lease table answered.
+    pub(crate) fn contact(&self) {
+        *self
+            .inner
+            .last_contact
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(cqrs_core::clock::now());
+    }
+
+    pub(crate) fn progress(&self) -> MutexGuard<'_, HashMap<String, ShardProgress>> {
+        self.inner.shards.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the age gauges from the shards' progress, as of now.
+    pub(crate) fn refresh_gauges(&self) {
+        let now = cqrs_core::clock::now();
+        let age = |at: DateTime<Utc>| (now - at).to_std().map_or(0.0, |d| d.as_secs_f64());
+        let progress = self.progress();
+        let oldest = progress.values().filter_map(|p| p.oldest_unsettled).min();
+        let iterator_age = progress
+            .values()
+            .filter_map(|p| p.last_read)
+            .map(age)
+            .fold(0.0, f64::max);
+        drop(progress);
+        metrics::gauge!(meters::OLDEST_UNSETTLED_SECONDS).set(oldest.map_or(0.0, age));
+        metrics::gauge!(meters::ITERATOR_AGE_SECONDS).set(iterator_age);
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod money;
 pub mod notify;
+pub mod observe;
 pub mod read_models;
 pub mod services;
 pub mod shop;

@@ -30,7 +30,15 @@
 //!   --read-db URL|none        the read models' database (default: sqlite::memory: on
 //!                             memory, sqlite://ecommerce-read.db?mode=rwc on DynamoDB
 //!                             (named after the tables), none with --aws)
+//!   --ready-max-projection-lag SECS
+//!                             /health/ready fails while a read model lags more (default: no bound)
+//!   --lag-interval SECS       how often the read models' lag is measured (default: 30 with
+//!                             --ready-max-projection-lag, else not measured)
+//!   --ops-addr ADDR           consume: serve /metrics and /health/* there (default: none)
 //! ```
+//!
+//! `serve` and `consume` install a Prometheus recorder: `GET /metrics` renders
+//! the framework's metrics (see docs/operations.md).
 //!
 //! On DynamoDB the command table's stream is the source of truth: with
 //! `--pipeline stream` every server runs a stream consumer next to its HTTP
@@ -127,6 +135,19 @@ struct Cli {
     /// the stream consumer's commands, together) before leaving it to the stream.
     #[arg(long, global = true, value_name = "SECS", default_value_t = 10.0)]
     drain_timeout: f64,
+    /// `/health/ready` answers 503 while a read model's oldest version not applied
+    /// yet is older than this many seconds. [default: no bound]
+    #[arg(long, global = true, value_name = "SECS")]
+    ready_max_projection_lag: Option<f64>,
+    /// Seconds between two measures of the read models' lag (each reads every order;
+    /// it sets the lag gauges of /metrics and the readiness check).
+    /// [default: 30 with --ready-max-projection-lag, else not measured]
+    #[arg(long, global = true, value_name = "SECS")]
+    lag_interval: Option<f64>,
+    /// `consume`: serve `/metrics` and `/health`, `/health/live`, `/health/ready` on this
+    /// address (the consumer serves no API). [default: none]
+    #[arg(long, global = true, value_name = "ADDR")]
+    ops_addr: Option<SocketAddr>,
 }
 
 impl Cli {
@@ -383,11 +404,18 @@ async fn run(cli: Cli, flush_traces: impl Fn() + Send + Sync + 'static) -> Resul
         ),
         _ => None,
     };
+    // The processes that run for long get metrics and readiness.
+    let observe = match command {
+        Command::Serve | Command::Consume => Some(observe(&cli, &shop, consumer.as_ref())?),
+        _ => None,
+    };
     match command {
         Command::Serve => {
             let timeout = seconds("request-timeout", cli.request_timeout)?;
             let auth = auth.ok_or("no secret")?;
-            serve(cli.addr, cli.aws, auth, shop, consumer, timeout, drain).await
+            let observe = observe.ok_or("no metrics")?;
+            let app = ecommerce::http::router_observed(shop.clone(), auth.clone(), timeout, observe);
+            serve(cli.addr, cli.aws, auth, shop, consumer, app, drain).await
         }
         Command::Demo => {
             let consumer = consumer.map(Running::start);
@@ -408,6 +436,17 @@ async fn run(cli: Cli, flush_traces: impl Fn() + Send + Sync + 'static) -> Resul
                 id = consumer.id(),
                 "consuming the command stream; Ctrl-C or SIGTERM stops"
             );
+            if let (Some(addr), Some(observe)) = (cli.ops_addr, observe) {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                tracing::info!(%addr, "serving /metrics and /health/ready");
+                tokio::spawn(ecommerce::http::serve_until(
+                    listener,
+                    ecommerce::http::ops_router(observe),
+                    std::future::pending(),
+                ));
+            }
             consumer.run(shutdown_signal()).await;
             Ok(())
         }
@@ -429,6 +468,38 @@ async fn run(cli: Cli, flush_traces: impl Fn() + Send + Sync + 'static) -> Resul
             toolbox::leases(&dynamodb.stream_parts(), bound, json).await
         }
     }
+}
+
+/// The Prometheus recorder, installed, and the readiness checks of this
+/// process (its consumer's, if it runs one), with the lag measured in the
+/// background when it has read models.
+fn observe(
+    cli: &Cli,
+    shop: &Shop,
+    consumer: Option<&StreamConsumer>,
+) -> Result<ecommerce::observe::Observe, String> {
+    use ecommerce::observe::{install_prometheus, Observe, Readiness};
+
+    let metrics = install_prometheus()?;
+    let bound = cli
+        .ready_max_projection_lag
+        .map(|secs| seconds("ready-max-projection-lag", secs))
+        .transpose()?;
+    let mut readiness = Readiness::new(shop).max_projection_lag(bound);
+    if let Some(consumer) = consumer {
+        readiness =
+            readiness.with_consumer(consumer.monitor(), seconds("lease-duration", cli.lease_duration)?);
+    }
+    // A measure reads every order: only when asked for, or needed by the bound.
+    let every = match (cli.lag_interval, bound) {
+        (Some(secs), _) => Some(seconds("lag-interval", secs)?),
+        (None, Some(_)) => Some(ecommerce::observe::DEFAULT_LAG_INTERVAL),
+        (None, None) => None,
+    };
+    if let (Some(every), Some(_)) = (every, &shop.read_models) {
+        readiness.spawn_lag_refresher(every.max(Duration::from_millis(100)));
+    }
+    Ok(Observe::new(Some(metrics), readiness))
 }
 
 /// The tenants given, or the demo tenants.
@@ -652,8 +723,9 @@ async fn aws_config() -> aws_config::SdkConfig {
         .await
 }
 
-/// Serves until Ctrl-C or SIGTERM, then shuts down gracefully: no new
-/// connection, requests in flight answered, the work they started finished
+/// Serves `app` (the API over `shop`) until Ctrl-C or SIGTERM, then shuts
+/// down gracefully: no new connection, requests in flight answered, the
+/// work they started finished
 /// (within `drain`), the stream consumer stopped with its checkpoints saved
 /// and its leases released. What is left unfinished stays in the stream,
 /// for the next consumer.
@@ -663,7 +735,7 @@ async fn serve(
     auth: Auth,
     shop: Shop,
     consumer: Option<StreamConsumer>,
-    request_timeout: Duration,
+    app: axum::Router,
     drain: Duration,
 ) -> Result<(), String> {
     for tenant in DEMO_TENANTS {
@@ -685,7 +757,6 @@ async fn serve(
         print_welcome(&format!("http://{local}"), &auth);
     }
 
-    let app = ecommerce::http::router_with_timeout(shop.clone(), auth, request_timeout);
     let result = ecommerce::http::serve_until(listener, app, shutdown_signal()).await;
     tracing::info!("server stopped; letting the work in flight finish");
     // One drain for the whole process: the requests' work and the stream

@@ -78,6 +78,8 @@ pub(crate) async fn create_order(
         response
             .headers_mut()
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    } else {
+        metrics::counter!(crate::observe::ORDERS_PLACED).increment(1);
     }
     Ok(response)
 }

@@ -15,6 +15,9 @@
 //! | GET | `/inventory/{productCode}` | 200, the inventory record |
 //! | GET | `/reports/sales?from=&to=` | 200, units and revenue per day and product (the sales report read model; staff only) |
 //! | GET | `/health` | 200 `{"status":"ok"}`, no token |
+//! | GET | `/health/live` | 200 `{"status":"ok"}` (liveness, as `/health`), no token |
+//! | GET | `/health/ready` | 200 when ready, 503 when not: each check (`storage`, `stream_consumer`, `projections`) with `ok` and its `reason` ([`ReadyReport`](crate::observe::ReadyReport)), no token |
+//! | GET | `/metrics` | 200, the process's metrics in Prometheus text format (404 without a recorder: [`crate::observe`]), no token |
 //! | GET | `/openapi.json` | 200, the OpenAPI document, no token |
 //! | GET | `/docs` | the API page (Swagger UI, [`docs`]): a token pasted in its **Authorize** dialog, requests tried from the browser; no token to load it |
 //!
@@ -39,6 +42,9 @@ mod error;
 mod extract;
 mod handlers;
 mod model;
+mod observe;
+
+pub use observe::ops_router;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -73,6 +79,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub(crate) struct AppState {
     pub(crate) shop: Shop,
     pub(crate) auth: Auth,
+    pub(crate) observe: crate::observe::Observe,
 }
 
 /// Every route of the API: its method, its path, whether it needs a token,
@@ -103,6 +110,9 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
         (Method::GET, "/inventory/{productCode}", true, get(get_inventory)),
         (Method::GET, "/reports/sales", true, get(sales_report)),
         (Method::GET, "/health", false, get(health)),
+        (Method::GET, "/health/live", false, get(observe::live)),
+        (Method::GET, "/health/ready", false, get(observe::ready)),
+        (Method::GET, "/metrics", false, get(observe::metrics)),
         (Method::GET, docs::OPENAPI_PATH, false, get(openapi_json)),
     ]
 }
@@ -129,6 +139,9 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
         handlers::get_inventory,
         handlers::sales_report,
         handlers::health,
+        observe::live,
+        observe::ready,
+        observe::metrics,
         handlers::openapi_json,
     ),
     components(schemas(
@@ -153,6 +166,8 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
         Inventory,
         StatusChange,
         Health,
+        crate::observe::ReadyReport,
+        crate::observe::Check,
         ErrorBody,
     )),
     modifiers(&BearerAuth, &Bounds, &ServerErrors),
@@ -264,6 +279,18 @@ pub fn router(shop: Shop, auth: Auth) -> Router {
 /// (storage that hangs, say) with 503 `timeout`. The work of a publish the
 /// request started goes on: the framework finishes what it wrote.
 pub fn router_with_timeout(shop: Shop, auth: Auth, request_timeout: Duration) -> Router {
+    let observe = crate::observe::Observe::new(None, crate::observe::Readiness::new(&shop));
+    router_observed(shop, auth, request_timeout, observe)
+}
+
+/// [`router_with_timeout`], with `/metrics` and `/health/ready` answered
+/// from `observe` (the process's metrics recorder and readiness checks).
+pub fn router_observed(
+    shop: Shop,
+    auth: Auth,
+    request_timeout: Duration,
+    observe: crate::observe::Observe,
+) -> Router {
     let mut app = Router::new();
     for (_, path, _, handler) in routes() {
         app = app.route(path, handler);
@@ -276,7 +303,7 @@ pub fn router_with_timeout(shop: Shop, auth: Auth, request_timeout: Duration) ->
             time_limit(request_timeout, request, next)
         }))
         .layer(middleware::from_fn(log_request))
-        .with_state(AppState { shop, auth })
+        .with_state(AppState { shop, auth, observe })
 }
 
 /// Answers 503 `timeout` when the request takes longer than `limit`.
@@ -519,7 +546,9 @@ mod tests {
                     "{method} {path}"
                 );
             } else {
-                assert_eq!(response.status().as_u16(), 200, "{method} {path}");
+                // This router has no metrics recorder: /metrics says so, without a token too.
+                let expected = if path == "/metrics" { 404 } else { 200 };
+                assert_eq!(response.status().as_u16(), expected, "{method} {path}");
             }
         }
         let bad = client
