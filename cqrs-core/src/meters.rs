@@ -155,14 +155,16 @@ impl Outcome {
 #[must_use = "a publish is recorded by `end`"]
 pub(crate) struct Publish {
     mode: Mode,
-    started: chrono::DateTime<chrono::Utc>,
+    /// Tokio's monotonic clock: the simulation's paused clock on its
+    /// threads, else the system's (cheaper than the wall clock).
+    started: tokio::time::Instant,
 }
 
 impl Publish {
     pub(crate) fn start(mode: Mode) -> Self {
         Publish {
             mode,
-            started: crate::clock::now(),
+            started: tokio::time::Instant::now(),
         }
     }
 
@@ -170,7 +172,7 @@ impl Publish {
     /// Labels are literals, so that no key is built on the heap for the
     /// facade's empty recorder.
     pub(crate) fn end<T>(self, result: &Result<T>) {
-        let seconds = seconds_since(self.started);
+        let seconds = self.started.elapsed().as_secs_f64();
         macro_rules! h {
             ($mode:literal, $outcome:literal) => {
                 histogram!(PUBLISH_SECONDS, "mode" => $mode, "outcome" => $outcome)
@@ -261,13 +263,6 @@ pub(crate) fn projection_failed(projection: &str) {
 pub fn projection_lag(projection: &str, lag: &crate::projection::Lag) {
     gauge!(PROJECTION_LAG_EVENTS, "projection" => projection.to_owned()).set(lag.events_behind as f64);
     gauge!(PROJECTION_LAG_SECONDS, "projection" => projection.to_owned()).set(lag.oldest_age().as_secs_f64());
-}
-
-/// Seconds from `start` to now on the framework's clock (0 if the clock went back).
-pub(crate) fn seconds_since(start: chrono::DateTime<chrono::Utc>) -> f64 {
-    (crate::clock::now() - start)
-        .to_std()
-        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
 }
 
 #[cfg(test)]

@@ -752,11 +752,14 @@ impl DataItem {
     }
 
     /// Whether `record` is the command this row was produced by, but for
-    /// its status, source, publisher and traceparent: what [`DataItem::command`]
+    /// its status, source and publisher: what [`DataItem::command`]
     /// rebuilds, compared without building it. A store can then keep such a
-    /// command row as those alone.
+    /// command row as those alone. A row with a
+    /// [`traceparent`](CommandRecord::traceparent) is not (it is rare: only
+    /// when traces are exported), so that such a compact form stays small.
     pub fn is_row_of(&self, record: &CommandRecord) -> bool {
-        record.version == self.version
+        record.traceparent.is_none()
+            && record.version == self.version
             && record.pk == self.pk
             && record.sk == self.sk
             && record.request_id == self.request_id

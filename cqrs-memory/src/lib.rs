@@ -198,7 +198,6 @@ enum CommandRow {
         status: CommandStatus,
         source: Option<SmolStr>,
         publisher: Option<SmolStr>,
-        traceparent: Option<SmolStr>,
     },
     /// Not applied yet (or not equal to its data row): kept whole.
     Whole(Box<CommandRecord>),
@@ -232,11 +231,9 @@ impl Entity {
                 status,
                 source,
                 publisher,
-                traceparent,
             } => {
                 let mut command = self.row_of(version)?.command(*status, source.clone());
                 command.publisher.clone_from(publisher);
-                command.traceparent.clone_from(traceparent);
                 Some(command)
             }
         }
@@ -251,13 +248,13 @@ impl Entity {
 }
 
 /// The compact form of `record` once `data` (its data row) is stored, if
-/// the row can be rebuilt from it.
+/// the row can be rebuilt from it (a row with a trace context is kept
+/// whole: see [`DataItem::is_row_of`]).
 fn compact(record: &CommandRecord, data: &DataItem) -> Option<CommandRow> {
     data.is_row_of(record).then(|| CommandRow::Applied {
         status: record.status,
         source: record.source.clone(),
         publisher: record.publisher.clone(),
-        traceparent: record.traceparent.clone(),
     })
 }
 
