@@ -242,7 +242,7 @@ impl Engine {
         if let Err(error) = &applied {
             if error.is_retryable() {
                 for record in writes.iter().filter_map(ApplyWrite::inserted_command) {
-                    self.dispatch(record.key(), record.version);
+                    self.dispatch(record.key(), record.version, record.traceparent.clone());
                 }
             }
         }
@@ -276,7 +276,7 @@ impl Engine {
             .await;
         outcome.unwrap_or_else(|error| {
             tracing::warn!(version = record.version, %error, "handlers of a sync publish did not complete; left to recovery");
-            self.dispatch(record.key(), record.version);
+            self.dispatch(record.key(), record.version, record.traceparent.clone());
             Handled::Recovering
         })
     }
@@ -361,6 +361,7 @@ impl Engine {
             engine: Some(self),
             key,
             version: record.version,
+            traceparent: record.traceparent.clone(),
         };
         let key_row = self.key_row(keyed, key, record.version, ctx);
         let stored = self.storage_ref().put_command(&record, key_row.as_ref()).await;
@@ -372,7 +373,7 @@ impl Engine {
         stored?;
         tracing::Span::current().record("version", record.version);
         tracing::info!("published (async)");
-        self.dispatch(key.clone(), record.version);
+        self.dispatch(key.clone(), record.version, record.traceparent.clone());
         Ok(Published::Written(record))
     }
 
@@ -528,13 +529,14 @@ struct DispatchOnDrop<'a> {
     engine: Option<&'a Engine>,
     key: &'a EntityKey,
     version: u64,
+    traceparent: Option<smol_str::SmolStr>,
 }
 
 impl Drop for DispatchOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(engine) = self.engine.take() {
             if tokio::runtime::Handle::try_current().is_ok() {
-                engine.dispatch(self.key.clone(), self.version);
+                engine.dispatch(self.key.clone(), self.version, self.traceparent.take());
             }
         }
     }

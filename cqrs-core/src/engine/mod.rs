@@ -577,13 +577,14 @@ impl Engine {
     }
 
     /// Hands a stored command to the in-process processor, which brings it
-    /// to a final state; with external dispatch the stream consumer does.
-    fn dispatch(&self, key: EntityKey, version: u64) {
+    /// to a final state in the trace of its publish (the command row's
+    /// `traceparent`); with external dispatch the stream consumer does.
+    fn dispatch(&self, key: EntityKey, version: u64, traceparent: Option<smol_str::SmolStr>) {
         if self.inner.config.dispatch == AsyncDispatch::InProcess {
             self.inner
                 .worker
                 .get_or_init(|| Worker::new(self.inner.pipeline.clone(), self.inner.activity.clone()))
-                .submit(key, version);
+                .submit(key, version, traceparent);
         }
     }
 }

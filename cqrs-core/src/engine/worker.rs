@@ -49,10 +49,10 @@ impl Worker {
     }
 
     /// Queues `version` of `key`; starts the entity's task if it is idle.
-    pub(crate) fn submit(&self, key: EntityKey, version: u64) {
+    pub(crate) fn submit(&self, key: EntityKey, version: u64, traceparent: Option<smol_str::SmolStr>) {
         let queued = Queued {
             version,
-            traceparent: crate::trace::current_traceparent(),
+            traceparent,
             _in_flight: self.shared.activity.start(),
         };
         let start = {
