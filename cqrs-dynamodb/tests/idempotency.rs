@@ -77,8 +77,12 @@ async fn an_expired_key_row_is_replaced() {
         return;
     }
     let storage = common::fresh_storage("idem-expiry").await;
+    // Expiry is kept in whole seconds (the publish's second, floored, plus
+    // the retention): a key of 1 s could expire within a few milliseconds,
+    // before the refused publish below on a loaded machine. 3 s leaves at
+    // least 2 s for it.
     let engine = Engine::builder(Arc::new(storage.clone()))
-        .idempotency_retention(Duration::from_secs(1))
+        .idempotency_retention(Duration::from_secs(3))
         .build();
     let ctx = common::ctx();
     let pk = cqrs_core::tenant_pk(common::TENANT);
@@ -126,8 +130,8 @@ async fn an_expired_key_row_is_replaced() {
         "nothing written"
     );
 
-    // Expiry is kept in whole seconds.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Past the retention, in whole seconds.
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     assert!(
         key_row(&storage, "req-1").await.is_some(),
         "the expired row is still stored: what follows must replace it"
