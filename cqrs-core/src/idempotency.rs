@@ -86,8 +86,13 @@ impl IdempotencyKey {
         Ok(self.fingerprint(fingerprint(&value)))
     }
 
-    /// Checks the key: 1 to 255 bytes of visible ASCII (no spaces).
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks the key: 1 to 255 bytes of visible ASCII (no spaces). A
+    /// publish checks it too; this lets a caller refuse a bad key (an HTTP
+    /// header, say) before doing any work.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `idempotencyKey`.
+    pub fn validate(&self) -> Result<()> {
         let key = &self.key;
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
             return Err(Error::invalid(

@@ -108,6 +108,7 @@ pub struct OrderItem {
     #[serde(default)]
     pub name: String,
     /// Units, at least 1.
+    #[serde(deserialize_with = "crate::json_integer::deserialize")]
     pub quantity: u32,
     /// Unit price; must equal the catalogue's.
     #[serde(with = "money::json")]

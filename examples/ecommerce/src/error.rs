@@ -9,10 +9,19 @@ pub const RETRY_AFTER_SECONDS: u64 = 2;
 /// What can go wrong in the storefront.
 #[derive(Debug, thiserror::Error)]
 pub enum ShopError {
-    /// The request is malformed or breaks a rule (400).
+    /// The request is malformed: it breaks a rule the API document states
+    /// (400).
     #[error("{0}")]
     InvalidInput(String),
-    /// The order cannot move from one status to the other (400).
+    /// The request is well formed (the API document allows it), but the
+    /// shop's rules refuse it: a line of an unknown, deleted or inactive
+    /// product, a price that is not the catalogue's, a range that ends
+    /// before it starts (422). The document cannot state these: they depend
+    /// on the shop's data or on two fields together.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The order cannot move from its current status to the one asked for
+    /// (409: it conflicts with the order's state).
     #[error("cannot transition from {from} to {to}")]
     InvalidTransition {
         /// Current status.
@@ -61,7 +70,8 @@ impl ShopError {
         use cqrs_core::Error as E;
         match self {
             ShopError::InvalidInput(_) => (400, "invalid_input"),
-            ShopError::InvalidTransition { .. } => (400, "invalid_transition"),
+            ShopError::Unprocessable(_) => (422, "unprocessable"),
+            ShopError::InvalidTransition { .. } => (409, "invalid_transition"),
             ShopError::Forbidden(_) => (403, "forbidden"),
             ShopError::NotFound(_) => (404, "not_found"),
             ShopError::Conflict(_) => (409, "conflict"),
@@ -72,6 +82,9 @@ impl ShopError {
                 // Never say that another tenant's item exists.
                 E::TenantViolation { .. } => (404, "not_found"),
                 E::Conflict { .. } | E::ConflictRetriesExhausted { .. } => (409, "version_conflict"),
+                // A cursor is opaque: the document cannot tell one this
+                // server issued from another string.
+                E::InvalidInput { what, .. } if what == "cursor" => (422, "invalid_cursor"),
                 E::InvalidInput { .. } => (400, "invalid_input"),
                 E::TooLarge { .. } => (413, "too_large"),
                 E::IdempotencyKeyReused { .. } => (422, "idempotency_key_reused"),

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod http;
+mod json_integer;
 pub mod money;
 pub mod notify;
 pub mod observe;

@@ -5,7 +5,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use utoipa::OpenApi;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IDEMPOTENT_REPLAYED};
@@ -13,7 +12,7 @@ use super::model::{
     cursor, Health, Inventory, Order, OrderListQuery, OrderPage, OrderSearchParams, Product,
     ProductListQuery, ProductPage, SalesReportQuery, StatusChange,
 };
-use super::{ApiDoc, AppState};
+use super::AppState;
 use crate::read_models::{OrderSearchPage, SalesRow};
 use crate::services::{NewOrder, NewProduct, SetInventory};
 
@@ -57,11 +56,11 @@ fn created<T: serde::Serialize>(location: String, body: T) -> Response {
                 ("Location" = String, description = "`/orders/{code}`"),
                 ("Idempotent-Replayed" = String, description = "`true` when this is the answer of an earlier request with the same `Idempotency-Key`"),
             )),
-        (status = 400, description = "Invalid order, or invalid `Idempotency-Key`", body = ErrorBody),
+        (status = 400, description = "`invalid_input`: a field breaks its rule in this document, or an invalid `Idempotency-Key`", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 422, description = "`idempotency_key_reused`: the `Idempotency-Key` was used for another request", body = ErrorBody),
+        (status = 422, description = "`unprocessable`: a line's product is unknown, deleted or not for sale, or its price \
+                                      is not the catalogue's; or `idempotency_key_reused`: the `Idempotency-Key` was used for another request", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -94,9 +93,10 @@ pub(crate) async fn create_order(
     params(OrderListQuery),
     responses(
         (status = 200, description = "A page of orders", body = OrderPage),
-        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 400, description = "Invalid query: an unknown parameter, or a value that breaks its rule", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
+        (status = 422, description = "`invalid_cursor`: a `cursor` this server did not give for this query", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -129,10 +129,11 @@ pub(crate) async fn list_orders(
     params(OrderSearchParams),
     responses(
         (status = 200, description = "A page of matching orders", body = OrderSearchPage),
-        (status = 400, description = "Invalid query: an unknown parameter, a malformed day or status, `from` after `to`, \
-                                      `limit` out of bounds, `product` or `q` empty or too long, or a cursor this server did not give", body = ErrorBody),
+        (status = 400, description = "Invalid query: an unknown parameter, a malformed day or status, \
+                                      `limit` out of bounds, `product` or `q` empty, blank or too long", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
+        (status = 422, description = "`unprocessable`: `from` after `to`; or `invalid_cursor`: a `cursor` this server did not give for this query", body = ErrorBody),
         (status = 503, description = "`read_models_unavailable`: this server was started without a read-model database \
                                       (retrying this server will not help); or, from the read-model database as from the storage", body = ErrorBody),
     ),
@@ -162,10 +163,10 @@ pub(crate) async fn search_orders(
     params(SalesReportQuery),
     responses(
         (status = 200, description = "The report's rows, by day then product", body = [SalesRow]),
-        (status = 400, description = "Invalid query: `from` or `to` missing or not a `YYYY-MM-DD` day, `from` after `to`, \
-                                      more than 366 days, or an unknown parameter", body = ErrorBody),
+        (status = 400, description = "Invalid query: `from` or `to` missing or not a `YYYY-MM-DD` day, or an unknown parameter", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not allowed to this role (a token without `staff`)", body = ErrorBody),
+        (status = 422, description = "`unprocessable`: `from` after `to`, or more than 366 days", body = ErrorBody),
         (status = 503, description = "`read_models_unavailable`: this server was started without a read-model database \
                                       (retrying this server will not help); or, from the read-model database as from the storage", body = ErrorBody),
     ),
@@ -186,7 +187,7 @@ pub(crate) async fn sales_report(
     get,
     path = "/orders/{code}",
     tag = "orders",
-    params(("code" = String, Path, description = "Order code, e.g. `ORD-000001`")),
+    params(("code" = String, Path, description = "Order code, e.g. `ORD-000001`", example = "ORD-000001")),
     responses(
         (status = 200, description = "The order", body = Order),
         (status = 400, description = "Invalid code", body = ErrorBody),
@@ -220,7 +221,7 @@ pub(crate) async fn get_order(
     path = "/orders/{code}/status",
     tag = "orders",
     params(
-        ("code" = String, Path, description = "Order code, e.g. `ORD-000001`"),
+        ("code" = String, Path, description = "Order code, e.g. `ORD-000001`", example = "ORD-000001"),
         ("Idempotency-Key" = Option<String>, Header,
             description = "A unique key of this request (1 to 255 bytes of visible ASCII), so that a retry \
                            of it moves the order once and gets the first answer. Keys are per shop, held 24 hours."),
@@ -228,11 +229,12 @@ pub(crate) async fn get_order(
     request_body = StatusChange,
     responses(
         (status = 200, description = "The order at its new version (with a held `Idempotency-Key`: at the version the first request wrote)", body = Order),
-        (status = 400, description = "Invalid status or transition, or invalid `Idempotency-Key`", body = ErrorBody),
+        (status = 400, description = "`invalid_input`: an unknown status, a field that breaks its rule, or an invalid `Idempotency-Key`", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not allowed to this role (a customer moving an order to other than cancelled)", body = ErrorBody),
         (status = 404, description = "No such order in this shop", body = ErrorBody),
-        (status = 409, description = "Version conflict, or stock not reserved", body = ErrorBody),
+        (status = 409, description = "`invalid_transition`: the status machine does not allow the move from the order's status; \
+                                      `version_conflict`: the order is not at `version`; `conflict`: its stock is not reserved", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused`: the `Idempotency-Key` was used for another request", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -267,7 +269,6 @@ pub(crate) async fn update_order_status(
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not allowed to this role (a token without `staff`)", body = ErrorBody),
         (status = 409, description = "A product with this code exists", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -291,9 +292,10 @@ pub(crate) async fn create_product(
     params(ProductListQuery),
     responses(
         (status = 200, description = "A page of products", body = ProductPage),
-        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 400, description = "Invalid query: an unknown parameter, or a value that breaks its rule", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
+        (status = 422, description = "`invalid_cursor`: a `cursor` this server did not give for this query", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -317,7 +319,7 @@ pub(crate) async fn list_products(
     get,
     path = "/products/{code}",
     tag = "products",
-    params(("code" = String, Path, description = "Product code, e.g. `PRD-001`")),
+    params(("code" = String, Path, description = "Product code, e.g. `PRD-001`", example = "PRD-001")),
     responses(
         (status = 200, description = "The product", body = Product),
         (status = 400, description = "Invalid code", body = ErrorBody),
@@ -344,7 +346,7 @@ pub(crate) async fn get_product(
     patch,
     path = "/inventory/{productCode}",
     tag = "inventory",
-    params(("productCode" = String, Path, description = "Product code, e.g. `PRD-001`")),
+    params(("productCode" = String, Path, description = "Product code, e.g. `PRD-001`", example = "PRD-001")),
     request_body = SetInventory,
     responses(
         (status = 200, description = "The inventory record at its new version", body = Inventory),
@@ -379,7 +381,7 @@ pub(crate) async fn set_inventory(
     get,
     path = "/inventory/{productCode}",
     tag = "inventory",
-    params(("productCode" = String, Path, description = "Product code, e.g. `PRD-001`")),
+    params(("productCode" = String, Path, description = "Product code, e.g. `PRD-001`", example = "PRD-001")),
     responses(
         (status = 200, description = "The inventory record", body = Inventory),
         (status = 400, description = "Invalid code", body = ErrorBody),
@@ -419,8 +421,8 @@ pub(crate) async fn health() -> Json<Health> {
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json")),
     security(())
 )]
-pub(crate) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub(crate) async fn openapi_json() -> Json<serde_json::Value> {
+    Json(super::document())
 }
 
 /// No such route.

@@ -41,6 +41,7 @@ pub mod docs;
 mod error;
 mod extract;
 mod handlers;
+mod links;
 mod model;
 mod observe;
 
@@ -68,6 +69,7 @@ pub use model::{
 };
 
 use self::bounds::Bounds;
+use self::links::Links;
 use crate::auth::Auth;
 use crate::Shop;
 
@@ -170,7 +172,7 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
         crate::observe::Check,
         ErrorBody,
     )),
-    modifiers(&BearerAuth, &Bounds, &ServerErrors),
+    modifiers(&BearerAuth, &Bounds, &BodyErrors, &ServerErrors, &Links),
     tags(
         (name = "orders", description = "Placing orders and moving them through their statuses"),
         (name = "products", description = "The catalogue"),
@@ -180,6 +182,15 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
     )
 )]
 pub struct ApiDoc;
+
+/// The OpenAPI document as `GET /openapi.json` serves it: [`ApiDoc`], as
+/// JSON, spelled as OpenAPI spells it.
+pub fn document() -> serde_json::Value {
+    // Plain data (maps, strings, numbers): it always serializes.
+    let mut document = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+    links::spell_links(&mut document);
+    document
+}
 
 /// Adds to every operation that reaches the shop (all but `meta`) the two
 /// answers of a failed storage: 503, which a retry may get past, and 500,
@@ -216,31 +227,56 @@ impl Modify for ServerErrors {
             )
             .content("application/json", body())
             .build();
-        for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
-                if operation.tags.iter().flatten().any(|tag| tag == "meta") {
-                    continue;
-                }
+        for operation in bounds::operations(openapi) {
+            if operation.tags.iter().flatten().any(|tag| tag == "meta") {
+                continue;
+            }
+            let responses = &mut operation.responses.responses;
+            // An operation's own 503 (a cause of its own) keeps its
+            // description, followed by the storage's.
+            let own = match responses.get("503") {
+                Some(utoipa::openapi::RefOr::T(own)) => Some(own.description.clone()),
+                _ => None,
+            };
+            let mut answer = unavailable.clone();
+            if let Some(own) = own {
+                answer.description = format!("{own}. {}", answer.description);
+            }
+            responses.insert("503".to_owned(), answer.into());
+            responses.insert("500".to_owned(), internal.clone().into());
+        }
+    }
+}
+
+/// Adds to every operation that takes a body the answers of a body the
+/// server does not read ([`extract::ApiJson`]'s refusals, before the
+/// handler runs): 413 over [`MAX_BODY_BYTES`], 415 when it is not JSON.
+struct BodyErrors;
+
+impl Modify for BodyErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+
+        let answer = |description: String| {
+            let body = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build();
+            ResponseBuilder::new()
+                .description(description)
+                .content("application/json", body)
+                .build()
+        };
+        let too_large = answer(format!(
+            "`too_large`: the body is over {} KiB",
+            MAX_BODY_BYTES / 1024
+        ));
+        let not_json =
+            answer("`unsupported_media_type`: the body is not sent as `Content-Type: application/json`".to_owned());
+        for operation in bounds::operations(openapi) {
+            if operation.request_body.is_some() {
                 let responses = &mut operation.responses.responses;
-                // An operation's own 503 (a cause of its own) keeps its
-                // description, followed by the storage's.
-                let own = match responses.get("503") {
-                    Some(utoipa::openapi::RefOr::T(own)) => Some(own.description.clone()),
-                    _ => None,
-                };
-                let mut answer = unavailable.clone();
-                if let Some(own) = own {
-                    answer.description = format!("{own}. {}", answer.description);
-                }
-                responses.insert("503".to_owned(), answer.into());
-                responses.insert("500".to_owned(), internal.clone().into());
+                responses.insert("413".to_owned(), too_large.clone().into());
+                responses.insert("415".to_owned(), not_json.clone().into());
             }
         }
     }
@@ -611,13 +647,7 @@ mod tests {
             (415, "unsupported_media_type".to_owned())
         );
 
-        for query in [
-            "status=lost",
-            "limit=many",
-            "limit=0",
-            "cursor=nonsense",
-            "colour=red",
-        ] {
+        for query in ["status=lost", "limit=many", "limit=0", "colour=red"] {
             let response = client
                 .get(format!("{url}/orders?{query}"))
                 .bearer_auth(&a)
@@ -630,6 +660,16 @@ mod tests {
                 "{query}"
             );
         }
+
+        // A cursor is opaque: the document allows any string, the server
+        // only its own.
+        let response = client
+            .get(format!("{url}/orders?cursor=nonsense"))
+            .bearer_auth(&a)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(response).await, (422, "invalid_cursor".to_owned()));
 
         let status = |code: &str, body: Value| {
             client
@@ -646,7 +686,7 @@ mod tests {
             .send()
             .await
             .unwrap();
-        assert_eq!(error_of(response).await, (400, "invalid_transition".to_owned()));
+        assert_eq!(error_of(response).await, (409, "invalid_transition".to_owned()));
         let response = status("ORD-000001", json!({ "status": "cancelled", "version": 7 }))
             .send()
             .await

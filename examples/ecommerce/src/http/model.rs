@@ -148,7 +148,7 @@ pub struct StatusChange {
     /// The new status.
     pub status: OrderStatus,
     /// The order's current version, as last read.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json_integer::option")]
     pub version: Option<u64>,
 }
 

@@ -25,7 +25,7 @@ use cqrs_sql::sqlx::{self, Any};
 use cqrs_sql::SqlTarget;
 
 pub use order_search::{
-    OrderSearch, OrderSearchPage, OrderSearchQuery, OrderSummary, MAX_SEARCH_TEXT_BYTES, SEARCH_PROJECTION,
+    OrderSearch, OrderSearchPage, OrderSearchQuery, OrderSummary, SEARCH_PROJECTION,
     SEARCH_TABLE,
 };
 pub use sales_report::{contributions, Contribution, SalesReport, SalesRow, SALES_PROJECTION, SALES_TABLE};
@@ -290,13 +290,13 @@ impl ReadModels {
 /// [`MAX_REPORT_DAYS`] days.
 pub(crate) fn check_report_days(from: NaiveDate, to: NaiveDate) -> ShopResult<()> {
     if from > to {
-        return Err(ShopError::InvalidInput(format!(
+        return Err(ShopError::Unprocessable(format!(
             "from ({from}) must not be after to ({to})"
         )));
     }
     let days = (to - from).num_days() + 1;
     if days > MAX_REPORT_DAYS {
-        return Err(ShopError::InvalidInput(format!(
+        return Err(ShopError::Unprocessable(format!(
             "a report covers at most {MAX_REPORT_DAYS} days; {from} to {to} is {days}"
         )));
     }
@@ -313,7 +313,7 @@ pub(crate) fn check_search(query: &OrderSearchQuery) -> ShopResult<(usize, Optio
     };
     if let (Some(from), Some(to)) = (query.from, query.to) {
         if from > to {
-            return Err(ShopError::InvalidInput(format!(
+            return Err(ShopError::Unprocessable(format!(
                 "from ({from}) must not be after to ({to})"
             )));
         }
@@ -333,21 +333,11 @@ enum Arg {
     Int(i64),
 }
 
-/// A searched text: not empty, at most [`MAX_SEARCH_TEXT_BYTES`], no
-/// control characters.
+/// A searched text, as [`validate::SEARCH_TEXT`] allows it, without the
+/// spaces around it.
 fn searched_text<'a>(what: &str, text: &'a str) -> ShopResult<&'a str> {
-    let text = text.trim();
-    if text.is_empty() || text.len() > MAX_SEARCH_TEXT_BYTES {
-        return Err(ShopError::InvalidInput(format!(
-            "{what} must be 1 to {MAX_SEARCH_TEXT_BYTES} bytes"
-        )));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(ShopError::InvalidInput(format!(
-            "{what} must not hold control characters"
-        )));
-    }
-    Ok(text)
+    validate::SEARCH_TEXT.check(what, text)?;
+    Ok(text.trim())
 }
 
 fn parse_status(status: &str) -> ShopResult<OrderStatus> {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::sales_report::{cents, day_text};
+use crate::services::validate;
 use crate::domain::{OrderAttributes, OrderStatus};
 use crate::error::{ShopError, ShopResult};
 use crate::money;
@@ -21,9 +22,6 @@ pub const SEARCH_TABLE: &str = "order_search";
 
 /// The projection's name: it keys its checkpoints and generations.
 pub const SEARCH_PROJECTION: &str = "order-search";
-
-/// The longest `product` and `q` (text) a search accepts, in bytes.
-pub const MAX_SEARCH_TEXT_BYTES: usize = 100;
 
 /// The order search table: upserted on every change of an order, its row
 /// deleted when the order is.
@@ -228,12 +226,17 @@ impl Cursor {
             .collect()
     }
 
-    /// Reads a cursor this module wrote; anything else is a 400.
+    /// Reads a cursor this module wrote; anything else is the framework's
+    /// invalid cursor (a 422, as a listing's).
     pub(crate) fn decode(text: &str) -> ShopResult<Self> {
         let invalid = || {
-            ShopError::InvalidInput("invalid cursor: pass the `cursor` of the previous page as it is".into())
+            ShopError::Core(cqrs_core::Error::invalid(
+                "cursor",
+                "pass the `cursor` of the previous page as it is",
+            ))
         };
-        if !text.len().is_multiple_of(2) || text.len() > 2 * (27 + 1 + MAX_SEARCH_TEXT_BYTES) {
+        // A creation time (27 bytes at most), a newline and a code, in hex.
+        if !text.len().is_multiple_of(2) || text.len() > 2 * (27 + 1 + validate::CODE.max_chars) {
             return Err(invalid());
         }
         let bytes = (0..text.len())
@@ -310,7 +313,10 @@ mod tests {
             &hex("yesterday\nORD-1"),
         ] {
             assert!(
-                matches!(Cursor::decode(bad), Err(ShopError::InvalidInput(_))),
+                matches!(
+                    Cursor::decode(bad),
+                    Err(ShopError::Core(cqrs_core::Error::InvalidInput { what, .. })) if what == "cursor"
+                ),
                 "{bad:?}"
             );
         }

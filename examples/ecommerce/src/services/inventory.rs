@@ -39,11 +39,12 @@ pub const MAX_STOCK: i64 = 1_000_000_000;
 #[serde(rename_all = "camelCase")]
 pub struct SetInventory {
     /// Units on hand (not below the units reserved).
+    #[serde(deserialize_with = "crate::json_integer::deserialize")]
     pub quantity: i64,
     /// Where the stock is.
     pub warehouse_code: String,
     /// The version the client last saw; checked when given.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json_integer::option")]
     pub version: Option<u64>,
 }
 
@@ -134,6 +135,7 @@ impl InventoryService {
         access::staff(ctx, "setting stock")?;
         validate::code("product code", product_code)?;
         validate::text("warehouseCode", &request.warehouse_code)?;
+        validate::version(request.version)?;
         if !(0..=MAX_STOCK).contains(&request.quantity) {
             return Err(ShopError::InvalidInput(format!(
                 "quantity must be 0 to {MAX_STOCK}, got {}",

@@ -164,6 +164,9 @@ impl OrderService {
         let mut catalogue = BTreeMap::new();
         for item in &mut order.items {
             validate::code("productCode", &item.product_code)?;
+            // A price the catalogue cannot hold is malformed (400), before
+            // it is compared with the catalogue's (422).
+            crate::money::check_price(item.price)?;
             if !(MIN_QUANTITY..=MAX_QUANTITY).contains(&item.quantity) {
                 return Err(ShopError::InvalidInput(format!(
                     "quantity of {} must be {MIN_QUANTITY} to {MAX_QUANTITY}, got {}",
@@ -176,19 +179,19 @@ impl OrderService {
             }
             match catalogue.get(&item.product_code).and_then(Option::as_ref) {
                 None => {
-                    return Err(ShopError::InvalidInput(format!(
+                    return Err(ShopError::Unprocessable(format!(
                         "unknown product {}",
                         item.product_code
                     )));
                 }
                 Some((_, product)) if !product.is_active => {
-                    return Err(ShopError::InvalidInput(format!(
+                    return Err(ShopError::Unprocessable(format!(
                         "product {} is not for sale",
                         item.product_code
                     )));
                 }
                 Some((_, product)) if product.price != item.price => {
-                    return Err(ShopError::InvalidInput(format!(
+                    return Err(ShopError::Unprocessable(format!(
                         "price of {} is {}, not {}",
                         item.product_code, product.price, item.price
                     )));
@@ -320,6 +323,7 @@ impl OrderService {
     ) -> ShopResult<DataItem> {
         access::shopper(ctx, "changing an order's status")?;
         validate::code("order code", code)?;
+        validate::version(version)?;
         if !access::is_staff(ctx) && next != OrderStatus::Cancelled {
             return Err(ShopError::Forbidden(format!(
                 "moving an order to {next} needs the role {}",

@@ -65,7 +65,7 @@ impl ProductService {
         validate::text("categoryCode", &product.category_code)?;
         validate::text("sku", &product.sku)?;
         validate::text("currency", &product.currency)?;
-        validate::optional_text("description", &product.description, 4096)?;
+        validate::LONG_TEXT.check("description", &product.description)?;
         if product.images.len() > MAX_IMAGES {
             return Err(ShopError::InvalidInput(format!(
                 "a product has at most {MAX_IMAGES} images"
@@ -130,7 +130,7 @@ impl ProductService {
     ) -> ShopResult<Option<(String, ProductAttributes)>> {
         let key = EntityKey::new(tenant_pk(&ctx.tenant_code), product_sk(code));
         match self.services.data.get_item(&key, ctx).await? {
-            Some(item) if item.is_deleted => Err(ShopError::InvalidInput(format!(
+            Some(item) if item.is_deleted => Err(ShopError::Unprocessable(format!(
                 "product {code} was deleted: it cannot be ordered"
             ))),
             Some(item) => {

@@ -420,6 +420,7 @@ fn copy_error(error: &ShopError) -> ShopError {
     use cqrs_core::Error as E;
     match error {
         ShopError::InvalidInput(m) => ShopError::InvalidInput(m.clone()),
+        ShopError::Unprocessable(m) => ShopError::Unprocessable(m.clone()),
         ShopError::InvalidTransition { from, to } => ShopError::InvalidTransition { from: *from, to: *to },
         ShopError::Forbidden(m) => ShopError::Forbidden(m.clone()),
         ShopError::NotFound(m) => ShopError::NotFound(m.clone()),
