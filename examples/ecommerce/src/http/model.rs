@@ -144,6 +144,7 @@ page!(
 /// `PATCH /orders/{code}/status`: the status to move to, and optionally the
 /// version the client last saw (then checked: another version is a 409).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({ "status": "confirmed" }))]
 pub struct StatusChange {
     /// The new status.
     pub status: OrderStatus,

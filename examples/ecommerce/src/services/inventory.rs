@@ -37,6 +37,7 @@ pub const MAX_STOCK: i64 = 1_000_000_000;
 /// Sets the quantity on hand of a product.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({ "quantity": 100, "warehouseCode": "WH-TOKYO-01" }))]
 pub struct SetInventory {
     /// Units on hand (not below the units reserved).
     #[serde(deserialize_with = "crate::json_integer::deserialize")]

@@ -45,6 +45,12 @@ pub const MAX_QUANTITY: u32 = 10_000;
 /// fingerprint of an idempotent request.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({
+    "customerId": "CUST-001",
+    "items": [{ "productCode": "PRD-001", "quantity": 2, "price": 29.99 }],
+    "shippingAddress": { "street": "123 Main St", "city": "Tokyo", "postalCode": "100-0001", "country": "JP" },
+    "paymentMethod": "credit_card"
+}))]
 pub struct NewOrder {
     /// The customer.
     pub customer_id: String,

@@ -19,6 +19,17 @@ pub const MAX_IMAGES: usize = 20;
 /// A product to create.
 #[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({
+    "code": "PRD-100",
+    "name": "Laptop Stand",
+    "categoryCode": "ACCESSORIES",
+    "sku": "SKU-PRD-100",
+    "price": 45.5,
+    "currency": "USD",
+    "description": "Aluminium, adjustable",
+    "images": [],
+    "isActive": true
+}))]
 pub struct NewProduct {
     /// Code (`PRD-001`).
     pub code: String,
