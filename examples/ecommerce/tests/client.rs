@@ -185,6 +185,7 @@ async fn a_generated_client_places_reads_lists_and_moves_an_order() {
     // was reserved.
     for operation in [
         "health",
+        "openapi_json",
         "list_products",
         "get_product",
         "set_inventory",
