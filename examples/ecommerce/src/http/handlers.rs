@@ -418,7 +418,7 @@ pub(crate) async fn health() -> Json<Health> {
     get,
     path = "/openapi.json",
     tag = "meta",
-    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")),
+    responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json")),
     security(())
 )]
 pub(crate) async fn openapi_json() -> Json<serde_json::Value> {
