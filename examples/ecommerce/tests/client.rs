@@ -1,5 +1,5 @@
 //! A client generated from the OpenAPI document works against the server:
-//! `openapi-python-client` turns the document (`ApiDoc::openapi()`, served
+//! `openapi-python-client` turns the document (`ecommerce::http::document()`, served
 //! at `GET /openapi.json`) into a Python package, and a script
 //! (`tests/client/tour.py`) uses only that package to list, read and create
 //! products, set stock, place an order as a customer, read it back, list
@@ -13,6 +13,8 @@
 //! loudly, or fails when `CQRS_REQUIRE_API_TOOLS` or `CI` is set
 //! (`scripts/test` sets both).
 
+mod api_tools;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -25,42 +27,12 @@ use ecommerce::shop::DEMO_TENANTS;
 use ecommerce::Shop;
 use serde_json::Value;
 use tokio::net::TcpListener;
-use utoipa::OpenApi as _;
+
+use self::api_tools::api_tools;
 
 const SECRET: &[u8] = b"client-test-secret-of-at-least-32-bytes";
-const TOOLS_VAR: &str = "CQRS_API_TOOLS";
-const REQUIRE_VAR: &str = "CQRS_REQUIRE_API_TOOLS";
 /// The generated package's name (set in the generator's configuration).
 const PACKAGE: &str = "ecommerce_client";
-
-/// The `bin` folder of the API tools' virtual environment; `None` (after
-/// saying so) when there is none and none is required.
-fn api_tools() -> Option<PathBuf> {
-    let found = std::env::var_os(TOOLS_VAR)
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from);
-    if let Some(dir) = found {
-        assert!(
-            dir.join("openapi-python-client").is_file(),
-            "${TOOLS_VAR} is {}, which has no openapi-python-client: `eval \"$(./scripts/api-tools)\"`",
-            dir.display()
-        );
-        return Some(dir);
-    }
-    let required = std::env::var_os(REQUIRE_VAR).is_some() || std::env::var_os("CI").is_some();
-    assert!(
-        !required,
-        "${TOOLS_VAR} is not set, but the generated client's test is required here ({REQUIRE_VAR} or CI \
-         is set): `eval \"$(./scripts/api-tools)\"`"
-    );
-    // Straight to the process's stderr: the test harness captures eprintln!.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED: ${TOOLS_VAR} is not set, so the generated client's test did not run. \
-         `eval \"$(./scripts/api-tools)\"` to run it. ***"
-    );
-    None
-}
 
 /// A folder of this test's own, removed when the test passes (a failed
 /// test keeps it, with the document and the generated client, to look at).
@@ -94,7 +66,7 @@ fn shown(output: &Output) -> String {
 /// Fails on any warning: a schema the generator cannot turn into a model is
 /// a schema a client of the API cannot use.
 fn generate(tools: &Path, dir: &Path) {
-    let doc = serde_json::to_string_pretty(&ecommerce::http::ApiDoc::openapi()).unwrap();
+    let doc = serde_json::to_string_pretty(&ecommerce::http::document()).unwrap();
     let doc_path = dir.join("openapi.json");
     std::fs::write(&doc_path, doc).unwrap();
     let config = dir.join("generator.yaml");
@@ -124,7 +96,9 @@ fn generate(tools: &Path, dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_generated_client_places_reads_lists_and_moves_an_order() {
-    let Some(tools) = api_tools() else { return };
+    let Some(tools) = api_tools("openapi-python-client", "the generated client's test") else {
+        return;
+    };
     let started = Instant::now();
     let scratch = Scratch::new();
     let generating = {

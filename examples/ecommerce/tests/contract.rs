@@ -17,8 +17,9 @@
 //! operation are bounded, so the run takes a minute or two. A longer run
 //! (more examples, DynamoDB) is in docs/api.md.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+mod api_tools;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,36 +31,14 @@ use ecommerce::shop::DEMO_TENANTS;
 use ecommerce::Shop;
 use tokio::net::TcpListener;
 
+use self::api_tools::api_tools;
+
 const SECRET: &[u8] = b"contract-test-secret-of-at-least-32-bytes";
-const REQUIRE_VAR: &str = "CQRS_REQUIRE_API_TOOLS";
 /// The seed of every run: the same requests each time.
 const SEED: &str = "20261205";
 /// Test cases per operation and phase (the coverage phase makes every
 /// boundary case of the document whatever this is).
 const MAX_EXAMPLES: &str = "100";
-
-/// The directory of the pinned Python tools, or `None` (after saying so)
-/// when they are missing and not required.
-fn api_tools() -> Option<PathBuf> {
-    let found = std::env::var_os("CQRS_API_TOOLS")
-        .map(PathBuf::from)
-        .filter(|dir| dir.join("schemathesis").exists());
-    if found.is_some() {
-        return found;
-    }
-    let required = std::env::var_os(REQUIRE_VAR).is_some() || std::env::var_os("CI").is_some();
-    assert!(
-        !required,
-        "no Schemathesis ($CQRS_API_TOOLS/schemathesis), but the contract test is required here \
-         ({REQUIRE_VAR} or CI is set): `eval \"$(./scripts/api-tools)\"`"
-    );
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED: no Schemathesis, so the API contract test did not run. \
-         `eval \"$(./scripts/api-tools)\"` to run it. ***"
-    );
-    None
-}
 
 /// The storefront on a free port, over a fresh in-memory shop with the demo
 /// catalogue and its read models (in SQLite, as `cargo run` has them); its
@@ -102,7 +81,9 @@ async fn schemathesis(tools: &Path, url: &str, token: &str, who: &str) {
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .args(["--seed", SEED, "--max-examples", MAX_EXAMPLES])
         // One worker: the same requests in the same order each run.
-        .args(["--workers", "1"]);
+        .args(["--workers", "1"])
+        // Whatever it writes (it should write nothing) lands out of the tree.
+        .current_dir(std::env::temp_dir());
     // The server runs on this runtime's other worker meanwhile.
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
@@ -130,7 +111,9 @@ async fn schemathesis(tools: &Path, url: &str, token: &str, who: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing_the_document_does_not_say() {
-    let Some(tools) = api_tools() else { return };
+    let Some(tools) = api_tools("schemathesis", "the API contract test") else {
+        return;
+    };
     let auth = Auth::new(SECRET);
     let day = Duration::from_secs(24 * 3600);
     let staff = auth.token("shop-a", "contract-staff", &["staff"], day);
