@@ -1,5 +1,8 @@
 //! The storefront's errors, each with the HTTP status it answers with.
 
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
 use crate::domain::OrderStatus;
 
 /// Seconds a client should wait before retrying a request answered 503
@@ -64,32 +67,110 @@ pub enum ShopError {
     Core(#[from] cqrs_core::Error),
 }
 
+/// What went wrong, for programs: the `error` of every error body of the
+/// API, with the status it comes with. The API document lists these values,
+/// and only these: a client may match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// 400: the request breaks a rule the API document states.
+    InvalidInput,
+    /// 401: no token, or not a valid one.
+    Unauthorized,
+    /// 403: the caller's roles do not allow it.
+    Forbidden,
+    /// 404: no such entity in the caller's shop, or no such route.
+    NotFound,
+    /// 405: the route exists, with other methods.
+    MethodNotAllowed,
+    /// 409: a business conflict (a product that exists, stock not reserved).
+    Conflict,
+    /// 409: the entity is not at the version the request names.
+    VersionConflict,
+    /// 409: the order's status machine does not allow the move.
+    InvalidTransition,
+    /// 409: the stored row is not what it should be (another program wrote it).
+    UnreadableRow,
+    /// 413: the body is too large.
+    TooLarge,
+    /// 415: the body is not sent as JSON.
+    UnsupportedMediaType,
+    /// 422: the document allows the request; the shop's rules refuse it.
+    Unprocessable,
+    /// 422: a `cursor` this server did not give for this query.
+    InvalidCursor,
+    /// 422: the `Idempotency-Key` was used for another request.
+    IdempotencyKeyReused,
+    /// 503 with `Retry-After`: the storage is failing for now.
+    Unavailable,
+    /// 503 with `Retry-After`: no answer in time.
+    Timeout,
+    /// 503: this server has no read models.
+    ReadModelsUnavailable,
+    /// 500: the storage refused the request for good.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The name in the JSON body (`invalid_input`).
+    pub fn as_str(self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            InvalidInput => "invalid_input",
+            Unauthorized => "unauthorized",
+            Forbidden => "forbidden",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            Conflict => "conflict",
+            VersionConflict => "version_conflict",
+            InvalidTransition => "invalid_transition",
+            UnreadableRow => "unreadable_row",
+            TooLarge => "too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            Unprocessable => "unprocessable",
+            InvalidCursor => "invalid_cursor",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            Unavailable => "unavailable",
+            Timeout => "timeout",
+            ReadModelsUnavailable => "read_models_unavailable",
+            Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl ShopError {
     /// The HTTP status and the error kind of the JSON body.
-    pub fn status_and_kind(&self) -> (u16, &'static str) {
+    pub fn status_and_kind(&self) -> (u16, ErrorKind) {
         use cqrs_core::Error as E;
+        use ErrorKind as K;
         match self {
-            ShopError::InvalidInput(_) => (400, "invalid_input"),
-            ShopError::Unprocessable(_) => (422, "unprocessable"),
-            ShopError::InvalidTransition { .. } => (409, "invalid_transition"),
-            ShopError::Forbidden(_) => (403, "forbidden"),
-            ShopError::NotFound(_) => (404, "not_found"),
-            ShopError::Conflict(_) => (409, "conflict"),
-            ShopError::Unreadable { .. } => (409, "unreadable_row"),
-            ShopError::ReadModelsUnavailable => (503, "read_models_unavailable"),
+            ShopError::InvalidInput(_) => (400, K::InvalidInput),
+            ShopError::Unprocessable(_) => (422, K::Unprocessable),
+            ShopError::InvalidTransition { .. } => (409, K::InvalidTransition),
+            ShopError::Forbidden(_) => (403, K::Forbidden),
+            ShopError::NotFound(_) => (404, K::NotFound),
+            ShopError::Conflict(_) => (409, K::Conflict),
+            ShopError::Unreadable { .. } => (409, K::UnreadableRow),
+            ShopError::ReadModelsUnavailable => (503, K::ReadModelsUnavailable),
             ShopError::Core(e) => match e {
-                E::NotFound { .. } => (404, "not_found"),
+                E::NotFound { .. } => (404, K::NotFound),
                 // Never say that another tenant's item exists.
-                E::TenantViolation { .. } => (404, "not_found"),
-                E::Conflict { .. } | E::ConflictRetriesExhausted { .. } => (409, "version_conflict"),
+                E::TenantViolation { .. } => (404, K::NotFound),
+                E::Conflict { .. } | E::ConflictRetriesExhausted { .. } => (409, K::VersionConflict),
                 // A cursor is opaque: the document cannot tell one this
                 // server issued from another string.
-                E::InvalidInput { what, .. } if what == "cursor" => (422, "invalid_cursor"),
-                E::InvalidInput { .. } => (400, "invalid_input"),
-                E::TooLarge { .. } => (413, "too_large"),
-                E::IdempotencyKeyReused { .. } => (422, "idempotency_key_reused"),
-                e if e.is_retryable() => (503, "unavailable"),
-                _ => (500, "internal"),
+                E::InvalidInput { what, .. } if what == "cursor" => (422, K::InvalidCursor),
+                E::InvalidInput { .. } => (400, K::InvalidInput),
+                E::TooLarge { .. } => (413, K::TooLarge),
+                E::IdempotencyKeyReused { .. } => (422, K::IdempotencyKeyReused),
+                e if e.is_retryable() => (503, K::Unavailable),
+                _ => (500, K::Internal),
             },
         }
     }
@@ -138,6 +219,33 @@ mod tests {
 
     use super::*;
 
+    /// The body's name of a kind is its serde name: the document's enum.
+    #[test]
+    fn a_kind_is_written_as_its_name() {
+        use super::ErrorKind::*;
+        for kind in [
+            InvalidInput,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            MethodNotAllowed,
+            Conflict,
+            VersionConflict,
+            InvalidTransition,
+            UnreadableRow,
+            TooLarge,
+            UnsupportedMediaType,
+            Unprocessable,
+            InvalidCursor,
+            IdempotencyKeyReused,
+            Unavailable,
+            Timeout,
+            ReadModelsUnavailable,
+            Internal,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
     #[test]
     fn every_conflict_is_409_and_a_backend_error_says_whether_a_retry_helps() {
         let spent = ShopError::Core(Error::ConflictRetriesExhausted {
@@ -146,13 +254,13 @@ mod tests {
             actual: Some(4),
             attempts: 20,
         });
-        assert_eq!(spent.status_and_kind(), (409, "version_conflict"));
+        assert_eq!(spent.status_and_kind(), (409, ErrorKind::VersionConflict));
         assert!(spent.client_message().contains("still after 20 attempts"));
 
         let transient = ShopError::Core(Error::backend("throttled", true));
-        assert_eq!(transient.status_and_kind(), (503, "unavailable"));
+        assert_eq!(transient.status_and_kind(), (503, ErrorKind::Unavailable));
         let permanent = ShopError::Core(Error::backend("ValidationException", false));
-        assert_eq!(permanent.status_and_kind(), (500, "internal"));
+        assert_eq!(permanent.status_and_kind(), (500, ErrorKind::Internal));
         assert!(permanent.client_message().contains("retrying will not help"));
         assert!(!permanent.client_message().contains("unavailable"));
     }

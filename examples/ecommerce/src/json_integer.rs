@@ -104,7 +104,10 @@ mod tests {
         ] {
             assert_eq!(read(json).unwrap().quantity, quantity, "{json}");
         }
-        assert_eq!(read(r#"{"quantity": 1, "version": 7.0}"#).unwrap().version, Some(7));
+        assert_eq!(
+            read(r#"{"quantity": 1, "version": 7.0}"#).unwrap().version,
+            Some(7)
+        );
         assert_eq!(read(r#"{"quantity": 1, "version": null}"#).unwrap().version, None);
         assert_eq!(read(r#"{"quantity": 1}"#).unwrap().version, None);
     }

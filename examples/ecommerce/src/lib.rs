@@ -19,7 +19,7 @@ pub mod shop;
 pub mod sync;
 pub mod telemetry;
 
-pub use error::{ShopError, ShopResult};
+pub use error::{ErrorKind, ShopError, ShopResult};
 pub use shop::{HandlerWrapper, Shop, ShopParts};
 
 /// Every Rust code block of the guide (`docs/`) and of the crates' READMEs,

@@ -132,5 +132,8 @@ async fn schemathesis_finds_nothing_the_document_does_not_say() {
     );
     // Each run sends at least the examples and boundaries of every
     // operation: far more than a few hundred requests.
-    assert!(as_staff > 1_000 && total - as_staff > 1_000, "{as_staff} / {total}");
+    assert!(
+        as_staff > 1_000 && total - as_staff > 1_000,
+        "{as_staff} / {total}"
+    );
 }

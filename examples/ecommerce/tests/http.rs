@@ -651,7 +651,7 @@ async fn lifecycle(api: &Api) {
 
     // pending → shipped is not a transition; nothing changes.
     let skipped = api.move_to(&a, &code, "shipped").await;
-    assert_error(&skipped, 400, "invalid_transition");
+    assert_error(&skipped, 409, "invalid_transition");
     let message = skipped.body["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("pending") && message.contains("shipped"),
@@ -677,7 +677,7 @@ async fn lifecycle(api: &Api) {
     assert_eq!(confirmed.body["version"], 3);
     assert_error(
         &api.move_to(&a, &code, "confirmed").await,
-        400,
+        409,
         "invalid_transition",
     );
 
@@ -719,7 +719,7 @@ async fn lifecycle(api: &Api) {
     assert_eq!(numbers_as_f64(&final_state.body), numbers_as_f64(&delivered.body));
     assert_error(
         &api.move_to(&a, &code, "cancelled").await,
-        400,
+        409,
         "invalid_transition",
     );
     assert_eq!(api.stock(&a, "PRD-001").await, (98, 0));
@@ -755,7 +755,7 @@ async fn lifecycle(api: &Api) {
     assert_eq!(api.stock(&a, "PRD-002").await, (50, 0));
     assert_error(
         &api.move_to(&a, &keyboard, "confirmed").await,
-        400,
+        409,
         "invalid_transition",
     );
 
@@ -893,10 +893,12 @@ async fn listing(api: &Api) {
         400,
         "invalid_input",
     );
+    // A cursor is opaque: any string is well formed, only the server's own
+    // reads (422).
     assert_error(
         &api.get("/orders?cursor=not-a-cursor", &a).await,
-        400,
-        "invalid_input",
+        422,
+        "invalid_cursor",
     );
     // A cursor of shop-a is no way into shop-a's orders for shop-b.
     let foreign = api
@@ -905,7 +907,7 @@ async fn listing(api: &Api) {
             &b,
         )
         .await;
-    assert_error(&foreign, 400, "invalid_input");
+    assert_error(&foreign, 422, "invalid_cursor");
 }
 
 /// Orders are checked against the catalogue; a refused order leaves no trace.
@@ -933,11 +935,23 @@ async fn catalogue_prices(api: &Api) {
     no_items["items"] = json!([]);
     let mut blank_customer = order_body("PRD-001", 1, 29.99);
     blank_customer["customerId"] = json!("  ");
-    let refused = [
+    // Well formed, refused by the catalogue: 422.
+    let unprocessable = [
         ("wrong price", order_body("PRD-001", 2, 19.99)),
         ("price off by a cent", order_body("PRD-001", 2, 30.0)),
         ("unknown product", order_body("PRD-404", 1, 29.99)),
         ("inactive product", order_body("PRD-009", 1, 5.0)),
+    ];
+    for (what, body) in unprocessable {
+        let resp = api.post("/orders", &a, &body).await;
+        assert_eq!(resp.status, 422, "{what}: {:?}", resp.body);
+        assert_error(&resp, 422, "unprocessable");
+    }
+    // Against the document's rules: 400.
+    let mut fractional_price = order_body("PRD-001", 1, 29.99);
+    fractional_price["items"][0]["price"] = json!(29.991);
+    let refused = [
+        ("price finer than cents", fractional_price),
         ("quantity 0", order_body("PRD-001", 0, 29.99)),
         ("quantity over the limit", order_body("PRD-001", 10_001, 29.99)),
         ("missing customerId", missing_field),
@@ -994,7 +1008,7 @@ async fn catalogue_prices(api: &Api) {
             &lines_body(&[("PRD-001", 1, 29.99), ("PRD-002", 1, 89.49)]),
         )
         .await;
-    assert_error(&one_bad, 400, "invalid_input");
+    assert_error(&one_bad, 422, "unprocessable");
     assert_eq!(assert_list(&api.get("/orders", &a).await.body).len(), 2);
 
     // A bad product is refused too.
@@ -1719,7 +1733,7 @@ async fn tenant_isolation(api: &Api) {
     assert!(a_orders.iter().all(|o| o["pk"] == "TENANT#shop-a"));
     // shop-a's product does not exist in shop-b's catalogue.
     let foreign_product = api.post("/orders", &b, &order_body("PRD-100", 1, 3.0)).await;
-    assert_error(&foreign_product, 400, "invalid_input");
+    assert_error(&foreign_product, 422, "unprocessable");
 }
 
 /// Malformed, mistyped and oversized bodies.
@@ -2408,7 +2422,7 @@ async fn idempotent_status_changes(api: &Api) {
     // Without the key, the same move is decided again, and refused.
     assert_error(
         &api.move_to(&a, &code, "confirmed").await,
-        400,
+        409,
         "invalid_transition",
     );
     // The key with another move, or on another order: 422.
@@ -2673,12 +2687,14 @@ enum Step {
 }
 
 /// A bound the OpenAPI document states on a request field: where (`GET
-/// /orders` query `limit`, or a body field), which keyword, which value.
+/// /orders` query `limit`, a path parameter, a header, or a body field),
+/// which keyword, which value.
 #[derive(Debug, Clone)]
 struct DocumentedBound {
     method: String,
     path: String,
-    query: Option<String>,
+    /// A parameter's place (`query`, `path`, `header`) and name.
+    parameter: Option<(String, String)>,
     field: Vec<Step>,
     keyword: String,
     value: i64,
@@ -2734,11 +2750,12 @@ fn documented_bounds(doc: &Value) -> Vec<DocumentedBound> {
                 let mut of_parameter = Vec::new();
                 bounds_of(doc, &parameter["schema"], Vec::new(), &mut of_parameter);
                 for (_, keyword, value) in of_parameter {
-                    assert_eq!(parameter["in"], "query", "a bound on {parameter}");
+                    let place = parameter["in"].as_str().expect("a parameter's place");
+                    let name = parameter["name"].as_str().expect("a parameter's name");
                     bounds.push(DocumentedBound {
                         method: method.to_uppercase(),
                         path: path.clone(),
-                        query: parameter["name"].as_str().map(str::to_owned),
+                        parameter: Some((place.to_owned(), name.to_owned())),
                         field: Vec::new(),
                         keyword,
                         value,
@@ -2753,7 +2770,7 @@ fn documented_bounds(doc: &Value) -> Vec<DocumentedBound> {
                 bounds.push(DocumentedBound {
                     method: method.to_uppercase(),
                     path: path.clone(),
-                    query: None,
+                    parameter: None,
                     field,
                     keyword,
                     value,
@@ -2805,49 +2822,73 @@ fn value_at(keyword: &str, n: i64, current: &Value) -> Value {
 
 /// Sends the request of `bound` with its field at `n`; answers the status.
 async fn probe(api: &Api, token: &str, order_code: &str, bound: &DocumentedBound, n: i64, run: usize) -> u16 {
-    if let Some(name) = &bound.query {
-        assert_eq!(bound.method, "GET", "{bound:?}");
-        // A length bound is met by a text of that length, a number's by the number.
-        let value = match bound.keyword.as_str() {
-            "minLength" | "maxLength" => "A".repeat(usize::try_from(n).expect("a length")),
-            _ => n.to_string(),
-        };
-        return api
-            .get(&format!("{}?{name}={value}", bound.path), token)
-            .await
-            .status;
-    }
-    let (path, mut body) = match (bound.method.as_str(), bound.path.as_str()) {
-        ("POST", "/orders") => ("/orders".to_owned(), order_body("PRD-001", 1, 29.99)),
+    // A length bound is met by a text of that length, a number's by the number.
+    let text = || match bound.keyword.as_str() {
+        "minLength" | "maxLength" => "A".repeat(usize::try_from(n).expect("a length")),
+        _ => n.to_string(),
+    };
+    let (mut path, body) = match (bound.method.as_str(), bound.path.as_str()) {
+        ("POST", "/orders") => ("/orders".to_owned(), Some(order_body("PRD-001", 1, 29.99))),
         ("POST", "/products") => (
             "/products".to_owned(),
-            json!({
+            Some(json!({
                 "code": format!("PRD-B{run}-{n}"), "name": "Bound", "categoryCode": "X", "sku": "S",
-                "price": 1.5, "currency": "USD", "isActive": true, "images": []
-            }),
+                "price": 1.5, "currency": "USD", "isActive": true,
+                "images": ["https://example.com/image.png"]
+            })),
         ),
         ("PATCH", "/inventory/{productCode}") => (
             "/inventory/PRD-002".to_owned(),
-            json!({ "quantity": 5, "warehouseCode": "W1" }),
+            Some(json!({ "quantity": 5, "warehouseCode": "W1" })),
         ),
         ("PATCH", "/orders/{code}/status") => (
             format!("/orders/{order_code}/status"),
-            json!({ "status": "cancelled" }),
+            Some(json!({ "status": "cancelled" })),
+        ),
+        ("GET", path) => (
+            path.replace("{code}", order_code)
+                .replace("{productCode}", "PRD-002"),
+            None,
         ),
         other => panic!("no request to probe the bound {bound:?} of {other:?} with: add one"),
     };
-    let value = value_at(&bound.keyword, n, get_field(&body, &bound.field));
-    set_field(&mut body, &bound.field, &value);
+    let mut headers = Vec::new();
+    let mut body = body.map(|mut body| {
+        if bound.parameter.is_none() {
+            let value = value_at(&bound.keyword, n, get_field(&body, &bound.field));
+            set_field(&mut body, &bound.field, &value);
+        }
+        body
+    });
+    match bound
+        .parameter
+        .as_ref()
+        .map(|(place, name)| (place.as_str(), name))
+    {
+        Some(("query", name)) => path = format!("{path}?{name}={}", text()),
+        Some(("path", name)) => {
+            let template = bound.path.replace(&format!("{{{name}}}"), &text());
+            path = template
+                .replace("{code}", order_code)
+                .replace("{productCode}", "PRD-002");
+        }
+        Some(("header", name)) => headers.push((name.clone(), text())),
+        Some(other) => panic!("a bound on a parameter in {other:?}"),
+        None => {}
+    }
+    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
     let method = Method::from_bytes(bound.method.as_bytes()).expect("a method");
-    api.send(method, &path, Some(token), Some(body.to_string().into_bytes()))
+    let body = body.take().map(|b| b.to_string().into_bytes());
+    api.send_with(method, &path, Some(token), body, &headers)
         .await
         .status
 }
 
 /// The OpenAPI document states the bounds the server enforces, exactly:
 /// for every bound it states on a request field (walking every operation's
-/// query parameters and body), a value at the bound is accepted (no 400)
-/// and one past it is refused with a 400.
+/// parameters, in the query, the path and the headers, and its body), a
+/// value at the bound is accepted (no 400) and one past it is refused with
+/// a 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_documented_bound_is_the_servers() {
     let Some(api) = Api::start(Backend::Memory, "bounds").await else {
@@ -2863,7 +2904,7 @@ async fn every_documented_bound_is_the_servers() {
                 b.method == method
                     && b.path == path
                     && b.keyword == keyword
-                    && (b.query.as_deref() == Some(what)
+                    && (b.parameter.as_ref().is_some_and(|(_, name)| name == what)
                         || b.field.last() == Some(&Step::Property(what.to_owned())))
             })
             .map(|b| b.value)
@@ -2882,6 +2923,11 @@ async fn every_documented_bound_is_the_servers() {
         find("PATCH", "/inventory/{productCode}", "quantity", "minimum"),
         Some(0)
     );
+    assert_eq!(find("GET", "/orders/{code}", "code", "maxLength"), Some(64));
+    assert_eq!(find("POST", "/orders", "Idempotency-Key", "maxLength"), Some(255));
+    assert_eq!(find("POST", "/orders", "customerId", "minLength"), Some(1));
+    assert_eq!(find("POST", "/products", "price", "maximum"), Some(1_000_000));
+    assert_eq!(find("GET", "/orders/search", "q", "maxLength"), Some(100));
 
     let order_code = api.place(&token, "PRD-001", 1, 29.99).await;
     for (run, bound) in bounds.iter().enumerate() {
@@ -2892,8 +2938,11 @@ async fn every_documented_bound_is_the_servers() {
         };
         let at = probe(&api, &token, &order_code, bound, bound.value, run).await;
         assert_ne!(at, 400, "{bound:?}: the bound itself is refused");
-        // A length or a count below zero cannot be sent.
-        if past >= 0 || bound.keyword.ends_with("imum") {
+        // A length or a count below zero cannot be sent, nor an empty
+        // path segment (`/orders/` is another route).
+        let in_path = matches!(&bound.parameter, Some((place, _)) if place == "path");
+        let sendable = past >= 0 && !(in_path && past == 0);
+        if sendable || bound.keyword.ends_with("imum") {
             let beyond = probe(&api, &token, &order_code, bound, past, run).await;
             assert_eq!(beyond, 400, "{bound:?}: {past} is accepted");
         }
@@ -3141,7 +3190,7 @@ mod mbc_rows {
         let resp = api
             .post("/orders", &token, &order_body("PRD-201", 1, 29.99))
             .await;
-        assert_eq!(resp.status, 400, "{:?}", resp.body);
+        assert_eq!(resp.status, 422, "{:?}", resp.body);
         let message = resp.body["message"].as_str().unwrap_or_default();
         assert!(
             message.contains("PRD-201") && message.contains("deleted"),

@@ -11,6 +11,7 @@ use cqrs_core::{
     MockSequenceService, Published, SequenceValue, Services, Synced,
 };
 use ecommerce::domain::OrderStatus;
+use ecommerce::error::ErrorKind;
 use ecommerce::services::{InventoryService, NewOrder, OrderService, ReserveOutcome};
 use ecommerce::sync::OrderSyncHandler;
 use ecommerce::ShopError;
@@ -147,7 +148,17 @@ async fn create_refused(products: Vec<DataItem>, order: NewOrder) -> ShopError {
 
 fn assert_invalid_input(err: &ShopError, needle: &str) {
     assert!(matches!(err, ShopError::InvalidInput(_)), "{err:?}");
-    assert_eq!(err.status_and_kind(), (400, "invalid_input"));
+    assert_eq!(err.status_and_kind(), (400, ErrorKind::InvalidInput));
+    assert!(
+        err.to_string().contains(needle),
+        "'{err}' should mention '{needle}'"
+    );
+}
+
+/// A request the API document allows, which the shop's data refuses.
+fn assert_unprocessable(err: &ShopError, needle: &str) {
+    assert!(matches!(err, ShopError::Unprocessable(_)), "{err:?}");
+    assert_eq!(err.status_and_kind(), (422, ErrorKind::Unprocessable));
     assert!(
         err.to_string().contains(needle),
         "'{err}' should mention '{needle}'"
@@ -163,7 +174,7 @@ async fn create_rejects_a_price_other_than_the_catalogue() {
         new_order("PRD-001", json!(2), 19.99),
     )
     .await;
-    assert_invalid_input(&err, "29.99");
+    assert_unprocessable(&err, "29.99");
 }
 
 #[tokio::test]
@@ -173,7 +184,7 @@ async fn create_rejects_an_unknown_product() {
         new_order("PRD-404", json!(2), 29.99),
     )
     .await;
-    assert_invalid_input(&err, "unknown product PRD-404");
+    assert_unprocessable(&err, "unknown product PRD-404");
 }
 
 #[tokio::test]
@@ -183,7 +194,7 @@ async fn create_rejects_an_inactive_product() {
         new_order("PRD-001", json!(2), 29.99),
     )
     .await;
-    assert_invalid_input(&err, "PRD-001");
+    assert_unprocessable(&err, "PRD-001");
 }
 
 #[tokio::test]
@@ -274,7 +285,7 @@ async fn update_status_refuses_an_invalid_transition() {
         ),
         "{err:?}"
     );
-    assert_eq!(err.status_and_kind(), (400, "invalid_transition"));
+    assert_eq!(err.status_and_kind(), (409, ErrorKind::InvalidTransition));
     assert_eq!(err.to_string(), "cannot transition from pending to shipped");
 }
 
@@ -287,7 +298,7 @@ async fn update_status_refuses_to_confirm_an_order_without_reserved_stock() {
             .await
             .expect_err("not reserved");
         assert!(matches!(err, ShopError::Conflict(_)), "{err:?}");
-        assert_eq!(err.status_and_kind(), (409, "conflict"));
+        assert_eq!(err.status_and_kind(), (409, ErrorKind::Conflict));
         assert!(err.to_string().contains(reservation), "{err}");
     }
 }
@@ -310,7 +321,7 @@ async fn update_status_with_a_stale_version_is_a_conflict_without_publishing() {
         ),
         "{err:?}"
     );
-    assert_eq!(err.status_and_kind(), (409, "version_conflict"));
+    assert_eq!(err.status_and_kind(), (409, ErrorKind::VersionConflict));
 }
 
 #[tokio::test]
@@ -383,7 +394,7 @@ async fn update_status_of_a_missing_order_is_not_found() {
         .update_status("ORD-000009", OrderStatus::Cancelled, None, None, &ctx())
         .await
         .expect_err("missing");
-    assert_eq!(err.status_and_kind(), (404, "not_found"));
+    assert_eq!(err.status_and_kind(), (404, ErrorKind::NotFound));
 }
 
 // ---- InventoryService::reserve, release, deduct ---------------------------------
@@ -1025,7 +1036,7 @@ async fn set_inventory_at_a_stale_version_is_a_version_conflict_without_publishi
         .set("PRD-001", set_request(7, Some(2)), &ctx())
         .await
         .expect_err("stale");
-    assert_eq!(err.status_and_kind(), (409, "version_conflict"));
+    assert_eq!(err.status_and_kind(), (409, ErrorKind::VersionConflict));
     let err = service
         .set("PRD-001", set_request(7, Some(0)), &ctx())
         .await

@@ -218,9 +218,7 @@ mod tests {
         if types.contains(&"integer") && !(has("minimum") && has("maximum")) {
             return Some("an integer without minimum and maximum");
         }
-        if types.contains(&"number")
-            && !((has("minimum") || has("exclusiveMinimum")) && has("maximum"))
-        {
+        if types.contains(&"number") && !((has("minimum") || has("exclusiveMinimum")) && has("maximum")) {
             return Some("a number without its bounds");
         }
         if types.contains(&"array") && !has("maxItems") {
@@ -234,7 +232,12 @@ mod tests {
     fn fields<'a>(doc: &'a Value, name: String, schema: &'a Value, out: &mut Vec<(String, &'a Value)>) {
         if let Some(reference) = schema["$ref"].as_str() {
             let component = reference.trim_start_matches("#/components/schemas/");
-            return fields(doc, component.to_owned(), &doc["components"]["schemas"][component], out);
+            return fields(
+                doc,
+                component.to_owned(),
+                &doc["components"]["schemas"][component],
+                out,
+            );
         }
         for alternative in schema["oneOf"].as_array().into_iter().flatten() {
             fields(doc, name.clone(), alternative, out);
@@ -260,7 +263,9 @@ mod tests {
             for (method, operation) in item.as_object().unwrap() {
                 for parameter in operation["parameters"].as_array().into_iter().flatten() {
                     let name = format!("{path} {}", parameter["name"].as_str().unwrap());
-                    if let Some(why) = unbounded(&parameter["schema"]).filter(|_| !FREE.contains(&name.as_str())) {
+                    if let Some(why) =
+                        unbounded(&parameter["schema"]).filter(|_| !FREE.contains(&name.as_str()))
+                    {
                         loose.push(format!("{method} {name}: {why}"));
                     }
                 }
@@ -274,6 +279,10 @@ mod tests {
                 }
             }
         }
-        assert!(loose.is_empty(), "request fields without their rules:\n{}", loose.join("\n"));
+        assert!(
+            loose.is_empty(),
+            "request fields without their rules:\n{}",
+            loose.join("\n")
+        );
     }
 }

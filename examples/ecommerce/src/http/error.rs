@@ -8,17 +8,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::AuthError;
-use crate::error::{ShopError, RETRY_AFTER_SECONDS};
+use crate::error::{ErrorKind, ShopError, RETRY_AFTER_SECONDS};
 
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
-    /// What went wrong, for programs: `invalid_input`, `invalid_transition`,
-    /// `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`, `conflict`,
-    /// `version_conflict`, `too_large`, `unsupported_media_type`,
-    /// `idempotency_key_reused`, `unavailable` or `timeout` (503, with
-    /// `Retry-After`: a retry may succeed) or `internal` (500: it will not).
-    pub error: String,
+    /// What went wrong, for programs.
+    pub error: ErrorKind,
     /// What went wrong, for people.
     pub message: String,
 }
@@ -27,12 +23,12 @@ pub struct ErrorBody {
 #[derive(Debug, Clone)]
 pub(crate) struct ApiError {
     status: StatusCode,
-    kind: &'static str,
+    kind: ErrorKind,
     message: String,
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             status,
             kind,
@@ -41,11 +37,11 @@ impl ApiError {
     }
 
     pub(crate) fn invalid_input(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidInput, message)
     }
 
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, message)
     }
 
     /// A rejection of axum's extractors, by its status: an over-long body is
@@ -54,12 +50,12 @@ impl ApiError {
         match status {
             StatusCode::PAYLOAD_TOO_LARGE => Self::new(
                 status,
-                "too_large",
+                ErrorKind::TooLarge,
                 format!("the request body is larger than {} bytes", super::MAX_BODY_BYTES),
             ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
                 status,
-                "unsupported_media_type",
+                ErrorKind::UnsupportedMediaType,
                 "the request body must be JSON, with `Content-Type: application/json`",
             ),
             _ => Self::invalid_input(text),
@@ -72,7 +68,7 @@ impl From<ShopError> for ApiError {
         let (code, kind) = e.status_and_kind();
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
-            tracing::error!(error = %e, kind, "request failed");
+            tracing::error!(error = %e, %kind, "request failed");
         }
         Self::new(status, kind, e.client_message())
     }
@@ -81,7 +77,7 @@ impl From<ShopError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         tracing::debug!(error = %e, "request refused");
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+        Self::new(StatusCode::UNAUTHORIZED, ErrorKind::Unauthorized, e.to_string())
     }
 }
 
@@ -107,7 +103,7 @@ impl From<PathRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: self.kind.to_owned(),
+            error: self.kind,
             message: self.message,
         };
         let mut response = (self.status, Json(body)).into_response();
@@ -170,7 +166,7 @@ mod tests {
         let (status, retry_after, body) = list_products_when(Fault::Rejected).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(retry_after, None);
-        assert_eq!(body.error, "internal");
+        assert_eq!(body.error, ErrorKind::Internal);
         assert!(body.message.starts_with("internal error"), "{}", body.message);
         assert!(
             body.message.contains("retrying will not help"),
@@ -185,7 +181,7 @@ mod tests {
         let (status, retry_after, body) = list_products_when(Fault::Unavailable).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(retry_after, Some(RETRY_AFTER_SECONDS.to_string()));
-        assert_eq!(body.error, "unavailable");
+        assert_eq!(body.error, ErrorKind::Unavailable);
         assert!(body.message.contains("retry in"), "{}", body.message);
     }
 }

@@ -59,6 +59,7 @@ fn created<T: serde::Serialize>(location: String, body: T) -> Response {
         (status = 400, description = "`invalid_input`: a field breaks its rule in this document, or an invalid `Idempotency-Key`", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
+        (status = 409, description = "`unreadable_row`: a stored row it reads is not what it should be (another program wrote it); a retry reads the same row", body = ErrorBody),
         (status = 422, description = "`unprocessable`: a line's product is unknown, deleted or not for sale, or its price \
                                       is not the catalogue's; or `idempotency_key_reused`: the `Idempotency-Key` was used for another request", body = ErrorBody),
     ),
@@ -194,6 +195,7 @@ pub(crate) async fn sales_report(
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
         (status = 404, description = "No such order in this shop", body = ErrorBody),
+        (status = 409, description = "`unreadable_row`: a stored row it reads is not what it should be (another program wrote it); a retry reads the same row", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -234,7 +236,8 @@ pub(crate) async fn get_order(
         (status = 403, description = "Not allowed to this role (a customer moving an order to other than cancelled)", body = ErrorBody),
         (status = 404, description = "No such order in this shop", body = ErrorBody),
         (status = 409, description = "`invalid_transition`: the status machine does not allow the move from the order's status; \
-                                      `version_conflict`: the order is not at `version`; `conflict`: its stock is not reserved", body = ErrorBody),
+                                      `version_conflict`: the order is not at `version`; `conflict`: its stock is not reserved; \
+                                      `unreadable_row`: a stored row it reads is not what it should be (another program wrote it); a retry reads the same row", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused`: the `Idempotency-Key` was used for another request", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -326,6 +329,7 @@ pub(crate) async fn list_products(
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not allowed to this role (a token without `staff` or `customer`)", body = ErrorBody),
         (status = 404, description = "No such product in this shop", body = ErrorBody),
+        (status = 409, description = "`unreadable_row`: a stored row it reads is not what it should be (another program wrote it); a retry reads the same row", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -354,7 +358,8 @@ pub(crate) async fn get_product(
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not allowed to this role (a token without `staff`)", body = ErrorBody),
         (status = 404, description = "No such product in this shop", body = ErrorBody),
-        (status = 409, description = "Version conflict, or below the units reserved", body = ErrorBody),
+        (status = 409, description = "`version_conflict`: the record is not at `version`; `conflict`: below the units reserved; \
+                                      `unreadable_row`: a stored row it reads is not what it should be (another program wrote it); a retry reads the same row", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -405,7 +410,6 @@ pub(crate) async fn get_inventory(
     path = "/health",
     tag = "meta",
     responses((status = 200, description = "The server is up", body = Health)),
-    security(())
 )]
 pub(crate) async fn health() -> Json<Health> {
     Json(Health {
@@ -419,7 +423,6 @@ pub(crate) async fn health() -> Json<Health> {
     path = "/openapi.json",
     tag = "meta",
     responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json")),
-    security(())
 )]
 pub(crate) async fn openapi_json() -> Json<serde_json::Value> {
     Json(super::document())
@@ -434,7 +437,7 @@ pub(crate) async fn not_found(method: axum::http::Method, uri: axum::http::Uri) 
 pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        crate::error::ErrorKind::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
 }

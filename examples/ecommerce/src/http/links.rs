@@ -38,8 +38,18 @@ const LINKS: &[Follows] = &[
         "201",
         &[
             ("GetProduct", "get_product", "code", "$response.body#/code"),
-            ("SetInventory", "set_inventory", "productCode", "$response.body#/code"),
-            ("GetInventory", "get_inventory", "productCode", "$response.body#/code"),
+            (
+                "SetInventory",
+                "set_inventory",
+                "productCode",
+                "$response.body#/code",
+            ),
+            (
+                "GetInventory",
+                "get_inventory",
+                "productCode",
+                "$response.body#/code",
+            ),
         ],
     ),
     (

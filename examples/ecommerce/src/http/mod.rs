@@ -171,6 +171,7 @@ fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
         crate::observe::ReadyReport,
         crate::observe::Check,
         ErrorBody,
+        crate::error::ErrorKind,
     )),
     modifiers(&BearerAuth, &Bounds, &BodyErrors, &ServerErrors, &Links),
     tags(
@@ -270,8 +271,9 @@ impl Modify for BodyErrors {
             "`too_large`: the body is over {} KiB",
             MAX_BODY_BYTES / 1024
         ));
-        let not_json =
-            answer("`unsupported_media_type`: the body is not sent as `Content-Type: application/json`".to_owned());
+        let not_json = answer(
+            "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`".to_owned(),
+        );
         for operation in bounds::operations(openapi) {
             if operation.request_body.is_some() {
                 let responses = &mut operation.responses.responses;
@@ -348,7 +350,7 @@ async fn time_limit(limit: Duration, request: Request, next: Next) -> Response {
         Ok(response) => response,
         Err(_) => error::ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
+            crate::error::ErrorKind::Timeout,
             format!("no answer within {limit:?}; the request may still take effect, retry with care"),
         )
         .into_response(),

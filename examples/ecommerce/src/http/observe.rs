@@ -42,7 +42,6 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
         (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
         (status = 404, description = "`not_found`: no metrics recorder in this process", body = super::ErrorBody),
     ),
-    security(())
 )]
 pub(crate) async fn metrics(State(observe): State<Observe>) -> Response {
     match observe.render() {
@@ -57,7 +56,6 @@ pub(crate) async fn metrics(State(observe): State<Observe>) -> Response {
     path = "/health/live",
     tag = "meta",
     responses((status = 200, description = "The server is up", body = super::Health)),
-    security(())
 )]
 pub(crate) async fn live() -> Json<super::Health> {
     super::handlers::health().await
@@ -75,7 +73,6 @@ pub(crate) async fn live() -> Json<super::Health> {
         (status = 200, description = "Ready: every check passes", body = ReadyReport),
         (status = 503, description = "Not ready: a check fails (see its `reason`)", body = ReadyReport),
     ),
-    security(())
 )]
 pub(crate) async fn ready(State(observe): State<Observe>) -> (StatusCode, Json<ReadyReport>) {
     let report = observe.readiness().check().await;

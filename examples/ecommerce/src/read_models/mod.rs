@@ -25,8 +25,7 @@ use cqrs_sql::sqlx::{self, Any};
 use cqrs_sql::SqlTarget;
 
 pub use order_search::{
-    OrderSearch, OrderSearchPage, OrderSearchQuery, OrderSummary, SEARCH_PROJECTION,
-    SEARCH_TABLE,
+    OrderSearch, OrderSearchPage, OrderSearchQuery, OrderSummary, SEARCH_PROJECTION, SEARCH_TABLE,
 };
 pub use sales_report::{contributions, Contribution, SalesReport, SalesRow, SALES_PROJECTION, SALES_TABLE};
 

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::sales_report::{cents, day_text};
-use crate::services::validate;
 use crate::domain::{OrderAttributes, OrderStatus};
 use crate::error::{ShopError, ShopResult};
 use crate::money;
+use crate::services::validate;
 
 /// The search table (readers query this view of the live generation).
 pub const SEARCH_TABLE: &str = "order_search";

@@ -944,7 +944,7 @@ impl Batch {
         let (known, committed) = (row.known, row.committed);
         let found = row.read.as_ref().map(|item| item.version);
         let decided = match &row.attributes {
-            Err(why) => Err(unreadable(why)),
+            Err(why) => Err(unreadable(&key, why)),
             // The record as the client saw it: at that version, and not
             // changed by an earlier set of this batch.
             Ok(_)
@@ -1009,18 +1009,21 @@ impl Batch {
 
     fn reserve(&mut self, order_code: &str, units: &BTreeMap<String, i64>) -> Result<Answer, Room> {
         // Decided before: by an earlier delivery, or earlier in this batch.
-        match self.held.get(order_code).map(|h| &h.attributes) {
-            Some(Ok(Some(attributes))) => return Ok(Answer::Now(Ok(Done::Reserve(outcome_of(attributes))))),
-            Some(Err(why)) => return Ok(Answer::Now(Err(unreadable(why)))),
+        match self.held.get(order_code).map(|h| (&h.key, &h.attributes)) {
+            Some((_, Ok(Some(attributes)))) => {
+                return Ok(Answer::Now(Ok(Done::Reserve(outcome_of(attributes)))))
+            }
+            Some((key, Err(why))) => return Ok(Answer::Now(Err(unreadable(key, why)))),
             _ => {}
         }
         // The first line that does not fit, if any.
         let mut shortfall = None;
         let mut counters = Vec::with_capacity(units.len());
         for (product_code, &requested) in units {
-            let current = match &self.row(product_code).attributes {
+            let row = self.row(product_code);
+            let current = match &row.attributes {
                 Ok(current) => current.clone(),
-                Err(why) => return Ok(Answer::Now(Err(unreadable(why)))),
+                Err(why) => return Ok(Answer::Now(Err(unreadable(&row.key, why)))),
             };
             let available = current.as_ref().map_or(0, InventoryAttributes::available);
             if available < requested {
@@ -1076,14 +1079,17 @@ impl Batch {
                 ..
             }) if reservation.state == ReservationState::Reserved => (reservation.clone(), *changed),
             Some(Held {
-                attributes: Err(why), ..
-            }) => return Ok(Answer::Now(Err(unreadable(why)))),
+                attributes: Err(why),
+                key,
+                ..
+            }) => return Ok(Answer::Now(Err(unreadable(key, why)))),
             // Nothing held: never reserved, failed, or settled already.
             _ => return Ok(Answer::Now(Ok(Done::Settled))),
         };
         let mut counters = Vec::with_capacity(reservation.units.len());
         for (product_code, &units) in &reservation.units {
-            match &self.row(product_code).attributes {
+            let row = self.row(product_code);
+            match &row.attributes {
                 Ok(Some(attributes)) => {
                     let mut attributes = attributes.clone();
                     attributes.reserved_quantity -= units;
@@ -1094,7 +1100,7 @@ impl Batch {
                 }
                 // A record that disappeared holds nothing to give back.
                 Ok(None) => {}
-                Err(why) => return Ok(Answer::Now(Err(unreadable(why)))),
+                Err(why) => return Ok(Answer::Now(Err(unreadable(&row.key, why)))),
             }
         }
         let more = usize::from(!held_changed) + self.rows_to_add(counters.iter().map(|(p, _)| p), false);
@@ -1199,6 +1205,14 @@ fn outcome_of(attributes: &ReservationAttributes) -> ReserveOutcome {
     }
 }
 
-fn unreadable(why: &str) -> ShopError {
-    ShopError::Core(cqrs_core::Error::invalid("stock", why))
+/// A stored inventory record or reservation that does not read (another
+/// program wrote it): 409 `unreadable_row` over HTTP, a failure of the
+/// order's handler in the pipeline (a retry reads the same row).
+fn unreadable(key: &EntityKey, why: &str) -> ShopError {
+    ShopError::Unreadable {
+        what: "stock".to_owned(),
+        pk: key.pk.to_string(),
+        sk: key.sk.to_string(),
+        reason: why.to_owned(),
+    }
 }

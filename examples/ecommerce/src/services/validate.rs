@@ -54,7 +54,10 @@ impl TextRule {
         if self.allows(value) {
             Ok(())
         } else {
-            Err(ShopError::InvalidInput(format!("{what} must be {}", self.meaning)))
+            Err(ShopError::InvalidInput(format!(
+                "{what} must be {}",
+                self.meaning
+            )))
         }
     }
 }
@@ -76,12 +79,7 @@ macro_rules! visible {
 }
 
 /// A code that becomes part of a key (`PRD-001`, `ORD-000001`).
-pub static CODE: TextRule = TextRule::new(
-    1,
-    64,
-    r"^[A-Za-z0-9_-]+$",
-    "1 to 64 letters, digits, '-' or '_'",
-);
+pub static CODE: TextRule = TextRule::new(1, 64, r"^[A-Za-z0-9_-]+$", "1 to 64 letters, digits, '-' or '_'");
 
 /// A required text field (a name, a city, a customer id).
 pub static TEXT: TextRule = TextRule::new(
@@ -177,7 +175,17 @@ mod tests {
         for ok in ["Tokyo", " a ", "東京", "a\u{a0}b", &"é".repeat(1024)] {
             assert!(TEXT.allows(ok), "{ok:?}");
         }
-        for bad in ["", " ", "   ", "a\nb", "a\tb", "\u{7f}", "a\u{85}", "abc\n", &"é".repeat(1025)] {
+        for bad in [
+            "",
+            " ",
+            "   ",
+            "a\nb",
+            "a\tb",
+            "\u{7f}",
+            "a\u{85}",
+            "abc\n",
+            &"é".repeat(1025),
+        ] {
             assert!(!TEXT.allows(bad), "{bad:?}");
         }
         assert!(LONG_TEXT.allows(""));
@@ -199,7 +207,16 @@ mod tests {
     /// The document's rule for the header is the framework's check.
     #[test]
     fn the_idempotency_key_rule_is_the_frameworks() {
-        for key in ["k", "a-b_c.9~!", "with space", "", "é", "tab\tkey", &"k".repeat(255), &"k".repeat(256)] {
+        for key in [
+            "k",
+            "a-b_c.9~!",
+            "with space",
+            "",
+            "é",
+            "tab\tkey",
+            &"k".repeat(255),
+            &"k".repeat(256),
+        ] {
             assert_eq!(
                 IDEMPOTENCY_KEY.allows(key),
                 cqrs_core::IdempotencyKey::new(key).validate().is_ok(),

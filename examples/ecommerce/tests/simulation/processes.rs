@@ -189,7 +189,7 @@ pub(super) async fn api_server(shared: Shared, env: ProcessEnv) {
 pub(super) async fn serve(shop: &Shop, call: Call, ctx: &InvocationContext) -> Answer {
     let refused = |e: ecommerce::ShopError| {
         let (status, kind) = e.status_and_kind();
-        Answer::Refused(status, kind)
+        Answer::Refused(status, kind.as_str())
     };
     match call {
         Call::Place { order, key } => match shop.orders.place(order, key.as_deref(), ctx).await {
