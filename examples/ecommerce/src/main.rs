@@ -17,6 +17,8 @@
 //! ecommerce failures reprocess (PK SK VERSION | --all [filters]) [--dry-run]
 //!                         run the failed handlers again (a finished command is left alone)
 //! ecommerce leases        the stream's shards: lease owner, expiry, checkpoint (DynamoDB)
+//! ecommerce token [--tenant T] [--user U] [--role staff|customer ...]
+//!                         print a bearer token signed with the server's secret (24 h)
 //!   --json                    (rebuild, lag, failures, leases) one JSON document on stdout
 //!   --addr 127.0.0.1:3000
 //!   --backend memory|dynamodb
@@ -223,6 +225,19 @@ enum Command {
         #[command(subcommand)]
         action: toolbox::FailureArgs,
     },
+    /// Print a bearer token of a user of a shop, signed with the server's secret
+    /// ($ECOMMERCE_JWT_SECRET, else the development one), valid 24 hours.
+    Token {
+        /// The shop (the token's `custom:tenant`).
+        #[arg(long, default_value = "shop-a")]
+        tenant: String,
+        /// The user (the token's `sub`).
+        #[arg(long, default_value = "dev-user")]
+        user: String,
+        /// A role: `staff` or `customer` (repeat for several).
+        #[arg(long = "role", value_name = "ROLE", default_values_t = ["staff".to_owned()])]
+        roles: Vec<String>,
+    },
     /// Show the command table stream's shards: lease owner and expiry, checkpoint (DynamoDB).
     Leases {
         /// Stream records counted behind a shard's checkpoint at most.
@@ -321,6 +336,13 @@ fn main() -> ExitCode {
 /// Lambda function calls it after each invocation).
 async fn run(cli: Cli, flush_traces: impl Fn() + Send + Sync + 'static) -> Result<(), String> {
     let command = cli.command.clone().unwrap_or(Command::Serve);
+    // A token needs the secret only: no storage, no pipeline.
+    if let Command::Token { tenant, user, roles } = &command {
+        let auth = Auth::from_env().map_err(|e| format!("{SECRET_ENV}: {e}"))?;
+        let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+        println!("{}", auth.token(tenant, user, &roles, TOKEN_TTL));
+        return Ok(());
+    }
     let pipeline = match (cli.pipeline, cli.backend, &command) {
         (Some(Pipeline::Stream | Pipeline::External), Backend::Memory, _) => {
             return Err("the stream pipeline needs --backend dynamodb".to_owned())
@@ -467,6 +489,8 @@ async fn run(cli: Cli, flush_traces: impl Fn() + Send + Sync + 'static) -> Resul
             let dynamodb = backend.as_ref().ok_or("leases needs --backend dynamodb")?;
             toolbox::leases(&dynamodb.stream_parts(), bound, json).await
         }
+        // Printed at the start, before anything connects.
+        Command::Token { .. } => Ok(()),
     }
 }
 
