@@ -23,13 +23,20 @@
 //!
 //! Every other endpoint needs `Authorization: Bearer <JWT>` (see
 //! [`crate::auth`]); the tenant is the token's, only. Errors are JSON
-//! `{"error": "<kind>", "message": "..."}` ([`ErrorBody`]): 400
-//! `invalid_input` for malformed bodies and queries, 401 `unauthorized`, 404
-//! `not_found` (also for unknown routes and other tenants' entities), 413
-//! `too_large` for bodies over [`MAX_BODY_BYTES`], and the services' errors
-//! by [`ShopError::status_and_kind`](crate::ShopError::status_and_kind)
-//! (422 `idempotency_key_reused` for an `Idempotency-Key` sent with another
-//! request than its first).
+//! `{"error": "<kind>", "message": "..."}` ([`ErrorBody`], the kinds are
+//! [`ErrorKind`](crate::ErrorKind)): 400 `invalid_input` for a request that
+//! breaks the document (malformed bodies and queries, a value outside its
+//! rule), 401 `unauthorized`, 404 `not_found` (also for unknown routes and
+//! other tenants' entities), 413 `too_large` for bodies over
+//! [`MAX_BODY_BYTES`], 415 `unsupported_media_type`, and the services'
+//! errors by [`ShopError::status_and_kind`](crate::ShopError::status_and_kind):
+//! 422 for a request the document allows and the shop's data refuses
+//! (`unprocessable`, `invalid_cursor`, `idempotency_key_reused`), 409 for a
+//! conflict with what is stored.
+//!
+//! The document ([`document`]) states every rule the server checks on a
+//! request and every status each operation answers: see the example's
+//! README, "The API contract".
 //!
 //! `POST /orders` and `PATCH /orders/{code}/status` take an
 //! `Idempotency-Key` header (the IETF draft's): a retry with the same key

@@ -8,7 +8,7 @@ mod orders;
 mod products;
 mod stock_desk;
 mod typed;
-pub(crate) mod validate;
+pub mod validate;
 
 pub use validate::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MIN_PAGE_SIZE};
 
