@@ -2,6 +2,7 @@
 //! has settled.
 
 use super::*;
+use ecommerce::ErrorKind;
 
 /// Every row of a tenant's partition.
 pub(super) async fn rows(storage: &dyn Storage, tenant: &str) -> Vec<DataItem> {
@@ -255,9 +256,9 @@ impl Tables {
                     _ => None,
                 })
                 .collect();
-            let refused = answers
-                .iter()
-                .any(|a| matches!(a, Answer::Refused(400, "invalid_transition")));
+            let refused = answers.iter().any(
+                |a| matches!(a, Answer::Refused(_, kind) if *kind == ErrorKind::InvalidTransition.as_str()),
+            );
             if moved.len() > 1 || (!moved.is_empty() && refused) {
                 broken.push(format!("{t} {key}: keyed move answered {answers:?}"));
             }
