@@ -15,7 +15,7 @@
 //! it, the test skips loudly, or fails when `CQRS_REQUIRE_API_TOOLS` or
 //! `CI` is set. The seed is fixed, so a failure replays; the examples per
 //! operation are bounded, so the run takes a minute or two. A longer run
-//! (more examples, DynamoDB) is in docs/api.md.
+//! (more examples, DynamoDB) is in the example's README, "The API contract".
 
 mod api_tools;
 
