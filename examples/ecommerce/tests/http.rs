@@ -952,6 +952,10 @@ async fn catalogue_prices(api: &Api) {
     fractional_price["items"][0]["price"] = json!(29.991);
     let refused = [
         ("price finer than cents", fractional_price),
+        (
+            "a malformed line after an unknown product",
+            lines_body(&[("PRD-404", 1, 29.99), ("PRD-001", 0, 29.99)]),
+        ),
         ("quantity 0", order_body("PRD-001", 0, 29.99)),
         ("quantity over the limit", order_body("PRD-001", 10_001, 29.99)),
         ("missing customerId", missing_field),

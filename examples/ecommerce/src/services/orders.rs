@@ -166,12 +166,10 @@ impl OrderService {
                 "an order has 1 to {MAX_LINES} items"
             )));
         }
-        let mut order = order;
-        let mut catalogue = BTreeMap::new();
-        for item in &mut order.items {
+        // Every line against the document's rules (400) before any against
+        // the catalogue (422): a malformed request is answered as malformed.
+        for item in &order.items {
             validate::code("productCode", &item.product_code)?;
-            // A price the catalogue cannot hold is malformed (400), before
-            // it is compared with the catalogue's (422).
             crate::money::check_price(item.price)?;
             if !(MIN_QUANTITY..=MAX_QUANTITY).contains(&item.quantity) {
                 return Err(ShopError::InvalidInput(format!(
@@ -179,6 +177,10 @@ impl OrderService {
                     item.product_code, item.quantity
                 )));
             }
+        }
+        let mut order = order;
+        let mut catalogue = BTreeMap::new();
+        for item in &mut order.items {
             if !catalogue.contains_key(&item.product_code) {
                 let product = self.products.find(&item.product_code, ctx).await?;
                 catalogue.insert(item.product_code.clone(), product);
