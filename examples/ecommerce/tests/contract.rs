@@ -5,8 +5,9 @@
 //! the memory backend, as a staff member and as a customer, and checks
 //! every answer against the document with all its checks: no 5xx, every
 //! status and header documented, every body of its schema, every request
-//! the document allows accepted (or refused by the shop's data: a 422, see
-//! `schemathesis.toml`), every request it forbids refused, created
+//! the document allows accepted (or refused by the shop's data, a 422, or
+//! for its size, a 413: see `schemathesis.toml`), every request it forbids
+//! refused, created
 //! resources readable. Any failure fails the test, with Schemathesis'
 //! report of it.
 //!
