@@ -70,8 +70,22 @@ pub enum ShopError {
 /// What went wrong, for programs: the `error` of every error body of the
 /// API, with the status it comes with. The API document lists these values,
 /// and only these: a client may match on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ErrorKind {
     /// 400: the request breaks a rule the API document states.
     InvalidInput,
@@ -114,33 +128,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// The name in the JSON body (`invalid_input`).
     pub fn as_str(self) -> &'static str {
-        use ErrorKind::*;
-        match self {
-            InvalidInput => "invalid_input",
-            Unauthorized => "unauthorized",
-            Forbidden => "forbidden",
-            NotFound => "not_found",
-            MethodNotAllowed => "method_not_allowed",
-            Conflict => "conflict",
-            VersionConflict => "version_conflict",
-            InvalidTransition => "invalid_transition",
-            UnreadableRow => "unreadable_row",
-            TooLarge => "too_large",
-            UnsupportedMediaType => "unsupported_media_type",
-            Unprocessable => "unprocessable",
-            InvalidCursor => "invalid_cursor",
-            IdempotencyKeyReused => "idempotency_key_reused",
-            Unavailable => "unavailable",
-            Timeout => "timeout",
-            ReadModelsUnavailable => "read_models_unavailable",
-            Internal => "internal",
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -222,30 +210,12 @@ mod tests {
     /// The body's name of a kind is its serde name: the document's enum.
     #[test]
     fn a_kind_is_written_as_its_name() {
-        use super::ErrorKind::*;
-        for kind in [
-            InvalidInput,
-            Unauthorized,
-            Forbidden,
-            NotFound,
-            MethodNotAllowed,
-            Conflict,
-            VersionConflict,
-            InvalidTransition,
-            UnreadableRow,
-            TooLarge,
-            UnsupportedMediaType,
-            Unprocessable,
-            InvalidCursor,
-            IdempotencyKeyReused,
-            Unavailable,
-            Timeout,
-            ReadModelsUnavailable,
-            Internal,
-        ] {
+        use strum::IntoEnumIterator as _;
+        for kind in ErrorKind::iter() {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }
     }
+
     #[test]
     fn every_conflict_is_409_and_a_backend_error_says_whether_a_retry_helps() {
         let spent = ShopError::Core(Error::ConflictRetriesExhausted {

@@ -403,6 +403,42 @@ async fn readiness_fails_while_a_read_model_lags_past_its_bound() {
     );
 }
 
+/// The stream consumer's lease in the DynamoDB tests: short, so that a lost
+/// consumer shows within seconds.
+const CONSUMER_LEASE: Duration = Duration::from_secs(2);
+
+/// A shop on DynamoDB at `endpoint` (tables `prefix`-*, created) whose async
+/// commands a stream consumer applies: its storage, the shop, and that
+/// consumer, not started.
+async fn shop_with_consumer(
+    endpoint: &str,
+    prefix: &str,
+) -> (
+    Arc<cqrs_dynamodb::DynamoDbStorage>,
+    Shop,
+    cqrs_dynamodb::stream::StreamConsumer,
+) {
+    let storage = Arc::new(cqrs_dynamodb::DynamoDbStorage::new(
+        cqrs_dynamodb::local_client(endpoint),
+        ecommerce::shop::dynamodb_tables(cqrs_dynamodb::TableNames::with_prefix(prefix)),
+    ));
+    storage.ensure_tables().await.expect("tables created");
+    let config = ecommerce::shop::ShopConfig {
+        dispatch: cqrs_core::AsyncDispatch::External,
+        ..Default::default()
+    };
+    let shop = Shop::with_config(storage.clone(), config);
+    let consumer = cqrs_dynamodb::stream::StreamConsumer::new(
+        shop.engine.clone(),
+        cqrs_dynamodb::local_client(endpoint),
+        cqrs_dynamodb::local_streams_client(endpoint),
+        storage.tables().clone(),
+    )
+    .lease_duration(CONSUMER_LEASE)
+    .poll_interval(Duration::from_millis(100));
+    (storage, shop, consumer)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_and_metrics_follow_the_stream_consumer_on_dynamodb() {
     if !cqrs_dynamodb::testing::available() {
@@ -411,29 +447,11 @@ async fn readiness_and_metrics_follow_the_stream_consumer_on_dynamodb() {
     let handle = install_prometheus().expect("the only recorder of this process");
     let endpoint = cqrs_dynamodb::testing::endpoint().expect("checked by available()");
     let prefix = format!("t-ecom-ready-{}", uuid::Uuid::new_v4().simple());
-    let storage = Arc::new(cqrs_dynamodb::DynamoDbStorage::new(
-        cqrs_dynamodb::local_client(&endpoint),
-        ecommerce::shop::dynamodb_tables(cqrs_dynamodb::TableNames::with_prefix(&prefix)),
-    ));
-    storage.ensure_tables().await.expect("tables created");
-    let config = ecommerce::shop::ShopConfig {
-        dispatch: cqrs_core::AsyncDispatch::External,
-        ..Default::default()
-    };
-    let shop = Shop::with_config(storage.clone(), config);
+    let (storage, shop, consumer) = shop_with_consumer(&endpoint, &prefix).await;
     shop.seed_demo("shop-a").await.expect("seeded");
-    let lease = Duration::from_secs(2);
-    let consumer = cqrs_dynamodb::stream::StreamConsumer::new(
-        shop.engine.clone(),
-        cqrs_dynamodb::local_client(&endpoint),
-        cqrs_dynamodb::local_streams_client(&endpoint),
-        storage.tables().clone(),
-    )
-    .lease_duration(lease)
-    .poll_interval(Duration::from_millis(100))
-    .drain_deadline(Duration::from_secs(5));
+    let consumer = consumer.drain_deadline(Duration::from_secs(5));
     let monitor = consumer.monitor();
-    let readiness = Readiness::new(&shop).with_consumer(monitor.clone(), lease);
+    let readiness = Readiness::new(&shop).with_consumer(monitor.clone(), CONSUMER_LEASE);
     let server = Server::start(&shop, Observe::new(Some(handle), readiness)).await;
 
     // Not started yet: not ready, and says why.
@@ -532,28 +550,11 @@ async fn readiness_fails_while_dynamodb_is_down_and_recovers_when_it_is_back() {
         .await
         .expect("DynamoDB Local starts");
     let endpoint = local.endpoint();
-    let storage = Arc::new(cqrs_dynamodb::DynamoDbStorage::new(
-        cqrs_dynamodb::local_client(&endpoint),
-        ecommerce::shop::dynamodb_tables(cqrs_dynamodb::TableNames::with_prefix("ready")),
-    ));
-    storage.ensure_tables().await.expect("tables created");
-    let config = ecommerce::shop::ShopConfig {
-        dispatch: cqrs_core::AsyncDispatch::External,
-        ..Default::default()
-    };
-    let shop = Shop::with_config(storage.clone(), config);
-    let lease = Duration::from_secs(2);
-    let consumer = cqrs_dynamodb::stream::StreamConsumer::new(
-        shop.engine.clone(),
-        cqrs_dynamodb::local_client(&endpoint),
-        cqrs_dynamodb::local_streams_client(&endpoint),
-        storage.tables().clone(),
-    )
-    .lease_duration(lease)
-    .poll_interval(Duration::from_millis(100))
-    .retry_backoff(Duration::from_millis(50), Duration::from_millis(500))
-    .drain_deadline(Duration::from_secs(2));
-    let readiness = Readiness::new(&shop).with_consumer(consumer.monitor(), lease);
+    let (_, shop, consumer) = shop_with_consumer(&endpoint, "ready").await;
+    let consumer = consumer
+        .retry_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .drain_deadline(Duration::from_secs(2));
+    let readiness = Readiness::new(&shop).with_consumer(consumer.monitor(), CONSUMER_LEASE);
     let server = Server::start(&shop, Observe::new(None, readiness)).await;
     let (stop, stopped) = oneshot::channel::<()>();
     let running = tokio::spawn(consumer.run(async move {
@@ -593,7 +594,7 @@ async fn readiness_fails_while_dynamodb_is_down_and_recovers_when_it_is_back() {
     })
     .await;
     println!(
-        "readiness: both checks failing {noticed:?} after the kill (lease {lease:?}); ready {:?} after the restart answered",
+        "readiness: both checks failing {noticed:?} after the kill (lease {CONSUMER_LEASE:?}); ready {:?} after the restart answered",
         restarted.elapsed()
     );
 

@@ -200,6 +200,18 @@ pub fn document() -> serde_json::Value {
     document
 }
 
+/// An error answer of the document: `description`, and an [`ErrorBody`].
+fn error_answer(description: impl Into<String>) -> utoipa::openapi::ResponseBuilder {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+
+    let body = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("ErrorBody")))
+        .build();
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/json", body)
+}
+
 /// Adds to every operation that reaches the shop (all but `meta`) the two
 /// answers of a failed storage: 503, which a retry may get past, and 500,
 /// which it will not.
@@ -207,34 +219,25 @@ struct ServerErrors;
 
 impl Modify for ServerErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder, Type};
+        use utoipa::openapi::{HeaderBuilder, Type};
 
-        let body = || {
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("ErrorBody")))
-                .build()
-        };
-        let unavailable = ResponseBuilder::new()
-            .description(
-                "`unavailable`: the storage is failing for now (throttling, an outage), or \
-                 `timeout`: no answer in time. A retry may succeed: wait `Retry-After` seconds, \
-                 and resend with the same `Idempotency-Key` where the operation takes one",
-            )
-            .content("application/json", body())
-            .header(
-                "Retry-After",
-                HeaderBuilder::new()
-                    .schema(utoipa::openapi::ObjectBuilder::new().schema_type(Type::Integer))
-                    .description(Some("Seconds to wait before retrying"))
-                    .build(),
-            )
-            .build();
-        let internal = ResponseBuilder::new()
-            .description(
-                "`internal`: the storage refused the request for good; a retry would fail the same way",
-            )
-            .content("application/json", body())
-            .build();
+        let unavailable = error_answer(
+            "`unavailable`: the storage is failing for now (throttling, an outage), or \
+             `timeout`: no answer in time. A retry may succeed: wait `Retry-After` seconds, \
+             and resend with the same `Idempotency-Key` where the operation takes one",
+        )
+        .header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(utoipa::openapi::ObjectBuilder::new().schema_type(Type::Integer))
+                .description(Some("Seconds to wait before retrying"))
+                .build(),
+        )
+        .build();
+        let internal = error_answer(
+            "`internal`: the storage refused the request for good; a retry would fail the same way",
+        )
+        .build();
         for operation in bounds::operations(openapi) {
             if operation.tags.iter().flatten().any(|tag| tag == "meta") {
                 continue;
@@ -263,24 +266,15 @@ struct BodyErrors;
 
 impl Modify for BodyErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-
-        let answer = |description: String| {
-            let body = ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("ErrorBody")))
-                .build();
-            ResponseBuilder::new()
-                .description(description)
-                .content("application/json", body)
-                .build()
-        };
-        let too_large = answer(format!(
+        let too_large = error_answer(format!(
             "`too_large`: the body is over {} KiB",
             MAX_BODY_BYTES / 1024
-        ));
-        let not_json = answer(
-            "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`".to_owned(),
-        );
+        ))
+        .build();
+        let not_json = error_answer(
+            "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`",
+        )
+        .build();
         for operation in bounds::operations(openapi) {
             if operation.request_body.is_some() {
                 let responses = &mut operation.responses.responses;
